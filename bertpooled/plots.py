@@ -1,0 +1,125 @@
+"""PNG figures for a comparison report (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written on servers and in CI, where no display exists
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bertpooled.report import Report  # noqa: E402
+
+__all__ = ["accuracy_vs_time", "learning_curves"]
+
+_CURVE_KEYS = (("train/loss", "train loss"), ("train/accuracy", "train accuracy"))
+
+
+def accuracy_vs_time(report: Report, path: str | Path) -> Path:
+    """Scatter every kept run (x = ``time/total_s``, y = test accuracy) and each group's
+    mean with its confidence interval as an error bar; save a PNG at ``path``."""
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    try:
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for index, group in enumerate(report.groups):
+            color = colors[index % len(colors)]
+            members = [run for run in report.runs if run.group == group.label]
+            times = [run.costs.get("time/total_s", math.nan) for run in members]
+            accuracies = [run.accuracy for run in members]
+            axes.scatter(times, accuracies, color=color, alpha=0.45, s=28, label=f"{group.label} runs")
+            finite_times = [t for t in times if math.isfinite(t)]
+            if not finite_times:
+                continue
+            mean_time = sum(finite_times) / len(finite_times)
+            accuracy = group.accuracy
+            error = None
+            if math.isfinite(accuracy.low) and math.isfinite(accuracy.high):
+                error = [[accuracy.mean - accuracy.low], [accuracy.high - accuracy.mean]]
+            axes.errorbar([mean_time], [accuracy.mean], yerr=error, fmt="D", color=color,
+                          markersize=8, capsize=5,
+                          label=f"{group.label} mean ± {report.confidence * 100:g}% CI (n={group.n_runs})")
+        axes.set_xlabel("total time per run, time/total_s (s)")
+        axes.set_ylabel("test accuracy")
+        axes.set_title("Accuracy against compute")
+        axes.grid(True, alpha=0.3)
+        if report.groups:
+            axes.legend(fontsize="small")
+        else:
+            axes.text(0.5, 0.5, "no runs to plot", ha="center", va="center", transform=axes.transAxes)
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def learning_curves(
+    source: Report | Mapping[str, pd.DataFrame],
+    path: str | Path,
+    run_groups: Mapping[str, str] | None = None,
+) -> Path:
+    """Plot mean ``train/loss`` and ``train/accuracy`` per epoch, one line per group; save a PNG.
+
+    ``source`` is a :class:`Report` (its per-group mean curves) or raw histories
+    (``run_id -> frame`` with ``key``, ``step``, ``value``); raw histories are
+    averaged per ``run_groups[run_id]``, or drawn one line per run without it.
+    Runs that logged no per-epoch metrics (e.g. the reference mode) leave a
+    figure that says so.
+    """
+    path = Path(path)
+    curves = source.learning_curves if isinstance(source, Report) else _mean_curves(source, run_groups)
+    figure, axes = plt.subplots(1, len(_CURVE_KEYS), figsize=(10, 4))
+    try:
+        for axis, (key, label) in zip(axes, _CURVE_KEYS):
+            plotted = False
+            for group, by_key in curves.items():
+                points = by_key.get(key)
+                if not points:
+                    continue
+                axis.plot([p["step"] for p in points], [p["mean"] for p in points], marker="o",
+                          label=group)
+                plotted = True
+            axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.set_ylabel(f"mean {label}")
+            axis.set_title(label)
+            axis.grid(True, alpha=0.3)
+            if plotted:
+                axis.legend(fontsize="small")
+            else:
+                axis.text(0.5, 0.5, f"no {key} history logged", ha="center", va="center",
+                          transform=axis.transAxes)
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=120)
+    finally:
+        plt.close(figure)
+    return path
+
+
+def _mean_curves(
+    histories: Mapping[str, pd.DataFrame], run_groups: Mapping[str, str] | None
+) -> dict[str, dict[str, list[dict[str, float]]]]:
+    frames = [
+        history[["key", "step", "value"]].assign(group=(run_groups or {}).get(run_id, run_id))
+        for run_id, history in histories.items()
+        if history is not None and not history.empty
+        and (run_groups is None or run_id in run_groups)
+    ]
+    if not frames:
+        return {}
+    summary = pd.concat(frames).groupby(["group", "key", "step"])["value"].mean().reset_index()
+    curves: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for (group, key), part in summary.groupby(["group", "key"]):
+        curves.setdefault(str(group), {})[str(key)] = [
+            {"step": int(step), "mean": float(value)} for step, value in zip(part["step"], part["value"])
+        ]
+    return curves

@@ -1,0 +1,363 @@
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertpooled.errors import BertpooledError
+from bertpooled.plots import accuracy_vs_time, learning_curves
+from bertpooled.report import ORIGINAL_STUDY, Report, build_report
+
+N_TEST = 1000
+LABELS = np.arange(N_TEST) % 2
+IDS = [f"test/{'pos' if label else 'neg'}/{i}_7" for i, label in enumerate(LABELS)]
+
+
+def predictions(n_correct: int, ids=IDS) -> pd.DataFrame:
+    """The first n_correct examples right, the rest wrong: discordance between two
+    runs is then exactly the difference of their n_correct."""
+    correct = np.arange(len(ids)) < n_correct
+    predicted = np.where(correct, LABELS[: len(ids)], 1 - LABELS[: len(ids)])
+    return pd.DataFrame({"id": list(ids), "label": LABELS[: len(ids)],
+                         "probability": np.where(predicted == 1, 0.9, 0.1)})
+
+
+def run_row(run_id, mode, seed, n_correct, *, status="FINISHED", total_s=100.0, train_s=80.0,
+            head=50_321, extra=None, drop=()):
+    row = {
+        "run_id": run_id,
+        "experiment_id": "1",
+        "status": status,
+        "tags.mlflow.runName": f"{mode}-s{seed}",
+        "tags.bertpooled.kind": "train",
+        "tags.mode": mode,
+        "params.config/mode": mode,
+        "params.config/model": "minilm",
+        "params.config/seed": str(seed),
+        "params.config/epochs": "4",
+        "metrics.test/accuracy": n_correct / N_TEST,
+        "metrics.test/f1": n_correct / N_TEST - 0.01,
+        "metrics.test/roc_auc": n_correct / N_TEST + 0.05,
+        "metrics.time/data_s": 5.0,
+        "metrics.time/tokenize_s": 3.0,
+        "metrics.time/features_s": 10.0,
+        "metrics.time/train_s": train_s,
+        "metrics.time/eval_s": 2.0,
+        "metrics.time/total_s": total_s,
+        "metrics.throughput/train_examples_per_s": 1000.0 / train_s,
+        "metrics.params/head": float(head),
+        "metrics.params/head_trainable": float(head),
+        "metrics.params/backbone": 22_000_000.0,
+    }
+    row.update(extra or {})
+    for key in drop:
+        row.pop(key)
+    return row
+
+
+def study(pool_correct, basic_correct=(850, 860, 855), extra_rows=(), pool_extra=None):
+    rows, preds = [], {}
+    for seed, (b, p) in enumerate(zip(basic_correct, pool_correct)):
+        rows.append(run_row(f"basic{seed}", "basic", seed, b, total_s=100.0 + seed, train_s=80.0))
+        preds[f"basic{seed}"] = predictions(b)
+        rows.append(run_row(f"pool{seed}", "pool", seed, p, total_s=60.0 + seed, train_s=40.0,
+                            head=25_745, extra=pool_extra))
+        preds[f"pool{seed}"] = predictions(p)
+    for row, pred in extra_rows:
+        rows.append(row)
+        if pred is not None:
+            preds[row["run_id"]] = pred
+    return pd.DataFrame(rows), preds
+
+
+CLEAR = (750, 765, 745)  # about 10 points worse on every seed
+SAME = (852, 857, 856)  # +0.2, -0.3, +0.1 points
+
+
+def history(losses):
+    rows = []
+    for step, loss in enumerate(losses, start=1):
+        rows.append({"key": "train/loss", "step": step, "value": loss})
+        rows.append({"key": "train/accuracy", "step": step, "value": 1 - loss / 2})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def full_report() -> Report:
+    extras = [
+        (run_row("crashed", "basic", 3, 800, status="RUNNING"), predictions(800)),
+        (run_row("nometrics", "pool", 4, 800, drop=("metrics.test/accuracy",)), predictions(800)),
+        (run_row("nopreds", "pool", 5, 800), None),
+    ]
+    runs, preds = study(SAME, extra_rows=extras)
+    histories = {f"{mode}{seed}": history([0.7 - 0.1 * e - 0.01 * seed for e in range(4)])
+                 for mode in ("basic", "pool") for seed in range(3)}
+    return build_report(runs, preds, histories)
+
+
+def test_group_stats(full_report):
+    groups = {group.label: group for group in full_report.groups}
+    assert list(groups) == ["basic", "pool"]
+    basic = groups["basic"]
+    assert basic.n_runs == 3 and basic.seeds == ["0", "1", "2"]
+    assert basic.accuracy.mean == pytest.approx(0.855)
+    assert basic.accuracy.low < 0.855 < basic.accuracy.high
+    assert basic.f1_mean == pytest.approx(0.845)
+    assert basic.roc_auc_mean == pytest.approx(0.905)
+    assert basic.costs["time/total_s"] == pytest.approx(101.0)
+    assert basic.costs["time/train_s_per_epoch"] == pytest.approx(20.0)
+    assert basic.costs["params/head"] == 50_321
+    assert groups["pool"].costs["params/head"] == 25_745
+    assert "throughput/train_examples_per_s" in basic.costs
+
+
+def test_ratios_against_baseline(full_report):
+    (comparison,) = full_report.comparisons
+    assert (comparison.group, comparison.baseline) == ("pool", "basic")
+    assert comparison.ratios["time/total_s"] == pytest.approx(61.0 / 101.0)
+    assert comparison.ratios["time/train_s"] == pytest.approx(0.5)
+    assert comparison.ratios["params/head"] == pytest.approx(25_745 / 50_321)
+    assert comparison.ratios["throughput/train_examples_per_s"] == pytest.approx(2.0)
+    assert comparison.ratios["time/data_s"] == pytest.approx(1.0)
+
+
+def test_skipped_runs_are_counted_and_named(full_report):
+    skipped = {entry["run_id"]: entry["reason"] for entry in full_report.skipped}
+    assert set(skipped) == {"crashed", "nometrics", "nopreds"}
+    assert "RUNNING" in skipped["crashed"] and "--include-unfinished" in skipped["crashed"]
+    assert "test/accuracy" in skipped["nometrics"]
+    assert "predictions" in skipped["nopreds"]
+    summary = next(note for note in full_report.notes if note.startswith("kept"))
+    assert "kept 6 of the 9 runs given to the report; skipped 3" in summary
+    assert any("crashed" in note for note in full_report.notes)
+
+
+def test_unfinished_runs_kept_when_asked():
+    runs, preds = study(SAME, extra_rows=[(run_row("crashed", "basic", 3, 800, status="RUNNING"),
+                                           predictions(800))])
+    report = build_report(runs, preds, include_unfinished=True)
+    assert "crashed" in report.groups[0].run_ids
+    assert report.skipped == []
+
+
+def test_no_difference_verdict(full_report):
+    (comparison,) = full_report.comparisons
+    diff = comparison.accuracy_difference_points
+    assert diff.n == 3
+    assert diff.mean == pytest.approx(0.0)
+    assert diff.p_value > 0.5
+    assert comparison.mcnemar_significant == 0 and len(comparison.mcnemar) == 3
+    verdict = comparison.verdict
+    assert verdict.startswith("pool vs basic: no significant difference at α=0.05 (paired t-test p=")
+    assert "over 3 seeds" in verdict
+    assert "95% CI of the difference [" in verdict
+    assert "McNemar significant in 0 of 3 seed pairs" in verdict
+    assert "total time 0.60×" in verdict
+
+
+def test_clear_difference_verdict():
+    runs, preds = study(CLEAR)
+    (comparison,) = build_report(runs, preds).comparisons
+    diff = comparison.accuracy_difference_points
+    assert diff.mean == pytest.approx(-10.1666667)
+    assert diff.p_value < 0.01
+    assert diff.high < 0
+    pair = comparison.mcnemar[0]
+    assert (pair.b, pair.c) == (0, 100)  # seed 0: 850 vs 750 correct, nested
+    assert comparison.mcnemar_significant == 3
+    assert comparison.verdict.startswith("pool is worse than basic by 10.2 points (95% CI [-")
+    assert "paired t-test p=" in comparison.verdict and "over 3 seeds" in comparison.verdict
+    assert "McNemar significant in 3 of 3 seed pairs" in comparison.verdict
+
+
+def test_better_verdict_names_the_direction():
+    runs, preds = study((950, 965, 945))
+    (comparison,) = build_report(runs, preds).comparisons
+    assert comparison.verdict.startswith("pool is better than basic by")
+
+
+def test_mismatched_test_ids_are_refused():
+    runs, preds = study(SAME)
+    other_ids = IDS[:-1] + ["test/pos/99999_1"]
+    preds["pool1"] = predictions(857, ids=other_ids)
+    report = build_report(runs, preds)
+    (comparison,) = report.comparisons
+    assert [pair.seed for pair in comparison.mcnemar] == ["0", "2"]
+    assert comparison.mcnemar_refused[0]["seed"] == "1"
+    note = next(note for note in report.notes if "McNemar refused" in note)
+    assert "seed 1" in note and "test ids differ" in note and "999 shared" in note
+    assert "McNemar significant in 0 of 2 seed pairs" in comparison.verdict
+
+
+def test_one_seed_leans_on_mcnemar():
+    runs, preds = study(CLEAR[:1], basic_correct=(850,))
+    (comparison,) = build_report(runs, preds).comparisons
+    assert comparison.accuracy_difference_points.n == 1
+    assert math.isnan(comparison.accuracy_difference_points.p_value)
+    assert "needs ≥2 seeds" in comparison.verdict
+    assert comparison.verdict.startswith("pool is worse than basic by 10.0 points on one seed")
+    assert "exact McNemar p<0.001" in comparison.verdict
+
+    runs, preds = study(SAME[:1], basic_correct=(850,))
+    (comparison,) = build_report(runs, preds).comparisons
+    assert comparison.verdict.startswith("pool vs basic: no significant difference at α=0.05 on one seed")
+    assert "needs ≥2 seeds" in comparison.verdict
+
+
+def test_missing_baseline_gives_a_note_and_no_comparison():
+    runs, preds = study(SAME)
+    report = build_report(runs, preds, baseline="reference")
+    assert report.comparisons == []
+    assert any("baseline mode='reference'" in note and "--baseline" in note for note in report.notes)
+    assert "Against the baseline" not in report.to_markdown()
+
+
+def test_group_by_two_keys_compares_within_the_other_key():
+    runs, preds = study(SAME)
+    report = build_report(runs, preds, group_by=("mode", "model"))
+    assert [group.label for group in report.groups] == ["basic/minilm", "pool/minilm"]
+    assert report.comparisons[0].baseline == "basic/minilm"
+
+
+def test_unknown_group_key_is_a_user_error():
+    runs, preds = study(SAME)
+    with pytest.raises(BertpooledError, match="cannot group by 'optimizer'.*--group-by"):
+        build_report(runs, preds, group_by="optimizer")
+
+
+def test_json_structure(full_report):
+    payload = json.loads(full_report.to_json())
+    assert set(payload) >= {"schema", "settings", "runs", "groups", "comparisons", "original_study",
+                            "learning_curves", "skipped", "notes", "cost_metrics"}
+    assert payload["settings"] == {"group_by": ["mode"], "baseline": "basic", "alpha": 0.05,
+                                   "confidence": 0.95}
+    group = payload["groups"][0]
+    assert set(group) >= {"label", "n_runs", "seeds", "accuracy", "f1_mean", "roc_auc_mean", "costs"}
+    assert set(group["accuracy"]) >= {"mean", "low", "high", "n"}
+    comparison = payload["comparisons"][0]
+    assert set(comparison) >= {"group", "baseline", "accuracy_difference_points", "ratios", "mcnemar",
+                               "mcnemar_significant", "verdict"}
+    assert set(comparison["mcnemar"][0]) >= {"seed", "b", "c", "p_value", "significant"}
+    assert len(payload["original_study"]["rows"]) == len(ORIGINAL_STUDY) + 2
+
+
+def test_json_turns_nan_into_null():
+    runs, preds = study(SAME[:1], basic_correct=(850,))
+    payload = json.loads(build_report(runs, preds).to_json())
+    assert payload["groups"][0]["accuracy"]["low"] is None
+    assert payload["comparisons"][0]["accuracy_difference_points"]["p_value"] is None
+
+
+def test_markdown_render(full_report):
+    text = full_report.to_markdown()
+    for heading in ("## Verdicts", "## Groups", "## Costs", "## Against the baseline",
+                    "## McNemar per seed pair", "## Original study", "## Notes"):
+        assert heading in text
+    assert "| group | runs | seeds | accuracy |" in text
+    assert "pool vs basic: no significant difference" in text
+
+
+def test_table_render_is_aligned(full_report):
+    text = full_report.to_table()
+    assert "Verdicts\n========" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("group  "))
+    # header, rule and rows share one width per column, so the rule lines up under the header
+    assert set(lines[header + 1].replace(" ", "")) == {"-"}
+    assert lines[header + 2].startswith("basic ")
+    accuracy_column = lines[header].index("accuracy")
+    assert lines[header + 2][accuracy_column:accuracy_column + 8].strip() == "0.8550"
+
+
+def test_csv_has_one_row_per_group(full_report):
+    frame = pd.read_csv(io.StringIO(full_report.to_csv()))
+    assert list(frame["group"]) == ["basic", "pool"]
+    assert frame.loc[0, "accuracy_mean"] == pytest.approx(0.855)
+    assert pd.isna(frame.loc[0, "verdict"])
+    assert frame.loc[1, "ratio:params/head"] == pytest.approx(25_745 / 50_321)
+    assert frame.loc[1, "mcnemar_pairs"] == 3
+
+
+def test_render_dispatches_and_rejects_unknown_formats(full_report):
+    assert full_report.render("csv") == full_report.to_csv()
+    with pytest.raises(BertpooledError, match="--format"):
+        full_report.render("html")
+
+
+def test_new_cost_metric_is_picked_up_without_code_changes():
+    extra = {"metrics.latency/p50_ms": 4.0, "metrics.cost/backbone_flops_per_example": 1e9,
+             "metrics.memory/peak_mb": 500.0}
+    runs, preds = study(SAME)
+    runs["metrics.latency/p50_ms"] = np.where(runs["params.config/mode"] == "pool", 2.0, 4.0)
+    runs["metrics.cost/backbone_flops_per_example"] = extra["metrics.cost/backbone_flops_per_example"]
+    runs["metrics.memory/peak_mb"] = np.where(runs["params.config/mode"] == "pool", 300.0, 500.0)
+    report = build_report(runs, preds)
+    assert {"latency/p50_ms", "cost/backbone_flops_per_example", "memory/peak_mb"} <= set(report.cost_metrics)
+    (comparison,) = report.comparisons
+    assert comparison.ratios["latency/p50_ms"] == pytest.approx(0.5)
+    assert comparison.ratios["memory/peak_mb"] == pytest.approx(0.6)
+    assert "latency/p50_ms" in report.to_markdown()
+    assert "ratio:latency/p50_ms" in report.to_csv()
+
+
+def test_original_study_section(full_report):
+    rows = full_report.original_study
+    originals = [row for row in rows if row.source.startswith("original")]
+    assert [row.accuracy for row in originals] == [0.8144, 0.8156, 0.8250, 0.8048]
+    assert [row.total_time_min for row in originals] == [13.64, 12.31, 15.02, 13.58]
+    assert [row.head_params for row in originals] == [50_257, 25_681, 50_257, 25_681]
+    reproduced = {row.mode: row for row in rows if row.source == "reproduced"}
+    assert reproduced["basic"].accuracy == pytest.approx(0.855)
+    assert reproduced["basic"].total_time_min == pytest.approx(101.0 / 60.0)
+    assert reproduced["pool"].head_params == 25_745
+    assert reproduced["pool"].backbones == "minilm"
+    text = full_report.to_markdown()
+    assert "original run 2 (basic_lstm)" in text and "50,321" in text
+
+
+def test_learning_curves_average_per_group(full_report):
+    curve = full_report.learning_curves["basic"]["train/loss"]
+    assert [point["step"] for point in curve] == [1, 2, 3, 4]
+    assert curve[0]["mean"] == pytest.approx(0.69)
+    assert curve[0]["n"] == 3
+
+
+def test_prediction_accuracy_disagreeing_with_the_metric_is_noted():
+    runs, preds = study(SAME)
+    runs.loc[runs["run_id"] == "pool0", "metrics.test/accuracy"] = 0.95
+    report = build_report(runs, preds)
+    assert any("pool0" in note and "test/accuracy is 0.9500" in note for note in report.notes)
+
+
+def test_raw_mlflow_run_params_are_a_fallback_for_group_keys():
+    runs, preds = study(SAME)
+    runs = runs.drop(columns=["params.config/mode"])
+    runs["params.mode"] = runs["tags.mode"]
+    report = build_report(runs, preds)
+    assert [group.label for group in report.groups] == ["basic", "pool"]
+
+
+def test_empty_selection_gives_an_empty_report():
+    report = build_report(pd.DataFrame(), {})
+    assert report.groups == [] and report.comparisons == []
+    assert any("no runs left" in note for note in report.notes)
+    assert "Original study" in report.to_table()
+
+
+def test_duplicate_seeds_pair_the_first_listed_run_and_say_so():
+    runs, preds = study(SAME, extra_rows=[(run_row("rerun", "pool", 0, 700), predictions(700))])
+    report = build_report(runs, preds)
+    (comparison,) = report.comparisons
+    assert comparison.mcnemar[0].run_id == "pool0"
+    assert report.groups[1].n_runs == 4
+    assert any("several runs with seed 0" in note for note in report.notes)
+
+
+def test_plots_render_from_a_report_and_from_raw_histories(full_report, tmp_path):
+    for path in (accuracy_vs_time(full_report, tmp_path / "a.png"),
+                 learning_curves(full_report, tmp_path / "b.png"),
+                 learning_curves({"r1": history([0.7, 0.6])}, tmp_path / "c.png"),
+                 learning_curves({}, tmp_path / "d.png")):
+        assert path.read_bytes()[:4] == b"\x89PNG"
