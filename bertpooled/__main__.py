@@ -1,0 +1,3 @@
+from bertpooled.cli import main
+
+main()

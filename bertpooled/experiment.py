@@ -1,0 +1,90 @@
+"""One tracked experiment: validate, read data, then inside an MLflow run prepare, train, evaluate and log."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bertpooled import tracking, train
+from bertpooled.config import Config
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    experiment_id: str
+    metrics: dict[str, float]
+    runs_link: str
+    run_link: str
+    model_uri: str
+
+
+def run_experiment(config: Config, *, progress: bool | None = None, log=print) -> Outcome:
+    """Run `config` end to end as one MLflow run and return where it landed.
+
+    Everything a user can get wrong (config, backbone, data) fails before the run is created, except
+    under `mlflow run`, which creates the run itself: there it ends FAILED with the reason as a tag.
+    """
+    started = time.perf_counter()
+    tracking.check_tracking_reachable()
+    info = train.check(config)
+    train.configure_threads(config)
+    phases = train.Phases()
+    imdb, train_split, test_split = train.read_data(config, phases, progress=progress)
+    log(f"data: {len(train_split):,} train / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
+
+    commit, dirty = tracking.git_commit()
+    name = tracking.run_name(config.mode, config.model, config.seed)
+    tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool}
+    description = config.description or (
+        f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} word embeddings, "
+        f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
+    )
+    with tracking.training_run(name, tags, description) as run:
+        tracking.log_config(
+            config.to_dict(),
+            {
+                "git/commit": commit,
+                "git/dirty": dirty,
+                "data/digest": imdb.digest,
+                "data/source": tracking.redact_uri(imdb.source),
+                "backbone/path": info.path,
+                "backbone/hidden_size": info.hidden_size,
+                "runtime/torch": torch.__version__,
+                "runtime/threads": torch.get_num_threads(),
+                "runtime/device": str(train.resolve_device(config.device)),
+                "runtime/machine": platform.machine(),
+            },
+        )
+        tracking.log_datasets(train_split.to_frame(), test_split.to_frame(), imdb.source, imdb.digest)
+        prepared = train.prepare(config, info, imdb, train_split, test_split, phases, progress=progress)
+
+        def on_epoch(stats: train.EpochStats) -> None:
+            metrics = {"train/loss": stats.loss, "train/accuracy": stats.accuracy, "time/epoch_s": stats.seconds}
+            if stats.test_accuracy is not None:
+                metrics["test/accuracy"] = stats.test_accuracy
+            tracking.log_epoch(stats.epoch, metrics)
+            extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
+            log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
+
+        result = train.train_and_evaluate(prepared, on_epoch=on_epoch, progress=progress)
+        tracking.log_predictions(test_split.ids, test_split.labels, result.probabilities)
+        model_config = {
+            "pool": config.pool,
+            "padding": config.padding,
+            "lstm_units": config.lstm_units,
+            "max_len": config.max_len,
+            "backbone": config.model,
+        }
+        with phases.timed("log_model"):
+            model_uri = tracking.log_model(result.model.state_dict(), model_config, prepared.tokenizer)
+        # time/total_s covers everything this process did for the run, model logging included.
+        phases.seconds["total"] = time.perf_counter() - started
+        metrics = dict(result.metrics)
+        metrics.update({f"time/{k}_s": v for k, v in phases.seconds.items()})
+        tracking.log_metrics(metrics, step=config.epochs)
+        runs_link, run_link = tracking.ui_links(run)
+        return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)

@@ -1,0 +1,102 @@
+"""The pooling layer, in one place: its spelling (`avg:2x2`), and masked pooling over (sequence, hidden)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from bertpooled.errors import BertpooledError
+
+KINDS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Pooling of kind `avg` or `max` with window = stride `seq` on the sequence and `hidden` on the hidden axis.
+
+    Windows are 'valid' as in Keras: a trailing part shorter than the window is dropped.
+    """
+
+    kind: str = "avg"
+    seq: int = 1
+    hidden: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> "PoolSpec":
+        """`avg:2x2`, `max:2x1`, `none` (= window 1x1) -> PoolSpec; anything else is a one-line error."""
+        text = (text or "none").strip().lower()
+        if text in ("none", "off", ""):
+            return cls("avg", 1, 1)
+        match = re.fullmatch(r"(avg|max):(\d+)x(\d+)", text)
+        if not match or int(match[2]) < 1 or int(match[3]) < 1:
+            raise BertpooledError(
+                f"pool={text!r} is not valid: write KIND:SxH with KIND avg or max and windows >= 1, e.g. avg:2x2, or none"
+            )
+        return cls(match[1], int(match[2]), int(match[3]))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.seq == 1 and self.hidden == 1
+
+    def __str__(self) -> str:
+        return "none" if self.is_identity else f"{self.kind}:{self.seq}x{self.hidden}"
+
+    def out_len(self, length: int) -> int:
+        """Sequence length after pooling."""
+        return length // self.seq
+
+    def out_hidden(self, hidden: int) -> int:
+        """Hidden size after pooling."""
+        return hidden // self.hidden
+
+
+def pool_hidden(x: torch.Tensor, spec: PoolSpec) -> torch.Tensor:
+    """Pool the last axis of `x` in windows of `spec.hidden` (no masking: every feature is real)."""
+    if spec.hidden == 1:
+        return x
+    width = (x.shape[-1] // spec.hidden) * spec.hidden
+    windows = x[..., :width].unflatten(-1, (width // spec.hidden, spec.hidden))
+    return windows.mean(-1) if spec.kind == "avg" else windows.amax(-1)
+
+
+def pool_sequence(x: torch.Tensor, mask: torch.Tensor, spec: PoolSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool (batch, seq, hidden) in windows of `spec.seq` along seq, ignoring positions where `mask` is False.
+
+    Returns the pooled values and the pooled mask: a window is real when any of its positions is.
+    A window of padding alone pools to zeros, so padding never leaks into pooled values.
+    """
+    if spec.seq == 1:
+        return x, mask
+    steps = x.shape[1] // spec.seq
+    if steps == 0:
+        raise BertpooledError(f"sequence of {x.shape[1]} positions is shorter than the pooling window {spec.seq}")
+    x = x[:, : steps * spec.seq].unflatten(1, (steps, spec.seq))
+    m = mask[:, : steps * spec.seq].unflatten(1, (steps, spec.seq))
+    pooled_mask = m.any(-1)
+    if spec.kind == "avg":
+        weights = m.to(x.dtype).unsqueeze(-1)
+        pooled = (x * weights).sum(2) / weights.sum(2).clamp_min(1.0)
+    else:
+        pooled = x.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(2)
+        pooled = pooled.masked_fill(~pooled_mask.unsqueeze(-1), 0.0)
+    return pooled, pooled_mask
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, spec: PoolSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool (batch, seq, hidden) over both axes as `spec` says; see `pool_sequence` for the mask."""
+    return pool_sequence(pool_hidden(x, spec), mask, spec)
+
+
+def lengths_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(batch, max_len) bool mask, True at the first `lengths[b]` positions of row b."""
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def pooled_lengths(lengths: torch.Tensor, spec: PoolSpec, max_len: int) -> torch.Tensor:
+    """Real positions left after sequence pooling: a window counts when it holds at least one real position."""
+    return torch.clamp(torch.div(lengths + spec.seq - 1, spec.seq, rounding_mode="floor"), max=spec.out_len(max_len))
+
+
+__all__ = ["PoolSpec", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_lengths"]

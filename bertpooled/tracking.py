@@ -1,0 +1,216 @@
+"""Everything MLflow: the run's lifecycle, names and tags, params, metrics, datasets, predictions and the model.
+
+Training code calls this module at its edges (start, each finished epoch, the end); nothing else imports mlflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from bertpooled.errors import BertpooledError
+
+DEFAULT_EXPERIMENT = "bertpooled"
+KIND_TAG = "bertpooled.kind"
+PREDICTIONS_PATH = "predictions/test.csv"
+MODEL_NAME = "model"
+SERVING_CODE = Path(__file__).with_name("serving.py")
+
+
+def redact_uri(uri: str) -> str:
+    """A URI with any `user:password@` removed, safe to print or log."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def use_default_experiment() -> None:
+    """Runs go to experiment `bertpooled` unless MLflow's own variables (or `mlflow run`) chose one."""
+    if not any(os.environ.get(v) for v in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")):
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+
+
+def git_commit() -> tuple[str, bool]:
+    """(commit, dirty) of the working tree, or ("unknown", False) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
+        )
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def run_name(mode: str, model: str, seed: int) -> str:
+    """`pool-minilm-s0`: mode, backbone (last path part of a folder or hub name), seed."""
+    short = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.rstrip("/")).name) or "model"
+    return f"{mode}-{short}-s{seed}"
+
+
+@contextmanager
+def training_run(name: str, tags: dict[str, str], description: str) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, under `mlflow run`, continue) a run; an error ends it FAILED with the reason as tag `error`.
+
+    Ctrl-C ends it KILLED. Whatever was logged before the failure stays.
+    """
+    use_default_experiment()
+    run = mlflow.start_run(run_name=name)
+    # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
+    mlflow.set_tags({"mlflow.runName": name, KIND_TAG: "train", **tags})
+    if description:
+        mlflow.set_tag("mlflow.note.content", description)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted (Ctrl-C or SIGTERM)")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as exc:
+        mlflow.set_tag("error", (str(exc).splitlines() or [type(exc).__name__])[0][:5000] or type(exc).__name__)
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
+    """The resolved config as `config/<field>` params (plain `-P` names belong to `mlflow run`) and as YAML."""
+    import yaml
+
+    params = {f"config/{k}": ("" if v is None else v) for k, v in config_dict.items()}
+    params.update(extra_params)
+    mlflow.log_params(params)
+    mlflow.log_text(yaml.safe_dump(config_dict, sort_keys=False), "config.yaml")
+
+
+def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics, step=epoch)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Final metrics; `step` = the last epoch keeps them the latest values beside the per-epoch ones."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, digest: str) -> None:
+    """Training and test subsets as MLflow dataset inputs (schema, profile, digest; not the data itself)."""
+    from mlflow.data.pandas_dataset import from_pandas
+
+    for frame, context in ((train, "training"), (test, "testing")):
+        name = "imdb-train" if context == "training" else "imdb-test"
+        with warnings.catch_warnings():
+            # A local path matches MLflow's local source type twice over; either reading is the same.
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            dataset = from_pandas(frame, source=redact_uri(source), name=name, targets="label")
+            mlflow.log_input(dataset, context=context, tags={"imdb_digest": digest[:16]})
+
+
+def log_predictions(ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Per-example test predictions, which the paired significance tests of compare-runs read."""
+    frame = pd.DataFrame({"id": ids, "label": labels.astype(int), "probability": probabilities})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(PREDICTIONS_PATH).name
+        frame.to_csv(path, index=False, float_format="%.8g")
+        mlflow.log_artifact(str(path), artifact_path=str(Path(PREDICTIONS_PATH).parent))
+
+
+def log_model(state: dict, model_config: dict, tokenizer) -> str:
+    """Log the classifier as a models-from-code pyfunc: code + safetensors weights + tokenizer files, no pickle.
+
+    Returns the model URI.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from safetensors.torch import save_file
+
+    import bertpooled
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+        config_path = Path(tmp) / "model_config.json"
+        config_path.write_text(json.dumps(model_config, indent=2))
+        tokenizer_dir = Path(tmp) / "tokenizer"
+        tokenizer.save_pretrained(str(tokenizer_dir))
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string", "text")]),
+            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label"), ColSpec("string", "sentiment")]),
+        )
+        with warnings.catch_warnings():
+            # The model takes texts and checks them itself; MLflow's type-hint validation adds nothing here.
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=str(SERVING_CODE),
+                artifacts={"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
+                code_paths=[str(Path(bertpooled.__file__).parent)],
+                signature=signature,
+                input_example=pd.DataFrame({"text": ["a wonderful film", "dull and far too long"]}),
+                pip_requirements=_model_requirements(),
+            )
+    return info.model_uri
+
+
+def _model_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    reqs = []
+    for dist in ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow"):
+        v = version(dist).split("+")[0]  # the CPU wheel's "+cpu" is no version pip can find elsewhere
+        reqs.append(f"{dist}=={v}")
+    return reqs
+
+
+def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
+    """(runs table link, run link) in MLflow's UI; the runs table opens in the "Model training" view."""
+    uri = mlflow.get_tracking_uri()
+    base = redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    exp = run.info.experiment_id
+    return (
+        f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning",
+        f"{base}/#/experiments/{exp}/runs/{run.info.run_id}",
+    )
+
+
+def experiment_name(experiment_id: str) -> str:
+    exp = MlflowClient().get_experiment(experiment_id)
+    return exp.name if exp else experiment_id
+
+
+def check_tracking_reachable() -> None:
+    """Fail within seconds, in one line, when the tracking server cannot be reached (before any work starts)."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(redact_uri(uri).rstrip("/") + "/health", timeout=5):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answers: MLflow's own calls will report what is wrong
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BertpooledError(
+            f"tracking server {redact_uri(uri)} is unreachable ({reason}): start it or fix MLFLOW_TRACKING_URI"
+        ) from None

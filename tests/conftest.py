@@ -1,0 +1,82 @@
+"""Fixtures: a tiny BERT saved like a real checkpoint, a tiny IMDB archive, a private tracking store."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+POSITIVE = "great wonderful superb moving brilliant loved".split()
+NEGATIVE = "awful boring dull terrible waste hated".split()
+FILLER = "the a film movie plot actor scene it was and of this".split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, ".", ","]
+
+
+def make_review(rng, words: list[str], n: int) -> str:
+    picks = [rng.choice(words) if rng.random() < 0.4 else rng.choice(FILLER) for _ in range(n)]
+    return " ".join(picks) + " ."
+
+
+def write_imdb_tree(root: Path, per_label: int = 24, seed: int = 0) -> Path:
+    """An aclImdb/ folder with `per_label` reviews per split and label, learnable from its words."""
+    import random
+
+    rng = random.Random(seed)
+    base = root / "aclImdb"
+    for split in ("train", "test"):
+        for label, words in (("pos", POSITIVE), ("neg", NEGATIVE)):
+            folder = base / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_label):
+                rating = 9 if label == "pos" else 2
+                (folder / f"{i}_{rating}.txt").write_text(make_review(rng, words, rng.randint(5, 30)), encoding="utf-8")
+    return base
+
+
+def write_imdb_archive(folder: Path, path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="aclImdb")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_imdb(tmp_path_factory) -> Path:
+    """A tiny aclImdb_v1.tar.gz, in the official layout."""
+    root = tmp_path_factory.mktemp("imdb")
+    tree = write_imdb_tree(root)
+    return write_imdb_archive(tree, root / "aclImdb_v1.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT with a 40-word vocabulary, saved with save_pretrained: the hub-name loading path."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch) -> str:
+    """A private SQLite tracking store and token cache under tmp_path; returns the tracking URI."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri

@@ -1,0 +1,158 @@
+"""End to end through `mlflow run . --env-manager local` with a tiny BERT and tiny IMDB, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_METRICS = {
+    "test/accuracy", "test/f1", "test/roc_auc", "time/data_s", "time/tokenize_s", "time/features_s", "time/train_s",
+    "time/eval_s", "time/total_s", "throughput/train_examples_per_s", "params/head", "params/head_trainable",
+    "params/backbone",
+}
+# LSTM(16) + Dense(1) on the tiny BERT's 32-wide embeddings (basic) or 16-wide after 2x2 pooling (pool).
+HEAD_PARAMS = {"basic": 4 * ((32 + 16) * 16 + 2 * 16) + 17, "pool": 4 * ((16 + 16) * 16 + 2 * 16) + 17}
+
+
+def mlflow_run(params: dict[str, str], store: str, experiment: str = "bertpooled") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture()
+def experiment(store, tmp_path):
+    mlflow.set_tracking_uri(store)
+    MlflowClient().create_experiment("bertpooled", artifact_location=(tmp_path / "mlruns").as_uri())
+    yield "bertpooled"
+    mlflow.set_tracking_uri(None)
+
+
+def _only_run(client: MlflowClient):
+    runs = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])
+    assert len(runs) == 1, [r.info.status for r in runs]
+    return runs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["basic", "pool", "basic_lstm"])
+def test_mlflow_run_trains_and_logs_the_whole_contract(mode, store, experiment, tiny_bert, tiny_imdb):
+    proc = mlflow_run(
+        {"config": "experiments/smoke.yaml", "mode": mode, "model": str(tiny_bert), "data": str(tiny_imdb), "max_len": "16"},
+        store,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test accuracy" in proc.stdout and "workflowType=machine_learning" in proc.stdout
+    client = MlflowClient()
+    run = _only_run(client)
+    resolved = "basic" if mode == "basic_lstm" else mode
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"{resolved}-{tiny_bert.name}-s0"
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+
+    # `mlflow run` logged the raw -P value; the resolved one sits beside it.
+    assert params["mode"] == mode and params["config/mode"] == resolved
+    assert params["config/pool"] == ("avg:2x2" if resolved == "pool" else "none")
+    assert params["config/max_len"] == "16" and params["config/epochs"] == "2"
+    assert params["data/digest"] and len(params["data/digest"]) == 64 and "git/commit" in params
+    assert tags["mode"] == resolved and tags["backbone"] == str(tiny_bert) and tags["bertpooled.kind"] == "train"
+    assert tags.get("mlflow.note.content")
+
+    assert CONTRACT_METRICS <= set(metrics)
+    assert metrics["params/head"] == metrics["params/head_trainable"] == HEAD_PARAMS[resolved]
+    assert 0 <= metrics["test/accuracy"] <= 1
+    assert metrics["data/train_examples"] == 36  # 3/4 of 24 per label and metrics["data/test_examples"] == 32
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2]
+
+    contexts = sorted(
+        next(t.value for t in inp.tags if t.key == "mlflow.data.context") for inp in run.inputs.dataset_inputs
+    )
+    assert contexts == ["testing", "training"]
+
+    local = client.download_artifacts(run.info.run_id, "predictions/test.csv")
+    preds = pd.read_csv(local)
+    assert list(preds.columns) == ["id", "label", "probability"] and len(preds) == 32
+    assert preds["id"].str.startswith("test/").all()
+    config_yaml = Path(client.download_artifacts(run.info.run_id, "config.yaml")).read_text()
+    assert f"mode: {resolved}" in config_yaml
+
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    out = model.predict(["a wonderful film", "dull and far too long"])
+    assert list(out.columns) == ["probability", "label", "sentiment"] and len(out) == 2
+    assert out["probability"].between(0, 1).all() and set(out["label"]) <= {0, 1}
+
+
+def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_imdb):
+    from bertpooled.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(ROOT / "experiments/smoke.yaml"), "--model", str(tiny_bert), "--data", str(tiny_imdb),
+              "--max-len", "16", "--epochs", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    run = _only_run(MlflowClient())
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model"))
+    names = {p.name for p in folder.rglob("*") if p.is_file()}
+    assert "weights.safetensors" in names and "serving.py" in names
+    assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin"))]
+    mlmodel = (folder / "MLmodel").read_text()
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel and "python_model.pkl" not in names
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_over_http(store, experiment, tiny_bert, tiny_imdb, tmp_path):
+    from bertpooled.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(ROOT / "experiments/smoke.yaml"), "--model", str(tiny_bert), "--data", str(tiny_imdb),
+              "--max-len", "16", "--epochs", "1", "--mode", "pool"],
+    )
+    assert result.exit_code == 0, result.output
+    run = _only_run(MlflowClient())
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run.info.run_id}/model", "--env-manager", "local",
+         "-p", str(port), "-h", "127.0.0.1"],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, "server exited"
+                assert time.time() < deadline, "server did not come up"
+                time.sleep(1)
+        body = json.dumps({"inputs": ["a wonderful film", "dull and far too long"]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        rows = answer["predictions"]
+        assert len(rows) == 2 and {"probability", "label", "sentiment"} <= set(rows[0])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
