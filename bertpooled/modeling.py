@@ -56,8 +56,8 @@ class LSTMHead(nn.Module):
         """Logits (batch,) from inputs (batch, seq, in); with `lengths`, the state after each row's last real step."""
         batch = x.shape[0]
         h0 = x.new_zeros(1, batch, self.units)
-        if x.is_cuda:
-            # cuDNN's fused LSTM has no such problem: let it project the inputs itself.
+        if x.is_cuda or not torch.is_grad_enabled():
+            # The slow part is oneDNN's backward: inference, and cuDNN, project the inputs themselves.
             weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
             inputs = x
         else:

@@ -30,7 +30,8 @@ def mlflow_run(params: dict[str, str], store: str, experiment: str = "bertpooled
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    # The project's command is `python -m bertpooled`: the `python` of this test's environment.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` (set up, then the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build lies on local disk on the project's CPU machines; on Linux, PyPI's wheel of the same
+# version is the CUDA build, so GPU users get CUDA from the same pin. Override with TORCH=torch.
+TORCH ?= torch==2.13.0
+MODE ?= pool
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test ui bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: the default protocol (experiments/default.yaml) tracked in ./mlflow.db, as `mlflow run` runs it.
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" mlflow run . --env-manager local --experiment-name bertpooled -P mode=$(MODE)
+
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+# MLflow's UI on http://127.0.0.1:5000 (loopback only unless you pass --host yourself).
+ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
+
+bench: setup
+	$(BIN)/python benchmarks/seed_protocol.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

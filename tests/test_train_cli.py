@@ -1,0 +1,154 @@
+"""`bertpooled train` through typer's CliRunner: bad input is one line, exit 2, no run left behind."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from bertpooled.cli import app
+from conftest import write_imdb_archive, write_imdb_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "experiments" / "smoke.yaml")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["train", "--config", SMOKE, "--max-len", "16", *args])
+
+
+def assert_user_error(result, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+def runs_in(store: str) -> list:
+    mlflow.set_tracking_uri(store)
+    try:
+        client = MlflowClient()
+        exps = [e.experiment_id for e in client.search_experiments()]
+        return client.search_runs(exps) if exps else []
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture()
+def bad_trees(tmp_path):
+    """Folders and archives that are broken in one way each."""
+    made = {}
+    good = write_imdb_tree(tmp_path / "good", per_label=4)
+    made["good"] = good
+    no_neg = write_imdb_tree(tmp_path / "noneg", per_label=4)
+    for f in (no_neg / "test" / "neg").iterdir():
+        f.unlink()
+    (no_neg / "test" / "neg").rmdir()
+    made["no_neg"] = no_neg
+    latin = write_imdb_tree(tmp_path / "latin", per_label=4)
+    (latin / "train" / "pos" / "0_9.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    made["latin"] = latin
+    empty = write_imdb_tree(tmp_path / "empty", per_label=4)
+    (empty / "test" / "pos" / "1_9.txt").write_text("   \n")
+    made["empty"] = empty
+    archive = write_imdb_archive(good, tmp_path / "aclImdb_v1.tar.gz")
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    made["truncated"] = truncated
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"this is not a tar file at all" * 10)
+    made["garbage"] = garbage
+    return made
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--mode", "fancy"], ["mode='fancy'", "basic"]),
+        (["--epochs", "0"], ["epochs=0", "positive"]),
+        (["--batch-size", "0"], ["batch_size=0"]),
+        (["--max-len", "0"], ["max_len=0"]),
+        (["--train-fraction", "1.5"], ["train_fraction=1.5", "(0, 1]"]),
+        (["--set", "nonsense=1"], ["unknown setting 'nonsense'"]),
+        (["--model", "./no-such-folder"], ["does not exist"]),
+        (["--data", "/no/such/aclImdb_v1.tar.gz"], ["/no/such/aclImdb_v1.tar.gz"]),
+    ],
+)
+def test_bad_options_fail_before_any_run_is_created(store, tiny_bert, tiny_imdb, args, words):
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), *args)
+    assert_user_error(result, *words)
+    assert runs_in(store) == []
+
+
+def test_max_len_beyond_the_backbone_positions_names_the_limit(store, tiny_bert, tiny_imdb):
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "100")
+    assert_user_error(result, "max_len=100", "64 positions", "--max-len 64")
+    assert runs_in(store) == []
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("no_neg", ["neg"]),
+        ("latin", ["UTF-8", "0_9.txt"]),
+        ("empty", ["empty", "1_9.txt"]),
+        ("truncated", ["corrupt or truncated"]),
+        ("garbage", ["garbage.tar.gz"]),
+    ],
+)
+def test_unusable_data_is_a_one_line_error_and_leaves_no_run(store, tiny_bert, bad_trees, case, words):
+    result = invoke("--model", str(tiny_bert), "--data", str(bad_trees[case]))
+    assert_user_error(result, *words)
+    assert runs_in(store) == []
+
+
+def test_offline_without_a_local_copy_says_how_to_provide_one(store, tiny_bert, monkeypatch):
+    from bertpooled import data
+
+    monkeypatch.delenv("BERTPOOLED_IMDB", raising=False)
+    monkeypatch.setattr(data, "IMDB_URL", "http://127.0.0.1:9/aclImdb_v1.tar.gz")
+    result = invoke("--model", str(tiny_bert))
+    assert_user_error(result, "BERTPOOLED_IMDB", "--data")
+    assert runs_in(store) == []
+
+
+def test_a_failure_inside_the_run_marks_it_failed_with_the_reason(store, tiny_bert, tiny_imdb, monkeypatch):
+    from bertpooled import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full while training")
+
+    monkeypatch.setattr(train, "fit", broken)
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
+    assert result.exit_code != 0
+    (run,) = runs_in(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "disk full while training"
+    assert "config/mode" in run.data.params  # what was logged before the failure stays
+
+
+def test_same_seed_same_machine_gives_identical_metrics(store, tiny_bert, tiny_imdb):
+    for _ in range(2):
+        assert invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool", "--seed", "3").exit_code == 0
+    a, b = runs_in(store)
+    keys = [k for k in a.data.metrics if not k.startswith(("time/", "throughput/", "tokens/"))]
+    assert keys and {k: a.data.metrics[k] for k in keys} == {k: b.data.metrics[k] for k in keys}
+    client = MlflowClient(store)
+    history = [[m.value for m in client.get_metric_history(r.info.run_id, "train/loss")] for r in (a, b)]
+    assert history[0] == history[1]
+
+
+def test_a_successful_run_prints_a_summary_and_the_runs_table_link(store, tiny_bert, tiny_imdb):
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool")
+    assert result.exit_code == 0, result.output
+    assert "pool" in result.output and "test accuracy" in result.output and "head params" in result.output
+    assert "#/experiments/" in result.output and "workflowType=machine_learning" in result.output
+    (run,) = runs_in(store)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == f"pool-{tiny_bert.name}-s0"
