@@ -1,0 +1,151 @@
+"""Time the seed protocol end to end: both modes as two `mlflow run` calls, repeated, phase by phase.
+
+    python benchmarks/seed_protocol.py                    # 3 repeats on this machine -> benchmarks/seed_protocol.md
+    python benchmarks/seed_protocol.py --device cuda --output benchmarks/seed_protocol_gpu.md
+
+Each repeat starts from empty caches (token ids and the parsed archive), so it pays for reading and
+tokenizing the data once, as a fresh user would; the second mode of a repeat finds the token ids cached.
+IMDB comes from --data or BERTPOOLED_IMDB. Every run lands in a throwaway tracking store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PHASES = ["data", "tokenize", "features", "train", "eval", "log_model", "total"]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}{gpu}, Python {platform.python_version()}"
+
+
+def one_run(mode: str, args, env: dict) -> tuple[float, int]:
+    """Wall seconds and peak RSS (MiB) of one `mlflow run` call, its training process included."""
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "bench",
+           "-P", f"mode={mode}", "-P", f"config={args.config}"]
+    if args.device:
+        cmd += ["-P", f"device={args.device}"]
+    for extra in args.param:
+        cmd += ["-P", extra]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    # wait4's ru_maxrss covers the child and every descendant it waited for: the training process too.
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"mlflow run failed for mode={mode}:\n{out[-3000:]}")
+    return wall, usage.ru_maxrss // 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--config", default="experiments/default.yaml")
+    parser.add_argument("--data", default=os.environ.get("BERTPOOLED_IMDB", ""))
+    parser.add_argument("--device", default="")
+    parser.add_argument("--param", action="append", default=[], help="extra -P key=value for every run")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "seed_protocol.md"))
+    args = parser.parse_args()
+    if not args.data:
+        sys.exit("error: point --data or BERTPOOLED_IMDB at aclImdb_v1.tar.gz")
+
+    import mlflow
+
+    modes = ["basic", "pool"]
+    rows: dict[str, list[dict]] = {m: [] for m in modes}
+    both = []
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        bin_dir = str(Path(sys.executable).parent)
+        for rep in range(args.repeats):
+            cache = Path(tmp) / f"cache{rep}"
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BERTPOOLED_IMDB": args.data, "BERTPOOLED_CACHE": str(cache),
+                   "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+            total = 0.0
+            for mode in modes:
+                wall, rss = one_run(mode, args, env)
+                total += wall
+                mlflow.set_tracking_uri(uri)
+                run = mlflow.search_runs(experiment_names=["bench"], max_results=1, order_by=["attributes.start_time DESC"],
+                                         output_format="list")[0]
+                m = run.data.metrics
+                row = {f"{p}": m.get(f"time/{p}_s", float("nan")) for p in PHASES}
+                row.update(wall=wall, rss=rss, acc=m["test/accuracy"], head=m["params/head"],
+                           hit=m.get("tokens/cache_hit", 0), n_train=m["data/train_examples"], n_test=m["data/test_examples"],
+                           device=run.data.params.get("runtime/device", "?"), threads=run.data.params.get("runtime/threads", "?"))
+                rows[mode].append(row)
+                print(f"repeat {rep + 1} {mode}: wall {wall:.1f}s train {row['train']:.1f}s acc {row['acc']:.4f} rss {rss} MiB", flush=True)
+            both.append(total)
+
+    med = {mode: {k: statistics.median(r[k] for r in rows[mode]) for k in rows[mode][0] if k not in ("device", "threads")} for mode in modes}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    command = "python benchmarks/seed_protocol.py" + "".join(
+        f" {flag} {val}" for flag, val in (("--device", args.device), ("--repeats", args.repeats if args.repeats != 3 else ""),
+                                           ("--config", args.config if args.config != "experiments/default.yaml" else "")) if val
+    ) + "".join(f" --param {p}" for p in args.param)
+    b, p = med["basic"], med["pool"]
+    lines = [
+        f"# Seed protocol timing ({'GPU' if 'cuda' in rows['basic'][0]['device'] else 'CPU'})",
+        "",
+        f"- machine: {machine()}",
+        f"- device: {rows['basic'][0]['device']}, torch threads: {rows['basic'][0]['threads']}",
+        f"- commit: {commit}; date: {time.strftime('%Y-%m-%d')}",
+        f"- protocol: `{args.config}` ({int(b['n_train']):,} train / {int(b['n_test']):,} test reviews), each mode as one "
+        "`mlflow run . --env-manager local` call, the two one after the other",
+        f"- command: `BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz {command}`",
+        f"- medians of {args.repeats} repeats; each repeat starts with empty caches, so basic reads and tokenizes, "
+        "and pool finds the token ids cached",
+        "",
+        "| phase (s) | basic | pool | pool/basic |",
+        "|---|---:|---:|---:|",
+    ]
+    for key in PHASES:
+        lines.append(f"| time/{key}_s | {b[key]:.2f} | {p[key]:.2f} | {p[key] / b[key]:.2f} |")
+    lines += [
+        f"| `mlflow run` wall, process start included | {b['wall']:.1f} | {p['wall']:.1f} | {p['wall'] / b['wall']:.2f} |",
+        f"| peak RSS (MiB) | {b['rss']:.0f} | {p['rss']:.0f} | |",
+        f"| test accuracy | {b['acc']:.4f} | {p['acc']:.4f} | |",
+        f"| head parameters | {b['head']:,.0f} | {p['head']:,.0f} | {p['head'] / b['head']:.2f} |",
+        "",
+        f"Both modes, two `mlflow run` calls end to end: median **{statistics.median(both):.1f} s** "
+        f"(repeats: {', '.join(f'{t:.1f}' for t in both)}).",
+        "",
+    ]
+    Path(args.output).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
