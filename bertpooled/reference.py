@@ -1,0 +1,188 @@
+"""The `reference` mode: TF-IDF (word 1-2 grams) and logistic regression, a yardstick for the neural modes.
+
+It trains on the same subsets and, by default, reads the same text the LSTM reads: the first `max_len` tokens
+of the backbone's tokenizer, decoded from the very token ids the neural modes use (`reference_text: full`
+reads the whole review instead). It reports the neural modes' metrics under the same names, and logs its
+model as a models-from-code pyfunc whose state is JSON and safetensors, never a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from bertpooled import backbone, data, train
+from bertpooled.config import Config
+from bertpooled.shared import Shared
+
+SERVING_CODE = Path(__file__).with_name("reference_serving.py")
+# min_df=2 drops n-grams seen in one review only: they cannot generalise, and they would
+# multiply the stored vocabulary several times over. sublinear_tf damps repeated words.
+VECTORIZER = {
+    "ngram_range": [1, 2], "min_df": 2, "sublinear_tf": True, "lowercase": True,
+    "token_pattern": r"(?u)\b\w\w+\b", "norm": "l2", "use_idf": True, "smooth_idf": True,
+}
+CLASSIFIER = {"C": 1.0, "solver": "liblinear", "max_iter": 1000}
+
+
+@dataclass
+class Fitted:
+    """A fitted reference model and what it needs to read raw text the way it was trained."""
+
+    vectorizer: TfidfVectorizer
+    classifier: LogisticRegression
+    config: Config
+    tokenizer: object = None
+
+
+@dataclass
+class Result:
+    """The same shape as `train.Result` where the experiment reads it: metrics and test probabilities."""
+
+    metrics: dict[str, float]
+    probabilities: np.ndarray
+    model: Fitted
+
+
+def describe(config: Config) -> str:
+    """The run's description (its MLflow note)."""
+    text = f"the first {config.max_len} {config.model} tokens" if config.reference_text == "tokens" else "the full review"
+    return f"IMDB sentiment, reference mode: TF-IDF (word 1-2 grams) + logistic regression on {text}, seed {config.seed}"
+
+
+def decode(tokenizer, rows: list[list[int]] | list[np.ndarray]) -> list[str]:
+    """Token ids back to text without [CLS]/[SEP]/[PAD]: what the LSTM saw, as words (reference_serving does the same)."""
+    rows = [r.tolist() if isinstance(r, np.ndarray) else list(r) for r in rows]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def texts(
+    config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split, test_split: data.Split,
+    phases: train.Phases, shared: Shared, progress: bool | None = None,
+) -> tuple[list[str], list[str], object, bool]:
+    """(train texts, test texts, tokenizer or None, tokens reused) as `reference_text` says; timed as `tokenize`."""
+    with phases.timed("tokenize"):
+        if config.reference_text == "full":
+            return train_split.texts, test_split.texts, None, False
+        tokenizer, _ = shared.tokenizer(info)
+        ids, hit = shared.token_ids(info, imdb, {"train": train_split, "test": test_split}, config.max_len, progress)
+        out = []
+        for name in ("train", "test"):
+            toks = ids[name]
+            # `toks` lives in the memo as long as this entry does, so its id names it uniquely.
+            decoded, _ = shared.get(
+                ("decoded", id(toks)), lambda toks=toks: decode(tokenizer, [r[:n] for r, n in zip(toks.ids, toks.lengths)])
+            )
+            out.append(decoded)
+        return out[0], out[1], tokenizer, hit
+
+
+def fit_and_evaluate(
+    config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split, test_split: data.Split,
+    phases: train.Phases, shared: Shared | None = None, progress: bool | None = None,
+) -> Result:
+    """Fit TF-IDF (`features`) and logistic regression (`train`), evaluate (`eval`); the contract's metrics."""
+    shared = shared or Shared()
+    train_texts, test_texts, tokenizer, hit = texts(config, info, imdb, train_split, test_split, phases, shared, progress)
+    with phases.timed("features"):
+        vectorizer = _vectorizer()
+        x_train = vectorizer.fit_transform(train_texts)
+    with phases.timed("train"):
+        # liblinear is deterministic given random_state (it shuffles with it), so a seed is a full recipe.
+        classifier = LogisticRegression(**CLASSIFIER, random_state=config.seed)
+        classifier.fit(x_train, train_split.labels)
+    with phases.timed("eval"):
+        probs = _positive(classifier, vectorizer.transform(test_texts))
+        metrics = train.evaluate(test_split.labels, probs)
+    n_params = int(classifier.coef_.size + classifier.intercept_.size)
+    metrics.update(
+        {
+            "params/head": n_params,
+            "params/head_trainable": n_params,
+            "params/backbone": 0,
+            "throughput/train_examples_per_s": len(train_split) / max(phases.seconds["train"], 1e-9),
+            "data/train_examples": len(train_split),
+            "data/test_examples": len(test_split),
+            "tokens/cache_hit": float(hit),
+        }
+    )
+    return Result(metrics, probs, Fitted(vectorizer, classifier, config, tokenizer))
+
+
+def _vectorizer(vocabulary: list[str] | None = None) -> TfidfVectorizer:
+    settings = {**VECTORIZER, "ngram_range": tuple(VECTORIZER["ngram_range"])}
+    return TfidfVectorizer(**settings, vocabulary=vocabulary, dtype=np.float64)
+
+
+def _positive(classifier: LogisticRegression, x) -> np.ndarray:
+    column = list(classifier.classes_).index(1)
+    return classifier.predict_proba(x)[:, column].astype(np.float64)
+
+
+def log_model(fitted: Fitted) -> str:
+    """Log the fitted model as a models-from-code pyfunc (reference_serving.py); returns the model URI.
+
+    State: the vocabulary (JSON, in column order), idf and coefficients (safetensors), the settings (JSON)
+    and, for `reference_text: tokens`, the tokenizer's files; the loader rebuilds the same vectorizer.
+    """
+    import mlflow
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from safetensors.numpy import save_file
+
+    from bertpooled.tracking import MODEL_NAME
+
+    cfg = fitted.config
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        vocabulary = fitted.vectorizer.get_feature_names_out().tolist()
+        (folder / "vocabulary.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
+        save_file(
+            {
+                "idf": np.ascontiguousarray(fitted.vectorizer.idf_, dtype=np.float64),
+                "coef": np.ascontiguousarray(fitted.classifier.coef_, dtype=np.float64),
+                "intercept": np.ascontiguousarray(fitted.classifier.intercept_, dtype=np.float64),
+                "classes": np.ascontiguousarray(fitted.classifier.classes_, dtype=np.int64),
+            },
+            str(folder / "weights.safetensors"),
+        )
+        settings = {"vectorizer": VECTORIZER, "reference_text": cfg.reference_text, "max_len": cfg.max_len, "backbone": cfg.model}
+        (folder / "model_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        artifacts = {name: str(folder / f) for name, f in
+                     (("vocabulary", "vocabulary.json"), ("weights", "weights.safetensors"), ("model_config", "model_config.json"))}
+        if fitted.tokenizer is not None:
+            fitted.tokenizer.save_pretrained(str(folder / "tokenizer"))
+            artifacts["tokenizer"] = str(folder / "tokenizer")
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string", "text")]),
+            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label"), ColSpec("string", "sentiment")]),
+        )
+        with warnings.catch_warnings():
+            # The model takes texts and checks them itself; MLflow's type-hint validation adds nothing here.
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=str(SERVING_CODE),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=pd.DataFrame({"text": ["a wonderful film", "dull and far too long"]}),
+                pip_requirements=_requirements(fitted.tokenizer is not None),
+            )
+    return info.model_uri
+
+
+def _requirements(with_tokenizer: bool) -> list[str]:
+    from importlib.metadata import version
+
+    dists = ["scikit-learn", "scipy", "safetensors", "numpy", "pandas", "mlflow"]
+    if with_tokenizer:
+        dists += ["transformers", "tokenizers"]
+    return [f"{dist}=={version(dist).split('+')[0]}" for dist in dists]

@@ -1,0 +1,69 @@
+"""The logged reference model's code (MLflow "models from code"): texts in, probability and label out.
+
+MLflow stores this file with the model and runs it on load. The TF-IDF vocabulary is JSON, idf and
+coefficients are safetensors, the tokenizer is its JSON files: loading never unpickles an object. The
+file imports nothing from bertpooled, so the model serves wherever scikit-learn does.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+
+class ReferenceModel(mlflow.pyfunc.PythonModel):
+    """P(positive review) from raw text: (first max_len tokens, decoded) -> TF-IDF -> logistic regression."""
+
+    def load_context(self, context) -> None:
+        from safetensors.numpy import load_file
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        with open(context.artifacts["model_config"], encoding="utf-8") as fh:
+            self.config = json.load(fh)
+        with open(context.artifacts["vocabulary"], encoding="utf-8") as fh:
+            vocabulary = json.load(fh)
+        state = load_file(context.artifacts["weights"])
+        settings = {**self.config["vectorizer"], "ngram_range": tuple(self.config["vectorizer"]["ngram_range"])}
+        # A fixed vocabulary plus the stored idf is the fitted vectorizer: nothing is re-fitted here.
+        self.vectorizer = TfidfVectorizer(**settings, vocabulary=vocabulary, dtype=np.float64)
+        self.vectorizer.idf_ = state["idf"]
+        self.classifier = LogisticRegression()
+        self.classifier.coef_ = state["coef"]
+        self.classifier.intercept_ = state["intercept"]
+        self.classifier.classes_ = state["classes"]
+        self.tokenizer = None
+        if self.config["reference_text"] == "tokens":
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
+
+    def predict(self, context, model_input: list[str], params=None) -> pd.DataFrame:
+        texts = _texts(model_input)
+        if self.tokenizer is not None:
+            # The same text the model was trained on: the first max_len tokens, decoded (bertpooled.reference.decode).
+            ids = self.tokenizer(texts, truncation=True, max_length=self.config["max_len"])["input_ids"]
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        column = list(self.classifier.classes_).index(1)
+        probs = self.classifier.predict_proba(self.vectorizer.transform(texts))[:, column].astype(np.float64)
+        labels = (probs >= 0.5).astype(np.int64)
+        return pd.DataFrame(
+            {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}
+        )
+
+
+def _texts(model_input) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        column = "text" if "text" in model_input.columns else model_input.columns[0]
+        return model_input[column].astype(str).tolist()
+    if isinstance(model_input, (pd.Series, np.ndarray)):
+        return [str(t) for t in np.asarray(model_input).ravel()]
+    if isinstance(model_input, str):
+        return [model_input]
+    return [str(t) for t in model_input]
+
+
+mlflow.models.set_model(ReferenceModel())

@@ -1,0 +1,92 @@
+"""Inputs that several runs in one process can share: the data subsets, the tokenizer, token ids, the embeddings.
+
+A sweep runs its children in one process; each input is memoized under what determines it, so a child that
+needs what an earlier one already read, loaded or tokenized gets the same object back. Runs on their own
+never see this module (`run_experiment` without `shared` behaves as before).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from bertpooled import backbone, data, tokens, train
+from bertpooled.config import Config
+
+T = TypeVar("T")
+
+
+class Shared:
+    """A memo of run inputs, keyed by what determines each; lives as long as one sweep."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, Any] = {}
+
+    def get(self, key: tuple, make: Callable[[], T]) -> tuple[T, bool]:
+        """(value, hit): the value stored under `key`, made by `make()` the first time."""
+        if key in self._memo:
+            return self._memo[key], True
+        value = make()
+        self._memo[key] = value
+        return value, False
+
+    def read_data(
+        self, config: Config, phases: train.Phases, progress: bool | None = None
+    ) -> tuple[data.Imdb, data.Split, data.Split]:
+        """`train.read_data`, once per source and subset settings; a reuse is timed as `data` like a read."""
+        key = (
+            "data", data.resolve_source(config.data), config.train_fraction, config.max_train_examples,
+            config.max_test_examples, config.data_seed,
+        )
+        if key in self._memo:
+            with phases.timed("data"):
+                return self._memo[key]
+        value, _ = self.get(key, lambda: train.read_data(config, phases, progress=progress))
+        return value
+
+    def tokenizer(self, info: backbone.BackboneInfo) -> tuple[Any, str]:
+        """(tokenizer, fingerprint) of the backbone, loaded once."""
+
+        def load():
+            tokenizer = backbone.load_tokenizer(info)
+            return tokenizer, backbone.tokenizer_fingerprint(tokenizer)
+
+        return self.get(("tokenizer", info.path), load)[0]
+
+    def embeddings(self, info: backbone.BackboneInfo) -> backbone.WordEmbeddings:
+        """The backbone's frozen word embeddings, loaded once (no run writes to them: they are a buffer)."""
+        return self.get(("embeddings", info.path), lambda: backbone.load_word_embeddings(info))[0]
+
+    def token_ids(
+        self, info: backbone.BackboneInfo, imdb: data.Imdb, splits: dict[str, data.Split], max_len: int,
+        progress: bool | None = None,
+    ) -> tuple[dict[str, tokens.Tokens], bool]:
+        """Token ids per split, as `train.prepare` makes them (same disk cache key); True when none was tokenized."""
+        tokenizer, fingerprint = self.tokenizer(info)
+        out, hits = {}, []
+        for name, split in splits.items():
+            # The same key as train.prepare's, so sweeps and single runs share the disk cache too.
+            key = tokens.cache_key(fingerprint, train.data_digest_of(imdb.digest, split.ids), name, max_len)
+            (toks, disk_hit), memo_hit = self.get(
+                ("tokens", key),
+                lambda split=split, key=key, name=name: tokens.load_or_tokenize(
+                    tokenizer, split.texts, max_len, key=key, cache_dir=data.cache_dir(), progress=progress,
+                    desc=f"tokenize {name}",
+                ),
+            )
+            out[name] = toks
+            hits.append(memo_hit or disk_hit)
+        return out, all(hits)
+
+    def prepare(
+        self, config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split,
+        test_split: data.Split, phases: train.Phases, progress: bool | None = None,
+    ) -> train.Prepared:
+        """`train.prepare` with every input shared: the same phases timed, the same token ids and features."""
+        with phases.timed("tokenize"):
+            tokenizer, _ = self.tokenizer(info)
+            ids, hit = self.token_ids(info, imdb, {"train": train_split, "test": test_split}, config.max_len, progress)
+        with phases.timed("features"):
+            embeddings = self.embeddings(info)
+        return train.Prepared(
+            config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, embeddings, hit, phases
+        )
