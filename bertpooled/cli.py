@@ -56,7 +56,7 @@ def _sigterm_as_interrupt() -> None:
 @app.command()
 def train(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
-    mode: Optional[str] = typer.Option(None, help="basic | pool (also basic_lstm, lstm_basic)."),
+    mode: Optional[str] = typer.Option(None, help="basic | pool | reference (TF-IDF yardstick); also basic_lstm, lstm_basic."),
     model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder."),
     data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder [env: BERTPOOLED_IMDB]."),
     epochs: Optional[int] = typer.Option(None, help="Passes over the training subset."),
@@ -101,6 +101,137 @@ def train(
     )
     typer.echo(f"runs: {outcome.runs_link}")
     typer.echo(f"run:  {outcome.run_link}   (start the UI with `mlflow ui` in the project root)")
+
+
+def _blank_to_none(value: Optional[str]) -> Optional[str]:
+    """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
+    return value if value is None or value.strip() else None
+
+
+@app.command("compare-runs")
+def compare_runs_command(
+    format: str = typer.Option("table", "--format", "-f", help="table | markdown | json | csv."),
+    output: Optional[str] = typer.Option(None, help="Also write report.md, report.json, report.csv and the plots to this folder."),
+    group_by: Optional[str] = typer.Option(None, help="Config keys to group by, comma-separated (default: mode)."),
+    baseline: Optional[str] = typer.Option("basic", help="Group (a value of the first group key) the others are compared with."),
+    experiment: Optional[str] = typer.Option(None, help="Experiment whose runs to compare (default: bertpooled)."),
+    parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: compare its children."),
+    run_id: Optional[List[str]] = typer.Option(None, "--run-id", help="Compare these runs (repeatable, or comma-separated)."),
+    filter: Optional[str] = typer.Option(None, "--filter", help="MLflow search filter, e.g. \"params.`config/epochs` = '10'\"."),
+    tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: MLFLOW_TRACKING_URI, else MLflow's local default)."),
+    include_unfinished: bool = typer.Option(False, "--include-unfinished", help="Also count runs that did not finish."),
+    no_log: bool = typer.Option(False, "--no-log", help="Do not log the report as a comparison run."),
+) -> None:
+    """Compare tracked runs by group: accuracy with CIs, costs, ratios and significance against a baseline."""
+    from bertpooled import compare
+
+    ids = [i.strip() for value in run_id or [] for i in value.split(",") if i.strip()]
+    try:
+        report = compare.compare_runs(
+            format=_blank_to_none(format) or "table",
+            output=_blank_to_none(output),
+            group_by=_blank_to_none(group_by) or ("mode",),
+            baseline=baseline,
+            experiment=_blank_to_none(experiment) or compare.DEFAULT_EXPERIMENT,
+            parent=_blank_to_none(parent),
+            run_id=ids or None,
+            filter=_blank_to_none(filter),
+            tracking_uri=_blank_to_none(tracking_uri),
+            include_unfinished=include_unfinished,
+            no_log=no_log,
+        )
+    except BertpooledError as exc:
+        fail(str(exc))
+        return
+    _print_report(report, _blank_to_none(format) or "table", _blank_to_none(output), tracking_uri=_blank_to_none(tracking_uri))
+
+
+def _print_report(report, format: str, output: Optional[str], tracking_uri: Optional[str] = None) -> None:
+    """The report on stdout, where its files and comparison run went on stderr; no runs left = exit 2."""
+    typer.echo(report.render(format).rstrip("\n"))
+    if output:
+        typer.echo(f"report files: {output}", err=True)
+    if report.comparison_run_id:
+        typer.echo(f"comparison run: {report.comparison_run_id}", err=True)
+        _point_mlflow_run_at(report.comparison_run_id, tracking_uri)
+    if not report.runs:
+        fail("nothing to compare: no selected run has the contract's metrics and predictions (see the notes above)")
+
+
+def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: Optional[str]) -> None:
+    # Under `mlflow run -e compare` MLflow made a run for this command; the report lives in its own
+    # comparison run, so this one is tagged as a comparison (compare-runs leaves it out) and points there.
+    run = os.environ.get("MLFLOW_RUN_ID")
+    if not run or run == comparison_run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    client.set_tag(run, "bertpooled.kind", "comparison")
+    client.set_tag(run, "bertpooled.comparison_run_id", comparison_run_id)
+    client.set_tag(run, "mlflow.runName", "compare (mlflow run)")
+    client.set_tag(run, "mlflow.note.content", f"The report is logged in comparison run {comparison_run_id}.")
+
+
+@app.command("sweep")
+def sweep_command(
+    modes: Optional[str] = typer.Option(None, help="Modes, comma-separated: basic, pool, reference (default: basic,pool)."),
+    seeds: Optional[str] = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
+    seed_list: Optional[str] = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
+    resume_parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: run only its missing or unfinished children."),
+    experiment: Optional[str] = typer.Option(None, help="Experiment for a new sweep (default: bertpooled)."),
+    format: str = typer.Option("table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."),
+    output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
+    model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder."),
+    data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder (env: BERTPOOLED_IMDB)."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the training subset."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size."),
+    max_len: Optional[int] = typer.Option(None, help="Tokens per review, [CLS]/[SEP] included."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
+    train_fraction: Optional[float] = typer.Option(None, help="Share of each label of the training split, in (0, 1]."),
+    max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews (0 = none)."),
+    max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews (0 = all)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode/seed as key=value, for every child (repeatable)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+) -> None:
+    """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
+    from bertpooled import sweep as sweeping
+    from bertpooled.config import parse_sets
+    from bertpooled.report import FORMATS
+
+    _sigterm_as_interrupt()
+    fmt = _blank_to_none(format) or "table"
+    try:
+        if fmt not in FORMATS:
+            raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
+        overrides = parse_sets(set_)
+        named = {
+            "model": model, "data": data, "epochs": epochs, "batch_size": batch_size, "max_len": max_len, "lr": lr,
+            "train_fraction": train_fraction, "max_train_examples": max_train_examples,
+            "max_test_examples": max_test_examples, "device": device,
+        }
+        overrides.update({k: v for k, v in named.items() if v is not None})
+        seed_values = sweeping.parse_seeds(seeds, seed_list)
+        children = sweeping.plan(_blank_to_none(config), overrides, sweeping.parse_modes(modes), seed_values)
+        outcome = sweeping.run_sweep(
+            children,
+            experiment=_blank_to_none(experiment),
+            resume_parent=_blank_to_none(resume_parent),
+            progress=_progress(progress),
+            log=lambda line: typer.echo(line, err=True),
+        )
+        typer.echo(f"sweep {outcome.parent_run_id}: ran {len(outcome.ran)}, "
+                   f"{len(outcome.already_finished)} already finished; comparing its children", err=True)
+        report = sweeping.compare_children(outcome, format=fmt, output=_blank_to_none(output))
+    except BertpooledError as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
+        return
+    _print_report(report, fmt, _blank_to_none(output))
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

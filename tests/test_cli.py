@@ -1,0 +1,117 @@
+"""`bertpooled compare-runs` through typer's CliRunner: the report on stdout, mistakes in one line with exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from bertpooled.cli import app
+
+N_TEST = 40
+LABELS = np.arange(N_TEST) % 2
+IDS = [f"test/{'pos' if label else 'neg'}/{i}_8" for i, label in enumerate(LABELS)]
+
+
+def _run(folder, mode: str, seed: int, n_correct: int, metrics: bool = True) -> str:
+    with mlflow.start_run(run_name=f"{mode}-s{seed}", tags={"mode": mode, "bertpooled.kind": "train"}) as run:
+        mlflow.log_params({"config/mode": mode, "config/seed": seed, "config/epochs": 2})
+        if not metrics:
+            return run.info.run_id
+        mlflow.log_metrics({
+            "test/accuracy": n_correct / N_TEST, "test/f1": 0.5, "test/roc_auc": 0.5, "time/train_s": 10.0,
+            "time/total_s": 12.0 if mode == "basic" else 7.0, "params/head": 100.0 if mode == "basic" else 50.0,
+        })
+        right = np.arange(N_TEST) < n_correct
+        predicted = np.where(right, LABELS, 1 - LABELS)
+        path = folder / run.info.run_id / "test.csv"
+        path.parent.mkdir(parents=True)
+        pd.DataFrame({"id": IDS, "label": LABELS, "probability": np.where(predicted == 1, 0.9, 0.1)}).to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="predictions")
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Experiment `bertpooled` with basic and pool at seeds 0 and 1, `empty` with no runs, `broken` with a
+    finished run that logged no metrics."""
+    folder = tmp_path_factory.mktemp("cli-store")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+            monkeypatch.delenv(name, raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment("bertpooled")
+        ids = [_run(folder, mode, seed, n) for seed, (a, b) in enumerate([(30, 31), (32, 30)])
+               for mode, n in (("basic", a), ("pool", b))]
+        mlflow.set_experiment("empty")
+        mlflow.set_experiment("broken")
+        _run(folder, "basic", 0, 0, metrics=False)
+        mlflow.set_tracking_uri(None)
+        yield {"uri": uri, "ids": ids, "folder": folder}
+
+
+def compare(runs, *args: str):
+    return CliRunner().invoke(app, ["compare-runs", "--tracking-uri", runs["uri"], *args])
+
+
+def test_the_report_goes_to_stdout_and_its_files_and_comparison_run_are_named(runs, tmp_path):
+    result = compare(runs, "--format", "json", "--output", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [g["label"] for g in report["groups"]] == ["basic", "pool"]
+    assert report["comparisons"][0]["group"] == "pool" and len(report["comparisons"][0]["mcnemar"]) == 2
+    assert {"report.md", "report.json", "report.csv", "accuracy_vs_time.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
+    comparison = MlflowClient(runs["uri"]).get_run(report["comparison_run_id"])
+    assert comparison.data.tags["bertpooled.kind"] == "comparison"
+    assert f"comparison run: {report['comparison_run_id']}" in result.stderr
+
+    table = compare(runs, "--no-log", "--run-id", ",".join(runs["ids"][:2]), "--run-id", runs["ids"][3])
+    assert table.exit_code == 0, table.output
+    assert "Verdicts" in table.stdout and "comparison run" not in table.stderr
+
+    csv = compare(runs, "--no-log", "--format", "csv", "--group-by", "mode", "--baseline", "pool",
+                  "--filter", "params.`config/seed` = '0'")
+    assert csv.exit_code == 0, csv.output
+    frame = pd.read_csv(pd.io.common.StringIO(csv.stdout))
+    assert list(frame["group"]) == ["pool", "basic"] and list(frame["n_runs"]) == [1, 1]  # the baseline first
+
+
+def test_empty_options_mean_not_given_as_mlproject_passes_them(runs):
+    result = compare(runs, "--no-log", "--format", "", "--output", "", "--group-by", "", "--parent", "", "--filter", "",
+                     "--experiment", "", "--run-id", "")
+    assert result.exit_code == 0, result.output
+    assert "Verdicts" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--experiment", "nope"], ["unknown experiment 'nope'", "empty"]),
+        (["--experiment", "empty"], ["no runs in experiment 'empty'"]),
+        (["--filter", "params.`config/seed` = '9'"], ["matched no runs"]),
+        (["--filter", "params.seed ==="], ["invalid --filter"]),
+        (["--parent", "0123456789abcdef0123456789abcdef"], ["unknown parent run"]),
+        (["--run-id", "0123456789abcdef0123456789abcdef"], ["unknown run id"]),
+        (["--format", "xml"], ["unknown report format 'xml'"]),
+        (["--group-by", "colour"], ["cannot group by 'colour'"]),
+        (["--experiment", "broken"], ["nothing to compare"]),
+    ],
+)
+def test_mistakes_are_one_line_on_stderr_and_exit_2(runs, args, words):
+    result = compare(runs, "--no-log", *args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert all(word in errors[0] for word in words), errors[0]
+
+
+def test_nothing_to_compare_still_prints_why(runs):
+    result = compare(runs, "--no-log", "--experiment", "broken")
+    assert result.exit_code == 2
+    assert "missing contract metric(s) test/accuracy" in result.stdout, result.stdout
