@@ -165,15 +165,15 @@ def build_model(prepared: Prepared) -> PooledLSTMClassifier:
 def predict_proba(model: PooledLSTMClassifier, toks: tokens.Tokens, batch_size: int, device: torch.device, amp: bool = False) -> np.ndarray:
     """P(positive) per row, in order."""
     model.eval()
-    ids = torch.from_numpy(toks.ids)
-    lengths = torch.from_numpy(toks.lengths)
-    out = np.empty(len(toks), dtype=np.float64)
+    ids = torch.from_numpy(toks.ids).to(device)
+    lengths = torch.from_numpy(toks.lengths).to(device)
+    out = []
     for start in range(0, len(toks), batch_size):
-        stop = start + batch_size
         with _autocast(device, amp):
-            logits = model(ids[start:stop].to(device, non_blocking=True), lengths[start:stop].to(device, non_blocking=True))
-        out[start:stop] = torch.sigmoid(logits.float()).cpu().numpy()
-    return out
+            logits = model(ids[start : start + batch_size], lengths[start : start + batch_size])
+        out.append(torch.sigmoid(logits.float()))
+    # One copy back at the end instead of a device sync per batch.
+    return torch.cat(out).double().cpu().numpy() if out else np.empty(0)
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -189,11 +189,10 @@ def fit(
 ) -> list[EpochStats]:
     """Train the head with Adam and BCE-with-logits; one visible loop, one callback per finished epoch."""
     cfg = prepared.config
-    ids = torch.from_numpy(prepared.train_tokens.ids)
-    lengths = torch.from_numpy(prepared.train_tokens.lengths)
-    labels = torch.from_numpy(prepared.train.labels.astype(np.float32))
-    if device.type == "cuda":
-        ids, lengths, labels = ids.pin_memory(), lengths.pin_memory(), labels.pin_memory()
+    # The whole training set is a few MB of token ids: on a GPU it lives there, so a step copies nothing.
+    ids = torch.from_numpy(prepared.train_tokens.ids).to(device)
+    lengths = torch.from_numpy(prepared.train_tokens.lengths).to(device)
+    labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(device)
     # The fused kernel updates all tensors at once: about 1 ms less per step than the per-tensor loop on CPU.
     optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=device.type in ("cpu", "cuda"))
     order = torch.Generator().manual_seed(cfg.seed)
@@ -202,16 +201,14 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=order)
+        perm = torch.randperm(n, generator=order).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=None if progress is None else not progress)
         for begin in bar:
             idx = perm[begin : begin + cfg.batch_size]
-            x = ids[idx].to(device, non_blocking=True)
-            lens = lengths[idx].to(device, non_blocking=True)
-            y = labels[idx].to(device, non_blocking=True)
+            x, lens, y = ids[idx], lengths[idx], labels[idx]
             with _autocast(device, cfg.amp):
                 logits = model(x, lens).float()
             loss = F.binary_cross_entropy_with_logits(logits, y)
