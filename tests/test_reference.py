@@ -69,6 +69,7 @@ def test_a_reference_run_logs_the_contract_and_a_pickle_free_pyfunc(text, store,
     assert run.info.status == "FINISHED" and run.info.run_name == f"reference-{tiny_bert.name}-s0"
     assert params["config/mode"] == "reference" and params["config/reference_text"] == text
     assert params["config/pool"] == "none" and tags["mode"] == "reference" and tags["bertpooled.kind"] == "train"
+    assert params["reference/C"] == "4.0" and params["reference/ngram_range"] == "[1, 2]"
     assert ("first 16" in tags["mlflow.note.content"]) == (text == "tokens")
     assert CONTRACT_METRICS <= set(metrics)
     assert metrics["params/backbone"] == 0 and metrics["params/head"] == metrics["params/head_trainable"] > 1
