@@ -15,6 +15,7 @@ from bertpooled import sweep, train
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
+from bertpooled.experiment import run_experiment
 from bertpooled.shared import Shared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,12 @@ def test_a_sweep_nests_its_children_and_a_resume_runs_only_what_is_missing(store
     assert client.get_run(comparison_id).data.tags["bertpooled.kind"] == "comparison"
 
     by_label = {c.data.tags["sweep/child"]: c for c in children}
+    # Sharing inputs changes nothing a child computes: a run on its own gives the same numbers.
+    alone = run_experiment(load_config(SMOKE, {"mode": "pool", "seed": 1, "model": str(tiny_bert), "data": str(tiny_imdb),
+                                               "max_len": 16, "epochs": 1}), log=lambda line: None)
+    for key in ("test/accuracy", "test/roc_auc", "params/head", "train/loss"):
+        assert alone.metrics.get(key, client.get_run(alone.run_id).data.metrics[key]) == by_label["pool-s1"].data.metrics[key]
+
     client.delete_run(by_label["pool-s1"].info.run_id)
     client.set_terminated(by_label["basic-s0"].info.run_id, "FAILED")
     again = invoke(tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "2", "--resume-parent", parent_id,
