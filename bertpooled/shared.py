@@ -1,4 +1,5 @@
-"""Inputs that several runs in one process can share: the data subsets, the tokenizer, token ids, the embeddings.
+"""Inputs that several runs in one process can share: the data subsets, the tokenizer, token ids, the embeddings,
+the frozen backbone and its features.
 
 A sweep runs its children in one process; each input is memoized under what determines it, so a child that
 needs what an earlier one already read, loaded or tokenized gets the same object back. Runs on their own
@@ -77,16 +78,30 @@ class Shared:
             hits.append(memo_hit or disk_hit)
         return out, all(hits)
 
+    @staticmethod
+    def shares(config: Config) -> bool:
+        """Whether `prepare` can share this config's inputs: today's `train.prepare` features (token ids and
+        frozen word embeddings). Other features go through `train.prepare` itself: unshared, but right."""
+        return getattr(config, "features", "embeddings") == "embeddings"
+
     def prepare(
         self, config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split,
         test_split: data.Split, phases: train.Phases, progress: bool | None = None,
     ) -> train.Prepared:
         """`train.prepare` with every input shared: the same phases timed, the same token ids and features."""
+        if not self.shares(config):
+            return train.prepare(config, info, imdb, train_split, test_split, phases, progress=progress)
         with phases.timed("tokenize"):
             tokenizer, _ = self.tokenizer(info)
             ids, hit = self.token_ids(info, imdb, {"train": train_split, "test": test_split}, config.max_len, progress)
-        with phases.timed("features"):
-            embeddings = self.embeddings(info)
-        return train.Prepared(
-            config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, embeddings, hit, phases
+        prepared = train.Prepared(
+            config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, None, hit, phases
         )
+        with phases.timed("features"):
+            if config.features == "encoder":
+                # One frozen backbone per sweep (a fine-tuned child trains a copy); features memoized per cache key.
+                load = lambda: self.get(("backbone", info.path), lambda: train.load_backbone(info))[0]  # noqa: E731
+                train.prepare_encoder_features(prepared, load, progress=progress, memo=self.get)
+            else:
+                prepared.embeddings = self.embeddings(info)
+        return prepared

@@ -111,15 +111,8 @@ def base_config(children: Sequence[Child]) -> dict[str, object]:
 
 
 def _check_children(children: Sequence[Child]) -> dict[str, object]:
-    """train.check for each distinct setup; returns each child's BackboneInfo by key."""
-    infos, seen = {}, {}
-    for child in children:
-        cfg = child.config
-        setup = (cfg.model, cfg.max_len, cfg.pool, cfg.data, cfg.device)
-        if setup not in seen:
-            seen[setup] = train.check(cfg)
-        infos[child.key] = seen[setup]
-    return infos
+    """train.check for every child (it reads config files only); returns each child's BackboneInfo by key."""
+    return {child.key: train.check(child.config) for child in children}
 
 
 def _experiment_id(experiment: str | None) -> str:
@@ -202,7 +195,7 @@ def _prepare_shared(shared: Shared, todo: Sequence[Child], infos: dict, progress
     phases = train.Phases()
     first = todo[0].config
     imdb, train_split, test_split = shared.read_data(first, phases, progress=progress)
-    neural = [c for c in todo if c.config.mode != "reference"]
+    neural = [c for c in todo if c.config.mode != "reference" and shared.shares(c.config)]
     if neural:
         shared.prepare(neural[0].config, infos[neural[0].key], imdb, train_split, test_split, phases, progress)
     for child in (c for c in todo if c.config.mode == "reference"):
