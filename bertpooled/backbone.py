@@ -50,6 +50,7 @@ class BackboneInfo:
     hidden_size: int
     vocab_size: int
     max_positions: int
+    num_layers: int = 0
 
 
 def inspect(name: str) -> BackboneInfo:
@@ -67,7 +68,8 @@ def inspect(name: str) -> BackboneInfo:
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 10**9
     if hidden is None or getattr(config, "vocab_size", None) is None:
         raise BertpooledError(f"backbone {name!r} ({config.model_type}) has no hidden_size/vocab_size: use a BERT-like model")
-    return BackboneInfo(name, path, config.model_type, int(hidden), int(config.vocab_size), int(positions))
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None) or 0
+    return BackboneInfo(name, path, config.model_type, int(hidden), int(config.vocab_size), int(positions), int(layers))
 
 
 def load_tokenizer(info: BackboneInfo):

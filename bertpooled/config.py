@@ -19,6 +19,7 @@ MODE_ALIASES = {"basic_lstm": "basic", "lstm_basic": "basic"}
 # What each mode means when the config does not spell out `pool` itself.
 MODE_POOL = {"basic": "none", "pool": "avg:2x2", "reference": "none"}
 PADDINGS = ("mask", "read")
+FEATURES = ("embeddings", "encoder")
 INITS = ("keras", "torch")
 REFERENCE_TEXTS = ("tokens", "full")
 EXPERIMENTS_DIR = Path("experiments")
@@ -54,6 +55,14 @@ class Config:
     """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
     pool: str = ""
     """Pooling as KIND:SxH (`avg:2x2`, `max:2x1`) or `none`; empty = the mode's preset."""
+    pool_at: str = "input"
+    """Where pooling sits: `input` (word embeddings), `output` (encoder's last hidden state) or `layer:K` (after K encoder layers; BERT family)."""
+    features: str = "embeddings"
+    """What the head reads: `embeddings` (frozen input word embeddings, the seed's) or `encoder` (the backbone's hidden states)."""
+    finetune: bool = False
+    """Train the backbone too (features=encoder only), at `backbone_lr`; frozen features are computed once and cached."""
+    backbone_lr: float = 2e-5
+    """Adam learning rate of the backbone when `finetune` is true (the head keeps `lr`)."""
     padding: str = "mask"
     """`mask`: padding never reaches the LSTM or the pooled values; `read`: the LSTM reads it, as the original did."""
     lstm_units: int = 16
@@ -74,6 +83,10 @@ class Config:
     """bfloat16 autocast on CUDA (ignored on CPU)."""
     reference_text: str = "tokens"
     """What `reference` mode reads: `tokens` (the first max_len tokens, decoded: what the LSTM sees) or `full` (the whole review)."""
+    latency_texts: int = 32
+    """Single texts timed end to end (tokenize -> features -> head) for latency/p50_ms and p95_ms, after warm-up."""
+    throughput_batches: int = 3
+    """Batches of 32 texts timed end to end for throughput/infer_examples_per_s, after one warm-up batch."""
     description: str = ""
     """A free-text note shown as the run's description."""
 
@@ -81,7 +94,7 @@ class Config:
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
             _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
-        for name in ("epochs", "batch_size", "max_len", "lstm_units", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "max_len", "lstm_units", "eval_batch_size", "latency_texts", "throughput_batches"):
             if getattr(self, name) <= 0:
                 _bad(name, getattr(self, name), "a positive integer")
         for name in ("seed", "data_seed", "max_train_examples", "max_test_examples", "num_threads"):
@@ -91,6 +104,8 @@ class Config:
             _bad("max_len", self.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             _bad("lr", self.lr, "a positive number such as 1e-3")
+        if not (math.isfinite(self.backbone_lr) and self.backbone_lr > 0):
+            _bad("backbone_lr", self.backbone_lr, "a positive number such as 2e-5")
         if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
             _bad("adam_eps", self.adam_eps, "a positive number such as 1e-7")
         if not (0 < self.train_fraction <= 1):
@@ -111,11 +126,45 @@ class Config:
         self.reference_text = str(self.reference_text).strip().lower()
         if self.reference_text not in REFERENCE_TEXTS:
             _bad("reference_text", self.reference_text, " or ".join(REFERENCE_TEXTS))
-        from bertpooled.pooling import PoolSpec  # late: pooling imports torch
+        from bertpooled.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
 
-        self.pool = str(PoolSpec.parse(self.pool or MODE_POOL[self.mode]))
-        if self.mode == "reference" and self.pool != "none":
-            _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
+        spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
+        self.pool = str(spec)
+        self.pool_at = str(PoolPosition.parse(self.pool_at))
+        self.features = str(self.features).strip().lower()
+        if self.features not in FEATURES:
+            _bad("features", self.features, " or ".join(FEATURES))
+        if self.mode == "reference":
+            if self.pool != "none":
+                _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
+            if self.features != "embeddings" or self.finetune or self.pool_at != "input":
+                _bad("mode", self.mode, "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)")
+        self._check_pooling_combination(spec, PoolPosition.parse(self.pool_at))
+
+    def _check_pooling_combination(self, spec, position) -> None:
+        """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
+        if self.features == "embeddings":
+            if position.where != "input":
+                _bad("pool_at", self.pool_at, "input with features=embeddings (output and layer:K need features=encoder)")
+            if self.finetune:
+                _bad("finetune", self.finetune, "false with features=embeddings (the word-embedding table stays frozen), or features=encoder")
+            return
+        if self.padding != "mask":
+            _bad("padding", self.padding, "mask with features=encoder (the encoder always reads the attention mask)")
+        if spec.is_identity:
+            return
+        if position.where == "input":
+            _bad("pool_at", self.pool_at, "output or layer:K with features=encoder (layer:0 pools before the first encoder layer)")
+        if position.where == "layer" and spec.hidden != 1:
+            _bad("pool", self.pool, f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={self.pool_at} (encoder layers expect their hidden size)")
+
+    @property
+    def variant(self) -> str:
+        """A short name for the configuration: the mode for the seed's word-embedding runs, else the encoder setup."""
+        if self.features == "embeddings":
+            return self.mode
+        where = "" if self.pool == "none" else f"-{self.pool}@{self.pool_at}"
+        return f"encoder{'-ft' if self.finetune else ''}{where}"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain values, in field order."""

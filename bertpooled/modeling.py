@@ -97,6 +97,50 @@ class PooledLSTMClassifier(nn.Module):
         return self.head(x, None)
 
 
+class EncoderLSTMClassifier(nn.Module):
+    """Token ids -> backbone hidden states (pooled between layers by `encoder`) -> pooling at the output -> LSTMHead.
+
+    `features` and `classify` split the forward pass where a frozen backbone's output is cached: a run on
+    cached features trains `classify` alone, and the logged model runs both.
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, out_pool: PoolSpec, *, units: int = 16, init: str = "keras",
+                 seed: int | None = None) -> None:
+        super().__init__()
+        self.encoder, self.out_pool = encoder, out_pool
+        if seed is not None:
+            # The head starts from the run's seed whatever loading the backbone drew from the generator.
+            torch.manual_seed(seed)
+        self.head = LSTMHead(out_pool.out_hidden(hidden_size), units, init)
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's output for right-padded ids: (hidden states, real lengths), before output pooling."""
+        hidden, mask = self.encoder(ids, lengths_mask(lengths, ids.shape[1]))
+        return hidden, mask.sum(1)
+
+    def classify(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits from the backbone's output: pooling at the output (masked), then the head."""
+        hidden = hidden.float()
+        pooled, mask = pool_sequence(pool_hidden(hidden, self.out_pool), lengths_mask(lengths, hidden.shape[1]), self.out_pool)
+        return self.head(pooled, mask.sum(1))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits (batch,) for right-padded ids (batch, max_len) with real lengths (batch,)."""
+        return self.classify(*self.features(ids, lengths))
+
+
+class FeatureHead(nn.Module):
+    """What trains on cached frozen features: `classify` of an EncoderLSTMClassifier, sharing its head."""
+
+    def __init__(self, model: EncoderLSTMClassifier) -> None:
+        super().__init__()
+        self.head = model.head
+        self._classify = model.classify
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self._classify(hidden, lengths)
+
+
 def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(total, trainable) parameter counts; buffers such as the frozen embedding table are not parameters."""
     total = sum(p.numel() for p in module.parameters())

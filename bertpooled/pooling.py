@@ -1,4 +1,9 @@
-"""The pooling layer, in one place: its spelling (`avg:2x2`), and masked pooling over (sequence, hidden)."""
+"""The pooling layer, in one place: its spelling (`avg:2x2`), where it sits (`pool_at`), and masked pooling.
+
+Every pooled value in the project is computed by `pool` / `pool_sequence` / `pool_hidden` below, wherever the
+position puts them: on the word embeddings (`input`), between encoder layers (`layer:K`, bertpooled.encoder)
+or on the encoder's last hidden state (`output`).
+"""
 
 from __future__ import annotations
 
@@ -52,6 +57,37 @@ class PoolSpec:
         return hidden // self.hidden
 
 
+POSITIONS = ("input", "output", "layer:K")
+
+
+@dataclass(frozen=True)
+class PoolPosition:
+    """Where pooling sits: `input` (word embeddings), `output` (encoder's last hidden state) or `layer:K`.
+
+    `layer:K` pools the hidden states after the first K encoder layers (K=0: the embedding layer's output), so
+    layers K+1.. run on the shorter sequence.
+    """
+
+    where: str = "input"
+    layer: int | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "PoolPosition":
+        """`input`, `output`, `layer:K` -> PoolPosition; anything else is a one-line error."""
+        text = (text or "input").strip().lower()
+        if text in ("input", "output"):
+            return cls(text)
+        match = re.fullmatch(r"layer:(\d+)", text)
+        if not match:
+            raise BertpooledError(
+                f"config: pool_at={text!r} is not valid: use input, output or layer:K (K encoder layers before pooling, e.g. layer:2)"
+            )
+        return cls("layer", int(match[1]))
+
+    def __str__(self) -> str:
+        return f"layer:{self.layer}" if self.where == "layer" else self.where
+
+
 def pool_hidden(x: torch.Tensor, spec: PoolSpec) -> torch.Tensor:
     """Pool the last axis of `x` in windows of `spec.hidden` (no masking: every feature is real)."""
     if spec.hidden == 1:
@@ -99,4 +135,4 @@ def pooled_lengths(lengths: torch.Tensor, spec: PoolSpec, max_len: int) -> torch
     return torch.clamp(torch.div(lengths + spec.seq - 1, spec.seq, rounding_mode="floor"), max=spec.out_len(max_len))
 
 
-__all__ = ["PoolSpec", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_lengths"]
+__all__ = ["PoolSpec", "PoolPosition", "POSITIONS", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_lengths"]

@@ -1,0 +1,98 @@
+"""The backbone as a feature extractor: hidden states of the encoder, with sequence pooling between its layers.
+
+`PoolingEncoder` runs a BERT-family encoder itself, module by module (embeddings -> layers[:K] -> pooling of
+the hidden states *and* the attention mask -> layers[K:]), with the attention mask built by the same
+transformers helper BertModel uses, so with a window of 1 it computes exactly what `BertModel` computes. Other
+architectures run whole (`AutoModel`), which serves `features=encoder` with no pooling or pooling at the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from bertpooled.errors import BertpooledError
+from bertpooled.pooling import PoolPosition, PoolSpec, pool_sequence
+
+# Model types whose AutoModel is transformers' BertModel (embeddings, encoder.layer[i]): layer:K runs on these.
+LAYER_POOLING_TYPES = ("bert",)
+
+
+def check_layer_pooling(model_type: str, num_layers: int, position: PoolPosition, model_name: str) -> None:
+    """One-line errors for `layer:K` on an architecture it cannot run on, or K past the encoder's layers."""
+    if position.where != "layer":
+        return
+    if model_type not in LAYER_POOLING_TYPES:
+        raise BertpooledError(
+            f"config: pool_at={position} needs a BERT-family backbone (model_type bert: minilm, bert-base-uncased), "
+            f"and {model_name!r} is {model_type!r}: use pool_at=output, or a BERT backbone"
+        )
+    if not 0 <= position.layer < num_layers:
+        raise BertpooledError(
+            f"config: pool_at={position} is past the {num_layers} encoder layers of {model_name!r}: "
+            f"use layer:0 to layer:{num_layers - 1}, or output"
+        )
+
+
+class PoolingEncoder(nn.Module):
+    """(ids, bool mask) -> (hidden states, bool mask), pooled on the sequence after `position.layer` layers.
+
+    Without pooling inside (`position` not `layer:K`, or a 1x1 window) this is the plain encoder's last hidden
+    state. Pooling at the output is not done here: the head side applies it (see modeling.EncoderLSTMClassifier),
+    so a cache of this module's output serves every output pooling.
+    """
+
+    def __init__(self, model: nn.Module, position: PoolPosition, spec: PoolSpec) -> None:
+        super().__init__()
+        self.model = model
+        # A 1x1 window at layer:K still takes the pooling path (pool, rebuild the mask): the test that it equals
+        # the plain encoder exercises the real code.
+        self.inside = spec if position.where == "layer" else None
+        self.at_layer = position.layer if self.inside is not None else None
+        self.bert_family = model.config.model_type in LAYER_POOLING_TYPES
+        if self.inside is not None and not spec.is_identity and not self.bert_family:
+            raise BertpooledError(f"pool_at={position} needs a BERT-family backbone, not {model.config.model_type!r}")
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.bert_family:
+            return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state, mask
+        from transformers.masking_utils import create_bidirectional_mask
+
+        bert = self.model
+        hidden = bert.embeddings(input_ids=ids)
+        attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask.long())
+        for i, layer in enumerate(bert.encoder.layer):
+            if i == self.at_layer:
+                # The attention mask is pooled with the sequence: a window is real when any of its tokens is.
+                hidden, mask = pool_sequence(hidden, mask, self.inside)
+                attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask.long())
+            # The call BertEncoder makes, argument for argument.
+            hidden = layer(hidden, attention, None, encoder_attention_mask=None, cache=None, position_ids=None)
+        return hidden, mask
+
+
+def load_backbone(path: str) -> nn.Module:
+    """The backbone's base model (`AutoModel`) from its folder or hub name, in eval mode, on CPU."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(path)
+    return model.eval()
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 of the backbone's config and every weight: any change to either misses the feature cache."""
+    import json
+
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+__all__ = ["PoolingEncoder", "check_layer_pooling", "load_backbone", "fingerprint", "LAYER_POOLING_TYPES"]
