@@ -48,12 +48,18 @@ def run_experiment(
     log(f"data: {len(train_split):,} train / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
 
     commit, dirty = tracking.git_commit()
-    name = tracking.run_name(config.mode, config.model, config.seed)
+    name = tracking.run_name(config.variant, config.model, config.seed)
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **(tags or {})}
+    if config.features != "embeddings":
+        tags.update({"features": config.features, "pool_at": config.pool_at, "finetune": str(config.finetune).lower(),
+                     "variant": config.variant})
     description = config.description or (
         reference.describe(config) if config.mode == "reference" else
         f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} word embeddings, "
         f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
+        if config.features == "embeddings" else
+        f"IMDB sentiment from {config.model} encoder hidden states ({'fine-tuned' if config.finetune else 'frozen'}), "
+        f"{config.pool} pooling at {config.pool_at}, LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
     )
     with tracking.training_run(name, tags, description, parent_run_id=parent_run_id) as run:
         tracking.log_config(
@@ -99,7 +105,12 @@ def run_experiment(
                 "lstm_units": config.lstm_units,
                 "max_len": config.max_len,
                 "backbone": config.model,
+                "features": config.features,
+                "pool_at": config.pool_at,
             }
+            if config.features == "encoder":
+                # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
+                model_config["backbone_config"] = result.model.encoder.model.config.to_dict()
             with phases.timed("log_model"):
                 model_uri = tracking.log_model(result.model.state_dict(), model_config, prepared.tokenizer)
         # time/total_s covers everything this process did for the run, model logging included.

@@ -14,10 +14,9 @@ import pandas as pd
 
 
 class SentimentModel(mlflow.pyfunc.PythonModel):
-    """P(positive review) from raw text: tokenize -> frozen word embeddings -> pooling -> LSTM head."""
+    """P(positive review) from raw text: tokenize -> word embeddings or encoder (pooled as trained) -> LSTM head."""
 
     def load_context(self, context) -> None:
-        import torch
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
@@ -28,28 +27,42 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
             self.config = json.load(fh)
         state = load_file(context.artifacts["weights"])
         self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
-        # The stored table is already hidden-pooled; rebuilding with hidden window 1 keeps it as it is.
         spec = PoolSpec.parse(self.config["pool"])
-        stored = PoolSpec(spec.kind, spec.seq, 1)
-        self.model = PooledLSTMClassifier(
-            state["embeddings"], stored, units=self.config["lstm_units"], padding=self.config["padding"]
-        )
+        if self.config.get("features", "embeddings") == "encoder":
+            self.model = _encoder_model(self.config, spec)
+        else:
+            # The stored table is already hidden-pooled; rebuilding with hidden window 1 keeps it as it is.
+            stored = PoolSpec(spec.kind, spec.seq, 1)
+            self.model = PooledLSTMClassifier(
+                state["embeddings"], stored, units=self.config["lstm_units"], padding=self.config["padding"]
+            )
         self.model.load_state_dict(state)
         self.model.eval()
-        self.torch = torch
 
     def predict(self, context, model_input: list[str], params=None) -> pd.DataFrame:
-        texts = _texts(model_input)
-        enc = self.tokenizer(
-            texts, truncation=True, max_length=self.config["max_len"], padding="max_length", return_tensors="pt"
-        )
-        lengths = enc["attention_mask"].sum(1)
-        with self.torch.no_grad():
-            probs = self.torch.sigmoid(self.model(enc["input_ids"], lengths)).numpy().astype(np.float64)
+        from bertpooled.inference import predict_texts
+
+        probs = predict_texts(self.model, self.tokenizer, _texts(model_input), self.config["max_len"])
         labels = (probs >= 0.5).astype(np.int64)
         return pd.DataFrame(
             {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}
         )
+
+
+def _encoder_model(config: dict, spec):
+    """The backbone rebuilt from its JSON config (no download, no original folder), wrapped as it was trained."""
+    from transformers import AutoConfig, AutoModel
+
+    from bertpooled.encoder import PoolingEncoder
+    from bertpooled.modeling import EncoderLSTMClassifier
+    from bertpooled.pooling import PoolPosition, PoolSpec
+
+    backbone_config = dict(config["backbone_config"])
+    model_type = backbone_config.pop("model_type")
+    backbone = AutoModel.from_config(AutoConfig.for_model(model_type, **backbone_config)).eval()
+    out_pool = spec if config["pool_at"] == "output" else PoolSpec()
+    encoder = PoolingEncoder(backbone, PoolPosition.parse(config["pool_at"]), spec)
+    return EncoderLSTMClassifier(encoder, backbone.config.hidden_size, out_pool, units=config["lstm_units"])
 
 
 def _texts(model_input) -> list[str]:

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from tqdm.auto import tqdm
 
-from bertpooled import backbone, data, tokens
+from bertpooled import backbone, data, features, tokens
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
-from bertpooled.modeling import PooledLSTMClassifier, count_parameters
-from bertpooled.pooling import PoolSpec
+from bertpooled.modeling import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
+from bertpooled.pooling import PoolPosition, PoolSpec
 
 
 @dataclass
@@ -51,6 +51,16 @@ class Prepared:
     embeddings: backbone.WordEmbeddings | None = None
     tokens_cache_hit: bool = False
     phases: Phases = field(default_factory=Phases)
+    backbone_model: torch.nn.Module | None = None
+    """features=encoder: the loaded backbone (frozen; a fine-tuned run trains a copy)."""
+    train_features: features.Features | None = None
+    test_features: features.Features | None = None
+    """Frozen encoder features (cached on disk); None when the run computes them itself (embeddings, finetune)."""
+    features_cache_hit: bool = False
+
+    @property
+    def cached(self) -> bool:
+        return self.train_features is not None
 
 
 @dataclass
@@ -69,7 +79,7 @@ class Result:
     metrics: dict[str, float]
     probabilities: np.ndarray
     history: list[EpochStats]
-    model: PooledLSTMClassifier
+    model: torch.nn.Module
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +102,10 @@ def check(config: Config) -> backbone.BackboneInfo:
             f"{config.model!r}: use --max-len {info.max_positions} or less"
         )
     spec = PoolSpec.parse(config.pool)
+    if config.features == "encoder" and not spec.is_identity:
+        from bertpooled.encoder import check_layer_pooling
+
+        check_layer_pooling(info.model_type, info.num_layers, PoolPosition.parse(config.pool_at), config.model)
     if spec.out_len(config.max_len) < 1:
         raise BertpooledError(f"config: max_len={config.max_len} is shorter than the pooling window of pool={spec}")
     if spec.out_hidden(info.hidden_size) < 1:
@@ -135,11 +149,80 @@ def prepare(config: Config, info: backbone.BackboneInfo, imdb, train, test, phas
             )
             sets.append(toks)
             hits.append(hit)
+    prepared = Prepared(config, info, imdb, train, test, sets[0], sets[1], tokenizer, None, all(hits), phases)
     with phases.timed("features"):
-        embeddings = backbone.load_word_embeddings(info)
-    return Prepared(
-        config, info, imdb, train, test, sets[0], sets[1], tokenizer, embeddings, all(hits), phases
-    )
+        if config.features == "encoder":
+            prepare_encoder_features(prepared, lambda: load_backbone(info), progress=progress)
+        else:
+            prepared.embeddings = backbone.load_word_embeddings(info)
+    return prepared
+
+
+def load_backbone(info: backbone.BackboneInfo) -> torch.nn.Module:
+    """The backbone's base model, frozen (no gradients) and in eval mode; a user-facing error if it cannot load."""
+    from bertpooled.encoder import load_backbone as load
+
+    try:
+        model = load(info.path)
+    except (OSError, ValueError) as exc:
+        raise backbone._load_error(info.name, exc) from None
+    model.requires_grad_(False)
+    return model
+
+
+def encoder_for(config: Config, model: torch.nn.Module):
+    """The backbone wrapped with the pooling inside it that `config` asks for (none unless pool_at=layer:K)."""
+    from bertpooled.encoder import PoolingEncoder
+
+    return PoolingEncoder(model, PoolPosition.parse(config.pool_at), PoolSpec.parse(config.pool))
+
+
+def inside_spec(config: Config) -> str:
+    """The pooling that happens inside the backbone (part of the feature cache key): `none` or `SPEC@layer:K`."""
+    spec = PoolSpec.parse(config.pool)
+    return f"{spec}@{config.pool_at}" if config.pool_at.startswith("layer:") and not spec.is_identity else "none"
+
+
+def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None,
+                             memo=None) -> None:
+    """Load the backbone; when frozen, fill in its features for both splits from the disk cache or by running it.
+
+    `memo(key, make)` (a sweep's `Shared.get`) keeps features in memory across the sweep's children.
+    """
+    from bertpooled.encoder import fingerprint
+
+    cfg = prepared.config
+    prepared.backbone_model = load()
+    if cfg.finetune:
+        return
+    device = resolve_device(cfg.device)
+    encoder = encoder_for(cfg, prepared.backbone_model)
+    print_key = fingerprint(prepared.backbone_model)
+    hits = []
+    for name, split, toks in (("train", prepared.train, prepared.train_tokens), ("test", prepared.test, prepared.test_tokens)):
+        subset = data_digest_of(prepared.imdb.digest, split.ids)
+        key = features.cache_key(print_key, subset, name, cfg.max_len, inside_spec(cfg))
+
+        def make(toks=toks, key=key, name=name):
+            encoder.to(device)
+            try:
+                return features.load_or_compute(
+                    lambda: features.compute(encoder, toks.ids, toks.lengths, cfg.eval_batch_size, device, progress,
+                                             desc=f"features {name}"),
+                    key=key, cache_dir=data.cache_dir(), rows=len(toks),
+                    meta={"backbone": cfg.model, "split": name, "max_len": str(cfg.max_len), "inside": inside_spec(cfg)},
+                )
+            finally:
+                encoder.cpu()
+
+        if memo is not None:
+            (feats, disk_hit), memo_hit = memo(("features", key), make)
+            hit = disk_hit or memo_hit
+        else:
+            feats, hit = make()
+        hits.append(hit)
+        setattr(prepared, f"{name}_features", feats)
+    prepared.features_cache_hit = all(hits)
 
 
 def data_digest_of(digest: str, ids: list[str]) -> str:
@@ -153,24 +236,58 @@ def data_digest_of(digest: str, ids: list[str]) -> str:
     return h.hexdigest()
 
 
-def build_model(prepared: Prepared) -> PooledLSTMClassifier:
+def build_model(prepared: Prepared) -> torch.nn.Module:
+    """The whole classifier: word-embedding lookup + head, or backbone (a trainable copy when fine-tuning) + head."""
     cfg = prepared.config
     seed_everything(cfg.seed)
-    return PooledLSTMClassifier(
-        prepared.embeddings.table, PoolSpec.parse(cfg.pool), units=cfg.lstm_units, padding=cfg.padding, init=cfg.init
+    spec = PoolSpec.parse(cfg.pool)
+    if cfg.features == "embeddings":
+        return PooledLSTMClassifier(
+            prepared.embeddings.table, spec, units=cfg.lstm_units, padding=cfg.padding, init=cfg.init
+        )
+    import copy
+
+    backbone_model = prepared.backbone_model
+    if cfg.finetune:
+        backbone_model = copy.deepcopy(backbone_model).requires_grad_(True)
+    out_pool = spec if cfg.pool_at == "output" else PoolSpec()
+    return EncoderLSTMClassifier(
+        encoder_for(cfg, backbone_model), prepared.info.hidden_size, out_pool, units=cfg.lstm_units, init=cfg.init,
+        seed=cfg.seed,
     )
 
 
+def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the trained network reads for a split: cached frozen features, else token ids; and real lengths."""
+    if prepared.cached:
+        feats: features.Features = getattr(prepared, f"{split}_features")
+        return feats.hidden, feats.lengths.long()
+    toks: tokens.Tokens = getattr(prepared, f"{split}_tokens")
+    return torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths)
+
+
+def trained_network(model: torch.nn.Module, prepared: Prepared) -> torch.nn.Module:
+    """The part of `model` a step runs: the head alone on cached features, else the whole model."""
+    return FeatureHead(model) if prepared.cached else model
+
+
 @torch.no_grad()
-def predict_proba(model: PooledLSTMClassifier, toks: tokens.Tokens, batch_size: int, device: torch.device, amp: bool = False) -> np.ndarray:
-    """P(positive) per row, in order."""
-    model.eval()
-    ids = torch.from_numpy(toks.ids).to(device)
-    lengths = torch.from_numpy(toks.lengths).to(device)
+def predict_proba(model: torch.nn.Module, toks: tokens.Tokens, batch_size: int, device: torch.device, amp: bool = False) -> np.ndarray:
+    """P(positive) per row, in order, from token ids."""
+    return predict_inputs(model, torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths), batch_size, device, amp)
+
+
+@torch.no_grad()
+def predict_inputs(net: torch.nn.Module, inputs: torch.Tensor, lengths: torch.Tensor, batch_size: int,
+                   device: torch.device, amp: bool = False) -> np.ndarray:
+    """P(positive) per row, in order, from what `net` reads (token ids or cached features)."""
+    net.eval()
+    ids = inputs.to(device)
+    lengths = lengths.to(device)
     out = []
-    for start in range(0, len(toks), batch_size):
+    for start in range(0, len(lengths), batch_size):
         with _autocast(device, amp):
-            logits = model(ids[start : start + batch_size], lengths[start : start + batch_size])
+            logits = net(ids[start : start + batch_size], lengths[start : start + batch_size])
         out.append(torch.sigmoid(logits.float()))
     # One copy back at the end instead of a device sync per batch.
     return torch.cat(out).double().cpu().numpy() if out else np.empty(0)
@@ -181,7 +298,7 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def fit(
-    model: PooledLSTMClassifier,
+    model: torch.nn.Module,
     prepared: Prepared,
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
@@ -189,18 +306,24 @@ def fit(
 ) -> list[EpochStats]:
     """Train the head with Adam and BCE-with-logits; one visible loop, one callback per finished epoch."""
     cfg = prepared.config
-    # The whole training set is a few MB of token ids: on a GPU it lives there, so a step copies nothing.
-    ids = torch.from_numpy(prepared.train_tokens.ids).to(device)
-    lengths = torch.from_numpy(prepared.train_tokens.lengths).to(device)
+    # The whole training set is a few MB of token ids (or the cached features): on a GPU it lives there, so a
+    # step copies nothing.
+    inputs, lengths = model_inputs(prepared, "train")
+    ids, lengths = inputs.to(device), lengths.to(device)
+    net = trained_network(model, prepared)
+    test_inputs = model_inputs(prepared, "test") if cfg.eval_each_epoch else None
     labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(device)
+    params = [{"params": list(model.head.parameters())}]
+    if cfg.finetune:
+        params.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.backbone_lr})
     # The fused kernel updates all tensors at once: about 1 ms less per step than the per-tensor loop on CPU.
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=device.type in ("cpu", "cuda"))
     order = torch.Generator().manual_seed(cfg.seed)
     n = len(labels)
     history: list[EpochStats] = []
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        model.train()
+        net.train()
         perm = torch.randperm(n, generator=order).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -210,7 +333,7 @@ def fit(
             idx = perm[begin : begin + cfg.batch_size]
             x, lens, y = ids[idx], lengths[idx], labels[idx]
             with _autocast(device, cfg.amp):
-                logits = model(x, lens).float()
+                logits = net(x, lens).float()
             loss = F.binary_cross_entropy_with_logits(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -220,7 +343,7 @@ def fit(
             correct += ((logits.detach() > 0) == (y > 0.5)).sum()
         stats = EpochStats(epoch, float(loss_sum) / n, float(correct) / n, time.perf_counter() - start)
         if cfg.eval_each_epoch:
-            probs = predict_proba(model, prepared.test_tokens, cfg.eval_batch_size, device, cfg.amp)
+            probs = predict_inputs(net, *test_inputs, cfg.eval_batch_size, device, cfg.amp)
             stats.test_accuracy = float(accuracy_score(prepared.test.labels, probs >= 0.5))
         history.append(stats)
         if on_epoch:
@@ -242,27 +365,46 @@ def configure_threads(config: Config) -> None:
 
 
 def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None = None) -> Result:
-    """Build the model, fit, evaluate on the test subset; fill in the contract's metrics."""
+    """Build the model, fit, evaluate on the test subset, measure its inference cost; fill in the contract's metrics."""
+    from bertpooled import cost
+
     cfg, phases = prepared.config, prepared.phases
     device = resolve_device(cfg.device)
     model = build_model(prepared).to(device)
     with phases.timed("train"):
         history = fit(model, prepared, device, on_epoch=on_epoch, progress=progress)
     with phases.timed("eval"):
-        probs = predict_proba(model, prepared.test_tokens, cfg.eval_batch_size, device, cfg.amp)
+        net = trained_network(model, prepared)
+        probs = predict_inputs(net, *model_inputs(prepared, "test"), cfg.eval_batch_size, device, cfg.amp)
         metrics = evaluate(prepared.test.labels, probs)
+    with phases.timed("cost"):
+        metrics.update(
+            cost.measure(model, prepared.tokenizer, prepared.test.texts, cfg.max_len, device,
+                         latency_texts=cfg.latency_texts, throughput_batches=cfg.throughput_batches)
+        )
     head_total, head_trainable = count_parameters(model.head)
     train_s = phases.seconds["train"]
+    if prepared.embeddings is not None:
+        backbone_params, embedding_params, backbone_trainable = (
+            prepared.embeddings.backbone_params, prepared.embeddings.table.numel(), 0
+        )
+    else:
+        backbone_params, backbone_trainable = count_parameters(model.encoder)
+        embedding_params = model.encoder.model.get_input_embeddings().weight.numel()
     metrics.update(
         {
             "params/head": head_total,
             "params/head_trainable": head_trainable,
-            "params/backbone": prepared.embeddings.backbone_params,
-            "params/embeddings": prepared.embeddings.table.numel(),
+            "params/backbone": backbone_params,
+            "params/backbone_trainable": backbone_trainable,
+            "params/embeddings": embedding_params,
             "throughput/train_examples_per_s": len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
             "data/train_examples": len(prepared.train),
             "data/test_examples": len(prepared.test),
             "tokens/cache_hit": float(prepared.tokens_cache_hit),
+            "memory/peak_mb": cost.peak_memory_mb(device),
         }
     )
+    if prepared.cached:
+        metrics["features/cache_hit"] = float(prepared.features_cache_hit)
     return Result(metrics, probs, history, model.cpu())

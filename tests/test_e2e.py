@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
     "test/accuracy", "test/f1", "test/roc_auc", "time/data_s", "time/tokenize_s", "time/features_s", "time/train_s",
     "time/eval_s", "time/total_s", "throughput/train_examples_per_s", "params/head", "params/head_trainable",
-    "params/backbone",
+    "params/backbone", "cost/backbone_flops_per_example", "cost/head_flops_per_example", "latency/p50_ms",
+    "latency/p95_ms", "throughput/infer_examples_per_s", "memory/peak_mb",
 }
 # LSTM(16) + Dense(1) on the tiny BERT's 32-wide embeddings (basic) or 16-wide after 2x2 pooling (pool).
 HEAD_PARAMS = {"basic": 4 * ((32 + 16) * 16 + 2 * 16) + 17, "pool": 4 * ((16 + 16) * 16 + 2 * 16) + 17}

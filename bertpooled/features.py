@@ -1,0 +1,88 @@
+"""Frozen encoder features, computed once per (backbone, data subset, max_len, pooling inside the encoder).
+
+Stored as safetensors (no pickle) in `<cache>/features/<key>.safetensors`: the hidden states in float16 (half
+the disk and memory of float32; every run, hit or miss, trains on the same float16-rounded values) and the real
+length of each row. Pooling at the output is not part of the key: it is applied on load, so one entry serves
+the unpooled encoder and every output pooling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+CACHE_VERSION = "1"
+STORED_DTYPE = torch.float16
+
+
+@dataclass
+class Features:
+    """A split's backbone output: hidden states (n, seq, hidden) in float16 and real lengths (n,)."""
+
+    hidden: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def cache_key(backbone_fingerprint: str, subset_digest: str, split: str, max_len: int, inside: str) -> str:
+    """Changes whenever anything that changes the stored features changes. `inside`: pooling in the encoder."""
+    raw = "\0".join([CACHE_VERSION, backbone_fingerprint, subset_digest, split, str(max_len), inside, str(STORED_DTYPE)])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+@torch.no_grad()
+def compute(encoder: torch.nn.Module, ids: np.ndarray, lengths: np.ndarray, batch_size: int, device: torch.device,
+            progress: bool | None = None, desc: str = "features") -> Features:
+    """Run the frozen backbone over every row, in batches; the only place a run's dataset meets the backbone."""
+    from bertpooled.pooling import lengths_mask
+
+    encoder.eval()
+    hidden_parts, length_parts = [], []
+    bar = tqdm(range(0, len(lengths), batch_size), desc=desc, unit="batch", leave=False,
+               disable=None if progress is None else not progress)
+    for start in bar:
+        x = torch.from_numpy(ids[start : start + batch_size]).long().to(device)
+        n = torch.from_numpy(lengths[start : start + batch_size]).long().to(device)
+        hidden, mask = encoder(x, lengths_mask(n, x.shape[1]))
+        hidden_parts.append(hidden.to(STORED_DTYPE).cpu())
+        length_parts.append(mask.sum(1).to(torch.int32).cpu())
+    if not hidden_parts:
+        return Features(torch.empty(0, 0, 0, dtype=STORED_DTYPE), torch.empty(0, dtype=torch.int32))
+    return Features(torch.cat(hidden_parts), torch.cat(length_parts))
+
+
+def load_or_compute(make: callable, *, key: str, cache_dir: Path | None, rows: int, meta: dict[str, str]) -> tuple[Features, bool]:
+    """(features, hit): from `cache_dir/features/<key>.safetensors` when present and whole, else `make()` and store."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / "features" / f"{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            stored = load_file(str(path))
+            features = Features(stored["hidden"], stored["lengths"])
+            if len(features) == rows:
+                return features, True
+        except (OSError, KeyError, SafetensorError):
+            pass  # unreadable or stale entry: rebuild it below
+    features = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a concurrent or killed run never leaves a half-written entry.
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        save_file({"hidden": features.hidden.contiguous(), "lengths": features.lengths.contiguous()}, str(tmp),
+                  metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+        os.replace(tmp, path)
+    return features, False
+
+
+__all__ = ["Features", "cache_key", "compute", "load_or_compute", "STORED_DTYPE"]
