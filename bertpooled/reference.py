@@ -178,7 +178,7 @@ def log_model(fitted: Fitted) -> str:
                 python_model=str(SERVING_CODE),
                 artifacts=artifacts,
                 signature=signature,
-                input_example=pd.DataFrame({"text": ["a wonderful film", "dull and far too long"]}),
+                input_example=["a wonderful film", "dull and far too long"],
                 pip_requirements=_requirements(fitted.tokenizer is not None),
             )
     return info.model_uri

@@ -171,7 +171,7 @@ def log_model(state: dict, model_config: dict, tokenizer) -> str:
                 artifacts={"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
                 code_paths=[str(Path(bertpooled.__file__).parent)],
                 signature=signature,
-                input_example=pd.DataFrame({"text": ["a wonderful film", "dull and far too long"]}),
+                input_example=["a wonderful film", "dull and far too long"],
                 pip_requirements=_model_requirements(),
             )
     return info.model_uri
