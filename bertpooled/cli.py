@@ -68,6 +68,10 @@ def train(
     max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews (0 = none)."),
     max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews (0 = all)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none; default: the mode's preset."),
+    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)."),
+    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder."),
+    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
@@ -80,7 +84,8 @@ def train(
         named = {
             "mode": mode, "model": model, "data": data, "epochs": epochs, "batch_size": batch_size, "max_len": max_len,
             "lr": lr, "seed": seed, "train_fraction": train_fraction, "max_train_examples": max_train_examples,
-            "max_test_examples": max_test_examples, "device": device,
+            "max_test_examples": max_test_examples, "device": device, "pool": pool, "pool_at": pool_at,
+            "features": features, "finetune": finetune,
         }
         overrides.update({k: v for k, v in named.items() if v is not None})
         cfg = load_config(config or None, overrides)
@@ -193,6 +198,10 @@ def sweep_command(
     max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews (0 = none)."),
     max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews (0 = all)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none, for every child."),
+    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)."),
+    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder."),
+    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode/seed as key=value, for every child (repeatable)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
@@ -210,7 +219,8 @@ def sweep_command(
         named = {
             "model": model, "data": data, "epochs": epochs, "batch_size": batch_size, "max_len": max_len, "lr": lr,
             "train_fraction": train_fraction, "max_train_examples": max_train_examples,
-            "max_test_examples": max_test_examples, "device": device,
+            "max_test_examples": max_test_examples, "device": device, "pool": pool, "pool_at": pool_at,
+            "features": features, "finetune": finetune,
         }
         overrides.update({k: v for k, v in named.items() if v is not None})
         seed_values = sweeping.parse_seeds(seeds, seed_list)

@@ -328,10 +328,21 @@ def test_layer_k_past_the_encoder_and_other_architectures_fail_in_check(tiny_ber
 
 
 def test_a_bad_combination_on_the_command_line_exits_2_and_leaves_no_run(store, tiny_bert, tiny_imdb):
-    result = train_cli("--model", str(tiny_bert), "--data", str(tiny_imdb), "--set", "features=encoder",
-                       "--set", "pool=avg:2x2", "--set", "pool_at=layer:1")
+    result = train_cli("--model", str(tiny_bert), "--data", str(tiny_imdb), "--features", "encoder",
+                       "--pool", "avg:2x2", "--pool-at", "layer:1", "--frozen")
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "sequence-only" in errors[0]
     client = MlflowClient(store)
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("encoder*.yaml")), ids=lambda p: p.stem)
+def test_the_encoder_experiments_fit_the_default_backbone(path):
+    from bertpooled import backbone
+    from bertpooled.encoder import check_layer_pooling
+
+    cfg = load_config(path)
+    assert cfg.features == "encoder" and cfg.model == "minilm"
+    info = backbone.inspect(cfg.model)
+    check_layer_pooling(info.model_type, info.num_layers, PoolPosition.parse(cfg.pool_at), cfg.model)
