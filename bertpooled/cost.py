@@ -3,9 +3,9 @@
 Metric names are a contract (compare-runs reads every `cost/`, `latency/`, `memory/`, `throughput/` metric):
 - `cost/backbone_flops_per_example`, `cost/head_flops_per_example`: PyTorch's FlopCounterMode over one
   forward pass of real test reviews padded to max_len, split at the head (`<model>.head`): the backbone is
-  everything before it (a word-embedding lookup counts 0). oneDNN's fused LSTM and CPU flash attention have
-  no flop formula in the counter, so the count runs PyTorch's native LSTM and eager attention: the same
-  arithmetic, counted.
+  everything before it (a word-embedding lookup counts 0). oneDNN's and cuDNN's fused LSTMs and CPU flash
+  attention have no flop formula in the counter, so the count runs PyTorch's native LSTM and eager
+  attention: the same arithmetic, counted.
 - `latency/p50_ms`, `latency/p95_ms`: one text at a time, end to end (tokenize -> features -> head), after
   warm-up; `runtime/threads` beside them says on how many threads.
 - `throughput/infer_examples_per_s`: batches of 32 texts end to end, after one warm-up batch.
@@ -34,7 +34,7 @@ FLOP_EXAMPLES = 8
 
 @contextlib.contextmanager
 def _countable(model: torch.nn.Module):
-    """Run the ops FlopCounterMode has formulas for: native LSTM (not oneDNN's), eager attention (not SDPA)."""
+    """Run the ops FlopCounterMode has formulas for: native LSTM (not oneDNN's or cuDNN's), eager attention (not SDPA)."""
     backbones = [m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
     before = [m.config._attn_implementation for m in backbones]
     try:
@@ -43,7 +43,9 @@ def _countable(model: torch.nn.Module):
         with warnings.catch_warnings():
             # Toggling oneDNN off warns about TF32 on Intel GPUs, which this process does not use.
             warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
-            with torch.backends.mkldnn.flags(enabled=False):
+            # cuDNN's LSTM is as opaque to the counter as oneDNN's (on an H200 the head counted 32 FLOPs: the
+            # dense layer alone), so both fall back to PyTorch's own LSTM while counting.
+            with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
                 yield
     finally:
         for m, impl in zip(backbones, before):
