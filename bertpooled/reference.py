@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +136,6 @@ def log_model(fitted: Fitted) -> str:
     """
     import mlflow
     import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
     from safetensors.numpy import save_file
 
     from bertpooled.tracking import MODEL_NAME
@@ -166,21 +163,13 @@ def log_model(fitted: Fitted) -> str:
         if fitted.tokenizer is not None:
             fitted.tokenizer.save_pretrained(str(folder / "tokenizer"))
             artifacts["tokenizer"] = str(folder / "tokenizer")
-        signature = ModelSignature(
-            inputs=Schema([ColSpec("string", "text")]),
-            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label"), ColSpec("string", "sentiment")]),
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(SERVING_CODE),
+            artifacts=artifacts,
+            input_example=["a wonderful film", "dull and far too long"],
+            pip_requirements=_requirements(fitted.tokenizer is not None),
         )
-        with warnings.catch_warnings():
-            # The model takes texts and checks them itself; MLflow's type-hint validation adds nothing here.
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(SERVING_CODE),
-                artifacts=artifacts,
-                signature=signature,
-                input_example=["a wonderful film", "dull and far too long"],
-                pip_requirements=_requirements(fitted.tokenizer is not None),
-            )
     return info.model_uri
 
 

@@ -145,8 +145,6 @@ def log_model(state: dict, model_config: dict, tokenizer) -> str:
 
     Returns the model URI.
     """
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
     from safetensors.torch import save_file
 
     import bertpooled
@@ -158,22 +156,14 @@ def log_model(state: dict, model_config: dict, tokenizer) -> str:
         config_path.write_text(json.dumps(model_config, indent=2))
         tokenizer_dir = Path(tmp) / "tokenizer"
         tokenizer.save_pretrained(str(tokenizer_dir))
-        signature = ModelSignature(
-            inputs=Schema([ColSpec("string", "text")]),
-            outputs=Schema([ColSpec("double", "probability"), ColSpec("long", "label"), ColSpec("string", "sentiment")]),
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(SERVING_CODE),
+            artifacts={"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
+            code_paths=[str(Path(bertpooled.__file__).parent)],
+            input_example=["a wonderful film", "dull and far too long"],
+            pip_requirements=_model_requirements(),
         )
-        with warnings.catch_warnings():
-            # The model takes texts and checks them itself; MLflow's type-hint validation adds nothing here.
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(SERVING_CODE),
-                artifacts={"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
-                code_paths=[str(Path(bertpooled.__file__).parent)],
-                signature=signature,
-                input_example=["a wonderful film", "dull and far too long"],
-                pip_requirements=_model_requirements(),
-            )
     return info.model_uri
 
 
