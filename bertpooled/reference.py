@@ -135,10 +135,9 @@ def log_model(fitted: Fitted) -> str:
     and, for `reference_text: tokens`, the tokenizer's files; the loader rebuilds the same vectorizer.
     """
     import mlflow
-    import pandas as pd
     from safetensors.numpy import save_file
 
-    from bertpooled.tracking import MODEL_NAME
+    from bertpooled.tracking import log_pyfunc, pinned_requirements
 
     cfg = fitted.config
     settings = {"vectorizer": VECTORIZER, "classifier": CLASSIFIER, "reference_text": cfg.reference_text,
@@ -163,20 +162,7 @@ def log_model(fitted: Fitted) -> str:
         if fitted.tokenizer is not None:
             fitted.tokenizer.save_pretrained(str(folder / "tokenizer"))
             artifacts["tokenizer"] = str(folder / "tokenizer")
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(SERVING_CODE),
-            artifacts=artifacts,
-            input_example=["a wonderful film", "dull and far too long"],
-            pip_requirements=_requirements(fitted.tokenizer is not None),
-        )
-    return info.model_uri
-
-
-def _requirements(with_tokenizer: bool) -> list[str]:
-    from importlib.metadata import version
-
-    dists = ["scikit-learn", "scipy", "safetensors", "numpy", "pandas", "mlflow"]
-    if with_tokenizer:
-        dists += ["transformers", "tokenizers"]
-    return [f"{dist}=={version(dist).split('+')[0]}" for dist in dists]
+        dists = ["scikit-learn", "scipy", "safetensors", "numpy", "pandas", "mlflow"]
+        if fitted.tokenizer is not None:
+            dists += ["transformers", "tokenizers"]
+        return log_pyfunc(SERVING_CODE, artifacts, pinned_requirements(*dists))

@@ -42,7 +42,7 @@ class ReferenceModel(mlflow.pyfunc.PythonModel):
             self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
 
     def predict(self, context, model_input: list[str], params=None) -> pd.DataFrame:
-        texts = _texts(model_input)
+        texts = [str(text) for text in model_input]  # MLflow hands list[str] per the type hint
         if self.tokenizer is not None:
             # The same text the model was trained on: the first max_len tokens, decoded (bertpooled.reference.decode).
             ids = self.tokenizer(texts, truncation=True, max_length=self.config["max_len"])["input_ids"]
@@ -53,17 +53,6 @@ class ReferenceModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(
             {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}
         )
-
-
-def _texts(model_input) -> list[str]:
-    if isinstance(model_input, pd.DataFrame):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
-        return model_input[column].astype(str).tolist()
-    if isinstance(model_input, (pd.Series, np.ndarray)):
-        return [str(t) for t in np.asarray(model_input).ravel()]
-    if isinstance(model_input, str):
-        return [model_input]
-    return [str(t) for t in model_input]
 
 
 mlflow.models.set_model(ReferenceModel())

@@ -42,7 +42,9 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: list[str], params=None) -> pd.DataFrame:
         from bertpooled.inference import predict_texts
 
-        probs = predict_texts(self.model, self.tokenizer, _texts(model_input), self.config["max_len"])
+        # MLflow hands predict a list[str], as the type hint asks, whatever the caller passed.
+        texts = [str(text) for text in model_input]
+        probs = predict_texts(self.model, self.tokenizer, texts, self.config["max_len"])
         labels = (probs >= 0.5).astype(np.int64)
         return pd.DataFrame(
             {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}
@@ -63,17 +65,6 @@ def _encoder_model(config: dict, spec):
     out_pool = spec if config["pool_at"] == "output" else PoolSpec()
     encoder = PoolingEncoder(backbone, PoolPosition.parse(config["pool_at"]), spec)
     return EncoderLSTMClassifier(encoder, backbone.config.hidden_size, out_pool, units=config["lstm_units"])
-
-
-def _texts(model_input) -> list[str]:
-    if isinstance(model_input, pd.DataFrame):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
-        return model_input[column].astype(str).tolist()
-    if isinstance(model_input, (pd.Series, np.ndarray)):
-        return [str(t) for t in np.asarray(model_input).ravel()]
-    if isinstance(model_input, str):
-        return [model_input]
-    return [str(t) for t in model_input]
 
 
 mlflow.models.set_model(SentimentModel())

@@ -156,25 +156,32 @@ def log_model(state: dict, model_config: dict, tokenizer) -> str:
         config_path.write_text(json.dumps(model_config, indent=2))
         tokenizer_dir = Path(tmp) / "tokenizer"
         tokenizer.save_pretrained(str(tokenizer_dir))
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(SERVING_CODE),
-            artifacts={"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
+        return log_pyfunc(
+            SERVING_CODE,
+            {"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
+            pinned_requirements("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow"),
             code_paths=[str(Path(bertpooled.__file__).parent)],
-            input_example=["a wonderful film", "dull and far too long"],
-            pip_requirements=_model_requirements(),
         )
+
+
+def log_pyfunc(code: Path, artifacts: dict[str, str], requirements: list[str], code_paths: list[str] | None = None) -> str:
+    """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) taking a list of texts; its URI."""
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(code),
+        artifacts=artifacts,
+        code_paths=code_paths,
+        input_example=["a wonderful film", "dull and far too long"],
+        pip_requirements=requirements,
+    )
     return info.model_uri
 
 
-def _model_requirements() -> list[str]:
+def pinned_requirements(*dists: str) -> list[str]:
+    """`dist==version` as installed here; a local build tag such as torch's "+cpu" is no version pip finds elsewhere."""
     from importlib.metadata import version
 
-    reqs = []
-    for dist in ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow"):
-        v = version(dist).split("+")[0]  # the CPU wheel's "+cpu" is no version pip can find elsewhere
-        reqs.append(f"{dist}=={v}")
-    return reqs
+    return [f"{dist}=={version(dist).split('+')[0]}" for dist in dists]
 
 
 def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:

@@ -53,7 +53,6 @@ def test_pooling_the_table_equals_pooling_each_looked_up_vector():
     torch.manual_seed(0)
     table = torch.randn(20, 8)
     ids = torch.randint(0, 20, (2, 6))
-    lengths = torch.tensor([6, 6])
     spec = PoolSpec.parse("avg:2x2")
     model = PooledLSTMClassifier(table, spec, units=3)
     plain = PooledLSTMClassifier(table, PoolSpec.parse("avg:2x1"), units=3)
