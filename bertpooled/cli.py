@@ -73,6 +73,7 @@ def train(
     features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder."),
     finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored."),
+    resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
@@ -88,15 +89,26 @@ def train(
             "features": features, "finetune": finetune,
         }
         overrides.update({k: v for k, v in named.items() if v is not None})
-        cfg = load_config(config or None, overrides)
-        from bertpooled.experiment import run_experiment
+        from bertpooled.experiment import prepare_resume, run_experiment
 
-        outcome = run_experiment(cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True))
+        resume = _blank_to_none(resume)
+        if resume:
+            given = {k: v for k, v in overrides.items() if str(v).strip()}
+            if config:
+                given["config"] = config
+            cfg, target = prepare_resume(resume, given)
+        else:
+            cfg, target = load_config(config or None, overrides), None
+        outcome = run_experiment(cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target)
     except BertpooledError as exc:
         fail(str(exc))
         return
     except KeyboardInterrupt:
-        fail("interrupted; the run was marked KILLED", code=130)
+        import mlflow
+
+        last = mlflow.last_active_run()
+        hint = f"; resume it with: bertpooled train --resume {last.info.run_id}" if last else ""
+        fail(f"interrupted; the run was marked KILLED{hint}", code=130)
         return
     m = outcome.metrics
     typer.echo(

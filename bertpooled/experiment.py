@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from bertpooled import reference, tracking, train
+from bertpooled import checkpoint, reference, tracking, train
 from bertpooled.config import Config
+from bertpooled.errors import BertpooledError
 from bertpooled.shared import Shared
 
 
@@ -31,6 +34,7 @@ def run_experiment(
     shared: Shared | None = None,
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    resume: Resume | None = None,
 ) -> Outcome:
     """Run `config` end to end as one MLflow run and return where it landed.
 
@@ -46,6 +50,11 @@ def run_experiment(
     phases = train.Phases()
     imdb, train_split, test_split = (shared.read_data if shared else train.read_data)(config, phases, progress=progress)
     log(f"data: {len(train_split):,} train / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
+    if resume and resume.data_digest != imdb.digest:
+        raise BertpooledError(
+            f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is {imdb.digest[:12]}): "
+            "point --data or BERTPOOLED_IMDB at the same IMDB copy"
+        )
 
     commit, dirty = tracking.git_commit()
     name = tracking.run_name(config.variant, config.model, config.seed)
@@ -61,24 +70,15 @@ def run_experiment(
         f"IMDB sentiment from {config.model} encoder hidden states ({'fine-tuned' if config.finetune else 'frozen'}), "
         f"{config.pool} pooling at {config.pool_at}, LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
     )
-    with tracking.training_run(name, tags, description, parent_run_id=parent_run_id) as run:
-        tracking.log_config(
-            config.to_dict(),
-            {
-                "git/commit": commit,
-                "git/dirty": dirty,
-                "data/digest": imdb.digest,
-                "data/source": tracking.redact_uri(imdb.source),
-                "backbone/path": info.path,
-                "backbone/hidden_size": info.hidden_size,
-                "runtime/torch": torch.__version__,
-                "runtime/threads": torch.get_num_threads(),
-                "runtime/device": str(train.resolve_device(config.device)),
-                "runtime/machine": platform.machine(),
-            },
-        )
-        tracking.log_datasets(train_split.to_frame(), test_split.to_frame(), imdb.source, imdb.digest)
+    with tracking.training_run(name, tags, description, parent_run_id=parent_run_id,
+                               resume_run_id=resume.run_id if resume else None) as run:
+        if resume:
+            log(f"resuming run {resume.run_id} after epoch {resume.state.epoch}")
+            tracking.set_tags({"resumed_after_epoch": str(resume.state.epoch)})
+        else:
+            _log_inputs(config, info, imdb, train_split, test_split, commit, dirty)
         if config.mode == "reference":
+            config.to_dict(),
             result = reference.fit_and_evaluate(
                 config, info, imdb, train_split, test_split, phases, shared=shared, progress=progress
             )
@@ -97,7 +97,8 @@ def run_experiment(
                 extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
                 log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
 
-            result = train.train_and_evaluate(prepared, on_epoch=on_epoch, progress=progress)
+            checkpoints = checkpoint.Checkpointer(_save_checkpoint, resume.state if resume else None)
+            result = train.train_and_evaluate(prepared, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
             tracking.log_predictions(test_split.ids, test_split.labels, result.probabilities)
             model_config = {
                 "pool": config.pool,
@@ -120,3 +121,61 @@ def run_experiment(
         tracking.log_metrics(metrics, step=config.epochs)
         runs_link, run_link = tracking.ui_links(run)
         return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)
+
+
+def _log_inputs(config: Config, info, imdb, train_split, test_split, commit: str, dirty: bool) -> None:
+    """What a new run logs before any work: the resolved config, provenance and the datasets."""
+    tracking.log_config(
+        config.to_dict(),
+        {
+            "git/commit": commit,
+            "git/dirty": dirty,
+            "data/digest": imdb.digest,
+            "data/source": tracking.redact_uri(imdb.source),
+            "backbone/path": info.path,
+            "backbone/hidden_size": info.hidden_size,
+            "runtime/torch": torch.__version__,
+            "runtime/threads": torch.get_num_threads(),
+            "runtime/device": str(train.resolve_device(config.device)),
+            "runtime/machine": platform.machine(),
+        },
+    )
+    tracking.log_datasets(train_split.to_frame(), test_split.to_frame(), imdb.source, imdb.digest)
+
+
+def _save_checkpoint(epoch: int, model, optimizer, order, history) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history)
+        tracking.log_checkpoint(Path(tmp), epoch, sha256)
+
+
+@dataclass
+class Resume:
+    """A run to continue: its id, its data digest and its verified last checkpoint."""
+
+    run_id: str
+    data_digest: str
+    state: checkpoint.State
+
+
+def prepare_resume(run_id: str, requested: dict[str, object] | None) -> tuple[Config, Resume]:
+    """The run's own config (checked against any options given now) and its checkpoint, before anything runs."""
+    from bertpooled.config import load_config, read_yaml, resolve_config_path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        params, digest, tags, folder = tracking.run_to_resume(run_id, Path(tmp))
+        state = checkpoint.load(folder, tags.get("checkpoint/sha256"))
+    config = load_config(None, params)
+    if requested:
+        # Options given now are compared one by one with the run's own; only the data's location may change
+        # (its content is checked against the run's digest before training).
+        file = requested.pop("config", None)
+        given = {**(read_yaml(resolve_config_path(file)) if file else {}), **requested}
+        wanted = load_config(None, {**config.to_dict(), **given}).to_dict()
+        config.data = wanted["data"]
+        differs = [f"{k}={v!r} there, {wanted[k]!r} now" for k, v in config.to_dict().items() if wanted[k] != v]
+        if differs:
+            raise BertpooledError(
+                f"run {run_id} had another config ({'; '.join(differs[:3])}): resume it as it was, without those options"
+            )
+    return config, Resume(run_id, digest, state)

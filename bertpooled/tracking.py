@@ -67,14 +67,16 @@ def run_name(mode: str, model: str, seed: int) -> str:
 
 @contextmanager
 def training_run(
-    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None
+    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None, resume_run_id: str | None = None
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under `mlflow run`, continue) a run; an error ends it FAILED with the reason as tag `error`.
 
     Ctrl-C ends it KILLED. Whatever was logged before the failure stays. With `parent_run_id` (a sweep's)
     the run is a new child of that run, in its experiment, nested in MLflow's UI.
     """
-    if parent_run_id:
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id)  # the same run, RUNNING again
+    elif parent_run_id:
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id)
     else:
@@ -218,3 +220,34 @@ def check_tracking_reachable() -> None:
         raise BertpooledError(
             f"tracking server {redact_uri(uri)} is unreachable ({reason}): start it or fix MLFLOW_TRACKING_URI"
         ) from None
+
+
+CHECKPOINT_PATH = "checkpoint"
+
+
+def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
+    """The latest checkpoint replaces the previous one under `checkpoint/`; its digest goes beside it as tags."""
+    mlflow.log_artifacts(str(folder), artifact_path=CHECKPOINT_PATH)
+    mlflow.set_tags({"checkpoint/epoch": str(epoch), "checkpoint/sha256": sha256})
+
+
+def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[str, str], Path]:
+    """(config params, data digest, tags, local checkpoint folder) of a run to resume; one-line errors otherwise."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise BertpooledError(
+            f"no run {run_id} in {redact_uri(mlflow.get_tracking_uri())}: check the id, or MLFLOW_TRACKING_URI"
+        ) from None
+    if run.info.status == "FINISHED":
+        raise BertpooledError(f"run {run_id} already FINISHED: nothing to resume")
+    if run.data.tags.get(KIND_TAG) != "train" or "checkpoint/epoch" not in run.data.tags:
+        raise BertpooledError(f"run {run_id} has no checkpoint (it finished no epoch): start a new run instead")
+    local = client.download_artifacts(run_id, CHECKPOINT_PATH, str(dest))
+    config = {k[len("config/"):]: v for k, v in run.data.params.items() if k.startswith("config/")}
+    return config, run.data.params.get("data/digest", ""), dict(run.data.tags), Path(local)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)

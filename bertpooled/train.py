@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from tqdm.auto import tqdm
 
-from bertpooled import backbone, data, features, tokens
+from bertpooled import backbone, checkpoint, data, features, tokens
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
 from bertpooled.modeling import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
@@ -303,8 +303,12 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
+    checkpoints: "checkpoint.Checkpointer | None" = None,
 ) -> list[EpochStats]:
-    """Train the head with Adam and BCE-with-logits; one visible loop, one callback per finished epoch."""
+    """Train the head with Adam and BCE-with-logits; one visible loop, one callback per finished epoch.
+
+    With `checkpoints`, training starts after the epoch its state holds, and every finished epoch is saved.
+    """
     cfg = prepared.config
     # The whole training set is a few MB of token ids (or the cached features): on a GPU it lives there, so a
     # step copies nothing.
@@ -321,7 +325,12 @@ def fit(
     order = torch.Generator().manual_seed(cfg.seed)
     n = len(labels)
     history: list[EpochStats] = []
-    for epoch in range(1, cfg.epochs + 1):
+    first = 1
+    if checkpoints is not None and checkpoints.resume is not None:
+        checkpoints.resume.restore(model, optimizer, order)
+        history = [EpochStats(**h) for h in checkpoints.resume.history]
+        first = checkpoints.resume.epoch + 1
+    for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
         net.train()
         perm = torch.randperm(n, generator=order).to(device)
@@ -348,6 +357,8 @@ def fit(
         history.append(stats)
         if on_epoch:
             on_epoch(stats)
+        if checkpoints is not None:
+            checkpoints.write(epoch, model, optimizer, order, history)
     return history
 
 
@@ -364,7 +375,7 @@ def configure_threads(config: Config) -> None:
         torch.set_num_threads(config.num_threads)
 
 
-def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None = None) -> Result:
+def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None = None, checkpoints=None) -> Result:
     """Build the model, fit, evaluate on the test subset, measure its inference cost; fill in the contract's metrics."""
     from bertpooled import cost
 
@@ -372,7 +383,7 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
     device = resolve_device(cfg.device)
     model = build_model(prepared).to(device)
     with phases.timed("train"):
-        history = fit(model, prepared, device, on_epoch=on_epoch, progress=progress)
+        history = fit(model, prepared, device, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
     with phases.timed("eval"):
         net = trained_network(model, prepared)
         probs = predict_inputs(net, *model_inputs(prepared, "test"), cfg.eval_batch_size, device, cfg.amp)
@@ -384,6 +395,7 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
         )
     head_total, head_trainable = count_parameters(model.head)
     train_s = phases.seconds["train"]
+    resumed_epochs = checkpoints.resume.epoch if checkpoints is not None and checkpoints.resume is not None else 0
     if prepared.embeddings is not None:
         backbone_params, embedding_params, backbone_trainable = (
             prepared.embeddings.backbone_params, prepared.embeddings.table.numel(), 0
@@ -398,7 +410,8 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
             "params/backbone": backbone_params,
             "params/backbone_trainable": backbone_trainable,
             "params/embeddings": embedding_params,
-            "throughput/train_examples_per_s": len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
+            # Epochs this process trained: a resumed run's earlier epochs took their time elsewhere.
+            "throughput/train_examples_per_s": len(prepared.train) * max(cfg.epochs - resumed_epochs, 1) / max(train_s, 1e-9),
             "data/train_examples": len(prepared.train),
             "data/test_examples": len(prepared.test),
             "tokens/cache_hit": float(prepared.tokens_cache_hit),
