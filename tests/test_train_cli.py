@@ -152,3 +152,22 @@ def test_a_successful_run_prints_a_summary_and_the_runs_table_link(store, tiny_b
     assert "#/experiments/" in result.output and "workflowType=machine_learning" in result.output
     (run,) = runs_in(store)
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == f"pool-{tiny_bert.name}-s0"
+
+
+def test_an_unreachable_tracking_server_fails_fast_and_never_shows_the_password(tiny_bert, tiny_imdb, monkeypatch):
+    import time
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@127.0.0.1:9")
+    start = time.perf_counter()
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
+    assert time.perf_counter() - start < 15
+    assert_user_error(result, "unreachable", "MLFLOW_TRACKING_URI")
+    assert "s3cret" not in result.output and "alice" not in result.output
+
+
+def test_credentials_are_removed_from_uris_before_they_are_shown_or_logged():
+    from bertpooled.tracking import redact_uri
+
+    assert redact_uri("https://bob:pw@mlflow.example.org:8443/x?y=1") == "https://mlflow.example.org:8443/x?y=1"
+    assert redact_uri("postgresql://u:p@db/mlflow") == "postgresql://db/mlflow"
+    assert redact_uri("/data/aclImdb_v1.tar.gz") == "/data/aclImdb_v1.tar.gz"
