@@ -196,6 +196,7 @@ def sweep_command(
     seeds: Optional[str] = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
     seed_list: Optional[str] = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
     resume_parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: run only its missing or unfinished children."),
+    parallel: int = typer.Option(1, min=1, help="Children run side by side in this many processes (threads split between them)."),
     experiment: Optional[str] = typer.Option(None, help="Experiment for a new sweep (default: bertpooled)."),
     format: str = typer.Option("table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."),
     output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
@@ -243,6 +244,7 @@ def sweep_command(
             resume_parent=_blank_to_none(resume_parent),
             progress=_progress(progress),
             log=lambda line: typer.echo(line, err=True),
+            parallel=parallel,
         )
         typer.echo(f"sweep {outcome.parent_run_id}: ran {len(outcome.ran)}, "
                    f"{len(outcome.already_finished)} already finished; comparing its children", err=True)

@@ -10,6 +10,8 @@ preparation cost as `sweep/shared_<phase>_s`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import os
@@ -210,6 +212,7 @@ def run_sweep(
     resume_parent: str | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = print,
+    parallel: int = 1,
 ) -> SweepOutcome:
     """Run the children that have no FINISHED run under the parent (a new one unless resuming); see the module doc.
 
@@ -263,13 +266,17 @@ def run_sweep(
             seconds = _prepare_shared(shared, todo, infos, progress)
             mlflow.log_metrics({f"sweep/shared_{phase}_s": s for phase, s in seconds.items()})
             log("shared inputs: " + ", ".join(f"{phase} {s:.1f}s" for phase, s in seconds.items()))
-        for i, child in enumerate(todo, 1):
-            current = child.label
-            log(f"[{i}/{len(todo)}] {child.label}")
-            tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "prepared once by the parent run"}
-            outcome.ran.append(
-                run_experiment(child.config, progress=progress, log=log, shared=shared, parent_run_id=parent_id, tags=tags)
-            )
+        if parallel > 1 and len(todo) > 1:
+            current = f"{len(todo)} children, {parallel} at a time"
+            outcome.ran.extend(_run_parallel(todo, parent_id, parallel, log))
+        else:
+            for i, child in enumerate(todo, 1):
+                current = child.label
+                log(f"[{i}/{len(todo)}] {child.label}")
+                tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "prepared once by the parent run"}
+                outcome.ran.append(
+                    run_experiment(child.config, progress=progress, log=log, shared=shared, parent_run_id=parent_id, tags=tags)
+                )
     except KeyboardInterrupt:
         mlflow.set_tag("error", f"interrupted (Ctrl-C or SIGTERM) at {current}")
         mlflow.end_run("KILLED")
@@ -283,6 +290,49 @@ def run_sweep(
         raise
     mlflow.end_run("FINISHED")
     return outcome
+
+
+def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], tracking_uri: str):
+    """One child in a worker process: it reads the parent's on-disk caches instead of its memory."""
+    import sys
+
+    mlflow.set_tracking_uri(tracking_uri)
+    label = tags[CHILD_TAG]
+    return run_experiment(config, progress=False, parent_run_id=parent_id, tags=tags,
+                          log=lambda line: print(f"[{label}] {line}", file=sys.stderr, flush=True))
+
+
+def _run_parallel(todo: Sequence[Child], parent_id: str, parallel: int, log: Callable[[str], None]) -> list:
+    """Children side by side in `parallel` fresh processes, each with its share of the CPU threads.
+
+    The first failure cancels the children not yet started, lets the running ones end, then propagates.
+    """
+    import concurrent.futures as cf
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    ran, error = [], None
+    with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for child in todo:
+            config = child.config
+            if not config.num_threads:
+                config = dataclasses.replace(config, num_threads=threads)
+            tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "on-disk caches the parent filled",
+                    "sweep/parallel": str(parallel)}
+            futures[pool.submit(_child_in_process, config, parent_id, tags, mlflow.get_tracking_uri())] = child
+        log(f"running {len(todo)} children, {parallel} at a time, {threads} thread(s) each")
+        for future in cf.as_completed(futures):
+            try:
+                ran.append(future.result())
+                log(f"{futures[future].label}: finished")
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the running children end
+                error = error or exc
+                for other in futures:
+                    other.cancel()
+    if error is not None:
+        raise error
+    return ran
 
 
 def compare_children(outcome: SweepOutcome, *, format: str = "table", output: str | None = None) -> Report:  # noqa: A002

@@ -217,3 +217,18 @@ def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, t
     assert sorted(g["label"] for g in report["groups"]) == ["basic", "reference"]
     launcher = [r for r in all_runs() if r.data.tags.get("bertpooled.comparison_run_id") == report["comparison_run_id"]]
     assert len(launcher) == 1 and launcher[0].data.tags["bertpooled.kind"] == "comparison"
+
+
+@pytest.mark.slow
+def test_parallel_children_run_side_by_side_and_none_is_lost(store, tiny_bert, tiny_imdb):
+    result = invoke(tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "2", "--parallel", "2", "--no-progress")
+    assert result.exit_code == 0, result.output
+    (parent,) = [r for r in all_runs() if r.data.tags.get("bertpooled.kind") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    children = children_of(parent.info.run_id)
+    assert sorted(c.data.tags["sweep/child"] for c in children) == ["basic-s0", "basic-s1", "pool-s0", "pool-s1"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["sweep/parallel"] for c in children} == {"2"}
+    assert len({frozenset(c.data.metrics) for c in children}) == 1  # every child logged every metric
+    # The parent's tokenizing filled the on-disk cache, which the worker processes read.
+    assert all(c.data.metrics["tokens/cache_hit"] == 1.0 for c in children)
