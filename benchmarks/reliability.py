@@ -49,8 +49,9 @@ def main() -> None:
             seconds.append(time.perf_counter() - start)
             passed += proc.returncode == 0
             print(f"{node}: {'ok' if proc.returncode == 0 else 'FAILED'} ({seconds[-1]:.0f}s)", flush=True)
-            if proc.returncode != 0:
-                print(proc.stdout[-3000:], file=sys.stderr)
+            if proc.returncode != 0:  # the assertion and its context, not the captured logs after it
+                print("\n".join(line for line in proc.stdout.splitlines() if line.startswith(("E ", ">")))[-3000:],
+                      file=sys.stderr)
         rows.append(f"| {title} | {passed} of {args.repeats} | {sorted(seconds)[len(seconds) // 2]:.0f} | `{node.split('::')[0]}` |")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     text = "\n".join([

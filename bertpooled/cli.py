@@ -48,6 +48,8 @@ def _sigterm_as_interrupt() -> None:
     """SIGTERM (a scheduler or `kill`) unwinds like Ctrl-C, so the run is ended KILLED, not left RUNNING."""
 
     def handler(signum, frame):
+        # One interrupt is enough: a second SIGTERM must not cut short the cleanup that ends the run KILLED.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)

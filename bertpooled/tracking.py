@@ -89,15 +89,34 @@ def training_run(
     try:
         yield run
     except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (Ctrl-C or SIGTERM)")
-        mlflow.end_run("KILLED")
+        _end_run(run.info.run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
         raise
     except BaseException as exc:
-        mlflow.set_tag("error", (str(exc).splitlines() or [type(exc).__name__])[0][:5000] or type(exc).__name__)
-        mlflow.end_run("FAILED")
+        _end_run(run.info.run_id, "FAILED", (str(exc).splitlines() or [type(exc).__name__])[0][:5000] or type(exc).__name__)
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def _end_run(run_id: str, status: str, reason: str) -> None:
+    """End a run that is failing, whatever state the failure left MLflow's client in.
+
+    The interrupt may have landed inside an MLflow call (a half-done database transaction, say); the
+    original exception is what the caller re-raises, so a second failure here must not replace it, and
+    a fresh client gets a final try at the status, so that no run is left RUNNING.
+    """
+    try:
+        mlflow.set_tag("error", reason)
+        mlflow.end_run(status)
+    except Exception:  # noqa: BLE001 - best effort while another exception propagates
+        try:
+            MlflowClient().set_terminated(run_id, status)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            mlflow.end_run(status)  # clear the fluent API's active run in this process
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
@@ -222,13 +241,19 @@ def check_tracking_reachable() -> None:
         ) from None
 
 
-CHECKPOINT_PATH = "checkpoint"
+CHECKPOINT_SLOTS = ("checkpoint/a", "checkpoint/b")
 
 
 def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
-    """The latest checkpoint replaces the previous one under `checkpoint/`; its digest goes beside it as tags."""
-    mlflow.log_artifacts(str(folder), artifact_path=CHECKPOINT_PATH)
-    mlflow.set_tags({"checkpoint/epoch": str(epoch), "checkpoint/sha256": sha256})
+    """Write the checkpoint into the slot the run's tags do not point at, then point them at it.
+
+    Epochs alternate between two artifact folders, and the tags (slot, epoch, sha256) change in one batch
+    only after the files are complete: a process killed mid-write leaves the previous checkpoint valid.
+    """
+    current = MlflowClient().get_run(mlflow.active_run().info.run_id).data.tags.get("checkpoint/path")
+    slot = CHECKPOINT_SLOTS[1] if current == CHECKPOINT_SLOTS[0] else CHECKPOINT_SLOTS[0]
+    mlflow.log_artifacts(str(folder), artifact_path=slot)
+    mlflow.set_tags({"checkpoint/path": slot, "checkpoint/epoch": str(epoch), "checkpoint/sha256": sha256})
 
 
 def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[str, str], Path]:
@@ -244,7 +269,10 @@ def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[st
         raise BertpooledError(f"run {run_id} already FINISHED: nothing to resume")
     if run.data.tags.get(KIND_TAG) != "train" or "checkpoint/epoch" not in run.data.tags:
         raise BertpooledError(f"run {run_id} has no checkpoint (it finished no epoch): start a new run instead")
-    local = client.download_artifacts(run_id, CHECKPOINT_PATH, str(dest))
+    slot = run.data.tags.get("checkpoint/path", "")
+    if slot not in CHECKPOINT_SLOTS:
+        raise BertpooledError(f"run {run_id} names no valid checkpoint folder ({slot!r}): start a new run instead")
+    local = client.download_artifacts(run_id, slot, str(dest))
     config = {k[len("config/"):]: v for k, v in run.data.params.items() if k.startswith("config/")}
     return config, run.data.params.get("data/digest", ""), dict(run.data.tags), Path(local)
 

@@ -122,7 +122,8 @@ def test_resuming_with_another_config_is_refused(store, tiny_bert, tiny_imdb, mo
 
 def test_a_tampered_checkpoint_is_refused(store, tiny_bert, tiny_imdb, monkeypatch):
     run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
-    folder = Path(urlparse(MlflowClient(store).get_run(run_id).info.artifact_uri).path) / "checkpoint"
+    run = MlflowClient(store).get_run(run_id)
+    folder = Path(urlparse(run.info.artifact_uri).path) / run.data.tags["checkpoint/path"]
     meta = folder / "meta.json"
     meta.write_text(meta.read_text().replace('"epoch": 2', '"epoch": 1'))
     result = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
