@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,7 +150,25 @@ def log_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, digest: s
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
             dataset = from_pandas(frame, source=redact_uri(source), name=name, targets="label")
-            mlflow.log_input(dataset, context=context, tags={"imdb_digest": digest[:16]})
+        _log_input_racing(dataset, context, {"imdb_digest": digest[:16]})
+
+
+def _log_input_racing(dataset, context: str, tags: dict[str, str], attempts: int = 5) -> None:
+    """`mlflow.log_input`, tolerant of runs logging the same dataset at the same moment.
+
+    MLflow's stores look a dataset up, then insert it: two runs of one sweep logging the same subset at
+    once can both miss it, and the second insert breaks the unique key (seen with `sweep --parallel`).
+    The dataset exists by then, so the same call again links it to this run.
+    """
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or ("unique constraint" not in text and "duplicate key" not in text):
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def log_predictions(ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> None:
