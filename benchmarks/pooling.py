@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "pooling-bench"
@@ -57,24 +58,6 @@ ROWS = [
 ]
 BASELINE = "encoder"
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        mem = ""
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} cores{mem}, torch {torch.__version__} on {torch.get_num_threads()} threads, Python {platform.python_version()}"
 
 
 QUICK = (64, 64, 1, 2)
@@ -257,7 +240,7 @@ def report(runs, data: str, max_len: int, seconds: dict[str, float], all_turns: 
     lines = [
         "# Pooling inside the language model: cost and accuracy",
         "",
-        f"Measured on this project's CPU machine: {machine()}; no GPU. Backbone `minilm` (all-MiniLM-L6-v2:",
+        f"Measured on this project's CPU machine: {describe()}; no GPU. Backbone `minilm` (all-MiniLM-L6-v2:",
         "6 layers, hidden 384); IMDB, label-balanced subsets of the official train and test splits (`data_seed` 0,",
         f"the same reviews in every row); max_len {max_len}; LSTM(16) head, Adam 1e-3, batch 32. Accuracy is the mean over",
         "seeds with a 95% Student-t interval (compare-runs' `mean_ci`); costs are medians over the row's seeds",

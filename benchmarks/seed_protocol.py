@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,34 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ["data", "tokenize", "features", "train", "eval", "log_model", "total"]
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        pass
-    gpu = ""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}{gpu}, Python {platform.python_version()}"
 
 
 def one_run(mode: str, args, env: dict) -> tuple[float, int]:
@@ -119,7 +95,7 @@ def main() -> None:
     lines = [
         f"# Seed protocol timing ({'GPU' if 'cuda' in rows['basic'][0]['device'] else 'CPU'})",
         "",
-        f"- machine: {machine()}",
+        f"- machine: {describe()}",
         f"- device: {rows['basic'][0]['device']}, torch threads: {rows['basic'][0]['threads']}",
         f"- commit: {commit}; date: {time.strftime('%Y-%m-%d')}",
         f"- protocol: `{args.config}` ({int(b['n_train']):,} train / {int(b['n_test']):,} test reviews), each mode as one "

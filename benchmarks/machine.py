@@ -1,0 +1,35 @@
+"""The machine a benchmark ran on, in one line, for the reports in this folder."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def describe() -> str:
+    """CPU model, cores, memory, GPU (if torch sees one), torch and its threads, Python."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    extra = ""
+    try:
+        import torch
+
+        extra = f", torch {torch.__version__} on {torch.get_num_threads()} threads"
+        if torch.cuda.is_available():
+            extra = f", GPU {torch.cuda.get_device_name(0)}" + extra
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}{extra}, Python {platform.python_version()}"
