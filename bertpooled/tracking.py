@@ -43,9 +43,18 @@ def redact_uri(uri: str) -> str:
 
 
 def use_default_experiment() -> None:
-    """Runs go to experiment `bertpooled` unless MLflow's own variables (or `mlflow run`) chose one."""
-    if not any(os.environ.get(v) for v in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")):
-        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+    """Runs go to experiment `bertpooled` unless MLflow's own variables (or `mlflow run`) chose one.
+
+    The choice is made explicitly each time: MLflow otherwise prefers an experiment remembered earlier in
+    the process, which may belong to another tracking store.
+    """
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return
+    name, experiment_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if experiment_id and not name:
+        mlflow.set_experiment(experiment_id=experiment_id)
+    else:
+        mlflow.set_experiment(name or DEFAULT_EXPERIMENT)
 
 
 def git_commit() -> tuple[str, bool]:

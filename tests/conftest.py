@@ -73,6 +73,13 @@ def tiny_bert(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _no_experiment_carried_between_tests(monkeypatch):
+    """`mlflow.set_experiment` writes MLFLOW_EXPERIMENT_ID into os.environ; each test starts without it."""
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture()
 def store(tmp_path, monkeypatch) -> str:
     """A private SQLite tracking store and token cache under tmp_path; returns the tracking URI."""
