@@ -98,10 +98,5 @@ class Shared:
             config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, None, hit, phases
         )
         with phases.timed("features"):
-            if config.features == "encoder":
-                # One frozen backbone per sweep (a fine-tuned child trains a copy); features memoized per cache key.
-                load = lambda: self.get(("backbone", info.path), lambda: train.load_backbone(info))[0]  # noqa: E731
-                train.prepare_encoder_features(prepared, load, progress=progress, memo=self.get)
-            else:
-                prepared.embeddings = self.embeddings(info)
+            prepared.embeddings = self.embeddings(info)
         return prepared

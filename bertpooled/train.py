@@ -183,12 +183,8 @@ def inside_spec(config: Config) -> str:
     return f"{spec}@{config.pool_at}" if config.pool_at.startswith("layer:") and not spec.is_identity else "none"
 
 
-def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None,
-                             memo=None) -> None:
-    """Load the backbone; when frozen, fill in its features for both splits from the disk cache or by running it.
-
-    `memo(key, make)` (a sweep's `Shared.get`) keeps features in memory across the sweep's children.
-    """
+def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None) -> None:
+    """Load the backbone; when frozen, fill in its features for both splits from the disk cache or by running it."""
     from bertpooled.encoder import fingerprint
 
     cfg = prepared.config
@@ -215,11 +211,7 @@ def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Mod
             finally:
                 encoder.cpu()
 
-        if memo is not None:
-            (feats, disk_hit), memo_hit = memo(("features", key), make)
-            hit = disk_hit or memo_hit
-        else:
-            feats, hit = make()
+        feats, hit = make()
         hits.append(hit)
         setattr(prepared, f"{name}_features", feats)
     prepared.features_cache_hit = all(hits)
