@@ -53,9 +53,7 @@ def accuracy_vs_time(report: Report, path: str | Path) -> Path:
             axes.legend(fontsize="small")
         else:
             axes.text(0.5, 0.5, "no runs to plot", ha="center", va="center", transform=axes.transAxes)
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
+        _save(figure, path)
     finally:
         plt.close(figure)
     return path
@@ -97,9 +95,7 @@ def learning_curves(
             else:
                 axis.text(0.5, 0.5, f"no {key} history logged", ha="center", va="center",
                           transform=axis.transAxes)
-        figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
+        _save(figure, path)
     finally:
         plt.close(figure)
     return path
@@ -123,3 +119,9 @@ def _mean_curves(
             {"step": int(step), "mean": float(value)} for step, value in zip(part["step"], part["value"])
         ]
     return curves
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
