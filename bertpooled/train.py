@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from contextlib import contextmanager
@@ -219,8 +220,6 @@ def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Mod
 
 def data_digest_of(digest: str, ids: list[str]) -> str:
     """Digest of a subset: the full data's digest and the ids taken from it."""
-    import hashlib
-
     h = hashlib.sha256(digest.encode())
     for i in ids:
         h.update(i.encode())

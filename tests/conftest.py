@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tarfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,16 @@ def store(tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+def wait_for_http(url: str, proc, timeout: float, log=lambda: "") -> None:
+    """Poll `url` until it answers; fail if `proc` exits first or `timeout` seconds pass."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert proc.poll() is None, f"server exited: {log()}"
+            assert time.time() < deadline, f"{url} did not come up"
+            time.sleep(0.5)

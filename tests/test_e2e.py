@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+
+from conftest import wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
@@ -141,15 +142,7 @@ def test_mlflow_models_serve_answers_over_http(store, experiment, tiny_bert, tin
         env={**os.environ, "MLFLOW_TRACKING_URI": store}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, "server exited"
-                assert time.time() < deadline, "server did not come up"
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, 120)
         body = json.dumps({"inputs": ["a wonderful film", "dull and far too long"]}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=30).read())

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from conftest import write_imdb_archive, write_imdb_tree
+from conftest import wait_for_http, write_imdb_archive, write_imdb_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -79,16 +78,8 @@ class Server:
              str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=subprocess.DEVNULL, stderr=open(self.artifacts.parent / "server.log", "ab"), start_new_session=True,
         )
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
-                return
-            except OSError:
-                log = (self.artifacts.parent / "server.log").read_text(errors="replace")[-2000:]
-                assert self.proc.poll() is None, f"mlflow server exited: {log}"
-                assert time.time() < deadline, "mlflow server did not come up"
-                time.sleep(0.5)
+        log = self.artifacts.parent / "server.log"
+        wait_for_http(f"{self.uri}/health", self.proc, 90, lambda: log.read_text(errors="replace")[-2000:])
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
