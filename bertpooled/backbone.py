@@ -92,14 +92,20 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 @dataclass
 class WordEmbeddings:
-    """The backbone's frozen input word embeddings (the seed's features) and its size."""
+    """The backbone's frozen input embeddings (the original's features) and its size.
+
+    `table` is the word table; `layer`, when loaded, the rest of the embedding layer (positions, token type 0,
+    LayerNorm) that the original's TensorFlow `get_input_embeddings()(ids)` applied on top of it.
+    """
 
     table: torch.Tensor
     backbone_params: int
+    layer: "EmbeddingLayer | None" = None
 
 
-def load_word_embeddings(info: BackboneInfo) -> WordEmbeddings:
-    """Load the backbone once, keep only `get_input_embeddings()` (word vectors, no positions or LayerNorm)."""
+def load_word_embeddings(info: BackboneInfo, whole_layer: bool = False) -> WordEmbeddings:
+    """Load the backbone once and keep its word table (`get_input_embeddings()`), and with `whole_layer` the rest
+    of its embedding layer, checked to give what the backbone's own embedding module gives."""
     from transformers import AutoModel
 
     try:
@@ -108,4 +114,38 @@ def load_word_embeddings(info: BackboneInfo) -> WordEmbeddings:
         raise _load_error(info.name, exc) from None
     table = model.get_input_embeddings().weight.detach().float().contiguous().clone()
     total = sum(p.numel() for p in model.parameters())
-    return WordEmbeddings(table=table, backbone_params=total)
+    layer = embedding_layer_of(model, info.name) if whole_layer else None
+    return WordEmbeddings(table=table, backbone_params=total, layer=layer)
+
+
+def embedding_layer_of(model: torch.nn.Module, name: str) -> "EmbeddingLayer":
+    """The frozen rest of `model.embeddings` (BERT layout: absolute positions, token types, LayerNorm).
+
+    Checked on a probe of token ids against the module itself in eval mode, so a backbone whose embedding
+    layer computes anything else (RoBERTa's offset positions, ALBERT's projection, ...) is refused in one line.
+    """
+    from bertpooled.modeling import EmbeddingLayer
+
+    module = getattr(model, "embeddings", None)
+    parts = [getattr(module, a, None) for a in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")]
+    refuse = BertpooledError(
+        f"features=embedding_layer needs a BERT-style embedding layer (word + position + token type, LayerNorm), and "
+        f"backbone {name!r} ({model.config.model_type}) has another: use features=embeddings, or a BERT backbone"
+    )
+    if module is None or any(p is None for p in parts) or getattr(model.config, "position_embedding_type", "absolute") != "absolute":
+        raise refuse
+    _, positions, token_types, norm = parts
+    layer = EmbeddingLayer(positions.weight.detach().clone(), token_types.weight[0].detach().clone(),
+                           norm.weight.detach().clone(), norm.bias.detach().clone(), norm.eps)
+    with torch.no_grad():
+        was_training = module.training
+        module.eval()
+        probe = torch.arange(min(16, model.config.vocab_size)).reshape(2, -1)
+        try:
+            expected = module(input_ids=probe)
+        finally:
+            module.train(was_training)
+        got = layer(torch.nn.functional.embedding(probe, parts[0].weight))
+    if expected.shape != got.shape or not torch.allclose(expected.float(), got, atol=1e-5, rtol=1e-4):
+        raise refuse
+    return layer

@@ -19,7 +19,10 @@ MODE_ALIASES = {"basic_lstm": "basic", "lstm_basic": "basic"}
 # What each mode means when the config does not spell out `pool` itself.
 MODE_POOL = {"basic": "none", "pool": "avg:2x2", "reference": "none"}
 PADDINGS = ("mask", "read")
-FEATURES = ("embeddings", "encoder")
+FEATURES = ("embedding_layer", "embeddings", "encoder")
+# Features read per token from the frozen embedding layer (no encoder run); the original's kind.
+TOKEN_FEATURES = ("embedding_layer", "embeddings")
+LSTM_BIASES = ("keras", "torch")
 INITS = ("keras", "torch")
 REFERENCE_TEXTS = ("tokens", "full")
 EXPERIMENTS_DIR = Path("experiments")
@@ -57,8 +60,8 @@ class Config:
     """Pooling as KIND:SxH (`avg:2x2`, `max:2x1`) or `none`; empty = the mode's preset."""
     pool_at: str = "input"
     """Where pooling sits: `input` (word embeddings), `output` (encoder's last hidden state) or `layer:K` (after K encoder layers; BERT family)."""
-    features: str = "embeddings"
-    """What the head reads: `embeddings` (frozen input word embeddings, the seed's) or `encoder` (the backbone's hidden states)."""
+    features: str = "embedding_layer"
+    """What the head reads: `embedding_layer` (LayerNorm(word + position + token type) per token: the original's TensorFlow `get_input_embeddings()(ids)`), `embeddings` (the word table alone: PyTorch's `get_input_embeddings()`) or `encoder` (the backbone's hidden states)."""
     finetune: bool = False
     """Train the backbone too (features=encoder only), at `backbone_lr`; frozen features are computed once and cached."""
     backbone_lr: float = 2e-5
@@ -69,6 +72,10 @@ class Config:
     """Units of the LSTM head."""
     init: str = "keras"
     """`keras` (Glorot/orthogonal/forget-bias 1, as the original) or `torch` (PyTorch's defaults)."""
+    lstm_bias: str = "keras"
+    """`keras`: one trainable LSTM gate bias, as the original (head parameters equal Keras's); `torch`: nn.LSTM's two bias vectors."""
+    shuffle_buffer: int = 0
+    """Batch order: 0 = a full shuffle each epoch; N = tf.data's `shuffle(N)` over the subset's stored order, reshuffled each epoch (the original used 100)."""
     adam_eps: float = 1e-7
     """Adam epsilon (Keras's default; PyTorch's is 1e-8)."""
     data_seed: int = 0
@@ -97,7 +104,7 @@ class Config:
         for name in ("epochs", "batch_size", "max_len", "lstm_units", "eval_batch_size", "latency_texts", "throughput_batches"):
             if getattr(self, name) <= 0:
                 _bad(name, getattr(self, name), "a positive integer")
-        for name in ("seed", "data_seed", "max_train_examples", "max_test_examples", "num_threads"):
+        for name in ("seed", "data_seed", "max_train_examples", "max_test_examples", "num_threads", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "an integer >= 0")
         if self.max_len < 2:
@@ -120,6 +127,9 @@ class Config:
         self.init = str(self.init).lower()
         if self.init not in INITS:
             _bad("init", self.init, " or ".join(INITS))
+        self.lstm_bias = str(self.lstm_bias).strip().lower()
+        if self.lstm_bias not in LSTM_BIASES:
+            _bad("lstm_bias", self.lstm_bias, " or ".join(LSTM_BIASES))
         self.device = str(self.device).strip().lower()
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             _bad("device", self.device, "auto, cpu, cuda, cuda:N or mps")
@@ -137,17 +147,17 @@ class Config:
         if self.mode == "reference":
             if self.pool != "none":
                 _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
-            if self.features != "embeddings" or self.finetune or self.pool_at != "input":
+            if self.features not in TOKEN_FEATURES or self.finetune or self.pool_at != "input":
                 _bad("mode", self.mode, "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)")
         self._check_pooling_combination(spec, PoolPosition.parse(self.pool_at))
 
     def _check_pooling_combination(self, spec, position) -> None:
         """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
-        if self.features == "embeddings":
+        if self.features in TOKEN_FEATURES:
             if position.where != "input":
-                _bad("pool_at", self.pool_at, "input with features=embeddings (output and layer:K need features=encoder)")
+                _bad("pool_at", self.pool_at, f"input with features={self.features} (output and layer:K need features=encoder)")
             if self.finetune:
-                _bad("finetune", self.finetune, "false with features=embeddings (the word-embedding table stays frozen), or features=encoder")
+                _bad("finetune", self.finetune, f"false with features={self.features} (the input embeddings stay frozen), or features=encoder")
             return
         if self.padding != "mask":
             _bad("padding", self.padding, "mask with features=encoder (the encoder always reads the attention mask)")
@@ -161,7 +171,7 @@ class Config:
     @property
     def variant(self) -> str:
         """A short name for the configuration: the mode for the seed's word-embedding runs, else the encoder setup."""
-        if self.features == "embeddings":
+        if self.features in TOKEN_FEATURES:
             return self.mode
         where = "" if self.pool == "none" else f"-{self.pool}@{self.pool_at}"
         return f"encoder{'-ft' if self.finetune else ''}{where}"

@@ -59,14 +59,16 @@ def run_experiment(
     commit, dirty = tracking.git_commit()
     name = tracking.run_name(config.variant, config.model, config.seed)
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **(tags or {})}
-    if config.features != "embeddings":
-        tags.update({"features": config.features, "pool_at": config.pool_at, "finetune": str(config.finetune).lower(),
-                     "variant": config.variant})
+    if config.mode != "reference":
+        tags["features"] = config.features
+    if config.features == "encoder":
+        tags.update({"pool_at": config.pool_at, "finetune": str(config.finetune).lower(), "variant": config.variant})
     description = config.description or (
         reference.describe(config) if config.mode == "reference" else
-        f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} word embeddings, "
+        f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} "
+        f"{'embedding-layer outputs' if config.features == 'embedding_layer' else 'word embeddings'}, "
         f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
-        if config.features == "embeddings" else
+        if config.features != "encoder" else
         f"IMDB sentiment from {config.model} encoder hidden states ({'fine-tuned' if config.finetune else 'frozen'}), "
         f"{config.pool} pooling at {config.pool_at}, LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
     )
@@ -108,7 +110,10 @@ def run_experiment(
                 "backbone": config.model,
                 "features": config.features,
                 "pool_at": config.pool_at,
+                "lstm_bias": config.lstm_bias,
             }
+            if config.features == "embedding_layer":
+                model_config["layer_norm_eps"] = result.model.layer.eps
             if config.features == "encoder":
                 # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
                 model_config["backbone_config"] = result.model.encoder.model.config.to_dict()
@@ -165,6 +170,8 @@ def prepare_resume(run_id: str, requested: dict[str, object] | None) -> tuple[Co
     with tempfile.TemporaryDirectory() as tmp:
         params, digest, tags, folder = tracking.run_to_resume(run_id, Path(tmp))
         state = checkpoint.load(folder, tags.get("checkpoint/sha256"))
+    # Runs logged before these fields existed trained nn.LSTM's two bias vectors on the word table.
+    params = {"lstm_bias": "torch", "features": "embeddings", **params}
     config = load_config(None, params)
     if requested:
         # Options given now are compared one by one with the run's own; only the data's location may change

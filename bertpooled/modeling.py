@@ -12,7 +12,11 @@ from bertpooled.pooling import PoolSpec, lengths_mask, pool_hidden, pool_sequenc
 
 
 class LSTMHead(nn.Module):
-    """One LSTM layer and a dense layer with one logit; parameters named and counted as `nn.LSTM` + `nn.Linear`.
+    """One LSTM layer and a dense layer with one logit; parameters named as `nn.LSTM` + `nn.Linear`.
+
+    `bias="keras"` (the default) trains one gate bias, as Keras's LSTM does: `bias_hh_l0` is a fixed zero
+    buffer, and the head has exactly the original's parameters (50,257 at width 768). `bias="torch"` trains
+    both of nn.LSTM's bias vectors (64 parameters more), as models logged before this option did.
 
     On CPU the LSTM's input projection is done here as one (batch*seq, in) x (in, 4*units) matmul, and the
     recurrence gets the projected gates through an identity input weight. oneDNN's fused LSTM backward is
@@ -20,14 +24,19 @@ class LSTMHead(nn.Module):
     47 ms per step fused, 6.3 ms factored). The arithmetic is the same LSTM.
     """
 
-    def __init__(self, in_features: int, units: int = 16, init: str = "keras") -> None:
+    def __init__(self, in_features: int, units: int = 16, init: str = "keras", bias: str = "keras") -> None:
         super().__init__()
-        self.in_features, self.units = in_features, units
+        self.in_features, self.units, self.bias = in_features, units, bias
         gates = 4 * units
         self.weight_ih_l0 = nn.Parameter(torch.empty(gates, in_features))
         self.weight_hh_l0 = nn.Parameter(torch.empty(gates, units))
         self.bias_ih_l0 = nn.Parameter(torch.empty(gates))
-        self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
+        if bias == "torch":
+            self.bias_hh_l0 = nn.Parameter(torch.empty(gates))
+        else:
+            # Keras keeps one gate bias. With two trainable vectors both get the full gate gradient and both
+            # take an Adam step, so the effective bias moves about twice as fast as the original's.
+            self.register_buffer("bias_hh_l0", torch.zeros(gates), persistent=False)
         self.dense = nn.Linear(units, 1)
         self.register_buffer("_identity", torch.eye(gates), persistent=False)
         self.register_buffer("_no_bias", torch.zeros(gates), persistent=False)
@@ -49,7 +58,8 @@ class LSTMHead(nn.Module):
             else:
                 bound = 1.0 / math.sqrt(self.units)
                 for weight in (self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0):
-                    nn.init.uniform_(weight, -bound, bound)
+                    if isinstance(weight, nn.Parameter):
+                        nn.init.uniform_(weight, -bound, bound)
                 self.dense.reset_parameters()
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,21 +83,41 @@ class LSTMHead(nn.Module):
 
 
 class PooledLSTMClassifier(nn.Module):
-    """Token ids -> frozen input word embeddings -> pooling (`pool`) -> LSTMHead -> logit."""
+    """Token ids -> frozen input embeddings -> pooling (`pool`) -> LSTMHead -> logit.
+
+    The input embeddings are the word table alone (`layer=None`: `get_input_embeddings()` in PyTorch), or the
+    backbone's whole embedding layer (`layer`: what the original's TensorFlow `get_input_embeddings()(ids)`
+    gave): LayerNorm(word + position + token type 0) per token, computed per batch from frozen buffers.
+    """
 
     def __init__(
-        self, embeddings: torch.Tensor, pool: PoolSpec, *, units: int = 16, padding: str = "mask", init: str = "keras"
+        self, embeddings: torch.Tensor, pool: PoolSpec, *, units: int = 16, padding: str = "mask", init: str = "keras",
+        layer: "EmbeddingLayer | None" = None, bias: str = "keras",
     ) -> None:
         super().__init__()
         self.pool, self.padding = pool, padding
-        # Hidden-axis pooling acts on each token's vector alone, so it commutes with the lookup:
-        # pooling the vocabulary table once equals pooling every looked-up vector, at no cost per batch.
-        self.register_buffer("embeddings", pool_hidden(embeddings.float(), pool).contiguous())
-        self.head = LSTMHead(self.embeddings.shape[1], units, init)
+        self.layer = layer
+        if layer is None:
+            # Hidden-axis pooling acts on each token's vector alone, so it commutes with the lookup:
+            # pooling the vocabulary table once equals pooling every looked-up vector, at no cost per batch.
+            table = pool_hidden(embeddings.float(), pool)
+        else:
+            # LayerNorm mixes a token's features, so here the hidden axis is pooled after it, per batch.
+            table = embeddings.float()
+        self.register_buffer("embeddings", table.contiguous())
+        width = pool.out_hidden(embeddings.shape[1]) if layer is not None else table.shape[1]
+        self.head = LSTMHead(width, units, init, bias)
+
+    def inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        """The frozen per-token features of `ids`, hidden-pooled as configured (sequence pooling comes after)."""
+        x = F.embedding(ids, self.embeddings)
+        if self.layer is None:
+            return x
+        return pool_hidden(self.layer(x), self.pool)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (batch,) for right-padded ids (batch, max_len) with real lengths (batch,)."""
-        x = F.embedding(ids, self.embeddings)
+        x = self.inputs(ids)
         max_len = ids.shape[1]
         if self.padding == "mask":
             x, _ = pool_sequence(x, lengths_mask(lengths, max_len), self.pool)
@@ -95,6 +125,29 @@ class PooledLSTMClassifier(nn.Module):
         # `read`: as the original, padding is pooled and read like any token.
         x, _ = pool_sequence(x, torch.ones(ids.shape, dtype=torch.bool, device=ids.device), self.pool)
         return self.head(x, None)
+
+
+class EmbeddingLayer(nn.Module):
+    """The rest of a BERT embedding layer after the word lookup: + position + token type 0, then LayerNorm.
+
+    Frozen buffers (no parameters), in eval mode by construction (BERT's embedding dropout is off at inference,
+    as it was in the original's call). `bertpooled.backbone.load_embedding_layer` checks it against the
+    backbone's own module.
+    """
+
+    def __init__(self, positions: torch.Tensor, token_type: torch.Tensor, norm_weight: torch.Tensor,
+                 norm_bias: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.eps = float(eps)
+        self.register_buffer("positions", positions.float().contiguous())
+        self.register_buffer("token_type", token_type.float().reshape(-1).contiguous())
+        self.register_buffer("norm_weight", norm_weight.float().contiguous())
+        self.register_buffer("norm_bias", norm_bias.float().contiguous())
+
+    def forward(self, words: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, hidden) word vectors -> the embedding layer's output for positions 0..seq-1."""
+        x = words + self.positions[: words.shape[1]] + self.token_type
+        return F.layer_norm(x, (x.shape[-1],), self.norm_weight, self.norm_bias, self.eps)
 
 
 class EncoderLSTMClassifier(nn.Module):
@@ -105,13 +158,13 @@ class EncoderLSTMClassifier(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, hidden_size: int, out_pool: PoolSpec, *, units: int = 16, init: str = "keras",
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, bias: str = "keras") -> None:
         super().__init__()
         self.encoder, self.out_pool = encoder, out_pool
         if seed is not None:
             # The head starts from the run's seed whatever loading the backbone drew from the generator.
             torch.manual_seed(seed)
-        self.head = LSTMHead(out_pool.out_hidden(hidden_size), units, init)
+        self.head = LSTMHead(out_pool.out_hidden(hidden_size), units, init, bias)
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's output for right-padded ids: (hidden states, real lengths), before output pooling."""

@@ -20,7 +20,7 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
-        from bertpooled.modeling import PooledLSTMClassifier
+        from bertpooled.modeling import EmbeddingLayer, PooledLSTMClassifier
         from bertpooled.pooling import PoolSpec
 
         with open(context.artifacts["model_config"], encoding="utf-8") as fh:
@@ -28,13 +28,21 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         state = load_file(context.artifacts["weights"])
         self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
         spec = PoolSpec.parse(self.config["pool"])
-        if self.config.get("features", "embeddings") == "encoder":
-            self.model = _encoder_model(self.config, spec)
+        # Models logged before `lstm_bias` existed trained nn.LSTM's two bias vectors.
+        bias = self.config.get("lstm_bias", "torch")
+        features = self.config.get("features", "embeddings")
+        if features == "encoder":
+            self.model = _encoder_model(self.config, spec, bias)
+        elif features == "embedding_layer":
+            layer = EmbeddingLayer(state["layer.positions"], state["layer.token_type"], state["layer.norm_weight"],
+                                   state["layer.norm_bias"], self.config["layer_norm_eps"])
+            self.model = PooledLSTMClassifier(state["embeddings"], spec, units=self.config["lstm_units"],
+                                              padding=self.config["padding"], layer=layer, bias=bias)
         else:
             # The stored table is already hidden-pooled; rebuilding with hidden window 1 keeps it as it is.
             stored = PoolSpec(spec.kind, spec.seq, 1)
             self.model = PooledLSTMClassifier(
-                state["embeddings"], stored, units=self.config["lstm_units"], padding=self.config["padding"]
+                state["embeddings"], stored, units=self.config["lstm_units"], padding=self.config["padding"], bias=bias
             )
         self.model.load_state_dict(state)
         self.model.eval()
@@ -51,7 +59,7 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         )
 
 
-def _encoder_model(config: dict, spec):
+def _encoder_model(config: dict, spec, bias: str):
     """The backbone rebuilt from its JSON config (no download, no original folder), wrapped as it was trained."""
     from transformers import AutoConfig, AutoModel
 
@@ -64,7 +72,7 @@ def _encoder_model(config: dict, spec):
     backbone = AutoModel.from_config(AutoConfig.for_model(model_type, **backbone_config)).eval()
     out_pool = spec if config["pool_at"] == "output" else PoolSpec()
     encoder = PoolingEncoder(backbone, PoolPosition.parse(config["pool_at"]), spec)
-    return EncoderLSTMClassifier(encoder, backbone.config.hidden_size, out_pool, units=config["lstm_units"])
+    return EncoderLSTMClassifier(encoder, backbone.config.hidden_size, out_pool, units=config["lstm_units"], bias=bias)
 
 
 mlflow.models.set_model(SentimentModel())

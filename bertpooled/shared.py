@@ -53,9 +53,10 @@ class Shared:
 
         return self.get(("tokenizer", info.path), load)[0]
 
-    def embeddings(self, info: backbone.BackboneInfo) -> backbone.WordEmbeddings:
-        """The backbone's frozen word embeddings, loaded once (no run writes to them: they are a buffer)."""
-        return self.get(("embeddings", info.path), lambda: backbone.load_word_embeddings(info))[0]
+    def embeddings(self, info: backbone.BackboneInfo, whole_layer: bool = False) -> backbone.WordEmbeddings:
+        """The backbone's frozen word table (and embedding layer), loaded once (no run writes to them: they are buffers)."""
+        return self.get(("embeddings", info.path, whole_layer),
+                        lambda: backbone.load_word_embeddings(info, whole_layer=whole_layer))[0]
 
     def token_ids(
         self, info: backbone.BackboneInfo, imdb: data.Imdb, splits: dict[str, data.Split], max_len: int,
@@ -82,7 +83,7 @@ class Shared:
     def shares(config: Config) -> bool:
         """Whether `prepare` can share this config's inputs: today's `train.prepare` features (token ids and
         frozen word embeddings). Other features go through `train.prepare` itself: unshared, but right."""
-        return getattr(config, "features", "embeddings") == "embeddings"
+        return getattr(config, "features", "embeddings") in ("embeddings", "embedding_layer")
 
     def prepare(
         self, config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split,
@@ -98,5 +99,5 @@ class Shared:
             config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, None, hit, phases
         )
         with phases.timed("features"):
-            prepared.embeddings = self.embeddings(info)
+            prepared.embeddings = self.embeddings(info, config.features == "embedding_layer")
         return prepared

@@ -103,6 +103,11 @@ def check(config: Config) -> backbone.BackboneInfo:
             f"{config.model!r}: use --max-len {info.max_positions} or less"
         )
     spec = PoolSpec.parse(config.pool)
+    if config.features == "embedding_layer" and info.model_type != "bert":
+        raise BertpooledError(
+            f"config: features=embedding_layer needs a BERT-family backbone (model_type bert: minilm, bert-base-uncased), "
+            f"and {config.model!r} is {info.model_type!r}: use features=embeddings, or a BERT backbone"
+        )
     if config.features == "encoder" and not spec.is_identity:
         from bertpooled.encoder import check_layer_pooling
 
@@ -155,7 +160,7 @@ def prepare(config: Config, info: backbone.BackboneInfo, imdb, train, test, phas
         if config.features == "encoder":
             prepare_encoder_features(prepared, lambda: load_backbone(info), progress=progress)
         else:
-            prepared.embeddings = backbone.load_word_embeddings(info)
+            prepared.embeddings = backbone.load_word_embeddings(info, whole_layer=config.features == "embedding_layer")
     return prepared
 
 
@@ -232,9 +237,10 @@ def build_model(prepared: Prepared) -> torch.nn.Module:
     cfg = prepared.config
     seed_everything(cfg.seed)
     spec = PoolSpec.parse(cfg.pool)
-    if cfg.features == "embeddings":
+    if cfg.features != "encoder":
         return PooledLSTMClassifier(
-            prepared.embeddings.table, spec, units=cfg.lstm_units, padding=cfg.padding, init=cfg.init
+            prepared.embeddings.table, spec, units=cfg.lstm_units, padding=cfg.padding, init=cfg.init,
+            layer=prepared.embeddings.layer, bias=cfg.lstm_bias,
         )
     import copy
 
@@ -244,7 +250,7 @@ def build_model(prepared: Prepared) -> torch.nn.Module:
     out_pool = spec if cfg.pool_at == "output" else PoolSpec()
     return EncoderLSTMClassifier(
         encoder_for(cfg, backbone_model), prepared.info.hidden_size, out_pool, units=cfg.lstm_units, init=cfg.init,
-        seed=cfg.seed,
+        seed=cfg.seed, bias=cfg.lstm_bias,
     )
 
 
@@ -315,6 +321,8 @@ def fit(
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=device.type in ("cpu", "cuda"))
     order = torch.Generator().manual_seed(cfg.seed)
     n = len(labels)
+    # The order a shuffle buffer reads: fixed per data subset, like rows of a file (see `epoch_order`).
+    stored = np.random.default_rng(cfg.data_seed).permutation(n) if cfg.shuffle_buffer else None
     history: list[EpochStats] = []
     first = 1
     if checkpoints is not None and checkpoints.resume is not None:
@@ -324,7 +332,7 @@ def fit(
     for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
         net.train()
-        perm = torch.randperm(n, generator=order).to(device)
+        perm = epoch_order(n, cfg.shuffle_buffer, order, stored).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
@@ -351,6 +359,26 @@ def fit(
         if checkpoints is not None:
             checkpoints.write(epoch, model, optimizer, order, history)
     return history
+
+
+def epoch_order(n: int, buffer: int, generator: torch.Generator, stored: np.ndarray | None = None) -> torch.Tensor:
+    """One epoch's order of the n training rows: a full shuffle (`buffer` 0), or tf.data's `shuffle(buffer)`.
+
+    tf.data fills a buffer with the first `buffer` rows of `stored`, then repeatedly emits a uniformly chosen
+    buffer slot and refills that slot with the next row; at the end it drains the buffer in random order. So a
+    row can only move about `buffer` places from where `stored` has it.
+    """
+    if not buffer or buffer >= n:
+        return torch.randperm(n, generator=generator)
+    rows = stored.tolist() if stored is not None else list(range(n))
+    picks = torch.randint(buffer, (n - buffer,), generator=generator).tolist()
+    slots, out = rows[:buffer], []
+    for pick, incoming in zip(picks, rows[buffer:]):
+        out.append(slots[pick])
+        slots[pick] = incoming
+    drain = torch.randperm(buffer, generator=generator).tolist()
+    out.extend(slots[i] for i in drain)
+    return torch.tensor(out, dtype=torch.long)
 
 
 def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

@@ -5,20 +5,34 @@ from bertpooled.modeling import LSTMHead, PooledLSTMClassifier, count_parameters
 from bertpooled.pooling import PoolSpec
 
 
-@pytest.mark.parametrize("inputs, expected", [(768, 50_321), (384, 25_745)])
-def test_head_parameter_counts_match_pytorch_counts_of_the_seed_classifier(inputs, expected):
-    # SEED.md: Keras counts 50,257 / 25,681; PyTorch's second LSTM bias vector adds 64.
+@pytest.mark.parametrize("inputs, expected", [(768, 50_257), (384, 25_681)])
+def test_head_parameter_counts_equal_the_originals_keras_counts(inputs, expected):
+    # docs/original.md: Keras counts 4*((in+16)*16+16) + 17 (one gate bias vector).
     total, trainable = count_parameters(LSTMHead(inputs, 16))
+    assert total == trainable == expected == 4 * ((inputs + 16) * 16 + 16) + 17
+
+
+@pytest.mark.parametrize("inputs, expected", [(768, 50_321), (384, 25_745)])
+def test_the_torch_bias_layout_counts_nn_lstms_two_bias_vectors(inputs, expected):
+    total, trainable = count_parameters(LSTMHead(inputs, 16, bias="torch"))
     assert total == trainable == expected
     ref = torch.nn.LSTM(inputs, 16)
     assert expected == sum(p.numel() for p in ref.parameters()) + 17
 
 
+def keras_layout_state(head: LSTMHead) -> dict:
+    """nn.LSTM's state for a one-bias head: its second bias vector held at zero."""
+    state = {k: v for k, v in head.state_dict().items() if k.endswith("_l0")}
+    return {**state, "bias_hh_l0": torch.zeros_like(head.bias_ih_l0)}
+
+
 def test_head_computes_exactly_what_nn_lstm_computes():
     torch.manual_seed(0)
     head = LSTMHead(10, 4)
+    with torch.no_grad():
+        head.bias_ih_l0.normal_()  # a bias that is not Keras's init, so a dropped bias would show
     ref = torch.nn.LSTM(10, 4, batch_first=True)
-    ref.load_state_dict({k: v for k, v in head.state_dict().items() if k.endswith("_l0")})
+    ref.load_state_dict(keras_layout_state(head))
     x = torch.randn(3, 7, 10)
     out, (h_n, _) = ref(x)
     torch.testing.assert_close(head(x), head.dense(h_n[0]).squeeze(-1))
@@ -26,17 +40,40 @@ def test_head_computes_exactly_what_nn_lstm_computes():
     torch.testing.assert_close(head(x, lengths), head.dense(out[torch.arange(3), lengths - 1]).squeeze(-1))
 
 
-def test_head_gradients_match_nn_lstm():
+@pytest.mark.parametrize("bias", ["keras", "torch"])
+def test_head_gradients_match_nn_lstm(bias):
     torch.manual_seed(0)
-    head = LSTMHead(6, 3)
+    head = LSTMHead(6, 3, bias=bias)
     ref = torch.nn.LSTM(6, 3, batch_first=True)
-    ref.load_state_dict({k: v for k, v in head.state_dict().items() if k.endswith("_l0")})
+    ref.load_state_dict(keras_layout_state(head) if bias == "keras" else
+                        {k: v for k, v in head.state_dict().items() if k.endswith("_l0")})
     x = torch.randn(2, 5, 6)
     head(x).sum().backward()
     _, (h_n, _) = ref(x)
     torch.nn.functional.linear(h_n[0], head.dense.weight, head.dense.bias).sum().backward()
+    trained = dict(head.named_parameters())
     for name, param in ref.named_parameters():
-        torch.testing.assert_close(getattr(head, name).grad, param.grad)
+        if bias == "keras" and name == "bias_hh_l0":
+            assert name not in trained  # held at zero: the one gate bias takes the whole gradient
+            torch.testing.assert_close(trained["bias_ih_l0"].grad, param.grad)
+        else:
+            torch.testing.assert_close(trained[name].grad, param.grad)
+
+
+def test_one_bias_takes_one_adam_step_where_two_biases_take_two():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 5, 6), torch.tensor([0.0, 1.0, 1.0, 0.0])
+    moved = {}
+    for bias in ("keras", "torch"):
+        torch.manual_seed(1)
+        head = LSTMHead(6, 3, bias=bias)
+        before = (head.bias_ih_l0 + head.bias_hh_l0).detach().clone()
+        opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+        torch.nn.functional.binary_cross_entropy_with_logits(head(x), y).backward()
+        opt.step()
+        moved[bias] = (head.bias_ih_l0 + head.bias_hh_l0 - before).abs()
+    # Adam's first step moves every parameter by about lr: the effective gate bias moves twice as far with two.
+    torch.testing.assert_close(moved["torch"], 2 * moved["keras"], rtol=1e-3, atol=1e-6)
 
 
 def test_keras_init_sets_the_forget_gate_bias_to_one_and_the_rest_to_zero():
