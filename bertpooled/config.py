@@ -85,7 +85,7 @@ class Config:
     eval_each_epoch: bool = False
     """Also log `test/accuracy` after every epoch (costs one pass over the test set per epoch)."""
     num_threads: int = 0
-    """CPU threads for torch; 0 = torch's default."""
+    """CPU threads for torch; 0 = auto: 1 for runs that train the head on input embeddings, all cores when a backbone runs (features=encoder)."""
     amp: bool = False
     """bfloat16 autocast on CUDA (ignored on CPU)."""
     reference_text: str = "tokens"

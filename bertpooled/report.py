@@ -91,8 +91,8 @@ class OriginalResult:
 #: The results the original study reported (TensorFlow/Keras on a Colab GPU,
 #: bert-base-uncased input embeddings, 3/4 of IMDB train, one wall-clock figure
 #: per mode covering embedding, training and evaluation). Parameter counts are
-#: the classifier head's; PyTorch's LSTM keeps a second bias vector, so the same
-#: layer counts 64 more there.
+#: the classifier head's; nn.LSTM's layout (lstm_bias=torch) keeps a second bias
+#: vector, so the same layer counts 64 more there.
 ORIGINAL_STUDY = (
     OriginalResult("basic", "basic_lstm", 1, 0.8144, 13.64, 50_257, 50_321),
     OriginalResult("pool", "pool", 1, 0.8156, 12.31, 25_681, 25_745),
@@ -103,8 +103,9 @@ _ORIGINAL_STUDY_CAVEAT = (
     "The original timed one wall-clock figure per mode (embedding, training and evaluation) "
     "on a Colab GPU with bert-base-uncased embeddings; reproduced times are the median "
     "time/total_s on this project's hardware and backbone, so compare their ratio, not their size. "
-    "Original head parameters are Keras counts (PyTorch counts the same LSTM 64 higher: "
-    "50,321 and 25,745)."
+    "Original head parameters are Keras counts; this project's head has Keras's layout (one LSTM gate bias, "
+    "lstm_bias=keras) and the same counts at the same width; runs with lstm_bias=torch train nn.LSTM's second "
+    "bias vector and count 64 more (50,321 and 25,745 at width 768)."
 )
 
 

@@ -389,9 +389,24 @@ def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def configure_threads(config: Config) -> None:
+# torch's own default, read once at import: one thread per physical core.
+ALL_THREADS = torch.get_num_threads()
+
+
+def threads_for(config: Config) -> int:
+    """torch threads for the run: `num_threads`, or with 0 (auto) 1 for the head alone and all cores for a backbone.
+
+    The LSTM(16) head's step is latency-bound: on 2 cores it gains little from a second thread when the machine
+    is quiet and loses many times over when another process wants a core (benchmarks/seed_protocol.md,
+    "Threads"). A backbone's forward pass is wide matmuls that scale with cores.
+    """
     if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+        return config.num_threads
+    return ALL_THREADS if config.features == "encoder" else 1
+
+
+def configure_threads(config: Config) -> None:
+    torch.set_num_threads(threads_for(config))
 
 
 def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None = None, checkpoints=None) -> Result:

@@ -25,7 +25,8 @@ CONTRACT_METRICS = {
     "latency/p95_ms", "throughput/infer_examples_per_s", "memory/peak_mb",
 }
 # LSTM(16) + Dense(1) on the tiny BERT's 32-wide embeddings (basic) or 16-wide after 2x2 pooling (pool).
-HEAD_PARAMS = {"basic": 4 * ((32 + 16) * 16 + 2 * 16) + 17, "pool": 4 * ((16 + 16) * 16 + 2 * 16) + 17}
+# One gate bias vector per LSTM, as Keras (lstm_bias=keras, the default).
+HEAD_PARAMS = {"basic": 4 * ((32 + 16) * 16 + 16) + 17, "pool": 4 * ((16 + 16) * 16 + 16) + 17}
 
 
 def mlflow_run(params: dict[str, str], store: str, experiment: str = "bertpooled") -> subprocess.CompletedProcess:

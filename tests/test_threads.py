@@ -1,0 +1,25 @@
+"""num_threads=0 (auto): 1 torch thread for the LSTM head, all cores when a backbone runs; a number is obeyed."""
+
+import torch
+
+from bertpooled import train
+from bertpooled.config import load_config
+
+
+def test_auto_threads_give_the_head_one_thread_and_a_backbone_all_cores():
+    assert train.threads_for(load_config(overrides={"mode": "pool"})) == 1
+    assert train.threads_for(load_config(overrides={"features": "embeddings"})) == 1
+    assert train.threads_for(load_config(overrides={"features": "encoder"})) == train.ALL_THREADS
+
+
+def test_an_explicit_thread_count_is_obeyed_and_set_on_torch():
+    before = torch.get_num_threads()
+    try:
+        config = load_config(overrides={"num_threads": 2, "features": "embeddings"})
+        assert train.threads_for(config) == 2
+        train.configure_threads(config)
+        assert torch.get_num_threads() == 2
+        train.configure_threads(load_config())
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
