@@ -278,3 +278,40 @@ def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(serv
     assert alone.returncode == 0, alone.stderr[-4000:]
     _, (reference,) = children(client, "uninterrupted")
     assert what(again) == what(reference)
+
+
+@on_a_cluster
+def test_ctrl_c_on_the_driver_marks_the_sweep_killed_and_a_resume_continues_from_the_checkpoint(
+        server, cluster, tiny_bert, tmp_path):
+    data = write_imdb_archive(write_imdb_tree(tmp_path / "imdb", per_label=100), tmp_path / "aclImdb_v1.tar.gz")
+    grid = ("--model", str(tiny_bert), "--data", str(data), "--epochs", "12", "--max-train-examples", "0",
+            "--modes", "basic", "--seeds", "1")
+    client = MlflowClient(server.uri)
+    proc = sweep(server, cluster, "interrupted", *grid, wait=False)  # on the head node alone
+    try:
+        deadline, stopped = time.time() + 300, None
+        while time.time() < deadline and proc.poll() is None and stopped is None:
+            exp = client.get_experiment_by_name("interrupted")
+            for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []:
+                if int(run.data.tags.get("checkpoint/epoch", "0")) >= 2:
+                    stopped = run
+                    proc.send_signal(signal.SIGINT)
+                    break
+            time.sleep(0.2)
+        assert stopped is not None, "the child reached no checkpoint before the sweep ended"
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    parent, runs = children(client, "interrupted")
+    assert parent.info.status == "KILLED" and [r.info.status for r in runs] == ["KILLED"]
+    assert f"resume it with --resume-parent {parent.info.run_id}" in err, err[-3000:]
+
+    resumed = sweep(server, cluster, "interrupted", *grid, "--resume-parent", parent.info.run_id)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    parent, runs = children(client, "interrupted")
+    assert parent.info.status == "FINISHED"
+    (run,) = runs  # the same run, continued: no second child for the same config
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    assert int(run.data.tags["resumed_after_epoch"]) >= 2 and "resumed after epoch" in resumed.stderr
