@@ -245,7 +245,7 @@ def sweep_command(
         seed_values = sweeping.parse_seeds(seeds, seed_list)
         children = sweeping.plan(_blank_to_none(config), overrides, sweeping.parse_modes(modes), seed_values)
         runner = _sweep_executor(_blank_to_none(executor) or "local", _blank_to_none(address), parallel, cpus_per_run,
-                                 gpus_per_run)
+                                 gpus_per_run, children)
         try:
             outcome = sweeping.run_sweep(
                 children,
@@ -271,7 +271,7 @@ def sweep_command(
     _print_report(report, fmt, _blank_to_none(output))
 
 
-def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: float, gpus: float):
+def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: float, gpus: float, children):
     """None for local processes, else a connected Ray executor; every mistake is a one-line error before any run."""
     if name == "local":
         if address:
@@ -285,6 +285,7 @@ def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: floa
     from bertpooled.ray_executor import RayExecutor
 
     runner = RayExecutor(address, cpus, gpus)
+    runner.check(children)
     runner.connect()
     return runner
 

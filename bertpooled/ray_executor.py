@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -59,11 +60,28 @@ class RayExecutor:
             raise BertpooledError(f"--gpus-per-run {self.gpus_per_run} must be >= 0, e.g. 1 for one GPU per child")
         _import_ray()
 
+    def check(self, children: Sequence) -> None:
+        """A child that asks for a GPU must reserve one: Ray would not keep two such children off the same GPU."""
+        wants_gpu = sorted({c.config.device for c in children if c.config.device.startswith("cuda")})
+        if wants_gpu and not self.gpus_per_run:
+            raise BertpooledError(f"device={wants_gpu[0]} with --gpus-per-run 0: pass --gpus-per-run 1 so that Ray "
+                                  "reserves a GPU for each child (or --device auto)")
+
     def connect(self) -> None:
         """Join the cluster (before the sweep's parent run exists, so a wrong address leaves no run behind)."""
         ray = _import_ray()
         if ray.is_initialized():
             return
+        where = self.address or os.environ.get("RAY_ADDRESS") or ""
+        if where and where != "auto" and "://" not in where:
+            # Ray itself waits minutes for a head that is not there; a plain TCP connect answers in seconds.
+            host, _, port = where.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except (OSError, ValueError) as exc:
+                raise BertpooledError(
+                    f"no Ray cluster answers at {where} ({exc}): start one with `ray start --head` or fix --address"
+                ) from None
         try:
             # The children's own output stays in Ray's worker logs: the driver prints one line per start/finish.
             ray.init(address=self.address or None, log_to_driver=False, logging_level="WARNING")
@@ -103,6 +121,9 @@ class RayExecutor:
         for child in todo:
             # Torch gets as many threads as Ray reserved CPUs, unless the config says otherwise.
             config = child.config if child.config.num_threads else dataclasses.replace(child.config, num_threads=threads)
+            if config.device == "auto" and not self.gpus_per_run:
+                # Ray leaves a GPU visible to a task that reserved none: `auto` would use it unreserved.
+                config = dataclasses.replace(config, device="cpu")
             tags = {sweep.KEY_TAG: child.key, sweep.CHILD_TAG: child.label, "sweep/executor": "ray",
                     "sweep/shared_inputs": "each node's own caches"}
             refs[task.remote(config, parent_id, tags, uri)] = child

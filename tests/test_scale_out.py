@@ -197,6 +197,24 @@ def test_without_ray_the_ray_executor_is_a_one_line_error(monkeypatch, tiny_bert
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'")
+@pytest.mark.parametrize("args, words", [
+    (["--device", "cuda"], "device=cuda with --gpus-per-run 0"),
+    (["--cpus-per-run", "0"], "--cpus-per-run 0.0 must be > 0"),
+    (["--parallel", "2"], "--parallel is for --executor local"),
+    (["--address", "127.0.0.2:1"], "no Ray cluster answers at 127.0.0.2:1"),
+])
+def test_bad_ray_sweeps_fail_in_one_line_before_joining_a_cluster(args, words, tiny_bert, tiny_imdb, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.2:1")  # nothing listens there: joining would fail, not start a Ray
+    result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
+                                      "--executor", "ray", *args])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and words in line, line
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 @on_a_cluster
 def test_a_sweep_on_two_nodes_computes_what_the_local_executor_does(server, cluster, tiny_bert, tiny_imdb):
     worker, worker_id = cluster.add_worker()
