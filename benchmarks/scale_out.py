@@ -178,6 +178,8 @@ warm-up run that filled the caches. {n} children ({args.modes} x {args.seeds} se
   its parent run (`sweep/shared_*_s`, outside the children's time/total_s). Both costs are fixed per worker
   and per child, not per epoch: a real child (minutes to hours of training) hides them.
 """
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    text = text.replace("shared the 2 cores,", f"shared the 2 cores; load average {load} at the end,")
     Path(args.output).write_text(text)
     print(text)
 

@@ -156,6 +156,10 @@ class RayExecutor:
                         raise cause from None
                     ran.append(outcome)
                     bar.update(1)
+                    if not any(run_id == outcome.run_id for run_id, _ in seen):
+                        # It started and ended between two looks: its start line still comes first.
+                        seen.add((outcome.run_id, node))
+                        say(f"{child.label}: started on node {node_ip} {node[:8]} (run {outcome.run_id})")
                     say(f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
                         f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f} "
                         f"[{len(ran)}/{len(todo)}]")

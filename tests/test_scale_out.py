@@ -245,8 +245,8 @@ def test_a_sweep_on_two_nodes_computes_what_the_local_executor_does(server, clus
     assert client.list_artifacts(on_ray[0].info.run_id, "predictions")
     # One line per child start and finish, each naming its node.
     for label in ("basic-s0", "basic-s1", "pool-s0", "pool-s1"):
-        assert f"{label}: finished on node {NODE_IP}" in ray_run.stderr, ray_run.stderr[-3000:]
-    assert ray_run.stderr.count(": started on node ") >= 1
+        for event in ("started", "finished"):
+            assert ray_run.stderr.count(f"{label}: {event} on node {NODE_IP} ") == 1, ray_run.stderr[-3000:]
 
 
 @on_a_cluster
