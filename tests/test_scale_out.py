@@ -38,7 +38,8 @@ def on_a_cluster(test):
     return test
 
 # Ray turns 127.0.0.1 into the machine's outward address; any other loopback address it keeps as given, so the
-# nodes advertise (and talk over) loopback only.
+# nodes advertise (and talk over) loopback only. (Ray's servers still listen on all interfaces: Ray 2.60 has no
+# bind option; the ports are random and live only as long as the test.)
 NODE_IP = "127.0.0.2"
 WORKER_RESOURCE = "bertpooled_test_worker"
 # Children compare equal across executors only with the same config: the Ray executor would otherwise give
