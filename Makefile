@@ -5,6 +5,8 @@ VENV ?= .venv
 # version is the CUDA build, so GPU users get CUDA from the same pin. Override with TORCH=torch.
 TORCH ?= torch==2.13.0
 MODE ?= pool
+# Extras installed with the package; CI adds `ray` for the scale-out tests (EXTRAS=dev,ray).
+EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -14,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -199,6 +199,10 @@ def sweep_command(
     seed_list: Optional[str] = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
     resume_parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: run only its missing or unfinished children."),
     parallel: int = typer.Option(1, min=1, help="Children run side by side in this many processes (threads split between them)."),
+    executor: str = typer.Option("local", help="Where children run: local (processes here) | ray (tasks on a Ray cluster)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."),
+    cpus_per_run: float = typer.Option(1.0, help="CPUs Ray reserves for each child (--executor ray)."),
+    gpus_per_run: float = typer.Option(0.0, help="GPUs Ray reserves for each child; a GPU child lands only where one is."),
     experiment: Optional[str] = typer.Option(None, help="Experiment for a new sweep (default: bertpooled)."),
     format: str = typer.Option("table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."),
     output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
@@ -240,14 +244,21 @@ def sweep_command(
         overrides.update({k: v for k, v in named.items() if v is not None})
         seed_values = sweeping.parse_seeds(seeds, seed_list)
         children = sweeping.plan(_blank_to_none(config), overrides, sweeping.parse_modes(modes), seed_values)
-        outcome = sweeping.run_sweep(
-            children,
-            experiment=_blank_to_none(experiment),
-            resume_parent=_blank_to_none(resume_parent),
-            progress=_progress(progress),
-            log=lambda line: typer.echo(line, err=True),
-            parallel=parallel,
-        )
+        runner = _sweep_executor(_blank_to_none(executor) or "local", _blank_to_none(address), parallel, cpus_per_run,
+                                 gpus_per_run, children)
+        try:
+            outcome = sweeping.run_sweep(
+                children,
+                experiment=_blank_to_none(experiment),
+                resume_parent=_blank_to_none(resume_parent),
+                progress=_progress(progress),
+                log=lambda line: typer.echo(line, err=True),
+                parallel=parallel,
+                executor=runner,
+            )
+        finally:
+            if runner is not None:
+                runner.close()
         typer.echo(f"sweep {outcome.parent_run_id}: ran {len(outcome.ran)}, "
                    f"{len(outcome.already_finished)} already finished; comparing its children", err=True)
         report = sweeping.compare_children(outcome, format=fmt, output=_blank_to_none(output))
@@ -258,6 +269,25 @@ def sweep_command(
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
         return
     _print_report(report, fmt, _blank_to_none(output))
+
+
+def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: float, gpus: float, children):
+    """None for local processes, else a connected Ray executor; every mistake is a one-line error before any run."""
+    if name == "local":
+        if address:
+            raise BertpooledError("--address names a Ray cluster: pass --executor ray with it, or leave it out")
+        return None
+    if name != "ray":
+        raise BertpooledError(f"unknown executor {name!r}: pass --executor local or --executor ray")
+    if parallel > 1:
+        raise BertpooledError("--parallel is for --executor local; with ray, the cluster's CPUs and --cpus-per-run "
+                              "decide how many children run at once")
+    from bertpooled.ray_executor import RayExecutor
+
+    runner = RayExecutor(address, cpus, gpus)
+    runner.check(children)
+    runner.connect()
+    return runner
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

@@ -213,11 +213,13 @@ def run_sweep(
     progress: bool | None = None,
     log: Callable[[str], None] = print,
     parallel: int = 1,
+    executor=None,
 ) -> SweepOutcome:
     """Run the children that have no FINISHED run under the parent (a new one unless resuming); see the module doc.
 
     Under `mlflow run -e sweep` the run MLflow created is the parent, so `mlflow run --run-id ID -e sweep`
     resumes. A child that fails stops the sweep: its run and the parent end FAILED and the error propagates.
+    `executor` (e.g. `ray_executor.RayExecutor`) runs the children elsewhere; None runs them here, as processes.
     """
     if not children:
         raise BertpooledError("the sweep has no children: pass --modes and --seeds")
@@ -261,12 +263,16 @@ def run_sweep(
         if not any(k.startswith("config/") for k in parent_run.data.params):
             mlflow.log_params({f"config/{k}": v for k, v in base.items()})
         log(f"sweep {parent_id}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
-        if todo:
+        # Children on other machines read their own inputs: the driver need not even hold the data.
+        if todo and executor is None:
             shared = Shared()
             seconds = _prepare_shared(shared, todo, infos, progress)
             mlflow.log_metrics({f"sweep/shared_{phase}_s": s for phase, s in seconds.items()})
             log("shared inputs: " + ", ".join(f"{phase} {s:.1f}s" for phase, s in seconds.items()))
-        if parallel > 1 and len(todo) > 1:
+        if executor is not None and todo:
+            current = f"{len(todo)} children on {executor.describe()}"
+            outcome.ran.extend(executor.run(todo, parent_id, log, progress))
+        elif parallel > 1 and len(todo) > 1:
             current = f"{len(todo)} children, {parallel} at a time"
             outcome.ran.extend(_run_parallel(todo, parent_id, parallel, log))
         else:

@@ -1,0 +1,258 @@
+"""The sweep's Ray executor: each child run is a Ray task with declared resources, on whatever node Ray picks.
+
+`sweep.run_sweep` stays the one sweep (parent run, naming, tags, resume by config key, closing comparison);
+this module only decides where its children run. Every node logs into the tracking server named by
+`MLFLOW_TRACKING_URI`, with artifacts (checkpoints included) through that server (`mlflow server
+--serve-artifacts`), so the nodes share no filesystem. A task that Ray retries after its worker or node died
+finds its child's run under the parent by tag `sweep/key` and continues it from the run's last checkpoint
+(the same run, RUNNING again), so a child ends FINISHED exactly once. Ray is an optional extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from bertpooled.errors import BertpooledError
+
+INSTALL_HINT = "pip install 'bertpooled[ray]'"
+# Ray retries a task whose worker process or node died this many times (an error a child raises is not retried:
+# it fails the sweep, as with the local executor).
+MAX_RETRIES = 3
+# How often the driver looks for children that started (their runs carry the node they run on).
+POLL_S = 2.0
+# After Ctrl-C, how long the cancelled children get to end their runs KILLED themselves.
+CANCEL_GRACE_S = 20.0
+NODE_TAG = "sweep/node"
+NODE_IP_TAG = "sweep/node_ip"
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BertpooledError(f"--executor ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+@dataclass
+class RayExecutor:
+    """Where a sweep's children run: tasks on the Ray cluster at `address` (None: RAY_ADDRESS, else a local Ray)."""
+
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+
+    name = "ray"
+
+    def __post_init__(self) -> None:
+        if not self.cpus_per_run > 0:
+            raise BertpooledError(f"--cpus-per-run {self.cpus_per_run} must be > 0 (CPUs Ray reserves per child), e.g. 1")
+        if self.gpus_per_run < 0:
+            raise BertpooledError(f"--gpus-per-run {self.gpus_per_run} must be >= 0, e.g. 1 for one GPU per child")
+        _import_ray()
+
+    def check(self, children: Sequence) -> None:
+        """A child that asks for a GPU must reserve one: Ray would not keep two such children off the same GPU."""
+        wants_gpu = sorted({c.config.device for c in children if c.config.device.startswith("cuda")})
+        if wants_gpu and not self.gpus_per_run:
+            raise BertpooledError(f"device={wants_gpu[0]} with --gpus-per-run 0: pass --gpus-per-run 1 so that Ray "
+                                  "reserves a GPU for each child (or --device auto)")
+
+    def connect(self) -> None:
+        """Join the cluster (before the sweep's parent run exists, so a wrong address leaves no run behind)."""
+        ray = _import_ray()
+        if ray.is_initialized():
+            return
+        where = self.address or os.environ.get("RAY_ADDRESS") or ""
+        if where and where != "auto" and "://" not in where:
+            # Ray itself waits minutes for a head that is not there; a plain TCP connect answers in seconds.
+            host, _, port = where.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except (OSError, ValueError) as exc:
+                raise BertpooledError(
+                    f"no Ray cluster answers at {where} ({exc}): start one with `ray start --head` or fix --address"
+                ) from None
+        try:
+            # The children's own output stays in Ray's worker logs: the driver prints one line per start/finish.
+            ray.init(address=self.address or None, log_to_driver=False, logging_level="WARNING")
+        except Exception as exc:  # noqa: BLE001 - Ray raises several kinds; all mean "no cluster there"
+            where = self.address or os.environ.get("RAY_ADDRESS") or "a new local Ray"
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise BertpooledError(
+                f"cannot join the Ray cluster at {where} ({first}): start it with `ray start --head` or fix --address"
+            ) from None
+
+    def close(self) -> None:
+        """Leave the cluster (the cluster itself keeps running)."""
+        ray = _import_ray()
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def describe(self) -> str:
+        return f"Ray ({self.cpus_per_run:g} CPU{'' if self.cpus_per_run == 1 else 's'}, {self.gpus_per_run:g} GPU per child)"
+
+    def run(self, todo: Sequence, parent_id: str, log: Callable[[str], None], progress: bool | None = None) -> list:
+        """Run `todo` (sweep.Child) as tasks; one line per child start/finish with its node, a bar of children done.
+
+        The first child that fails stops the sweep (the others are cancelled and end KILLED); Ctrl-C does the same.
+        """
+        from tqdm.auto import tqdm
+
+        from bertpooled import sweep
+
+        ray = _import_ray()
+        self.connect()
+        threads = max(1, int(self.cpus_per_run))
+        task = ray.remote(_run_child).options(
+            num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES, retry_exceptions=False,
+        )
+        uri = mlflow.get_tracking_uri()
+        refs = {}
+        for child in todo:
+            # Torch gets as many threads as Ray reserved CPUs, unless the config says otherwise.
+            config = child.config if child.config.num_threads else dataclasses.replace(child.config, num_threads=threads)
+            if config.device == "auto" and not self.gpus_per_run:
+                # Ray leaves a GPU visible to a task that reserved none: `auto` would use it unreserved.
+                config = dataclasses.replace(config, device="cpu")
+            tags = {sweep.KEY_TAG: child.key, sweep.CHILD_TAG: child.label, "sweep/executor": "ray",
+                    "sweep/shared_inputs": "each node's own caches"}
+            refs[task.remote(config, parent_id, tags, uri)] = child
+        by_key = {child.key: child for child in todo}
+        log(f"running {len(todo)} children as Ray tasks, {self.describe()}")
+
+        disable = progress is False or (progress is None and not sys.stderr.isatty())
+        bar = tqdm(total=len(todo), desc="children done", unit="run", disable=disable, file=sys.stderr)
+
+        def say(line: str) -> None:
+            with tqdm.external_write_mode(file=sys.stderr):
+                log(line)
+
+        client = MlflowClient(uri)
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        seen: set[tuple[str, str]] = set()
+        pending, ran = list(refs), []
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+                self._report_starts(client, experiment_id, parent_id, by_key, seen, say)
+                for ref in ready:
+                    child = refs[ref]
+                    try:
+                        outcome, node, node_ip = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:
+                        # The child's own error (its run already ended FAILED), not Ray's wrapper around it.
+                        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                        say(f"{child.label}: failed ({(str(cause).splitlines() or [type(cause).__name__])[0]})")
+                        raise cause from None
+                    ran.append(outcome)
+                    bar.update(1)
+                    if not any(run_id == outcome.run_id for run_id, _ in seen):
+                        # It started and ended between two looks: its start line still comes first.
+                        seen.add((outcome.run_id, node))
+                        say(f"{child.label}: started on node {node_ip} {node[:8]} (run {outcome.run_id})")
+                    say(f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
+                        f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f} "
+                        f"[{len(ran)}/{len(todo)}]")
+        except BaseException:
+            self._cancel(ray, pending, client, experiment_id, parent_id, by_key, say)
+            raise
+        finally:
+            bar.close()
+        return ran
+
+    @staticmethod
+    def _report_starts(client, experiment_id, parent_id, by_key, seen, say) -> None:
+        """A line for each child run that began (or continued) on a node since the last look."""
+        from bertpooled import sweep
+
+        runs = client.search_runs(
+            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
+            max_results=1000,
+        )
+        for run in runs:
+            tags = run.data.tags
+            key, node = tags.get(sweep.KEY_TAG), tags.get(NODE_TAG)
+            if key not in by_key or not node or (run.info.run_id, node) in seen:
+                continue
+            seen.add((run.info.run_id, node))
+            resumed = tags.get("resumed_after_epoch")
+            how = f"resumed after epoch {resumed}" if resumed else "started"
+            say(f"{by_key[key].label}: {how} on node {tags.get(NODE_IP_TAG, '?')} {node[:8]} (run {run.info.run_id})")
+
+    @staticmethod
+    def _cancel(ray, pending, client, experiment_id, parent_id, by_key, say) -> None:
+        """Stop the children still running: an interrupt reaches each task, whose run then ends KILLED itself;
+        a run whose task could not say so in time (its node gone, say) is ended KILLED from here."""
+        from bertpooled import sweep
+
+        for ref in pending:
+            ray.cancel(ref)
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
+        try:
+            runs = client.search_runs(
+                [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
+                max_results=1000,
+            )
+            for run in runs:
+                if run.data.tags.get(sweep.KEY_TAG) in by_key:
+                    client.set_tag(run.info.run_id, "error", "the sweep was stopped while this child ran")
+                    client.set_terminated(run.info.run_id, "KILLED")
+                    say(f"{by_key[run.data.tags[sweep.KEY_TAG]].label}: marked KILLED (run {run.info.run_id})")
+        except Exception as exc:  # noqa: BLE001 - best effort while the original exception propagates
+            say(f"could not mark the unfinished children KILLED ({exc}); a resume continues them all the same")
+
+
+def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
+    """One child, inside a Ray task on some node: continue its unfinished run from the last checkpoint, or start it.
+
+    Returns (Outcome, node id, node IP). Runs again only what has no FINISHED run: a retry that finds the child
+    already FINISHED (its node died after the run ended) returns that run instead of training it twice.
+    """
+    import ray
+
+    from bertpooled import sweep
+    from bertpooled.experiment import Outcome, prepare_resume, run_experiment
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    mlflow.set_tracking_uri(tracking_uri)
+    node, node_ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+    tags = {**tags, NODE_TAG: node, NODE_IP_TAG: node_ip}
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    earlier = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{sweep.KEY_TAG}` = '{tags[sweep.KEY_TAG]}'",
+        max_results=1000,
+    )
+    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    if finished:
+        run = finished[0]
+        return Outcome(run.info.run_id, run.info.experiment_id, dict(run.data.metrics), "", "", ""), node, node_ip
+    with_checkpoint = sorted((r for r in earlier if "checkpoint/epoch" in r.data.tags),
+                             key=lambda r: int(r.data.tags["checkpoint/epoch"]))
+    for run in earlier:
+        # A run whose worker died before its first checkpoint cannot be continued; it must not stay RUNNING.
+        if run.info.status == "RUNNING" and "checkpoint/epoch" not in run.data.tags:
+            client.set_tag(run.info.run_id, "error", "its worker was lost before the first checkpoint; run again")
+            client.set_terminated(run.info.run_id, "FAILED")
+    log = lambda line: print(f"[{tags[sweep.CHILD_TAG]}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+    started = time.perf_counter()
+    if with_checkpoint:
+        config, resume = prepare_resume(with_checkpoint[-1].info.run_id, None)
+        outcome = run_experiment(config, progress=False, log=log, parent_run_id=parent_id, tags=tags, resume=resume)
+    else:
+        outcome = run_experiment(config, progress=False, log=log, parent_run_id=parent_id, tags=tags)
+    log(f"done in {time.perf_counter() - started:.1f}s on node {node_ip} {node[:8]}")
+    return outcome, node, node_ip
