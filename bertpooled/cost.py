@@ -13,8 +13,8 @@ Metric names are a contract (compare-runs reads every `cost/`, `latency/`, `memo
   `latency/batch256_p50_ms` (one whole batch of 256, end to end). Every GPU timing is fenced by
   `torch.cuda.synchronize`, so it counts the kernels, not only their launch.
 - `memory/peak_mb`: the process's peak RSS on CPU (everything the run held, data and training included), or
-  the peak allocated CUDA memory on a GPU since the run began (`reset_peak_memory`; a sweep's children share
-  one process).
+  the peak allocated CUDA memory on a GPU from building the model on (training, evaluation, this
+  measurement; `reset_peak_memory`, since a sweep's children share one process).
 """
 
 from __future__ import annotations

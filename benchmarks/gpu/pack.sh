@@ -11,6 +11,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PAYLOAD="${PAYLOAD:-$HERE/payload}"
 PYTHON="${PYTHON:-python3}"
+# PY_VERSION=3.11 packs wheels for a 3.11 rehearsal of the device here (README.md); the device runs 3.12.
 
 # The set the device lacks: mlflow-skinny and its needs, SQLite store (sqlalchemy, alembic, Mako, cryptography, which
 # sqlalchemy_store imports at import time), pooch (bertpooled.data imports it). What the machine already has
@@ -30,7 +31,7 @@ try: print(m.version(sys.argv[1]))
 except m.PackageNotFoundError: pass" "$name")"
     specs+=("$name${version:+==$version}")
   done
-  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version "${PY_VERSION:-3.12}" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_34_x86_64 --platform manylinux1_x86_64 -d "$PAYLOAD/wheels" "${specs[@]}"
   du -sh "$PAYLOAD/wheels"
