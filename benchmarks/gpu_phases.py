@@ -80,10 +80,12 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     results = {}
     for mode in ("basic", "pool"):
         for amp in (False, True):
-            cfg = load_config(bundle / "config.yaml", {"mode": mode, "device": device_name, "amp": str(amp).lower(), **extra})
+            cfg = load_config(bundle / "config.yaml", {"mode": mode, "device": device_name,
+                              "precision": "bf16" if amp else "fp32", **extra})
             emb = backbone.WordEmbeddings(table, 0)
             prep = train.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, None, emb)
-            warm = train.Prepared(load_config(bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name}),
+            warm = train.Prepared(load_config(bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name,
+                                                              "precision": "fp32"}),
                                   None, None, tr, te, tr_tok, te_tok, None, emb)
             train.fit(train.build_model(warm).to(device), warm, device, progress=False)
             rows = []
@@ -94,7 +96,7 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
                 train.fit(model, prep, device, progress=False)
                 sync()
                 t1 = time.perf_counter()
-                probs = train.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.amp)
+                probs = train.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)
                 t2 = time.perf_counter()
                 rows.append((t1 - t0, t2 - t1, train.evaluate(te.labels, probs)["test/accuracy"]))
             med = [statistics.median(r[i] for r in rows) for i in range(3)]

@@ -25,6 +25,10 @@ TOKEN_FEATURES = ("embedding_layer", "embeddings")
 LSTM_BIASES = ("keras", "torch")
 INITS = ("keras", "torch")
 REFERENCE_TEXTS = ("tokens", "full")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Settings older configs and logged runs still carry, mapped onto today's fields (see `load_config`).
+# amp=true was bf16 autocast on CUDA and nothing on CPU: exactly precision=auto; amp=false was fp32 everywhere.
+LEGACY_SETTINGS = {"amp": lambda value: {"precision": "auto" if _coerce_bool("amp", value) else "fp32"}}
 EXPERIMENTS_DIR = Path("experiments")
 
 
@@ -59,7 +63,7 @@ class Config:
     pool: str = ""
     """Pooling as KIND:SxH (`avg:2x2`, `max:2x1`) or `none`; empty = the mode's preset."""
     pool_at: str = "input"
-    """Where pooling sits: `input` (word embeddings), `output` (encoder's last hidden state) or `layer:K` (after K encoder layers; BERT family)."""
+    """Where pooling sits: `input` (input embeddings), `output` (encoder's last hidden state), `layer:K` (after K encoder layers; BERT family) or several stages `layer:K1,layer:K2` (each pools again)."""
     features: str = "embedding_layer"
     """What the head reads: `embedding_layer` (LayerNorm(word + position + token type) per token: the original's TensorFlow `get_input_embeddings()(ids)`), `embeddings` (the word table alone: PyTorch's `get_input_embeddings()`) or `encoder` (the backbone's hidden states)."""
     finetune: bool = False
@@ -86,8 +90,8 @@ class Config:
     """Also log `test/accuracy` after every epoch (costs one pass over the test set per epoch)."""
     num_threads: int = 0
     """CPU threads for torch; 0 = auto: 1 for runs that train the head on input embeddings, all cores when a backbone runs (features=encoder)."""
-    amp: bool = False
-    """bfloat16 autocast on CUDA (ignored on CPU)."""
+    precision: str = "auto"
+    """Autocast in training and prediction: `auto` (bf16 on CUDA, fp32 elsewhere), `fp32`, or `bf16` (CUDA only). Replaces `amp`."""
     reference_text: str = "tokens"
     """What `reference` mode reads: `tokens` (the first max_len tokens, decoded: what the LSTM sees) or `full` (the whole review)."""
     latency_texts: int = 32
@@ -140,7 +144,14 @@ class Config:
 
         spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
         self.pool = str(spec)
-        self.pool_at = str(PoolPosition.parse(self.pool_at))
+        # Parsed once: code reads the typed `position`; the field keeps its canonical spelling for params and YAML.
+        self.position = PoolPosition.parse(self.pool_at)
+        self.pool_at = str(self.position)
+        self.precision = str(self.precision).strip().lower()
+        if self.precision not in PRECISIONS:
+            _bad("precision", self.precision, " or ".join(PRECISIONS) + " (auto = bf16 on CUDA, fp32 on CPU)")
+        if self.precision == "bf16" and self.device in ("cpu", "mps"):
+            _bad("precision", self.precision, f"fp32 or auto with device={self.device} (bf16 autocast runs on CUDA only)")
         self.features = str(self.features).strip().lower()
         if self.features not in FEATURES:
             _bad("features", self.features, " or ".join(FEATURES))
@@ -149,7 +160,7 @@ class Config:
                 _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
             if self.features not in TOKEN_FEATURES or self.finetune or self.pool_at != "input":
                 _bad("mode", self.mode, "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)")
-        self._check_pooling_combination(spec, PoolPosition.parse(self.pool_at))
+        self._check_pooling_combination(spec, self.position)
 
     def _check_pooling_combination(self, spec, position) -> None:
         """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
@@ -190,6 +201,23 @@ def _bad(name: str, value: Any, valid: str) -> None:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce_bool(name: str, value: Any) -> bool:
+    value = yaml.safe_load(value.strip() or "null") if isinstance(value, str) else value
+    if not isinstance(value, bool):
+        raise BertpooledError(f"config: {name}={value!r} is not valid: use true or false")
+    return value
+
+
+def _legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """Old settings (see LEGACY_SETTINGS) turned into today's fields; a field given itself wins over its old name."""
+    out = {k: v for k, v in values.items() if k not in LEGACY_SETTINGS}
+    for key, translate in LEGACY_SETTINGS.items():
+        if key in values and values[key] is not None and not (isinstance(values[key], str) and not values[key].strip()):
+            for field, value in translate(values[key]).items():
+                out.setdefault(field, value)
+    return out
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -253,10 +281,10 @@ def load_config(config: str | Path | None = None, overrides: Mapping[str, Any] |
     values: dict[str, Any] = {}
     if config:
         path = resolve_config_path(config)
-        for key, value in read_yaml(path).items():
+        for key, value in _legacy(read_yaml(path)).items():
             _check_key(key, f"config file {path}")
             values[key] = None if value is None else _coerce(key, value)
-    for key, value in (overrides or {}).items():
+    for key, value in _legacy(dict(overrides or {})).items():
         _check_key(key, "override")
         if value is None or (isinstance(value, str) and not value.strip()):
             continue
@@ -279,5 +307,5 @@ def parse_sets(pairs: list[str] | None) -> dict[str, str]:
 
 
 def _check_key(key: str, where: str) -> None:
-    if key not in FIELD_TYPES:
+    if key not in FIELD_TYPES and key not in LEGACY_SETTINGS:
         raise BertpooledError(f"{where}: unknown setting {key!r}; known settings: {', '.join(FIELD_TYPES)}")

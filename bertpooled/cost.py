@@ -9,8 +9,12 @@ Metric names are a contract (compare-runs reads every `cost/`, `latency/`, `memo
 - `latency/p50_ms`, `latency/p95_ms`: one text at a time, end to end (tokenize -> features -> head), after
   warm-up; `runtime/threads` beside them says on how many threads.
 - `throughput/infer_examples_per_s`: batches of 32 texts end to end, after one warm-up batch.
+- on CUDA only, also at a serving-sized batch of 256: `throughput/infer_examples_per_s_b256` and
+  `latency/batch256_p50_ms` (one whole batch of 256, end to end). Every GPU timing is fenced by
+  `torch.cuda.synchronize`, so it counts the kernels, not only their launch.
 - `memory/peak_mb`: the process's peak RSS on CPU (everything the run held, data and training included), or
-  the peak allocated CUDA memory on a GPU.
+  the peak allocated CUDA memory on a GPU from building the model on (training, evaluation, this
+  measurement; `reset_peak_memory`, since a sweep's children share one process).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bertpooled.inference import encode, predict_texts
 
 THROUGHPUT_BATCH = 32
+# A GPU is far from busy at 32 texts: it is also timed at a batch a serving GPU would see.
+GPU_BATCH = 256
 WARMUP_TEXTS = 3
 FLOP_EXAMPLES = 8
 
@@ -66,6 +72,24 @@ def flops_per_example(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.
     return (total - head) / n, head / n
 
 
+def extra_batch_sizes(device: torch.device) -> tuple[int, ...]:
+    """Batch sizes timed besides THROUGHPUT_BATCH: (GPU_BATCH,) on CUDA; none on CPU, whose metrics stay as they were."""
+    return (GPU_BATCH,) if device.type == "cuda" else ()
+
+
+def runtime_params(device: torch.device) -> dict[str, str]:
+    """What a GPU run logs about its GPU (`runtime/gpu`, `runtime/cuda`); nothing on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"runtime/gpu": torch.cuda.get_device_name(device), "runtime/cuda": str(torch.version.cuda)}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start `memory/peak_mb` afresh on CUDA; on CPU the process's peak RSS cannot be reset (and is not)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak allocated CUDA memory on a GPU, else this process's peak resident set size."""
     if device.type == "cuda":
@@ -80,8 +104,11 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(model: torch.nn.Module, tokenizer, texts: list[str], max_len: int, device: torch.device,
-            latency_texts: int = 32, throughput_batches: int = 3) -> dict[str, float]:
-    """The cost contract's metrics for `model` (ids, lengths -> logits) on real `texts` (the test reviews)."""
+            latency_texts: int = 32, throughput_batches: int = 3, batch_sizes: tuple[int, ...] | None = None) -> dict[str, float]:
+    """The cost contract's metrics for `model` (ids, lengths -> logits) on real `texts` (the test reviews).
+
+    `batch_sizes`: extra batch sizes to time (default `extra_batch_sizes(device)`: 256 on CUDA, none on CPU).
+    """
     model.eval()
     texts = list(texts)
     ids, lengths = encode(tokenizer, texts[:FLOP_EXAMPLES], max_len, device)
@@ -99,20 +126,31 @@ def measure(model: torch.nn.Module, tokenizer, texts: list[str], max_len: int, d
         times.append(time.perf_counter() - start)
     latency_ms = np.asarray(times) * 1e3
 
-    batches = [[texts[(b * THROUGHPUT_BATCH + i) % len(texts)] for i in range(THROUGHPUT_BATCH)]
-               for b in range(throughput_batches + 1)]
-    predict_texts(model, tokenizer, batches[0], max_len, device)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for batch in batches[1:]:
-        predict_texts(model, tokenizer, batch, max_len, device)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return {
+    per_batch = _time_batches(model, tokenizer, texts, max_len, device, THROUGHPUT_BATCH, throughput_batches)
+    metrics = {
         "cost/backbone_flops_per_example": float(backbone_flops),
         "cost/head_flops_per_example": float(head_flops),
         "latency/p50_ms": float(np.percentile(latency_ms, 50)),
         "latency/p95_ms": float(np.percentile(latency_ms, 95)),
-        "throughput/infer_examples_per_s": THROUGHPUT_BATCH * throughput_batches / max(seconds, 1e-9),
+        "throughput/infer_examples_per_s": THROUGHPUT_BATCH * len(per_batch) / max(sum(per_batch), 1e-9),
         "runtime/threads": float(torch.get_num_threads()),
     }
+    for size in extra_batch_sizes(device) if batch_sizes is None else batch_sizes:
+        per_batch = _time_batches(model, tokenizer, texts, max_len, device, size, throughput_batches)
+        metrics[f"throughput/infer_examples_per_s_b{size}"] = size * len(per_batch) / max(sum(per_batch), 1e-9)
+        metrics[f"latency/batch{size}_p50_ms"] = float(np.percentile(np.asarray(per_batch) * 1e3, 50))
+    return metrics
+
+
+def _time_batches(model, tokenizer, texts: list[str], max_len: int, device: torch.device, size: int, count: int) -> list[float]:
+    """Seconds for each of `count` batches of `size` texts end to end, after one untimed warm-up batch."""
+    batches = [[texts[(b * size + i) % len(texts)] for i in range(size)] for b in range(count + 1)]
+    predict_texts(model, tokenizer, batches[0], max_len, device)  # warm-up
+    seconds = []
+    for batch in batches[1:]:
+        _sync(device)
+        start = time.perf_counter()
+        predict_texts(model, tokenizer, batch, max_len, device)
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds

@@ -1,7 +1,7 @@
 """The backbone as a feature extractor: hidden states of the encoder, with sequence pooling between its layers.
 
 `PoolingEncoder` runs a BERT-family encoder itself, module by module (embeddings -> layers[:K] -> pooling of
-the hidden states *and* the attention mask -> layers[K:]), with the attention mask built by the same
+the hidden states *and* the attention mask -> layers[K:], again before each further stage's layer), with the attention mask built by the same
 transformers helper BertModel uses, so with a window of 1 it computes exactly what `BertModel` computes. Other
 architectures run whole (`AutoModel`), which serves `features=encoder` with no pooling or pooling at the output.
 """
@@ -21,7 +21,7 @@ LAYER_POOLING_TYPES = ("bert",)
 
 
 def check_layer_pooling(model_type: str, num_layers: int, position: PoolPosition, model_name: str) -> None:
-    """One-line errors for `layer:K` on an architecture it cannot run on, or K past the encoder's layers."""
+    """One-line errors for `layer:K` on an architecture it cannot run on, or any stage's K past the encoder's layers."""
     if position.where != "layer":
         return
     if model_type not in LAYER_POOLING_TYPES:
@@ -29,7 +29,7 @@ def check_layer_pooling(model_type: str, num_layers: int, position: PoolPosition
             f"config: pool_at={position} needs a BERT-family backbone (model_type bert: minilm, bert-base-uncased), "
             f"and {model_name!r} is {model_type!r}: use pool_at=output, or a BERT backbone"
         )
-    if not 0 <= position.layer < num_layers:
+    if not all(0 <= k < num_layers for k in position.layers):
         raise BertpooledError(
             f"config: pool_at={position} is past the {num_layers} encoder layers of {model_name!r}: "
             f"use layer:0 to layer:{num_layers - 1}, or output"
@@ -37,7 +37,7 @@ def check_layer_pooling(model_type: str, num_layers: int, position: PoolPosition
 
 
 class PoolingEncoder(nn.Module):
-    """(ids, bool mask) -> (hidden states, bool mask), pooled on the sequence after `position.layer` layers.
+    """(ids, bool mask) -> (hidden states, bool mask), pooled on the sequence after each of `position.layers`.
 
     Without pooling inside (`position` not `layer:K`, or a 1x1 window) this is the plain encoder's last hidden
     state. Pooling at the output is not done here: the head side applies it (see modeling.EncoderLSTMClassifier),
@@ -50,7 +50,7 @@ class PoolingEncoder(nn.Module):
         # A 1x1 window at layer:K still takes the pooling path (pool, rebuild the mask): the test that it equals
         # the plain encoder exercises the real code.
         self.inside = spec if position.where == "layer" else None
-        self.at_layer = position.layer if self.inside is not None else None
+        self.at_layers = frozenset(position.layers) if self.inside is not None else frozenset()
         self.bert_family = model.config.model_type in LAYER_POOLING_TYPES
         if self.inside is not None and not spec.is_identity and not self.bert_family:
             raise BertpooledError(f"pool_at={position} needs a BERT-family backbone, not {model.config.model_type!r}")
@@ -64,8 +64,9 @@ class PoolingEncoder(nn.Module):
         hidden = bert.embeddings(input_ids=ids)
         attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask.long())
         for i, layer in enumerate(bert.encoder.layer):
-            if i == self.at_layer:
-                # The attention mask is pooled with the sequence: a window is real when any of its tokens is.
+            if i in self.at_layers:
+                # The attention mask is pooled with the sequence at every stage: a window is real when any of its
+                # tokens is, so padding never becomes real however many stages pool it.
                 hidden, mask = pool_sequence(hidden, mask, self.inside)
                 attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask.long())
             # The call BertEncoder makes, argument for argument.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from bertpooled import checkpoint, reference, tracking, train
+from bertpooled import checkpoint, cost, reference, tracking, train
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
 from bertpooled.shared import Shared
@@ -142,6 +142,8 @@ def _log_inputs(config: Config, info, imdb, train_split, test_split, commit: str
             "runtime/torch": torch.__version__,
             "runtime/threads": torch.get_num_threads(),
             "runtime/device": str(train.resolve_device(config.device)),
+            "runtime/precision": train.resolve_precision(config.precision, train.resolve_device(config.device)),
+            **cost.runtime_params(train.resolve_device(config.device)),
             "runtime/machine": platform.machine(),
         },
     )

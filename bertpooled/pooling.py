@@ -57,35 +57,51 @@ class PoolSpec:
         return hidden // self.hidden
 
 
-POSITIONS = ("input", "output", "layer:K")
+POSITIONS = ("input", "output", "layer:K", "layer:K1,layer:K2,...")
 
 
 @dataclass(frozen=True)
 class PoolPosition:
-    """Where pooling sits: `input` (word embeddings), `output` (encoder's last hidden state) or `layer:K`.
+    """Where pooling sits: `input` (word embeddings), `output` (encoder's last hidden state) or `layer:K[,layer:K2...]`.
 
     `layer:K` pools the hidden states after the first K encoder layers (K=0: the embedding layer's output), so
-    layers K+1.. run on the shorter sequence.
+    layers K+1.. run on the shorter sequence. Several stages (`layer:2,layer:4`, Funnel-Transformer style) pool
+    the sequence again before each listed layer, so it shrinks by the window once per stage.
     """
 
     where: str = "input"
-    layer: int | None = None
+    layers: tuple[int, ...] = ()
 
     @classmethod
-    def parse(cls, text: str | None) -> "PoolPosition":
-        """`input`, `output`, `layer:K` -> PoolPosition; anything else is a one-line error."""
-        text = (text or "input").strip().lower()
+    def parse(cls, text: "str | PoolPosition | None") -> "PoolPosition":
+        """`input`, `output`, `layer:K` or `layer:K1,layer:K2,...` (K increasing) -> PoolPosition; else a one-line error."""
+        if isinstance(text, PoolPosition):
+            return text
+        text = re.sub(r"\s+", "", (text or "input").lower())
         if text in ("input", "output"):
             return cls(text)
-        match = re.fullmatch(r"layer:(\d+)", text)
-        if not match:
+        parts = text.split(",")
+        matches = [re.fullmatch(r"layer:(\d+)", part) for part in parts]
+        if not all(matches):
             raise BertpooledError(
-                f"config: pool_at={text!r} is not valid: use input, output or layer:K (K encoder layers before pooling, e.g. layer:2)"
+                f"config: pool_at={text!r} is not valid: use input, output, layer:K (K encoder layers before pooling, "
+                "e.g. layer:2) or several stages as layer:K1,layer:K2 (e.g. layer:2,layer:4)"
             )
-        return cls("layer", int(match[1]))
+        layers = tuple(int(m[1]) for m in matches)
+        if any(b <= a for a, b in zip(layers, layers[1:])):
+            raise BertpooledError(
+                f"config: pool_at={text!r} is not valid: list each pooling stage once, in increasing layer order, "
+                "e.g. layer:2,layer:4"
+            )
+        return cls("layer", layers)
+
+    @property
+    def stages(self) -> int:
+        """How many times the sequence is pooled inside the encoder (0 for input and output)."""
+        return len(self.layers)
 
     def __str__(self) -> str:
-        return f"layer:{self.layer}" if self.where == "layer" else self.where
+        return ",".join(f"layer:{k}" for k in self.layers) if self.where == "layer" else self.where
 
 
 def pool_hidden(x: torch.Tensor, spec: PoolSpec) -> torch.Tensor:
@@ -130,9 +146,16 @@ def lengths_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def pooled_length(length: int, spec: PoolSpec, stages: int = 1) -> int:
+    """Sequence length after `stages` successive sequence poolings by `spec` (each drops its trailing part)."""
+    for _ in range(stages):
+        length = spec.out_len(length)
+    return length
+
+
 def pooled_lengths(lengths: torch.Tensor, spec: PoolSpec, max_len: int) -> torch.Tensor:
     """Real positions left after sequence pooling: a window counts when it holds at least one real position."""
     return torch.clamp(torch.div(lengths + spec.seq - 1, spec.seq, rounding_mode="floor"), max=spec.out_len(max_len))
 
 
-__all__ = ["PoolSpec", "PoolPosition", "POSITIONS", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_lengths"]
+__all__ = ["PoolSpec", "PoolPosition", "POSITIONS", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_length", "pooled_lengths"]

@@ -227,10 +227,22 @@ def log_pyfunc(code: Path, artifacts: dict[str, str], requirements: list[str], c
 
 
 def pinned_requirements(*dists: str) -> list[str]:
-    """`dist==version` as installed here; a local build tag such as torch's "+cpu" is no version pip finds elsewhere."""
-    from importlib.metadata import version
+    """`dist==version` as installed here; a local build tag such as torch's "+cpu" is no version pip finds elsewhere.
 
-    return [f"{dist}=={version(dist).split('+')[0]}" for dist in dists]
+    Where `mlflow` is installed as mlflow-skinny alone (the GPU machine's bundle, benchmarks/gpu/), that is
+    what the model needs and what it pins.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for dist in dists:
+        try:
+            pins.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            if dist != "mlflow":
+                raise
+            pins.append(f"mlflow-skinny=={version('mlflow-skinny').split('+')[0]}")
+    return pins
 
 
 def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:

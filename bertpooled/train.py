@@ -19,7 +19,7 @@ from bertpooled import backbone, checkpoint, data, features, tokens
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
 from bertpooled.modeling import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
-from bertpooled.pooling import PoolPosition, PoolSpec
+from bertpooled.pooling import PoolSpec, pooled_length
 
 
 @dataclass
@@ -94,6 +94,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> `bf16` on CUDA, `fp32` elsewhere; `bf16` off CUDA is a user error (autocast to bf16 is for GPUs here)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type != "cuda":
+        raise BertpooledError(f"config: precision=bf16 needs a CUDA device, and this run is on {device}: use precision=fp32 or auto")
+    return precision
+
+
 def check(config: Config) -> backbone.BackboneInfo:
     """Everything that can be checked before a run is created: backbone config, max_len, data source, device."""
     info = backbone.inspect(config.model)
@@ -111,13 +120,18 @@ def check(config: Config) -> backbone.BackboneInfo:
     if config.features == "encoder" and not spec.is_identity:
         from bertpooled.encoder import check_layer_pooling
 
-        check_layer_pooling(info.model_type, info.num_layers, PoolPosition.parse(config.pool_at), config.model)
-    if spec.out_len(config.max_len) < 1:
-        raise BertpooledError(f"config: max_len={config.max_len} is shorter than the pooling window of pool={spec}")
+        check_layer_pooling(info.model_type, info.num_layers, config.position, config.model)
+    stages = max(config.position.stages, 1)
+    if pooled_length(config.max_len, spec, stages) < 1:
+        times = f" pooled {stages} times (pool_at={config.pool_at})" if stages > 1 else ""
+        raise BertpooledError(
+            f"config: max_len={config.max_len} is shorter than the pooling window of pool={spec}{times}: "
+            "use a longer max_len, a smaller window or fewer stages"
+        )
     if spec.out_hidden(info.hidden_size) < 1:
         raise BertpooledError(f"config: pool={spec} pools away all {info.hidden_size} features of {config.model!r}")
     data.check_source(config.data)
-    resolve_device(config.device)
+    resolve_precision(config.precision, resolve_device(config.device))
     return info
 
 
@@ -180,13 +194,14 @@ def encoder_for(config: Config, model: torch.nn.Module):
     """The backbone wrapped with the pooling inside it that `config` asks for (none unless pool_at=layer:K)."""
     from bertpooled.encoder import PoolingEncoder
 
-    return PoolingEncoder(model, PoolPosition.parse(config.pool_at), PoolSpec.parse(config.pool))
+    return PoolingEncoder(model, config.position, PoolSpec.parse(config.pool))
 
 
 def inside_spec(config: Config) -> str:
-    """The pooling that happens inside the backbone (part of the feature cache key): `none` or `SPEC@layer:K`."""
+    """The pooling that happens inside the backbone (part of the feature cache key): `none`, `SPEC@layer:K` or
+    `SPEC@layer:K1,layer:K2` (one stage keeps the key it always had, so existing cache entries still hit)."""
     spec = PoolSpec.parse(config.pool)
-    return f"{spec}@{config.pool_at}" if config.pool_at.startswith("layer:") and not spec.is_identity else "none"
+    return f"{spec}@{config.position}" if config.position.where == "layer" and not spec.is_identity else "none"
 
 
 def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None) -> None:
@@ -269,29 +284,31 @@ def trained_network(model: torch.nn.Module, prepared: Prepared) -> torch.nn.Modu
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, toks: tokens.Tokens, batch_size: int, device: torch.device, amp: bool = False) -> np.ndarray:
+def predict_proba(model: torch.nn.Module, toks: tokens.Tokens, batch_size: int, device: torch.device,
+                  precision: str = "fp32") -> np.ndarray:
     """P(positive) per row, in order, from token ids."""
-    return predict_inputs(model, torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths), batch_size, device, amp)
+    return predict_inputs(model, torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths), batch_size, device, precision)
 
 
 @torch.no_grad()
 def predict_inputs(net: torch.nn.Module, inputs: torch.Tensor, lengths: torch.Tensor, batch_size: int,
-                   device: torch.device, amp: bool = False) -> np.ndarray:
-    """P(positive) per row, in order, from what `net` reads (token ids or cached features)."""
+                   device: torch.device, precision: str = "fp32") -> np.ndarray:
+    """P(positive) per row, in order, from what `net` reads (token ids or cached features); `precision` resolved."""
     net.eval()
     ids = inputs.to(device)
     lengths = lengths.to(device)
     out = []
     for start in range(0, len(lengths), batch_size):
-        with _autocast(device, amp):
+        with _autocast(device, precision):
             logits = net(ids[start : start + batch_size], lengths[start : start + batch_size])
         out.append(torch.sigmoid(logits.float()))
     # One copy back at the end instead of a device sync per batch.
     return torch.cat(out).double().cpu().numpy() if out else np.empty(0)
 
 
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast for a resolved `precision` of bf16 (CUDA only, see resolve_precision); a no-op for fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def fit(
@@ -307,6 +324,7 @@ def fit(
     With `checkpoints`, training starts after the epoch its state holds, and every finished epoch is saved.
     """
     cfg = prepared.config
+    precision = resolve_precision(cfg.precision, device)
     # The whole training set is a few MB of token ids (or the cached features): on a GPU it lives there, so a
     # step copies nothing.
     inputs, lengths = model_inputs(prepared, "train")
@@ -340,7 +358,7 @@ def fit(
         for begin in bar:
             idx = perm[begin : begin + cfg.batch_size]
             x, lens, y = ids[idx], lengths[idx], labels[idx]
-            with _autocast(device, cfg.amp):
+            with _autocast(device, precision):
                 logits = net(x, lens).float()
             loss = F.binary_cross_entropy_with_logits(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -351,7 +369,7 @@ def fit(
             correct += ((logits.detach() > 0) == (y > 0.5)).sum()
         stats = EpochStats(epoch, float(loss_sum) / n, float(correct) / n, time.perf_counter() - start)
         if cfg.eval_each_epoch:
-            probs = predict_inputs(net, *test_inputs, cfg.eval_batch_size, device, cfg.amp)
+            probs = predict_inputs(net, *test_inputs, cfg.eval_batch_size, device, precision)
             stats.test_accuracy = float(accuracy_score(prepared.test.labels, probs >= 0.5))
         history.append(stats)
         if on_epoch:
@@ -415,14 +433,17 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
 
     cfg, phases = prepared.config, prepared.phases
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    cost.reset_peak_memory(device)
     model = build_model(prepared).to(device)
     with phases.timed("train"):
         history = fit(model, prepared, device, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
     with phases.timed("eval"):
         net = trained_network(model, prepared)
-        probs = predict_inputs(net, *model_inputs(prepared, "test"), cfg.eval_batch_size, device, cfg.amp)
+        probs = predict_inputs(net, *model_inputs(prepared, "test"), cfg.eval_batch_size, device, precision)
         metrics = evaluate(prepared.test.labels, probs)
-    with phases.timed("cost"):
+    # Inference is timed in the precision the run trained and evaluated in (bf16 on a GPU by default).
+    with phases.timed("cost"), _autocast(device, precision):
         metrics.update(
             cost.measure(model, prepared.tokenizer, prepared.test.texts, cfg.max_len, device,
                          latency_texts=cfg.latency_texts, throughput_batches=cfg.throughput_batches)

@@ -232,6 +232,10 @@ COST_METRICS = {"cost/backbone_flops_per_example", "cost/head_flops_per_example"
         (["features=encoder", "pool=max:2x1", "pool_at=layer:1"], "encoder-max:2x1@layer:1"),
         (["features=encoder", "pool=avg:2x1", "pool_at=layer:0", "finetune=true", "backbone_lr=1e-3"],
          "encoder-ft-avg:2x1@layer:0"),
+        # Two stages: the served model rebuilds both from model_config.json.
+        (["features=encoder", "pool=avg:2x1", "pool_at=layer:0,layer:1"], "encoder-avg:2x1@layer:0,layer:1"),
+        (["features=encoder", "pool=max:2x1", "pool_at=layer:0,layer:1", "finetune=true", "backbone_lr=1e-3"],
+         "encoder-ft-max:2x1@layer:0,layer:1"),
     ],
 )
 def test_every_encoder_variant_trains_logs_its_cost_and_serves_without_pickle(store, tiny_bert, tiny_imdb, sets, name):
@@ -246,6 +250,9 @@ def test_every_encoder_variant_trains_logs_its_cost_and_serves_without_pickle(st
     finetune = "finetune=true" in sets
     assert ("features/cache_hit" in metrics) == (not finetune)
     assert (metrics["params/backbone_trainable"] > 0) == finetune
+    # On CPU: fp32, no GPU-only cost metrics.
+    assert run.data.params["runtime/precision"] == "fp32" and run.data.params["config/precision"] == "auto"
+    assert "runtime/gpu" not in run.data.params and not [k for k in metrics if k.endswith("_b256")]
 
     mlflow.set_tracking_uri(store)
     try:
@@ -259,6 +266,7 @@ def test_every_encoder_variant_trains_logs_its_cost_and_serves_without_pickle(st
             assert "encoder.model.embeddings.word_embeddings.weight" in fh.keys()
         config = json.loads(next(folder.rglob("model_config.json")).read_text())
         assert config["features"] == "encoder" and config["backbone_config"]["model_type"] == "bert"
+        assert config["pool_at"] == dict(s.split("=") for s in sets).get("pool_at", "input")
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
         preds = model.predict(["great wonderful film", "awful boring plot"])
         assert preds["probability"].between(0, 1).all() and len(preds) == 2
