@@ -119,7 +119,9 @@ def train(
         f"head params {int(m['params/head']):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
-    typer.echo(f"run:  {outcome.run_link}   (start the UI with `mlflow ui` in the project root)")
+    from bertpooled.tracking import ui_hint
+
+    typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
 
 
 def _blank_to_none(value: Optional[str]) -> Optional[str]:

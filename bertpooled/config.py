@@ -23,6 +23,8 @@ FEATURES = ("embeddings", "encoder")
 INITS = ("keras", "torch")
 REFERENCE_TEXTS = ("tokens", "full")
 EXPERIMENTS_DIR = Path("experiments")
+# The project's own experiment files, for a checkout or editable install run from another folder.
+PROJECT_EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @dataclass
@@ -212,13 +214,18 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def resolve_config_path(config: str | Path) -> Path:
-    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml)."""
+    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml).
+
+    Names are looked up in ./experiments, then in the project's own experiments/ beside the package, so
+    `--config smoke` works from any folder.
+    """
     path = Path(config)
-    candidates = [path, EXPERIMENTS_DIR / path, EXPERIMENTS_DIR / f"{path}.yaml"]
+    folders = list(dict.fromkeys([EXPERIMENTS_DIR, PROJECT_EXPERIMENTS_DIR]))
+    candidates = [path] + [c for folder in folders for c in (folder / path, folder / f"{path}.yaml")]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
     hint = f" (experiments here: {', '.join(known)})" if known else ""
     raise BertpooledError(f"config file {config} not found: pass a YAML path or a name in experiments/{hint}")
 

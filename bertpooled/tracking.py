@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from bertpooled import ui_view
 from bertpooled.errors import BertpooledError
 
 DEFAULT_EXPERIMENT = "bertpooled"
@@ -234,14 +235,53 @@ def pinned_requirements(*dists: str) -> list[str]:
 
 
 def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
-    """(runs table link, run link) in MLflow's UI; the runs table opens in the "Model training" view."""
-    uri = mlflow.get_tracking_uri()
-    base = redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    """(runs table link, run link) in MLflow's UI, both in its "Model training" pages.
+
+    The runs link opens the experiment's training view (see `bertpooled.ui_view`): training runs only,
+    mode/backbone/seed/accuracy/time/head-parameter columns, learning curves as the first charts.
+    """
+    base = ui_base()
     exp = run.info.experiment_id
+    query = "workflowType=machine_learning"
+    try:
+        key = ensure_training_view(exp)
+        query += f"&{ui_view.SHARE_URL_PARAM}={key}"
+    except mlflow.exceptions.MlflowException:
+        pass  # a store that refuses experiment tags still gets the plain runs table
     return (
-        f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning",
-        f"{base}/#/experiments/{exp}/runs/{run.info.run_id}",
+        f"{base}/#/experiments/{exp}/runs?{query}",
+        f"{base}/#/experiments/{exp}/runs/{run.info.run_id}?workflowType=machine_learning",
     )
+
+
+def ui_base() -> str:
+    """The UI's address: the tracking server itself, else where `mlflow ui` listens by default."""
+    uri = mlflow.get_tracking_uri()
+    return redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def ui_hint() -> str:
+    """How to start a UI that shows the store the links point into (MLFLOW_TRACKING_URI honoured)."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return "served by the tracking server"
+    return f"start the UI with `mlflow ui --backend-store-uri {redact_uri(uri)}`"
+
+
+def ensure_training_view(experiment_id: str) -> str:
+    """Store the training view as the experiment tag MLflow's UI reads; its share key for the URL.
+
+    Also marks the experiment as model development (unless something else already said what it is), so
+    MLflow 3 opens its "Model training" pages rather than the GenAI ones.
+    """
+    client = MlflowClient()
+    key, tag, value = ui_view.view_tag(ui_view.training_view_state())
+    tags = client.get_experiment(experiment_id).tags
+    if tags.get(tag) != value:
+        client.set_experiment_tag(experiment_id, tag, value)
+    if ui_view.EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(experiment_id, ui_view.EXPERIMENT_KIND_TAG, ui_view.EXPERIMENT_KIND)
+    return key
 
 
 def experiment_name(experiment_id: str) -> str:
