@@ -112,3 +112,13 @@ def test_set_pairs_parse_and_reject_malformed_ones():
 def test_a_config_name_resolves_inside_experiments(monkeypatch):
     monkeypatch.chdir(ROOT)
     assert load_config("smoke").epochs == load_config("experiments/smoke.yaml").epochs
+
+
+def test_a_config_name_resolves_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no experiments/ here: the project's own folder is the fallback
+    assert load_config("smoke").epochs == load_config(ROOT / "experiments" / "smoke.yaml").epochs
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "smoke.yaml").write_text("epochs: 7\n")
+    assert load_config("smoke").epochs == 7  # ./experiments comes first
+    with pytest.raises(BertpooledError, match="config file nosuch not found"):
+        load_config("nosuch")
