@@ -65,6 +65,13 @@ _KNOWN_COST_ORDER = (
 #: Derived here, not logged: ``time/train_s`` divided by ``config/epochs``.
 TIME_PER_EPOCH = "time/train_s_per_epoch"
 _EXCLUDED_KINDS = ("sweep", "comparison")
+#: Config fields that may differ between paired runs: the seed (pairing is by seed), the data path (the
+#: data itself is compared by its digest, `data/digest`) and settings the config documents as having no
+#: effect on results or costs.
+_FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size")
+#: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given.
+_DERIVED_CONFIG_FIELDS = {"mode": ("pool",)}
+_DATA_DIGEST = "params.data/digest"
 _PREDICTION_COLUMNS = ("id", "label", "probability")
 #: predictions/test.csv accuracy may differ from the logged metric by rounding only.
 _PREDICTION_ACCURACY_TOLERANCE = 1e-3
@@ -213,6 +220,8 @@ class Report:
     notes: list[str]
     cost_metrics: list[str]
     comparison_run_id: str | None = None
+    #: Per group, the config its runs share (seed excluded); the same for every group but the group keys.
+    group_configs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # -- structured output --
 
@@ -238,6 +247,7 @@ class Report:
             },
             "learning_curves": self.learning_curves,
             "cost_metrics": list(self.cost_metrics),
+            "group_configs": self.group_configs,
             "skipped": list(self.skipped),
             "notes": list(self.notes),
             "comparison_run_id": self.comparison_run_id,
@@ -343,6 +353,8 @@ class Report:
             sections.append(self._costs_section())
         if self.comparisons:
             sections += [self._baseline_section(), self._mcnemar_section()]
+        if self.group_configs:
+            sections.append(self._config_section())
         sections.append(self._original_section())
         sections.append(_Section("Notes", bullets=list(self.notes) or ["none"]))
         return sections
@@ -440,6 +452,20 @@ class Report:
         return _Section("McNemar per seed pair", paragraphs=paragraphs,
                         tables=[(headers, rows)] if rows else [])
 
+    def _config_section(self) -> _Section:
+        """The settings every group shares, then those the group keys decide, one column per group."""
+        labels = list(self.group_configs)
+        names = sorted({name for config in self.group_configs.values() for name in config})
+        shared = [n for n in names if len({c.get(n) for c in self.group_configs.values()}) == 1]
+        by_group = [n for n in names if n not in shared]
+        paragraphs = ["Runs are paired only when their configs differ in nothing but the group keys and the seed. "
+                      "Shared by every group: " + ", ".join(f"{n}={self.group_configs[labels[0]][n]}" for n in shared) + "."]
+        tables = []
+        if by_group:
+            tables.append((["config"] + labels, [[n] + [self.group_configs[g].get(n, _MISSING) for g in labels]
+                                                 for n in by_group]))
+        return _Section("Config", paragraphs=paragraphs, tables=tables)
+
     def _original_section(self) -> _Section:
         headers = ["source", "mode", "runs", "accuracy", "accuracy CI", "total min",
                    "head params", "backbone"]
@@ -532,6 +558,7 @@ def build_report(
         ]
     if not records:
         report_notes.append("no runs left to report: check the selection and the notes above")
+    group_configs = _group_configs(runs, records, group_keys)
 
     cost_metrics = _ordered_cost_metrics(
         metric for record in records for metric, value in record.costs.items() if _finite(value)
@@ -554,7 +581,59 @@ def build_report(
         skipped=[{k: v for k, v in entry.items() if k != "category"} for entry in skipped],
         notes=report_notes,
         cost_metrics=cost_metrics,
+        group_configs=group_configs,
     )
+
+
+def _config_of(row: pd.Series) -> dict[str, str]:
+    """A run's logged config (`params.config/*`) plus its data digest, as strings; unlogged fields left out."""
+    config = {}
+    for column, value in row.items():
+        name = column.removeprefix("params.config/") if column.startswith("params.config/") else None
+        if column == _DATA_DIGEST:
+            name = "data/digest"
+        if name and name not in _FREE_CONFIG_FIELDS and value is not None and not pd.isna(value):
+            config[name] = str(value)
+    return config
+
+
+def _group_configs(
+    runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """Each group's shared config; refuses runs whose configs differ in more than the group keys and seed.
+
+    Pairing a 10-epoch run with a 3-epoch one would credit the mode with the epochs' effect, so any such
+    difference is one line naming the fields, before any statistics are computed.
+    """
+    if not records:
+        return {}
+    rows = {str(row["run_id"]): row for _, row in runs.iterrows()}
+    configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
+    fields = sorted({name for config in configs.values() for name in config} - set(group_keys))
+    derived = {name for key in group_keys for name in _DERIVED_CONFIG_FIELDS.get(key, ())}
+    differing = []
+    for name in fields:
+        if name in derived:
+            # Decided by the group key: one value per group is expected, several within a group are not.
+            by_group: dict[str, set[str]] = {}
+            for record in records:
+                by_group.setdefault(record.group, set()).add(configs[record.run_id].get(name, "(not logged)"))
+            if any(len(values) > 1 for values in by_group.values()):
+                differing.append(f"{name} ({', '.join(sorted(set().union(*by_group.values())))})")
+            continue
+        values = {configs[record.run_id].get(name, "(not logged)") for record in records}
+        if len(values) > 1:
+            differing.append(f"{name} ({', '.join(sorted(values))})")
+    if differing:
+        raise BertpooledError(
+            f"the selected runs differ in {'; '.join(differing)}, not only in {', '.join(group_keys)} and seed: "
+            f"select comparable runs (--filter, --parent, --run-id) or group by those fields too "
+            f"(--group-by {','.join(group_keys)},{differing[0].split(' ')[0]})"
+        )
+    result: dict[str, dict[str, str]] = {}
+    for record in records:
+        result.setdefault(record.group, dict(configs[record.run_id]))
+    return result
 
 
 def _normalise_group_by(group_by: Sequence[str] | str) -> tuple[str, ...]:

@@ -361,3 +361,36 @@ def test_plots_render_from_a_report_and_from_raw_histories(full_report, tmp_path
                  learning_curves({"r1": history([0.7, 0.6])}, tmp_path / "c.png"),
                  learning_curves({}, tmp_path / "d.png")):
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_whose_configs_differ_beyond_group_and_seed_are_refused_in_one_line():
+    runs, preds = study(SAME, pool_extra={"params.config/epochs": "3", "params.config/max_len": "64"})
+    with pytest.raises(BertpooledError) as caught:
+        build_report(runs, preds)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "epochs (3, 4)" in message and "max_len ((not logged), 64)" in message
+    assert "--group-by mode,epochs" in message
+
+
+def test_grouping_by_the_differing_field_keeps_the_runs_apart():
+    runs, preds = study(SAME, pool_extra={"params.config/epochs": "3"})
+    report = build_report(runs, preds, group_by="mode,epochs")
+    assert set(report.group_configs) == {"basic/4", "pool/3"}
+
+
+def test_a_seed_a_data_path_and_the_mode_preset_may_differ_and_each_group_config_is_reported():
+    runs, preds = study(SAME, pool_extra={"params.config/pool": "avg:2x2", "params.config/data": "/elsewhere"})
+    runs.loc[runs["params.config/mode"] == "basic", "params.config/pool"] = "none"
+    report = build_report(runs, preds)
+    assert report.group_configs["pool"]["pool"] == "avg:2x2" and report.group_configs["basic"]["pool"] == "none"
+    assert "seed" not in report.group_configs["pool"]
+    markdown = report.to_markdown()
+    assert "## Config" in markdown and "epochs=4" in markdown and "| pool | none | avg:2x2 |" in markdown
+
+
+def test_other_data_is_refused_by_its_digest():
+    runs, preds = study(SAME, pool_extra={"params.data/digest": "bbb"})
+    runs.loc[runs["params.config/mode"] == "basic", "params.data/digest"] = "aaa"
+    with pytest.raises(BertpooledError, match=r"data/digest \(aaa, bbb\)"):
+        build_report(runs, preds)
