@@ -142,6 +142,8 @@ def compare_runs_command(
     tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: MLFLOW_TRACKING_URI, else MLflow's local default)."),
     include_unfinished: bool = typer.Option(False, "--include-unfinished", help="Also count runs that did not finish."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report as a comparison run."),
+    comparison_experiment: Optional[str] = typer.Option(
+        None, help="Experiment the comparison run is logged to (default: bertpooled-comparisons)."),
 ) -> None:
     """Compare tracked runs by group: accuracy with CIs, costs, ratios and significance against a baseline."""
     from bertpooled import compare
@@ -160,6 +162,7 @@ def compare_runs_command(
             tracking_uri=_blank_to_none(tracking_uri),
             include_unfinished=include_unfinished,
             no_log=no_log,
+            comparison_experiment=_blank_to_none(comparison_experiment),
         )
     except BertpooledError as exc:
         fail(str(exc))

@@ -29,7 +29,12 @@ from bertpooled.plots import accuracy_vs_time, learning_curves
 from bertpooled.report import FORMATS, Report, build_report
 from bertpooled.tracking import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, redact_uri
 
+#: Where comparison runs go by default: their own experiment keeps the training experiments' tables and
+#: charts to training runs.
+COMPARISON_EXPERIMENT = "bertpooled-comparisons"
+
 __all__ = [
+    "COMPARISON_EXPERIMENT",
     "DEFAULT_EXPERIMENT",
     "HISTORY_KEYS",
     "PREDICTIONS_ARTIFACT",
@@ -433,14 +438,16 @@ def compare_runs(
     tracking_uri: str | None = None,
     include_unfinished: bool = False,
     no_log: bool = False,
+    comparison_experiment: str | None = None,
 ) -> Report:
     """Select runs, fetch predictions and histories, build the report, write and log it.
 
     Keyword arguments mirror ``bertpooled compare-runs`` options one to one.
     ``format`` is only validated here (render with ``report.render(format)``).
     With ``output`` the report files go there; unless ``no_log``, they are
-    also logged as a comparison run (in the selected runs' experiment when
-    they share one, else ``experiment``) whose id the returned report carries.
+    also logged as a comparison run in ``comparison_experiment`` (default
+    `bertpooled-comparisons`, so that training experiments hold training runs
+    only) whose id the returned report carries.
     """
     if format not in FORMATS:
         raise BertpooledError(f"unknown report format {format!r}: pass --format one of {', '.join(FORMATS)}")
@@ -471,14 +478,7 @@ def compare_runs(
         return report
     if not report.runs:
         return replace(report, notes=report.notes + ["not logged as a comparison run: no runs to compare"])
-    experiment_ids = runs["experiment_id"].unique()
-    log_experiment = experiment
-    if len(experiment_ids) == 1:
-        with _bounded_http():
-            try:
-                log_experiment = client.get_experiment(str(experiment_ids[0])).name
-            except MlflowException as error:
-                raise _mlflow_error(error, "reading the runs' experiment") from None
+    log_experiment = comparison_experiment or COMPARISON_EXPERIMENT
     if output is not None:
         comparison_id = log_comparison_run(report, output, log_experiment, client=client)
     else:

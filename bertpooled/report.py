@@ -16,14 +16,14 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bertpooled.errors import BertpooledError
-from bertpooled.stats import McNemarResult, MeanCI, PairedDifference, mcnemar_exact, mean_ci, paired_difference
+from bertpooled.stats import McNemarResult, MeanCI, PairedDifference, holm, mcnemar_exact, mean_ci, paired_difference
 
 __all__ = [
     "COST_PREFIXES",
@@ -181,6 +181,9 @@ class Comparison:
     mcnemar: list[McNemarPair]
     mcnemar_refused: list[dict[str, str]]
     verdict: str
+    #: The paired t-test's p-value after Holm's correction across all comparisons of the report
+    #: (the raw p when there is one comparison); verdicts use this one.
+    p_holm: float = math.nan
 
     @property
     def mcnemar_significant(self) -> int:
@@ -288,6 +291,7 @@ class Report:
                     "accuracy_diff_ci_low": diff.low if diff else None,
                     "accuracy_diff_ci_high": diff.high if diff else None,
                     "paired_t_p": diff.p_value if diff else None,
+                    "paired_t_p_holm": comparison.p_holm if comparison else None,
                     "mcnemar_significant": comparison.mcnemar_significant if comparison else None,
                     "mcnemar_pairs": len(comparison.mcnemar) if comparison else None,
                 }
@@ -404,7 +408,7 @@ class Report:
 
     def _baseline_section(self) -> _Section:
         ci = f"{_percent(self.confidence)} CI"
-        accuracy_headers = ["group", "seed pairs", "Δ accuracy (points)", ci, "paired t p",
+        accuracy_headers = ["group", "seed pairs", "Δ accuracy (points)", ci, "paired t p", "Holm p",
                             "McNemar significant"]
         accuracy_rows = [
             [
@@ -414,6 +418,7 @@ class Report:
                 _fmt_interval(comparison.accuracy_difference_points.low,
                               comparison.accuracy_difference_points.high, 2, signed=True),
                 _fmt_p(comparison.accuracy_difference_points.p_value),
+                _fmt_p(comparison.p_holm),
                 f"{comparison.mcnemar_significant} of {len(comparison.mcnemar)}",
             ]
             for comparison in self.comparisons
@@ -897,11 +902,9 @@ def _compare_groups(
     }
     if not baselines:
         values = sorted({group.values[first_key] for group in groups})
-        notes.append(
-            f"baseline {first_key}={baseline!r} is not among the groups ({', '.join(values)}), "
-            f"so there is no comparison; pass --baseline one of: {', '.join(values)}"
+        raise BertpooledError(
+            f"baseline {first_key}={baseline!r} is not among the groups: pass --baseline one of {', '.join(values)}"
         )
-        return [], notes
 
     members: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -923,8 +926,19 @@ def _compare_groups(
                           predictions, alpha, confidence, cost_metrics, notes)
         )
     if len(comparisons) > 1:
-        notes.append(f"{len(comparisons)} groups are compared with the baseline; "
-                     "p-values are not corrected for multiple comparisons")
+        # Several groups against one baseline: each verdict uses its Holm-adjusted p-value.
+        adjusted = holm([c.accuracy_difference_points.p_value for c in comparisons])
+        seeds = {group.label: group.seeds for group in groups}
+        comparisons = [
+            replace(c, p_holm=p, verdict=_verdict(c.group, c.baseline, c.accuracy_difference_points, c.mcnemar,
+                                                 alpha, confidence, c.ratios, seeds[c.group], seeds[c.baseline],
+                                                 holm_p=p, n_comparisons=len(comparisons)))
+            for c, p in zip(comparisons, adjusted)
+        ]
+        notes.append(f"{len(comparisons)} groups are compared with the baseline; the paired t-tests' p-values are "
+                     "Holm-corrected across them (column 'Holm p'), and the verdicts use the corrected ones")
+    else:
+        comparisons = [replace(c, p_holm=c.accuracy_difference_points.p_value) for c in comparisons]
     return comparisons, notes
 
 
@@ -1010,9 +1024,15 @@ def _verdict(
     ratios: Mapping[str, float],
     group_seeds: Sequence[str],
     base_seeds: Sequence[str],
+    holm_p: float | None = None,
+    n_comparisons: int = 1,
 ) -> str:
     ci = f"{_percent(confidence)} CI"
     n = difference.n
+    p_value = difference.p_value if holm_p is None else holm_p
+    p_text = _fmt_p(difference.p_value, prefix=True)
+    if holm_p is not None:
+        p_text += f", Holm-adjusted {_fmt_p(holm_p)} over {n_comparisons} comparisons"
     significant = sum(pair.significant for pair in mcnemar)
     if mcnemar:
         plural = "s" if len(mcnemar) != 1 else ""
@@ -1032,17 +1052,17 @@ def _verdict(
             f"{group} vs {base}: the same accuracy difference ({_fmt_signed(difference.mean)} points) "
             f"on all {n} seeds, so a t-test is undefined; {mcnemar_text}."
         )
-    elif difference.p_value < alpha:
+    elif p_value < alpha:
         direction = "better" if difference.mean > 0 else "worse"
         sentence = (
             f"{group} is {direction} than {base} by {abs(difference.mean):.1f} points "
             f"({ci} [{difference.low:+.1f}, {difference.high:+.1f}], paired t-test "
-            f"{_fmt_p(difference.p_value, prefix=True)} over {n} seeds); {mcnemar_text}."
+            f"{p_text} over {n} seeds); {mcnemar_text}."
         )
     else:
         sentence = (
             f"{group} vs {base}: no significant difference at α={alpha:g} (paired t-test "
-            f"{_fmt_p(difference.p_value, prefix=True)} over {n} seeds); {ci} of the difference "
+            f"{p_text} over {n} seeds); {ci} of the difference "
             f"[{difference.low:+.1f}, {difference.high:+.1f}] points; {mcnemar_text}."
         )
     return sentence + _cost_sentence(base, ratios)

@@ -129,7 +129,8 @@ def test_compare_runs_end_to_end(sweep_store, tmp_path):
     assert logged.data.tags["bertpooled.kind"] == "comparison"
     assert logged.info.run_name == "compare-4runs"
     assert logged.info.status == "FINISHED"
-    assert logged.info.experiment_id == sweep_store["experiment_id"]
+    assert logged.info.experiment_id != sweep_store["experiment_id"]  # the training experiment stays clean
+    assert client.get_experiment(logged.info.experiment_id).name == "bertpooled-comparisons"
     assert logged.data.metrics["compare/n_runs"] == 4
     assert "vs/basic/pool/accuracy_diff_points" in logged.data.metrics
     artifacts = {item.path for item in client.list_artifacts(report.comparison_run_id)}
@@ -139,7 +140,7 @@ def test_compare_runs_end_to_end(sweep_store, tmp_path):
     again = compare_runs(tracking_uri=sweep_store["uri"], no_log=True)
     assert again.comparison_run_id is None
     assert len(again.runs) == 4
-    assert any("comparison run(s)" in note for note in again.notes)
+    assert not any("comparison run(s)" in note for note in again.notes)  # none landed in the training experiment
 
 
 def test_select_by_parent_filter_and_run_ids(sweep_store):

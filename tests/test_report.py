@@ -206,12 +206,10 @@ def test_one_seed_leans_on_mcnemar():
     assert "needs ≥2 seeds" in comparison.verdict
 
 
-def test_missing_baseline_gives_a_note_and_no_comparison():
+def test_a_baseline_that_is_no_group_is_an_error_naming_the_groups():
     runs, preds = study(SAME)
-    report = build_report(runs, preds, baseline="reference")
-    assert report.comparisons == []
-    assert any("baseline mode='reference'" in note and "--baseline" in note for note in report.notes)
-    assert "Against the baseline" not in report.to_markdown()
+    with pytest.raises(BertpooledError, match="baseline mode='reference' is not among the groups: pass --baseline one of basic, pool"):
+        build_report(runs, preds, baseline="reference")
 
 
 def test_group_by_two_keys_compares_within_the_other_key():
@@ -394,3 +392,17 @@ def test_other_data_is_refused_by_its_digest():
     runs.loc[runs["params.config/mode"] == "basic", "params.data/digest"] = "aaa"
     with pytest.raises(BertpooledError, match=r"data/digest \(aaa, bbb\)"):
         build_report(runs, preds)
+
+
+def test_several_comparisons_are_holm_corrected_and_verdicts_use_the_corrected_p():
+    from bertpooled.stats import holm
+
+    assert holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06], nan_ok=True)
+    max_rows = [(run_row(f"max{seed}", "max", seed, n), predictions(n)) for seed, n in enumerate(CLEAR)]
+    runs, preds = study(CLEAR, extra_rows=max_rows)
+    report = build_report(runs, preds)
+    raw = [c.accuracy_difference_points.p_value for c in report.comparisons]
+    assert [c.p_holm for c in report.comparisons] == pytest.approx(holm(raw))
+    assert all("Holm-adjusted" in c.verdict for c in report.comparisons)
+    assert any("Holm-corrected" in note for note in report.notes)
+    assert "Holm p" in report.to_markdown()
