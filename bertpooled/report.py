@@ -62,6 +62,10 @@ _KNOWN_COST_ORDER = (
     "params/head_trainable",
     "params/backbone",
 )
+#: The time each cache saves, by the name in its `<cache>/cache_hit` metric; total time includes them all.
+CACHED_PHASES = {"tokens": ("time/tokenize_s", "time/total_s"), "features": ("time/features_s", "time/total_s")}
+#: Logged per epoch; its last value beside the mean per epoch (TIME_PER_EPOCH) only confused the table.
+_NOT_COSTS = ("time/epoch_s",)
 #: Derived here, not logged: ``time/train_s`` divided by ``config/epochs``.
 TIME_PER_EPOCH = "time/train_s_per_epoch"
 _EXCLUDED_KINDS = ("sweep", "comparison")
@@ -134,6 +138,8 @@ class RunRecord:
     f1: float
     roc_auc: float
     costs: dict[str, float]
+    #: Which caches this run found warm (`tokens/cache_hit`, `features/cache_hit` = 1): "tokens", "features".
+    cache_hits: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,8 @@ class GroupSummary:
     f1_mean: float
     roc_auc_mean: float
     costs: dict[str, float]  # median per cost metric; NaN where no run logged it
+    #: Per cache ("tokens", "features"), how many of the group's runs found it warm.
+    cache_hits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,9 @@ class Comparison:
     mcnemar: list[McNemarPair]
     mcnemar_refused: list[dict[str, str]]
     verdict: str
+    #: Caches one group found warm more often than the other: their phases' time ratios measure the
+    #: cache, not the mode (see `CACHED_PHASES`).
+    cache_differs: list[str] = field(default_factory=list)
     #: The paired t-test's p-value after Holm's correction across all comparisons of the report
     #: (the raw p when there is one comparison); verdicts use this one.
     p_holm: float = math.nan
@@ -379,12 +390,13 @@ class Report:
     def _groups_section(self) -> _Section:
         ci = f"{_percent(self.confidence)} CI"
         headers = ["group", "runs", "seeds", "accuracy", ci, "F1", "ROC AUC",
-                   "s/epoch", "total s", "head params"]
+                   "mean s/epoch", "total s", "head params", "warm caches"]
         rows = [
             [
                 group.label,
                 str(group.n_runs),
-                ",".join(group.seeds) or _MISSING,
+                # "s0,s1": the seed values, as in run names; a bare "0" read as "no seeds".
+                ",".join(f"s{seed}" for seed in group.seeds) or _MISSING,
                 _fmt_fraction(group.accuracy.mean),
                 _fmt_interval(group.accuracy.low, group.accuracy.high, 4),
                 _fmt_fraction(group.f1_mean),
@@ -392,10 +404,15 @@ class Report:
                 _fmt_number(group.costs.get(TIME_PER_EPOCH, math.nan)),
                 _fmt_number(group.costs.get("time/total_s", math.nan)),
                 _fmt_number(group.costs.get("params/head", math.nan)),
+                ", ".join(f"{cache} {n}/{group.n_runs}" for cache, n in group.cache_hits.items()) or "none",
             ]
             for group in self.groups
         ]
         paragraphs = [] if rows else ["no runs to summarise"]
+        if rows:
+            paragraphs.append("seeds: the config/seed values of the group's runs; mean s/epoch: time/train_s / epochs; "
+                              "warm caches: runs that found their token ids (or features) cached, whose tokenize "
+                              "(features) time is then a cache read.")
         return _Section("Groups", paragraphs=paragraphs, tables=[(headers, rows)] if rows else [])
 
     def _costs_section(self) -> _Section:
@@ -404,7 +421,9 @@ class Report:
             [metric] + [_fmt_number(group.costs.get(metric, math.nan)) for group in self.groups]
             for metric in self.cost_metrics
         ]
-        return _Section("Costs", tables=[(headers, rows)])
+        note = ("Medians per group. time/data_s and time/tokenize_s are mostly cache reads once the parsed archive "
+                "and token ids are cached (the first run of a machine pays them), so compare modes by time/train_s.")
+        return _Section("Costs", paragraphs=[note], tables=[(headers, rows)])
 
     def _baseline_section(self) -> _Section:
         ci = f"{_percent(self.confidence)} CI"
@@ -427,7 +446,7 @@ class Report:
             f"{comparison.group} / {comparison.baseline}" for comparison in self.comparisons
         ]
         ratio_rows = [
-            [metric] + [_fmt_ratio(comparison.ratios.get(metric, math.nan))
+            [metric] + [_fmt_ratio(comparison.ratios.get(metric, math.nan)) + self._cache_mark(comparison, metric)
                         for comparison in self.comparisons]
             for metric in self.cost_metrics
         ]
@@ -437,10 +456,18 @@ class Report:
             "Ratios are group median / baseline median: below 1 means less of that cost "
             "(for throughput/ metrics, above 1 means faster).",
         ]
+        if any(comparison.cache_differs for comparison in self.comparisons):
+            paragraphs.append("(cache): the two groups found this phase's cache warm in different numbers of "
+                              "runs, so this ratio measures the cache, not the group.")
         tables = [(accuracy_headers, accuracy_rows)]
         if ratio_rows:
             tables.append((ratio_headers, ratio_rows))
         return _Section("Against the baseline", paragraphs=paragraphs, tables=tables)
+
+    @staticmethod
+    def _cache_mark(comparison: Comparison, metric: str) -> str:
+        affected = {m for cache in comparison.cache_differs for m in CACHED_PHASES[cache]}
+        return " (cache)" if metric in affected else ""
 
     def _mcnemar_section(self) -> _Section:
         headers = ["group", "seed", "only group right", "only baseline right", "examples",
@@ -695,6 +722,7 @@ def _cost_metric_columns(runs: pd.DataFrame) -> list[str]:
         column.removeprefix("metrics.")
         for column in runs.columns
         if column.startswith("metrics.") and column.removeprefix("metrics.").startswith(COST_PREFIXES)
+        and column.removeprefix("metrics.") not in _NOT_COSTS
     ]
 
 
@@ -793,6 +821,7 @@ def _run_record(
         f1=_metric(row, "test/f1"),
         roc_auc=_metric(row, "test/roc_auc"),
         costs=costs,
+        cache_hits=[cache for cache in CACHED_PHASES if _metric(row, f"{cache}/cache_hit") == 1.0],
     )
 
 
@@ -857,6 +886,8 @@ def _summarise_groups(
                 roc_auc_mean=_mean(m.roc_auc for m in members),
                 costs={metric: _median(m.costs.get(metric, math.nan) for m in members)
                        for metric in cost_metrics},
+                cache_hits={cache: sum(cache in m.cache_hits for m in members) for cache in CACHED_PHASES
+                            if any(cache in m.cache_hits for m in members)},
             )
         )
     return groups
@@ -932,7 +963,8 @@ def _compare_groups(
         comparisons = [
             replace(c, p_holm=p, verdict=_verdict(c.group, c.baseline, c.accuracy_difference_points, c.mcnemar,
                                                  alpha, confidence, c.ratios, seeds[c.group], seeds[c.baseline],
-                                                 holm_p=p, n_comparisons=len(comparisons)))
+                                                 holm_p=p, n_comparisons=len(comparisons),
+                                                 cache_differs=c.cache_differs))
             for c, p in zip(comparisons, adjusted)
         ]
         notes.append(f"{len(comparisons)} groups are compared with the baseline; the paired t-tests' p-values are "
@@ -976,9 +1008,11 @@ def _compare_pair(
             continue
         tested.append(McNemarPair(seed, run.run_id, base_run.run_id, outcome.b, outcome.c,
                                   outcome.n, outcome.p_value, outcome.p_value < alpha))
+    cache_differs = [cache for cache in CACHED_PHASES
+                     if group.cache_hits.get(cache, 0) / group.n_runs != base.cache_hits.get(cache, 0) / base.n_runs]
     verdict = _verdict(group.label, base.label, difference, tested, alpha, confidence, ratios,
-                       group.seeds, base.seeds)
-    return Comparison(group.label, base.label, seeds, difference, ratios, tested, refused, verdict)
+                       group.seeds, base.seeds, cache_differs=cache_differs)
+    return Comparison(group.label, base.label, seeds, difference, ratios, tested, refused, verdict, cache_differs)
 
 
 def _ratio(value: float, reference: float) -> float:
@@ -1026,6 +1060,7 @@ def _verdict(
     base_seeds: Sequence[str],
     holm_p: float | None = None,
     n_comparisons: int = 1,
+    cache_differs: Sequence[str] = (),
 ) -> str:
     ci = f"{_percent(confidence)} CI"
     n = difference.n
@@ -1065,7 +1100,7 @@ def _verdict(
             f"{p_text} over {n} seeds); {ci} of the difference "
             f"[{difference.low:+.1f}, {difference.high:+.1f}] points; {mcnemar_text}."
         )
-    return sentence + _cost_sentence(base, ratios)
+    return sentence + _cost_sentence(base, ratios, cache_differs)
 
 
 def _one_seed_verdict(
@@ -1091,11 +1126,16 @@ def _one_seed_verdict(
     )
 
 
-def _cost_sentence(base: str, ratios: Mapping[str, float]) -> str:
+def _cost_sentence(base: str, ratios: Mapping[str, float], cache_differs: Sequence[str] = ()) -> str:
     labelled = (("time/total_s", "total time"), ("time/train_s", "training time"),
                 ("params/head", "head parameters"))
     parts = [f"{label} {ratios[metric]:.2f}×" for metric, label in labelled if _finite(ratios.get(metric))]
-    return f" Cost vs {base}: {', '.join(parts)}." if parts else ""
+    sentence = f" Cost vs {base}: {', '.join(parts)}." if parts else ""
+    if cache_differs and parts:
+        # A warm cache skips a phase: the ratio then measures the cache, not the mode.
+        sentence += (f" The groups differ in {' and '.join(cache_differs)} cache hits, so total time compares "
+                     "cache states, not modes; training time does not depend on them.")
+    return sentence
 
 
 # --- Original study and learning curves ----------------------------------------

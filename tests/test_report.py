@@ -406,3 +406,25 @@ def test_several_comparisons_are_holm_corrected_and_verdicts_use_the_corrected_p
     assert all("Holm-adjusted" in c.verdict for c in report.comparisons)
     assert any("Holm-corrected" in note for note in report.notes)
     assert "Holm p" in report.to_markdown()
+
+
+def test_cache_hits_are_shown_and_not_sold_as_a_modes_speed():
+    runs, preds = study(SAME, pool_extra={"metrics.tokens/cache_hit": 1.0, "metrics.time/tokenize_s": 0.1,
+                                          "metrics.time/epoch_s": 9.0})
+    runs.loc[runs["params.config/mode"] == "basic", "metrics.tokens/cache_hit"] = 0.0
+    report = build_report(runs, preds)
+    pool = next(g for g in report.groups if g.label == "pool")
+    assert pool.cache_hits == {"tokens": 3}
+    (comparison,) = report.comparisons
+    assert comparison.cache_differs == ["tokens"]
+    assert "differ in tokens cache hits, so total time compares cache states" in comparison.verdict
+    text = report.to_table()
+    assert "tokens 3/3" in text and "(cache)" in text
+    assert "time/epoch_s" not in report.cost_metrics  # the last epoch's time; the table shows the mean per epoch
+    assert "s0,s1,s2" in text and "mean s/epoch" in text
+
+
+def test_equal_cache_states_add_no_caveat():
+    runs, preds = study(SAME)
+    (comparison,) = build_report(runs, preds).comparisons
+    assert comparison.cache_differs == [] and "cache" not in comparison.verdict
