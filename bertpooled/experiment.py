@@ -125,8 +125,13 @@ def run_experiment(
 
 def _log_inputs(config: Config, info, imdb, train_split, test_split, commit: str, dirty: bool) -> None:
     """What a new run logs before any work: the resolved config, provenance and the datasets."""
+    # config.yaml and config/data name the data actually read (e.g. from BERTPOOLED_IMDB), not the unset field;
+    # a download keeps it unset (its URL is data/source), so resuming downloads again rather than opening a URL.
+    resolved = config.to_dict()
+    if resolved["data"] is None and Path(imdb.source).exists():
+        resolved["data"] = tracking.redact_uri(imdb.source)
     tracking.log_config(
-        config.to_dict(),
+        resolved,
         {
             "git/commit": commit,
             "git/dirty": dirty,

@@ -100,7 +100,7 @@ def test_mlflow_run_trains_and_logs_the_whole_contract(mode, store, experiment, 
     assert out["probability"].between(0, 1).all() and set(out["label"]) <= {0, 1}
 
 
-def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_imdb):
+def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_imdb, recwarn):
     from bertpooled.cli import app
     from typer.testing import CliRunner
 
@@ -116,6 +116,12 @@ def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_im
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin"))]
     mlmodel = (folder / "MLmodel").read_text()
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel and "python_model.pkl" not in names
+    # No texts, no rows (not an IndexError from the tokenizer); the columns stay the same.
+    empty = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict([])
+    assert list(empty.columns) == ["probability", "label", "sentiment"] and len(empty) == 0
+    # The data read is recorded, not the unset field; MLflow's integer-column hint has no cause left.
+    assert f"data: {tiny_imdb}" in Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/config.yaml")).read_text()
+    assert not [w for w in recwarn if "Inferred schema contains integer" in str(w.message)]
 
 
 def _free_port() -> int:
@@ -148,6 +154,9 @@ def test_mlflow_models_serve_answers_over_http(store, experiment, tiny_bert, tin
         answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
         rows = answer["predictions"]
         assert len(rows) == 2 and {"probability", "label", "sentiment"} <= set(rows[0])
+        empty = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=b'{"inputs": []}',
+                                       headers={"Content-Type": "application/json"})
+        assert json.loads(urllib.request.urlopen(empty, timeout=30).read())["predictions"] == []
     finally:
         server.terminate()
         server.wait(timeout=30)
