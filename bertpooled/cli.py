@@ -124,6 +124,32 @@ def train(
     typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
 
 
+@app.command(
+    "mlproject-train", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def mlproject_train(ctx: typer.Context) -> None:
+    """`train` for the MLproject's main entry point, which declares no parameters.
+
+    MLflow logs every declared parameter, its default included ('' rows in the UI), and echoes each in the
+    command; a parameter it does not declare arrives as `--key value` and is logged only when given. So
+    `-P epochs=3` arrives here as `--epochs 3` and becomes `--set epochs=3`; `config` and `resume` keep
+    their own meaning. A malformed list is a one-line error.
+    """
+    args, pairs = list(ctx.args), {}
+    while args:
+        key = args.pop(0)
+        if not key.startswith("--") or not args:
+            fail(f"MLproject parameters arrive as --key value, got {key!r}: pass -P key=value")
+        pairs[key[2:].replace("-", "_")] = args.pop(0)
+    config, resume = pairs.pop("config", None), pairs.pop("resume", None)
+    train(
+        config=_blank_to_none(config), mode=None, model=None, data=None, epochs=None, batch_size=None, max_len=None,
+        lr=None, seed=None, train_fraction=None, max_train_examples=None, max_test_examples=None, device=None,
+        pool=None, pool_at=None, features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()],
+        resume=resume, progress=None,
+    )
+
+
 def _blank_to_none(value: Optional[str]) -> Optional[str]:
     """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
     return value if value is None or value.strip() else None

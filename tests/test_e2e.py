@@ -69,6 +69,9 @@ def test_mlflow_run_trains_and_logs_the_whole_contract(mode, store, experiment, 
 
     # `mlflow run` logged the raw -P value; the resolved one sits beside it.
     assert params["mode"] == mode and params["config/mode"] == resolved
+    # Only the -P values given are logged raw: no '' rows for parameters left at their default.
+    assert {k for k in params if "/" not in k} == {"config", "mode", "model", "data", "max_len"}
+    assert "--set" not in proc.stderr and "''" not in proc.stderr
     assert params["config/pool"] == ("avg:2x2" if resolved == "pool" else "none")
     assert params["config/max_len"] == "16" and params["config/epochs"] == "2"
     assert params["data/digest"] and len(params["data/digest"]) == 64 and "git/commit" in params
