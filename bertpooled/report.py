@@ -83,7 +83,7 @@ FORMATS = ("table", "markdown", "json", "csv")
 _MISSING = "—"
 
 
-# --- The original study (shared/SEED.md), kept in one place -------------------
+# --- The original study (docs/original.md), kept in one place ------------------
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from bertpooled.pooling import PoolSpec
 
 @pytest.mark.parametrize("inputs, expected", [(768, 50_321), (384, 25_745)])
 def test_head_parameter_counts_match_pytorch_counts_of_the_seed_classifier(inputs, expected):
-    # SEED.md: Keras counts 50,257 / 25,681; PyTorch's second LSTM bias vector adds 64.
+    # docs/original.md: Keras counts 50,257 / 25,681; PyTorch's second LSTM bias vector adds 64.
     total, trainable = count_parameters(LSTMHead(inputs, 16))
     assert total == trainable == expected
     ref = torch.nn.LSTM(inputs, 16)
