@@ -55,26 +55,36 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _default(name: str) -> str:
+    """" (default: X)" read from the Config dataclass, so the help cannot drift from the config's defaults.
+
+    Parentheses, not brackets: typer's rich help reads "[...]" as markup and drops it.
+    """
+    from bertpooled.config import Config
+
+    return f" (default: {Config.__dataclass_fields__[name].default})"
+
+
 @app.command()
 def train(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
-    mode: Optional[str] = typer.Option(None, help="basic | pool | reference (TF-IDF yardstick); also basic_lstm, lstm_basic."),
-    model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder."),
-    data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder [env: BERTPOOLED_IMDB]."),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the training subset."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size."),
-    max_len: Optional[int] = typer.Option(None, help="Tokens per review, [CLS]/[SEP] included."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
-    seed: Optional[int] = typer.Option(None, help="Seed for init and batch order."),
-    train_fraction: Optional[float] = typer.Option(None, help="Share of each label of the training split, in (0, 1]."),
-    max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews (0 = none)."),
-    max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews (0 = all)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
-    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none; default: the mode's preset."),
-    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)."),
-    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder."),
-    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the defaults below)."),
+    mode: Optional[str] = typer.Option(None, help="basic | pool | reference (TF-IDF yardstick); also basic_lstm, lstm_basic." + _default("mode")),
+    model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder." + _default("model")),
+    data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder (default: $BERTPOOLED_IMDB, else download)."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the training subset." + _default("epochs")),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size." + _default("batch_size")),
+    max_len: Optional[int] = typer.Option(None, help="Tokens per review, CLS/SEP included." + _default("max_len")),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate." + _default("lr")),
+    seed: Optional[int] = typer.Option(None, help="Seed for init and batch order." + _default("seed")),
+    train_fraction: Optional[float] = typer.Option(None, help="Share of each label of the training split, in (0, 1]." + _default("train_fraction")),
+    max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews, 0 = none." + _default("max_train_examples")),
+    max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews, 0 = all." + _default("max_test_examples")),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N." + _default("device")),
+    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none (default: the mode's preset)."),
+    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)." + _default("pool_at")),
+    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder." + _default("features")),
+    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr." + _default("finetune")),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored. Fields: bertpooled/config.py."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:

@@ -182,3 +182,16 @@ def test_mlproject_parameters_that_are_not_key_value_pairs_are_one_line_errors()
     assert result.exit_code == 2 and "error: MLproject parameters arrive as --key value" in result.output
     result = CliRunner().invoke(app, ["mlproject-train", "--epoch", "3"])
     assert result.exit_code == 2 and "epoch" in result.output and "Traceback" not in result.output
+
+
+def test_train_help_names_the_data_variable_and_the_config_defaults():
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+    from bertpooled.config import Config
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "$BERTPOOLED_IMDB" in text  # once lost: typer's rich help read "[env: ...]" as markup
+    assert f"(default: {Config.epochs})" in text and f"(default: {Config.lr})" in text
