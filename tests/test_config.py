@@ -122,3 +122,11 @@ def test_a_config_name_resolves_from_any_folder(tmp_path, monkeypatch):
     assert load_config("smoke").epochs == 7  # ./experiments comes first
     with pytest.raises(BertpooledError, match="config file nosuch not found"):
         load_config("nosuch")
+
+
+def test_tests_do_not_see_the_users_imdb(monkeypatch):
+    # conftest's autouse fixture removed it before this test (bites where it is set, as in CI); only the
+    # imdb-marked test keeps it.
+    import os
+
+    assert "BERTPOOLED_IMDB" not in os.environ
