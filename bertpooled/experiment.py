@@ -118,7 +118,7 @@ def run_experiment(
         phases.seconds["total"] = time.perf_counter() - started
         metrics = dict(result.metrics)
         metrics.update({f"time/{k}_s": v for k, v in phases.seconds.items()})
-        tracking.log_metrics(metrics, step=config.epochs)
+        tracking.log_metrics(metrics, step=config.epochs, model_uri=model_uri)
         runs_link, run_link = tracking.ui_links(run)
         return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)
 

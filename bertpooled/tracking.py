@@ -21,6 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from bertpooled import ui_view
 from bertpooled.errors import BertpooledError
@@ -144,9 +145,26 @@ def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics, step=epoch)
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Final metrics; `step` = the last epoch keeps them the latest values beside the per-epoch ones."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: str | None = None) -> None:
+    """Final metrics; `step` = the last epoch keeps them the latest values beside the per-epoch ones.
+
+    With the logged model's URI (MLflow 3's `models:/<model_id>`) they are also the model's metrics, and
+    the test/* ones are tied to the run's test dataset: the model's page then lists them and the dataset.
+    """
+    values = {k: float(v) for k, v in metrics.items()}
+    model_id = model_uri.removeprefix("models:/") if model_uri and model_uri.startswith("models:/") else None
+    if model_id is None:
+        mlflow.log_metrics(values, step=step)
+        return
+    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    test_set = next((i.dataset for i in run.inputs.dataset_inputs
+                     if any(t.key == MLFLOW_DATASET_CONTEXT and t.value == "testing" for t in i.tags)), None)
+    evaluation = {k: v for k, v in values.items() if k.startswith("test/")}
+    if evaluation:
+        mlflow.log_metrics(evaluation, step=step, model_id=model_id, dataset=test_set)
+    rest = {k: v for k, v in values.items() if k not in evaluation}
+    if rest:
+        mlflow.log_metrics(rest, step=step, model_id=model_id)
 
 
 def log_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, digest: str) -> None:
@@ -197,6 +215,18 @@ def log_predictions(ids: list[str], labels: np.ndarray, probabilities: np.ndarra
         path = Path(tmp) / Path(PREDICTIONS_PATH).name
         frame.to_csv(path, index=False, float_format="%.8g")
         mlflow.log_artifact(str(path), artifact_path=str(Path(PREDICTIONS_PATH).parent))
+    log_classifier_plots(labels, probabilities)
+
+
+def log_classifier_plots(labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Confusion matrix, ROC and precision-recall curves of the test predictions, as artifacts under plots/."""
+    if len(set(np.asarray(labels).astype(int).tolist())) < 2:
+        return  # ROC and PR curves need both classes among the labels
+    from bertpooled.plots import classifier_plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier_plots(labels, probabilities, tmp)
+        mlflow.log_artifacts(tmp, artifact_path="plots")
 
 
 def log_model(state: dict, model_config: dict, tokenizer) -> str:

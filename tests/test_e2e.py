@@ -125,6 +125,13 @@ def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_im
     # The data read is recorded, not the unset field; MLflow's integer-column hint has no cause left.
     assert f"data: {tiny_imdb}" in Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/config.yaml")).read_text()
     assert not [w for w in recwarn if "Inferred schema contains integer" in str(w.message)]
+    # MLflow 3's model page: the final metrics belong to the logged model, test/* tied to the test dataset.
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    metrics = {m.key: m for m in logged.metrics}
+    assert metrics["test/accuracy"].value == run.data.metrics["test/accuracy"]
+    assert metrics["test/accuracy"].dataset_name == "imdb-test" and "time/total_s" in metrics
+    plots = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/roc_curve.png", "plots/precision_recall.png"}
 
 
 def _free_port() -> int:
