@@ -91,8 +91,15 @@ class Config:
     """Batches of 32 texts timed end to end for throughput/infer_examples_per_s, after one warm-up batch."""
     description: str = ""
     """A free-text note shown as the run's description."""
+    system_metrics: bool = False
+    """Also log CPU, memory and disk (GPU with pynvml) over time as MLflow's system/* metrics; needs psutil."""
 
     def __post_init__(self) -> None:
+        if self.system_metrics:
+            import importlib.util
+
+            if importlib.util.find_spec("psutil") is None:
+                _bad("system_metrics", self.system_metrics, "false, or install psutil (pip install 'bertpooled[system-metrics]')")
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
             _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")

@@ -71,7 +71,8 @@ def run_experiment(
         f"{config.pool} pooling at {config.pool_at}, LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
     )
     with tracking.training_run(name, tags, description, parent_run_id=parent_run_id,
-                               resume_run_id=resume.run_id if resume else None) as run:
+                               resume_run_id=resume.run_id if resume else None,
+                               system_metrics=config.system_metrics) as run:
         if resume:
             log(f"resuming run {resume.run_id} after epoch {resume.state.epoch}")
             tracking.set_tags({"resumed_after_epoch": str(resume.state.epoch)})

@@ -79,7 +79,8 @@ def run_name(mode: str, model: str, seed: int) -> str:
 
 @contextmanager
 def training_run(
-    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None, resume_run_id: str | None = None
+    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None, resume_run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under `mlflow run`, continue) a run; an error ends it FAILED with the reason as tag `error`.
 
@@ -87,13 +88,14 @@ def training_run(
     the run is a new child of that run, in its experiment, nested in MLflow's UI.
     """
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)  # the same run, RUNNING again
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)  # the same run, RUNNING again
     elif parent_run_id:
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id)
+        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id,
+                               log_system_metrics=system_metrics)
     else:
         use_default_experiment()
-        run = mlflow.start_run(run_name=name)
+        run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
     # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
     mlflow.set_tags({"mlflow.runName": name, KIND_TAG: "train", **tags})
     if description:

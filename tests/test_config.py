@@ -130,3 +130,13 @@ def test_tests_do_not_see_the_users_imdb(monkeypatch):
     import os
 
     assert "BERTPOOLED_IMDB" not in os.environ
+
+
+def test_system_metrics_without_psutil_is_a_one_line_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psutil" else real(name, *a))
+    with pytest.raises(BertpooledError, match="system_metrics.*install psutil"):
+        load_config(None, {"system_metrics": "true"})
+    assert load_config(None, {}).system_metrics is False

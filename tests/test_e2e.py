@@ -170,3 +170,21 @@ def test_mlflow_models_serve_answers_over_http(store, experiment, tiny_bert, tin
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_system_metrics_are_one_setting_away(store, experiment, tiny_bert, tiny_imdb, monkeypatch):
+    from bertpooled.cli import app
+    from typer.testing import CliRunner
+
+    pytest.importorskip("psutil")
+    # One sample a second, logged at once: the tiny run lasts a few seconds.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(ROOT / "experiments/smoke.yaml"), "--model", str(tiny_bert), "--data", str(tiny_imdb),
+              "--max-len", "16", "--epochs", "1", "--set", "system_metrics=true"],
+    )
+    assert result.exit_code == 0, result.output
+    run = _only_run(MlflowClient())
+    assert run.data.params["config/system_metrics"] == "True"
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
