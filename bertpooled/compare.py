@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from bertpooled.errors import BertpooledError
 from bertpooled.plots import accuracy_vs_time, learning_curves
 from bertpooled.report import FORMATS, Report, build_report
+from bertpooled.report_html import render_html
 from bertpooled.tracking import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, redact_uri
 
 #: Where comparison runs go by default: their own experiment keeps the training experiments' tables and
@@ -338,7 +339,8 @@ def load_histories(
 
 
 def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.md``, ``report.json``, ``report.csv`` and the two PNG plots; return their paths."""
+    """Write ``report.md``, ``report.json``, ``report.csv``, the two PNG plots and ``report.html`` (one
+    self-contained page with the plots embedded); return their paths."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -351,6 +353,9 @@ def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
     paths["csv"].write_text(report.to_csv(), encoding="utf-8")
     paths["accuracy_vs_time"] = accuracy_vs_time(report, output_dir / "accuracy_vs_time.png")
     paths["learning_curves"] = learning_curves(report, output_dir / "learning_curves.png")
+    paths["html"] = output_dir / "report.html"
+    paths["html"].write_text(render_html(report, {"Accuracy against total time": paths["accuracy_vs_time"],
+                                                  "Learning curves": paths["learning_curves"]}), encoding="utf-8")
     return paths
 
 

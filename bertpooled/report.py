@@ -362,6 +362,10 @@ class Report:
             )
         return renderers[format]()
 
+    def sections(self) -> list[_Section]:
+        """The report's sections in order (title, paragraphs, tables, bullets), for renderers such as HTML."""
+        return self._sections()
+
     def _sections(self) -> list[_Section]:
         sections = [self._verdict_section(), self._groups_section()]
         if self.cost_metrics and self.groups:
