@@ -129,9 +129,11 @@ def train(
         f"head params {int(m['params/head']):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
-    from bertpooled.tracking import ui_hint
+    from bertpooled.tracking import tracking_uri, ui_hint
 
     typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
+    typer.echo(f"model: runs:/{outcome.run_id}/model   (from another folder, set MLFLOW_TRACKING_URI={tracking_uri()} "
+               "to load or serve it)")
 
 
 @app.command(

@@ -301,6 +301,12 @@ def ui_base() -> str:
     return redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
+def tracking_uri() -> str:
+    """The tracking store in use, credentials removed: MLflow's default is ./mlflow.db of the folder it started
+    in, so loading `runs:/...` elsewhere needs this in MLFLOW_TRACKING_URI."""
+    return redact_uri(mlflow.get_tracking_uri())
+
+
 def ui_hint() -> str:
     """How to start a UI that shows the store the links point into (MLFLOW_TRACKING_URI honoured)."""
     uri = mlflow.get_tracking_uri()

@@ -52,6 +52,7 @@ def test_runs_link_opens_the_stored_view_in_the_model_training_pages(store):
     assert run_link.endswith(f"/runs/{run.info.run_id}?workflowType=machine_learning")
     assert runs_link.startswith("http://127.0.0.1:5000/#/experiments/")
     assert tracking.ui_hint() == f"start the UI with `mlflow ui --backend-store-uri {store}`"
+    assert tracking.tracking_uri() == store  # printed beside the model URI for loading from another folder
 
 
 def test_experiment_kind_set_by_someone_else_is_left_alone(store):
