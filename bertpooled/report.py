@@ -594,7 +594,7 @@ def build_report(
         ]
     if not records:
         report_notes.append("no runs left to report: check the selection and the notes above")
-    group_configs = _group_configs(runs, records, group_keys)
+    group_configs = _group_configs(runs, records, group_keys, report_notes)
 
     cost_metrics = _ordered_cost_metrics(
         metric for record in records for metric, value in record.costs.items() if _finite(value)
@@ -634,7 +634,7 @@ def _config_of(row: pd.Series) -> dict[str, str]:
 
 
 def _group_configs(
-    runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str]
+    runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str], notes: list[str]
 ) -> dict[str, dict[str, str]]:
     """Each group's shared config; refuses runs whose configs differ in more than the group keys and seed.
 
@@ -645,7 +645,12 @@ def _group_configs(
         return {}
     rows = {str(row["run_id"]): row for _, row in runs.iterrows()}
     configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
-    fields = sorted({name for config in configs.values() for name in config} - set(group_keys))
+    logged = [set(config) for config in configs.values()]
+    # A field some runs never logged (runs from before it existed) cannot be compared; it is named in the notes.
+    unknown = sorted(set().union(*logged) - set.intersection(*logged) - set(group_keys))
+    if unknown:
+        notes.append(f"config field(s) {', '.join(unknown)} not logged by every run (older runs?); not compared")
+    fields = sorted(set.intersection(*logged) - set(group_keys))
     derived = {name for key in group_keys for name in _DERIVED_CONFIG_FIELDS.get(key, ())}
     differing = []
     for name in fields:
@@ -653,11 +658,11 @@ def _group_configs(
             # Decided by the group key: one value per group is expected, several within a group are not.
             by_group: dict[str, set[str]] = {}
             for record in records:
-                by_group.setdefault(record.group, set()).add(configs[record.run_id].get(name, "(not logged)"))
+                by_group.setdefault(record.group, set()).add(configs[record.run_id][name])
             if any(len(values) > 1 for values in by_group.values()):
                 differing.append(f"{name} ({', '.join(sorted(set().union(*by_group.values())))})")
             continue
-        values = {configs[record.run_id].get(name, "(not logged)") for record in records}
+        values = {configs[record.run_id][name] for record in records}
         if len(values) > 1:
             differing.append(f"{name} ({', '.join(sorted(values))})")
     if differing:

@@ -363,11 +363,12 @@ def test_plots_render_from_a_report_and_from_raw_histories(full_report, tmp_path
 
 def test_runs_whose_configs_differ_beyond_group_and_seed_are_refused_in_one_line():
     runs, preds = study(SAME, pool_extra={"params.config/epochs": "3", "params.config/max_len": "64"})
+    runs.loc[runs["params.config/mode"] == "basic", "params.config/max_len"] = "128"
     with pytest.raises(BertpooledError) as caught:
         build_report(runs, preds)
     message = str(caught.value)
     assert "\n" not in message
-    assert "epochs (3, 4)" in message and "max_len ((not logged), 64)" in message
+    assert "epochs (3, 4)" in message and "max_len (128, 64)" in message
     assert "--group-by mode,epochs" in message
 
 
@@ -428,3 +429,10 @@ def test_equal_cache_states_add_no_caveat():
     runs, preds = study(SAME)
     (comparison,) = build_report(runs, preds).comparisons
     assert comparison.cache_differs == [] and "cache" not in comparison.verdict
+
+
+def test_a_config_field_older_runs_never_logged_is_named_not_compared():
+    runs, preds = study(SAME, pool_extra={"params.config/system_metrics": "False"})
+    report = build_report(runs, preds)
+    assert any("system_metrics not logged by every run" in note for note in report.notes)
+    assert len(report.comparisons) == 1
