@@ -284,11 +284,14 @@ def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
     base = ui_base()
     exp = run.info.experiment_id
     query = "workflowType=machine_learning"
-    try:
-        key = ensure_training_view(exp)
-        query += f"&{ui_view.SHARE_URL_PARAM}={key}"
-    except mlflow.exceptions.MlflowException:
-        pass  # a store that refuses experiment tags still gets the plain runs table
+    for attempt in range(2):
+        try:
+            key = ensure_training_view(exp)
+            query += f"&{ui_view.SHARE_URL_PARAM}={key}"
+            break
+        except Exception:  # noqa: BLE001 - runs finishing at once may race on inserting the same tag
+            # A link without the view is worth less than the run: it never fails the run that computed it.
+            time.sleep(0.2)
     return (
         f"{base}/#/experiments/{exp}/runs?{query}",
         f"{base}/#/experiments/{exp}/runs/{run.info.run_id}?workflowType=machine_learning",
