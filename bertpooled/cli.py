@@ -147,12 +147,7 @@ def mlproject_train(ctx: typer.Context) -> None:
     `-P epochs=3` arrives here as `--epochs 3` and becomes `--set epochs=3`; `config` and `resume` keep
     their own meaning. A malformed list is a one-line error.
     """
-    args, pairs = list(ctx.args), {}
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--") or not args:
-            fail(f"MLproject parameters arrive as --key value, got {key!r}: pass -P key=value")
-        pairs[key[2:].replace("-", "_")] = args.pop(0)
+    pairs = _mlproject_pairs(ctx.args)
     config, resume = pairs.pop("config", None), pairs.pop("resume", None)
     train(
         config=_blank_to_none(config), mode=None, model=None, data=None, epochs=None, batch_size=None, max_len=None,
@@ -160,6 +155,17 @@ def mlproject_train(ctx: typer.Context) -> None:
         pool=None, pool_at=None, features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()],
         resume=resume, progress=None,
     )
+
+
+def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
+    """`--key value` pairs as `mlflow run` passes undeclared -P parameters; a malformed list is a one-line error."""
+    args, pairs = list(tokens), {}
+    while args:
+        key = args.pop(0)
+        if not key.startswith("--") or not args:
+            fail(f"MLproject parameters arrive as --key value, got {key!r}: pass -P key=value")
+        pairs[key[2:].replace("-", "_")] = args.pop(0)
+    return pairs
 
 
 def _blank_to_none(value: Optional[str]) -> Optional[str]:
@@ -301,6 +307,31 @@ def sweep_command(
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
         return
     _print_report(report, fmt, _blank_to_none(output))
+
+
+@app.command(
+    "mlproject-sweep", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def mlproject_sweep(ctx: typer.Context) -> None:
+    """`sweep` for the MLproject's sweep entry point, which declares no parameters (see `mlproject-train`).
+
+    The sweep's own options (modes, seeds, seed_list, config, format, output, parallel) keep their meaning;
+    every other `-P key=value` is a config field for every child.
+    """
+    pairs = _mlproject_pairs(ctx.args)
+    own = {k: pairs.pop(k) for k in ("modes", "seeds", "seed_list", "config", "format", "output", "parallel") if k in pairs}
+    try:
+        parallel = int(own.get("parallel", "1"))
+    except ValueError:
+        fail(f"parallel={own['parallel']!r} is not a whole number: pass -P parallel=2, say")
+        return
+    sweep_command(
+        modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None,
+        parallel=parallel, experiment=None, format=own.get("format", "table"), output=own.get("output"),
+        config=own.get("config"), model=None, data=None, epochs=None, batch_size=None, max_len=None, lr=None,
+        train_fraction=None, max_train_examples=None, max_test_examples=None, device=None, pool=None, pool_at=None,
+        features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()], progress=None,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`
