@@ -7,7 +7,7 @@ fresh SQLite store, adds a run tagged as a comparison to the same experiment (wh
 starts `mlflow ui` on 127.0.0.1, and loads the link `bertpooled train` printed in Chromium (Debian's
 `chromium`, headless, a fresh profile, no network but loopback). It checks the rendered page: the view's
 columns are shown, the comparison run is not, and the chart view opens on train/loss, train/accuracy,
-test/accuracy. Screenshots of both go to docs/. Exit 0 when every check holds; each failure is one line.
+test/accuracy. Screenshots of both, and of the run page, go to docs/. Exit 0 when every check holds; each failure is one line.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def main() -> int:
         docs.mkdir(parents=True, exist_ok=True)
         chromium(runs_link, work, screenshot=docs / "ui-runs-table.png")
         chromium(runs_link + "&compareRunsMode=CHART", work, screenshot=docs / "ui-charts.png")
-        print(f"screenshots: {docs / 'ui-runs-table.png'}, {docs / 'ui-charts.png'}")
+        chromium(run_link, work, screenshot=docs / "ui-run.png")
+        print(f"screenshots: {docs / 'ui-runs-table.png'}, {docs / 'ui-charts.png'}, {docs / 'ui-run.png'}")
     finally:
         ui.terminate()
         ui.wait(timeout=30)
