@@ -241,6 +241,25 @@ def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: Optional[str]) ->
     client.set_tag(run, "mlflow.note.content", f"The report is logged in comparison run {comparison_run_id}.")
 
 
+@app.command(
+    "mlproject-compare", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def mlproject_compare(ctx: typer.Context) -> None:
+    """`compare-runs` for the MLproject's compare entry point, which declares no parameters (see `mlproject-train`)."""
+    pairs = _mlproject_pairs(ctx.args)
+    known = ("experiment", "parent", "run_ids", "filter", "group_by", "baseline", "format", "output",
+             "comparison_experiment")
+    unknown = sorted(set(pairs) - set(known))
+    if unknown:
+        fail(f"unknown compare parameter(s) {', '.join(unknown)}: use {', '.join(known)}")
+    compare_runs_command(
+        format=pairs.get("format", "table"), output=pairs.get("output"), group_by=pairs.get("group_by"),
+        baseline=pairs.get("baseline", "basic"), experiment=pairs.get("experiment"), parent=pairs.get("parent"),
+        run_id=[pairs["run_ids"]] if "run_ids" in pairs else None, filter=pairs.get("filter"), tracking_uri=None,
+        include_unfinished=False, no_log=False, comparison_experiment=pairs.get("comparison_experiment"),
+    )
+
+
 @app.command("sweep")
 def sweep_command(
     modes: Optional[str] = typer.Option(None, help="Modes, comma-separated: basic, pool, reference (default: basic,pool)."),

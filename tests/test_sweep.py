@@ -219,6 +219,7 @@ def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, t
     assert sorted(g["label"] for g in report["groups"]) == ["basic", "reference"]
     launcher = [r for r in all_runs() if r.data.tags.get("bertpooled.comparison_run_id") == report["comparison_run_id"]]
     assert len(launcher) == 1 and launcher[0].data.tags["bertpooled.kind"] == "comparison"
+    assert set(launcher[0].data.params) == {"parent", "format"}  # only what was given, no '' rows
 
 
 @pytest.mark.slow

@@ -195,3 +195,12 @@ def test_train_help_names_the_data_variable_and_the_config_defaults():
     text = " ".join(result.output.split())
     assert "$BERTPOOLED_IMDB" in text  # once lost: typer's rich help read "[env: ...]" as markup
     assert f"(default: {Config.epochs})" in text and f"(default: {Config.lr})" in text
+
+
+def test_an_unknown_compare_parameter_is_a_one_line_error():
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+
+    result = CliRunner().invoke(app, ["mlproject-compare", "--baseline", "basic", "--groupby", "mode"])
+    assert result.exit_code == 2 and "unknown compare parameter(s) groupby" in result.output
