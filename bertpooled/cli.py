@@ -55,26 +55,36 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _default(name: str) -> str:
+    """" (default: X)" read from the Config dataclass, so the help cannot drift from the config's defaults.
+
+    Parentheses, not brackets: typer's rich help reads "[...]" as markup and drops it.
+    """
+    from bertpooled.config import Config
+
+    return f" (default: {Config.__dataclass_fields__[name].default})"
+
+
 @app.command()
 def train(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
-    mode: Optional[str] = typer.Option(None, help="basic | pool | reference (TF-IDF yardstick); also basic_lstm, lstm_basic."),
-    model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder."),
-    data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder [env: BERTPOOLED_IMDB]."),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the training subset."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size."),
-    max_len: Optional[int] = typer.Option(None, help="Tokens per review, [CLS]/[SEP] included."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
-    seed: Optional[int] = typer.Option(None, help="Seed for init and batch order."),
-    train_fraction: Optional[float] = typer.Option(None, help="Share of each label of the training split, in (0, 1]."),
-    max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews (0 = none)."),
-    max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews (0 = all)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
-    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none; default: the mode's preset."),
-    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)."),
-    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder."),
-    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the defaults below)."),
+    mode: Optional[str] = typer.Option(None, help="basic | pool | reference (TF-IDF yardstick); also basic_lstm, lstm_basic." + _default("mode")),
+    model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder." + _default("model")),
+    data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder (default: $BERTPOOLED_IMDB, else download)."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the training subset." + _default("epochs")),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size." + _default("batch_size")),
+    max_len: Optional[int] = typer.Option(None, help="Tokens per review, CLS/SEP included." + _default("max_len")),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate." + _default("lr")),
+    seed: Optional[int] = typer.Option(None, help="Seed for init and batch order." + _default("seed")),
+    train_fraction: Optional[float] = typer.Option(None, help="Share of each label of the training split, in (0, 1]." + _default("train_fraction")),
+    max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews, 0 = none." + _default("max_train_examples")),
+    max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews, 0 = all." + _default("max_test_examples")),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N." + _default("device")),
+    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none (default: the mode's preset)."),
+    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)." + _default("pool_at")),
+    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder." + _default("features")),
+    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr." + _default("finetune")),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored. Fields: bertpooled/config.py."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
@@ -119,7 +129,43 @@ def train(
         f"head params {int(m['params/head']):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
-    typer.echo(f"run:  {outcome.run_link}   (start the UI with `mlflow ui` in the project root)")
+    from bertpooled.tracking import tracking_uri, ui_hint
+
+    typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
+    typer.echo(f"model: runs:/{outcome.run_id}/model   (from another folder, set MLFLOW_TRACKING_URI={tracking_uri()} "
+               "to load or serve it)")
+
+
+@app.command(
+    "mlproject-train", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def mlproject_train(ctx: typer.Context) -> None:
+    """`train` for the MLproject's main entry point, which declares no parameters.
+
+    MLflow logs every declared parameter, its default included ('' rows in the UI), and echoes each in the
+    command; a parameter it does not declare arrives as `--key value` and is logged only when given. So
+    `-P epochs=3` arrives here as `--epochs 3` and becomes `--set epochs=3`; `config` and `resume` keep
+    their own meaning. A malformed list is a one-line error.
+    """
+    pairs = _mlproject_pairs(ctx.args)
+    config, resume = pairs.pop("config", None), pairs.pop("resume", None)
+    train(
+        config=_blank_to_none(config), mode=None, model=None, data=None, epochs=None, batch_size=None, max_len=None,
+        lr=None, seed=None, train_fraction=None, max_train_examples=None, max_test_examples=None, device=None,
+        pool=None, pool_at=None, features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()],
+        resume=resume, progress=None,
+    )
+
+
+def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
+    """`--key value` pairs as `mlflow run` passes undeclared -P parameters; a malformed list is a one-line error."""
+    args, pairs = list(tokens), {}
+    while args:
+        key = args.pop(0)
+        if not key.startswith("--") or not args:
+            fail(f"MLproject parameters arrive as --key value, got {key!r}: pass -P key=value")
+        pairs[key[2:].replace("-", "_")] = args.pop(0)
+    return pairs
 
 
 def _blank_to_none(value: Optional[str]) -> Optional[str]:
@@ -140,6 +186,8 @@ def compare_runs_command(
     tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: MLFLOW_TRACKING_URI, else MLflow's local default)."),
     include_unfinished: bool = typer.Option(False, "--include-unfinished", help="Also count runs that did not finish."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report as a comparison run."),
+    comparison_experiment: Optional[str] = typer.Option(
+        None, help="Experiment the comparison run is logged to (default: bertpooled-comparisons)."),
 ) -> None:
     """Compare tracked runs by group: accuracy with CIs, costs, ratios and significance against a baseline."""
     from bertpooled import compare
@@ -158,6 +206,7 @@ def compare_runs_command(
             tracking_uri=_blank_to_none(tracking_uri),
             include_unfinished=include_unfinished,
             no_log=no_log,
+            comparison_experiment=_blank_to_none(comparison_experiment),
         )
     except BertpooledError as exc:
         fail(str(exc))
@@ -190,6 +239,25 @@ def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: Optional[str]) ->
     client.set_tag(run, "bertpooled.comparison_run_id", comparison_run_id)
     client.set_tag(run, "mlflow.runName", "compare (mlflow run)")
     client.set_tag(run, "mlflow.note.content", f"The report is logged in comparison run {comparison_run_id}.")
+
+
+@app.command(
+    "mlproject-compare", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def mlproject_compare(ctx: typer.Context) -> None:
+    """`compare-runs` for the MLproject's compare entry point, which declares no parameters (see `mlproject-train`)."""
+    pairs = _mlproject_pairs(ctx.args)
+    known = ("experiment", "parent", "run_ids", "filter", "group_by", "baseline", "format", "output",
+             "comparison_experiment")
+    unknown = sorted(set(pairs) - set(known))
+    if unknown:
+        fail(f"unknown compare parameter(s) {', '.join(unknown)}: use {', '.join(known)}")
+    compare_runs_command(
+        format=pairs.get("format", "table"), output=pairs.get("output"), group_by=pairs.get("group_by"),
+        baseline=pairs.get("baseline", "basic"), experiment=pairs.get("experiment"), parent=pairs.get("parent"),
+        run_id=[pairs["run_ids"]] if "run_ids" in pairs else None, filter=pairs.get("filter"), tracking_uri=None,
+        include_unfinished=False, no_log=False, comparison_experiment=pairs.get("comparison_experiment"),
+    )
 
 
 @app.command("sweep")
@@ -288,6 +356,34 @@ def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: floa
     runner.check(children)
     runner.connect()
     return runner
+
+
+@app.command(
+    "mlproject-sweep", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def mlproject_sweep(ctx: typer.Context) -> None:
+    """`sweep` for the MLproject's sweep entry point, which declares no parameters (see `mlproject-train`).
+
+    The sweep's own options (modes, seeds, seed_list, config, format, output, parallel, executor, address,
+    cpus_per_run, gpus_per_run) keep their meaning; every other `-P key=value` is a config field for every child.
+    """
+    pairs = _mlproject_pairs(ctx.args)
+    own = {k: pairs.pop(k) for k in ("modes", "seeds", "seed_list", "config", "format", "output", "parallel", "executor",
+                                     "address", "cpus_per_run", "gpus_per_run") if k in pairs}
+    try:
+        parallel = int(own.get("parallel", "1"))
+        cpus, gpus = float(own.get("cpus_per_run", "1")), float(own.get("gpus_per_run", "0"))
+    except ValueError:
+        fail("parallel, cpus_per_run and gpus_per_run take numbers: pass e.g. -P parallel=2 or -P cpus_per_run=1")
+        return
+    sweep_command(
+        modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None,
+        parallel=parallel, executor=own.get("executor", "local"), address=own.get("address"), cpus_per_run=cpus,
+        gpus_per_run=gpus, experiment=None, format=own.get("format", "table"), output=own.get("output"),
+        config=own.get("config"), model=None, data=None, epochs=None, batch_size=None, max_len=None, lr=None,
+        train_fraction=None, max_train_examples=None, max_test_examples=None, device=None, pool=None, pool_at=None,
+        features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()], progress=None,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

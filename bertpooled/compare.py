@@ -27,9 +27,15 @@ from mlflow.tracking import MlflowClient
 from bertpooled.errors import BertpooledError
 from bertpooled.plots import accuracy_vs_time, learning_curves
 from bertpooled.report import FORMATS, Report, build_report
+from bertpooled.report_html import render_html
 from bertpooled.tracking import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, redact_uri
 
+#: Where comparison runs go by default: their own experiment keeps the training experiments' tables and
+#: charts to training runs.
+COMPARISON_EXPERIMENT = "bertpooled-comparisons"
+
 __all__ = [
+    "COMPARISON_EXPERIMENT",
     "DEFAULT_EXPERIMENT",
     "HISTORY_KEYS",
     "PREDICTIONS_ARTIFACT",
@@ -333,7 +339,8 @@ def load_histories(
 
 
 def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.md``, ``report.json``, ``report.csv`` and the two PNG plots; return their paths."""
+    """Write ``report.md``, ``report.json``, ``report.csv``, the two PNG plots and ``report.html`` (one
+    self-contained page with the plots embedded); return their paths."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -346,6 +353,9 @@ def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
     paths["csv"].write_text(report.to_csv(), encoding="utf-8")
     paths["accuracy_vs_time"] = accuracy_vs_time(report, output_dir / "accuracy_vs_time.png")
     paths["learning_curves"] = learning_curves(report, output_dir / "learning_curves.png")
+    paths["html"] = output_dir / "report.html"
+    paths["html"].write_text(render_html(report, {"Accuracy against total time": paths["accuracy_vs_time"],
+                                                  "Learning curves": paths["learning_curves"]}), encoding="utf-8")
     return paths
 
 
@@ -433,14 +443,16 @@ def compare_runs(
     tracking_uri: str | None = None,
     include_unfinished: bool = False,
     no_log: bool = False,
+    comparison_experiment: str | None = None,
 ) -> Report:
     """Select runs, fetch predictions and histories, build the report, write and log it.
 
     Keyword arguments mirror ``bertpooled compare-runs`` options one to one.
     ``format`` is only validated here (render with ``report.render(format)``).
     With ``output`` the report files go there; unless ``no_log``, they are
-    also logged as a comparison run (in the selected runs' experiment when
-    they share one, else ``experiment``) whose id the returned report carries.
+    also logged as a comparison run in ``comparison_experiment`` (default
+    `bertpooled-comparisons`, so that training experiments hold training runs
+    only) whose id the returned report carries.
     """
     if format not in FORMATS:
         raise BertpooledError(f"unknown report format {format!r}: pass --format one of {', '.join(FORMATS)}")
@@ -471,14 +483,7 @@ def compare_runs(
         return report
     if not report.runs:
         return replace(report, notes=report.notes + ["not logged as a comparison run: no runs to compare"])
-    experiment_ids = runs["experiment_id"].unique()
-    log_experiment = experiment
-    if len(experiment_ids) == 1:
-        with _bounded_http():
-            try:
-                log_experiment = client.get_experiment(str(experiment_ids[0])).name
-            except MlflowException as error:
-                raise _mlflow_error(error, "reading the runs' experiment") from None
+    log_experiment = comparison_experiment or COMPARISON_EXPERIMENT
     if output is not None:
         comparison_id = log_comparison_run(report, output, log_experiment, client=client)
     else:

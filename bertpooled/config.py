@@ -30,6 +30,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # amp=true was bf16 autocast on CUDA and nothing on CPU: exactly precision=auto; amp=false was fp32 everywhere.
 LEGACY_SETTINGS = {"amp": lambda value: {"precision": "auto" if _coerce_bool("amp", value) else "fp32"}}
 EXPERIMENTS_DIR = Path("experiments")
+# The project's own experiment files, for a checkout or editable install run from another folder.
+PROJECT_EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @dataclass
@@ -100,8 +102,15 @@ class Config:
     """Batches of 32 texts timed end to end for throughput/infer_examples_per_s, after one warm-up batch."""
     description: str = ""
     """A free-text note shown as the run's description."""
+    system_metrics: bool = False
+    """Also log CPU, memory and disk (GPU with pynvml) over time as MLflow's system/* metrics; needs psutil."""
 
     def __post_init__(self) -> None:
+        if self.system_metrics:
+            import importlib.util
+
+            if importlib.util.find_spec("psutil") is None:
+                _bad("system_metrics", self.system_metrics, "false, or install psutil (pip install 'bertpooled[system-metrics]')")
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
             _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
@@ -250,13 +259,18 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def resolve_config_path(config: str | Path) -> Path:
-    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml)."""
+    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml).
+
+    Names are looked up in ./experiments, then in the project's own experiments/ beside the package, so
+    `--config smoke` works from any folder.
+    """
     path = Path(config)
-    candidates = [path, EXPERIMENTS_DIR / path, EXPERIMENTS_DIR / f"{path}.yaml"]
+    folders = list(dict.fromkeys([EXPERIMENTS_DIR, PROJECT_EXPERIMENTS_DIR]))
+    candidates = [path] + [c for folder in folders for c in (folder / path, folder / f"{path}.yaml")]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
     hint = f" (experiments here: {', '.join(known)})" if known else ""
     raise BertpooledError(f"config file {config} not found: pass a YAML path or a name in experiments/{hint}")
 

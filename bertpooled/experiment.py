@@ -73,7 +73,8 @@ def run_experiment(
         f"{config.pool} pooling at {config.pool_at}, LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
     )
     with tracking.training_run(name, tags, description, parent_run_id=parent_run_id,
-                               resume_run_id=resume.run_id if resume else None) as run:
+                               resume_run_id=resume.run_id if resume else None,
+                               system_metrics=config.system_metrics) as run:
         if resume:
             log(f"resuming run {resume.run_id} after epoch {resume.state.epoch}")
             tracking.set_tags({"resumed_after_epoch": str(resume.state.epoch)})
@@ -123,15 +124,20 @@ def run_experiment(
         phases.seconds["total"] = time.perf_counter() - started
         metrics = dict(result.metrics)
         metrics.update({f"time/{k}_s": v for k, v in phases.seconds.items()})
-        tracking.log_metrics(metrics, step=config.epochs)
+        tracking.log_metrics(metrics, step=config.epochs, model_uri=model_uri)
         runs_link, run_link = tracking.ui_links(run)
         return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)
 
 
 def _log_inputs(config: Config, info, imdb, train_split, test_split, commit: str, dirty: bool) -> None:
     """What a new run logs before any work: the resolved config, provenance and the datasets."""
+    # config.yaml and config/data name the data actually read (e.g. from BERTPOOLED_IMDB), not the unset field;
+    # a download keeps it unset (its URL is data/source), so resuming downloads again rather than opening a URL.
+    resolved = config.to_dict()
+    if resolved["data"] is None and Path(imdb.source).exists():
+        resolved["data"] = tracking.redact_uri(imdb.source)
     tracking.log_config(
-        config.to_dict(),
+        resolved,
         {
             "git/commit": commit,
             "git/dirty": dirty,

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from bertpooled.report import Report  # noqa: E402
 
-__all__ = ["accuracy_vs_time", "learning_curves"]
+__all__ = ["accuracy_vs_time", "classifier_plots", "learning_curves"]
 
 _CURVE_KEYS = (("train/loss", "train loss"), ("train/accuracy", "train accuracy"))
 
@@ -119,6 +119,37 @@ def _mean_curves(
             {"step": int(step), "mean": float(value)} for step, value in zip(part["step"], part["value"])
         ]
     return curves
+
+
+def classifier_plots(labels, probabilities, folder: str | Path) -> list[Path]:
+    """One run's test predictions as confusion_matrix.png, roc_curve.png and precision_recall.png in ``folder``.
+
+    The figures MLflow's classifier evaluation would log, made with scikit-learn's displays from the
+    predictions the run already has (threshold 0.5, as test/accuracy uses).
+    """
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    labels, probabilities = np.asarray(labels).astype(int), np.asarray(probabilities, dtype=float)
+    folder = Path(folder)
+    paths = []
+    for name, draw in (
+        ("confusion_matrix.png", lambda ax: ConfusionMatrixDisplay.from_predictions(
+            labels, (probabilities >= 0.5).astype(int), labels=[0, 1], display_labels=["negative", "positive"],
+            colorbar=False, ax=ax)),
+        ("roc_curve.png", lambda ax: RocCurveDisplay.from_predictions(labels, probabilities, ax=ax, plot_chance_level=True)),
+        ("precision_recall.png", lambda ax: PrecisionRecallDisplay.from_predictions(
+            labels, probabilities, ax=ax, plot_chance_level=True)),
+    ):
+        figure, axes = plt.subplots(figsize=(4.5, 4))
+        try:
+            draw(axes)
+            axes.set_title(name.removesuffix(".png").replace("_", " "))
+            _save(figure, folder / name)
+        finally:
+            plt.close(figure)
+        paths.append(folder / name)
+    return paths
 
 
 def _save(figure, path: Path) -> None:

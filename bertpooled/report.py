@@ -16,14 +16,14 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bertpooled.errors import BertpooledError
-from bertpooled.stats import McNemarResult, MeanCI, PairedDifference, mcnemar_exact, mean_ci, paired_difference
+from bertpooled.stats import McNemarResult, MeanCI, PairedDifference, holm, mcnemar_exact, mean_ci, paired_difference
 
 __all__ = [
     "COST_PREFIXES",
@@ -62,9 +62,20 @@ _KNOWN_COST_ORDER = (
     "params/head_trainable",
     "params/backbone",
 )
+#: The time each cache saves, by the name in its `<cache>/cache_hit` metric; total time includes them all.
+CACHED_PHASES = {"tokens": ("time/tokenize_s", "time/total_s"), "features": ("time/features_s", "time/total_s")}
+#: Logged per epoch; its last value beside the mean per epoch (TIME_PER_EPOCH) only confused the table.
+_NOT_COSTS = ("time/epoch_s",)
 #: Derived here, not logged: ``time/train_s`` divided by ``config/epochs``.
 TIME_PER_EPOCH = "time/train_s_per_epoch"
 _EXCLUDED_KINDS = ("sweep", "comparison")
+#: Config fields that may differ between paired runs: the seed (pairing is by seed), the data path (the
+#: data itself is compared by its digest, `data/digest`) and settings the config documents as having no
+#: effect on results or costs.
+_FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size")
+#: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given.
+_DERIVED_CONFIG_FIELDS = {"mode": ("pool",)}
+_DATA_DIGEST = "params.data/digest"
 _PREDICTION_COLUMNS = ("id", "label", "probability")
 #: predictions/test.csv accuracy may differ from the logged metric by rounding only.
 _PREDICTION_ACCURACY_TOLERANCE = 1e-3
@@ -72,7 +83,7 @@ FORMATS = ("table", "markdown", "json", "csv")
 _MISSING = "—"
 
 
-# --- The original study (shared/SEED.md), kept in one place -------------------
+# --- The original study (docs/original.md), kept in one place ------------------
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,8 @@ class RunRecord:
     f1: float
     roc_auc: float
     costs: dict[str, float]
+    #: Which caches this run found warm (`tokens/cache_hit`, `features/cache_hit` = 1): "tokens", "features".
+    cache_hits: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,8 @@ class GroupSummary:
     f1_mean: float
     roc_auc_mean: float
     costs: dict[str, float]  # median per cost metric; NaN where no run logged it
+    #: Per cache ("tokens", "features"), how many of the group's runs found it warm.
+    cache_hits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,12 @@ class Comparison:
     mcnemar: list[McNemarPair]
     mcnemar_refused: list[dict[str, str]]
     verdict: str
+    #: Caches one group found warm more often than the other: their phases' time ratios measure the
+    #: cache, not the mode (see `CACHED_PHASES`).
+    cache_differs: list[str] = field(default_factory=list)
+    #: The paired t-test's p-value after Holm's correction across all comparisons of the report
+    #: (the raw p when there is one comparison); verdicts use this one.
+    p_holm: float = math.nan
 
     @property
     def mcnemar_significant(self) -> int:
@@ -214,6 +235,8 @@ class Report:
     notes: list[str]
     cost_metrics: list[str]
     comparison_run_id: str | None = None
+    #: Per group, the config its runs share (seed excluded); the same for every group but the group keys.
+    group_configs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # -- structured output --
 
@@ -239,6 +262,7 @@ class Report:
             },
             "learning_curves": self.learning_curves,
             "cost_metrics": list(self.cost_metrics),
+            "group_configs": self.group_configs,
             "skipped": list(self.skipped),
             "notes": list(self.notes),
             "comparison_run_id": self.comparison_run_id,
@@ -279,6 +303,7 @@ class Report:
                     "accuracy_diff_ci_low": diff.low if diff else None,
                     "accuracy_diff_ci_high": diff.high if diff else None,
                     "paired_t_p": diff.p_value if diff else None,
+                    "paired_t_p_holm": comparison.p_holm if comparison else None,
                     "mcnemar_significant": comparison.mcnemar_significant if comparison else None,
                     "mcnemar_pairs": len(comparison.mcnemar) if comparison else None,
                 }
@@ -338,12 +363,18 @@ class Report:
             )
         return renderers[format]()
 
+    def sections(self) -> list[_Section]:
+        """The report's sections in order (title, paragraphs, tables, bullets), for renderers such as HTML."""
+        return self._sections()
+
     def _sections(self) -> list[_Section]:
         sections = [self._verdict_section(), self._groups_section()]
         if self.cost_metrics and self.groups:
             sections.append(self._costs_section())
         if self.comparisons:
             sections += [self._baseline_section(), self._mcnemar_section()]
+        if self.group_configs:
+            sections.append(self._config_section())
         sections.append(self._original_section())
         sections.append(_Section("Notes", bullets=list(self.notes) or ["none"]))
         return sections
@@ -364,12 +395,13 @@ class Report:
     def _groups_section(self) -> _Section:
         ci = f"{_percent(self.confidence)} CI"
         headers = ["group", "runs", "seeds", "accuracy", ci, "F1", "ROC AUC",
-                   "s/epoch", "total s", "head params"]
+                   "mean s/epoch", "total s", "head params", "warm caches"]
         rows = [
             [
                 group.label,
                 str(group.n_runs),
-                ",".join(group.seeds) or _MISSING,
+                # "s0,s1": the seed values, as in run names; a bare "0" read as "no seeds".
+                ",".join(f"s{seed}" for seed in group.seeds) or _MISSING,
                 _fmt_fraction(group.accuracy.mean),
                 _fmt_interval(group.accuracy.low, group.accuracy.high, 4),
                 _fmt_fraction(group.f1_mean),
@@ -377,10 +409,15 @@ class Report:
                 _fmt_number(group.costs.get(TIME_PER_EPOCH, math.nan)),
                 _fmt_number(group.costs.get("time/total_s", math.nan)),
                 _fmt_number(group.costs.get("params/head", math.nan)),
+                ", ".join(f"{cache} {n}/{group.n_runs}" for cache, n in group.cache_hits.items()) or "none",
             ]
             for group in self.groups
         ]
         paragraphs = [] if rows else ["no runs to summarise"]
+        if rows:
+            paragraphs.append("seeds: the config/seed values of the group's runs; mean s/epoch: time/train_s / epochs; "
+                              "warm caches: runs that found their token ids (or features) cached, whose tokenize "
+                              "(features) time is then a cache read.")
         return _Section("Groups", paragraphs=paragraphs, tables=[(headers, rows)] if rows else [])
 
     def _costs_section(self) -> _Section:
@@ -389,11 +426,13 @@ class Report:
             [metric] + [_fmt_number(group.costs.get(metric, math.nan)) for group in self.groups]
             for metric in self.cost_metrics
         ]
-        return _Section("Costs", tables=[(headers, rows)])
+        note = ("Medians per group. time/data_s and time/tokenize_s are mostly cache reads once the parsed archive "
+                "and token ids are cached (the first run of a machine pays them), so compare modes by time/train_s.")
+        return _Section("Costs", paragraphs=[note], tables=[(headers, rows)])
 
     def _baseline_section(self) -> _Section:
         ci = f"{_percent(self.confidence)} CI"
-        accuracy_headers = ["group", "seed pairs", "Δ accuracy (points)", ci, "paired t p",
+        accuracy_headers = ["group", "seed pairs", "Δ accuracy (points)", ci, "paired t p", "Holm p",
                             "McNemar significant"]
         accuracy_rows = [
             [
@@ -403,6 +442,7 @@ class Report:
                 _fmt_interval(comparison.accuracy_difference_points.low,
                               comparison.accuracy_difference_points.high, 2, signed=True),
                 _fmt_p(comparison.accuracy_difference_points.p_value),
+                _fmt_p(comparison.p_holm),
                 f"{comparison.mcnemar_significant} of {len(comparison.mcnemar)}",
             ]
             for comparison in self.comparisons
@@ -411,7 +451,7 @@ class Report:
             f"{comparison.group} / {comparison.baseline}" for comparison in self.comparisons
         ]
         ratio_rows = [
-            [metric] + [_fmt_ratio(comparison.ratios.get(metric, math.nan))
+            [metric] + [_fmt_ratio(comparison.ratios.get(metric, math.nan)) + self._cache_mark(comparison, metric)
                         for comparison in self.comparisons]
             for metric in self.cost_metrics
         ]
@@ -421,10 +461,18 @@ class Report:
             "Ratios are group median / baseline median: below 1 means less of that cost "
             "(for throughput/ metrics, above 1 means faster).",
         ]
+        if any(comparison.cache_differs for comparison in self.comparisons):
+            paragraphs.append("(cache): the two groups found this phase's cache warm in different numbers of "
+                              "runs, so this ratio measures the cache, not the group.")
         tables = [(accuracy_headers, accuracy_rows)]
         if ratio_rows:
             tables.append((ratio_headers, ratio_rows))
         return _Section("Against the baseline", paragraphs=paragraphs, tables=tables)
+
+    @staticmethod
+    def _cache_mark(comparison: Comparison, metric: str) -> str:
+        affected = {m for cache in comparison.cache_differs for m in CACHED_PHASES[cache]}
+        return " (cache)" if metric in affected else ""
 
     def _mcnemar_section(self) -> _Section:
         headers = ["group", "seed", "only group right", "only baseline right", "examples",
@@ -440,6 +488,20 @@ class Report:
             paragraphs.append("No seed pair could be tested (see Notes).")
         return _Section("McNemar per seed pair", paragraphs=paragraphs,
                         tables=[(headers, rows)] if rows else [])
+
+    def _config_section(self) -> _Section:
+        """The settings every group shares, then those the group keys decide, one column per group."""
+        labels = list(self.group_configs)
+        names = sorted({name for config in self.group_configs.values() for name in config})
+        shared = [n for n in names if len({c.get(n) for c in self.group_configs.values()}) == 1]
+        by_group = [n for n in names if n not in shared]
+        paragraphs = ["Runs are paired only when their configs differ in nothing but the group keys and the seed. "
+                      "Shared by every group: " + ", ".join(f"{n}={self.group_configs[labels[0]][n]}" for n in shared) + "."]
+        tables = []
+        if by_group:
+            tables.append((["config"] + labels, [[n] + [self.group_configs[g].get(n, _MISSING) for g in labels]
+                                                 for n in by_group]))
+        return _Section("Config", paragraphs=paragraphs, tables=tables)
 
     def _original_section(self) -> _Section:
         headers = ["source", "mode", "runs", "accuracy", "accuracy CI", "total min",
@@ -533,6 +595,7 @@ def build_report(
         ]
     if not records:
         report_notes.append("no runs left to report: check the selection and the notes above")
+    group_configs = _group_configs(runs, records, group_keys, report_notes)
 
     cost_metrics = _ordered_cost_metrics(
         metric for record in records for metric, value in record.costs.items() if _finite(value)
@@ -555,7 +618,64 @@ def build_report(
         skipped=[{k: v for k, v in entry.items() if k != "category"} for entry in skipped],
         notes=report_notes,
         cost_metrics=cost_metrics,
+        group_configs=group_configs,
     )
+
+
+def _config_of(row: pd.Series) -> dict[str, str]:
+    """A run's logged config (`params.config/*`) plus its data digest, as strings; unlogged fields left out."""
+    config = {}
+    for column, value in row.items():
+        name = column.removeprefix("params.config/") if column.startswith("params.config/") else None
+        if column == _DATA_DIGEST:
+            name = "data/digest"
+        if name and name not in _FREE_CONFIG_FIELDS and value is not None and not pd.isna(value):
+            config[name] = str(value)
+    return config
+
+
+def _group_configs(
+    runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str], notes: list[str]
+) -> dict[str, dict[str, str]]:
+    """Each group's shared config; refuses runs whose configs differ in more than the group keys and seed.
+
+    Pairing a 10-epoch run with a 3-epoch one would credit the mode with the epochs' effect, so any such
+    difference is one line naming the fields, before any statistics are computed.
+    """
+    if not records:
+        return {}
+    rows = {str(row["run_id"]): row for _, row in runs.iterrows()}
+    configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
+    logged = [set(config) for config in configs.values()]
+    # A field some runs never logged (runs from before it existed) cannot be compared; it is named in the notes.
+    unknown = sorted(set().union(*logged) - set.intersection(*logged) - set(group_keys))
+    if unknown:
+        notes.append(f"config field(s) {', '.join(unknown)} not logged by every run (older runs?); not compared")
+    fields = sorted(set.intersection(*logged) - set(group_keys))
+    derived = {name for key in group_keys for name in _DERIVED_CONFIG_FIELDS.get(key, ())}
+    differing = []
+    for name in fields:
+        if name in derived:
+            # Decided by the group key: one value per group is expected, several within a group are not.
+            by_group: dict[str, set[str]] = {}
+            for record in records:
+                by_group.setdefault(record.group, set()).add(configs[record.run_id][name])
+            if any(len(values) > 1 for values in by_group.values()):
+                differing.append(f"{name} ({', '.join(sorted(set().union(*by_group.values())))})")
+            continue
+        values = {configs[record.run_id][name] for record in records}
+        if len(values) > 1:
+            differing.append(f"{name} ({', '.join(sorted(values))})")
+    if differing:
+        raise BertpooledError(
+            f"the selected runs differ in {'; '.join(differing)}, not only in {', '.join(group_keys)} and seed: "
+            f"select comparable runs (--filter, --parent, --run-id) or group by those fields too "
+            f"(--group-by {','.join(group_keys)},{differing[0].split(' ')[0]})"
+        )
+    result: dict[str, dict[str, str]] = {}
+    for record in records:
+        result.setdefault(record.group, dict(configs[record.run_id]))
+    return result
 
 
 def _normalise_group_by(group_by: Sequence[str] | str) -> tuple[str, ...]:
@@ -612,6 +732,7 @@ def _cost_metric_columns(runs: pd.DataFrame) -> list[str]:
         column.removeprefix("metrics.")
         for column in runs.columns
         if column.startswith("metrics.") and column.removeprefix("metrics.").startswith(COST_PREFIXES)
+        and column.removeprefix("metrics.") not in _NOT_COSTS
     ]
 
 
@@ -710,6 +831,7 @@ def _run_record(
         f1=_metric(row, "test/f1"),
         roc_auc=_metric(row, "test/roc_auc"),
         costs=costs,
+        cache_hits=[cache for cache in CACHED_PHASES if _metric(row, f"{cache}/cache_hit") == 1.0],
     )
 
 
@@ -774,6 +896,8 @@ def _summarise_groups(
                 roc_auc_mean=_mean(m.roc_auc for m in members),
                 costs={metric: _median(m.costs.get(metric, math.nan) for m in members)
                        for metric in cost_metrics},
+                cache_hits={cache: sum(cache in m.cache_hits for m in members) for cache in CACHED_PHASES
+                            if any(cache in m.cache_hits for m in members)},
             )
         )
     return groups
@@ -819,11 +943,9 @@ def _compare_groups(
     }
     if not baselines:
         values = sorted({group.values[first_key] for group in groups})
-        notes.append(
-            f"baseline {first_key}={baseline!r} is not among the groups ({', '.join(values)}), "
-            f"so there is no comparison; pass --baseline one of: {', '.join(values)}"
+        raise BertpooledError(
+            f"baseline {first_key}={baseline!r} is not among the groups: pass --baseline one of {', '.join(values)}"
         )
-        return [], notes
 
     members: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -845,8 +967,20 @@ def _compare_groups(
                           predictions, alpha, confidence, cost_metrics, notes)
         )
     if len(comparisons) > 1:
-        notes.append(f"{len(comparisons)} groups are compared with the baseline; "
-                     "p-values are not corrected for multiple comparisons")
+        # Several groups against one baseline: each verdict uses its Holm-adjusted p-value.
+        adjusted = holm([c.accuracy_difference_points.p_value for c in comparisons])
+        seeds = {group.label: group.seeds for group in groups}
+        comparisons = [
+            replace(c, p_holm=p, verdict=_verdict(c.group, c.baseline, c.accuracy_difference_points, c.mcnemar,
+                                                 alpha, confidence, c.ratios, seeds[c.group], seeds[c.baseline],
+                                                 holm_p=p, n_comparisons=len(comparisons),
+                                                 cache_differs=c.cache_differs))
+            for c, p in zip(comparisons, adjusted)
+        ]
+        notes.append(f"{len(comparisons)} groups are compared with the baseline; the paired t-tests' p-values are "
+                     "Holm-corrected across them (column 'Holm p'), and the verdicts use the corrected ones")
+    else:
+        comparisons = [replace(c, p_holm=c.accuracy_difference_points.p_value) for c in comparisons]
     return comparisons, notes
 
 
@@ -884,9 +1018,11 @@ def _compare_pair(
             continue
         tested.append(McNemarPair(seed, run.run_id, base_run.run_id, outcome.b, outcome.c,
                                   outcome.n, outcome.p_value, outcome.p_value < alpha))
+    cache_differs = [cache for cache in CACHED_PHASES
+                     if group.cache_hits.get(cache, 0) / group.n_runs != base.cache_hits.get(cache, 0) / base.n_runs]
     verdict = _verdict(group.label, base.label, difference, tested, alpha, confidence, ratios,
-                       group.seeds, base.seeds)
-    return Comparison(group.label, base.label, seeds, difference, ratios, tested, refused, verdict)
+                       group.seeds, base.seeds, cache_differs=cache_differs)
+    return Comparison(group.label, base.label, seeds, difference, ratios, tested, refused, verdict, cache_differs)
 
 
 def _ratio(value: float, reference: float) -> float:
@@ -932,9 +1068,16 @@ def _verdict(
     ratios: Mapping[str, float],
     group_seeds: Sequence[str],
     base_seeds: Sequence[str],
+    holm_p: float | None = None,
+    n_comparisons: int = 1,
+    cache_differs: Sequence[str] = (),
 ) -> str:
     ci = f"{_percent(confidence)} CI"
     n = difference.n
+    p_value = difference.p_value if holm_p is None else holm_p
+    p_text = _fmt_p(difference.p_value, prefix=True)
+    if holm_p is not None:
+        p_text += f", Holm-adjusted {_fmt_p(holm_p)} over {n_comparisons} comparisons"
     significant = sum(pair.significant for pair in mcnemar)
     if mcnemar:
         plural = "s" if len(mcnemar) != 1 else ""
@@ -954,20 +1097,20 @@ def _verdict(
             f"{group} vs {base}: the same accuracy difference ({_fmt_signed(difference.mean)} points) "
             f"on all {n} seeds, so a t-test is undefined; {mcnemar_text}."
         )
-    elif difference.p_value < alpha:
+    elif p_value < alpha:
         direction = "better" if difference.mean > 0 else "worse"
         sentence = (
             f"{group} is {direction} than {base} by {abs(difference.mean):.1f} points "
             f"({ci} [{difference.low:+.1f}, {difference.high:+.1f}], paired t-test "
-            f"{_fmt_p(difference.p_value, prefix=True)} over {n} seeds); {mcnemar_text}."
+            f"{p_text} over {n} seeds); {mcnemar_text}."
         )
     else:
         sentence = (
             f"{group} vs {base}: no significant difference at α={alpha:g} (paired t-test "
-            f"{_fmt_p(difference.p_value, prefix=True)} over {n} seeds); {ci} of the difference "
+            f"{p_text} over {n} seeds); {ci} of the difference "
             f"[{difference.low:+.1f}, {difference.high:+.1f}] points; {mcnemar_text}."
         )
-    return sentence + _cost_sentence(base, ratios)
+    return sentence + _cost_sentence(base, ratios, cache_differs)
 
 
 def _one_seed_verdict(
@@ -993,11 +1136,16 @@ def _one_seed_verdict(
     )
 
 
-def _cost_sentence(base: str, ratios: Mapping[str, float]) -> str:
+def _cost_sentence(base: str, ratios: Mapping[str, float], cache_differs: Sequence[str] = ()) -> str:
     labelled = (("time/total_s", "total time"), ("time/train_s", "training time"),
                 ("params/head", "head parameters"))
     parts = [f"{label} {ratios[metric]:.2f}×" for metric, label in labelled if _finite(ratios.get(metric))]
-    return f" Cost vs {base}: {', '.join(parts)}." if parts else ""
+    sentence = f" Cost vs {base}: {', '.join(parts)}." if parts else ""
+    if cache_differs and parts:
+        # A warm cache skips a phase: the ratio then measures the cache, not the mode.
+        sentence += (f" The groups differ in {' and '.join(cache_differs)} cache hits, so total time compares "
+                     "cache states, not modes; training time does not depend on them.")
+    return sentence
 
 
 # --- Original study and learning curves ----------------------------------------

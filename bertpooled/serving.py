@@ -47,12 +47,15 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         self.model.load_state_dict(state)
         self.model.eval()
 
-    def predict(self, context, model_input: list[str], params=None) -> pd.DataFrame:
+    # Returns a DataFrame (probability, label, sentiment), unannotated: MLflow infers output schemas only from
+    # list[...] hints, logs "Failed to infer output type hint" for a DataFrame one and warns about Any.
+    def predict(self, context, model_input: list[str], params=None):  # -> pd.DataFrame
         from bertpooled.inference import predict_texts
 
         # MLflow hands predict a list[str], as the type hint asks, whatever the caller passed.
         texts = [str(text) for text in model_input]
-        probs = predict_texts(self.model, self.tokenizer, texts, self.config["max_len"])
+        # No texts, no predictions: an empty frame with the same columns (the tokenizer fails on an empty batch).
+        probs = predict_texts(self.model, self.tokenizer, texts, self.config["max_len"]) if texts else np.zeros(0)
         labels = (probs >= 0.5).astype(np.int64)
         return pd.DataFrame(
             {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}

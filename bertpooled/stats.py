@@ -171,3 +171,18 @@ def paired_difference(
     return PairedDifference(
         mean, float(interval.low), float(interval.high), p_value, n, confidence, reason
     )
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for several comparisons (NaN stays NaN and does not count).
+
+    The k-th smallest of m p-values is multiplied by (m - k + 1), made non-decreasing, capped at 1:
+    comparing each adjusted p with alpha keeps the chance of any false positive at or below alpha.
+    """
+    finite = sorted((p, i) for i, p in enumerate(p_values) if np.isfinite(p))
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -21,7 +21,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from bertpooled import ui_view
 from bertpooled.errors import BertpooledError
 
 DEFAULT_EXPERIMENT = "bertpooled"
@@ -77,7 +79,8 @@ def run_name(mode: str, model: str, seed: int) -> str:
 
 @contextmanager
 def training_run(
-    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None, resume_run_id: str | None = None
+    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None, resume_run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under `mlflow run`, continue) a run; an error ends it FAILED with the reason as tag `error`.
 
@@ -85,13 +88,14 @@ def training_run(
     the run is a new child of that run, in its experiment, nested in MLflow's UI.
     """
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)  # the same run, RUNNING again
+        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)  # the same run, RUNNING again
     elif parent_run_id:
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id)
+        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id,
+                               log_system_metrics=system_metrics)
     else:
         use_default_experiment()
-        run = mlflow.start_run(run_name=name)
+        run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
     # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
     mlflow.set_tags({"mlflow.runName": name, KIND_TAG: "train", **tags})
     if description:
@@ -143,22 +147,48 @@ def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics, step=epoch)
 
 
-def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Final metrics; `step` = the last epoch keeps them the latest values beside the per-epoch ones."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: str | None = None) -> None:
+    """Final metrics; `step` = the last epoch keeps them the latest values beside the per-epoch ones.
+
+    With the logged model's URI (MLflow 3's `models:/<model_id>`) they are also the model's metrics, and
+    the test/* ones are tied to the run's test dataset: the model's page then lists them and the dataset.
+    """
+    values = {k: float(v) for k, v in metrics.items()}
+    model_id = model_uri.removeprefix("models:/") if model_uri and model_uri.startswith("models:/") else None
+    if model_id is None:
+        mlflow.log_metrics(values, step=step)
+        return
+    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    test_set = next((i.dataset for i in run.inputs.dataset_inputs
+                     if any(t.key == MLFLOW_DATASET_CONTEXT and t.value == "testing" for t in i.tags)), None)
+    evaluation = {k: v for k, v in values.items() if k.startswith("test/")}
+    if evaluation:
+        mlflow.log_metrics(evaluation, step=step, model_id=model_id, dataset=test_set)
+    rest = {k: v for k, v in values.items() if k not in evaluation}
+    if rest:
+        mlflow.log_metrics(rest, step=step, model_id=model_id)
 
 
 def log_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, digest: str) -> None:
     """Training and test subsets as MLflow dataset inputs (schema, profile, digest; not the data itself)."""
+    import hashlib
+
     from mlflow.data.pandas_dataset import from_pandas
 
     for frame, context in ((train, "training"), (test, "testing")):
         name = "imdb-train" if context == "training" else "imdb-test"
+        # The subset's own digest, from the data's digest and its rows' ids: MLflow's default hashes the
+        # whole frame again (and warns about pandas 4 on the way).
+        ids = "\n".join(map(str, frame["id"])) if "id" in frame else str(len(frame))
+        subset = hashlib.sha256(f"{digest}\n{name}\n{ids}".encode()).hexdigest()[:16]
         with warnings.catch_warnings():
             # A local path matches MLflow's local source type twice over; either reading is the same.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = from_pandas(frame, source=redact_uri(source), name=name, targets="label", digest=subset)
+            # The schema is inferred lazily, on logging: inferred here, the hint about integer columns that
+            # may hold missing values (model inputs) is left out for a record of labels that never miss.
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-            dataset = from_pandas(frame, source=redact_uri(source), name=name, targets="label")
+            _ = dataset.schema
         _log_input_racing(dataset, context, {"imdb_digest": digest[:16]})
 
 
@@ -187,6 +217,18 @@ def log_predictions(ids: list[str], labels: np.ndarray, probabilities: np.ndarra
         path = Path(tmp) / Path(PREDICTIONS_PATH).name
         frame.to_csv(path, index=False, float_format="%.8g")
         mlflow.log_artifact(str(path), artifact_path=str(Path(PREDICTIONS_PATH).parent))
+    log_classifier_plots(labels, probabilities)
+
+
+def log_classifier_plots(labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Confusion matrix, ROC and precision-recall curves of the test predictions, as artifacts under plots/."""
+    if len(set(np.asarray(labels).astype(int).tolist())) < 2:
+        return  # ROC and PR curves need both classes among the labels
+    from bertpooled.plots import classifier_plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier_plots(labels, probabilities, tmp)
+        mlflow.log_artifacts(tmp, artifact_path="plots")
 
 
 def log_model(state: dict, model_config: dict, tokenizer) -> str:
@@ -246,14 +288,62 @@ def pinned_requirements(*dists: str) -> list[str]:
 
 
 def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
-    """(runs table link, run link) in MLflow's UI; the runs table opens in the "Model training" view."""
-    uri = mlflow.get_tracking_uri()
-    base = redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    """(runs table link, run link) in MLflow's UI, both in its "Model training" pages.
+
+    The runs link opens the experiment's training view (see `bertpooled.ui_view`): training runs only,
+    mode/backbone/seed/accuracy/time/head-parameter columns, learning curves as the first charts.
+    """
+    base = ui_base()
     exp = run.info.experiment_id
+    query = "workflowType=machine_learning"
+    for attempt in range(2):
+        try:
+            key = ensure_training_view(exp)
+            query += f"&{ui_view.SHARE_URL_PARAM}={key}"
+            break
+        except Exception:  # noqa: BLE001 - runs finishing at once may race on inserting the same tag
+            # A link without the view is worth less than the run: it never fails the run that computed it.
+            time.sleep(0.2)
     return (
-        f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning",
-        f"{base}/#/experiments/{exp}/runs/{run.info.run_id}",
+        f"{base}/#/experiments/{exp}/runs?{query}",
+        f"{base}/#/experiments/{exp}/runs/{run.info.run_id}?workflowType=machine_learning",
     )
+
+
+def ui_base() -> str:
+    """The UI's address: the tracking server itself, else where `mlflow ui` listens by default."""
+    uri = mlflow.get_tracking_uri()
+    return redact_uri(uri).rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def tracking_uri() -> str:
+    """The tracking store in use, credentials removed: MLflow's default is ./mlflow.db of the folder it started
+    in, so loading `runs:/...` elsewhere needs this in MLFLOW_TRACKING_URI."""
+    return redact_uri(mlflow.get_tracking_uri())
+
+
+def ui_hint() -> str:
+    """How to start a UI that shows the store the links point into (MLFLOW_TRACKING_URI honoured)."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return "served by the tracking server"
+    return f"start the UI with `mlflow ui --backend-store-uri {redact_uri(uri)}`"
+
+
+def ensure_training_view(experiment_id: str) -> str:
+    """Store the training view as the experiment tag MLflow's UI reads; its share key for the URL.
+
+    Also marks the experiment as model development (unless something else already said what it is), so
+    MLflow 3 opens its "Model training" pages rather than the GenAI ones.
+    """
+    client = MlflowClient()
+    key, tag, value = ui_view.view_tag(ui_view.training_view_state())
+    tags = client.get_experiment(experiment_id).tags
+    if tags.get(tag) != value:
+        client.set_experiment_tag(experiment_id, tag, value)
+    if ui_view.EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(experiment_id, ui_view.EXPERIMENT_KIND_TAG, ui_view.EXPERIMENT_KIND)
+    return key
 
 
 def experiment_name(experiment_id: str) -> str:

@@ -82,6 +82,14 @@ def _no_experiment_carried_between_tests(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_user_imdb(request, monkeypatch):
+    """Only the imdb-marked test sees the user's BERTPOOLED_IMDB: a stale path there must not fail other tests,
+    and no other test may read the real archive."""
+    if request.node.get_closest_marker("imdb") is None:
+        monkeypatch.delenv("BERTPOOLED_IMDB", raising=False)
+
+
 @pytest.fixture()
 def store(tmp_path, monkeypatch) -> str:
     """A private SQLite tracking store and token cache under tmp_path; returns the tracking URI."""

@@ -69,6 +69,8 @@ def test_the_report_goes_to_stdout_and_its_files_and_comparison_run_are_named(ru
     assert {"report.md", "report.json", "report.csv", "accuracy_vs_time.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
     comparison = MlflowClient(runs["uri"]).get_run(report["comparison_run_id"])
     assert comparison.data.tags["bertpooled.kind"] == "comparison"
+    # Its own experiment: the training experiment keeps training runs only.
+    assert MlflowClient(runs["uri"]).get_experiment(comparison.info.experiment_id).name == "bertpooled-comparisons"
     assert f"comparison run: {report['comparison_run_id']}" in result.stderr
 
     table = compare(runs, "--no-log", "--run-id", ",".join(runs["ids"][:2]), "--run-id", runs["ids"][3])
@@ -100,6 +102,7 @@ def test_empty_options_mean_not_given_as_mlproject_passes_them(runs):
         (["--run-id", "0123456789abcdef0123456789abcdef"], ["unknown run id"]),
         (["--format", "xml"], ["unknown report format 'xml'"]),
         (["--group-by", "colour"], ["cannot group by 'colour'"]),
+        (["--baseline", "basci"], ["baseline mode='basci' is not among the groups", "basic, pool"]),
         (["--experiment", "broken"], ["nothing to compare"]),
     ],
 )

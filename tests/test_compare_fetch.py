@@ -120,6 +120,10 @@ def test_compare_runs_end_to_end(sweep_store, tmp_path):
     written = {path.name for path in output.iterdir()}
     assert {"report.md", "report.json", "report.csv", "accuracy_vs_time.png",
             "learning_curves.png"} <= written
+    page = (output / "report.html").read_text()
+    # One self-contained page: every section, both plots inlined, nothing fetched from elsewhere.
+    assert "<h2>Verdicts</h2>" in page and "<h2>Config</h2>" in page and page.count("data:image/png;base64,") == 2
+    assert 'src="http' not in page and "<script" not in page
     payload = json.loads((output / "report.json").read_text())
     assert payload["settings"]["baseline"] == "basic"
     assert (output / "accuracy_vs_time.png").read_bytes()[:4] == b"\x89PNG"
@@ -129,17 +133,18 @@ def test_compare_runs_end_to_end(sweep_store, tmp_path):
     assert logged.data.tags["bertpooled.kind"] == "comparison"
     assert logged.info.run_name == "compare-4runs"
     assert logged.info.status == "FINISHED"
-    assert logged.info.experiment_id == sweep_store["experiment_id"]
+    assert logged.info.experiment_id != sweep_store["experiment_id"]  # the training experiment stays clean
+    assert client.get_experiment(logged.info.experiment_id).name == "bertpooled-comparisons"
     assert logged.data.metrics["compare/n_runs"] == 4
     assert "vs/basic/pool/accuracy_diff_points" in logged.data.metrics
     artifacts = {item.path for item in client.list_artifacts(report.comparison_run_id)}
-    assert {"report.md", "report.json", "accuracy_vs_time.png", "learning_curves.png"} <= artifacts
+    assert {"report.md", "report.json", "report.html", "accuracy_vs_time.png", "learning_curves.png"} <= artifacts
 
     # A second comparison leaves the comparison run out of the selection.
     again = compare_runs(tracking_uri=sweep_store["uri"], no_log=True)
     assert again.comparison_run_id is None
     assert len(again.runs) == 4
-    assert any("comparison run(s)" in note for note in again.notes)
+    assert not any("comparison run(s)" in note for note in again.notes)  # none landed in the training experiment
 
 
 def test_select_by_parent_filter_and_run_ids(sweep_store):

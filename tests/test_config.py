@@ -112,3 +112,31 @@ def test_set_pairs_parse_and_reject_malformed_ones():
 def test_a_config_name_resolves_inside_experiments(monkeypatch):
     monkeypatch.chdir(ROOT)
     assert load_config("smoke").epochs == load_config("experiments/smoke.yaml").epochs
+
+
+def test_a_config_name_resolves_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no experiments/ here: the project's own folder is the fallback
+    assert load_config("smoke").epochs == load_config(ROOT / "experiments" / "smoke.yaml").epochs
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "smoke.yaml").write_text("epochs: 7\n")
+    assert load_config("smoke").epochs == 7  # ./experiments comes first
+    with pytest.raises(BertpooledError, match="config file nosuch not found"):
+        load_config("nosuch")
+
+
+def test_tests_do_not_see_the_users_imdb(monkeypatch):
+    # conftest's autouse fixture removed it before this test (bites where it is set, as in CI); only the
+    # imdb-marked test keeps it.
+    import os
+
+    assert "BERTPOOLED_IMDB" not in os.environ
+
+
+def test_system_metrics_without_psutil_is_a_one_line_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psutil" else real(name, *a))
+    with pytest.raises(BertpooledError, match="system_metrics.*install psutil"):
+        load_config(None, {"system_metrics": "true"})
+    assert load_config(None, {}).system_metrics is False

@@ -70,6 +70,9 @@ def test_mlflow_run_trains_and_logs_the_whole_contract(mode, store, experiment, 
 
     # `mlflow run` logged the raw -P value; the resolved one sits beside it.
     assert params["mode"] == mode and params["config/mode"] == resolved
+    # Only the -P values given are logged raw: no '' rows for parameters left at their default.
+    assert {k for k in params if "/" not in k} == {"config", "mode", "model", "data", "max_len"}
+    assert "--set" not in proc.stderr and "''" not in proc.stderr
     assert params["config/pool"] == ("avg:2x2" if resolved == "pool" else "none")
     assert params["config/max_len"] == "16" and params["config/epochs"] == "2"
     assert params["data/digest"] and len(params["data/digest"]) == 64 and "git/commit" in params
@@ -101,7 +104,7 @@ def test_mlflow_run_trains_and_logs_the_whole_contract(mode, store, experiment, 
     assert out["probability"].between(0, 1).all() and set(out["label"]) <= {0, 1}
 
 
-def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_imdb):
+def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_imdb, recwarn):
     from bertpooled.cli import app
     from typer.testing import CliRunner
 
@@ -117,6 +120,19 @@ def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_im
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin"))]
     mlmodel = (folder / "MLmodel").read_text()
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel and "python_model.pkl" not in names
+    # No texts, no rows (not an IndexError from the tokenizer); the columns stay the same.
+    empty = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict([])
+    assert list(empty.columns) == ["probability", "label", "sentiment"] and len(empty) == 0
+    # The data read is recorded, not the unset field; MLflow's integer-column hint has no cause left.
+    assert f"data: {tiny_imdb}" in Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/config.yaml")).read_text()
+    assert not [w for w in recwarn if "Inferred schema contains integer" in str(w.message)]
+    # MLflow 3's model page: the final metrics belong to the logged model, test/* tied to the test dataset.
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    metrics = {m.key: m for m in logged.metrics}
+    assert metrics["test/accuracy"].value == run.data.metrics["test/accuracy"]
+    assert metrics["test/accuracy"].dataset_name == "imdb-test" and "time/total_s" in metrics
+    plots = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/roc_curve.png", "plots/precision_recall.png"}
 
 
 def _free_port() -> int:
@@ -149,6 +165,27 @@ def test_mlflow_models_serve_answers_over_http(store, experiment, tiny_bert, tin
         answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
         rows = answer["predictions"]
         assert len(rows) == 2 and {"probability", "label", "sentiment"} <= set(rows[0])
+        empty = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=b'{"inputs": []}',
+                                       headers={"Content-Type": "application/json"})
+        assert json.loads(urllib.request.urlopen(empty, timeout=30).read())["predictions"] == []
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_system_metrics_are_one_setting_away(store, experiment, tiny_bert, tiny_imdb, monkeypatch):
+    from bertpooled.cli import app
+    from typer.testing import CliRunner
+
+    pytest.importorskip("psutil")
+    # One sample a second, logged at once: the tiny run lasts a few seconds.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(ROOT / "experiments/smoke.yaml"), "--model", str(tiny_bert), "--data", str(tiny_imdb),
+              "--max-len", "16", "--epochs", "1", "--set", "system_metrics=true"],
+    )
+    assert result.exit_code == 0, result.output
+    run = _only_run(MlflowClient())
+    assert run.data.params["config/system_metrics"] == "True"
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)

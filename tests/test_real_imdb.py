@@ -14,7 +14,8 @@ from bertpooled.cli import app
 IMDB = os.environ.get("BERTPOOLED_IMDB", "")
 pytestmark = [
     pytest.mark.imdb,
-    pytest.mark.skipif(not IMDB or not Path(IMDB).exists(), reason="set BERTPOOLED_IMDB to aclImdb_v1.tar.gz or aclImdb/"),
+    pytest.mark.skipif(not IMDB or not Path(IMDB).exists(),
+                       reason=f"BERTPOOLED_IMDB={IMDB} does not exist" if IMDB else "set BERTPOOLED_IMDB to aclImdb_v1.tar.gz or aclImdb/"),
 ]
 
 

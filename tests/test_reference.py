@@ -87,6 +87,7 @@ def test_a_reference_run_logs_the_contract_and_a_pickle_free_pyfunc(text, store,
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     out = model.predict(["a wonderful film", "dull and far too long"])
     assert list(out.columns) == ["probability", "label", "sentiment"] and len(out) == 2
+    assert len(model.predict([])) == 0 and list(model.predict([]).columns) == list(out.columns)
     # The served model reads raw reviews exactly as training read them: same probability per test review.
     test = data.load_imdb(str(tiny_imdb)).test
     texts = dict(zip(test.ids, test.texts))

@@ -206,12 +206,10 @@ def test_one_seed_leans_on_mcnemar():
     assert "needs ≥2 seeds" in comparison.verdict
 
 
-def test_missing_baseline_gives_a_note_and_no_comparison():
+def test_a_baseline_that_is_no_group_is_an_error_naming_the_groups():
     runs, preds = study(SAME)
-    report = build_report(runs, preds, baseline="reference")
-    assert report.comparisons == []
-    assert any("baseline mode='reference'" in note and "--baseline" in note for note in report.notes)
-    assert "Against the baseline" not in report.to_markdown()
+    with pytest.raises(BertpooledError, match="baseline mode='reference' is not among the groups: pass --baseline one of basic, pool"):
+        build_report(runs, preds, baseline="reference")
 
 
 def test_group_by_two_keys_compares_within_the_other_key():
@@ -361,3 +359,80 @@ def test_plots_render_from_a_report_and_from_raw_histories(full_report, tmp_path
                  learning_curves({"r1": history([0.7, 0.6])}, tmp_path / "c.png"),
                  learning_curves({}, tmp_path / "d.png")):
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_whose_configs_differ_beyond_group_and_seed_are_refused_in_one_line():
+    runs, preds = study(SAME, pool_extra={"params.config/epochs": "3", "params.config/max_len": "64"})
+    runs.loc[runs["params.config/mode"] == "basic", "params.config/max_len"] = "128"
+    with pytest.raises(BertpooledError) as caught:
+        build_report(runs, preds)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "epochs (3, 4)" in message and "max_len (128, 64)" in message
+    assert "--group-by mode,epochs" in message
+
+
+def test_grouping_by_the_differing_field_keeps_the_runs_apart():
+    runs, preds = study(SAME, pool_extra={"params.config/epochs": "3"})
+    report = build_report(runs, preds, group_by="mode,epochs")
+    assert set(report.group_configs) == {"basic/4", "pool/3"}
+
+
+def test_a_seed_a_data_path_and_the_mode_preset_may_differ_and_each_group_config_is_reported():
+    runs, preds = study(SAME, pool_extra={"params.config/pool": "avg:2x2", "params.config/data": "/elsewhere"})
+    runs.loc[runs["params.config/mode"] == "basic", "params.config/pool"] = "none"
+    report = build_report(runs, preds)
+    assert report.group_configs["pool"]["pool"] == "avg:2x2" and report.group_configs["basic"]["pool"] == "none"
+    assert "seed" not in report.group_configs["pool"]
+    markdown = report.to_markdown()
+    assert "## Config" in markdown and "epochs=4" in markdown and "| pool | none | avg:2x2 |" in markdown
+
+
+def test_other_data_is_refused_by_its_digest():
+    runs, preds = study(SAME, pool_extra={"params.data/digest": "bbb"})
+    runs.loc[runs["params.config/mode"] == "basic", "params.data/digest"] = "aaa"
+    with pytest.raises(BertpooledError, match=r"data/digest \(aaa, bbb\)"):
+        build_report(runs, preds)
+
+
+def test_several_comparisons_are_holm_corrected_and_verdicts_use_the_corrected_p():
+    from bertpooled.stats import holm
+
+    assert holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06], nan_ok=True)
+    max_rows = [(run_row(f"max{seed}", "max", seed, n), predictions(n)) for seed, n in enumerate(CLEAR)]
+    runs, preds = study(CLEAR, extra_rows=max_rows)
+    report = build_report(runs, preds)
+    raw = [c.accuracy_difference_points.p_value for c in report.comparisons]
+    assert [c.p_holm for c in report.comparisons] == pytest.approx(holm(raw))
+    assert all("Holm-adjusted" in c.verdict for c in report.comparisons)
+    assert any("Holm-corrected" in note for note in report.notes)
+    assert "Holm p" in report.to_markdown()
+
+
+def test_cache_hits_are_shown_and_not_sold_as_a_modes_speed():
+    runs, preds = study(SAME, pool_extra={"metrics.tokens/cache_hit": 1.0, "metrics.time/tokenize_s": 0.1,
+                                          "metrics.time/epoch_s": 9.0})
+    runs.loc[runs["params.config/mode"] == "basic", "metrics.tokens/cache_hit"] = 0.0
+    report = build_report(runs, preds)
+    pool = next(g for g in report.groups if g.label == "pool")
+    assert pool.cache_hits == {"tokens": 3}
+    (comparison,) = report.comparisons
+    assert comparison.cache_differs == ["tokens"]
+    assert "differ in tokens cache hits, so total time compares cache states" in comparison.verdict
+    text = report.to_table()
+    assert "tokens 3/3" in text and "(cache)" in text
+    assert "time/epoch_s" not in report.cost_metrics  # the last epoch's time; the table shows the mean per epoch
+    assert "s0,s1,s2" in text and "mean s/epoch" in text
+
+
+def test_equal_cache_states_add_no_caveat():
+    runs, preds = study(SAME)
+    (comparison,) = build_report(runs, preds).comparisons
+    assert comparison.cache_differs == [] and "cache" not in comparison.verdict
+
+
+def test_a_config_field_older_runs_never_logged_is_named_not_compared():
+    runs, preds = study(SAME, pool_extra={"params.config/system_metrics": "False"})
+    report = build_report(runs, preds)
+    assert any("system_metrics not logged by every run" in note for note in report.notes)
+    assert len(report.comparisons) == 1

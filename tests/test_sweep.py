@@ -201,6 +201,8 @@ def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, t
     client = MlflowClient()
     (parent,) = [r for r in all_runs() if r.data.tags.get("bertpooled.kind") == "sweep"]
     assert parent.info.status == "FINISHED" and parent.data.params["modes"] == "basic,reference"
+    # Only the parameters given are logged raw (no '' rows) and none is echoed as an empty --set.
+    assert "''" not in parent.data.params.values() and "--set model=''" not in first.stderr
     children = {c.data.tags["sweep/child"]: c for c in children_of(parent.info.run_id)}
     assert set(children) == {"basic-s0", "reference-s0"}
 
@@ -217,6 +219,7 @@ def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, t
     assert sorted(g["label"] for g in report["groups"]) == ["basic", "reference"]
     launcher = [r for r in all_runs() if r.data.tags.get("bertpooled.comparison_run_id") == report["comparison_run_id"]]
     assert len(launcher) == 1 and launcher[0].data.tags["bertpooled.kind"] == "comparison"
+    assert set(launcher[0].data.params) == {"parent", "format"}  # only what was given, no '' rows
 
 
 @pytest.mark.slow

@@ -171,3 +171,36 @@ def test_credentials_are_removed_from_uris_before_they_are_shown_or_logged():
     assert redact_uri("https://bob:pw@mlflow.example.org:8443/x?y=1") == "https://mlflow.example.org:8443/x?y=1"
     assert redact_uri("postgresql://u:p@db/mlflow") == "postgresql://db/mlflow"
     assert redact_uri("/data/aclImdb_v1.tar.gz") == "/data/aclImdb_v1.tar.gz"
+
+
+def test_mlproject_parameters_that_are_not_key_value_pairs_are_one_line_errors():
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+
+    result = CliRunner().invoke(app, ["mlproject-train", "--epochs"])
+    assert result.exit_code == 2 and "error: MLproject parameters arrive as --key value" in result.output
+    result = CliRunner().invoke(app, ["mlproject-train", "--epoch", "3"])
+    assert result.exit_code == 2 and "epoch" in result.output and "Traceback" not in result.output
+
+
+def test_train_help_names_the_data_variable_and_the_config_defaults():
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+    from bertpooled.config import Config
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "$BERTPOOLED_IMDB" in text  # once lost: typer's rich help read "[env: ...]" as markup
+    assert f"(default: {Config.epochs})" in text and f"(default: {Config.lr})" in text
+
+
+def test_an_unknown_compare_parameter_is_a_one_line_error():
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+
+    result = CliRunner().invoke(app, ["mlproject-compare", "--baseline", "basic", "--groupby", "mode"])
+    assert result.exit_code == 2 and "unknown compare parameter(s) groupby" in result.output

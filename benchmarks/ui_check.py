@@ -1,0 +1,150 @@
+"""What the printed runs link shows in MLflow's UI, checked in a real headless Chromium.
+
+    python benchmarks/ui_check.py [--keep DIR]
+
+Makes a tiny IMDB, trains two smoke runs (basic, pool; `--config smoke` on the offline MiniLM) into a
+fresh SQLite store, adds a run tagged as a comparison to the same experiment (which the view must hide),
+starts `mlflow ui` on 127.0.0.1, and loads the link `bertpooled train` printed in Chromium (Debian's
+`chromium`, headless, a fresh profile, no network but loopback). It checks the rendered page: the view's
+columns are shown, the comparison run is not, and the chart view opens on train/loss, train/accuracy,
+test/accuracy. Screenshots of both, and of the run page, go to docs/. Exit 0 when every check holds; each failure is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import write_imdb_archive, write_imdb_tree  # noqa: E402  (the tests' tiny IMDB)
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1920,1000",
+    # The UI fetches runs after it renders; virtual time lets those requests finish before the capture.
+    "--virtual-time-budget=30000",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chromium(url: str, work: Path, *, screenshot: Path | None = None) -> str:
+    """The DOM Chromium rendered for `url` (or, with `screenshot`, write a PNG); a fresh profile each time."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        sys.exit("error: no chromium on PATH: apt-get install chromium")
+    profile = Path(tempfile.mkdtemp(dir=work, prefix="profile-"))
+    action = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *action, url],
+                         capture_output=True, text=True, timeout=180)
+    return out.stdout
+
+
+def train(mode: str, env: dict, data: Path) -> tuple[str, str]:
+    """One smoke run through the CLI; the runs link and run link it printed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bertpooled", "train", "--config", "smoke", "--mode", mode, "--data", str(data), "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=env["WORK"], timeout=600,
+    )
+    if out.returncode:
+        sys.exit(f"error: training {mode} failed: {out.stderr.strip().splitlines()[-1]}")
+    runs = re.search(r"^runs: (\S+)", out.stdout, re.M).group(1)
+    run = re.search(r"^run:  (\S+)", out.stdout, re.M).group(1)
+    return runs, run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", help="Work folder to keep (default: a temporary one, removed).")
+    parser.add_argument("--docs", default=str(ROOT / "docs"), help="Where the screenshots go.")
+    args = parser.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="bertpooled-ui-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = write_imdb_archive(write_imdb_tree(work / "imdb"), work / "aclImdb_v1.tar.gz")
+    uri = f"sqlite:///{work}/mlflow.db"
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "BERTPOOLED_CACHE": str(work / "cache"),
+           "PYTHONPATH": str(ROOT), "WORK": str(work)}
+    for var in ("BERTPOOLED_IMDB", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / "ui.log", "w"),
+    )
+    failures: list[str] = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if ui.poll() is not None or time.time() > deadline:
+                    sys.exit(f"error: mlflow ui did not start: {(work / 'ui.log').read_text()[-500:]}")
+                time.sleep(0.5)
+        runs_link, run_link = train("basic", env, data)
+        train("pool", env, data)
+        import mlflow
+
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        experiment = mlflow.get_experiment_by_name("bertpooled")
+        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="a-comparison-run"):
+            mlflow.set_tag("bertpooled.kind", "comparison")
+            mlflow.log_metric("compare/pool/accuracy_diff", -0.01)
+        print(f"runs link: {runs_link}\nrun link:  {run_link}")
+
+        table = chromium(runs_link, work)
+        for column in ("mode", "backbone", "config/seed", "test/accuracy", "time/total_s", "params/head"):
+            if f">{column}<" not in table and f'"{column}"' not in table:
+                failures.append(f"runs table: no column {column!r}")
+        for name in ("basic-minilm-s0", "pool-minilm-s0"):
+            if name not in table:
+                failures.append(f"runs table: training run {name} not shown")
+        if "a-comparison-run" in table:
+            failures.append("runs table: the comparison run is shown")
+        first: list[str] = []
+        for _ in range(3):  # a loaded machine may need more than one virtual-time budget to draw the charts
+            charts = chromium(runs_link + "&compareRunsMode=CHART", work)
+            first = list(dict.fromkeys(re.findall(r">((?:train|test|time|params|compare)/[\w/]+)<", charts)))[:3]
+            if first:
+                break
+        if first != ["train/loss", "train/accuracy", "test/accuracy"]:
+            failures.append(f"chart view: first charts are {first}, not train/loss, train/accuracy, test/accuracy")
+        run_page = chromium(run_link, work)
+        if "basic-minilm-s0" not in run_page:
+            failures.append("run page: run name not shown")
+
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        chromium(runs_link, work, screenshot=docs / "ui-runs-table.png")
+        chromium(runs_link + "&compareRunsMode=CHART", work, screenshot=docs / "ui-charts.png")
+        chromium(run_link, work, screenshot=docs / "ui-run.png")
+        print(f"screenshots: {docs / 'ui-runs-table.png'}, {docs / 'ui-charts.png'}, {docs / 'ui-run.png'}")
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    for line in failures:
+        print(f"FAIL {line}")
+    print("ok" if not failures else f"{len(failures)} check(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The runs-table view the printed MLflow UI link opens: which columns, which runs, which charts first.
+
+MLflow 3's UI keeps a view as an experiment tag and opens it from the URL (its "Share" button does the
+same): the tag `mlflow.sharedViewState.<key>` holds the page's state as JSON, and
+`#/experiments/<id>/runs?viewStateShareKey=<key>` loads it (mlflow/server/js, `useSharedExperimentViewState`:
+the search facets `searchFilter`/`orderByKey`/`orderByAsc` go to the URL, the `EXPERIMENT_PAGE_UI_STATE_FIELDS`
+(selected columns, chart cards and sections) replace the page's UI state). This module builds that state;
+`tracking` writes the tag. Pure data, no MLflow import, so tests can check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+SHARE_TAG_PREFIX = "mlflow.sharedViewState."
+SHARE_URL_PARAM = "viewStateShareKey"
+# Without this experiment tag MLflow 3 guesses the experiment's kind and may open its GenAI pages.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+# What a user came for, left to right. Tags and params are strings, metrics numbers.
+COLUMNS = (
+    ("tags", "mode"),
+    ("tags", "backbone"),
+    ("params", "config/seed"),
+    ("metrics", "test/accuracy"),
+    ("metrics", "time/total_s"),
+    ("metrics", "params/head"),
+)
+TRAINING_RUNS_FILTER = "tags.`bertpooled.kind` = 'train'"
+
+# Chart sections in this order; any other metric prefix MLflow finds is appended after them.
+SECTIONS = ("train", "test", "time", "params", "throughput")
+# (metric, chart): learning curves first, then the final figures as one bar per run. MLflow would draw a
+# final metric (logged once, at the last epoch's step) as a one-dot line chart.
+CHARTS = (
+    ("train/loss", "LINE"),
+    ("train/accuracy", "LINE"),
+    ("test/accuracy", "BAR"),
+    ("test/f1", "BAR"),
+    ("test/roc_auc", "BAR"),
+    ("time/total_s", "BAR"),
+    ("time/train_s", "BAR"),
+    ("time/epoch_s", "LINE"),
+    ("params/head", "BAR"),
+)
+
+
+def _column_key(kind: str, name: str) -> str:
+    """The UI's canonical column id (`makeCanonicalSortKey`): kind.`name`."""
+    return f"{kind}.`{name}`"
+
+
+def _uuid(text: str) -> str:
+    # Stable ids keep the state, and so its share key, the same from run to run.
+    return "bertpooled-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _chart(metric: str, kind: str) -> dict:
+    section = metric.split("/", 1)[0]
+    card = {
+        "uuid": _uuid(f"chart:{metric}"),
+        "type": kind,
+        "runsCountToCompare": 100,
+        "metricSectionId": _uuid(f"section:{section}"),
+        "deleted": False,
+        # Not "generated": MLflow turns a generated bar chart of a stepped metric back into a line chart.
+        "isGenerated": False,
+        "displayName": metric,
+        "metricKey": metric,
+    }
+    if kind == "LINE":
+        card.update({
+            "selectedMetricKeys": [metric], "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
+            "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric",
+            "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True,
+        })
+    return card
+
+
+def training_view_state() -> dict:
+    """The experiment page's state: training runs only, newest first, the columns and charts above.
+
+    Every UI-state field is given because the UI replaces its whole state with the shared one.
+    """
+    return {
+        "searchFilter": TRAINING_RUNS_FILTER,
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "selectedColumns": [_column_key(kind, name) for kind, name in COLUMNS],
+        "columnOrder": [],
+        "columnWidths": {},
+        "runsExpanded": {},
+        "runsPinned": [],
+        "runsHidden": [],
+        "runsVisibilityMap": {},
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": [_chart(metric, kind) for metric, kind in CHARTS],
+        "compareRunSections": [
+            {"uuid": _uuid(f"section:{name}"), "name": name, "display": True, "isReordered": True, "deleted": False}
+            for name in SECTIONS
+        ],
+        "viewMaximized": False,
+        "runListHidden": False,
+        # Keeps the sections in the order above; MLflow otherwise sorts them by name.
+        "isAccordionReordered": True,
+        "groupBy": None,
+        "groupsExpanded": {},
+        "autoRefreshEnabled": True,
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+
+
+def view_tag(state: dict) -> tuple[str, str, str]:
+    """(share key, experiment tag key, tag value) for a view state; the key is the digest of the state."""
+    value = json.dumps(state, separators=(",", ":"), sort_keys=True)
+    key = "bertpooled-train-" + hashlib.sha256(value.encode()).hexdigest()[:10]
+    return key, SHARE_TAG_PREFIX + key, value

@@ -1,0 +1,62 @@
+"""The printed MLflow UI links and the training view they open (benchmarks/ui_check.py checks it in Chromium)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from bertpooled import tracking, ui_view
+
+
+def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():
+    state = ui_view.training_view_state()
+    assert state["searchFilter"] == "tags.`bertpooled.kind` = 'train'"
+    assert state["selectedColumns"] == [
+        "tags.`mode`", "tags.`backbone`", "params.`config/seed`",
+        "metrics.`test/accuracy`", "metrics.`time/total_s`", "metrics.`params/head`",
+    ]
+    charts = [(c["metricKey"], c["type"]) for c in state["compareRunCharts"]]
+    assert charts[:3] == [("train/loss", "LINE"), ("train/accuracy", "LINE"), ("test/accuracy", "BAR")]
+    # Sections keep this order only when the accordion counts as reordered; charts stay bars only when not generated.
+    assert [s["name"] for s in state["compareRunSections"]][:2] == ["train", "test"]
+    assert state["isAccordionReordered"] is True
+    assert not any(c["isGenerated"] for c in state["compareRunCharts"])
+    sections = {s["uuid"] for s in state["compareRunSections"]}
+    assert all(c["metricSectionId"] in sections for c in state["compareRunCharts"])
+
+
+def test_view_tag_key_follows_the_state_and_fits_mlflow_limits():
+    key, tag, value = ui_view.view_tag(ui_view.training_view_state())
+    assert tag == "mlflow.sharedViewState." + key
+    assert ui_view.view_tag(ui_view.training_view_state())[0] == key  # stable across runs
+    changed = {**ui_view.training_view_state(), "searchFilter": ""}
+    assert ui_view.view_tag(changed)[0] != key
+    assert json.loads(value)["orderByKey"] == "attributes.start_time"
+    assert len(value) < 20000  # MLflow's limit on an experiment tag's value
+
+
+def test_runs_link_opens_the_stored_view_in_the_model_training_pages(store):
+    mlflow.set_experiment("bertpooled")
+    with mlflow.start_run() as run:
+        runs_link, run_link = tracking.ui_links(run)
+    fragment = urlsplit(runs_link).fragment
+    query = parse_qs(fragment.split("?", 1)[1])
+    assert query["workflowType"] == ["machine_learning"]
+    key = query["viewStateShareKey"][0]
+    tags = MlflowClient().get_experiment(run.info.experiment_id).tags
+    assert json.loads(tags["mlflow.sharedViewState." + key]) == ui_view.training_view_state()
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run_link.endswith(f"/runs/{run.info.run_id}?workflowType=machine_learning")
+    assert runs_link.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert tracking.ui_hint() == f"start the UI with `mlflow ui --backend-store-uri {store}`"
+    assert tracking.tracking_uri() == store  # printed beside the model URI for loading from another folder
+
+
+def test_experiment_kind_set_by_someone_else_is_left_alone(store):
+    experiment_id = mlflow.set_experiment("bertpooled").experiment_id
+    MlflowClient().set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")
+    tracking.ensure_training_view(experiment_id)
+    assert MlflowClient().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "genai_development"
