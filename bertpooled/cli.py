@@ -44,6 +44,15 @@ def _progress(flag: Optional[bool]) -> Optional[bool]:
     return flag
 
 
+def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
+    """MLFLOW_TRACKING_URI (and `tracking_uri`) without `user:password@`, moved to MLflow's basic-auth
+    variables before MLflow sees the URI: MLflow prints the URI in lines of its own."""
+    from bertpooled.tracking import move_uri_credentials
+
+    move_uri_credentials()
+    return move_uri_credentials(tracking_uri) if tracking_uri else tracking_uri
+
+
 def _sigterm_as_interrupt() -> None:
     """SIGTERM (a scheduler or `kill`) unwinds like Ctrl-C, so the run is ended KILLED, not left RUNNING."""
 
@@ -82,6 +91,7 @@ def train(
     from bertpooled.config import load_config, parse_sets
 
     _sigterm_as_interrupt()
+    _hide_credentials()
     try:
         overrides = parse_sets(set_)
         named = {
@@ -145,6 +155,7 @@ def compare_runs_command(
     from bertpooled import compare
 
     ids = [i.strip() for value in run_id or [] for i in value.split(",") if i.strip()]
+    tracking_uri = _hide_credentials(_blank_to_none(tracking_uri))
     try:
         report = compare.compare_runs(
             format=_blank_to_none(format) or "table",
@@ -226,6 +237,7 @@ def sweep_command(
     from bertpooled.report import FORMATS
 
     _sigterm_as_interrupt()
+    _hide_credentials()
     fmt = _blank_to_none(format) or "table"
     try:
         if fmt not in FORMATS:

@@ -86,12 +86,19 @@ def check_source(data: str | None) -> None:
         return
     path = Path(src).expanduser()
     if not path.exists():
-        raise BertpooledError(f"IMDB data {src} does not exist: {_FIX}")
+        raise BertpooledError(f"IMDB data {_shown(src)} does not exist: {_FIX}")
     if path.is_dir():
         return
     if not path.is_file() or not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise BertpooledError(
-            f"IMDB data {src} is neither a folder nor a .tar.gz/.tgz/.tar archive: {_FIX}")
+            f"IMDB data {_shown(src)} is neither a folder nor a .tar.gz/.tgz/.tar archive: {_FIX}")
+
+
+def _shown(src: str) -> str:
+    """`src` as an error line may show it: a URI's `user:password@` removed."""
+    from bertpooled.tracking import redact_uri  # late: only an error pays for importing MLflow
+
+    return redact_uri(src)
 
 
 def cache_dir() -> Path:

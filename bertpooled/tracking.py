@@ -15,7 +15,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
@@ -40,6 +40,30 @@ def redact_uri(uri: str) -> str:
             host = f"{host}:{parts.port}"
         return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     return uri
+
+
+def move_uri_credentials(uri: str | None = None) -> str | None:
+    """Take `user:password@` out of an http(s) tracking URI before MLflow reads it; returns the URI without them.
+
+    MLflow prints its tracking URI in lines of its own (`View run ... at: <uri>`), which this project cannot
+    redact, so the credentials go where MLflow's client reads them for HTTP basic auth instead:
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (values already set there win). With no `uri`,
+    MLFLOW_TRACKING_URI itself is rewritten. Database URIs keep theirs (the driver needs them) and are
+    only ever shown through `redact_uri`.
+    """
+    from_env = uri is None
+    uri = os.environ.get("MLFLOW_TRACKING_URI") if from_env else uri
+    if not uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not (parts.username or parts.password):
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+    clean = redact_uri(uri)
+    if from_env:
+        os.environ["MLFLOW_TRACKING_URI"] = clean
+    return clean
 
 
 def use_default_experiment() -> None:
