@@ -118,3 +118,105 @@ def test_uri_credentials_move_into_mlflows_basic_auth_variables(no_auth_env, mon
     assert os.environ["MLFLOW_TRACKING_URI"] == "https://mlflow.example.org:8443/"
     assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("bob", "p@ss")
     assert move_uri_credentials("postgresql://u:p@db/mlflow") == "postgresql://u:p@db/mlflow"  # the driver needs them
+
+
+# --- 3. caches ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_bert):
+    from bertpooled import backbone
+
+    return backbone.load_tokenizer(backbone.inspect(str(tiny_bert)))
+
+
+TEXTS = ["a great film", "dull and boring plot", "the actor was superb"]
+
+
+def _entry(tmp_path, tokenizer):
+    from bertpooled import tokens
+
+    want, hit = tokens.load_or_tokenize(tokenizer, TEXTS, 8, key="k", cache_dir=tmp_path, progress=False)
+    assert not hit
+    return want, tmp_path / "tokens" / "k.npz"
+
+
+def _bit_flip(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _wrong_arrays(path: Path) -> None:
+    import numpy as np
+
+    with np.load(path) as data:
+        ids, lengths, sha = data["ids"].copy(), data["lengths"], data["sha256"]
+    ids[0, 1] += 1  # a readable, well-formed entry whose ids are not the tokenizer's
+    np.savez(path, ids=ids, lengths=lengths, sha256=sha)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated
+    _bit_flip,
+    _wrong_arrays,
+], ids=["truncated", "bit-flip", "wrong-arrays"])
+def test_a_damaged_token_cache_entry_is_rebuilt_with_one_warning(tmp_path, tiny_tokenizer, damage, capsys):
+    import numpy as np
+
+    from bertpooled import tokens
+
+    want, path = _entry(tmp_path, tiny_tokenizer)
+    damage(path)
+    capsys.readouterr()
+    got, hit = tokens.load_or_tokenize(tiny_tokenizer, TEXTS, 8, key="k", cache_dir=tmp_path, progress=False)
+    assert not hit and np.array_equal(got.ids, want.ids) and np.array_equal(got.lengths, want.lengths)
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warning) == 1 and warning[0].startswith("warning: token cache entry") and "k.npz" in warning[0]
+    again, hit = tokens.load_or_tokenize(tiny_tokenizer, TEXTS, 8, key="k", cache_dir=tmp_path, progress=False)
+    assert hit and np.array_equal(again.ids, want.ids)  # the rebuilt entry replaced the bad one
+
+
+def test_an_unwritable_token_cache_means_running_without_it(tmp_path, tiny_tokenizer, capsys):
+    from bertpooled import tokens
+
+    # A file where the cache folder should be: unwritable even for root (a read-only mount acts the same).
+    (tmp_path / "tokens").write_text("")
+    got, hit = tokens.load_or_tokenize(tiny_tokenizer, TEXTS, 8, key="k", cache_dir=tmp_path, progress=False)
+    assert not hit and len(got) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "running without it" in err[0]
+
+
+def test_a_full_token_cache_leaves_no_temporary_file(tmp_path, tiny_tokenizer, monkeypatch, capsys):
+    import numpy as np
+
+    from bertpooled import tokens
+
+    real = np.savez
+
+    def disk_full(file, **arrays):
+        real(file, **arrays)  # the file is there, half-written as far as the reader knows
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    got, hit = tokens.load_or_tokenize(tiny_tokenizer, TEXTS, 8, key="k", cache_dir=tmp_path, progress=False)
+    assert not hit and len(got) == 3
+    assert "No space left on device" in capsys.readouterr().err
+    assert list((tmp_path / "tokens").iterdir()) == []
+
+
+def test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest(tmp_path, monkeypatch, capsys):
+    import bertpooled.data
+    from conftest import write_imdb_archive, write_imdb_tree
+
+    monkeypatch.setattr(bertpooled.data, "_PARSED_MIN_BYTES", 0)  # tiny archives are cached too
+    archive = write_imdb_archive(write_imdb_tree(tmp_path, per_label=3), tmp_path / "aclImdb_v1.tar.gz")
+    want = bertpooled.data.load_imdb(str(archive), cache_dir=tmp_path / "cache")
+    (entry,) = (tmp_path / "cache" / "parsed").glob("imdb-*.bin")
+    head, blob = entry.read_bytes().split(b"\n", 1)
+    entry.write_bytes(head + b"\n" + blob.replace(b"the", b"awf", 1))  # same sizes, other text
+    capsys.readouterr()
+    got = bertpooled.data.load_imdb(str(archive), cache_dir=tmp_path / "cache")
+    assert got.digest == want.digest and got.train.texts == want.train.texts
+    assert "parsed IMDB cache" in capsys.readouterr().err
