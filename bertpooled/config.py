@@ -23,6 +23,7 @@ FEATURES = ("embeddings", "encoder")
 INITS = ("keras", "torch")
 REFERENCE_TEXTS = ("tokens", "full")
 EXPERIMENTS_DIR = Path("experiments")
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -100,6 +101,10 @@ class Config:
         for name in ("seed", "data_seed", "max_train_examples", "max_test_examples", "num_threads"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "an integer >= 0")
+        for name in ("seed", "data_seed"):
+            # NumPy's seeds stop at 2**32 - 1: a larger one would pass here and fail inside the run.
+            if getattr(self, name) > MAX_SEED:
+                _bad(name, getattr(self, name), f"an integer from 0 to {MAX_SEED}")
         if self.max_len < 2:
             _bad("max_len", self.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -139,6 +144,9 @@ class Config:
                 _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
             if self.features != "embeddings" or self.finetune or self.pool_at != "input":
                 _bad("mode", self.mode, "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)")
+        if self.mode == "basic" and self.features == "embeddings" and not spec.is_identity:
+            # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
+            _bad("pool", self.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
         self._check_pooling_combination(spec, PoolPosition.parse(self.pool_at))
 
     def _check_pooling_combination(self, spec, position) -> None:
@@ -189,7 +197,10 @@ def _coerce(name: str, value: Any) -> Any:
         text = value.strip()
         if kind in ("str", "str | None"):
             return text
-        value = yaml.safe_load(text) if text else None
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text  # not YAML (e.g. "@3"): the type check below names the field and what is valid
     try:
         if kind == "int":
             if isinstance(value, bool) or not float(value).is_integer():
@@ -227,6 +238,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a config YAML file (empty file = no settings)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BertpooledError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise BertpooledError(f"config file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""

@@ -130,7 +130,20 @@ def read_data(config: Config, phases: Phases, progress: bool | None = None) -> t
             imdb.train.labels, fraction=config.train_fraction, n=config.max_train_examples or None, seed=config.data_seed
         )
         test_idx = data.balanced_subset(imdb.test.labels, n=config.max_test_examples or None, seed=config.data_seed)
-    return imdb, imdb.train.take(train_idx), imdb.test.take(test_idx)
+    train_split = imdb.train.take(train_idx)
+    check_training_subset(config, train_split.labels)
+    return imdb, train_split, imdb.test.take(test_idx)
+
+
+def check_training_subset(config: Config, labels: np.ndarray) -> None:
+    """A training subset needs both labels: none or one class would fail (or train a constant) inside the run."""
+    counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}
+    if len(counts) < 2:
+        raise BertpooledError(
+            f"config: train_fraction={config.train_fraction} and max_train_examples={config.max_train_examples} "
+            f"leave {counts.get(1, 0)} positive and {counts.get(0, 0)} negative training reviews: both labels are "
+            "needed, so raise train_fraction or max_train_examples (2 or more)"
+        )
 
 
 def prepare(config: Config, info: backbone.BackboneInfo, imdb, train, test, phases: Phases, progress=None) -> Prepared:

@@ -220,3 +220,32 @@ def test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest(t
     got = bertpooled.data.load_imdb(str(archive), cache_dir=tmp_path / "cache")
     assert got.digest == want.digest and got.train.texts == want.train.texts
     assert "parsed IMDB cache" in capsys.readouterr().err
+
+
+# --- 7. bad input that created a run or a traceback --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--seed", "4294967296"], ["seed=4294967296", "4294967295"]),
+        (["--set", "data_seed=4294967296"], ["data_seed=4294967296"]),
+        (["--max-train-examples", "1"], ["1 positive and 0 negative", "max_train_examples"]),
+        (["--train-fraction", "0.01"], ["0 positive and 0 negative", "train_fraction"]),
+        (["--set", "epochs=@3"], ["epochs='@3'", "integer"]),
+        (["--set", "lr=[1"], ["lr='[1'", "number"]),
+        (["--mode", "basic", "--pool", "avg:3x3"], ["pool='avg:3x3'", "mode=pool"]),
+    ],
+)
+def test_bad_input_found_inside_the_run_now_fails_before_any_run(store, tiny_bert, tiny_imdb, args, words):
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), *args)
+    assert_user_error(result, *words)
+    assert runs_in(store) == []
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(store, tiny_bert, tiny_imdb, tmp_path):
+    bad = tmp_path / "latin.yaml"
+    bad.write_bytes("description: caf\xe9\n".encode("latin-1"))
+    result = CliRunner().invoke(app, ["train", "--config", str(bad), "--model", str(tiny_bert)])
+    assert_user_error(result, "latin.yaml", "UTF-8")
+    assert runs_in(store) == []
