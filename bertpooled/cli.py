@@ -116,11 +116,14 @@ def train(
         fail(str(exc))
         return
     except KeyboardInterrupt:
-        import mlflow
+        fail(_interrupted_line(), code=130)
+        return
+    except Exception as exc:
+        from bertpooled.tracking import is_store_failure, store_error
 
-        last = mlflow.last_active_run()
-        hint = f"; resume it with: bertpooled train --resume {last.info.run_id}" if last else ""
-        fail(f"interrupted; the run was marked KILLED{hint}", code=130)
+        if not is_store_failure(exc):
+            raise  # a bug: its traceback is what a report needs
+        fail(str(store_error(None, exc)))
         return
     m = outcome.metrics
     typer.echo(
@@ -130,6 +133,24 @@ def train(
     )
     typer.echo(f"runs: {outcome.runs_link}")
     typer.echo(f"run:  {outcome.run_link}   (start the UI with `mlflow ui` in the project root)")
+
+
+def _interrupted_line() -> str:
+    """What an interrupted `train` says: only a run that exists was marked KILLED, and only one with a checkpoint
+    can be resumed (a run stopped before its first epoch is refused by --resume)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    last = mlflow.last_active_run()
+    if last is None:
+        return "interrupted before any run was created; nothing to resume"
+    try:
+        tags = MlflowClient().get_run(last.info.run_id).data.tags
+    except Exception:  # noqa: BLE001 - the store may be what failed; the run id is still worth printing
+        tags = {"checkpoint/epoch": "?"}
+    if "checkpoint/epoch" not in tags:
+        return f"interrupted; run {last.info.run_id} was marked KILLED before its first checkpoint: start it again"
+    return f"interrupted; the run was marked KILLED; resume it with: bertpooled train --resume {last.info.run_id}"
 
 
 def _blank_to_none(value: Optional[str]) -> Optional[str]:

@@ -249,3 +249,107 @@ def test_a_config_file_that_is_not_utf8_is_one_line(store, tiny_bert, tiny_imdb,
     result = CliRunner().invoke(app, ["train", "--config", str(bad), "--model", str(tiny_bert)])
     assert_user_error(result, "latin.yaml", "UTF-8")
     assert runs_in(store) == []
+
+
+def test_a_damaged_mlflow_db_is_one_line_before_any_work(tiny_bert, tiny_imdb, tmp_path, monkeypatch):
+    good = tmp_path / "good.db"
+    client = MlflowClient(f"sqlite:///{good}")
+    client.create_run(client.create_experiment("x"))
+    half = tmp_path / "mlflow.db"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{half}")
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("bertpooled.train.read_data", lambda *a, **k: pytest.fail("data read with a broken store"))
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
+    assert_user_error(result, "mlflow.db", "malformed", "backup")
+    assert len(result.output.splitlines()) == 1
+
+
+def test_a_store_that_fails_mid_run_is_one_line_not_pages(store, tiny_bert, tiny_imdb, monkeypatch):
+    import sqlite3
+
+    from bertpooled import tracking
+
+    def full(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database or disk is full") from \
+            sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(tracking, "log_predictions", full)
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
+    assert_user_error(result, "disk is full", "--resume")
+    (run,) = runs_in(store)
+    assert run.info.status == "FAILED"  # not left RUNNING
+
+
+# --- 5. Ctrl-C before the first checkpoint ---------------------------------------------------------------------
+
+
+def test_ctrl_c_before_the_first_checkpoint_offers_no_resume_that_would_be_refused(store, tiny_bert, tiny_imdb, monkeypatch):
+    from bertpooled import tokens
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokens, "tokenize", interrupted)
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
+    assert result.exit_code == 130
+    assert "--resume" not in result.output and "start it again" in result.output
+    (run,) = runs_in(store)
+    assert run.info.status == "KILLED"
+
+
+# --- 6. bounded waits on a bad server --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def hanging_server():
+    """An HTTP server on 127.0.0.1 whose /health answers and whose every other path hangs for 60 s."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            if self.path != "/health":
+                release.wait(60)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tiny_bert, tiny_imdb, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", hanging_server)
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    start = time.perf_counter()
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
+    assert time.perf_counter() - start < 20
+    assert_user_error(result, "answers /health but its API does not answer")
+    assert "KILLED" not in result.output
+
+
+def test_an_unreachable_postgresql_uri_is_one_line_within_seconds(tiny_bert, tiny_imdb, tmp_path, monkeypatch):
+    closed = socket.socket()  # bound, never listening: connections to its port are refused while the test runs
+    closed.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://mlflow:{SECRET}@127.0.0.1:{closed.getsockname()[1]}/mlflow")
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    start = time.perf_counter()
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
+    assert time.perf_counter() - start < 20
+    assert_user_error(result, "tracking database", "unreachable")
+    assert len(result.output.splitlines()) == 1 and SECRET not in result.output
+    closed.close()
