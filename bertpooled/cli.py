@@ -85,6 +85,7 @@ def train(
     finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
+    allow_code_change: bool = typer.Option(False, "--allow-code-change", help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
@@ -108,10 +109,14 @@ def train(
             given = {k: v for k, v in overrides.items() if str(v).strip()}
             if config:
                 given["config"] = config
-            cfg, target = prepare_resume(resume, given)
+            cfg, target = prepare_resume(resume, given, allow_code_change=allow_code_change)
         else:
             cfg, target = load_config(config or None, overrides), None
-        outcome = run_experiment(cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target)
+        try:
+            outcome = run_experiment(cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target)
+        finally:
+            if target is not None:
+                target.release()
     except BertpooledError as exc:
         fail(str(exc))
         return

@@ -82,15 +82,51 @@ def use_default_experiment() -> None:
 
 
 def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the working tree, or ("unknown", False) outside git."""
+    """(commit, dirty) of the project's own code (the package's folder), or ("unknown", False) outside git."""
+    code = code_provenance()
+    return code["git/commit"], code["git/dirty"] == "true"
+
+
+def code_provenance() -> dict[str, str]:
+    """Which code trains: the git commit of the repository holding this package (not of the current folder),
+    whether the package's files differ from it (and a sha256 of that difference), and the installed version.
+
+    A package installed outside any repository (a wheel in site-packages) has commit "unknown"; a repository
+    that merely contains the install (a venv inside some project) does not count, since it does not track it.
+    """
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    import bertpooled
+
+    package = Path(bertpooled.__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
-        )
-        return commit, dirty
+        installed = version("bertpooled")
+    except PackageNotFoundError:
+        installed = "unknown"
+    out = {"git/commit": "unknown", "git/dirty": "false", "git/diff_sha256": "", "code/version": installed}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, timeout=10)
+
+    try:
+        tracked = git("ls-files", "--error-unmatch", "__init__.py")
+        commit = git("rev-parse", "HEAD")
+        if tracked.returncode or commit.returncode:
+            return out
+        diff = git("diff", "HEAD", "--", ".").stdout
     except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+        return out
+    out["git/commit"] = commit.stdout.decode().strip()
+    out["git/dirty"] = "true" if diff else "false"
+    out["git/diff_sha256"] = hashlib.sha256(diff).hexdigest() if diff else ""
+    return out
+
+
+def logged_code(run_id: str) -> dict[str, str]:
+    """The code provenance a run logged (params), for comparing on resume; keys missing in older runs are absent."""
+    params = MlflowClient().get_run(run_id).data.params
+    return {k: params[k] for k in ("git/commit", "git/dirty", "git/diff_sha256", "code/version") if k in params}
 
 
 def run_name(mode: str, model: str, seed: int) -> str:
@@ -129,7 +165,31 @@ def training_run(
         _end_run(run.info.run_id, "FAILED", (str(exc).splitlines() or [type(exc).__name__])[0][:5000] or type(exc).__name__)
         raise
     else:
+        if resume_run_id:
+            _clear_tag(run.info.run_id, "error")  # the interruption it recorded is over: the run FINISHED
         mlflow.end_run("FINISHED")
+
+
+def _clear_tag(run_id: str, key: str) -> None:
+    client = MlflowClient()
+    if key in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, key)
+
+
+def fail_unfinished_models(run_id: str) -> list[str]:
+    """Mark FAILED the logged models of `run_id` still PENDING (a process killed while logging its model left
+    them); a resumed run then logs its model anew. Returns their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    pending = [
+        m.model_id for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        if m.status == LoggedModelStatus.PENDING
+    ]
+    for model_id in pending:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    return pending
 
 
 def _end_run(run_id: str, status: str, reason: str) -> None:

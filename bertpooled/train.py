@@ -398,8 +398,11 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
                          latency_texts=cfg.latency_texts, throughput_batches=cfg.throughput_batches)
         )
     head_total, head_trainable = count_parameters(model.head)
-    train_s = phases.seconds["train"]
     resumed_epochs = checkpoints.resume.epoch if checkpoints is not None and checkpoints.resume is not None else 0
+    # time/train_s of a resumed run covers every epoch: the earlier ones were timed by the process that ran them
+    # (their seconds travel in the checkpoint). Otherwise a resume after the last epoch logs about 0 s.
+    phases.seconds["train"] += sum(h.seconds for h in history[:resumed_epochs])
+    train_s = phases.seconds["train"]
     if prepared.embeddings is not None:
         backbone_params, embedding_params, backbone_trainable = (
             prepared.embeddings.backbone_params, prepared.embeddings.table.numel(), 0
@@ -414,8 +417,7 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
             "params/backbone": backbone_params,
             "params/backbone_trainable": backbone_trainable,
             "params/embeddings": embedding_params,
-            # Epochs this process trained: a resumed run's earlier epochs took their time elsewhere.
-            "throughput/train_examples_per_s": len(prepared.train) * max(cfg.epochs - resumed_epochs, 1) / max(train_s, 1e-9),
+            "throughput/train_examples_per_s": len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
             "data/train_examples": len(prepared.train),
             "data/test_examples": len(prepared.test),
             "tokens/cache_hit": float(prepared.tokens_cache_hit),

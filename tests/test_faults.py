@@ -353,3 +353,89 @@ def test_an_unreachable_postgresql_uri_is_one_line_within_seconds(tiny_bert, tin
     assert_user_error(result, "tracking database", "unreachable")
     assert len(result.output.splitlines()) == 1 and SECRET not in result.output
     closed.close()
+
+
+# --- 4. provenance ----------------------------------------------------------------------------------------------
+
+
+def test_the_logged_commit_is_the_codes_not_the_current_folders(tmp_path, monkeypatch):
+    import bertpooled
+    from bertpooled import tracking
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(other)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (other / "f").write_text("x")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "other"], check=True)
+    monkeypatch.chdir(other)
+    code = subprocess.run(["git", "-C", str(Path(bertpooled.__file__).parent), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    other_commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit, _ = tracking.git_commit()
+    assert commit != other_commit and commit == (code or "unknown")
+    assert tracking.code_provenance()["code/version"]  # the installed package's version
+
+
+def test_resuming_with_other_code_is_refused_unless_allowed_and_then_recorded(store, tiny_bert, tiny_imdb, monkeypatch):
+    from test_resume import _killed_run_with_a_checkpoint
+
+    from bertpooled import tracking
+
+    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    logged = tracking.logged_code(run_id)
+    assert {"git/commit", "git/dirty", "code/version"} <= set(logged)
+    changed = {**logged, "git/commit": "f" * 40}
+    monkeypatch.setattr(tracking, "code_provenance", lambda: changed)
+    refused = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
+    assert_user_error(refused, "other code", "--allow-code-change", "f" * 40)
+    assert MlflowClient(store).get_run(run_id).info.status == "KILLED"  # left as it was
+    allowed = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb), "--allow-code-change"])
+    assert allowed.exit_code == 0, allowed.output
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.status == "FINISHED" and "f" * 40 in run.data.tags["resume/code_change"]
+
+
+# --- 5. resume side effects ------------------------------------------------------------------------------------
+
+
+def test_a_resume_after_the_last_epoch_clears_the_error_tag_fails_orphan_models_and_times_every_epoch(
+    store, tiny_bert, tiny_imdb, monkeypatch
+):
+    from mlflow.entities import LoggedModelStatus
+    from test_resume import _killed_run_with_a_checkpoint
+
+    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    client = MlflowClient(store)
+    run = client.get_run(run_id)
+    assert run.data.tags["error"]
+    # What a process killed inside mlflow.pyfunc.log_model leaves: a logged model that stays PENDING.
+    orphan = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id)
+    epoch_s = [m.value for m in client.get_metric_history(run_id, "time/epoch_s")]
+    result = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
+    assert result.exit_code == 0, result.output
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert client.get_logged_model(orphan.model_id).status == LoggedModelStatus.FAILED
+    # Both epochs were trained before the kill; the resumed run's training time is theirs, not ~0 s.
+    assert run.data.metrics["time/train_s"] >= sum(epoch_s) * 0.99
+    n = run.data.metrics["data/train_examples"] * 2
+    assert run.data.metrics["throughput/train_examples_per_s"] <= n / sum(epoch_s) * 1.01
+
+
+def test_a_second_resume_of_a_run_being_resumed_is_one_line(store, tiny_bert, tiny_imdb, monkeypatch):
+    from test_resume import _killed_run_with_a_checkpoint
+
+    from bertpooled.experiment import claim_run
+
+    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    first = claim_run(run_id)  # another resume of it holds the run
+    try:
+        second = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
+    finally:
+        first.close()
+    assert_user_error(second, "being resumed by another process")
+    assert MlflowClient(store).get_run(run_id).info.status == "KILLED"
+    third = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
+    assert third.exit_code == 0, third.output  # once the first is gone, a resume goes ahead
