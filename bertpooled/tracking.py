@@ -145,7 +145,8 @@ def training_run(
     the run is a new child of that run, in its experiment, nested in MLflow's UI.
     """
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id)  # the same run, RUNNING again
+        # The same run, RUNNING again; nested when a sweep's parent run is active in this process.
+        run = mlflow.start_run(run_id=resume_run_id, nested=mlflow.active_run() is not None)
     elif parent_run_id:
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id)

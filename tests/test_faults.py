@@ -439,3 +439,65 @@ def test_a_second_resume_of_a_run_being_resumed_is_one_line(store, tiny_bert, ti
     assert MlflowClient(store).get_run(run_id).info.status == "KILLED"
     third = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
     assert third.exit_code == 0, third.output  # once the first is gone, a resume goes ahead
+
+
+# --- 2. a parallel sweep stops -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bigger_imdb(tmp_path_factory) -> Path:
+    """Enough reviews that each child trains for a while."""
+    from conftest import write_imdb_archive, write_imdb_tree
+
+    root = tmp_path_factory.mktemp("imdb-sweep")
+    return write_imdb_archive(write_imdb_tree(root, per_label=100), root / "aclImdb_v1.tar.gz")
+
+
+def sweep_args(tiny_bert, data, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bertpooled", "sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data",
+            str(data), "--max-len", "16", "--epochs", "150", "--max-train-examples", "0", "--max-test-examples", "16",
+            "--modes", "basic,pool", "--seeds", "2", "--parallel", "2", "--no-progress", "--format", "json", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["parent", "group"])
+def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_the_killed_children(
+    store, tiny_bert, bigger_imdb, target
+):
+    client = MlflowClient(store)
+    proc = subprocess.Popen(sweep_args(tiny_bert, bigger_imdb), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline, started = time.time() + 240, []
+        while time.time() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name("bertpooled")
+            runs = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''") if exp else []
+            started = [r for r in runs if r.info.status == "RUNNING" and "checkpoint/epoch" in r.data.tags]
+            if len(started) == 2:
+                break
+            time.sleep(0.2)
+        assert len(started) == 2, "two children never trained side by side"
+        if target == "parent":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    exp = client.get_experiment_by_name("bertpooled")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`bertpooled.kind` = 'sweep'")
+    assert parent.info.status == "KILLED"
+    children = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''")
+    # Nothing started after the stop; every child it had started ended KILLED with a checkpoint.
+    assert {c.info.run_id for c in children} == {r.info.run_id for r in started}, err[-3000:]
+    assert all(c.info.status == "KILLED" and "checkpoint/epoch" in c.data.tags for c in children), err[-3000:]
+
+    resumed = subprocess.run(sweep_args(tiny_bert, bigger_imdb, "--resume-parent", parent.info.run_id),
+                             capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    children = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''")
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert {r.info.run_id for r in started} <= {c.info.run_id for c in children}  # continued, not run again
