@@ -24,6 +24,7 @@ INITS = ("keras", "torch")
 REFERENCE_TEXTS = ("tokens", "full")
 EXPERIMENTS_DIR = Path("experiments")
 MAX_SEED = 2**32 - 1
+MAX_TEXT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 
 
 @dataclass
@@ -147,6 +148,13 @@ class Config:
         if self.mode == "basic" and self.features == "embeddings" and not spec.is_identity:
             # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
             _bad("pool", self.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
+        if self.mode == "pool" and self.features == "embeddings" and spec.is_identity:
+            _bad("pool", self.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
+        for name in ("model", "data", "description"):
+            value = getattr(self, name)
+            if value is not None and len(str(value)) > MAX_TEXT:
+                # Logged as a param, it would fail inside the run: MLflow refuses values past its limit.
+                _bad(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
         self._check_pooling_combination(spec, PoolPosition.parse(self.pool_at))
 
     def _check_pooling_combination(self, spec, position) -> None:

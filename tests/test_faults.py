@@ -235,6 +235,8 @@ def test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest(t
         (["--set", "epochs=@3"], ["epochs='@3'", "integer"]),
         (["--set", "lr=[1"], ["lr='[1'", "number"]),
         (["--mode", "basic", "--pool", "avg:3x3"], ["pool='avg:3x3'", "mode=pool"]),
+        (["--mode", "pool", "--pool", "none"], ["pool='none'", "mode=basic"]),
+        (["--set", "description=" + "x" * 6001], ["description=", "6001 characters", "at most 6000"]),
     ],
 )
 def test_bad_input_found_inside_the_run_now_fails_before_any_run(store, tiny_bert, tiny_imdb, args, words):
