@@ -47,7 +47,8 @@ FAULTS = [
     ("parsed-archive cache altered (same sizes, other text): not used, the archive read again, true digest",
      F + "test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest"),
     ("`seed=4294967296`, `data_seed` past 2**32-1, one-class or empty training subset, `--set epochs=@3`, "
-     "`--set lr=[1`, `mode=basic` with `pool=avg:3x3`: one line, exit 2, no run",
+     "`--set lr=[1`, `mode=basic` with `pool=avg:3x3`, `mode=pool` with `pool=none`, a 6,001-character "
+     "`description`: one line, exit 2, no run",
      F + "test_bad_input_found_inside_the_run_now_fails_before_any_run"),
     ("a config file that is not UTF-8: one line, no run", F + "test_a_config_file_that_is_not_utf8_is_one_line"),
     ("half-truncated `mlflow.db`: one line before any data is read", F + "test_a_damaged_mlflow_db_is_one_line_before_any_work"),
