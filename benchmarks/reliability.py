@@ -32,19 +32,69 @@ SCENARIOS = [
     ("a tampered checkpoint: refused, the run left as it was",
      "tests/test_resume.py::test_a_tampered_checkpoint_is_refused"),
 ]
+F = "tests/test_faults.py::"
+# Faults found by trying the service as an attacker would (issue 15); each test failed before its fix.
+FAULTS = [
+    ("`MLFLOW_TRACKING_URI=http://alice:pw@...` against a real `mlflow server`: `train` and `compare-runs` print, "
+     "log and tag no password (MLflow's own `View run` line included)",
+     F + "test_a_password_in_the_tracking_uri_never_reaches_the_terminal_or_the_run"),
+    ("`--data https://alice:pw@host/...`: the error line shows no credentials",
+     F + "test_a_data_uri_with_credentials_is_not_echoed_in_the_error"),
+    ("token cache entry truncated, bit-flipped, or holding other (well-formed) ids: rebuilt, one warning line",
+     F + "test_a_damaged_token_cache_entry_is_rebuilt_with_one_warning"),
+    ("token cache folder unwritable / disk full while writing it: the run goes on without it, no `.tmp` left",
+     F + "test_an_unwritable_token_cache_means_running_without_it " + F + "test_a_full_token_cache_leaves_no_temporary_file"),
+    ("parsed-archive cache altered (same sizes, other text): not used, the archive read again, true digest",
+     F + "test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest"),
+    ("`seed=4294967296`, `data_seed` past 2**32-1, one-class or empty training subset, `--set epochs=@3`, "
+     "`--set lr=[1`, `mode=basic` with `pool=avg:3x3`, `mode=pool` with `pool=none`, a 6,001-character "
+     "`description`: one line, exit 2, no run",
+     F + "test_bad_input_found_inside_the_run_now_fails_before_any_run"),
+    ("a config file that is not UTF-8: one line, no run", F + "test_a_config_file_that_is_not_utf8_is_one_line"),
+    ("half-truncated `mlflow.db`: one line before any data is read", F + "test_a_damaged_mlflow_db_is_one_line_before_any_work"),
+    ("the store fails mid-run (disk full): one line, the run FAILED, not RUNNING",
+     F + "test_a_store_that_fails_mid_run_is_one_line_not_pages"),
+    ("`git/commit` from another repository's folder: the package's own commit is logged",
+     F + "test_the_logged_commit_is_the_codes_not_the_current_folders"),
+    ("`--resume` with other code: refused in one line; with `--allow-code-change` it finishes and tags the change",
+     F + "test_resuming_with_other_code_is_refused_unless_allowed_and_then_recorded"),
+    ("a second `--resume` of a run being resumed: one line, the run untouched; the next resume goes ahead",
+     F + "test_a_second_resume_of_a_run_being_resumed_is_one_line"),
+    ("resume after a kill during model logging: orphan PENDING model marked FAILED, `error` tag cleared, "
+     "`time/train_s` covers the earlier epochs",
+     F + "test_a_resume_after_the_last_epoch_clears_the_error_tag_fails_orphan_models_and_times_every_epoch"),
+    ("Ctrl-C during tokenization: run KILLED, no `--resume` command offered (it would be refused)",
+     F + "test_ctrl_c_before_the_first_checkpoint_offers_no_resume_that_would_be_refused"),
+    ("server whose `/health` answers but whose API hangs: one line in under 20 s, no run",
+     F + "test_a_server_whose_api_hangs_is_one_line_within_seconds"),
+    ("unreachable `postgresql://` URI: one line in under 20 s, no password shown",
+     F + "test_an_unreachable_postgresql_uri_is_one_line_within_seconds"),
+    ("`sweep --parallel 2` (4 children), SIGTERM to the parent alone / to the whole process group once two "
+     "children have checkpoints: nothing else starts, both children KILLED with a checkpoint, none RUNNING; "
+     "`--resume-parent` continues those two runs and runs the other two: 4 FINISHED",
+     F + "test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_the_killed_children"),
+]
+# Minutes each under load: run once whatever --repeats says.
+EXPENSIVE = {FAULTS[0][1], FAULTS[-1][1]}
+GROUPS = {"first": SCENARIOS, "faults": FAULTS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "reliability.md"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "reliability.md"),
+                        help="the whole report (group `first`); `-` prints the table only")
+    parser.add_argument("--group", choices=sorted(GROUPS), default="first",
+                        help="first: the first round's scenarios; faults: issue 15's")
     args = parser.parse_args()
     rows = []
-    for title, node in SCENARIOS:
+    for title, node in GROUPS[args.group]:
         passed, seconds = 0, []
-        for _ in range(args.repeats):
+        repeats = 1 if node in EXPENSIVE else args.repeats
+        for _ in range(repeats):
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider", node],
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider",
+                                   *node.split()],
                                   cwd=ROOT, capture_output=True, text=True)
             seconds.append(time.perf_counter() - start)
             passed += proc.returncode == 0
@@ -52,7 +102,10 @@ def main() -> None:
             if proc.returncode != 0:  # the assertion and its context, not the captured logs after it
                 print("\n".join(line for line in proc.stdout.splitlines() if line.startswith(("E ", ">")))[-3000:],
                       file=sys.stderr)
-        rows.append(f"| {title} | {passed} of {args.repeats} | {sorted(seconds)[len(seconds) // 2]:.0f} | `{node.split('::')[0]}` |")
+        rows.append(f"| {title} | {passed} of {repeats} | {sorted(seconds)[len(seconds) // 2]:.0f} | `{node.split('::')[0]}` |")
+    if args.output == "-":
+        print("\n".join(["| scenario | held | median s | test |", "|---|---:|---:|---|", *rows]))
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     text = "\n".join([
         "# Reliability",

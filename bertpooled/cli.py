@@ -44,6 +44,15 @@ def _progress(flag: Optional[bool]) -> Optional[bool]:
     return flag
 
 
+def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
+    """MLFLOW_TRACKING_URI (and `tracking_uri`) without `user:password@`, moved to MLflow's basic-auth
+    variables before MLflow sees the URI: MLflow prints the URI in lines of its own."""
+    from bertpooled.tracking import move_uri_credentials
+
+    move_uri_credentials()
+    return move_uri_credentials(tracking_uri) if tracking_uri else tracking_uri
+
+
 def _sigterm_as_interrupt() -> None:
     """SIGTERM (a scheduler or `kill`) unwinds like Ctrl-C, so the run is ended KILLED, not left RUNNING."""
 
@@ -86,12 +95,14 @@ def train(
     finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr." + _default("finetune")),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored. Fields: bertpooled/config.py."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
+    allow_code_change: bool = typer.Option(False, "--allow-code-change", help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
     from bertpooled.config import load_config, parse_sets
 
     _sigterm_as_interrupt()
+    _hide_credentials()
     try:
         overrides = parse_sets(set_)
         named = {
@@ -108,19 +119,26 @@ def train(
             given = {k: v for k, v in overrides.items() if str(v).strip()}
             if config:
                 given["config"] = config
-            cfg, target = prepare_resume(resume, given)
+            cfg, target = prepare_resume(resume, given, allow_code_change=allow_code_change)
         else:
             cfg, target = load_config(config or None, overrides), None
-        outcome = run_experiment(cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target)
+        try:
+            outcome = run_experiment(cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target)
+        finally:
+            if target is not None:
+                target.release()
     except BertpooledError as exc:
         fail(str(exc))
         return
     except KeyboardInterrupt:
-        import mlflow
+        fail(_interrupted_line(), code=130)
+        return
+    except Exception as exc:
+        from bertpooled.tracking import is_store_failure, store_error
 
-        last = mlflow.last_active_run()
-        hint = f"; resume it with: bertpooled train --resume {last.info.run_id}" if last else ""
-        fail(f"interrupted; the run was marked KILLED{hint}", code=130)
+        if not is_store_failure(exc):
+            raise  # a bug: its traceback is what a report needs
+        fail(str(store_error(None, exc)))
         return
     m = outcome.metrics
     typer.echo(
@@ -168,6 +186,24 @@ def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
     return pairs
 
 
+def _interrupted_line() -> str:
+    """What an interrupted `train` says: only a run that exists was marked KILLED, and only one with a checkpoint
+    can be resumed (a run stopped before its first epoch is refused by --resume)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    last = mlflow.last_active_run()
+    if last is None:
+        return "interrupted before any run was created; nothing to resume"
+    try:
+        tags = MlflowClient().get_run(last.info.run_id).data.tags
+    except Exception:  # noqa: BLE001 - the store may be what failed; the run id is still worth printing
+        tags = {"checkpoint/epoch": "?"}
+    if "checkpoint/epoch" not in tags:
+        return f"interrupted; run {last.info.run_id} was marked KILLED before its first checkpoint: start it again"
+    return f"interrupted; the run was marked KILLED; resume it with: bertpooled train --resume {last.info.run_id}"
+
+
 def _blank_to_none(value: Optional[str]) -> Optional[str]:
     """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
     return value if value is None or value.strip() else None
@@ -193,6 +229,7 @@ def compare_runs_command(
     from bertpooled import compare
 
     ids = [i.strip() for value in run_id or [] for i in value.split(",") if i.strip()]
+    tracking_uri = _hide_credentials(_blank_to_none(tracking_uri))
     try:
         report = compare.compare_runs(
             format=_blank_to_none(format) or "table",
@@ -298,6 +335,7 @@ def sweep_command(
     from bertpooled.report import FORMATS
 
     _sigterm_as_interrupt()
+    _hide_credentials()
     fmt = _blank_to_none(format) or "table"
     try:
         if fmt not in FORMATS:

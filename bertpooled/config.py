@@ -32,6 +32,8 @@ LEGACY_SETTINGS = {"amp": lambda value: {"precision": "auto" if _coerce_bool("am
 EXPERIMENTS_DIR = Path("experiments")
 # The project's own experiment files, for a checkout or editable install run from another folder.
 PROJECT_EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+MAX_SEED = 2**32 - 1
+MAX_TEXT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 
 
 @dataclass
@@ -120,6 +122,10 @@ class Config:
         for name in ("seed", "data_seed", "max_train_examples", "max_test_examples", "num_threads", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "an integer >= 0")
+        for name in ("seed", "data_seed"):
+            # NumPy's seeds stop at 2**32 - 1: a larger one would pass here and fail inside the run.
+            if getattr(self, name) > MAX_SEED:
+                _bad(name, getattr(self, name), f"an integer from 0 to {MAX_SEED}")
         if self.max_len < 2:
             _bad("max_len", self.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -169,6 +175,16 @@ class Config:
                 _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
             if self.features not in TOKEN_FEATURES or self.finetune or self.pool_at != "input":
                 _bad("mode", self.mode, "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)")
+        if self.mode == "basic" and self.features in TOKEN_FEATURES and not spec.is_identity:
+            # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
+            _bad("pool", self.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
+        if self.mode == "pool" and self.features in TOKEN_FEATURES and spec.is_identity:
+            _bad("pool", self.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
+        for name in ("model", "data", "description"):
+            value = getattr(self, name)
+            if value is not None and len(str(value)) > MAX_TEXT:
+                # Logged as a param, it would fail inside the run: MLflow refuses values past its limit.
+                _bad(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
         self._check_pooling_combination(spec, self.position)
 
     def _check_pooling_combination(self, spec, position) -> None:
@@ -236,7 +252,10 @@ def _coerce(name: str, value: Any) -> Any:
         text = value.strip()
         if kind in ("str", "str | None"):
             return text
-        value = yaml.safe_load(text) if text else None
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text  # not YAML (e.g. "@3"): the type check below names the field and what is valid
     try:
         if kind == "int":
             if isinstance(value, bool) or not float(value).is_integer():
@@ -279,6 +298,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a config YAML file (empty file = no settings)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BertpooledError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    except OSError as exc:
+        raise BertpooledError(f"config file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""

@@ -86,12 +86,19 @@ def check_source(data: str | None) -> None:
         return
     path = Path(src).expanduser()
     if not path.exists():
-        raise BertpooledError(f"IMDB data {src} does not exist: {_FIX}")
+        raise BertpooledError(f"IMDB data {_shown(src)} does not exist: {_FIX}")
     if path.is_dir():
         return
     if not path.is_file() or not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise BertpooledError(
-            f"IMDB data {src} is neither a folder nor a .tar.gz/.tgz/.tar archive: {_FIX}")
+            f"IMDB data {_shown(src)} is neither a folder nor a .tar.gz/.tgz/.tar archive: {_FIX}")
+
+
+def _shown(src: str) -> str:
+    """`src` as an error line may show it: a URI's `user:password@` removed."""
+    from bertpooled.tracking import redact_uri  # late: only an error pays for importing MLflow
+
+    return redact_uri(src)
 
 
 def cache_dir() -> Path:
@@ -175,12 +182,29 @@ def _load_parsed(file: Path, source: str) -> Imdb | None:
         ends = list(itertools.accumulate(head["sizes"]))
         if head["version"] != _PARSED_VERSION or (ends[-1] if ends else 0) != len(blob):
             return None
-        texts = [str(blob[a:b], "utf-8") for a, b in zip([0, *ends[:-1]], ends)]
+        raws = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        texts = [str(raw, "utf-8") for raw in raws]
         n = len(head["train"])
         train, test = (Split(head[s], t, _labels(head[s], s)) for s, t in zip(SPLITS, (texts[:n], texts[n:])))
-        return Imdb(train=train, test=test, source=source, digest=str(head["digest"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no cache yet, or a damaged one: read the archive
+        # The digest the run logs as data/digest is recomputed from the bytes read here, not trusted from the
+        # header: an altered entry would otherwise train on other text under the original's digest.
+        digest = hashlib.sha256()
+        for split in (train, test):
+            for rid, label, raw in zip(split.ids, split.labels, raws[: n] if split is train else raws[n:]):
+                digest.update(f"{rid}\0{label}\0".encode())
+                digest.update(raw)
+                digest.update(b"\0")
+        if digest.hexdigest() != head["digest"] or sorted(head["train"]) != head["train"] or sorted(head["test"]) != head["test"]:
+            print(f"warning: parsed IMDB cache {file} does not match its digest: reading the archive again and "
+                  "replacing it", file=sys.stderr)
+            return None
+        return Imdb(train=train, test=test, source=source, digest=digest.hexdigest())
+    except FileNotFoundError:
+        return None  # no cache yet
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"warning: parsed IMDB cache {file} is damaged ({type(exc).__name__}): reading the archive again and "
+              "replacing it", file=sys.stderr)
+        return None
 
 
 def _save_parsed(file: Path, imdb: Imdb) -> None:

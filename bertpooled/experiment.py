@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import tempfile
 import time
@@ -56,7 +57,7 @@ def run_experiment(
             "point --data or BERTPOOLED_IMDB at the same IMDB copy"
         )
 
-    commit, dirty = tracking.git_commit()
+    code = tracking.code_provenance()
     name = tracking.run_name(config.variant, config.model, config.seed)
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **(tags or {})}
     if config.mode != "reference":
@@ -78,8 +79,14 @@ def run_experiment(
         if resume:
             log(f"resuming run {resume.run_id} after epoch {resume.state.epoch}")
             tracking.set_tags({"resumed_after_epoch": str(resume.state.epoch)})
+            orphans = tracking.fail_unfinished_models(resume.run_id)
+            if orphans:
+                log(f"marked FAILED the model(s) an interrupted model logging left PENDING: {', '.join(orphans)}")
+            if resume.code_change:
+                # Params cannot change: the run keeps the code it started with, and says what resumed it.
+                tracking.set_tags({"resume/code_change": resume.code_change})
         else:
-            _log_inputs(config, info, imdb, train_split, test_split, commit, dirty)
+            _log_inputs(config, info, imdb, train_split, test_split, code)
         if config.mode == "reference":
             config.to_dict(),
             result = reference.fit_and_evaluate(
@@ -129,7 +136,7 @@ def run_experiment(
         return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)
 
 
-def _log_inputs(config: Config, info, imdb, train_split, test_split, commit: str, dirty: bool) -> None:
+def _log_inputs(config: Config, info, imdb, train_split, test_split, code: dict[str, str]) -> None:
     """What a new run logs before any work: the resolved config, provenance and the datasets."""
     # config.yaml and config/data name the data actually read (e.g. from BERTPOOLED_IMDB), not the unset field;
     # a download keeps it unset (its URL is data/source), so resuming downloads again rather than opening a URL.
@@ -139,8 +146,7 @@ def _log_inputs(config: Config, info, imdb, train_split, test_split, commit: str
     tracking.log_config(
         resolved,
         {
-            "git/commit": commit,
-            "git/dirty": dirty,
+            **code,
             "data/digest": imdb.digest,
             "data/source": tracking.redact_uri(imdb.source),
             "backbone/path": info.path,
@@ -169,10 +175,64 @@ class Resume:
     run_id: str
     data_digest: str
     state: checkpoint.State
+    code_change: str = ""
+    """With --allow-code-change: how the code differs from the run's ("" when it does not)."""
+    lock: object = None
+    """The open lock file that makes this process the run's only resumer on this machine (see `claim_run`)."""
+
+    def release(self) -> None:
+        """Let another process resume the run (the lock also goes when this process ends, however it ends)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
 
-def prepare_resume(run_id: str, requested: dict[str, object] | None) -> tuple[Config, Resume]:
-    """The run's own config (checked against any options given now) and its checkpoint, before anything runs."""
+def claim_run(run_id: str):
+    """An exclusive lock on `run_id` for this process, or a one-line error when another process holds it.
+
+    Two resumes of one run at once would both log every metric and a model each into the same run. The OS
+    drops the lock when its process dies (kill -9 too), so a crashed resume never blocks the next one. The
+    lock file lives in the cache folder: it covers resumes on this machine, not other machines that share a
+    tracking server. An unwritable cache folder means resuming without the lock.
+    """
+    import fcntl
+
+    from bertpooled.data import cache_dir
+
+    folder = cache_dir() / "locks"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / f"resume-{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.lock", "a+")
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise BertpooledError(
+            f"run {run_id} is being resumed by another process on this machine: wait for it to end, or stop it"
+        ) from None
+    return handle
+
+
+def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool = False) -> tuple[Config, Resume]:
+    """The run's own config (checked against any options given now), its checkpoint and its code, before anything runs.
+
+    Code that differs from the run's (commit, uncommitted changes, installed version) is refused unless
+    `allow_code_change`, which records the difference on the run instead.
+    """
+    lock = claim_run(run_id)
+    try:
+        config, resume = _prepare_resume(run_id, requested, allow_code_change)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    resume.lock = lock
+    return config, resume
+
+
+def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool) -> tuple[Config, Resume]:
     from bertpooled.config import load_config, read_yaml, resolve_config_path
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,4 +253,18 @@ def prepare_resume(run_id: str, requested: dict[str, object] | None) -> tuple[Co
             raise BertpooledError(
                 f"run {run_id} had another config ({'; '.join(differs[:3])}): resume it as it was, without those options"
             )
-    return config, Resume(run_id, digest, state)
+    return config, Resume(run_id, digest, state, _code_change(run_id, allow_code_change))
+
+
+def _code_change(run_id: str, allow: bool) -> str:
+    then, now = tracking.logged_code(run_id), tracking.code_provenance()
+    differs = [f"{k} {then[k].lower() or '-'} -> {now[k].lower() or '-'}" for k in then
+               if k in now and then[k].lower() != now[k].lower()]
+    if not differs:
+        return ""
+    if not allow:
+        raise BertpooledError(
+            f"run {run_id} was trained by other code ({'; '.join(differs[:2])}): resume it with the code it started "
+            "with, or pass --allow-code-change to continue anyway and record the change on the run"
+        )
+    return "; ".join(differs)

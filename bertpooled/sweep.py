@@ -10,8 +10,8 @@ preparation cost as `sweep/shared_<phase>_s`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-
 import hashlib
 import json
 import os
@@ -245,9 +245,16 @@ def run_sweep(
 
     done = [c for c in children if any(r.info.status == "FINISHED" for r in existing.get(c.key, []))]
     todo = [c for c in children if c not in done]
+    resumable: dict[str, str] = {}
     for child in todo:
         for run in existing.get(child.key, []):
-            log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status}; running it again")
+            if run.info.status != "FINISHED" and "checkpoint/epoch" in run.data.tags and child.key not in resumable:
+                # A child stopped with a checkpoint continues in its own run, from its last finished epoch.
+                resumable[child.key] = run.info.run_id
+                log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status} after epoch "
+                    f"{run.data.tags['checkpoint/epoch']}; resuming it")
+            else:
+                log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status}; running it again")
 
     resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"
     # The parent's own run id stays out of the children's environment: start_run would resume it.
@@ -274,15 +281,14 @@ def run_sweep(
             outcome.ran.extend(executor.run(todo, parent_id, log, progress))
         elif parallel > 1 and len(todo) > 1:
             current = f"{len(todo)} children, {parallel} at a time"
-            outcome.ran.extend(_run_parallel(todo, parent_id, parallel, log))
+            outcome.ran.extend(_run_parallel(todo, parent_id, parallel, log, resumable))
         else:
             for i, child in enumerate(todo, 1):
                 current = child.label
                 log(f"[{i}/{len(todo)}] {child.label}")
                 tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "prepared once by the parent run"}
-                outcome.ran.append(
-                    run_experiment(child.config, progress=progress, log=log, shared=shared, parent_run_id=parent_id, tags=tags)
-                )
+                outcome.ran.append(_run_child(child.config, resumable.get(child.key), progress=progress, log=log,
+                                              shared=shared, parent_run_id=parent_id, tags=tags))
     except KeyboardInterrupt:
         mlflow.set_tag("error", f"interrupted (Ctrl-C or SIGTERM) at {current}")
         mlflow.end_run("KILLED")
@@ -298,27 +304,88 @@ def run_sweep(
     return outcome
 
 
-def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], tracking_uri: str):
-    """One child in a worker process: it reads the parent's on-disk caches instead of its memory."""
+def _run_child(config: Config, resume_run_id: str | None, **kwargs) -> Outcome:
+    """`run_experiment` for one child: a new run, or its earlier run continued from that run's checkpoint."""
+    if not resume_run_id:
+        return run_experiment(config, **kwargs)
+    from bertpooled.experiment import prepare_resume
+
+    resumed_config, target = prepare_resume(resume_run_id, None)
+    try:
+        return run_experiment(resumed_config, resume=target, **kwargs)
+    finally:
+        target.release()
+
+
+# Worker-process state for `_run_parallel`: the sweep's stop flag, and whether a child is running here now.
+_stop = None
+_busy = False
+
+
+def _worker_init(stop) -> None:
+    """In each worker: Ctrl-C or SIGTERM stops the sweep (the flag every worker checks before starting a child)
+    and interrupts the child running here, which ends its run KILLED with its last checkpoint; an idle worker
+    just waits for the parent to wind the pool down."""
+    import signal
+
+    global _stop
+    _stop = stop
+
+    def handler(signum, frame):
+        global _busy
+        _stop.set()
+        if _busy:
+            _busy = False  # one interrupt per child: a second signal must not cut its cleanup short
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], tracking_uri: str,
+                      resume_run_id: str | None = None):
+    """One child in a worker process: it reads the parent's on-disk caches instead of its memory.
+
+    Returns None, creating no run, when the sweep was stopped before this child started.
+    """
     import sys
 
-    mlflow.set_tracking_uri(tracking_uri)
+    global _busy
     label = tags[CHILD_TAG]
-    return run_experiment(config, progress=False, parent_run_id=parent_id, tags=tags,
+    try:
+        _busy = True  # before the check: a stop signalled from here on interrupts this child
+        if _stop is not None and _stop.is_set():
+            return None
+        mlflow.set_tracking_uri(tracking_uri)
+        return _run_child(config, resume_run_id, progress=False, parent_run_id=parent_id, tags=tags,
                           log=lambda line: print(f"[{label}] {line}", file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        if _stop is not None:
+            _stop.set()
+        raise
+    finally:
+        _busy = False
 
 
-def _run_parallel(todo: Sequence[Child], parent_id: str, parallel: int, log: Callable[[str], None]) -> list:
+def _run_parallel(todo: Sequence[Child], parent_id: str, parallel: int, log: Callable[[str], None],
+                  resumable: dict[str, str] | None = None) -> list:
     """Children side by side in `parallel` fresh processes, each with its share of the CPU threads.
 
     The first failure cancels the children not yet started, lets the running ones end, then propagates.
+    Ctrl-C or SIGTERM (to this process, or to the whole process group) stops the sweep: no child starts
+    after it, each running child ends KILLED with its last checkpoint (a resume of the sweep continues it),
+    then KeyboardInterrupt propagates.
     """
     import concurrent.futures as cf
     import multiprocessing
+    import signal
 
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    ran, error = [], None
-    with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+    ran, error, interrupted = [], None, False
+    with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_worker_init,
+                                initargs=(stop,)) as pool:
         futures = {}
         for child in todo:
             config = child.config
@@ -326,16 +393,44 @@ def _run_parallel(todo: Sequence[Child], parent_id: str, parallel: int, log: Cal
                 config = dataclasses.replace(config, num_threads=threads)
             tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "on-disk caches the parent filled",
                     "sweep/parallel": str(parallel)}
-            futures[pool.submit(_child_in_process, config, parent_id, tags, mlflow.get_tracking_uri())] = child
+            futures[pool.submit(_child_in_process, config, parent_id, tags, mlflow.get_tracking_uri(),
+                                (resumable or {}).get(child.key))] = child
         log(f"running {len(todo)} children, {parallel} at a time, {threads} thread(s) each")
-        for future in cf.as_completed(futures):
+        pending = set(futures)
+        while pending:
             try:
-                ran.append(future.result())
-                log(f"{futures[future].label}: finished")
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the running children end
-                error = error or exc
-                for other in futures:
-                    other.cancel()
+                for future in cf.as_completed(pending):
+                    pending.discard(future)
+                    try:
+                        outcome = future.result()
+                    except cf.CancelledError:
+                        continue
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        log(f"{futures[future].label}: interrupted, its run marked KILLED")
+                        continue
+                    except BaseException as exc:  # noqa: BLE001 - re-raised below, after the running children end
+                        error = error or exc
+                        for other in futures:
+                            other.cancel()
+                        continue
+                    if outcome is not None:
+                        ran.append(outcome)
+                        log(f"{futures[future].label}: finished")
+            except KeyboardInterrupt:
+                # Here, not in a worker: a signal to this process alone (or to the group, which the workers got
+                # as well). Start nothing more, and pass the interrupt on to the children still running.
+                interrupted = True
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                for process in multiprocessing.active_children():
+                    with contextlib.suppress(OSError):
+                        os.kill(process.pid, signal.SIGTERM)
+            if interrupted or error is not None:
+                stop.set()
+    if interrupted:
+        raise KeyboardInterrupt
     if error is not None:
         raise error
     return ran

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: each entry carries the sha256 of its arrays, checked on read
 CHUNK = 2048
 # Characters kept before tokenizing when the cut is provably harmless (see `_cut`); generous, because a
 # wordpiece rarely covers more than a few characters, and a short result falls back to the full text.
@@ -77,21 +79,56 @@ def tokenize(tokenizer, texts: list[str], max_len: int, *, progress: bool | None
 def load_or_tokenize(
     tokenizer, texts: list[str], max_len: int, *, key: str, cache_dir: Path | None, progress: bool | None = None, desc: str = "tokenize"
 ) -> tuple[Tokens, bool]:
-    """Tokens from `cache_dir/tokens/<key>.npz` when present, else tokenize and store them. Returns (tokens, hit)."""
+    """Tokens from `cache_dir/tokens/<key>.npz` when present and intact, else tokenize and store them. Returns (tokens, hit).
+
+    An entry holds the sha256 of its arrays and is used only when they still match it and the request's shape: a
+    truncated, bit-flipped or replaced entry is rebuilt, with one warning line. A cache that cannot be written
+    (read-only, full) only costs the next run the tokenizing; nothing half-written is left behind.
+    """
     path = Path(cache_dir) / "tokens" / f"{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                tokens = Tokens(data["ids"], data["lengths"])
-            if len(tokens) == len(texts) and tokens.ids.shape[1] == max_len:
-                return tokens, True
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or stale cache entry: rebuild it below
+        tokens = _read_entry(path, len(texts), max_len)
+        if tokens is not None:
+            return tokens, True
     tokens = tokenize(tokenizer, texts, max_len, progress=progress, desc=desc)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a concurrent or killed run never leaves a half-written cache entry.
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, ids=tokens.ids, lengths=tokens.lengths)
-        os.replace(tmp, path)
+        _write_entry(path, tokens)
     return tokens, False
+
+
+def _digest(ids: np.ndarray, lengths: np.ndarray) -> str:
+    h = hashlib.sha256(f"{ids.dtype}{ids.shape}{lengths.dtype}{lengths.shape}".encode())
+    h.update(np.ascontiguousarray(ids).tobytes())
+    h.update(np.ascontiguousarray(lengths).tobytes())
+    return h.hexdigest()
+
+
+def _read_entry(path: Path, rows: int, max_len: int) -> Tokens | None:
+    """The entry at `path` if it is intact and has the requested shape; None (after a warning) otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, lengths, stored = data["ids"], data["lengths"], str(data["sha256"])
+        if stored != _digest(ids, lengths):
+            reason = "its content does not match its sha256"
+        elif len(lengths) != rows or ids.shape != (rows, max_len):
+            reason = f"it holds {ids.shape} ids, not ({rows}, {max_len})"
+        else:
+            return Tokens(ids, lengths)
+    except Exception as exc:  # noqa: BLE001 - zip, npy and key errors alike mean "damaged entry"
+        reason = f"unreadable ({type(exc).__name__})"
+    print(f"warning: token cache entry {path} is damaged ({reason}): tokenizing again and replacing it", file=sys.stderr)
+    return None
+
+
+def _write_entry(path: Path, tokens: Tokens) -> None:
+    """Store an entry: write then rename, so a concurrent or killed run never leaves a half-written one."""
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, ids=tokens.ids, lengths=tokens.lengths, sha256=np.array(_digest(tokens.ids, tokens.lengths)))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        print(f"warning: cannot write the token cache in {path.parent} ({exc.strerror or exc}): running without it; "
+              "set BERTPOOLED_CACHE to a writable folder to keep token ids between runs", file=sys.stderr)

@@ -15,7 +15,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
@@ -44,6 +44,30 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
+def move_uri_credentials(uri: str | None = None) -> str | None:
+    """Take `user:password@` out of an http(s) tracking URI before MLflow reads it; returns the URI without them.
+
+    MLflow prints its tracking URI in lines of its own (`View run ... at: <uri>`), which this project cannot
+    redact, so the credentials go where MLflow's client reads them for HTTP basic auth instead:
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (values already set there win). With no `uri`,
+    MLFLOW_TRACKING_URI itself is rewritten. Database URIs keep theirs (the driver needs them) and are
+    only ever shown through `redact_uri`.
+    """
+    from_env = uri is None
+    uri = os.environ.get("MLFLOW_TRACKING_URI") if from_env else uri
+    if not uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not (parts.username or parts.password):
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password or ""))
+    clean = redact_uri(uri)
+    if from_env:
+        os.environ["MLFLOW_TRACKING_URI"] = clean
+    return clean
+
+
 def use_default_experiment() -> None:
     """Runs go to experiment `bertpooled` unless MLflow's own variables (or `mlflow run`) chose one.
 
@@ -60,15 +84,51 @@ def use_default_experiment() -> None:
 
 
 def git_commit() -> tuple[str, bool]:
-    """(commit, dirty) of the working tree, or ("unknown", False) outside git."""
+    """(commit, dirty) of the project's own code (the package's folder), or ("unknown", False) outside git."""
+    code = code_provenance()
+    return code["git/commit"], code["git/dirty"] == "true"
+
+
+def code_provenance() -> dict[str, str]:
+    """Which code trains: the git commit of the repository holding this package (not of the current folder),
+    whether the package's files differ from it (and a sha256 of that difference), and the installed version.
+
+    A package installed outside any repository (a wheel in site-packages) has commit "unknown"; a repository
+    that merely contains the install (a venv inside some project) does not count, since it does not track it.
+    """
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    import bertpooled
+
+    package = Path(bertpooled.__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
-        )
-        return commit, dirty
+        installed = version("bertpooled")
+    except PackageNotFoundError:
+        installed = "unknown"
+    out = {"git/commit": "unknown", "git/dirty": "false", "git/diff_sha256": "", "code/version": installed}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(package), *args], capture_output=True, timeout=10)
+
+    try:
+        tracked = git("ls-files", "--error-unmatch", "__init__.py")
+        commit = git("rev-parse", "HEAD")
+        if tracked.returncode or commit.returncode:
+            return out
+        diff = git("diff", "HEAD", "--", ".").stdout
     except (OSError, subprocess.SubprocessError):
-        return "unknown", False
+        return out
+    out["git/commit"] = commit.stdout.decode().strip()
+    out["git/dirty"] = "true" if diff else "false"
+    out["git/diff_sha256"] = hashlib.sha256(diff).hexdigest() if diff else ""
+    return out
+
+
+def logged_code(run_id: str) -> dict[str, str]:
+    """The code provenance a run logged (params), for comparing on resume; keys missing in older runs are absent."""
+    params = MlflowClient().get_run(run_id).data.params
+    return {k: params[k] for k in ("git/commit", "git/dirty", "git/diff_sha256", "code/version") if k in params}
 
 
 def run_name(mode: str, model: str, seed: int) -> str:
@@ -88,7 +148,9 @@ def training_run(
     the run is a new child of that run, in its experiment, nested in MLflow's UI.
     """
     if resume_run_id:
-        run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=system_metrics)  # the same run, RUNNING again
+        # The same run, RUNNING again; nested when a sweep's parent run is active in this process.
+        run = mlflow.start_run(run_id=resume_run_id, nested=mlflow.active_run() is not None,
+                               log_system_metrics=system_metrics)
     elif parent_run_id:
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
         run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id,
@@ -109,7 +171,31 @@ def training_run(
         _end_run(run.info.run_id, "FAILED", (str(exc).splitlines() or [type(exc).__name__])[0][:5000] or type(exc).__name__)
         raise
     else:
+        if resume_run_id:
+            _clear_tag(run.info.run_id, "error")  # the interruption it recorded is over: the run FINISHED
         mlflow.end_run("FINISHED")
+
+
+def _clear_tag(run_id: str, key: str) -> None:
+    client = MlflowClient()
+    if key in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, key)
+
+
+def fail_unfinished_models(run_id: str) -> list[str]:
+    """Mark FAILED the logged models of `run_id` still PENDING (a process killed while logging its model left
+    them); a resumed run then logs its model anew. Returns their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    pending = [
+        m.model_id for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        if m.status == LoggedModelStatus.PENDING
+    ]
+    for model_id in pending:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    return pending
 
 
 def _end_run(run_id: str, status: str, reason: str) -> None:
@@ -351,24 +437,109 @@ def experiment_name(experiment_id: str) -> str:
     return exp.name if exp else experiment_id
 
 
+PROBE_TIMEOUT_S = 5.0
+
+
 def check_tracking_reachable() -> None:
-    """Fail within seconds, in one line, when the tracking server cannot be reached (before any work starts)."""
+    """Fail within seconds, in one line, when the tracking store cannot be used (before any work starts).
+
+    A server must answer `/health` *and* its REST API (a server whose API hangs would otherwise block the
+    first MLflow call for minutes of retries); a database server must accept a connection; a local store
+    must open (a damaged `mlflow.db` otherwise fails with pages of SQLAlchemy traceback).
+    """
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        _probe_server(uri)
+    elif parts.scheme.split("+")[0] in ("postgresql", "mysql", "mssql") and parts.hostname:
+        _probe_database(uri)
+    else:
+        check_store_opens(uri)
+
+
+def _probe_server(uri: str) -> None:
+    import base64
     import urllib.error
     import urllib.request
 
+    base = redact_uri(uri).rstrip("/")
+    headers = {}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user or password:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
+    for path, what in (("/health", "is unreachable"), ("/api/2.0/mlflow/experiments/search?max_results=1",
+                                                         "answers /health but its API does not answer")):
+        try:
+            request = urllib.request.Request(base + path, headers=headers)
+            with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            return  # something answers: MLflow's own calls will report what is wrong
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BertpooledError(
+                f"tracking server {base} {what} ({reason}, waited {PROBE_TIMEOUT_S:.0f} s): start or restart it, "
+                "or fix MLFLOW_TRACKING_URI"
+            ) from None
+
+
+def _probe_database(uri: str) -> None:
+    """A TCP connection to the database server, with a short timeout (its driver would retry for minutes)."""
+    import socket
+
+    parts = urlsplit(uri)
+    default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[parts.scheme.split("+")[0]]
     try:
-        with urllib.request.urlopen(redact_uri(uri).rstrip("/") + "/health", timeout=5):
+        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=PROBE_TIMEOUT_S):
             pass
-    except urllib.error.HTTPError:
-        return  # something answers: MLflow's own calls will report what is wrong
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except OSError as exc:
         raise BertpooledError(
-            f"tracking server {redact_uri(uri)} is unreachable ({reason}): start it or fix MLFLOW_TRACKING_URI"
+            f"tracking database {redact_uri(uri)} is unreachable ({exc.strerror or exc}, waited "
+            f"{PROBE_TIMEOUT_S:.0f} s): start it, or fix MLFLOW_TRACKING_URI"
         ) from None
+
+
+def check_store_opens(uri: str) -> None:
+    """Open a local store and read from it; a damaged or unreadable one is a one-line error."""
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, sqlite3 and MLflow errors alike: the store is unusable
+        raise store_error(uri, exc) from None
+
+
+def store_error(uri: str | None, exc: BaseException) -> BertpooledError:
+    """The one line for a tracking store that failed under us (damaged, read-only, full disk)."""
+    uri = redact_uri(uri or mlflow.get_tracking_uri())
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = " ".join(str(cause).split()).split(" [SQL:")[0][:200] or type(cause).__name__
+    return BertpooledError(
+        f"tracking store {uri} failed ({type(cause).__name__}: {text}): free disk space, make it writable, or "
+        "restore mlflow.db from a backup (or point MLFLOW_TRACKING_URI at another store); a run it left RUNNING "
+        "resumes with --resume"
+    )
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether `exc` came from the tracking store itself (database, disk), not from this project's code."""
+    import errno
+    import sqlite3
+
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:  # pragma: no cover - MLflow depends on SQLAlchemy
+        SQLAlchemyError = ()  # noqa: N806
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (sqlite3.Error, SQLAlchemyError)):
+            return True
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 CHECKPOINT_SLOTS = ("checkpoint/a", "checkpoint/b")

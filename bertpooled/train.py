@@ -149,7 +149,20 @@ def read_data(config: Config, phases: Phases, progress: bool | None = None) -> t
             imdb.train.labels, fraction=config.train_fraction, n=config.max_train_examples or None, seed=config.data_seed
         )
         test_idx = data.balanced_subset(imdb.test.labels, n=config.max_test_examples or None, seed=config.data_seed)
-    return imdb, imdb.train.take(train_idx), imdb.test.take(test_idx)
+    train_split = imdb.train.take(train_idx)
+    check_training_subset(config, train_split.labels)
+    return imdb, train_split, imdb.test.take(test_idx)
+
+
+def check_training_subset(config: Config, labels: np.ndarray) -> None:
+    """A training subset needs both labels: none or one class would fail (or train a constant) inside the run."""
+    counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}
+    if len(counts) < 2:
+        raise BertpooledError(
+            f"config: train_fraction={config.train_fraction} and max_train_examples={config.max_train_examples} "
+            f"leave {counts.get(1, 0)} positive and {counts.get(0, 0)} negative training reviews: both labels are "
+            "needed, so raise train_fraction or max_train_examples (2 or more)"
+        )
 
 
 def prepare(config: Config, info: backbone.BackboneInfo, imdb, train, test, phases: Phases, progress=None) -> Prepared:
@@ -449,8 +462,11 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
                          latency_texts=cfg.latency_texts, throughput_batches=cfg.throughput_batches)
         )
     head_total, head_trainable = count_parameters(model.head)
-    train_s = phases.seconds["train"]
     resumed_epochs = checkpoints.resume.epoch if checkpoints is not None and checkpoints.resume is not None else 0
+    # time/train_s of a resumed run covers every epoch: the earlier ones were timed by the process that ran them
+    # (their seconds travel in the checkpoint). Otherwise a resume after the last epoch logs about 0 s.
+    phases.seconds["train"] += sum(h.seconds for h in history[:resumed_epochs])
+    train_s = phases.seconds["train"]
     if prepared.embeddings is not None:
         backbone_params, embedding_params, backbone_trainable = (
             prepared.embeddings.backbone_params, prepared.embeddings.table.numel(), 0
@@ -465,8 +481,7 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
             "params/backbone": backbone_params,
             "params/backbone_trainable": backbone_trainable,
             "params/embeddings": embedding_params,
-            # Epochs this process trained: a resumed run's earlier epochs took their time elsewhere.
-            "throughput/train_examples_per_s": len(prepared.train) * max(cfg.epochs - resumed_epochs, 1) / max(train_s, 1e-9),
+            "throughput/train_examples_per_s": len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
             "data/train_examples": len(prepared.train),
             "data/test_examples": len(prepared.test),
             "tokens/cache_hit": float(prepared.tokens_cache_hit),
