@@ -424,6 +424,29 @@ def mlproject_sweep(ctx: typer.Context) -> None:
     )
 
 
+@app.command("serve")
+def serve_command(
+    model_uri: str = typer.Argument(..., help="The logged model, e.g. runs:/<run id>/model or models:/<name>/<version>."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    port: int = typer.Option(5000, min=1, max=65535, help="Port to listen on."),
+) -> None:
+    """Serve a logged model like `mlflow models serve --env-manager local`, answering JSON nested too deeply with a 400."""
+    from mlflow.exceptions import MlflowException
+
+    from bertpooled.serve import app_for
+
+    _hide_credentials()
+    try:
+        application = app_for(model_uri)
+    except (MlflowException, OSError) as exc:
+        fail(f"cannot load model {model_uri} ({str(exc).splitlines()[0][:200]}): pass a logged model's URI, "
+             "e.g. runs:/<run id>/model, with MLFLOW_TRACKING_URI pointing at its store")
+    import uvicorn
+
+    typer.echo(f"serving {model_uri} on http://{host}:{port}/invocations")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`
     app(prog_name="bertpooled")
 

@@ -11,13 +11,10 @@ import os
 import re
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.entities import Run, ViewType
@@ -28,7 +25,7 @@ from bertpooled.errors import BertpooledError
 from bertpooled.plots import accuracy_vs_time, learning_curves
 from bertpooled.report import FORMATS, Report, build_report
 from bertpooled.report_html import render_html
-from bertpooled.tracking import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, redact_uri
+from bertpooled.tracking import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, check_tracking_reachable, redact_uri
 
 #: Where comparison runs go by default: their own experiment keeps the training experiments' tables and
 #: charts to training runs.
@@ -50,7 +47,6 @@ __all__ = [
 PREDICTIONS_ARTIFACT = PREDICTIONS_PATH
 HISTORY_KEYS = ("train/loss", "train/accuracy", "test/accuracy", "time/epoch_s")
 _EXCLUDED_KINDS = ("sweep", "comparison")
-_REACHABILITY_TIMEOUT_S = 5.0
 # MLflow's defaults retry a dead server for minutes; a report should fail in
 # seconds instead. Values the user already exported win.
 _HTTP_LIMITS = {
@@ -80,25 +76,6 @@ def _bounded_http() -> Iterator[None]:
     finally:
         for name in added:
             os.environ.pop(name, None)
-
-
-def _check_reachable(tracking_uri: str) -> None:
-    # MLflow's own client would retry a dead server for minutes before failing.
-    scheme = urlparse(tracking_uri).scheme
-    if scheme not in ("http", "https"):
-        return
-    probe = redact_uri(tracking_uri).rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(probe, timeout=_REACHABILITY_TIMEOUT_S):
-            pass
-    except urllib.error.HTTPError:
-        return  # the server answered, even if /health is not served there
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise BertpooledError(
-            f"cannot reach the MLflow tracking server at {redact_uri(tracking_uri)} ({reason}): "
-            "start it (mlflow server) or pass --tracking-uri with the right address"
-        ) from None
 
 
 def _mlflow_error(error: MlflowException, doing: str) -> BertpooledError:
@@ -186,7 +163,7 @@ def select_runs(
     matches nothing, invalid filter syntax, or an unreachable tracking server.
     """
     client = _client(client)
-    _check_reachable(client.tracking_uri)
+    check_tracking_reachable(client.tracking_uri)
     with _bounded_http():
         try:
             candidates, scope = _find_candidates(client, experiment, parent_run_id, run_ids, filter_string)
@@ -397,7 +374,7 @@ def log_comparison_run(
     created if missing. Returns the new run's id.
     """
     client = _client(client)
-    _check_reachable(client.tracking_uri)
+    check_tracking_reachable(client.tracking_uri)
     with _bounded_http():
         try:
             found = client.get_experiment_by_name(experiment)

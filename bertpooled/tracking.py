@@ -440,14 +440,14 @@ def experiment_name(experiment_id: str) -> str:
 PROBE_TIMEOUT_S = 5.0
 
 
-def check_tracking_reachable() -> None:
-    """Fail within seconds, in one line, when the tracking store cannot be used (before any work starts).
+def check_tracking_reachable(uri: str | None = None) -> None:
+    """Fail within seconds, in one line, when the tracking store (`uri`, default MLflow's) cannot be used.
 
     A server must answer `/health` *and* its REST API (a server whose API hangs would otherwise block the
     first MLflow call for minutes of retries); a database server must accept a connection; a local store
     must open (a damaged `mlflow.db` otherwise fails with pages of SQLAlchemy traceback).
     """
-    uri = mlflow.get_tracking_uri()
+    uri = uri or mlflow.get_tracking_uri()
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https"):
         _probe_server(uri)
@@ -469,8 +469,9 @@ def _probe_server(uri: str) -> None:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
     elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
         headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
-    for path, what in (("/health", "is unreachable"), ("/api/2.0/mlflow/experiments/search?max_results=1",
-                                                         "answers /health but its API does not answer")):
+    for path, what in (("/health", f"cannot reach the MLflow tracking server at {base}"),
+                       ("/api/2.0/mlflow/experiments/search?max_results=1",
+                        f"the MLflow tracking server at {base} answers /health but its API does not answer")):
         try:
             request = urllib.request.Request(base + path, headers=headers)
             with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
@@ -480,7 +481,7 @@ def _probe_server(uri: str) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise BertpooledError(
-                f"tracking server {base} {what} ({reason}, waited {PROBE_TIMEOUT_S:.0f} s): start or restart it, "
+                f"{what} ({reason}, waited {PROBE_TIMEOUT_S:.0f} s): start or restart it (mlflow server), "
                 "or fix MLFLOW_TRACKING_URI"
             ) from None
 

@@ -103,6 +103,30 @@ def store(tmp_path, monkeypatch) -> str:
     return uri
 
 
+def tiny_bert_model(layers: int = 2, seed: int = 0):
+    """A tiny BertModel in memory (40-word vocabulary, hidden 32), in eval mode."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    return BertModel(config).eval()
+
+
+def id_batch(seed: int = 0, n: int = 4, length: int = 16):
+    """Right-padded token ids (padding id 0) of real lengths length, length-5, 3 and 1, and those lengths."""
+    import torch
+
+    from bertpooled.pooling import lengths_mask
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (n, length), generator=gen)
+    lengths = torch.tensor([length, length - 5, 3, 1][:n])
+    ids[lengths_mask(lengths, length).logical_not()] = 0
+    return ids, lengths
+
+
 def wait_for_http(url: str, proc, timeout: float, log=lambda: "") -> None:
     """Poll `url` until it answers; fail if `proc` exits first or `timeout` seconds pass."""
     deadline = time.time() + timeout

@@ -324,7 +324,11 @@ def hanging_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # the client gave up on a hanging request on purpose: its broken pipe is expected, not news
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -503,3 +507,50 @@ def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_th
     children = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''")
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert {r.info.run_id for r in started} <= {c.info.run_id for c in children}  # continued, not run again
+
+
+# --- 8. the served model ---------------------------------------------------------------------------------------
+
+
+def test_json_nested_too_deeply_is_told_apart_from_json_that_is_merely_deep():
+    from bertpooled.serve import _too_deep
+
+    assert _too_deep(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert not _too_deep(b'{"inputs": [[["a film"]]]}')
+    assert not _too_deep(b'{"inputs": [')  # malformed, not deep: MLflow's own parser answers it
+
+
+def test_the_served_model_answers_deeply_nested_json_with_a_400_and_still_serves(store, tiny_bert, tiny_imdb):
+    import json
+    import urllib.error
+    import urllib.request
+
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    (run,) = runs_in(store)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bertpooled", "serve", f"runs:/{run.info.run_id}/model", "--port", str(port)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+    def post(body: bytes):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, 120)
+        status, answer = post(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        assert status == 400 and "nested too deeply" in answer["message"]
+        status, answer = post(json.dumps({"inputs": ["a wonderful film"]}).encode())
+        assert status == 200 and len(answer["predictions"]) == 1
+        assert post(b'{"inputs": []}') == (200, {"predictions": []})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "Traceback" not in server.stderr.read()

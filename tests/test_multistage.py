@@ -14,25 +14,12 @@ from bertpooled.errors import BertpooledError
 from bertpooled.modeling import EncoderLSTMClassifier
 from bertpooled.pooling import PoolPosition, PoolSpec, lengths_mask, pooled_length, pooled_lengths
 
+from conftest import id_batch as batch, tiny_bert_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
 
-def tiny_bert_model(layers: int = 2, seed: int = 0):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    return BertModel(config).eval()
-
-
-def batch(seed: int = 0, n: int = 4, length: int = 16):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 40, (n, length), generator=gen)
-    lengths = torch.tensor([length, length - 5, 3, 1][:n])
-    ids[lengths_mask(lengths, length).logical_not()] = 0
-    return ids, lengths
 
 
 def layer_flops(tokens: int, hidden: int = 32, intermediate: int = 64) -> int:

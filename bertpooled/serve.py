@@ -1,0 +1,73 @@
+"""`bertpooled serve`: MLflow's own scoring server for a logged model, with one guard in front of it.
+
+The app is MLflow's (`mlflow.pyfunc.scoring_server.init`: the same /invocations, /ping, /health and /version as
+`mlflow models serve`); what this adds is a request body that is JSON nested too deeply to parse answered with a
+400 instead of MLflow's 500. MLflow's parser catches malformed JSON but not the RecursionError that very deep
+nesting raises, so such a body reaches its error handler as a server fault. Binds to 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+import json
+
+INVOCATIONS = "/invocations"
+
+
+class RejectTooDeepJson:
+    """ASGI middleware: a POST to /invocations whose JSON body nests too deeply for the parser gets a 400."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != INVOCATIONS:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if _too_deep(body):
+            await _send_json(send, 400, {
+                "error_code": "BAD_REQUEST",
+                "message": "the JSON body is nested too deeply to parse: send {\"inputs\": [\"text\", ...]}",
+            })
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _too_deep(body: bytes) -> bool:
+    try:
+        json.loads(body)
+    except RecursionError:
+        return True
+    except ValueError:
+        return False  # malformed JSON: MLflow's own parser answers it with a 400
+    return False
+
+
+async def _send_json(send, status: int, payload: dict) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def app_for(model_uri: str):
+    """MLflow's scoring app for the pyfunc model at `model_uri`, behind the nesting guard."""
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+
+    return RejectTooDeepJson(scoring_server.init(mlflow.pyfunc.load_model(model_uri)))
+
