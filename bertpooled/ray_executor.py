@@ -156,10 +156,13 @@ class RayExecutor:
                         raise cause from None
                     ran.append(outcome)
                     bar.update(1)
-                    if not any(run_id == outcome.run_id for run_id, _ in seen):
-                        # It started and ended between two looks: its start line still comes first.
+                    if (outcome.run_id, node) not in seen:
+                        # It started (or, after a retry, continued) and ended between two looks: that line still
+                        # comes first.
                         seen.add((outcome.run_id, node))
-                        say(f"{child.label}: started on node {node_ip} {node[:8]} (run {outcome.run_id})")
+                        resumed = client.get_run(outcome.run_id).data.tags.get("resumed_after_epoch")
+                        how = f"resumed after epoch {resumed}" if resumed else "started"
+                        say(f"{child.label}: {how} on node {node_ip} {node[:8]} (run {outcome.run_id})")
                     say(f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
                         f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f} "
                         f"[{len(ran)}/{len(todo)}]")

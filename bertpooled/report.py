@@ -73,8 +73,9 @@ _EXCLUDED_KINDS = ("sweep", "comparison")
 #: data itself is compared by its digest, `data/digest`) and settings the config documents as having no
 #: effect on results or costs.
 _FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size")
-#: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given.
-_DERIVED_CONFIG_FIELDS = {"mode": ("pool",)}
+#: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given; `variant` (the
+#: encoder runs' tag) spells out its features, fine-tuning, pooling and where the pooling sits.
+_DERIVED_CONFIG_FIELDS = {"mode": ("pool",), "variant": ("features", "finetune", "pool", "pool_at")}
 _DATA_DIGEST = "params.data/digest"
 _PREDICTION_COLUMNS = ("id", "label", "probability")
 #: predictions/test.csv accuracy may differ from the logged metric by rounding only.

@@ -481,7 +481,7 @@ def _probe_server(uri: str) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise BertpooledError(
-                f"{what} ({reason}, waited {PROBE_TIMEOUT_S:.0f} s): start or restart it (mlflow server), "
+                f"{what} (unreachable: {reason}, waited {PROBE_TIMEOUT_S:.0f} s): start or restart it (mlflow server), "
                 "or fix MLFLOW_TRACKING_URI"
             ) from None
 

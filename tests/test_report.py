@@ -436,3 +436,14 @@ def test_a_config_field_older_runs_never_logged_is_named_not_compared():
     report = build_report(runs, preds)
     assert any("system_metrics not logged by every run" in note for note in report.notes)
     assert len(report.comparisons) == 1
+
+
+def test_grouping_by_variant_lets_the_pooling_it_spells_out_differ():
+    # An encoder study: each variant is its own pooling and position, which the variant's name spells out.
+    runs, preds = study(SAME, pool_extra={"params.config/pool": "avg:2x1", "params.config/pool_at": "layer:2"})
+    runs["tags.variant"] = ["encoder" if run_id.startswith("basic") else "encoder-avg:2x1@layer:2"
+                            for run_id in runs["run_id"]]
+    runs["params.config/mode"] = "basic"  # encoder runs are all mode basic; the variant tells them apart
+    runs["params.config/pool_at"] = runs["params.config/pool_at"].fillna("input")
+    report = build_report(runs, preds, group_by="variant", baseline="encoder")
+    assert {g.label for g in report.groups} == {"encoder", "encoder-avg:2x1@layer:2"}

@@ -65,7 +65,7 @@ def test_shared_inputs_are_train_prepare_s_inputs_made_once(store, tiny_bert, ti
     shared = Shared()
     first, second = train.Phases(), train.Phases()
     data_a = shared.read_data(cfg, first)
-    data_b = shared.read_data(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "seed": 1}), second)
+    data_b = shared.read_data(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "pool": "", "seed": 1}), second)
     assert data_a is data_b and set(first.seconds) == set(second.seconds) == {"data"}
     a = shared.prepare(cfg, info, *data_a, first)
     b = shared.prepare(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool"}), info, *data_a, second)
