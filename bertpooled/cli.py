@@ -167,11 +167,15 @@ def mlproject_train(ctx: typer.Context) -> None:
     """
     pairs = _mlproject_pairs(ctx.args)
     config, resume = pairs.pop("config", None), pairs.pop("resume", None)
+    allow = pairs.pop("allow_code_change", "false").strip().lower()
+    if allow not in ("true", "false"):
+        fail(f"allow_code_change={allow!r} is not valid: pass -P allow_code_change=true or leave it out")
+    # Every argument is passed: one left out would be typer's OptionInfo default, which is truthy.
     train(
         config=_blank_to_none(config), mode=None, model=None, data=None, epochs=None, batch_size=None, max_len=None,
         lr=None, seed=None, train_fraction=None, max_train_examples=None, max_test_examples=None, device=None,
         pool=None, pool_at=None, features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()],
-        resume=resume, progress=None,
+        resume=resume, allow_code_change=allow == "true", progress=None,
     )
 
 

@@ -118,3 +118,17 @@ def test_nothing_to_compare_still_prints_why(runs):
     result = compare(runs, "--no-log", "--experiment", "broken")
     assert result.exit_code == 2
     assert "missing contract metric(s) test/accuracy" in result.stdout, result.stdout
+
+
+def test_the_mlproject_commands_pass_every_option_of_the_command_they_call():
+    # A typer command called as a function gets OptionInfo (truthy) for any option left out: e.g. a resume under
+    # `mlflow run` would then accept changed code as if --allow-code-change had been given.
+    import inspect
+    import re
+
+    import bertpooled.cli as cli
+
+    for command, wrapper in ((cli.train, cli.mlproject_train), (cli.sweep_command, cli.mlproject_sweep),
+                             (cli.compare_runs_command, cli.mlproject_compare)):
+        passed = set(re.findall(r"(\w+)=", inspect.getsource(wrapper)))
+        assert set(inspect.signature(command).parameters) <= passed, wrapper.__name__
