@@ -178,8 +178,9 @@ def test_system_metrics_are_one_setting_away(store, experiment, tiny_bert, tiny_
     from typer.testing import CliRunner
 
     pytest.importorskip("psutil")
-    # One sample a second, logged at once: the tiny run lasts a few seconds.
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    # Five samples a second, each logged at once: MLflow's monitor logs only after its first interval, and on a
+    # quiet machine the tiny run can end within a second.
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     result = CliRunner().invoke(
         app, ["train", "--config", str(ROOT / "experiments/smoke.yaml"), "--model", str(tiny_bert), "--data", str(tiny_imdb),

@@ -68,7 +68,7 @@ def test_shared_inputs_are_train_prepare_s_inputs_made_once(store, tiny_bert, ti
     data_b = shared.read_data(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "pool": "", "seed": 1}), second)
     assert data_a is data_b and set(first.seconds) == set(second.seconds) == {"data"}
     a = shared.prepare(cfg, info, *data_a, first)
-    b = shared.prepare(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool"}), info, *data_a, second)
+    b = shared.prepare(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "pool": ""}), info, *data_a, second)
     assert a.train_tokens is b.train_tokens and a.embeddings is b.embeddings and b.config.mode == "pool"
     assert {"tokenize", "features"} <= set(second.seconds) and b.tokens_cache_hit
 
