@@ -77,7 +77,7 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(store, t
     assert killed_proc.returncode != 0
     run = client.get_run(run_id)
     if sig == signal.SIGTERM:
-        assert run.info.status == "KILLED"
+        assert run.info.status == "KILLED", killed_proc.stderr[-3000:]
         assert f"bertpooled train --resume {run_id}" in killed_proc.stderr
         assert killed_proc.stderr.count("\n") < 60 and "Traceback" not in killed_proc.stderr
     else:
