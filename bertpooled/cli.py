@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import List, Optional
 
@@ -53,15 +52,12 @@ def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
     return move_uri_credentials(tracking_uri) if tracking_uri else tracking_uri
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (a scheduler or `kill`) unwinds like Ctrl-C, so the run is ended KILLED, not left RUNNING."""
+def _interrupt_as_keyboard_interrupt() -> None:
+    """Ctrl-C and SIGTERM (a scheduler or `kill`) unwind as KeyboardInterrupt, so the run is ended KILLED, not
+    left RUNNING; never inside a tracking-store write (see bertpooled.interrupts)."""
+    from bertpooled import interrupts
 
-    def handler(signum, frame):
-        # One interrupt is enough: a second SIGTERM must not cut short the cleanup that ends the run KILLED.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
+    interrupts.install()
 
 
 def _default(name: str) -> str:
@@ -101,7 +97,7 @@ def train(
     """Train and evaluate one configuration as an MLflow run."""
     from bertpooled.config import load_config, parse_sets
 
-    _sigterm_as_interrupt()
+    _interrupt_as_keyboard_interrupt()
     _hide_credentials()
     try:
         overrides = parse_sets(set_)
@@ -338,7 +334,7 @@ def sweep_command(
     from bertpooled.config import parse_sets
     from bertpooled.report import FORMATS
 
-    _sigterm_as_interrupt()
+    _interrupt_as_keyboard_interrupt()
     _hide_credentials()
     fmt = _blank_to_none(format) or "table"
     try:

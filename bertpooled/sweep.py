@@ -326,20 +326,18 @@ def _worker_init(stop) -> None:
     """In each worker: Ctrl-C or SIGTERM stops the sweep (the flag every worker checks before starting a child)
     and interrupts the child running here, which ends its run KILLED with its last checkpoint; an idle worker
     just waits for the parent to wind the pool down."""
-    import signal
+    from bertpooled import interrupts
 
     global _stop
     _stop = stop
 
-    def handler(signum, frame):
+    def take(signum: int) -> bool:
         global _busy
         _stop.set()
-        if _busy:
-            _busy = False  # one interrupt per child: a second signal must not cut its cleanup short
-            raise KeyboardInterrupt
+        busy, _busy = _busy, False  # one interrupt per child: a second signal must not cut its cleanup short
+        return busy
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    interrupts.install(take)
 
 
 def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], tracking_uri: str,

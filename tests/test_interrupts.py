@@ -1,0 +1,82 @@
+"""Ctrl-C / SIGTERM are taken between tracking-store calls, never inside one."""
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from bertpooled import interrupts
+
+
+def _code_of(module_name: str):
+    """A function whose frame claims to run in `module_name` (what in_store_call reads)."""
+    namespace = {"__name__": module_name, "time": time, "sys": sys, "interrupts": interrupts}
+    exec(
+        "def call(inner=None, seconds=0.0):\n"
+        "    if inner is not None:\n"
+        "        return inner()\n"
+        "    end = time.time() + seconds\n"
+        "    while time.time() < end:\n"
+        "        pass\n"
+        "    return interrupts.in_store_call(sys._getframe())\n",
+        namespace,
+    )
+    return namespace["call"]
+
+
+@pytest.mark.parametrize("module", ["sqlalchemy.orm.session", "sqlite3.dbapi2", "mlflow.store.db.utils",
+                                    "mlflow.store.tracking.sqlalchemy_store", "psycopg.cursor"])
+def test_database_frames_anywhere_on_the_stack_count_as_a_store_call(module):
+    assert _code_of(module)()
+    # Our own code called from inside the store still is inside the store call.
+    assert _code_of(module)(inner=_code_of("bertpooled.train"))
+
+
+@pytest.mark.parametrize("module", ["bertpooled.train", "mlflow.tracking.fluent", "mlflow.store.tracking.rest_store",
+                                    "requests.sessions", "sqlalchemyish"])
+def test_other_frames_do_not(module):
+    # MLflow's REST client is left interruptible: its retries against a dead server can last minutes.
+    assert not _code_of(module)()
+
+
+@pytest.fixture
+def handlers():
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_a_sigterm_during_a_store_call_is_taken_right_after_it(handlers):
+    interrupts.install()
+    store_call = _code_of("sqlalchemy.engine.base")
+    events = []
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(KeyboardInterrupt):
+        store_call(seconds=0.5)  # a write and its commit: the signal arrives here, and must wait
+        events.append("store call completed")
+        while True:  # our code between store calls: the re-sent signal raises here
+            time.sleep(0.01)
+    assert events == ["store call completed"]
+    # Once taken, further signals are ignored so they cannot cut the KILLED bookkeeping short.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_outside_store_calls_the_interrupt_is_immediate_and_can_be_declined(handlers):
+    taken = []
+
+    def on_interrupt(signum):
+        taken.append(signum)
+        return len(taken) > 1  # an idle sweep worker: note the stop, raise nothing
+
+    interrupts.install(on_interrupt)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    assert taken == [signal.SIGINT]
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    assert taken == [signal.SIGINT, signal.SIGTERM]
