@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def pack(out: Path, config_path: str) -> None:
-    from bertpooled import backbone, train
+    from bertpooled.model import backbone
+    from bertpooled.run import train
     from bertpooled.config import load_config
 
     cfg = load_config(config_path)
@@ -51,7 +52,10 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     import torch
     from safetensors.torch import load_file
 
-    from bertpooled import backbone, data, tokens, train
+    from bertpooled.model import backbone
+    from bertpooled import data
+    from bertpooled.data import tokens
+    from bertpooled.run import train
     from bertpooled.config import load_config
 
     if device_name.startswith("cuda") and not torch.cuda.is_available():

@@ -96,7 +96,9 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
 
     import torch
 
-    from bertpooled import backbone, cost, data as imdb_data, train
+    from bertpooled.model import backbone
+    from bertpooled.run import cost, train
+    from bertpooled.data import imdb as imdb_data
     from bertpooled.config import load_config
 
     if threads:
@@ -162,7 +164,7 @@ def fmt_flops(value: float) -> str:
 
 
 def summarise(runs) -> dict[str, dict]:
-    from bertpooled.stats import mean_ci
+    from bertpooled.report.stats import mean_ci
 
     out = {}
     for key, group in runs.groupby("row"):

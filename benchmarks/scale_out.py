@@ -140,7 +140,7 @@ def main() -> None:
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
-    from bertpooled.ray_executor import POLL_S as POLL
+    from bertpooled.run.ray_executor import POLL_S as POLL
 
     command = f"python benchmarks/scale_out.py --data $BERTPOOLED_IMDB --config {args.config} --modes {args.modes} --seeds {args.seeds}"
     rows = "\n".join(

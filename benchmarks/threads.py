@@ -25,10 +25,10 @@ from machine import describe  # benchmarks/machine.py: scripts here run with the
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bertpooled import backbone  # noqa: E402
-from bertpooled.encoder import load_backbone  # noqa: E402
-from bertpooled.modeling import PooledLSTMClassifier  # noqa: E402
-from bertpooled.pooling import PoolSpec, lengths_mask  # noqa: E402
+from bertpooled.model import backbone  # noqa: E402
+from bertpooled.model.encoder import load_backbone  # noqa: E402
+from bertpooled.model.heads import PooledLSTMClassifier  # noqa: E402
+from bertpooled.model.pooling import PoolSpec, lengths_mask  # noqa: E402
 
 
 def median_ms(step, repeats: int, warmup: int) -> float:

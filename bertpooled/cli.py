@@ -46,7 +46,7 @@ def _progress(flag: Optional[bool]) -> Optional[bool]:
 def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
     """MLFLOW_TRACKING_URI (and `tracking_uri`) without `user:password@`, moved to MLflow's basic-auth
     variables before MLflow sees the URI: MLflow prints the URI in lines of its own."""
-    from bertpooled.tracking import move_uri_credentials
+    from bertpooled.tracking.runs import move_uri_credentials
 
     move_uri_credentials()
     return move_uri_credentials(tracking_uri) if tracking_uri else tracking_uri
@@ -54,8 +54,8 @@ def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
 
 def _interrupt_as_keyboard_interrupt() -> None:
     """Ctrl-C and SIGTERM (a scheduler or `kill`) unwind as KeyboardInterrupt, so the run is ended KILLED, not
-    left RUNNING; never inside a tracking-store write (see bertpooled.interrupts)."""
-    from bertpooled import interrupts
+    left RUNNING; never inside a tracking-store write (see bertpooled.run.interrupts)."""
+    from bertpooled.run import interrupts
 
     interrupts.install()
 
@@ -108,7 +108,7 @@ def train(
             "features": features, "finetune": finetune,
         }
         overrides.update({k: v for k, v in named.items() if v is not None})
-        from bertpooled.experiment import prepare_resume, run_experiment
+        from bertpooled.run.experiment import prepare_resume, run_experiment
 
         resume = _blank_to_none(resume)
         if resume:
@@ -130,7 +130,7 @@ def train(
         fail(_interrupted_line(), code=130)
         return
     except Exception as exc:
-        from bertpooled.tracking import is_store_failure, store_error
+        from bertpooled.tracking.runs import is_store_failure, store_error
 
         if not is_store_failure(exc):
             raise  # a bug: its traceback is what a report needs
@@ -143,7 +143,7 @@ def train(
         f"head params {int(m['params/head']):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
-    from bertpooled.tracking import tracking_uri, ui_hint
+    from bertpooled.tracking.runs import tracking_uri, ui_hint
 
     typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
     typer.echo(f"model: runs:/{outcome.run_id}/model   (from another folder, set MLFLOW_TRACKING_URI={tracking_uri()} "
@@ -226,7 +226,7 @@ def compare_runs_command(
         None, help="Experiment the comparison run is logged to (default: bertpooled-comparisons)."),
 ) -> None:
     """Compare tracked runs by group: accuracy with CIs, costs, ratios and significance against a baseline."""
-    from bertpooled import compare
+    from bertpooled.report import compare
 
     ids = [i.strip() for value in run_id or [] for i in value.split(",") if i.strip()]
     tracking_uri = _hide_credentials(_blank_to_none(tracking_uri))
@@ -330,9 +330,9 @@ def sweep_command(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
-    from bertpooled import sweep as sweeping
+    from bertpooled.run import sweep as sweeping
     from bertpooled.config import parse_sets
-    from bertpooled.report import FORMATS
+    from bertpooled.report.build import FORMATS
 
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
@@ -388,7 +388,7 @@ def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: floa
     if parallel > 1:
         raise BertpooledError("--parallel is for --executor local; with ray, the cluster's CPUs and --cpus-per-run "
                               "decide how many children run at once")
-    from bertpooled.ray_executor import RayExecutor
+    from bertpooled.run.ray_executor import RayExecutor
 
     runner = RayExecutor(address, cpus, gpus)
     runner.check(children)
@@ -433,7 +433,7 @@ def serve_command(
     """Serve a logged model like `mlflow models serve --env-manager local`, answering JSON nested too deeply with a 400."""
     from mlflow.exceptions import MlflowException
 
-    from bertpooled.serve import app_for
+    from bertpooled.serving.server import app_for
 
     _hide_credentials()
     try:

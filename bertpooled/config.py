@@ -155,7 +155,7 @@ class Config:
         self.reference_text = str(self.reference_text).strip().lower()
         if self.reference_text not in REFERENCE_TEXTS:
             _bad("reference_text", self.reference_text, " or ".join(REFERENCE_TEXTS))
-        from bertpooled.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
+        from bertpooled.model.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
 
         spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
         self.pool = str(spec)

@@ -118,7 +118,7 @@ def id_batch(seed: int = 0, n: int = 4, length: int = 16):
     """Right-padded token ids (padding id 0) of real lengths length, length-5, 3 and 1, and those lengths."""
     import torch
 
-    from bertpooled.pooling import lengths_mask
+    from bertpooled.model.pooling import lengths_mask
 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 40, (n, length), generator=gen)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bertpooled.data
-from bertpooled.data import (
+import bertpooled.data.imdb
+from bertpooled.data.imdb import (
     ENV_VAR,
     Imdb,
     Split,
@@ -149,7 +149,7 @@ def test_archive_with_another_top_folder_or_none_and_plain_tar_is_read(tmp_path)
 @pytest.fixture
 def parsed_cache(tmp_path, monkeypatch):
     # tiny archives are below the size worth caching; pretend they are big
-    monkeypatch.setattr(bertpooled.data, "_PARSED_MIN_BYTES", 0)
+    monkeypatch.setattr(bertpooled.data.imdb, "_PARSED_MIN_BYTES", 0)
     return tmp_path / "cache"
 
 
@@ -157,7 +157,7 @@ def fail_on_read(monkeypatch):
     def no_read(*args):
         raise AssertionError("archive read again")
 
-    monkeypatch.setattr(bertpooled.data, "_read_archive", no_read)
+    monkeypatch.setattr(bertpooled.data.imdb, "_read_archive", no_read)
 
 
 def test_second_load_of_a_big_archive_comes_from_the_parsed_cache(archive, parsed_cache, monkeypatch):

@@ -116,7 +116,7 @@ def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_im
     run = _only_run(MlflowClient())
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model"))
     names = {p.name for p in folder.rglob("*") if p.is_file()}
-    assert "weights.safetensors" in names and "serving.py" in names
+    assert "weights.safetensors" in names and "lstm.py" in names
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".pt", ".pth", ".bin"))]
     mlmodel = (folder / "MLmodel").read_text()
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel and "python_model.pkl" not in names

@@ -4,11 +4,12 @@ import pytest
 import torch
 from transformers import BertModel
 
-from bertpooled import backbone, train
+from bertpooled.model import backbone
+from bertpooled.run import train
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.modeling import PooledLSTMClassifier
-from bertpooled.pooling import PoolSpec, pool
+from bertpooled.model.heads import PooledLSTMClassifier
+from bertpooled.model.pooling import PoolSpec, pool
 
 
 def loaded(tiny_bert):
@@ -46,7 +47,7 @@ def test_the_pooled_mode_pools_the_embedding_layer_output_not_the_word_table(tin
         expected, _ = pool(features, torch.ones(ids.shape, dtype=torch.bool), spec)
         x = model.inputs(ids)
     # model.inputs pools the hidden axis; the sequence pooling follows in forward. Both together:
-    from bertpooled.pooling import pool_sequence
+    from bertpooled.model.pooling import pool_sequence
 
     got, _ = pool_sequence(x, torch.ones(ids.shape, dtype=torch.bool), spec)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)

@@ -12,12 +12,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from bertpooled import cost, features, train
+from bertpooled.run import cost, train
+from bertpooled.data import features
 from bertpooled.cli import app
 from bertpooled.config import load_config
-from bertpooled.encoder import PoolingEncoder
+from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.errors import BertpooledError
-from bertpooled.pooling import PoolPosition, PoolSpec, lengths_mask, pool, pooled_lengths
+from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask, pool, pooled_lengths
 
 from conftest import id_batch as batch, tiny_bert_model  # noqa: E402
 
@@ -96,7 +97,7 @@ def layer_flops(tokens: int, hidden: int = 32, intermediate: int = 64) -> int:
 
 
 def test_pooling_at_layer_1_cuts_the_counted_flops_by_the_expected_share():
-    from bertpooled.modeling import EncoderLSTMClassifier
+    from bertpooled.model.heads import EncoderLSTMClassifier
 
     bert = tiny_bert_model(layers=2)
     ids, lengths = batch(length=32)
@@ -117,7 +118,7 @@ def test_pooling_at_layer_1_cuts_the_counted_flops_by_the_expected_share():
 
 
 def test_a_word_embedding_lookup_costs_no_backbone_flops():
-    from bertpooled.modeling import PooledLSTMClassifier
+    from bertpooled.model.heads import PooledLSTMClassifier
 
     model = PooledLSTMClassifier(torch.randn(40, 32), PoolSpec.parse("avg:2x2"), units=4)
     ids, lengths = batch()
@@ -334,8 +335,8 @@ def test_a_bad_combination_on_the_command_line_exits_2_and_leaves_no_run(store, 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("encoder*.yaml")), ids=lambda p: p.stem)
 def test_the_encoder_experiments_fit_the_default_backbone(path):
-    from bertpooled import backbone
-    from bertpooled.encoder import check_layer_pooling
+    from bertpooled.model import backbone
+    from bertpooled.model.encoder import check_layer_pooling
 
     cfg = load_config(path)
     assert cfg.features == "encoder" and cfg.model == "minilm"

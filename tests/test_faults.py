@@ -111,7 +111,7 @@ def test_a_data_uri_with_credentials_is_not_echoed_in_the_error(store, tiny_bert
 
 
 def test_uri_credentials_move_into_mlflows_basic_auth_variables(no_auth_env, monkeypatch):
-    from bertpooled.tracking import move_uri_credentials
+    from bertpooled.tracking.runs import move_uri_credentials
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:p%40ss@mlflow.example.org:8443/")
     move_uri_credentials()
@@ -125,7 +125,7 @@ def test_uri_credentials_move_into_mlflows_basic_auth_variables(no_auth_env, mon
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tiny_bert):
-    from bertpooled import backbone
+    from bertpooled.model import backbone
 
     return backbone.load_tokenizer(backbone.inspect(str(tiny_bert)))
 
@@ -134,7 +134,7 @@ TEXTS = ["a great film", "dull and boring plot", "the actor was superb"]
 
 
 def _entry(tmp_path, tokenizer):
-    from bertpooled import tokens
+    from bertpooled.data import tokens
 
     want, hit = tokens.load_or_tokenize(tokenizer, TEXTS, 8, key="k", cache_dir=tmp_path, progress=False)
     assert not hit
@@ -164,7 +164,7 @@ def _wrong_arrays(path: Path) -> None:
 def test_a_damaged_token_cache_entry_is_rebuilt_with_one_warning(tmp_path, tiny_tokenizer, damage, capsys):
     import numpy as np
 
-    from bertpooled import tokens
+    from bertpooled.data import tokens
 
     want, path = _entry(tmp_path, tiny_tokenizer)
     damage(path)
@@ -178,7 +178,7 @@ def test_a_damaged_token_cache_entry_is_rebuilt_with_one_warning(tmp_path, tiny_
 
 
 def test_an_unwritable_token_cache_means_running_without_it(tmp_path, tiny_tokenizer, capsys):
-    from bertpooled import tokens
+    from bertpooled.data import tokens
 
     # A file where the cache folder should be: unwritable even for root (a read-only mount acts the same).
     (tmp_path / "tokens").write_text("")
@@ -191,7 +191,7 @@ def test_an_unwritable_token_cache_means_running_without_it(tmp_path, tiny_token
 def test_a_full_token_cache_leaves_no_temporary_file(tmp_path, tiny_tokenizer, monkeypatch, capsys):
     import numpy as np
 
-    from bertpooled import tokens
+    from bertpooled.data import tokens
 
     real = np.savez
 
@@ -207,17 +207,17 @@ def test_a_full_token_cache_leaves_no_temporary_file(tmp_path, tiny_tokenizer, m
 
 
 def test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest(tmp_path, monkeypatch, capsys):
-    import bertpooled.data
+    import bertpooled.data.imdb
     from conftest import write_imdb_archive, write_imdb_tree
 
-    monkeypatch.setattr(bertpooled.data, "_PARSED_MIN_BYTES", 0)  # tiny archives are cached too
+    monkeypatch.setattr(bertpooled.data.imdb, "_PARSED_MIN_BYTES", 0)  # tiny archives are cached too
     archive = write_imdb_archive(write_imdb_tree(tmp_path, per_label=3), tmp_path / "aclImdb_v1.tar.gz")
-    want = bertpooled.data.load_imdb(str(archive), cache_dir=tmp_path / "cache")
+    want = bertpooled.data.imdb.load_imdb(str(archive), cache_dir=tmp_path / "cache")
     (entry,) = (tmp_path / "cache" / "parsed").glob("imdb-*.bin")
     head, blob = entry.read_bytes().split(b"\n", 1)
     entry.write_bytes(head + b"\n" + blob.replace(b"the", b"awf", 1))  # same sizes, other text
     capsys.readouterr()
-    got = bertpooled.data.load_imdb(str(archive), cache_dir=tmp_path / "cache")
+    got = bertpooled.data.imdb.load_imdb(str(archive), cache_dir=tmp_path / "cache")
     assert got.digest == want.digest and got.train.texts == want.train.texts
     assert "parsed IMDB cache" in capsys.readouterr().err
 
@@ -261,7 +261,7 @@ def test_a_damaged_mlflow_db_is_one_line_before_any_work(tiny_bert, tiny_imdb, t
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{half}")
     monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("bertpooled.train.read_data", lambda *a, **k: pytest.fail("data read with a broken store"))
+    monkeypatch.setattr("bertpooled.run.train.read_data", lambda *a, **k: pytest.fail("data read with a broken store"))
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert_user_error(result, "mlflow.db", "malformed", "backup")
     assert len(result.output.splitlines()) == 1
@@ -270,7 +270,7 @@ def test_a_damaged_mlflow_db_is_one_line_before_any_work(tiny_bert, tiny_imdb, t
 def test_a_store_that_fails_mid_run_is_one_line_not_pages(store, tiny_bert, tiny_imdb, monkeypatch):
     import sqlite3
 
-    from bertpooled import tracking
+    from bertpooled.tracking import runs as tracking
 
     def full(*args, **kwargs):
         raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database or disk is full") from \
@@ -287,7 +287,7 @@ def test_a_store_that_fails_mid_run_is_one_line_not_pages(store, tiny_bert, tiny
 
 
 def test_ctrl_c_before_the_first_checkpoint_offers_no_resume_that_would_be_refused(store, tiny_bert, tiny_imdb, monkeypatch):
-    from bertpooled import tokens
+    from bertpooled.data import tokens
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -366,7 +366,7 @@ def test_an_unreachable_postgresql_uri_is_one_line_within_seconds(tiny_bert, tin
 
 def test_the_logged_commit_is_the_codes_not_the_current_folders(tmp_path, monkeypatch):
     import bertpooled
-    from bertpooled import tracking
+    from bertpooled.tracking import runs as tracking
 
     other = tmp_path / "elsewhere"
     other.mkdir()
@@ -387,7 +387,7 @@ def test_the_logged_commit_is_the_codes_not_the_current_folders(tmp_path, monkey
 def test_resuming_with_other_code_is_refused_unless_allowed_and_then_recorded(store, tiny_bert, tiny_imdb, monkeypatch):
     from test_resume import _killed_run_with_a_checkpoint
 
-    from bertpooled import tracking
+    from bertpooled.tracking import runs as tracking
 
     run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
     logged = tracking.logged_code(run_id)
@@ -433,7 +433,7 @@ def test_a_resume_after_the_last_epoch_clears_the_error_tag_fails_orphan_models_
 def test_a_second_resume_of_a_run_being_resumed_is_one_line(store, tiny_bert, tiny_imdb, monkeypatch):
     from test_resume import _killed_run_with_a_checkpoint
 
-    from bertpooled.experiment import claim_run
+    from bertpooled.run.experiment import claim_run
 
     run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
     first = claim_run(run_id)  # another resume of it holds the run
@@ -513,7 +513,7 @@ def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_th
 
 
 def test_json_nested_too_deeply_is_told_apart_from_json_that_is_merely_deep():
-    from bertpooled.serve import _too_deep
+    from bertpooled.serving.server import _too_deep
 
     assert _too_deep(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     assert not _too_deep(b'{"inputs": [[["a film"]]]}')

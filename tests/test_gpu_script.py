@@ -90,7 +90,7 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
 def test_a_model_logged_where_only_mlflow_skinny_is_installed_pins_mlflow_skinny(monkeypatch):
     import importlib.metadata as metadata
 
-    from bertpooled import tracking
+    from bertpooled.tracking import runs as tracking
 
     real = metadata.version
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bertpooled.modeling import LSTMHead, PooledLSTMClassifier, count_parameters
-from bertpooled.pooling import PoolSpec
+from bertpooled.model.heads import LSTMHead, PooledLSTMClassifier, count_parameters
+from bertpooled.model.pooling import PoolSpec
 
 
 @pytest.mark.parametrize("inputs, expected", [(768, 50_257), (384, 25_681)])

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertpooled import cost, train
+from bertpooled.run import cost, train
 from bertpooled.config import load_config
-from bertpooled.encoder import PoolingEncoder
+from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.errors import BertpooledError
-from bertpooled.modeling import EncoderLSTMClassifier
-from bertpooled.pooling import PoolPosition, PoolSpec, lengths_mask, pooled_length, pooled_lengths
+from bertpooled.model.heads import EncoderLSTMClassifier
+from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask, pooled_length, pooled_lengths
 
 from conftest import id_batch as batch, tiny_bert_model  # noqa: E402
 

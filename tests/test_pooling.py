@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bertpooled.errors import BertpooledError
-from bertpooled.pooling import PoolSpec, lengths_mask, pool, pool_hidden, pool_sequence, pooled_lengths
+from bertpooled.model.pooling import PoolSpec, lengths_mask, pool, pool_hidden, pool_sequence, pooled_lengths
 
 
 @pytest.mark.parametrize(

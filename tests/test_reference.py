@@ -11,10 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from bertpooled import backbone, data, reference, train
+from bertpooled.model import backbone
+from bertpooled import data
+from bertpooled.run import reference, train
 from bertpooled.cli import app
 from bertpooled.config import load_config
-from bertpooled.shared import Shared
+from bertpooled.run.shared import Shared
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -79,7 +81,7 @@ def test_a_reference_run_logs_the_contract_and_a_pickle_free_pyfunc(text, store,
 
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model"))
     names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    assert {"reference_serving.py", "artifacts/weights.safetensors", "artifacts/vocabulary.json"} <= names
+    assert {"reference.py", "artifacts/weights.safetensors", "artifacts/vocabulary.json"} <= names
     assert any(n.startswith("artifacts/tokenizer/") for n in names) == (text == "tokens")
     assert not [n for n in names if n.endswith((".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin"))]
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (folder / "MLmodel").read_text()

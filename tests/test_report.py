@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from bertpooled.errors import BertpooledError
-from bertpooled.plots import accuracy_vs_time, learning_curves
-from bertpooled.report import ORIGINAL_STUDY, Report, build_report
+from bertpooled.report.plots import accuracy_vs_time, learning_curves
+from bertpooled.report.build import ORIGINAL_STUDY, Report, build_report
 
 N_TEST = 1000
 LABELS = np.arange(N_TEST) % 2
@@ -396,7 +396,7 @@ def test_other_data_is_refused_by_its_digest():
 
 
 def test_several_comparisons_are_holm_corrected_and_verdicts_use_the_corrected_p():
-    from bertpooled.stats import holm
+    from bertpooled.report.stats import holm
 
     assert holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06], nan_ok=True)
     max_rows = [(run_row(f"max{seed}", "max", seed, n), predictions(n)) for seed, n in enumerate(CLEAR)]

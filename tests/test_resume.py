@@ -96,7 +96,7 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(store, t
 
 
 def _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch) -> str:
-    from bertpooled import train
+    from bertpooled.run import train
 
     real_fit = train.fit
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from bertpooled.stats import mcnemar_exact, mean_ci, paired_difference
+from bertpooled.report.stats import mcnemar_exact, mean_ci, paired_difference
 
 
 def _outcomes(b: int, c: int, both_right: int = 0, both_wrong: int = 0):

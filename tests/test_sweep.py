@@ -11,12 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from bertpooled import sweep, train
+from bertpooled.run import sweep, train
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.experiment import run_experiment
-from bertpooled.shared import Shared
+from bertpooled.run.experiment import run_experiment
+from bertpooled.run.shared import Shared
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")

@@ -2,7 +2,7 @@
 
 import torch
 
-from bertpooled import train
+from bertpooled.run import train
 from bertpooled.config import load_config
 
 

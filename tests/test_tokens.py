@@ -3,7 +3,8 @@ import random
 import numpy as np
 import pytest
 
-from bertpooled import backbone, tokens
+from bertpooled.model import backbone
+from bertpooled.data import tokens
 
 
 @pytest.fixture(scope="module")

@@ -109,17 +109,17 @@ def test_unusable_data_is_a_one_line_error_and_leaves_no_run(store, tiny_bert, b
 
 
 def test_offline_without_a_local_copy_says_how_to_provide_one(store, tiny_bert, monkeypatch):
-    from bertpooled import data
+    from bertpooled.data import imdb
 
     monkeypatch.delenv("BERTPOOLED_IMDB", raising=False)
-    monkeypatch.setattr(data, "IMDB_URL", "http://127.0.0.1:9/aclImdb_v1.tar.gz")
+    monkeypatch.setattr(imdb, "IMDB_URL", "http://127.0.0.1:9/aclImdb_v1.tar.gz")
     result = invoke("--model", str(tiny_bert))
     assert_user_error(result, "BERTPOOLED_IMDB", "--data")
     assert runs_in(store) == []
 
 
 def test_a_failure_inside_the_run_marks_it_failed_with_the_reason(store, tiny_bert, tiny_imdb, monkeypatch):
-    from bertpooled import train
+    from bertpooled.run import train
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full while training")
@@ -166,7 +166,7 @@ def test_an_unreachable_tracking_server_fails_fast_and_never_shows_the_password(
 
 
 def test_credentials_are_removed_from_uris_before_they_are_shown_or_logged():
-    from bertpooled.tracking import redact_uri
+    from bertpooled.tracking.runs import redact_uri
 
     assert redact_uri("https://bob:pw@mlflow.example.org:8443/x?y=1") == "https://mlflow.example.org:8443/x?y=1"
     assert redact_uri("postgresql://u:p@db/mlflow") == "postgresql://db/mlflow"

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from bertpooled import tracking, ui_view
+from bertpooled.tracking import runs as tracking, ui_view
 
 
 def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():

@@ -14,7 +14,7 @@ PYTHON="${PYTHON:-python3}"
 # PY_VERSION=3.11 packs wheels for a 3.11 rehearsal of the device here (README.md); the device runs 3.12.
 
 # The set the device lacks: mlflow-skinny and its needs, SQLite store (sqlalchemy, alembic, Mako, cryptography, which
-# sqlalchemy_store imports at import time), pooch (bertpooled.data imports it). What the machine already has
+# sqlalchemy_store imports at import time), pooch (bertpooled.data.imdb imports it). What the machine already has
 # (numpy, pandas, requests, protobuf, click, pyyaml, anyio, ...) stays out; KINDS.md lists it.
 WHEELS="mlflow-skinny mlflow-tracing sqlalchemy alembic mako pydantic pydantic-core annotated-types annotated-doc
 typing-inspection typing-extensions fastapi starlette uvicorn opentelemetry-api opentelemetry-proto opentelemetry-sdk
@@ -53,7 +53,7 @@ data() {
 model() {
   local folder="${1:-}"
   if [ -z "$folder" ]; then
-    folder="$("$PYTHON" -c "from bertpooled.backbone import resolve; print(resolve('minilm'))")"
+    folder="$("$PYTHON" -c "from bertpooled.model.backbone import resolve; print(resolve('minilm'))")"
   fi
   rm -rf "$PAYLOAD/minilm"
   mkdir -p "$PAYLOAD/minilm"

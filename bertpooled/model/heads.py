@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertpooled.pooling import PoolSpec, lengths_mask, pool_hidden, pool_sequence, pooled_lengths
+from bertpooled.model.pooling import PoolSpec, lengths_mask, pool_hidden, pool_sequence, pooled_lengths
 
 
 class LSTMHead(nn.Module):
@@ -131,7 +131,7 @@ class EmbeddingLayer(nn.Module):
     """The rest of a BERT embedding layer after the word lookup: + position + token type 0, then LayerNorm.
 
     Frozen buffers (no parameters), in eval mode by construction (BERT's embedding dropout is off at inference,
-    as it was in the original's call). `bertpooled.backbone.load_embedding_layer` checks it against the
+    as it was in the original's call). `bertpooled.model.backbone.load_embedding_layer` checks it against the
     backbone's own module.
     """
 

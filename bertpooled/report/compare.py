@@ -2,7 +2,7 @@
 
 This module only talks to MLflow (public ``MlflowClient`` APIs) and the file
 system; every number in the report comes from the pure
-:func:`bertpooled.report.build_report`.
+:func:`bertpooled.report.build.build_report`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bertpooled.errors import BertpooledError
-from bertpooled.plots import accuracy_vs_time, learning_curves
-from bertpooled.report import FORMATS, Report, build_report
-from bertpooled.report_html import render_html
-from bertpooled.tracking import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, check_tracking_reachable, redact_uri
+from bertpooled.report.plots import accuracy_vs_time, learning_curves
+from bertpooled.report.build import FORMATS, Report, build_report
+from bertpooled.report.html import render_html
+from bertpooled.tracking.runs import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, check_tracking_reachable, redact_uri
 
 #: Where comparison runs go by default: their own experiment keeps the training experiments' tables and
 #: charts to training runs.

@@ -108,7 +108,7 @@ class RayExecutor:
         """
         from tqdm.auto import tqdm
 
-        from bertpooled import sweep
+        from bertpooled.run import sweep
 
         ray = _import_ray()
         self.connect()
@@ -176,7 +176,7 @@ class RayExecutor:
     @staticmethod
     def _report_starts(client, experiment_id, parent_id, by_key, seen, say) -> None:
         """A line for each child run that began (or continued) on a node since the last look."""
-        from bertpooled import sweep
+        from bertpooled.run import sweep
 
         runs = client.search_runs(
             [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
@@ -196,7 +196,7 @@ class RayExecutor:
     def _cancel(ray, pending, client, experiment_id, parent_id, by_key, say) -> None:
         """Stop the children still running: an interrupt reaches each task, whose run then ends KILLED itself;
         a run whose task could not say so in time (its node gone, say) is ended KILLED from here."""
-        from bertpooled import sweep
+        from bertpooled.run import sweep
 
         for ref in pending:
             ray.cancel(ref)
@@ -224,8 +224,8 @@ def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
     """
     import ray
 
-    from bertpooled import sweep
-    from bertpooled.experiment import Outcome, prepare_resume, run_experiment
+    from bertpooled.run import sweep
+    from bertpooled.run.experiment import Outcome, prepare_resume, run_experiment
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     os.environ.pop("MLFLOW_RUN_ID", None)

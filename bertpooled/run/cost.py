@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bertpooled.inference import encode, predict_texts
+from bertpooled.model.inference import encode, predict_texts
 
 THROUGHPUT_BATCH = 32
 # A GPU is far from busy at 32 texts: it is also timed at a batch a serving GPU would see.

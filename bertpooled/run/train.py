@@ -15,11 +15,14 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from tqdm.auto import tqdm
 
-from bertpooled import backbone, checkpoint, data, features, tokens
+from bertpooled.model import backbone
+from bertpooled.run import checkpoint
+from bertpooled import data
+from bertpooled.data import features, tokens
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
-from bertpooled.modeling import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
-from bertpooled.pooling import PoolSpec, pooled_length
+from bertpooled.model.heads import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
+from bertpooled.model.pooling import PoolSpec, pooled_length
 
 
 @dataclass
@@ -118,7 +121,7 @@ def check(config: Config) -> backbone.BackboneInfo:
             f"and {config.model!r} is {info.model_type!r}: use features=embeddings, or a BERT backbone"
         )
     if config.features == "encoder" and not spec.is_identity:
-        from bertpooled.encoder import check_layer_pooling
+        from bertpooled.model.encoder import check_layer_pooling
 
         check_layer_pooling(info.model_type, info.num_layers, config.position, config.model)
     stages = max(config.position.stages, 1)
@@ -193,7 +196,7 @@ def prepare(config: Config, info: backbone.BackboneInfo, imdb, train, test, phas
 
 def load_backbone(info: backbone.BackboneInfo) -> torch.nn.Module:
     """The backbone's base model, frozen (no gradients) and in eval mode; a user-facing error if it cannot load."""
-    from bertpooled.encoder import load_backbone as load
+    from bertpooled.model.encoder import load_backbone as load
 
     try:
         model = load(info.path)
@@ -205,7 +208,7 @@ def load_backbone(info: backbone.BackboneInfo) -> torch.nn.Module:
 
 def encoder_for(config: Config, model: torch.nn.Module):
     """The backbone wrapped with the pooling inside it that `config` asks for (none unless pool_at=layer:K)."""
-    from bertpooled.encoder import PoolingEncoder
+    from bertpooled.model.encoder import PoolingEncoder
 
     return PoolingEncoder(model, config.position, PoolSpec.parse(config.pool))
 
@@ -219,7 +222,7 @@ def inside_spec(config: Config) -> str:
 
 def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None) -> None:
     """Load the backbone; when frozen, fill in its features for both splits from the disk cache or by running it."""
-    from bertpooled.encoder import fingerprint
+    from bertpooled.model.encoder import fingerprint
 
     cfg = prepared.config
     prepared.backbone_model = load()
@@ -442,7 +445,7 @@ def configure_threads(config: Config) -> None:
 
 def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None = None, checkpoints=None) -> Result:
     """Build the model, fit, evaluate on the test subset, measure its inference cost; fill in the contract's metrics."""
-    from bertpooled import cost
+    from bertpooled.run import cost
 
     cfg, phases = prepared.config, prepared.phases
     device = resolve_device(cfg.device)

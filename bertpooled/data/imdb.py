@@ -96,7 +96,7 @@ def check_source(data: str | None) -> None:
 
 def _shown(src: str) -> str:
     """`src` as an error line may show it: a URI's `user:password@` removed."""
-    from bertpooled.tracking import redact_uri  # late: only an error pays for importing MLflow
+    from bertpooled.tracking.runs import redact_uri  # late: only an error pays for importing MLflow
 
     return redact_uri(src)
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from bertpooled import checkpoint, cost, reference, tracking, train
+from bertpooled.run import checkpoint, cost, reference, train
+from bertpooled.tracking import runs as tracking
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
-from bertpooled.shared import Shared
+from bertpooled.run.shared import Shared
 
 
 @dataclass
@@ -197,7 +198,7 @@ def claim_run(run_id: str):
     """
     import fcntl
 
-    from bertpooled.data import cache_dir
+    from bertpooled.data.imdb import cache_dir
 
     folder = cache_dir() / "locks"
     try:

@@ -22,12 +22,14 @@ import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from bertpooled import compare, reference, tracking, train
+from bertpooled.report import compare
+from bertpooled.run import reference, train
+from bertpooled.tracking import runs as tracking
 from bertpooled.config import MODE_ALIASES, Config, load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.experiment import Outcome, run_experiment
-from bertpooled.report import Report
-from bertpooled.shared import Shared
+from bertpooled.run.experiment import Outcome, run_experiment
+from bertpooled.report.build import Report
+from bertpooled.run.shared import Shared
 
 KEY_TAG = "sweep/key"
 CHILD_TAG = "sweep/child"
@@ -308,7 +310,7 @@ def _run_child(config: Config, resume_run_id: str | None, **kwargs) -> Outcome:
     """`run_experiment` for one child: a new run, or its earlier run continued from that run's checkpoint."""
     if not resume_run_id:
         return run_experiment(config, **kwargs)
-    from bertpooled.experiment import prepare_resume
+    from bertpooled.run.experiment import prepare_resume
 
     resumed_config, target = prepare_resume(resume_run_id, None)
     try:
@@ -326,7 +328,7 @@ def _worker_init(stop) -> None:
     """In each worker: Ctrl-C or SIGTERM stops the sweep (the flag every worker checks before starting a child)
     and interrupts the child running here, which ends its run KILLED with its last checkpoint; an idle worker
     just waits for the parent to wind the pool down."""
-    from bertpooled import interrupts
+    from bertpooled.run import interrupts
 
     global _stop
     _stop = stop

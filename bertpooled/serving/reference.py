@@ -41,13 +41,13 @@ class ReferenceModel(mlflow.pyfunc.PythonModel):
 
             self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
 
-    # Returns a DataFrame, unannotated: MLflow infers output schemas from list[...] hints only (see serving.py).
+    # Returns a DataFrame, unannotated: MLflow infers output schemas from list[...] hints only (see serving/lstm.py).
     def predict(self, context, model_input: list[str], params=None):  # -> pd.DataFrame
         texts = [str(text) for text in model_input]  # MLflow hands list[str] per the type hint
         if not texts:
             return _frame(np.zeros(0))
         if self.tokenizer is not None:
-            # The same text the model was trained on: the first max_len tokens, decoded (bertpooled.reference.decode).
+            # The same text the model was trained on: the first max_len tokens, decoded (bertpooled.run.reference.decode).
             ids = self.tokenizer(texts, truncation=True, max_length=self.config["max_len"])["input_ids"]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         column = list(self.classifier.classes_).index(1)

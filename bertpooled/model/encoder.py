@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bertpooled.errors import BertpooledError
-from bertpooled.pooling import PoolPosition, PoolSpec, pool_sequence
+from bertpooled.model.pooling import PoolPosition, PoolSpec, pool_sequence
 
 # Model types whose AutoModel is transformers' BertModel (embeddings, encoder.layer[i]): layer:K runs on these.
 LAYER_POOLING_TYPES = ("bert",)

@@ -17,11 +17,13 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from bertpooled import backbone, data, train
+from bertpooled.model import backbone
+from bertpooled import data
+from bertpooled.run import train
 from bertpooled.config import Config
-from bertpooled.shared import Shared
+from bertpooled.run.shared import Shared
 
-SERVING_CODE = Path(__file__).with_name("reference_serving.py")
+SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "reference.py"
 # min_df=2 drops n-grams seen in one review only: they cannot generalise, and they would
 # multiply the stored vocabulary several times over. sublinear_tf damps repeated words.
 VECTORIZER = {
@@ -59,7 +61,7 @@ def describe(config: Config) -> str:
 
 
 def decode(tokenizer, rows: list[list[int]] | list[np.ndarray]) -> list[str]:
-    """Token ids back to text without [CLS]/[SEP]/[PAD]: what the LSTM saw, as words (reference_serving does the same)."""
+    """Token ids back to text without [CLS]/[SEP]/[PAD]: what the LSTM saw, as words (serving/reference.py does the same)."""
     rows = [r.tolist() if isinstance(r, np.ndarray) else list(r) for r in rows]
     return tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
@@ -128,7 +130,7 @@ def _positive(classifier: LogisticRegression, x) -> np.ndarray:
 
 
 def log_model(fitted: Fitted) -> str:
-    """Log the fitted model as a models-from-code pyfunc (reference_serving.py), and its settings as
+    """Log the fitted model as a models-from-code pyfunc (serving/reference.py), and its settings as
     `reference/<name>` params; returns the model URI.
 
     State: the vocabulary (JSON, in column order), idf and coefficients (safetensors), the settings (JSON)
@@ -137,7 +139,7 @@ def log_model(fitted: Fitted) -> str:
     import mlflow
     from safetensors.numpy import save_file
 
-    from bertpooled.tracking import log_pyfunc, pinned_requirements
+    from bertpooled.tracking.runs import log_pyfunc, pinned_requirements
 
     cfg = fitted.config
     settings = {"vectorizer": VECTORIZER, "classifier": CLASSIFIER, "reference_text": cfg.reference_text,

@@ -1,7 +1,7 @@
 """The pooling layer, in one place: its spelling (`avg:2x2`), where it sits (`pool_at`), and masked pooling.
 
 Every pooled value in the project is computed by `pool` / `pool_sequence` / `pool_hidden` below, wherever the
-position puts them: on the word embeddings (`input`), between encoder layers (`layer:K`, bertpooled.encoder)
+position puts them: on the word embeddings (`input`), between encoder layers (`layer:K`, bertpooled.model.encoder)
 or on the encoder's last hidden state (`output`).
 """
 

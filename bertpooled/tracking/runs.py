@@ -23,14 +23,14 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from bertpooled import ui_view
+from bertpooled.tracking import ui_view
 from bertpooled.errors import BertpooledError
 
 DEFAULT_EXPERIMENT = "bertpooled"
 KIND_TAG = "bertpooled.kind"
 PREDICTIONS_PATH = "predictions/test.csv"
 MODEL_NAME = "model"
-SERVING_CODE = Path(__file__).with_name("serving.py")
+SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "lstm.py"
 
 
 def redact_uri(uri: str) -> str:
@@ -310,7 +310,7 @@ def log_classifier_plots(labels: np.ndarray, probabilities: np.ndarray) -> None:
     """Confusion matrix, ROC and precision-recall curves of the test predictions, as artifacts under plots/."""
     if len(set(np.asarray(labels).astype(int).tolist())) < 2:
         return  # ROC and PR curves need both classes among the labels
-    from bertpooled.plots import classifier_plots
+    from bertpooled.report.plots import classifier_plots
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier_plots(labels, probabilities, tmp)
@@ -376,7 +376,7 @@ def pinned_requirements(*dists: str) -> list[str]:
 def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
     """(runs table link, run link) in MLflow's UI, both in its "Model training" pages.
 
-    The runs link opens the experiment's training view (see `bertpooled.ui_view`): training runs only,
+    The runs link opens the experiment's training view (see `bertpooled.tracking.ui_view`): training runs only,
     mode/backbone/seed/accuracy/time/head-parameter columns, learning curves as the first charts.
     """
     base = ui_base()

@@ -43,7 +43,7 @@ def cache_key(backbone_fingerprint: str, subset_digest: str, split: str, max_len
 def compute(encoder: torch.nn.Module, ids: np.ndarray, lengths: np.ndarray, batch_size: int, device: torch.device,
             progress: bool | None = None, desc: str = "features") -> Features:
     """Run the frozen backbone over every row, in batches; the only place a run's dataset meets the backbone."""
-    from bertpooled.pooling import lengths_mask
+    from bertpooled.model.pooling import lengths_mask
 
     encoder.eval()
     hidden_parts, length_parts = [], []

@@ -124,7 +124,7 @@ def embedding_layer_of(model: torch.nn.Module, name: str) -> "EmbeddingLayer":
     Checked on a probe of token ids against the module itself in eval mode, so a backbone whose embedding
     layer computes anything else (RoBERTa's offset positions, ALBERT's projection, ...) is refused in one line.
     """
-    from bertpooled.modeling import EmbeddingLayer
+    from bertpooled.model.heads import EmbeddingLayer
 
     module = getattr(model, "embeddings", None)
     parts = [getattr(module, a, None) for a in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")]

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from bertpooled import backbone, data, tokens, train
+from bertpooled.model import backbone
+from bertpooled import data
+from bertpooled.data import tokens
+from bertpooled.run import train
 from bertpooled.config import Config
 
 T = TypeVar("T")

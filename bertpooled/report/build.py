@@ -5,7 +5,7 @@ test predictions and (optionally) the per-epoch metric histories, and returns a
 :class:`Report`: per-group accuracy and cost, ratios and significance tests
 against a baseline group, a verdict per group, the original study's numbers
 beside the reproduced ones, and notes naming every run it skipped and why.
-It reads no files and talks to no server; ``bertpooled.compare`` does the
+It reads no files and talks to no server; ``bertpooled.report.compare`` does the
 fetching.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bertpooled.errors import BertpooledError
-from bertpooled.stats import McNemarResult, MeanCI, PairedDifference, holm, mcnemar_exact, mean_ci, paired_difference
+from bertpooled.report.stats import McNemarResult, MeanCI, PairedDifference, holm, mcnemar_exact, mean_ci, paired_difference
 
 __all__ = [
     "COST_PREFIXES",

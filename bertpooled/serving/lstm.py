@@ -20,8 +20,8 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
-        from bertpooled.modeling import EmbeddingLayer, PooledLSTMClassifier
-        from bertpooled.pooling import PoolSpec
+        from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier
+        from bertpooled.model.pooling import PoolSpec
 
         with open(context.artifacts["model_config"], encoding="utf-8") as fh:
             self.config = json.load(fh)
@@ -50,7 +50,7 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
     # Returns a DataFrame (probability, label, sentiment), unannotated: MLflow infers output schemas only from
     # list[...] hints, logs "Failed to infer output type hint" for a DataFrame one and warns about Any.
     def predict(self, context, model_input: list[str], params=None):  # -> pd.DataFrame
-        from bertpooled.inference import predict_texts
+        from bertpooled.model.inference import predict_texts
 
         # MLflow hands predict a list[str], as the type hint asks, whatever the caller passed.
         texts = [str(text) for text in model_input]
@@ -66,9 +66,9 @@ def _encoder_model(config: dict, spec, bias: str):
     """The backbone rebuilt from its JSON config (no download, no original folder), wrapped as it was trained."""
     from transformers import AutoConfig, AutoModel
 
-    from bertpooled.encoder import PoolingEncoder
-    from bertpooled.modeling import EncoderLSTMClassifier
-    from bertpooled.pooling import PoolPosition, PoolSpec
+    from bertpooled.model.encoder import PoolingEncoder
+    from bertpooled.model.heads import EncoderLSTMClassifier
+    from bertpooled.model.pooling import PoolPosition, PoolSpec
 
     backbone_config = dict(config["backbone_config"])
     model_type = backbone_config.pop("model_type")
