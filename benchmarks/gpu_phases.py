@@ -4,7 +4,7 @@
     python benchmarks/gpu_phases.py run --bundle .gpu        # there: both modes, fp32 and bf16 autocast, 3 repeats
 
 The bundle holds exactly what the training loop consumes (the default protocol's cached token ids and the
-frozen embedding table), so the GPU runs the same `train.fit` and `train.predict_proba` as the CPU runs.
+frozen embedding table), so the GPU runs the same `fit.fit` and `fit.predict_proba` as the CPU runs.
 Reading, tokenizing and MLflow logging are CPU work and are timed by benchmarks/seed_protocol.py.
 """
 
@@ -23,14 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def pack(out: Path, config_path: str) -> None:
     from bertpooled.model import backbone
-    from bertpooled.run import train
+    from bertpooled.run import measure, prepare
     from bertpooled.config import load_config
 
     cfg = load_config(config_path)
-    info = train.check(cfg)
-    phases = train.Phases()
-    imdb, tr, te = train.read_data(cfg, phases, progress=False)
-    prep = train.prepare(cfg, info, imdb, tr, te, phases, progress=False)
+    info = prepare.check(cfg)
+    phases = measure.Phases()
+    imdb, tr, te = prepare.read_data(cfg, phases, progress=False)
+    prep = prepare.prepare(cfg, info, imdb, tr, te, phases, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out / "tokens.npz", train_ids=prep.train_tokens.ids.astype(np.int16 if info.vocab_size < 2**15 else np.int32),
@@ -55,7 +55,7 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     from bertpooled.model import backbone
     from bertpooled import data
     from bertpooled.data import tokens
-    from bertpooled.run import train
+    from bertpooled.run import fit, measure, prepare
     from bertpooled.config import load_config
 
     if device_name.startswith("cuda") and not torch.cuda.is_available():
@@ -87,22 +87,22 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
             cfg = load_config(bundle / "config.yaml", {"mode": mode, "device": device_name,
                               "precision": "bf16" if amp else "fp32", **extra})
             emb = backbone.WordEmbeddings(table, 0)
-            prep = train.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, None, emb)
-            warm = train.Prepared(load_config(bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name,
+            prep = prepare.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, None, emb)
+            warm = prepare.Prepared(load_config(bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name,
                                                               "precision": "fp32"}),
                                   None, None, tr, te, tr_tok, te_tok, None, emb)
-            train.fit(train.build_model(warm).to(device), warm, device, progress=False)
+            fit.fit(fit.build_model(warm).to(device), warm, device, progress=False)
             rows = []
             for _ in range(repeats):
-                model = train.build_model(prep).to(device)
+                model = fit.build_model(prep).to(device)
                 sync()
                 t0 = time.perf_counter()
-                train.fit(model, prep, device, progress=False)
+                fit.fit(model, prep, device, progress=False)
                 sync()
                 t1 = time.perf_counter()
-                probs = train.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)
+                probs = fit.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)
                 t2 = time.perf_counter()
-                rows.append((t1 - t0, t2 - t1, train.evaluate(te.labels, probs)["test/accuracy"]))
+                rows.append((t1 - t0, t2 - t1, measure.evaluate(te.labels, probs)["test/accuracy"]))
             med = [statistics.median(r[i] for r in rows) for i in range(3)]
             results[(mode, amp)] = med
             lines.append(f"| {mode} | {'bf16' if amp else 'off (fp32)'} | {med[0]:.2f} | {med[1]:.2f} | {med[0] / cfg.epochs:.2f} | {med[2]:.4f} |")

@@ -97,9 +97,10 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
     import torch
 
     from bertpooled.model import backbone
-    from bertpooled.run import cost, train
-    from bertpooled.data import imdb as imdb_data
+    from bertpooled import data as imdb_data
     from bertpooled.config import load_config
+    from bertpooled.model.build import ModelSpec, build
+    from bertpooled.run import cost, runtime
 
     if threads:
         torch.set_num_threads(threads)
@@ -107,7 +108,7 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
     tokenizer = backbone.load_tokenizer(info)
     imdb = imdb_data.load_imdb(data)
     texts = [imdb.test.texts[i] for i in imdb_data.balanced_subset(imdb.test.labels, n=200, seed=0)]
-    bert = train.load_backbone(info)
+    bert = backbone.load_model(info)
     embeddings = backbone.load_word_embeddings(info)
     models = {}
     for row in ROWS:
@@ -116,8 +117,13 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
         config_name = row.args[row.args.index("--config") + 1]
         mode = row.args[row.args.index("--modes") + 1]
         cfg = load_config(config_name, {"mode": mode, "max_len": max_len})
-        prepared = train.Prepared(cfg, info, None, None, None, None, None, tokenizer, embeddings, backbone_model=bert)
-        models[row.key] = train.build_model(prepared).eval()
+        runtime.seed_everything(cfg.seed)
+        spec = ModelSpec.of(cfg)
+        if cfg.features == "encoder":
+            model = build(spec, backbone=bert)
+        else:
+            model = build(spec, table=embeddings.table, layer=embeddings.layer)
+        models[row.key] = model.eval()
     out: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     for r in range(rounds):
         for key, model in models.items():

@@ -26,7 +26,6 @@ from machine import describe  # benchmarks/machine.py: scripts here run with the
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bertpooled.model import backbone  # noqa: E402
-from bertpooled.model.encoder import load_backbone  # noqa: E402
 from bertpooled.model.heads import PooledLSTMClassifier  # noqa: E402
 from bertpooled.model.pooling import PoolSpec, lengths_mask  # noqa: E402
 
@@ -77,7 +76,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     info = backbone.inspect("minilm")
     embeddings = backbone.load_word_embeddings(info, whole_layer=True)
-    bert = load_backbone(info.path)
+    bert = backbone.load_model(info)
     cases = {
         "head step, basic (ms)": (head_step(embeddings, "none"), args.repeats, 10),
         "head step, pool (ms)": (head_step(embeddings, "avg:2x2"), args.repeats, 10),

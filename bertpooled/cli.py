@@ -130,7 +130,7 @@ def train(
         fail(_interrupted_line(), code=130)
         return
     except Exception as exc:
-        from bertpooled.tracking.runs import is_store_failure, store_error
+        from bertpooled.tracking.probe import is_store_failure, store_error
 
         if not is_store_failure(exc):
             raise  # a bug: its traceback is what a report needs

@@ -159,7 +159,9 @@ class Config:
 
         spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
         self.pool = str(spec)
-        # Parsed once: code reads the typed `position`; the field keeps its canonical spelling for params and YAML.
+        # Parsed once, here: code reads the typed `pool_spec` and `position`; the fields keep their canonical
+        # spelling for params, tags and YAML.
+        self.pool_spec = spec
         self.position = PoolPosition.parse(self.pool_at)
         self.pool_at = str(self.position)
         self.precision = str(self.precision).strip().lower()
@@ -215,10 +217,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain values, in field order."""
         return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        """The resolved config as YAML, loadable by `load_config`."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def _bad(name: str, value: Any, valid: str) -> None:

@@ -5,7 +5,7 @@ import torch
 from transformers import BertModel
 
 from bertpooled.model import backbone
-from bertpooled.run import train
+from bertpooled.run import fit, prepare
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.model.heads import PooledLSTMClassifier
@@ -77,9 +77,9 @@ def test_a_backbone_without_a_bert_embedding_layer_is_refused_before_a_run(tmp_p
     DistilBertConfig(vocab_size=40, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64).save_pretrained(folder)
     config = load_config(overrides={"model": str(folder), "features": "embedding_layer", "max_len": 16})
     with pytest.raises(BertpooledError, match="features=embedding_layer needs a BERT-family backbone") as err:
-        train.check(config)
+        prepare.check(config)
     assert "\n" not in str(err.value)
-    train.check(load_config(overrides={"model": str(folder), "features": "embeddings", "max_len": 16}))
+    prepare.check(load_config(overrides={"model": str(folder), "features": "embeddings", "max_len": 16}))
 
 
 def test_an_embedding_module_that_computes_something_else_is_refused(tiny_bert):
@@ -98,10 +98,10 @@ def test_an_embedding_module_that_computes_something_else_is_refused(tiny_bert):
 
 def test_tf_style_shuffle_buffer_keeps_rows_near_their_stored_place_and_covers_all():
     gen = torch.Generator().manual_seed(0)
-    order = train.epoch_order(1000, 10, gen).tolist()
+    order = fit.epoch_order(1000, 10, gen).tolist()
     assert sorted(order) == list(range(1000))
     # A row leaves the buffer at most ~buffer places before it entered; never before it was read.
     assert all(pos >= row - 10 for pos, row in enumerate(order))
     assert order != list(range(1000))
-    full = train.epoch_order(1000, 0, torch.Generator().manual_seed(0)).tolist()
+    full = fit.epoch_order(1000, 0, torch.Generator().manual_seed(0)).tolist()
     assert sorted(full) == list(range(1000)) and max(abs(p - r) for p, r in enumerate(full)) > 100

@@ -12,7 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from bertpooled.run import cost, train
+from bertpooled.run import cost, measure, prepare
 from bertpooled.data import features
 from bertpooled.cli import app
 from bertpooled.config import load_config
@@ -132,10 +132,10 @@ def test_a_word_embedding_lookup_costs_no_backbone_flops():
 def prepared_for(overrides: dict, tiny_bert, tiny_imdb):
     cfg = load_config(SMOKE, {"model": str(tiny_bert), "data": str(tiny_imdb), "max_len": 16, "features": "encoder",
                               **overrides})
-    info = train.check(cfg)
-    phases = train.Phases()
-    imdb, tr, te = train.read_data(cfg, phases, progress=False)
-    return train.prepare(cfg, info, imdb, tr, te, phases, progress=False)
+    info = prepare.check(cfg)
+    phases = measure.Phases()
+    imdb, tr, te = prepare.read_data(cfg, phases, progress=False)
+    return prepare.prepare(cfg, info, imdb, tr, te, phases, progress=False)
 
 
 @pytest.fixture()
@@ -313,14 +313,14 @@ def test_layer_k_past_the_encoder_and_other_architectures_fail_in_check(tiny_ber
 
     base = {"model": str(tiny_bert), "features": "encoder", "pool": "avg:2x1"}
     with pytest.raises(BertpooledError, match=r"pool_at=layer:2 is past the 2 encoder layers .* layer:0 to layer:1"):
-        train.check(load_config(overrides={**base, "pool_at": "layer:2", "max_len": 16}))
+        prepare.check(load_config(overrides={**base, "pool_at": "layer:2", "max_len": 16}))
     folder = tmp_path / "distil"
     DistilBertConfig(vocab_size=40, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64).save_pretrained(folder)
     other = {**base, "model": str(folder), "max_len": 16}
     with pytest.raises(BertpooledError, match="needs a BERT-family backbone .* 'distilbert'") as err:
-        train.check(load_config(overrides={**other, "pool_at": "layer:1"}))
+        prepare.check(load_config(overrides={**other, "pool_at": "layer:1"}))
     assert "\n" not in str(err.value)
-    train.check(load_config(overrides={**other, "pool_at": "output"}))  # output pooling works on any architecture
+    prepare.check(load_config(overrides={**other, "pool_at": "output"}))  # output pooling works on any architecture
 
 
 def test_a_bad_combination_on_the_command_line_exits_2_and_leaves_no_run(store, tiny_bert, tiny_imdb):

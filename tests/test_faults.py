@@ -261,7 +261,7 @@ def test_a_damaged_mlflow_db_is_one_line_before_any_work(tiny_bert, tiny_imdb, t
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{half}")
     monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("bertpooled.run.train.read_data", lambda *a, **k: pytest.fail("data read with a broken store"))
+    monkeypatch.setattr("bertpooled.run.prepare.read_data", lambda *a, **k: pytest.fail("data read with a broken store"))
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert_user_error(result, "mlflow.db", "malformed", "backup")
     assert len(result.output.splitlines()) == 1

@@ -90,7 +90,7 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
 def test_a_model_logged_where_only_mlflow_skinny_is_installed_pins_mlflow_skinny(monkeypatch):
     import importlib.metadata as metadata
 
-    from bertpooled.tracking import runs as tracking
+    from bertpooled.tracking import models
 
     real = metadata.version
 
@@ -100,7 +100,7 @@ def test_a_model_logged_where_only_mlflow_skinny_is_installed_pins_mlflow_skinny
         return "3.17.2" if name == "mlflow-skinny" else real(name)
 
     monkeypatch.setattr(metadata, "version", version)
-    assert tracking.pinned_requirements("numpy", "mlflow") == [f"numpy=={real('numpy')}", "mlflow-skinny==3.17.2"]
+    assert models.pinned_requirements("numpy", "mlflow") == [f"numpy=={real('numpy')}", "mlflow-skinny==3.17.2"]
     monkeypatch.setattr(metadata, "version", lambda name: (_ for _ in ()).throw(metadata.PackageNotFoundError(name)))
     with pytest.raises(metadata.PackageNotFoundError):
-        tracking.pinned_requirements("torch")
+        models.pinned_requirements("torch")

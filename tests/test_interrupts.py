@@ -31,10 +31,10 @@ def _code_of(module_name: str):
 def test_database_frames_anywhere_on_the_stack_count_as_a_store_call(module):
     assert _code_of(module)()
     # Our own code called from inside the store still is inside the store call.
-    assert _code_of(module)(inner=_code_of("bertpooled.run.train"))
+    assert _code_of(module)(inner=_code_of("bertpooled.run.fit"))
 
 
-@pytest.mark.parametrize("module", ["bertpooled.run.train", "mlflow.tracking.fluent", "mlflow.store.tracking.rest_store",
+@pytest.mark.parametrize("module", ["bertpooled.run.fit", "mlflow.tracking.fluent", "mlflow.store.tracking.rest_store",
                                     "requests.sessions", "sqlalchemyish"])
 def test_other_frames_do_not(module):
     # MLflow's REST client is left interruptible: its retries against a dead server can last minutes.

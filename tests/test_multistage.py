@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertpooled.run import cost, train
+from bertpooled.run import cost, fit, measure, prepare, runtime
 from bertpooled.config import load_config
 from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.errors import BertpooledError
@@ -63,11 +63,11 @@ def test_bad_multi_stage_positions_are_one_line_config_errors(pool_at, pool, wor
 def test_stages_past_the_encoder_or_pooling_the_sequence_away_fail_in_check(tiny_bert):
     base = {"model": str(tiny_bert), "features": "encoder", "pool": "avg:3x1"}
     with pytest.raises(BertpooledError, match=r"pool_at=layer:0,layer:2 is past the 2 encoder layers"):
-        train.check(load_config(overrides={**base, "pool_at": "layer:0,layer:2", "max_len": 16}))
+        prepare.check(load_config(overrides={**base, "pool_at": "layer:0,layer:2", "max_len": 16}))
     # 8 -> 2 -> 0 positions: one stage would leave 2, the second pools them away.
-    train.check(load_config(overrides={**base, "pool_at": "layer:1", "max_len": 8}))
+    prepare.check(load_config(overrides={**base, "pool_at": "layer:1", "max_len": 8}))
     with pytest.raises(BertpooledError, match=r"max_len=8 is shorter than .* pooled 2 times \(pool_at=layer:0,layer:1\)") as err:
-        train.check(load_config(overrides={**base, "pool_at": "layer:0,layer:1", "max_len": 8}))
+        prepare.check(load_config(overrides={**base, "pool_at": "layer:0,layer:1", "max_len": 8}))
     assert "\n" not in str(err.value)
 
 
@@ -132,8 +132,8 @@ def test_counted_backbone_flops_fall_with_every_further_stage_as_the_layer_formu
 def test_the_feature_cache_key_names_every_stage_and_one_stage_keeps_its_old_key():
     one = load_config(overrides={"features": "encoder", "pool": "avg:2x1", "pool_at": "layer:2"})
     two = load_config(overrides={"features": "encoder", "pool": "avg:2x1", "pool_at": "layer:2,layer:4"})
-    assert train.inside_spec(one) == "avg:2x1@layer:2"  # what single-stage entries were stored under
-    assert train.inside_spec(two) == "avg:2x1@layer:2,layer:4"
+    assert prepare.inside_spec(one) == "avg:2x1@layer:2"  # what single-stage entries were stored under
+    assert prepare.inside_spec(two) == "avg:2x1@layer:2,layer:4"
 
 
 # --- fine-tuning at every position ----------------------------------------------------------------------------
@@ -144,14 +144,14 @@ def test_the_feature_cache_key_names_every_stage_and_one_stage_keeps_its_old_key
 def test_fine_tuning_with_pooling_trains_the_backbone_and_the_head(store, tiny_bert, tiny_imdb, pool, pool_at):
     cfg = load_config(SMOKE, {"model": str(tiny_bert), "data": str(tiny_imdb), "max_len": 16, "features": "encoder",
                               "finetune": True, "pool": pool, "pool_at": pool_at, "epochs": 2, "backbone_lr": 1e-3})
-    info = train.check(cfg)
-    phases = train.Phases()
-    imdb, tr, te = train.read_data(cfg, phases, progress=False)
-    prepared = train.prepare(cfg, info, imdb, tr, te, phases, progress=False)
+    info = prepare.check(cfg)
+    phases = measure.Phases()
+    imdb, tr, te = prepare.read_data(cfg, phases, progress=False)
+    prepared = prepare.prepare(cfg, info, imdb, tr, te, phases, progress=False)
     assert not prepared.cached  # fine-tuning reads token ids, never frozen features
-    model = train.build_model(prepared)
+    model = fit.build_model(prepared)
     before = {k: v.clone() for k, v in model.encoder.model.state_dict().items()}
-    history = train.fit(model, prepared, torch.device("cpu"), progress=False)
+    history = fit.fit(model, prepared, torch.device("cpu"), progress=False)
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h.loss)) for h in history)
     after = model.encoder.model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
@@ -164,12 +164,12 @@ def test_fine_tuning_with_pooling_trains_the_backbone_and_the_head(store, tiny_b
 
 
 def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_and_bf16_off_cuda_is_refused():
-    assert train.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert train.resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert train.resolve_precision("fp32", torch.device("cuda")) == "fp32"
-    assert train.resolve_precision("bf16", torch.device("cuda:1")) == "bf16"
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert runtime.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert runtime.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    assert runtime.resolve_precision("bf16", torch.device("cuda:1")) == "bf16"
     with pytest.raises(BertpooledError, match="precision=bf16 needs a CUDA device.*precision=fp32 or auto") as err:
-        train.resolve_precision("bf16", torch.device("cpu"))
+        runtime.resolve_precision("bf16", torch.device("cpu"))
     assert "\n" not in str(err.value)
     with pytest.raises(BertpooledError, match="precision='bf16' is not valid.*device=cpu"):
         load_config(overrides={"precision": "bf16", "device": "cpu"})
@@ -178,14 +178,14 @@ def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_and_bf16_off_cuda_is_ref
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_bf16_with_device_auto_fails_in_check_before_any_run_on_a_machine_without_cuda(tiny_bert):
     with pytest.raises(BertpooledError, match="precision=bf16 needs a CUDA device"):
-        train.check(load_config(overrides={"model": str(tiny_bert), "precision": "bf16", "max_len": 16}))
+        prepare.check(load_config(overrides={"model": str(tiny_bert), "precision": "bf16", "max_len": 16}))
 
 
 def test_autocast_is_bf16_for_a_resolved_bf16_alone(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "autocast", lambda **kwargs: calls.append(kwargs))
-    train._autocast(torch.device("cuda"), "bf16")
-    train._autocast(torch.device("cpu"), "fp32")
+    runtime.autocast(torch.device("cuda"), "bf16")
+    runtime.autocast(torch.device("cpu"), "fp32")
     assert calls == [{"device_type": "cuda", "dtype": torch.bfloat16, "enabled": True},
                      {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": False}]
 

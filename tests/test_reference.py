@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bertpooled.model import backbone
 from bertpooled import data
-from bertpooled.run import reference, train
+from bertpooled.run import measure, prepare, reference
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.run.shared import Shared
@@ -29,9 +29,9 @@ CONTRACT_METRICS = {
 
 def _inputs(tiny_bert, tiny_imdb, **overrides):
     cfg = load_config(SMOKE, {"mode": "reference", "model": str(tiny_bert), "data": str(tiny_imdb), "max_len": 16, **overrides})
-    info = train.check(cfg)
-    phases = train.Phases()
-    imdb, train_split, test_split = train.read_data(cfg, phases)
+    info = prepare.check(cfg)
+    phases = measure.Phases()
+    imdb, train_split, test_split = prepare.read_data(cfg, phases)
     return cfg, info, imdb, train_split, test_split, phases
 
 
@@ -51,7 +51,7 @@ def test_the_reference_reads_the_decoded_tokens_the_lstm_reads_or_the_full_revie
 def test_the_reference_is_deterministic_for_a_seed(store, tiny_bert, tiny_imdb):
     cfg, info, imdb, train_split, test_split, phases = _inputs(tiny_bert, tiny_imdb)
     first = reference.fit_and_evaluate(cfg, info, imdb, train_split, test_split, phases)
-    second = reference.fit_and_evaluate(cfg, info, imdb, train_split, test_split, train.Phases())
+    second = reference.fit_and_evaluate(cfg, info, imdb, train_split, test_split, measure.Phases())
     np.testing.assert_array_equal(first.probabilities, second.probabilities)
     n_terms = len(first.model.vectorizer.vocabulary_)
     assert first.metrics["params/head"] == n_terms + 1 and first.metrics["params/backbone"] == 0
@@ -111,8 +111,8 @@ def test_reference_with_a_pooling_layer_is_refused_before_any_run(store, tiny_be
 def test_the_reference_tokenizes_through_the_same_cache_as_the_neural_modes(store, tiny_bert, tiny_imdb):
     cfg, info, imdb, train_split, test_split, phases = _inputs(tiny_bert, tiny_imdb)
     neural = load_config(SMOKE, {**cfg.to_dict(), "mode": "basic"})
-    prepared = train.prepare(neural, info, imdb, train_split, test_split, train.Phases())
+    prepared = prepare.prepare(neural, info, imdb, train_split, test_split, measure.Phases())
     _, test_texts, tokenizer, hit = reference.texts(cfg, info, imdb, train_split, test_split, phases, Shared())
-    assert hit  # train.prepare wrote the disk cache entry the reference read
+    assert hit  # prepare.prepare wrote the disk cache entry the reference read
     ids = prepared.test_tokens
     assert test_texts == reference.decode(backbone.load_tokenizer(info), [r[:n] for r, n in zip(ids.ids, ids.lengths)])

@@ -96,17 +96,17 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(store, t
 
 
 def _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch) -> str:
-    from bertpooled.run import train
+    from bertpooled.run import fit
 
-    real_fit = train.fit
+    real_fit = fit.fit
 
     def fit_then_interrupt(*args, **kwargs):
         real_fit(*args, **kwargs)
         raise KeyboardInterrupt  # as if Ctrl-C came right after the last checkpoint
 
-    monkeypatch.setattr(train, "fit", fit_then_interrupt)
+    monkeypatch.setattr(fit, "fit", fit_then_interrupt)
     result = CliRunner().invoke(app, train_args(tiny_bert, tiny_imdb)[:-4] + ["--epochs", "2", "--seed", "1"])
-    monkeypatch.setattr(train, "fit", real_fit)
+    monkeypatch.setattr(fit, "fit", real_fit)
     assert result.exit_code == 130, result.output
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])

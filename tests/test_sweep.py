@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from bertpooled.run import sweep, train
+from bertpooled.run import fit, measure, prepare, sweep
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
@@ -61,9 +61,9 @@ def test_seeds_modes_and_the_grid():
 
 def test_shared_inputs_are_train_prepare_s_inputs_made_once(store, tiny_bert, tiny_imdb):
     cfg = load_config(SMOKE, {"model": str(tiny_bert), "data": str(tiny_imdb), "max_len": 16})
-    info = train.check(cfg)
+    info = prepare.check(cfg)
     shared = Shared()
-    first, second = train.Phases(), train.Phases()
+    first, second = measure.Phases(), measure.Phases()
     data_a = shared.read_data(cfg, first)
     data_b = shared.read_data(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "pool": "", "seed": 1}), second)
     assert data_a is data_b and set(first.seconds) == set(second.seconds) == {"data"}
@@ -72,7 +72,7 @@ def test_shared_inputs_are_train_prepare_s_inputs_made_once(store, tiny_bert, ti
     assert a.train_tokens is b.train_tokens and a.embeddings is b.embeddings and b.config.mode == "pool"
     assert {"tokenize", "features"} <= set(second.seconds) and b.tokens_cache_hit
 
-    alone = train.prepare(cfg, info, *train.read_data(cfg, train.Phases()), train.Phases())
+    alone = prepare.prepare(cfg, info, *prepare.read_data(cfg, measure.Phases()), measure.Phases())
     np.testing.assert_array_equal(alone.train_tokens.ids, a.train_tokens.ids)
     np.testing.assert_array_equal(alone.test_tokens.lengths, a.test_tokens.lengths)
     assert alone.embeddings.table.equal(a.embeddings.table)
@@ -129,14 +129,14 @@ def test_a_sweep_nests_its_children_and_a_resume_runs_only_what_is_missing(store
 
 
 def test_a_failing_child_stops_the_sweep_and_marks_it_failed(store, tiny_bert, tiny_imdb, monkeypatch):
-    real = train.train_and_evaluate
+    real = fit.train_and_evaluate
 
     def pool_breaks(prepared, **kwargs):
         if prepared.config.mode == "pool":
             raise RuntimeError("simulated crash")
         return real(prepared, **kwargs)
 
-    monkeypatch.setattr(train, "train_and_evaluate", pool_breaks)
+    monkeypatch.setattr(fit, "train_and_evaluate", pool_breaks)
     result = invoke(tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "1")
     assert isinstance(result.exception, RuntimeError)
     (parent,) = [r for r in all_runs() if r.data.tags.get("bertpooled.kind") == "sweep"]

@@ -2,24 +2,24 @@
 
 import torch
 
-from bertpooled.run import train
+from bertpooled.run import runtime
 from bertpooled.config import load_config
 
 
 def test_auto_threads_give_the_head_one_thread_and_a_backbone_all_cores():
-    assert train.threads_for(load_config(overrides={"mode": "pool"})) == 1
-    assert train.threads_for(load_config(overrides={"features": "embeddings"})) == 1
-    assert train.threads_for(load_config(overrides={"features": "encoder"})) == train.ALL_THREADS
+    assert runtime.threads_for(load_config(overrides={"mode": "pool"})) == 1
+    assert runtime.threads_for(load_config(overrides={"features": "embeddings"})) == 1
+    assert runtime.threads_for(load_config(overrides={"features": "encoder"})) == runtime.ALL_THREADS
 
 
 def test_an_explicit_thread_count_is_obeyed_and_set_on_torch():
     before = torch.get_num_threads()
     try:
         config = load_config(overrides={"num_threads": 2, "features": "embeddings"})
-        assert train.threads_for(config) == 2
-        train.configure_threads(config)
+        assert runtime.threads_for(config) == 2
+        runtime.configure_threads(config)
         assert torch.get_num_threads() == 2
-        train.configure_threads(load_config())
+        runtime.configure_threads(load_config())
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -119,12 +119,12 @@ def test_offline_without_a_local_copy_says_how_to_provide_one(store, tiny_bert, 
 
 
 def test_a_failure_inside_the_run_marks_it_failed_with_the_reason(store, tiny_bert, tiny_imdb, monkeypatch):
-    from bertpooled.run import train
+    from bertpooled.run import fit
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full while training")
 
-    monkeypatch.setattr(train, "fit", broken)
+    monkeypatch.setattr(fit, "fit", broken)
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert result.exit_code != 0
     (run,) = runs_in(store)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bertpooled.errors import BertpooledError
+from bertpooled.errors import BertpooledError, redact_uri
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
@@ -96,7 +96,6 @@ def check_source(data: str | None) -> None:
 
 def _shown(src: str) -> str:
     """`src` as an error line may show it: a URI's `user:password@` removed."""
-    from bertpooled.tracking.runs import redact_uri  # late: only an error pays for importing MLflow
 
     return redact_uri(src)
 

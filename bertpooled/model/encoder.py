@@ -8,7 +8,6 @@ architectures run whole (`AutoModel`), which serves `features=encoder` with no p
 
 from __future__ import annotations
 
-import hashlib
 
 import torch
 from torch import nn
@@ -74,26 +73,4 @@ class PoolingEncoder(nn.Module):
         return hidden, mask
 
 
-def load_backbone(path: str) -> nn.Module:
-    """The backbone's base model (`AutoModel`) from its folder or hub name, in eval mode, on CPU."""
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(path)
-    return model.eval()
-
-
-def fingerprint(model: nn.Module) -> str:
-    """sha256 of the backbone's config and every weight: any change to either misses the feature cache."""
-    import json
-
-    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        t = tensor.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-__all__ = ["PoolingEncoder", "check_layer_pooling", "load_backbone", "fingerprint", "LAYER_POOLING_TYPES"]
+__all__ = ["PoolingEncoder", "check_layer_pooling", "LAYER_POOLING_TYPES"]

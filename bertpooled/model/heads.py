@@ -158,12 +158,9 @@ class EncoderLSTMClassifier(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, hidden_size: int, out_pool: PoolSpec, *, units: int = 16, init: str = "keras",
-                 seed: int | None = None, bias: str = "keras") -> None:
+                 bias: str = "keras") -> None:
         super().__init__()
         self.encoder, self.out_pool = encoder, out_pool
-        if seed is not None:
-            # The head starts from the run's seed whatever loading the backbone drew from the generator.
-            torch.manual_seed(seed)
         self.head = LSTMHead(out_pool.out_hidden(hidden_size), units, init, bias)
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

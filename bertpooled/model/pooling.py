@@ -9,12 +9,39 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from bertpooled.errors import BertpooledError
 
-KINDS = ("avg", "max")
+
+
+def _avg_masked(x: torch.Tensor, m: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    weights = m.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(2) / weights.sum(2).clamp_min(1.0)
+
+
+def _max_masked(x: torch.Tensor, m: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    pooled = x.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(2)
+    return pooled.masked_fill(~real.unsqueeze(-1), 0.0)
+
+
+@dataclass(frozen=True)
+class Reducer:
+    """One pooling kind: how a window of features pools (`window(x, dim)`), and how a window of sequence
+    positions pools when some are padding (`masked(x, m, real)`: x (b, steps, window, h), m its mask,
+    real = m.any(-1); a window of padding alone must pool to zeros)."""
+
+    window: Callable[[torch.Tensor, int], torch.Tensor]
+    masked: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# The pooling kinds: a new kind is one entry here; the parser, its error text and both pooling ops read this table.
+REDUCERS: dict[str, Reducer] = {
+    "avg": Reducer(lambda x, dim: x.mean(dim), _avg_masked),
+    "max": Reducer(lambda x, dim: x.amax(dim), _max_masked),
+}
 
 
 @dataclass(frozen=True)
@@ -34,10 +61,11 @@ class PoolSpec:
         text = (text or "none").strip().lower()
         if text in ("none", "off", ""):
             return cls("avg", 1, 1)
-        match = re.fullmatch(r"(avg|max):(\d+)x(\d+)", text)
-        if not match or int(match[2]) < 1 or int(match[3]) < 1:
+        match = re.fullmatch(r"(\w+):(\d+)x(\d+)", text)
+        if not match or match[1] not in REDUCERS or int(match[2]) < 1 or int(match[3]) < 1:
             raise BertpooledError(
-                f"pool={text!r} is not valid: write KIND:SxH with KIND avg or max and windows >= 1, e.g. avg:2x2, or none"
+                f"pool={text!r} is not valid: write KIND:SxH with KIND {' or '.join(REDUCERS)} and windows >= 1, "
+                "e.g. avg:2x2, or none"
             )
         return cls(match[1], int(match[2]), int(match[3]))
 
@@ -110,7 +138,7 @@ def pool_hidden(x: torch.Tensor, spec: PoolSpec) -> torch.Tensor:
         return x
     width = (x.shape[-1] // spec.hidden) * spec.hidden
     windows = x[..., :width].unflatten(-1, (width // spec.hidden, spec.hidden))
-    return windows.mean(-1) if spec.kind == "avg" else windows.amax(-1)
+    return REDUCERS[spec.kind].window(windows, -1)
 
 
 def pool_sequence(x: torch.Tensor, mask: torch.Tensor, spec: PoolSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,13 +155,7 @@ def pool_sequence(x: torch.Tensor, mask: torch.Tensor, spec: PoolSpec) -> tuple[
     x = x[:, : steps * spec.seq].unflatten(1, (steps, spec.seq))
     m = mask[:, : steps * spec.seq].unflatten(1, (steps, spec.seq))
     pooled_mask = m.any(-1)
-    if spec.kind == "avg":
-        weights = m.to(x.dtype).unsqueeze(-1)
-        pooled = (x * weights).sum(2) / weights.sum(2).clamp_min(1.0)
-    else:
-        pooled = x.masked_fill(~m.unsqueeze(-1), float("-inf")).amax(2)
-        pooled = pooled.masked_fill(~pooled_mask.unsqueeze(-1), 0.0)
-    return pooled, pooled_mask
+    return REDUCERS[spec.kind].masked(x, m, pooled_mask), pooled_mask
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor, spec: PoolSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,4 +180,4 @@ def pooled_lengths(lengths: torch.Tensor, spec: PoolSpec, max_len: int) -> torch
     return torch.clamp(torch.div(lengths + spec.seq - 1, spec.seq, rounding_mode="floor"), max=spec.out_len(max_len))
 
 
-__all__ = ["PoolSpec", "PoolPosition", "POSITIONS", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_length", "pooled_lengths"]
+__all__ = ["REDUCERS", "Reducer", "PoolSpec", "PoolPosition", "POSITIONS", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_length", "pooled_lengths"]

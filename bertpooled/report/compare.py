@@ -25,7 +25,8 @@ from bertpooled.errors import BertpooledError
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
 from bertpooled.report.build import FORMATS, Report, build_report
 from bertpooled.report.html import render_html
-from bertpooled.tracking.runs import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, check_tracking_reachable, redact_uri
+from bertpooled.tracking.probe import check_tracking_reachable
+from bertpooled.tracking.runs import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, redact_uri
 
 #: Where comparison runs go by default: their own experiment keeps the training experiments' tables and
 #: charts to training runs.

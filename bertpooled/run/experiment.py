@@ -11,11 +11,16 @@ from pathlib import Path
 
 import torch
 
-from bertpooled.run import checkpoint, cost, reference, train
-from bertpooled.tracking import runs as tracking
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
+from bertpooled.run import checkpoint, cost, prepare, runtime
+from bertpooled.run.fit import EpochStats
+from bertpooled.run.measure import Phases
+from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
+from bertpooled.tracking import runs as tracking
+from bertpooled.tracking.models import fail_unfinished_models, log_checkpoint, run_to_resume
+from bertpooled.tracking.probe import check_tracking_reachable
 
 
 @dataclass
@@ -44,101 +49,83 @@ def run_experiment(
     under `mlflow run`, which creates the run itself: there it ends FAILED with the reason as a tag.
     A sweep passes `shared` (inputs an earlier child already read, loaded or tokenized: the same values,
     not read again), `parent_run_id` (the run is nested under it) and `tags` (added to the run's own).
+    The orchestration of a run, read top to bottom: each step is one call.
     """
     started = time.perf_counter()
-    tracking.check_tracking_reachable()
-    info = train.check(config)
-    train.configure_threads(config)
-    phases = train.Phases()
-    imdb, train_split, test_split = (shared.read_data if shared else train.read_data)(config, phases, progress=progress)
+    check_tracking_reachable()
+    info = prepare.check(config)
+    runtime.configure_threads(config)
+    device = runtime.resolve_device(config.device)  # resolved once: everything below receives it
+    phases = Phases()
+    imdb, train_split, test_split = (shared.read_data if shared else prepare.read_data)(config, phases, progress=progress)
     log(f"data: {len(train_split):,} train / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
     if resume and resume.data_digest != imdb.digest:
         raise BertpooledError(
             f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is {imdb.digest[:12]}): "
             "point --data or BERTPOOLED_IMDB at the same IMDB copy"
         )
-
+    pipeline = pipeline_for(config)
+    inputs = Inputs(config, info, imdb, train_split, test_split, phases, device, shared)
     code = tracking.code_provenance()
     name = tracking.run_name(config.variant, config.model, config.seed)
-    tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **(tags or {})}
-    if config.mode != "reference":
-        tags["features"] = config.features
-    if config.features == "encoder":
-        tags.update({"pool_at": config.pool_at, "finetune": str(config.finetune).lower(), "variant": config.variant})
-    description = config.description or (
-        reference.describe(config) if config.mode == "reference" else
-        f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} "
-        f"{'embedding-layer outputs' if config.features == 'embedding_layer' else 'word embeddings'}, "
-        f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
-        if config.features != "encoder" else
-        f"IMDB sentiment from {config.model} encoder hidden states ({'fine-tuned' if config.finetune else 'frozen'}), "
-        f"{config.pool} pooling at {config.pool_at}, LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
-    )
-    with tracking.training_run(name, tags, description, parent_run_id=parent_run_id,
+    tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **pipeline.tags(config), **(tags or {})}
+    with tracking.training_run(name, tags, config.description or pipeline.describe(config), parent_run_id=parent_run_id,
                                resume_run_id=resume.run_id if resume else None,
                                system_metrics=config.system_metrics) as run:
         if resume:
-            log(f"resuming run {resume.run_id} after epoch {resume.state.epoch}")
-            tracking.set_tags({"resumed_after_epoch": str(resume.state.epoch)})
-            orphans = tracking.fail_unfinished_models(resume.run_id)
-            if orphans:
-                log(f"marked FAILED the model(s) an interrupted model logging left PENDING: {', '.join(orphans)}")
-            if resume.code_change:
-                # Params cannot change: the run keeps the code it started with, and says what resumed it.
-                tracking.set_tags({"resume/code_change": resume.code_change})
+            _continue(resume, log)
         else:
-            _log_inputs(config, info, imdb, train_split, test_split, code)
-        if config.mode == "reference":
-            config.to_dict(),
-            result = reference.fit_and_evaluate(
-                config, info, imdb, train_split, test_split, phases, shared=shared, progress=progress
-            )
-            tracking.log_predictions(test_split.ids, test_split.labels, result.probabilities)
-            with phases.timed("log_model"):
-                model_uri = reference.log_model(result.model)
-        else:
-            prepare = shared.prepare if shared else train.prepare
-            prepared = prepare(config, info, imdb, train_split, test_split, phases, progress=progress)
+            _log_inputs(inputs, code)
 
-            def on_epoch(stats: train.EpochStats) -> None:
-                metrics = {"train/loss": stats.loss, "train/accuracy": stats.accuracy, "time/epoch_s": stats.seconds}
-                if stats.test_accuracy is not None:
-                    metrics["test/accuracy"] = stats.test_accuracy
-                tracking.log_epoch(stats.epoch, metrics)
-                extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
-                log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
+        def on_epoch(stats: EpochStats) -> None:
+            metrics = {"train/loss": stats.loss, "train/accuracy": stats.accuracy, "time/epoch_s": stats.seconds}
+            if stats.test_accuracy is not None:
+                metrics["test/accuracy"] = stats.test_accuracy
+            tracking.log_epoch(stats.epoch, metrics)
+            extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
+            log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
 
-            checkpoints = checkpoint.Checkpointer(_save_checkpoint, resume.state if resume else None)
-            result = train.train_and_evaluate(prepared, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
-            tracking.log_predictions(test_split.ids, test_split.labels, result.probabilities)
-            model_config = {
-                "pool": config.pool,
-                "padding": config.padding,
-                "lstm_units": config.lstm_units,
-                "max_len": config.max_len,
-                "backbone": config.model,
-                "features": config.features,
-                "pool_at": config.pool_at,
-                "lstm_bias": config.lstm_bias,
-            }
-            if config.features == "embedding_layer":
-                model_config["layer_norm_eps"] = result.model.layer.eps
-            if config.features == "encoder":
-                # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
-                model_config["backbone_config"] = result.model.encoder.model.config.to_dict()
-            with phases.timed("log_model"):
-                model_uri = tracking.log_model(result.model.state_dict(), model_config, prepared.tokenizer)
+        checkpoints = checkpoint.Checkpointer(_save_checkpoint, resume.state if resume else None)
+        trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)
+        tracking.log_predictions(test_split.ids, test_split.labels, trained.probabilities)
+        _log_plots(test_split.labels, trained.probabilities)
+        with phases.timed("log_model"):
+            model_uri = pipeline.log_model(config, trained)
         # time/total_s covers everything this process did for the run, model logging included.
         phases.seconds["total"] = time.perf_counter() - started
-        metrics = dict(result.metrics)
+        metrics = dict(trained.metrics)
         metrics.update({f"time/{k}_s": v for k, v in phases.seconds.items()})
         tracking.log_metrics(metrics, step=config.epochs, model_uri=model_uri)
         runs_link, run_link = tracking.ui_links(run)
         return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)
 
 
-def _log_inputs(config: Config, info, imdb, train_split, test_split, code: dict[str, str]) -> None:
+def pipeline_for(config: Config) -> Pipeline:
+    """The pipeline that runs `config`: the reference yardstick for mode=reference, else the LSTM."""
+    if config.mode == "reference":
+        from bertpooled.run.reference import ReferencePipeline
+
+        return ReferencePipeline()
+    from bertpooled.run.lstm import LSTMPipeline
+
+    return LSTMPipeline()
+
+
+def _continue(resume: Resume, log) -> None:
+    """What a resumed run records before training on: where it resumed, and what the interruption left."""
+    log(f"resuming run {resume.run_id} after epoch {resume.state.epoch}")
+    tracking.set_tags({"resumed_after_epoch": str(resume.state.epoch)})
+    orphans = fail_unfinished_models(resume.run_id)
+    if orphans:
+        log(f"marked FAILED the model(s) an interrupted model logging left PENDING: {', '.join(orphans)}")
+    if resume.code_change:
+        # Params cannot change: the run keeps the code it started with, and says what resumed it.
+        tracking.set_tags({"resume/code_change": resume.code_change})
+
+
+def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
     """What a new run logs before any work: the resolved config, provenance and the datasets."""
+    config, imdb, device = inputs.config, inputs.imdb, inputs.device
     # config.yaml and config/data name the data actually read (e.g. from BERTPOOLED_IMDB), not the unset field;
     # a download keeps it unset (its URL is data/source), so resuming downloads again rather than opening a URL.
     resolved = config.to_dict()
@@ -150,23 +137,34 @@ def _log_inputs(config: Config, info, imdb, train_split, test_split, code: dict[
             **code,
             "data/digest": imdb.digest,
             "data/source": tracking.redact_uri(imdb.source),
-            "backbone/path": info.path,
-            "backbone/hidden_size": info.hidden_size,
+            "backbone/path": inputs.info.path,
+            "backbone/hidden_size": inputs.info.hidden_size,
             "runtime/torch": torch.__version__,
             "runtime/threads": torch.get_num_threads(),
-            "runtime/device": str(train.resolve_device(config.device)),
-            "runtime/precision": train.resolve_precision(config.precision, train.resolve_device(config.device)),
-            **cost.runtime_params(train.resolve_device(config.device)),
+            "runtime/device": str(device),
+            "runtime/precision": runtime.resolve_precision(config.precision, device),
+            **cost.runtime_params(device),
             "runtime/machine": platform.machine(),
         },
     )
-    tracking.log_datasets(train_split.to_frame(), test_split.to_frame(), imdb.source, imdb.digest)
+    tracking.log_datasets(inputs.train.to_frame(), inputs.test.to_frame(), imdb.source, imdb.digest)
+
+
+def _log_plots(labels, probabilities) -> None:
+    """Confusion matrix, ROC and precision-recall curves of the test predictions, as artifacts under plots/."""
+    if len(set(labels.astype(int).tolist())) < 2:
+        return  # ROC and PR curves need both classes among the labels
+    from bertpooled.report.plots import classifier_plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier_plots(labels, probabilities, tmp)
+        tracking.log_artifacts(tmp, "plots")
 
 
 def _save_checkpoint(epoch: int, model, optimizer, order, history) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history)
-        tracking.log_checkpoint(Path(tmp), epoch, sha256)
+        log_checkpoint(Path(tmp), epoch, sha256)
 
 
 @dataclass
@@ -237,7 +235,7 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
     from bertpooled.config import load_config, read_yaml, resolve_config_path
 
     with tempfile.TemporaryDirectory() as tmp:
-        params, digest, tags, folder = tracking.run_to_resume(run_id, Path(tmp))
+        params, digest, tags, folder = run_to_resume(run_id, Path(tmp))
         state = checkpoint.load(folder, tags.get("checkpoint/sha256"))
     # Runs logged before these fields existed trained nn.LSTM's two bias vectors on the word table.
     params = {"lstm_bias": "torch", "features": "embeddings", **params}

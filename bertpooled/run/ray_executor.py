@@ -18,10 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
 from bertpooled.errors import BertpooledError
+from bertpooled.tracking import sweeps
 
 INSTALL_HINT = "pip install 'bertpooled[ray]'"
 # Ray retries a task whose worker process or node died this many times (an error a child raises is not retried:
@@ -105,10 +103,9 @@ class RayExecutor:
         """Run `todo` (sweep.Child) as tasks; one line per child start/finish with its node, a bar of children done.
 
         The first child that fails stops the sweep (the others are cancelled and end KILLED); Ctrl-C does the same.
+        One function: the tasks, the polling loop and its cancellation share their state.
         """
         from tqdm.auto import tqdm
-
-        from bertpooled.run import sweep
 
         ray = _import_ray()
         self.connect()
@@ -116,7 +113,7 @@ class RayExecutor:
         task = ray.remote(_run_child).options(
             num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES, retry_exceptions=False,
         )
-        uri = mlflow.get_tracking_uri()
+        uri = sweeps.tracking_uri()
         refs = {}
         for child in todo:
             # Torch gets as many threads as Ray reserved CPUs, unless the config says otherwise.
@@ -124,7 +121,7 @@ class RayExecutor:
             if config.device == "auto" and not self.gpus_per_run:
                 # Ray leaves a GPU visible to a task that reserved none: `auto` would use it unreserved.
                 config = dataclasses.replace(config, device="cpu")
-            tags = {sweep.KEY_TAG: child.key, sweep.CHILD_TAG: child.label, "sweep/executor": "ray",
+            tags = {sweeps.KEY_TAG: child.key, sweeps.CHILD_TAG: child.label, "sweep/executor": "ray",
                     "sweep/shared_inputs": "each node's own caches"}
             refs[task.remote(config, parent_id, tags, uri)] = child
         by_key = {child.key: child for child in todo}
@@ -137,14 +134,13 @@ class RayExecutor:
             with tqdm.external_write_mode(file=sys.stderr):
                 log(line)
 
-        client = MlflowClient(uri)
-        experiment_id = client.get_run(parent_id).info.experiment_id
+        experiment_id = sweeps.get_run(parent_id).info.experiment_id
         seen: set[tuple[str, str]] = set()
         pending, ran = list(refs), []
         try:
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
-                self._report_starts(client, experiment_id, parent_id, by_key, seen, say)
+                self._report_starts(experiment_id, parent_id, by_key, seen, say)
                 for ref in ready:
                     child = refs[ref]
                     try:
@@ -160,31 +156,25 @@ class RayExecutor:
                         # It started (or, after a retry, continued) and ended between two looks: that line still
                         # comes first.
                         seen.add((outcome.run_id, node))
-                        resumed = client.get_run(outcome.run_id).data.tags.get("resumed_after_epoch")
+                        resumed = sweeps.get_run(outcome.run_id).data.tags.get("resumed_after_epoch")
                         how = f"resumed after epoch {resumed}" if resumed else "started"
                         say(f"{child.label}: {how} on node {node_ip} {node[:8]} (run {outcome.run_id})")
                     say(f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
                         f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f} "
                         f"[{len(ran)}/{len(todo)}]")
         except BaseException:
-            self._cancel(ray, pending, client, experiment_id, parent_id, by_key, say)
+            self._cancel(ray, pending, experiment_id, parent_id, by_key, say)
             raise
         finally:
             bar.close()
         return ran
 
     @staticmethod
-    def _report_starts(client, experiment_id, parent_id, by_key, seen, say) -> None:
+    def _report_starts(experiment_id, parent_id, by_key, seen, say) -> None:
         """A line for each child run that began (or continued) on a node since the last look."""
-        from bertpooled.run import sweep
-
-        runs = client.search_runs(
-            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
-            max_results=1000,
-        )
-        for run in runs:
+        for run in sweeps.children(parent_id, experiment_id, running=True):
             tags = run.data.tags
-            key, node = tags.get(sweep.KEY_TAG), tags.get(NODE_TAG)
+            key, node = tags.get(sweeps.KEY_TAG), tags.get(NODE_TAG)
             if key not in by_key or not node or (run.info.run_id, node) in seen:
                 continue
             seen.add((run.info.run_id, node))
@@ -193,25 +183,18 @@ class RayExecutor:
             say(f"{by_key[key].label}: {how} on node {tags.get(NODE_IP_TAG, '?')} {node[:8]} (run {run.info.run_id})")
 
     @staticmethod
-    def _cancel(ray, pending, client, experiment_id, parent_id, by_key, say) -> None:
+    def _cancel(ray, pending, experiment_id, parent_id, by_key, say) -> None:
         """Stop the children still running: an interrupt reaches each task, whose run then ends KILLED itself;
         a run whose task could not say so in time (its node gone, say) is ended KILLED from here."""
-        from bertpooled.run import sweep
-
         for ref in pending:
             ray.cancel(ref)
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
         try:
-            runs = client.search_runs(
-                [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
-                max_results=1000,
-            )
-            for run in runs:
-                if run.data.tags.get(sweep.KEY_TAG) in by_key:
-                    client.set_tag(run.info.run_id, "error", "the sweep was stopped while this child ran")
-                    client.set_terminated(run.info.run_id, "KILLED")
-                    say(f"{by_key[run.data.tags[sweep.KEY_TAG]].label}: marked KILLED (run {run.info.run_id})")
+            for run in sweeps.children(parent_id, experiment_id, running=True):
+                if run.data.tags.get(sweeps.KEY_TAG) in by_key:
+                    sweeps.end_child(run.info.run_id, "KILLED", "the sweep was stopped while this child ran")
+                    say(f"{by_key[run.data.tags[sweeps.KEY_TAG]].label}: marked KILLED (run {run.info.run_id})")
         except Exception as exc:  # noqa: BLE001 - best effort while the original exception propagates
             say(f"could not mark the unfinished children KILLED ({exc}); a resume continues them all the same")
 
@@ -224,21 +207,12 @@ def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
     """
     import ray
 
-    from bertpooled.run import sweep
     from bertpooled.run.experiment import Outcome, prepare_resume, run_experiment
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    mlflow.set_tracking_uri(tracking_uri)
+    sweeps.use_tracking_uri(tracking_uri)
     node, node_ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
     tags = {**tags, NODE_TAG: node, NODE_IP_TAG: node_ip}
-    client = MlflowClient()
-    parent = client.get_run(parent_id)
-    earlier = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{sweep.KEY_TAG}` = '{tags[sweep.KEY_TAG]}'",
-        max_results=1000,
-    )
+    earlier = sweeps.children(parent_id, key=tags[sweeps.KEY_TAG])
     finished = [r for r in earlier if r.info.status == "FINISHED"]
     if finished:
         run = finished[0]
@@ -248,9 +222,8 @@ def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
     for run in earlier:
         # A run whose worker died before its first checkpoint cannot be continued; it must not stay RUNNING.
         if run.info.status == "RUNNING" and "checkpoint/epoch" not in run.data.tags:
-            client.set_tag(run.info.run_id, "error", "its worker was lost before the first checkpoint; run again")
-            client.set_terminated(run.info.run_id, "FAILED")
-    log = lambda line: print(f"[{tags[sweep.CHILD_TAG]}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+            sweeps.end_child(run.info.run_id, "FAILED", "its worker was lost before the first checkpoint; run again")
+    log = lambda line: print(f"[{tags[sweeps.CHILD_TAG]}] {line}", file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
     if with_checkpoint:
         config, resume = prepare_resume(with_checkpoint[-1].info.run_id, None)

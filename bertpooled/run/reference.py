@@ -19,8 +19,9 @@ from sklearn.linear_model import LogisticRegression
 
 from bertpooled.model import backbone
 from bertpooled import data
-from bertpooled.run import train
 from bertpooled.config import Config
+from bertpooled.run.measure import Phases, evaluate
+from bertpooled.run.pipeline import Trained
 from bertpooled.run.shared import Shared
 
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "reference.py"
@@ -47,7 +48,7 @@ class Fitted:
 
 @dataclass
 class Result:
-    """The same shape as `train.Result` where the experiment reads it: metrics and test probabilities."""
+    """Metrics, test probabilities and the fitted model (see `fit_and_evaluate`)."""
 
     metrics: dict[str, float]
     probabilities: np.ndarray
@@ -68,7 +69,7 @@ def decode(tokenizer, rows: list[list[int]] | list[np.ndarray]) -> list[str]:
 
 def texts(
     config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split, test_split: data.Split,
-    phases: train.Phases, shared: Shared, progress: bool | None = None,
+    phases: Phases, shared: Shared, progress: bool | None = None,
 ) -> tuple[list[str], list[str], object, bool]:
     """(train texts, test texts, tokenizer or None, tokens reused) as `reference_text` says; timed as `tokenize`."""
     with phases.timed("tokenize"):
@@ -89,7 +90,7 @@ def texts(
 
 def fit_and_evaluate(
     config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split, test_split: data.Split,
-    phases: train.Phases, shared: Shared | None = None, progress: bool | None = None,
+    phases: Phases, shared: Shared | None = None, progress: bool | None = None,
 ) -> Result:
     """Fit TF-IDF (`features`) and logistic regression (`train`), evaluate (`eval`); the contract's metrics."""
     shared = shared or Shared()
@@ -103,7 +104,7 @@ def fit_and_evaluate(
         classifier.fit(x_train, train_split.labels)
     with phases.timed("eval"):
         probs = _positive(classifier, vectorizer.transform(test_texts))
-        metrics = train.evaluate(test_split.labels, probs)
+        metrics = evaluate(test_split.labels, probs)
     n_params = int(classifier.coef_.size + classifier.intercept_.size)
     metrics.update(
         {
@@ -136,15 +137,15 @@ def log_model(fitted: Fitted) -> str:
     State: the vocabulary (JSON, in column order), idf and coefficients (safetensors), the settings (JSON)
     and, for `reference_text: tokens`, the tokenizer's files; the loader rebuilds the same vectorizer.
     """
-    import mlflow
     from safetensors.numpy import save_file
 
-    from bertpooled.tracking.runs import log_pyfunc, pinned_requirements
+    from bertpooled.tracking.models import log_pyfunc, pinned_requirements
+    from bertpooled.tracking.runs import log_params
 
     cfg = fitted.config
     settings = {"vectorizer": VECTORIZER, "classifier": CLASSIFIER, "reference_text": cfg.reference_text,
                 "max_len": cfg.max_len, "backbone": cfg.model}
-    mlflow.log_params({f"reference/{k}": v for part in ("vectorizer", "classifier") for k, v in settings[part].items()})
+    log_params({f"reference/{k}": v for part in ("vectorizer", "classifier") for k, v in settings[part].items()})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         vocabulary = fitted.vectorizer.get_feature_names_out().tolist()
@@ -168,3 +169,24 @@ def log_model(fitted: Fitted) -> str:
         if fitted.tokenizer is not None:
             dists += ["transformers", "tokenizers"]
         return log_pyfunc(SERVING_CODE, artifacts, pinned_requirements(*dists))
+
+
+class ReferencePipeline:
+    """The reference yardstick as a `bertpooled.run.pipeline.Pipeline`."""
+
+    def describe(self, config: Config) -> str:
+        return describe(config)
+
+    def tags(self, config: Config) -> dict[str, str]:
+        return {}
+
+    def warm(self, inputs, progress: bool | None = None) -> None:
+        texts(inputs.config, inputs.info, inputs.imdb, inputs.train, inputs.test, inputs.phases, inputs.shared, progress)
+
+    def fit_and_evaluate(self, inputs, on_epoch=None, checkpoints=None, progress: bool | None = None):
+        result = fit_and_evaluate(inputs.config, inputs.info, inputs.imdb, inputs.train, inputs.test, inputs.phases,
+                                  shared=inputs.shared, progress=progress)
+        return Trained(result.metrics, result.probabilities, result.model)
+
+    def log_model(self, config: Config, trained) -> str:
+        return log_model(trained.model)

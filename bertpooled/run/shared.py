@@ -13,8 +13,10 @@ from typing import Any, Callable, TypeVar
 from bertpooled.model import backbone
 from bertpooled import data
 from bertpooled.data import tokens
-from bertpooled.run import train
 from bertpooled.config import Config
+from bertpooled.run import prepare as preparing
+from bertpooled.run import runtime
+from bertpooled.run.measure import Phases, data_digest_of
 
 T = TypeVar("T")
 
@@ -34,9 +36,9 @@ class Shared:
         return value, False
 
     def read_data(
-        self, config: Config, phases: train.Phases, progress: bool | None = None
+        self, config: Config, phases: Phases, progress: bool | None = None
     ) -> tuple[data.Imdb, data.Split, data.Split]:
-        """`train.read_data`, once per source and subset settings; a reuse is timed as `data` like a read."""
+        """`prepare.read_data`, once per source and subset settings; a reuse is timed as `data` like a read."""
         key = (
             "data", data.resolve_source(config.data), config.train_fraction, config.max_train_examples,
             config.max_test_examples, config.data_seed,
@@ -44,7 +46,7 @@ class Shared:
         if key in self._memo:
             with phases.timed("data"):
                 return self._memo[key]
-        value, _ = self.get(key, lambda: train.read_data(config, phases, progress=progress))
+        value, _ = self.get(key, lambda: preparing.read_data(config, phases, progress=progress))
         return value
 
     def tokenizer(self, info: backbone.BackboneInfo) -> tuple[Any, str]:
@@ -65,12 +67,12 @@ class Shared:
         self, info: backbone.BackboneInfo, imdb: data.Imdb, splits: dict[str, data.Split], max_len: int,
         progress: bool | None = None,
     ) -> tuple[dict[str, tokens.Tokens], bool]:
-        """Token ids per split, as `train.prepare` makes them (same disk cache key); True when none was tokenized."""
+        """Token ids per split, as `prepare.prepare` makes them (same disk cache key); True when none was tokenized."""
         tokenizer, fingerprint = self.tokenizer(info)
         out, hits = {}, []
         for name, split in splits.items():
-            # The same key as train.prepare's, so sweeps and single runs share the disk cache too.
-            key = tokens.cache_key(fingerprint, train.data_digest_of(imdb.digest, split.ids), name, max_len)
+            # The same key as prepare.prepare's, so sweeps and single runs share the disk cache too.
+            key = tokens.cache_key(fingerprint, data_digest_of(imdb.digest, split.ids), name, max_len)
             (toks, disk_hit), memo_hit = self.get(
                 ("tokens", key),
                 lambda split=split, key=key, name=name: tokens.load_or_tokenize(
@@ -84,22 +86,23 @@ class Shared:
 
     @staticmethod
     def shares(config: Config) -> bool:
-        """Whether `prepare` can share this config's inputs: today's `train.prepare` features (token ids and
-        frozen word embeddings). Other features go through `train.prepare` itself: unshared, but right."""
+        """Whether `prepare` can share this config's inputs: today's `prepare.prepare` features (token ids and
+        frozen word embeddings). Other features go through `prepare.prepare` itself: unshared, but right."""
         return getattr(config, "features", "embeddings") in ("embeddings", "embedding_layer")
 
     def prepare(
         self, config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split,
-        test_split: data.Split, phases: train.Phases, progress: bool | None = None,
-    ) -> train.Prepared:
-        """`train.prepare` with every input shared: the same phases timed, the same token ids and features."""
+        test_split: data.Split, phases: Phases, progress: bool | None = None, device=None,
+    ) -> preparing.Prepared:
+        """`prepare.prepare` with every input shared: the same phases timed, the same token ids and features."""
         if not self.shares(config):
-            return train.prepare(config, info, imdb, train_split, test_split, phases, progress=progress)
+            return preparing.prepare(config, info, imdb, train_split, test_split, phases, progress=progress, device=device)
         with phases.timed("tokenize"):
             tokenizer, _ = self.tokenizer(info)
             ids, hit = self.token_ids(info, imdb, {"train": train_split, "test": test_split}, config.max_len, progress)
-        prepared = train.Prepared(
-            config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, None, hit, phases
+        prepared = preparing.Prepared(
+            config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, None, hit, phases,
+            device=device or runtime.resolve_device(config.device),
         )
         with phases.timed("features"):
             prepared.embeddings = self.embeddings(info, config.features == "embedding_layer")

@@ -16,23 +16,22 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
-import mlflow
-from mlflow.entities import Run, ViewType
-from mlflow.tracking import MlflowClient
-
-from bertpooled.report import compare
-from bertpooled.run import reference, train
-from bertpooled.tracking import runs as tracking
 from bertpooled.config import MODE_ALIASES, Config, load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.run.experiment import Outcome, run_experiment
+from bertpooled.report import compare
 from bertpooled.report.build import Report
+from bertpooled.run import prepare, runtime
+from bertpooled.run.experiment import Outcome, pipeline_for, run_experiment
+from bertpooled.run.measure import Phases
+from bertpooled.run.pipeline import Inputs
 from bertpooled.run.shared import Shared
+from bertpooled.tracking import runs as tracking
+from bertpooled.tracking import sweeps
+from bertpooled.tracking.probe import check_tracking_reachable
+from bertpooled.tracking.sweeps import CHILD_TAG, KEY_TAG, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
-KEY_TAG = "sweep/key"
-CHILD_TAG = "sweep/child"
 DEFAULT_MODES = ("basic", "pool")
 DEFAULT_SEEDS = 3
 # The grid's own axes: everything else in a child's config is the sweep's base, the same for all children.
@@ -115,57 +114,30 @@ def base_config(children: Sequence[Child]) -> dict[str, object]:
 
 
 def _check_children(children: Sequence[Child]) -> dict[str, object]:
-    """train.check for every child (it reads config files only); returns each child's BackboneInfo by key."""
-    return {child.key: train.check(child.config) for child in children}
+    """prepare.check for every child (it reads config files only); returns each child's BackboneInfo by key."""
+    return {child.key: prepare.check(child.config) for child in children}
 
 
-def _experiment_id(experiment: str | None) -> str:
-    """--experiment, else MLflow's own variables, else `bertpooled`; created when missing."""
-    if not experiment and os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        return os.environ["MLFLOW_EXPERIMENT_ID"]
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or tracking.DEFAULT_EXPERIMENT
-    return mlflow.set_experiment(name).experiment_id
-
-
-def _parent_tags(tags: dict[str, str], children: Sequence[Child], existing: dict[str, list[Run]]) -> dict[str, str]:
+def _parent_tags(tags: dict[str, str], children: Sequence[Child], existing: dict[str, list]) -> dict[str, str]:
     """Kind, name, grid and note of the parent (`tags`: its tags so far); a resumed sweep's grid is the union."""
     modes = list(dict.fromkeys([*filter(None, tags.get("sweep/modes", "").split(",")), *(c.config.mode for c in children)]))
     seeds = list(dict.fromkeys([*filter(None, tags.get("sweep/seeds", "").split(",")), *(str(c.config.seed) for c in children)]))
     n_children = len(set(existing) | {c.key for c in children})
     # A new parent (or the run `mlflow run` created, randomly named) gets a name; a resumed sweep keeps its own.
-    name = tags["mlflow.runName"] if tags.get(tracking.KIND_TAG) == "sweep" else f"sweep-{'+'.join(modes)}-{len(seeds)}seeds"
+    name = tags[MLFLOW_RUN_NAME] if tags.get(tracking.KIND_TAG) == "sweep" else f"sweep-{'+'.join(modes)}-{len(seeds)}seeds"
     return {
         tracking.KIND_TAG: "sweep",
-        "mlflow.runName": name,
+        MLFLOW_RUN_NAME: name,
         "sweep/modes": ",".join(modes),
         "sweep/seeds": ",".join(seeds),
         "sweep/children": str(n_children),
-        "mlflow.note.content": (
+        MLFLOW_RUN_NOTE: (
             f"Sweep of {', '.join(modes)} x seeds {', '.join(seeds)} ({n_children} child runs, nested below)."
         ),
     }
 
 
-def _find_parent(client: MlflowClient, run_id: str, from_mlflow_run: bool) -> Run:
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise BertpooledError(
-            f"unknown sweep parent run {run_id!r} at {tracking.redact_uri(client.tracking_uri)}: "
-            "pass --resume-parent with the id a sweep printed, or leave it out to start a new sweep"
-        ) from None
-    if run.info.lifecycle_stage == "deleted":
-        raise BertpooledError(f"sweep parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new sweep")
-    kind = run.data.tags.get(tracking.KIND_TAG)
-    # A run `mlflow run -e sweep` just created has no kind yet; anything else must be a sweep parent.
-    if kind != "sweep" and not (from_mlflow_run and kind is None):
-        raise BertpooledError(
-            f"run {run_id} is a {kind or 'plain'} run, not a sweep parent: pass --resume-parent with a sweep's id"
-        )
-    return run
-
-
-def _check_same_base(parent: Run, base: dict[str, object]) -> None:
+def _check_same_base(parent, base: dict[str, object]) -> None:
     logged = {k.removeprefix("config/"): v for k, v in parent.data.params.items() if k.startswith("config/")}
     if not logged:
         return
@@ -177,33 +149,15 @@ def _check_same_base(parent: Run, base: dict[str, object]) -> None:
         )
 
 
-def _existing_children(client: MlflowClient, parent: Run) -> dict[str, list[Run]]:
-    found: dict[str, list[Run]] = {}
-    token = None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-            run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token,
-        )
-        for run in page:
-            key = run.data.tags.get(KEY_TAG)
-            if key:
-                found.setdefault(key, []).append(run)
-        token = page.token
-        if not token:
-            return found
-
-
 def _prepare_shared(shared: Shared, todo: Sequence[Child], infos: dict, progress: bool | None) -> dict[str, float]:
     """Read, load and tokenize what the children to run need, once, before the first of them."""
-    phases = train.Phases()
+    phases = Phases()
     first = todo[0].config
     imdb, train_split, test_split = shared.read_data(first, phases, progress=progress)
-    neural = [c for c in todo if c.config.mode != "reference" and shared.shares(c.config)]
-    if neural:
-        shared.prepare(neural[0].config, infos[neural[0].key], imdb, train_split, test_split, phases, progress)
-    for child in (c for c in todo if c.config.mode == "reference"):
-        reference.texts(child.config, infos[child.key], imdb, train_split, test_split, phases, shared, progress)
+    device = runtime.resolve_device(first.device)
+    for child in todo:  # each pipeline fills the memo once; a child whose inputs are there already adds nothing
+        inputs = Inputs(child.config, infos[child.key], imdb, train_split, test_split, phases, device, shared)
+        pipeline_for(child.config).warm(inputs, progress)
     return phases.seconds
 
 
@@ -225,9 +179,8 @@ def run_sweep(
     """
     if not children:
         raise BertpooledError("the sweep has no children: pass --modes and --seeds")
-    tracking.check_tracking_reachable()
+    check_tracking_reachable()
     infos = _check_children(children)
-    client = MlflowClient()
     env_run = os.environ.get("MLFLOW_RUN_ID") or None
     if resume_parent and env_run and resume_parent != env_run:
         raise BertpooledError(
@@ -236,74 +189,82 @@ def run_sweep(
         )
     parent_id = resume_parent or env_run
     base = base_config(children)
-    existing: dict[str, list[Run]] = {}
+    existing: dict[str, list] = {}
     if parent_id:
-        parent = _find_parent(client, parent_id, from_mlflow_run=parent_id == env_run)
+        parent = sweeps.find_parent(parent_id, from_mlflow_run=parent_id == env_run)
         _check_same_base(parent, base)
-        existing = _existing_children(client, parent)
+        existing = sweeps.children_by_key(parent)
         experiment_id = parent.info.experiment_id
     else:
-        experiment_id = _experiment_id(experiment)
+        experiment_id = sweeps.experiment_id_for(experiment)
 
+    done, todo, resumable = _what_to_run(children, existing, log)
+    resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"
+    tags = _parent_tags(parent.data.tags if parent_id else {}, children, existing)
+    logged_base = parent_id is not None and any(k.startswith("config/") for k in parent.data.params)
+    current, started = "preparing the shared inputs", parent_id
+    try:
+        with sweeps.parent_run(parent_id, experiment_id, tags, where=lambda: current) as started:
+            resume_hint = resume_hint.replace("<parent id>", started)
+            outcome = SweepOutcome(started, experiment_id, list(children), already_finished=done)
+            if not logged_base:
+                tracking.log_params({f"config/{k}": v for k, v in base.items()})
+            log(f"sweep {started}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
+            for current in _run_todo(todo, started, infos, resumable, outcome.ran, parallel=parallel,
+                                     executor=executor, progress=progress, log=log):
+                pass
+    except KeyboardInterrupt:
+        log(f"sweep {started} interrupted at {current}; resume it with {resume_hint}")
+        raise
+    except BaseException:
+        if started:
+            log(f"sweep {started} stopped at {current}; resume it with {resume_hint}")
+        raise
+    return outcome
+
+
+def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dict[str, str], ran: list, *,
+              parallel: int, executor, progress: bool | None, log: Callable[[str], None]) -> Iterator[str]:
+    """Run the children, appending each Outcome to `ran`; yields what is running now (the parent's `error` tag
+    names it if the sweep stops): elsewhere (`executor`), side by side (`parallel`), or here one by one."""
+    shared = None
+    # Children on other machines read their own inputs: the driver need not even hold the data.
+    if todo and executor is None:
+        shared = Shared()
+        seconds = _prepare_shared(shared, todo, infos, progress)
+        tracking.log_metrics({f"sweep/shared_{phase}_s": s for phase, s in seconds.items()})
+        log("shared inputs: " + ", ".join(f"{phase} {s:.1f}s" for phase, s in seconds.items()))
+    if executor is not None and todo:
+        yield f"{len(todo)} children on {executor.describe()}"
+        ran.extend(executor.run(todo, parent_id, log, progress))
+    elif parallel > 1 and len(todo) > 1:
+        yield f"{len(todo)} children, {parallel} at a time"
+        ran.extend(_run_parallel(todo, parent_id, parallel, log, resumable))
+    else:
+        for i, child in enumerate(todo, 1):
+            yield child.label
+            log(f"[{i}/{len(todo)}] {child.label}")
+            tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "prepared once by the parent run"}
+            ran.append(_run_child(child.config, resumable.get(child.key), progress=progress, log=log,
+                                  shared=shared, parent_run_id=parent_id, tags=tags))
+
+
+def _what_to_run(children: Sequence[Child], existing: dict[str, list], log: Callable[[str], None],
+                 ) -> tuple[list[Child], list[Child], dict[str, str]]:
+    """(done, to run, resumable run id by key): a child with a FINISHED run is done; one stopped with a checkpoint
+    continues in its own run, from its last finished epoch; any other earlier run is run again."""
     done = [c for c in children if any(r.info.status == "FINISHED" for r in existing.get(c.key, []))]
     todo = [c for c in children if c not in done]
     resumable: dict[str, str] = {}
     for child in todo:
         for run in existing.get(child.key, []):
             if run.info.status != "FINISHED" and "checkpoint/epoch" in run.data.tags and child.key not in resumable:
-                # A child stopped with a checkpoint continues in its own run, from its last finished epoch.
                 resumable[child.key] = run.info.run_id
                 log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status} after epoch "
                     f"{run.data.tags['checkpoint/epoch']}; resuming it")
             else:
                 log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status}; running it again")
-
-    resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"
-    # The parent's own run id stays out of the children's environment: start_run would resume it.
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    tags = _parent_tags(parent.data.tags if parent_id else {}, children, existing)
-    parent_run = mlflow.start_run(run_id=parent_id, run_name=tags["mlflow.runName"], tags=tags)
-    parent_id = parent_run.info.run_id
-    resume_hint = resume_hint.replace("<parent id>", parent_id)
-    outcome = SweepOutcome(parent_id, experiment_id, list(children), already_finished=done)
-    current = "preparing the shared inputs"
-    try:
-        if not any(k.startswith("config/") for k in parent_run.data.params):
-            mlflow.log_params({f"config/{k}": v for k, v in base.items()})
-        log(f"sweep {parent_id}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
-        # Children on other machines read their own inputs: the driver need not even hold the data.
-        if todo and executor is None:
-            shared = Shared()
-            seconds = _prepare_shared(shared, todo, infos, progress)
-            mlflow.log_metrics({f"sweep/shared_{phase}_s": s for phase, s in seconds.items()})
-            log("shared inputs: " + ", ".join(f"{phase} {s:.1f}s" for phase, s in seconds.items()))
-        if executor is not None and todo:
-            current = f"{len(todo)} children on {executor.describe()}"
-            outcome.ran.extend(executor.run(todo, parent_id, log, progress))
-        elif parallel > 1 and len(todo) > 1:
-            current = f"{len(todo)} children, {parallel} at a time"
-            outcome.ran.extend(_run_parallel(todo, parent_id, parallel, log, resumable))
-        else:
-            for i, child in enumerate(todo, 1):
-                current = child.label
-                log(f"[{i}/{len(todo)}] {child.label}")
-                tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "prepared once by the parent run"}
-                outcome.ran.append(_run_child(child.config, resumable.get(child.key), progress=progress, log=log,
-                                              shared=shared, parent_run_id=parent_id, tags=tags))
-    except KeyboardInterrupt:
-        mlflow.set_tag("error", f"interrupted (Ctrl-C or SIGTERM) at {current}")
-        mlflow.end_run("KILLED")
-        log(f"sweep {parent_id} interrupted at {current}; resume it with {resume_hint}")
-        raise
-    except BaseException as exc:
-        message = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
-        mlflow.set_tag("error", f"{current}: {message}"[:5000])
-        mlflow.end_run("FAILED")
-        log(f"sweep {parent_id} stopped at {current}; resume it with {resume_hint}")
-        raise
-    mlflow.end_run("FINISHED")
-    return outcome
+    return done, todo, resumable
 
 
 def _run_child(config: Config, resume_run_id: str | None, **kwargs) -> Outcome:
@@ -356,7 +317,7 @@ def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], trac
         _busy = True  # before the check: a stop signalled from here on interrupts this child
         if _stop is not None and _stop.is_set():
             return None
-        mlflow.set_tracking_uri(tracking_uri)
+        sweeps.use_tracking_uri(tracking_uri)
         return _run_child(config, resume_run_id, progress=False, parent_run_id=parent_id, tags=tags,
                           log=lambda line: print(f"[{label}] {line}", file=sys.stderr, flush=True))
     except KeyboardInterrupt:
@@ -374,7 +335,8 @@ def _run_parallel(todo: Sequence[Child], parent_id: str, parallel: int, log: Cal
     The first failure cancels the children not yet started, lets the running ones end, then propagates.
     Ctrl-C or SIGTERM (to this process, or to the whole process group) stops the sweep: no child starts
     after it, each running child ends KILLED with its last checkpoint (a resume of the sweep continues it),
-    then KeyboardInterrupt propagates.
+    then KeyboardInterrupt propagates. Kept in one function: the pool, its futures and the interrupt handling
+    only make sense together.
     """
     import concurrent.futures as cf
     import multiprocessing
@@ -393,7 +355,7 @@ def _run_parallel(todo: Sequence[Child], parent_id: str, parallel: int, log: Cal
                 config = dataclasses.replace(config, num_threads=threads)
             tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "on-disk caches the parent filled",
                     "sweep/parallel": str(parallel)}
-            futures[pool.submit(_child_in_process, config, parent_id, tags, mlflow.get_tracking_uri(),
+            futures[pool.submit(_child_in_process, config, parent_id, tags, sweeps.tracking_uri(),
                                 (resumable or {}).get(child.key))] = child
         log(f"running {len(todo)} children, {parallel} at a time, {threads} thread(s) each")
         pending = set(futures)
@@ -444,5 +406,5 @@ def compare_children(outcome: SweepOutcome, *, format: str = "table", output: st
         format=format, output=output, parent=outcome.parent_run_id, baseline="basic" if "basic" in modes else modes[0]
     )
     if report.comparison_run_id:
-        MlflowClient().set_tag(outcome.parent_run_id, "sweep/comparison_run_id", report.comparison_run_id)
+        sweeps.set_tag(outcome.parent_run_id, sweeps.COMPARISON_TAG, report.comparison_run_id)
     return report

@@ -5,7 +5,6 @@ Training code calls this module at its edges (start, each finished epoch, the en
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -14,34 +13,21 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Callable, Iterator
+from urllib.parse import unquote, urlsplit
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from bertpooled.tracking import ui_view
-from bertpooled.errors import BertpooledError
+from bertpooled.errors import redact_uri
 
 DEFAULT_EXPERIMENT = "bertpooled"
 KIND_TAG = "bertpooled.kind"
 PREDICTIONS_PATH = "predictions/test.csv"
-MODEL_NAME = "model"
-SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "lstm.py"
-
-
-def redact_uri(uri: str) -> str:
-    """A URI with any `user:password@` removed, safe to print or log."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return uri
 
 
 def move_uri_credentials(uri: str | None = None) -> str | None:
@@ -158,21 +144,33 @@ def training_run(
     else:
         use_default_experiment()
         run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
-    # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
-    mlflow.set_tags({"mlflow.runName": name, KIND_TAG: "train", **tags})
-    if description:
-        mlflow.set_tag("mlflow.note.content", description)
-    try:
+    with ending(run.info.run_id):
+        # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
+        mlflow.set_tags({MLFLOW_RUN_NAME: name, KIND_TAG: "train", **tags})
+        if description:
+            mlflow.set_tag(MLFLOW_RUN_NOTE, description)
         yield run
-    except KeyboardInterrupt:
-        _end_run(run.info.run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
-        raise
-    except BaseException as exc:
-        _end_run(run.info.run_id, "FAILED", (str(exc).splitlines() or [type(exc).__name__])[0][:5000] or type(exc).__name__)
-        raise
-    else:
         if resume_run_id:
             _clear_tag(run.info.run_id, "error")  # the interruption it recorded is over: the run FINISHED
+
+
+@contextmanager
+def ending(run_id: str, where: Callable[[], str] = lambda: "") -> Iterator[None]:
+    """How every run this package starts ends (training, sweep parent, comparison): FINISHED when the block
+    completes, KILLED on Ctrl-C or SIGTERM, FAILED on an error with its first line as tag `error`; `where()`
+    names the step that stopped (a sweep's child). Whatever was logged before the failure stays."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        at = where()
+        _end_run(run_id, "KILLED", f"interrupted (Ctrl-C or SIGTERM){f' at {at}' if at else ''}")
+        raise
+    except BaseException as exc:
+        message = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+        at = where()
+        _end_run(run_id, "FAILED", (f"{at}: {message}" if at else message)[:5000])
+        raise
+    else:
         mlflow.end_run("FINISHED")
 
 
@@ -180,22 +178,6 @@ def _clear_tag(run_id: str, key: str) -> None:
     client = MlflowClient()
     if key in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, key)
-
-
-def fail_unfinished_models(run_id: str) -> list[str]:
-    """Mark FAILED the logged models of `run_id` still PENDING (a process killed while logging its model left
-    them); a resumed run then logs its model anew. Returns their ids."""
-    from mlflow.entities import LoggedModelStatus
-
-    client = MlflowClient()
-    experiment_id = client.get_run(run_id).info.experiment_id
-    pending = [
-        m.model_id for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
-        if m.status == LoggedModelStatus.PENDING
-    ]
-    for model_id in pending:
-        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
-    return pending
 
 
 def _end_run(run_id: str, status: str, reason: str) -> None:
@@ -303,74 +285,10 @@ def log_predictions(ids: list[str], labels: np.ndarray, probabilities: np.ndarra
         path = Path(tmp) / Path(PREDICTIONS_PATH).name
         frame.to_csv(path, index=False, float_format="%.8g")
         mlflow.log_artifact(str(path), artifact_path=str(Path(PREDICTIONS_PATH).parent))
-    log_classifier_plots(labels, probabilities)
 
 
-def log_classifier_plots(labels: np.ndarray, probabilities: np.ndarray) -> None:
-    """Confusion matrix, ROC and precision-recall curves of the test predictions, as artifacts under plots/."""
-    if len(set(np.asarray(labels).astype(int).tolist())) < 2:
-        return  # ROC and PR curves need both classes among the labels
-    from bertpooled.report.plots import classifier_plots
-
-    with tempfile.TemporaryDirectory() as tmp:
-        classifier_plots(labels, probabilities, tmp)
-        mlflow.log_artifacts(tmp, artifact_path="plots")
-
-
-def log_model(state: dict, model_config: dict, tokenizer) -> str:
-    """Log the classifier as a models-from-code pyfunc: code + safetensors weights + tokenizer files, no pickle.
-
-    Returns the model URI.
-    """
-    from safetensors.torch import save_file
-
-    import bertpooled
-
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "weights.safetensors"
-        save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
-        config_path = Path(tmp) / "model_config.json"
-        config_path.write_text(json.dumps(model_config, indent=2))
-        tokenizer_dir = Path(tmp) / "tokenizer"
-        tokenizer.save_pretrained(str(tokenizer_dir))
-        return log_pyfunc(
-            SERVING_CODE,
-            {"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
-            pinned_requirements("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow"),
-            code_paths=[str(Path(bertpooled.__file__).parent)],
-        )
-
-
-def log_pyfunc(code: Path, artifacts: dict[str, str], requirements: list[str], code_paths: list[str] | None = None) -> str:
-    """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) taking a list of texts; its URI."""
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
-        python_model=str(code),
-        artifacts=artifacts,
-        code_paths=code_paths,
-        input_example=["a wonderful film", "dull and far too long"],
-        pip_requirements=requirements,
-    )
-    return info.model_uri
-
-
-def pinned_requirements(*dists: str) -> list[str]:
-    """`dist==version` as installed here; a local build tag such as torch's "+cpu" is no version pip finds elsewhere.
-
-    Where `mlflow` is installed as mlflow-skinny alone (the GPU machine's bundle, benchmarks/gpu/), that is
-    what the model needs and what it pins.
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for dist in dists:
-        try:
-            pins.append(f"{dist}=={version(dist).split('+')[0]}")
-        except PackageNotFoundError:
-            if dist != "mlflow":
-                raise
-            pins.append(f"mlflow-skinny=={version('mlflow-skinny').split('+')[0]}")
-    return pins
+def log_artifacts(folder: str | Path, artifact_path: str) -> None:
+    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
 
 def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
@@ -432,152 +350,9 @@ def ensure_training_view(experiment_id: str) -> str:
     return key
 
 
-def experiment_name(experiment_id: str) -> str:
-    exp = MlflowClient().get_experiment(experiment_id)
-    return exp.name if exp else experiment_id
-
-
-PROBE_TIMEOUT_S = 5.0
-
-
-def check_tracking_reachable(uri: str | None = None) -> None:
-    """Fail within seconds, in one line, when the tracking store (`uri`, default MLflow's) cannot be used.
-
-    A server must answer `/health` *and* its REST API (a server whose API hangs would otherwise block the
-    first MLflow call for minutes of retries); a database server must accept a connection; a local store
-    must open (a damaged `mlflow.db` otherwise fails with pages of SQLAlchemy traceback).
-    """
-    uri = uri or mlflow.get_tracking_uri()
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):
-        _probe_server(uri)
-    elif parts.scheme.split("+")[0] in ("postgresql", "mysql", "mssql") and parts.hostname:
-        _probe_database(uri)
-    else:
-        check_store_opens(uri)
-
-
-def _probe_server(uri: str) -> None:
-    import base64
-    import urllib.error
-    import urllib.request
-
-    base = redact_uri(uri).rstrip("/")
-    headers = {}
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if user or password:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
-    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
-    for path, what in (("/health", f"cannot reach the MLflow tracking server at {base}"),
-                       ("/api/2.0/mlflow/experiments/search?max_results=1",
-                        f"the MLflow tracking server at {base} answers /health but its API does not answer")):
-        try:
-            request = urllib.request.Request(base + path, headers=headers)
-            with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
-                pass
-        except urllib.error.HTTPError:
-            return  # something answers: MLflow's own calls will report what is wrong
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise BertpooledError(
-                f"{what} (unreachable: {reason}, waited {PROBE_TIMEOUT_S:.0f} s): start or restart it (mlflow server), "
-                "or fix MLFLOW_TRACKING_URI"
-            ) from None
-
-
-def _probe_database(uri: str) -> None:
-    """A TCP connection to the database server, with a short timeout (its driver would retry for minutes)."""
-    import socket
-
-    parts = urlsplit(uri)
-    default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[parts.scheme.split("+")[0]]
-    try:
-        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise BertpooledError(
-            f"tracking database {redact_uri(uri)} is unreachable ({exc.strerror or exc}, waited "
-            f"{PROBE_TIMEOUT_S:.0f} s): start it, or fix MLFLOW_TRACKING_URI"
-        ) from None
-
-
-def check_store_opens(uri: str) -> None:
-    """Open a local store and read from it; a damaged or unreadable one is a one-line error."""
-    try:
-        MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, sqlite3 and MLflow errors alike: the store is unusable
-        raise store_error(uri, exc) from None
-
-
-def store_error(uri: str | None, exc: BaseException) -> BertpooledError:
-    """The one line for a tracking store that failed under us (damaged, read-only, full disk)."""
-    uri = redact_uri(uri or mlflow.get_tracking_uri())
-    cause = exc
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    text = " ".join(str(cause).split()).split(" [SQL:")[0][:200] or type(cause).__name__
-    return BertpooledError(
-        f"tracking store {uri} failed ({type(cause).__name__}: {text}): free disk space, make it writable, or "
-        "restore mlflow.db from a backup (or point MLFLOW_TRACKING_URI at another store); a run it left RUNNING "
-        "resumes with --resume"
-    )
-
-
-def is_store_failure(exc: BaseException) -> bool:
-    """Whether `exc` came from the tracking store itself (database, disk), not from this project's code."""
-    import errno
-    import sqlite3
-
-    try:
-        from sqlalchemy.exc import SQLAlchemyError
-    except ImportError:  # pragma: no cover - MLflow depends on SQLAlchemy
-        SQLAlchemyError = ()  # noqa: N806
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, (sqlite3.Error, SQLAlchemyError)):
-            return True
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-CHECKPOINT_SLOTS = ("checkpoint/a", "checkpoint/b")
-
-
-def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
-    """Write the checkpoint into the slot the run's tags do not point at, then point them at it.
-
-    Epochs alternate between two artifact folders, and the tags (slot, epoch, sha256) change in one batch
-    only after the files are complete: a process killed mid-write leaves the previous checkpoint valid.
-    """
-    current = MlflowClient().get_run(mlflow.active_run().info.run_id).data.tags.get("checkpoint/path")
-    slot = CHECKPOINT_SLOTS[1] if current == CHECKPOINT_SLOTS[0] else CHECKPOINT_SLOTS[0]
-    mlflow.log_artifacts(str(folder), artifact_path=slot)
-    mlflow.set_tags({"checkpoint/path": slot, "checkpoint/epoch": str(epoch), "checkpoint/sha256": sha256})
-
-
-def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[str, str], Path]:
-    """(config params, data digest, tags, local checkpoint folder) of a run to resume; one-line errors otherwise."""
-    client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise BertpooledError(
-            f"no run {run_id} in {redact_uri(mlflow.get_tracking_uri())}: check the id, or MLFLOW_TRACKING_URI"
-        ) from None
-    if run.info.status == "FINISHED":
-        raise BertpooledError(f"run {run_id} already FINISHED: nothing to resume")
-    if run.data.tags.get(KIND_TAG) != "train" or "checkpoint/epoch" not in run.data.tags:
-        raise BertpooledError(f"run {run_id} has no checkpoint (it finished no epoch): start a new run instead")
-    slot = run.data.tags.get("checkpoint/path", "")
-    if slot not in CHECKPOINT_SLOTS:
-        raise BertpooledError(f"run {run_id} names no valid checkpoint folder ({slot!r}): start a new run instead")
-    local = client.download_artifacts(run_id, slot, str(dest))
-    config = {k[len("config/"):]: v for k, v in run.data.params.items() if k.startswith("config/")}
-    return config, run.data.params.get("data/digest", ""), dict(run.data.tags), Path(local)
-
-
 def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
+
+
+def log_params(params: dict[str, object]) -> None:
+    mlflow.log_params(params)

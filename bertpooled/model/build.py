@@ -1,0 +1,98 @@
+"""One model spec, one builder: training and serving build the classifier from the same `ModelSpec`.
+
+The spec is what the logged model stores as `model_config.json`; the model layer never reads the experiment
+`Config`. Building a model draws its initial weights from torch's generator as it stands: the caller seeds
+it (a run seeds right before building, so the head's initialisation is the run's seed alone).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from bertpooled.model.heads import EmbeddingLayer, EncoderLSTMClassifier, PooledLSTMClassifier
+from bertpooled.model.pooling import PoolPosition, PoolSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that determines the classifier's architecture, as typed values."""
+
+    features: str
+    """`embeddings` (word table), `embedding_layer` (LayerNorm(word + position + type)) or `encoder`."""
+    pool: PoolSpec
+    pool_at: PoolPosition
+    lstm_units: int
+    padding: str
+    lstm_bias: str
+    max_len: int
+    backbone: str
+    """The backbone's name or folder (provenance: a logged model never loads it)."""
+    init: str = "keras"
+    layer_norm_eps: float | None = None
+    """features=embedding_layer: the LayerNorm's epsilon."""
+    backbone_config: dict[str, Any] | None = field(default=None, compare=False)
+    """features=encoder: the backbone's architecture as JSON, so serving rebuilds it without its folder."""
+
+    @classmethod
+    def of(cls, config, **extra: Any) -> "ModelSpec":
+        """The spec of an experiment config (`extra`: what only the loaded backbone knows)."""
+        return cls(config.features, config.pool_spec, config.position, config.lstm_units, config.padding,
+                   config.lstm_bias, config.max_len, config.model, config.init, **extra)
+
+    def to_json(self) -> dict[str, Any]:
+        """`model_config.json`: plain values, pooling in its canonical spelling; unset extras left out."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out.update(pool=str(self.pool), pool_at=str(self.pool_at))
+        return out
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "ModelSpec":
+        """A stored spec. Models logged before `lstm_bias` and `features` existed trained nn.LSTM's two bias
+        vectors on the word table; `init` only shapes training, so older files without it read as keras."""
+        values = {"lstm_bias": "torch", "features": "embeddings", "pool_at": "input", **values}
+        known = {f for f in cls.__dataclass_fields__}
+        kept = {k: v for k, v in values.items() if k in known}
+        kept.update(pool=PoolSpec.parse(values["pool"]), pool_at=PoolPosition.parse(values["pool_at"]))
+        return cls(**kept)
+
+
+def build(spec: ModelSpec, *, table: torch.Tensor | None = None, layer: EmbeddingLayer | None = None,
+          backbone: torch.nn.Module | None = None, table_pooled: bool = False, trainable_backbone: bool = False,
+          ) -> torch.nn.Module:
+    """The classifier: frozen input features (`table`, `layer`) + head, or `backbone` + head.
+
+    `table_pooled`: the word table is already pooled on its hidden axis (what a logged features=embeddings model
+    stores). `trainable_backbone`: fine-tuning trains a copy of `backbone`, leaving the shared frozen one as is.
+    """
+    from bertpooled.model.encoder import PoolingEncoder
+
+    if spec.features != "encoder":
+        pool = PoolSpec(spec.pool.kind, spec.pool.seq, 1) if table_pooled else spec.pool
+        return PooledLSTMClassifier(table, pool, units=spec.lstm_units, padding=spec.padding, init=spec.init,
+                                    layer=layer, bias=spec.lstm_bias)
+    if trainable_backbone:
+        backbone = copy.deepcopy(backbone).requires_grad_(True)
+    out_pool = spec.pool if spec.pool_at.where == "output" else PoolSpec()
+    encoder = PoolingEncoder(backbone, spec.pool_at, spec.pool)
+    return EncoderLSTMClassifier(encoder, backbone.config.hidden_size, out_pool, units=spec.lstm_units,
+                                 init=spec.init, bias=spec.lstm_bias)
+
+
+def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A logged model rebuilt from its spec and its safetensors weights, in eval mode (no download, no pickle)."""
+    if spec.features == "encoder":
+        from bertpooled.model.backbone import from_json_config
+
+        model = build(spec, backbone=from_json_config(spec.backbone_config).eval())
+    elif spec.features == "embedding_layer":
+        layer = EmbeddingLayer(state["layer.positions"], state["layer.token_type"], state["layer.norm_weight"],
+                               state["layer.norm_bias"], spec.layer_norm_eps)
+        model = build(spec, table=state["embeddings"], layer=layer)
+    else:
+        model = build(spec, table=state["embeddings"], table_pooled=True)
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,124 @@
+"""Logged models and checkpoints: models-from-code pyfuncs (code + safetensors + JSON, never a pickle), the
+PENDING models an interrupted run left, and the run's checkpoint slots."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from bertpooled.errors import BertpooledError, redact_uri
+from bertpooled.tracking.runs import KIND_TAG
+
+
+MODEL_NAME = "model"
+SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "lstm.py"
+CHECKPOINT_SLOTS = ("checkpoint/a", "checkpoint/b")
+
+
+def fail_unfinished_models(run_id: str) -> list[str]:
+    """Mark FAILED the logged models of `run_id` still PENDING (a process killed while logging its model left
+    them); a resumed run then logs its model anew. Returns their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    pending = [
+        m.model_id for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        if m.status == LoggedModelStatus.PENDING
+    ]
+    for model_id in pending:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+    return pending
+
+
+def log_model(state: dict, model_config: dict, tokenizer) -> str:
+    """Log the classifier as a models-from-code pyfunc: code + safetensors weights + tokenizer files, no pickle.
+
+    Returns the model URI.
+    """
+    from safetensors.torch import save_file
+
+    import bertpooled
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+        config_path = Path(tmp) / "model_config.json"
+        config_path.write_text(json.dumps(model_config, indent=2))
+        tokenizer_dir = Path(tmp) / "tokenizer"
+        tokenizer.save_pretrained(str(tokenizer_dir))
+        return log_pyfunc(
+            SERVING_CODE,
+            {"weights": str(weights), "model_config": str(config_path), "tokenizer": str(tokenizer_dir)},
+            pinned_requirements("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow"),
+            code_paths=[str(Path(bertpooled.__file__).parent)],
+        )
+
+
+def log_pyfunc(code: Path, artifacts: dict[str, str], requirements: list[str], code_paths: list[str] | None = None) -> str:
+    """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) taking a list of texts; its URI."""
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(code),
+        artifacts=artifacts,
+        code_paths=code_paths,
+        input_example=["a wonderful film", "dull and far too long"],
+        pip_requirements=requirements,
+    )
+    return info.model_uri
+
+
+def pinned_requirements(*dists: str) -> list[str]:
+    """`dist==version` as installed here; a local build tag such as torch's "+cpu" is no version pip finds elsewhere.
+
+    Where `mlflow` is installed as mlflow-skinny alone (the GPU machine's bundle, benchmarks/gpu/), that is
+    what the model needs and what it pins.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for dist in dists:
+        try:
+            pins.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            if dist != "mlflow":
+                raise
+            pins.append(f"mlflow-skinny=={version('mlflow-skinny').split('+')[0]}")
+    return pins
+
+
+def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
+    """Write the checkpoint into the slot the run's tags do not point at, then point them at it.
+
+    Epochs alternate between two artifact folders, and the tags (slot, epoch, sha256) change in one batch
+    only after the files are complete: a process killed mid-write leaves the previous checkpoint valid.
+    """
+    current = MlflowClient().get_run(mlflow.active_run().info.run_id).data.tags.get("checkpoint/path")
+    slot = CHECKPOINT_SLOTS[1] if current == CHECKPOINT_SLOTS[0] else CHECKPOINT_SLOTS[0]
+    mlflow.log_artifacts(str(folder), artifact_path=slot)
+    mlflow.set_tags({"checkpoint/path": slot, "checkpoint/epoch": str(epoch), "checkpoint/sha256": sha256})
+
+
+def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[str, str], Path]:
+    """(config params, data digest, tags, local checkpoint folder) of a run to resume; one-line errors otherwise."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise BertpooledError(
+            f"no run {run_id} in {redact_uri(mlflow.get_tracking_uri())}: check the id, or MLFLOW_TRACKING_URI"
+        ) from None
+    if run.info.status == "FINISHED":
+        raise BertpooledError(f"run {run_id} already FINISHED: nothing to resume")
+    if run.data.tags.get(KIND_TAG) != "train" or "checkpoint/epoch" not in run.data.tags:
+        raise BertpooledError(f"run {run_id} has no checkpoint (it finished no epoch): start a new run instead")
+    slot = run.data.tags.get("checkpoint/path", "")
+    if slot not in CHECKPOINT_SLOTS:
+        raise BertpooledError(f"run {run_id} names no valid checkpoint folder ({slot!r}): start a new run instead")
+    local = client.download_artifacts(run_id, slot, str(dest))
+    config = {k[len("config/"):]: v for k, v in run.data.params.items() if k.startswith("config/")}
+    return config, run.data.params.get("data/digest", ""), dict(run.data.tags), Path(local)

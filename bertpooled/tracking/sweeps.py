@@ -1,0 +1,112 @@
+"""A sweep in the tracking store: its experiment, its parent run, and the child runs nested under it."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import mlflow
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+
+from bertpooled.errors import BertpooledError
+from bertpooled.tracking.runs import DEFAULT_EXPERIMENT, KIND_TAG, ending, redact_uri
+
+KEY_TAG = "sweep/key"
+CHILD_TAG = "sweep/child"
+COMPARISON_TAG = "sweep/comparison_run_id"
+# Re-exported for the sweep, which names its runs and notes without importing mlflow itself.
+TAGS = (MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE)
+
+
+def experiment_id_for(experiment: str | None) -> str:
+    """--experiment, else MLflow's own variables, else `bertpooled`; created when missing."""
+    if not experiment and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    return mlflow.set_experiment(name).experiment_id
+
+
+def find_parent(run_id: str, from_mlflow_run: bool) -> Run:
+    """The sweep parent `run_id` (or the run `mlflow run -e sweep` just created); one-line errors otherwise."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise BertpooledError(
+            f"unknown sweep parent run {run_id!r} at {redact_uri(client.tracking_uri)}: "
+            "pass --resume-parent with the id a sweep printed, or leave it out to start a new sweep"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise BertpooledError(f"sweep parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new sweep")
+    kind = run.data.tags.get(KIND_TAG)
+    # A run `mlflow run -e sweep` just created has no kind yet; anything else must be a sweep parent.
+    if kind != "sweep" and not (from_mlflow_run and kind is None):
+        raise BertpooledError(
+            f"run {run_id} is a {kind or 'plain'} run, not a sweep parent: pass --resume-parent with a sweep's id"
+        )
+    return run
+
+
+def children(parent_id: str, experiment_id: str | None = None, *, key: str | None = None,
+             running: bool = False) -> list[Run]:
+    """The parent's child runs (all pages), optionally only those of one grid cell or only those RUNNING."""
+    if experiment_id is None:
+        experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'"
+    if key is not None:
+        query += f" and tags.`{KEY_TAG}` = '{key}'"
+    if running:
+        query += " and attributes.status = 'RUNNING'"
+    return mlflow.search_runs([experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY, output_format="list")
+
+
+def children_by_key(parent: Run) -> dict[str, list[Run]]:
+    """The parent's child runs grouped by their grid cell (tag sweep/key)."""
+    found: dict[str, list[Run]] = {}
+    for run in children(parent.info.run_id, parent.info.experiment_id):
+        key = run.data.tags.get(KEY_TAG)
+        if key:
+            found.setdefault(key, []).append(run)
+    return found
+
+
+@contextmanager
+def parent_run(parent_id: str | None, experiment_id: str, tags: dict[str, str],
+               where: Callable[[], str]) -> Iterator[str]:
+    """The sweep's parent run, new or resumed (its id is yielded), active for the block; it ends as a training
+    run does (`runs.ending`), its `error` tag saying `where` (the child or phase) the sweep stopped."""
+    # The parent's own run id stays out of the children's environment: start_run would resume it.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    run = mlflow.start_run(run_id=parent_id, run_name=tags[MLFLOW_RUN_NAME], tags=tags)
+    with ending(run.info.run_id, where=where):
+        yield run.info.run_id
+
+
+def end_child(run_id: str, status: str, reason: str) -> None:
+    """End a child run from outside it (its worker gone), saying why in its `error` tag."""
+    client = MlflowClient()
+    client.set_tag(run_id, "error", reason)
+    client.set_terminated(run_id, status)
+
+
+def set_tag(run_id: str, key: str, value: str) -> None:
+    MlflowClient().set_tag(run_id, key, value)
+
+
+def get_run(run_id: str) -> Run:
+    return MlflowClient().get_run(run_id)
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def use_tracking_uri(uri: str) -> None:
+    """In a worker (a process or a Ray task): log where the driver logs, and never into the driver's own run."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    mlflow.set_tracking_uri(uri)

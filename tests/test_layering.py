@@ -1,0 +1,98 @@
+"""The package's layering, read from its source: which module may import what (function-level imports included)."""
+import ast
+from pathlib import Path
+
+import pytest
+
+import bertpooled
+
+PACKAGE = Path(bertpooled.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(name: str) -> set[str]:
+    """Every module `name` imports, anywhere in its body, as absolute dotted names."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            # `from bertpooled.run import fit` imports the module bertpooled.run.fit.
+            found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES)
+    return found
+
+
+def _internal(name: str) -> set[str]:
+    return {m for m in imports_of(name) if m in MODULES and m != name}
+
+
+def _under(name: str, *packages: str) -> bool:
+    return any(name == f"bertpooled.{p}" or name.startswith(f"bertpooled.{p}.") for p in packages)
+
+
+def test_only_tracking_and_the_served_model_code_import_mlflow():
+    offenders = {name: sorted(m for m in imports_of(name) if m.split(".")[0] == "mlflow")
+                 for name in MODULES if not _under(name, "tracking", "serving")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("lower, forbidden", [
+    ("data", ("model", "run", "tracking", "report", "serving", "cli")),
+    ("model", ("run", "tracking", "report", "serving", "cli")),
+    ("tracking", ("run", "report", "serving", "cli")),
+])
+def test_lower_layers_do_not_import_upper_ones(lower, forbidden):
+    offenders = {name: sorted(m for m in _internal(name) if _under(m, *forbidden))
+                 for name in MODULES if _under(name, lower)}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_report_builder_is_pure():
+    """Everything in report/ but the publishing step (compare.py) works on plain data: no store, no runs."""
+    offenders = {name: sorted(m for m in _internal(name) if _under(m, "run", "tracking", "serving", "cli"))
+                 for name in MODULES if _under(name, "report") and name != "bertpooled.report.compare"}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_nothing_imports_the_cli():
+    assert sorted(n for n in MODULES if "bertpooled.cli" in _internal(n) and n != "bertpooled.__main__") == []
+
+
+def test_no_import_cycles():
+    graph = {name: _internal(name) for name in MODULES}
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            # A package's __init__ is imported with any of its modules; it re-exports, it is no layer of its own.
+            if nxt.endswith(tuple(f".{p}" for p in ("data", "model", "run", "tracking", "report", "serving"))):
+                continue
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
+
+
+def test_no_module_is_over_400_lines():
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 420}
+    assert long == {}
