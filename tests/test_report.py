@@ -8,7 +8,9 @@ import pytest
 
 from bertpooled.errors import BertpooledError
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
-from bertpooled.report.build import ORIGINAL_STUDY, Report, build_report
+from bertpooled.report.build import build_report
+from bertpooled.report.original import ORIGINAL_STUDY
+from bertpooled.report.records import Report
 
 N_TEST = 1000
 LABELS = np.arange(N_TEST) % 2

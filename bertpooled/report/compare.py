@@ -23,7 +23,9 @@ from mlflow.tracking import MlflowClient
 
 from bertpooled.errors import BertpooledError
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
-from bertpooled.report.build import FORMATS, Report, build_report
+from bertpooled.report.build import build_report
+from bertpooled.report.records import Report
+from bertpooled.report.render import FORMATS
 from bertpooled.report.html import render_html
 from bertpooled.tracking.runs import DEFAULT_EXPERIMENT, KIND_TAG, PREDICTIONS_PATH, check_tracking_reachable, redact_uri
 

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bertpooled.report.build import Report  # noqa: E402
+from bertpooled.report.records import Report  # noqa: E402
 
 __all__ = ["accuracy_vs_time", "classifier_plots", "learning_curves"]
 

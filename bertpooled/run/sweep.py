@@ -28,7 +28,7 @@ from bertpooled.tracking import runs as tracking
 from bertpooled.config import MODE_ALIASES, Config, load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.run.experiment import Outcome, run_experiment
-from bertpooled.report.build import Report
+from bertpooled.report.records import Report
 from bertpooled.run.shared import Shared
 
 KEY_TAG = "sweep/key"
