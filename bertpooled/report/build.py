@@ -16,15 +16,27 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from bertpooled import contract
 from bertpooled.contract import (
+    ACCURACY,
     CACHED_PHASES,
+    CONFIG_PARAM_PREFIX,
     COST_PREFIXES,
-    EXCLUDED_KINDS,
+    FINISHED,
+    KIND_TAG,
     KNOWN_COST_ORDER,
     NOT_COSTS,
+    PARAMS_HEAD,
     PREDICTION_COLUMNS,
+    PREDICTIONS_PATH,
     REQUIRED_METRICS,
+    RUN_NAME_TAG,
+    THRESHOLD,
     TIME_PER_EPOCH,
+    TIME_TOTAL,
+    TIME_TRAIN,
+    cache_hit_metric,
+    counts_as_training,
 )
 from bertpooled.errors import BertpooledError
 from bertpooled.report.configs import shared_configs
@@ -145,19 +157,16 @@ def _normalise_group_by(group_by: Sequence[str] | str) -> tuple[str, ...]:
 
 
 def _key_columns(key: str) -> tuple[str, ...]:
-    return (f"params.config/{key}", f"params.{key}", f"tags.{key}")
+    return (f"params.{CONFIG_PARAM_PREFIX}{key}", f"params.{key}", f"tags.{key}")
 
 
 def _check_group_columns(runs: pd.DataFrame, group_keys: Sequence[str]) -> None:
     for key in group_keys:
         if not any(column in runs.columns for column in _key_columns(key)):
-            available = sorted(
-                column.removeprefix("params.config/")
-                for column in runs.columns
-                if column.startswith("params.config/")
-            )
+            prefix = f"params.{CONFIG_PARAM_PREFIX}"
+            available = sorted(column.removeprefix(prefix) for column in runs.columns if column.startswith(prefix))
             raise BertpooledError(
-                f"cannot group by {key!r}: the runs have no params.config/{key}, params.{key} "
+                f"cannot group by {key!r}: the runs have no {prefix}{key}, params.{key} "
                 f"or tags.{key}; pass --group-by one of: {', '.join(available) or 'mode'}"
             )
 
@@ -195,7 +204,7 @@ def _ordered_cost_metrics(metrics: Iterable[str]) -> list[str]:
 
 
 def _run_name(row: pd.Series) -> str:
-    name = row.get("tags.mlflow.runName")
+    name = row.get(f"tags.{RUN_NAME_TAG}")
     if isinstance(name, str) and name:
         return name
     return str(row.get("run_id"))[:8]
@@ -203,12 +212,12 @@ def _run_name(row: pd.Series) -> str:
 
 def _prediction_problem(frame: pd.DataFrame | None) -> str | None:
     if frame is None:
-        return "no predictions/test.csv artifact"
+        return f"no {PREDICTIONS_PATH} artifact"
     missing = [column for column in PREDICTION_COLUMNS if column not in frame.columns]
     if missing:
-        return f"predictions/test.csv lacks column(s) {', '.join(missing)}"
+        return f"{PREDICTIONS_PATH} lacks column(s) {', '.join(missing)}"
     if frame.empty:
-        return "predictions/test.csv is empty"
+        return f"{PREDICTIONS_PATH} is empty"
     return None
 
 
@@ -229,14 +238,14 @@ def _screen_runs(
         def skip(category: str, reason: str) -> None:
             skipped.append({"run_id": run_id, "run_name": name, "reason": reason, "category": category})
 
-        kind = row.get("tags.bertpooled.kind")
-        status = str(row.get("status", "FINISHED"))
+        kind = row.get(f"tags.{KIND_TAG}")
+        status = str(row.get("status", FINISHED))
         values = {key: _lookup(row, key) for key in group_keys}
         missing_metrics = [metric for metric in REQUIRED_METRICS if not finite(_metric(row, metric))]
-        if kind in EXCLUDED_KINDS:
-            skip("not training runs", f"tagged bertpooled.kind={kind}, not a training run")
-        elif status != "FINISHED" and not include_unfinished:
-            skip("unfinished", f"status {status}, not FINISHED; pass --include-unfinished to keep it")
+        if not counts_as_training(kind):
+            skip("not training runs", f"tagged {KIND_TAG}={kind}, not a training run")
+        elif status != FINISHED and not include_unfinished:
+            skip("unfinished", f"status {status}, not {FINISHED}; pass --include-unfinished to keep it")
         elif any(value is None for value in values.values()):
             key = next(key for key, value in values.items() if value is None)
             skip("missing group key", f"no value for group key {key!r} "
@@ -267,7 +276,7 @@ def _run_record(
         epochs = float(_lookup(row, "epochs") or "nan")
     except ValueError:
         epochs = math.nan
-    train_s = costs.get("time/train_s", math.nan)
+    train_s = costs.get(TIME_TRAIN, math.nan)
     costs[TIME_PER_EPOCH] = train_s / epochs if finite(train_s) and finite(epochs) and epochs > 0 else math.nan
     label = "/".join(str(value) for value in values.values())
     return RunRecord(
@@ -279,22 +288,21 @@ def _run_record(
         seed=_lookup(row, "seed"),
         mode=_lookup(row, "mode"),
         backbone=_lookup(row, "model") or _lookup(row, "backbone"),
-        accuracy=_metric(row, "test/accuracy"),
-        f1=_metric(row, "test/f1"),
-        roc_auc=_metric(row, "test/roc_auc"),
+        accuracy=_metric(row, ACCURACY.key),
+        quality={metric.name: _metric(row, metric.key) for metric in contract.quality_means()},
         costs=costs,
-        cache_hits=[cache for cache in CACHED_PHASES if _metric(row, f"{cache}/cache_hit") == 1.0],
+        cache_hits=[cache for cache in CACHED_PHASES if _metric(row, cache_hit_metric(cache)) == 1.0],
     )
 
 
 def _prediction_accuracy_mismatch(frame: pd.DataFrame, logged: float) -> str | None:
     # A disagreement means the artifact and the metric describe different
     # evaluations, which would make the McNemar test contradict the t-test.
-    predicted = (frame["probability"].astype(float) >= 0.5).astype(int)
+    predicted = (frame["probability"].astype(float) >= THRESHOLD).astype(int)
     accuracy = float((predicted == frame["label"].astype(int)).mean())
     if abs(accuracy - logged) > _PREDICTION_ACCURACY_TOLERANCE:
         return (
-            f"predictions/test.csv gives accuracy {accuracy:.4f} but test/accuracy is "
+            f"{PREDICTIONS_PATH} gives accuracy {accuracy:.4f} but {ACCURACY.key} is "
             f"{logged:.4f}; the McNemar test uses the predictions"
         )
     return None
@@ -327,8 +335,8 @@ def _summarise_groups(
                 run_ids=[m.run_id for m in members],
                 seeds=seeds,
                 accuracy=mean_ci([m.accuracy for m in members], confidence),
-                f1_mean=mean(m.f1 for m in members),
-                roc_auc_mean=mean(m.roc_auc for m in members),
+                quality_means={metric.name: mean(m.quality.get(metric.name, math.nan) for m in members)
+                               for metric in contract.quality_means()},
                 costs={metric: median(m.costs.get(metric, math.nan) for m in members)
                        for metric in cost_metrics},
                 cache_hits={cache: sum(cache in m.cache_hits for m in members) for cache in CACHED_PHASES
@@ -370,8 +378,8 @@ def _original_study_rows(records: Sequence[RunRecord], confidence: float) -> lis
                 accuracy=accuracy.mean,
                 accuracy_low=accuracy.low,
                 accuracy_high=accuracy.high,
-                total_time_min=median(m.costs.get("time/total_s", math.nan) for m in members) / 60.0,
-                head_params=median(m.costs.get("params/head", math.nan) for m in members),
+                total_time_min=median(m.costs.get(TIME_TOTAL, math.nan) for m in members) / 60.0,
+                head_params=median(m.costs.get(PARAMS_HEAD, math.nan) for m in members),
                 # A local folder's path is long and machine-specific; its last part names it.
                 backbones=", ".join(sorted({(m.backbone or "?").rstrip("/").rsplit("/", 1)[-1]
                                             for m in members})),
@@ -398,7 +406,7 @@ def _learning_curves(
     curves: dict[str, dict[str, list[dict[str, float]]]] = {}
     for (group, key), part in summary.groupby(["group", "key"], sort=True):
         curves.setdefault(str(group), {})[str(key)] = [
-            {"step": int(step), "mean": float(mean), "n": int(count)}
-            for step, mean, count in part[["step", "mean", "count"]].itertuples(index=False)
+            {"step": int(step), "mean": float(average), "n": int(count)}
+            for step, average, count in part[["step", "mean", "count"]].itertuples(index=False)
         ]
     return curves

@@ -21,6 +21,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bertpooled.contract import HEADLINE_COSTS, HISTORY_KEYS, counts_as_training
 from bertpooled.errors import BertpooledError
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
 from bertpooled.report.build import build_report
@@ -47,8 +48,6 @@ __all__ = [
 ]
 
 PREDICTIONS_ARTIFACT = PREDICTIONS_PATH
-HISTORY_KEYS = ("train/loss", "train/accuracy", "test/accuracy", "time/epoch_s")
-_EXCLUDED_KINDS = ("sweep", "comparison")
 # MLflow's defaults retry a dead server for minutes; a report should fail in
 # seconds instead. Values the user already exported win.
 _HTTP_LIMITS = {
@@ -184,7 +183,7 @@ def select_runs(
     explicit = set(run_ids or ())
     for run in candidates:
         kind = run.data.tags.get(KIND_TAG)
-        if kind in _EXCLUDED_KINDS:
+        if not counts_as_training(kind):
             excluded_kinds[kind] = excluded_kinds.get(kind, 0) + 1
             if run.info.run_id in explicit:
                 hint = " (pass it as --parent to compare its children)" if kind == "sweep" else ""
@@ -357,7 +356,7 @@ def _summary_metrics(report: Report) -> dict[str, float]:
         metrics[_metric_key(*prefix, "accuracy_diff_points")] = difference.mean
         metrics[_metric_key(*prefix, "paired_t_p")] = difference.p_value
         metrics[_metric_key(*prefix, "mcnemar_significant_pairs")] = float(comparison.mcnemar_significant)
-        for metric in ("time/total_s", "time/train_s", "params/head"):
+        for metric, _ in HEADLINE_COSTS:
             metrics[_metric_key(*prefix, "ratio", metric)] = comparison.ratios.get(metric, float("nan"))
     return {key: value for key, value in metrics.items() if value == value and abs(value) != float("inf")}
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from bertpooled.contract import CONFIG_PARAM_PREFIX, DATA_DIGEST_PARAM
 from bertpooled.errors import BertpooledError
 from bertpooled.report.records import RunRecord
 
@@ -20,15 +21,15 @@ _FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size")
 #: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given; `variant` (the
 #: encoder runs' tag) spells out its features, fine-tuning, pooling and where the pooling sits.
 _DERIVED_CONFIG_FIELDS = {"mode": ("pool",), "variant": ("features", "finetune", "pool", "pool_at")}
-_DATA_DIGEST = "params.data/digest"
 
 def _config_of(row: pd.Series) -> dict[str, str]:
     """A run's logged config (`params.config/*`) plus its data digest, as strings; unlogged fields left out."""
     config = {}
+    prefix = f"params.{CONFIG_PARAM_PREFIX}"
     for column, value in row.items():
-        name = column.removeprefix("params.config/") if column.startswith("params.config/") else None
-        if column == _DATA_DIGEST:
-            name = "data/digest"
+        name = column.removeprefix(prefix) if column.startswith(prefix) else None
+        if column == f"params.{DATA_DIGEST_PARAM}":
+            name = DATA_DIGEST_PARAM
         if name and name not in _FREE_CONFIG_FIELDS and value is not None and not pd.isna(value):
             config[name] = str(value)
     return config

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from bertpooled.contract import CACHED_PHASES
+from bertpooled.contract import CACHED_PHASES, THRESHOLD
 from bertpooled.errors import BertpooledError
 from bertpooled.report.numbers import finite, seed_order
 from bertpooled.report.records import Comparison, GroupSummary, McNemarPair, RunRecord
@@ -172,6 +172,6 @@ def _mcnemar_for_pair(group_frame: pd.DataFrame, base_frame: pd.DataFrame) -> Mc
     disagree = int((joined["label_group"].astype(int) != joined["label_base"].astype(int)).sum())
     if disagree:
         return f"the labels of {disagree} shared test id(s) disagree; the runs used different data"
-    correct_group = (joined["probability_group"].astype(float) >= 0.5).astype(int) == joined["label_group"].astype(int)
-    correct_base = (joined["probability_base"].astype(float) >= 0.5).astype(int) == joined["label_base"].astype(int)
+    correct_group = (joined["probability_group"].astype(float) >= THRESHOLD).astype(int) == joined["label_group"].astype(int)
+    correct_base = (joined["probability_base"].astype(float) >= THRESHOLD).astype(int) == joined["label_base"].astype(int)
     return mcnemar_exact(correct_group.to_numpy(), correct_base.to_numpy())

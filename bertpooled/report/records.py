@@ -28,8 +28,8 @@ class RunRecord:
     mode: str | None
     backbone: str | None
     accuracy: float
-    f1: float
-    roc_auc: float
+    #: Every other quality metric of the contract (``contract.quality_means()``), by its short name.
+    quality: dict[str, float]
     costs: dict[str, float]
     #: Which caches this run found warm (`tokens/cache_hit`, `features/cache_hit` = 1): "tokens", "features".
     cache_hits: list[str] = field(default_factory=list)
@@ -45,11 +45,19 @@ class GroupSummary:
     run_ids: list[str]
     seeds: list[str]
     accuracy: MeanCI
-    f1_mean: float
-    roc_auc_mean: float
+    #: The mean of every other quality metric of the contract, by its short name (``f1``, ``roc_auc``).
+    quality_means: dict[str, float]
     costs: dict[str, float]  # median per cost metric; NaN where no run logged it
     #: Per cache ("tokens", "features"), how many of the group's runs found it warm.
     cache_hits: dict[str, int] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> float:
+        """``<metric>_mean`` for each quality metric in ``quality_means`` (``group.f1_mean``), as in the JSON
+        and CSV; called only for names that are not fields."""
+        means = self.__dict__.get("quality_means") or {}
+        if name.endswith("_mean") and name.removesuffix("_mean") in means:
+            return means[name.removesuffix("_mean")]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

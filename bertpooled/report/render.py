@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bertpooled import contract
 from bertpooled.errors import BertpooledError
 from bertpooled.report.numbers import MISSING
 from bertpooled.report.original import ORIGINAL_STUDY_CAVEAT
@@ -40,8 +41,9 @@ def to_dict(report: Report) -> dict[str, Any]:
             "alpha": report.alpha,
             "confidence": report.confidence,
         },
-        "runs": [asdict(run) for run in report.runs],
-        "groups": [asdict(group) for group in report.groups],
+        # Quality metrics as fields of their own (`f1`, `f1_mean`), beside accuracy, as the CSV has them.
+        "runs": [_flatten(asdict(run), "quality", "") for run in report.runs],
+        "groups": [_flatten(asdict(group), "quality_means", "_mean") for group in report.groups],
         "comparisons": [
             {**asdict(comparison), "mcnemar_significant": comparison.mcnemar_significant}
             for comparison in report.comparisons
@@ -80,10 +82,10 @@ def to_csv(report: Report) -> str:
                 "accuracy_mean": group.accuracy.mean,
                 "accuracy_ci_low": group.accuracy.low,
                 "accuracy_ci_high": group.accuracy.high,
-                "f1_mean": group.f1_mean,
-                "roc_auc_mean": group.roc_auc_mean,
             }
         )
+        row.update({f"{metric.name}_mean": group.quality_means.get(metric.name)
+                    for metric in contract.quality_means()})
         row.update({f"median:{metric}": group.costs.get(metric) for metric in report.cost_metrics})
         comparison = by_group.get(group.label)
         diff = comparison.accuracy_difference_points if comparison else None
@@ -112,6 +114,17 @@ def to_csv(report: Report) -> str:
     # convert_dtypes keeps counts as integers in columns that are empty for the baseline row.
     pd.DataFrame(rows).convert_dtypes().to_csv(buffer, index=False, lineterminator="\n")
     return buffer.getvalue()
+
+
+def _flatten(record: dict[str, Any], key: str, suffix: str) -> dict[str, Any]:
+    """``record`` with the mapping under ``key`` spliced in its place, each name given ``suffix``."""
+    flat: dict[str, Any] = {}
+    for name, value in record.items():
+        if name == key:
+            flat.update({f"{inner}{suffix}": item for inner, item in value.items()})
+        else:
+            flat[name] = value
+    return flat
 
 
 def _json_safe(value: Any) -> Any:

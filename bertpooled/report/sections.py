@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bertpooled.contract import CACHED_PHASES, TIME_PER_EPOCH
+from bertpooled import contract
+from bertpooled.contract import CACHED_PHASES, PARAMS_HEAD, TIME_PER_EPOCH, TIME_TOTAL
 from bertpooled.report.numbers import (
     MISSING,
     fmt_fraction,
@@ -70,7 +71,8 @@ def _verdict_section(report: Report) -> Section:
 
 def _groups_section(report: Report) -> Section:
     ci = f"{percent(report.confidence)} CI"
-    headers = ["group", "runs", "seeds", "accuracy", ci, "F1", "ROC AUC",
+    means = contract.quality_means()
+    headers = ["group", "runs", "seeds", "accuracy", ci, *(metric.label for metric in means),
                "mean s/epoch", "total s", "head params", "warm caches"]
     rows = [
         [
@@ -80,11 +82,10 @@ def _groups_section(report: Report) -> Section:
             ",".join(f"s{seed}" for seed in group.seeds) or MISSING,
             fmt_fraction(group.accuracy.mean),
             fmt_interval(group.accuracy.low, group.accuracy.high, 4),
-            fmt_fraction(group.f1_mean),
-            fmt_fraction(group.roc_auc_mean),
+            *(fmt_fraction(group.quality_means.get(metric.name, math.nan)) for metric in means),
             fmt_number(group.costs.get(TIME_PER_EPOCH, math.nan)),
-            fmt_number(group.costs.get("time/total_s", math.nan)),
-            fmt_number(group.costs.get("params/head", math.nan)),
+            fmt_number(group.costs.get(TIME_TOTAL, math.nan)),
+            fmt_number(group.costs.get(PARAMS_HEAD, math.nan)),
             ", ".join(f"{cache} {n}/{group.n_runs}" for cache, n in group.cache_hits.items()) or "none",
         ]
         for group in report.groups

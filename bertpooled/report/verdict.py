@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from bertpooled.contract import HEADLINE_COSTS
 from bertpooled.report.numbers import finite, fmt_p, fmt_signed, percent
 from bertpooled.report.stats import PairedDifference
 
@@ -100,9 +101,7 @@ def _one_seed_verdict(
 
 
 def _cost_sentence(base: str, ratios: Mapping[str, float], cache_differs: Sequence[str] = ()) -> str:
-    labelled = (("time/total_s", "total time"), ("time/train_s", "training time"),
-                ("params/head", "head parameters"))
-    parts = [f"{label} {ratios[metric]:.2f}×" for metric, label in labelled if finite(ratios.get(metric))]
+    parts = [f"{label} {ratios[metric]:.2f}×" for metric, label in HEADLINE_COSTS if finite(ratios.get(metric))]
     sentence = f" Cost vs {base}: {', '.join(parts)}." if parts else ""
     if cache_differs and parts:
         # A warm cache skips a phase: the ratio then measures the cache, not the mode.
