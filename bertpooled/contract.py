@@ -24,6 +24,7 @@ DEFAULT_EXPERIMENT = "bertpooled"
 #: Comparison runs go to their own experiment, so the training experiments hold training runs only.
 COMPARISON_EXPERIMENT = "bertpooled-comparisons"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+FAILED = RunStatus.to_string(RunStatus.FAILED)
 
 # --- Tags ---------------------------------------------------------------------------------
 
