@@ -332,7 +332,7 @@ def sweep_command(
     """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
     from bertpooled.run import sweep as sweeping
     from bertpooled.config import parse_sets
-    from bertpooled.report.build import FORMATS
+    from bertpooled.report.render import FORMATS
 
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()

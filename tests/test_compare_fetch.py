@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bertpooled.report.compare import compare_runs, load_predictions, select_runs
+from bertpooled.report.compare import compare_runs
+from bertpooled.tracking.store import load_predictions, select_runs
 from bertpooled.errors import BertpooledError
 
 N_TEST = 200

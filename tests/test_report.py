@@ -8,7 +8,9 @@ import pytest
 
 from bertpooled.errors import BertpooledError
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
-from bertpooled.report.build import ORIGINAL_STUDY, Report, build_report
+from bertpooled.report.build import build_report
+from bertpooled.report.original import ORIGINAL_STUDY
+from bertpooled.report.records import Report
 
 N_TEST = 1000
 LABELS = np.arange(N_TEST) % 2
@@ -447,3 +449,39 @@ def test_grouping_by_variant_lets_the_pooling_it_spells_out_differ():
     runs["params.config/pool_at"] = runs["params.config/pool_at"].fillna("input")
     report = build_report(runs, preds, group_by="variant", baseline="encoder")
     assert {g.label for g in report.groups} == {"encoder", "encoder-avg:2x1@layer:2"}
+
+
+def test_a_new_quality_metric_is_one_contract_entry(monkeypatch):
+    # Adding precision to the contract alone puts it in the records, the group table, the CSV and the JSON.
+    from bertpooled import contract
+
+    precision = contract.QualityMetric("test/precision", "precision", "precision")
+    monkeypatch.setattr(contract, "QUALITY_METRICS", (*contract.QUALITY_METRICS, precision))
+    runs, preds = study(SAME)
+    runs["metrics.test/precision"] = np.where(runs["params.config/mode"] == "pool", 0.7, 0.9)
+    report = build_report(runs, preds)
+
+    basic, pool = report.groups
+    assert basic.precision_mean == pytest.approx(0.9) and pool.quality_means["precision"] == pytest.approx(0.7)
+    assert report.runs[0].quality["precision"] in (0.7, 0.9)
+    header = next(line for line in report.to_markdown().splitlines() if line.startswith("| group | runs"))
+    assert "| ROC AUC | precision | mean s/epoch |" in header
+    assert "0.9000" in report.to_table()
+    frame = pd.read_csv(io.StringIO(report.to_csv()))
+    assert list(frame["precision_mean"]) == pytest.approx([0.9, 0.7])
+    payload = json.loads(report.to_json())
+    assert payload["groups"][1]["precision_mean"] == pytest.approx(0.7)
+    assert {"accuracy", "f1", "roc_auc", "precision"} <= set(payload["runs"][0])
+    assert "precision" in report.sections()[1].tables[0][0]  # the HTML page reads the same sections
+
+
+def test_quality_metrics_score_predictions_at_the_contract_threshold():
+    from bertpooled import contract
+
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([0.2, 0.5, 0.5, 0.9])  # 0.5 is a positive prediction
+    scores = {metric.name: metric.score(labels, probabilities) for metric in contract.QUALITY_METRICS}
+    assert scores["accuracy"] == pytest.approx(0.75)
+    assert scores["f1"] == pytest.approx(0.8)
+    assert scores["roc_auc"] == pytest.approx(0.875)
+    assert math.isnan(contract.ROC_AUC.score(np.array([1, 1]), np.array([0.3, 0.8])))

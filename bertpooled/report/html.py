@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from string import Template
 
-from bertpooled.report.build import Report
+from bertpooled.report.records import Report
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 _NUMBER = re.compile(r"^[-+−]?[\d.,]+(×|%)?( \(cache\))?$|^<?0\.\d+$|^—$")

@@ -14,11 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bertpooled.report.build import Report  # noqa: E402
+from bertpooled.contract import THRESHOLD, TIME_TOTAL, TRAIN_ACCURACY, TRAIN_LOSS  # noqa: E402
+from bertpooled.report.records import Report  # noqa: E402
 
 __all__ = ["accuracy_vs_time", "classifier_plots", "learning_curves"]
 
-_CURVE_KEYS = (("train/loss", "train loss"), ("train/accuracy", "train accuracy"))
+_CURVE_KEYS = ((TRAIN_LOSS, "train loss"), (TRAIN_ACCURACY, "train accuracy"))
 
 
 def accuracy_vs_time(report: Report, path: str | Path) -> Path:
@@ -31,7 +32,7 @@ def accuracy_vs_time(report: Report, path: str | Path) -> Path:
         for index, group in enumerate(report.groups):
             color = colors[index % len(colors)]
             members = [run for run in report.runs if run.group == group.label]
-            times = [run.costs.get("time/total_s", math.nan) for run in members]
+            times = [run.costs.get(TIME_TOTAL, math.nan) for run in members]
             accuracies = [run.accuracy for run in members]
             axes.scatter(times, accuracies, color=color, alpha=0.45, s=28, label=f"{group.label} runs")
             finite_times = [t for t in times if math.isfinite(t)]
@@ -135,7 +136,7 @@ def classifier_plots(labels, probabilities, folder: str | Path) -> list[Path]:
     paths = []
     for name, draw in (
         ("confusion_matrix.png", lambda ax: ConfusionMatrixDisplay.from_predictions(
-            labels, (probabilities >= 0.5).astype(int), labels=[0, 1], display_labels=["negative", "positive"],
+            labels, (probabilities >= THRESHOLD).astype(int), labels=[0, 1], display_labels=["negative", "positive"],
             colorbar=False, ax=ax)),
         ("roc_curve.png", lambda ax: RocCurveDisplay.from_predictions(labels, probabilities, ax=ax, plot_chance_level=True)),
         ("precision_recall.png", lambda ax: PrecisionRecallDisplay.from_predictions(

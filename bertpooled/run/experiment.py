@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 
 from bertpooled.config import Config
+from bertpooled.contract import (
+    ACCURACY, CHECKPOINT_SHA256_TAG, DATA_DIGEST_PARAM, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, time_metric,
+)
 from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
 from bertpooled.run.fit import EpochStats
@@ -78,9 +81,9 @@ def run_experiment(
             _log_inputs(inputs, code)
 
         def on_epoch(stats: EpochStats) -> None:
-            metrics = {"train/loss": stats.loss, "train/accuracy": stats.accuracy, "time/epoch_s": stats.seconds}
+            metrics = {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds}
             if stats.test_accuracy is not None:
-                metrics["test/accuracy"] = stats.test_accuracy
+                metrics[ACCURACY.key] = stats.test_accuracy
             tracking.log_epoch(stats.epoch, metrics)
             extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
             log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
@@ -94,7 +97,7 @@ def run_experiment(
         # time/total_s covers everything this process did for the run, model logging included.
         phases.seconds["total"] = time.perf_counter() - started
         metrics = dict(trained.metrics)
-        metrics.update({f"time/{k}_s": v for k, v in phases.seconds.items()})
+        metrics.update({time_metric(k): v for k, v in phases.seconds.items()})
         tracking.log_metrics(metrics, step=config.epochs, model_uri=model_uri)
         runs_link, run_link = tracking.ui_links(run)
         return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)
@@ -135,7 +138,7 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
         resolved,
         {
             **code,
-            "data/digest": imdb.digest,
+            DATA_DIGEST_PARAM: imdb.digest,
             "data/source": tracking.redact_uri(imdb.source),
             "backbone/path": inputs.info.path,
             "backbone/hidden_size": inputs.info.hidden_size,
@@ -236,7 +239,7 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
 
     with tempfile.TemporaryDirectory() as tmp:
         params, digest, tags, folder = run_to_resume(run_id, Path(tmp))
-        state = checkpoint.load(folder, tags.get("checkpoint/sha256"))
+        state = checkpoint.load(folder, tags.get(CHECKPOINT_SHA256_TAG))
     # Runs logged before these fields existed trained nn.LSTM's two bias vectors on the word table.
     params = {"lstm_bias": "torch", "features": "embeddings", **params}
     config = load_config(None, params)

@@ -9,9 +9,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score
 from tqdm.auto import tqdm
 
+from bertpooled.contract import (
+    ACCURACY, PARAMS_BACKBONE, PARAMS_HEAD, PARAMS_HEAD_TRAINABLE, THROUGHPUT_TRAIN, cache_hit_metric,
+)
 from bertpooled.data import tokens
 from bertpooled.model.build import ModelSpec, build
 from bertpooled.model.heads import FeatureHead, count_parameters
@@ -148,7 +150,7 @@ def fit(
         stats = EpochStats(epoch, float(loss_sum) / n, float(correct) / n, time.perf_counter() - start)
         if cfg.eval_each_epoch:
             probs = predict_inputs(net, *test_inputs, cfg.eval_batch_size, device, precision)
-            stats.test_accuracy = float(accuracy_score(prepared.test.labels, probs >= 0.5))
+            stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
         history.append(stats)
         if on_epoch:
             on_epoch(stats)
@@ -213,18 +215,18 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
         embedding_params = model.encoder.model.get_input_embeddings().weight.numel()
     metrics.update(
         {
-            "params/head": head_total,
-            "params/head_trainable": head_trainable,
-            "params/backbone": backbone_params,
+            PARAMS_HEAD: head_total,
+            PARAMS_HEAD_TRAINABLE: head_trainable,
+            PARAMS_BACKBONE: backbone_params,
             "params/backbone_trainable": backbone_trainable,
             "params/embeddings": embedding_params,
-            "throughput/train_examples_per_s": len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
+            THROUGHPUT_TRAIN: len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
             "data/train_examples": len(prepared.train),
             "data/test_examples": len(prepared.test),
-            "tokens/cache_hit": float(prepared.tokens_cache_hit),
+            cache_hit_metric("tokens"): float(prepared.tokens_cache_hit),
             "memory/peak_mb": cost.peak_memory_mb(device),
         }
     )
     if prepared.cached:
-        metrics["features/cache_hit"] = float(prepared.features_cache_hit)
+        metrics[cache_hit_metric("features")] = float(prepared.features_cache_hit)
     return Result(metrics, probs, history, model.cpu())

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from bertpooled.contract import QUALITY_METRICS
 
 
 @dataclass
@@ -28,11 +29,8 @@ class Phases:
 
 
 def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Accuracy, F1 and ROC AUC from scikit-learn; AUC is NaN when the test set has one class only."""
-    preds = (probs >= 0.5).astype(int)
-    metrics = {"test/accuracy": accuracy_score(labels, preds), "test/f1": f1_score(labels, preds, zero_division=0)}
-    metrics["test/roc_auc"] = roc_auc_score(labels, probs) if len(np.unique(labels)) == 2 else float("nan")
-    return {k: float(v) for k, v in metrics.items()}
+    """Every quality metric of the contract (accuracy, F1, ROC AUC; AUC is NaN on a one-class test set)."""
+    return {metric.key: metric.score(labels, probs) for metric in QUALITY_METRICS if metric.score is not None}
 
 
 def data_digest_of(digest: str, ids: list[str]) -> str:

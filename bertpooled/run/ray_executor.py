@@ -18,6 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from bertpooled.contract import (
+    CHECKPOINT_EPOCH_TAG, FAILED, FINISHED, KILLED, SWEEP_CHILD_TAG, SWEEP_EXECUTOR_TAG, SWEEP_KEY_TAG, SWEEP_NODE_IP_TAG,
+    SWEEP_NODE_TAG, SWEEP_SHARED_INPUTS_TAG,
+)
 from bertpooled.errors import BertpooledError
 from bertpooled.tracking import sweeps
 
@@ -29,8 +33,7 @@ MAX_RETRIES = 3
 POLL_S = 2.0
 # After Ctrl-C, how long the cancelled children get to end their runs KILLED themselves.
 CANCEL_GRACE_S = 20.0
-NODE_TAG = "sweep/node"
-NODE_IP_TAG = "sweep/node_ip"
+NODE_TAG, NODE_IP_TAG = SWEEP_NODE_TAG, SWEEP_NODE_IP_TAG
 
 
 def _import_ray():
@@ -121,8 +124,8 @@ class RayExecutor:
             if config.device == "auto" and not self.gpus_per_run:
                 # Ray leaves a GPU visible to a task that reserved none: `auto` would use it unreserved.
                 config = dataclasses.replace(config, device="cpu")
-            tags = {sweeps.KEY_TAG: child.key, sweeps.CHILD_TAG: child.label, "sweep/executor": "ray",
-                    "sweep/shared_inputs": "each node's own caches"}
+            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_EXECUTOR_TAG: "ray",
+                    SWEEP_SHARED_INPUTS_TAG: "each node's own caches"}
             refs[task.remote(config, parent_id, tags, uri)] = child
         by_key = {child.key: child for child in todo}
         log(f"running {len(todo)} children as Ray tasks, {self.describe()}")
@@ -174,7 +177,7 @@ class RayExecutor:
         """A line for each child run that began (or continued) on a node since the last look."""
         for run in sweeps.children(parent_id, experiment_id, running=True):
             tags = run.data.tags
-            key, node = tags.get(sweeps.KEY_TAG), tags.get(NODE_TAG)
+            key, node = tags.get(SWEEP_KEY_TAG), tags.get(NODE_TAG)
             if key not in by_key or not node or (run.info.run_id, node) in seen:
                 continue
             seen.add((run.info.run_id, node))
@@ -192,9 +195,9 @@ class RayExecutor:
             ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
         try:
             for run in sweeps.children(parent_id, experiment_id, running=True):
-                if run.data.tags.get(sweeps.KEY_TAG) in by_key:
-                    sweeps.end_child(run.info.run_id, "KILLED", "the sweep was stopped while this child ran")
-                    say(f"{by_key[run.data.tags[sweeps.KEY_TAG]].label}: marked KILLED (run {run.info.run_id})")
+                if run.data.tags.get(SWEEP_KEY_TAG) in by_key:
+                    sweeps.end_child(run.info.run_id, KILLED, "the sweep was stopped while this child ran")
+                    say(f"{by_key[run.data.tags[SWEEP_KEY_TAG]].label}: marked KILLED (run {run.info.run_id})")
         except Exception as exc:  # noqa: BLE001 - best effort while the original exception propagates
             say(f"could not mark the unfinished children KILLED ({exc}); a resume continues them all the same")
 
@@ -212,18 +215,18 @@ def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
     sweeps.use_tracking_uri(tracking_uri)
     node, node_ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
     tags = {**tags, NODE_TAG: node, NODE_IP_TAG: node_ip}
-    earlier = sweeps.children(parent_id, key=tags[sweeps.KEY_TAG])
-    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    earlier = sweeps.children(parent_id, key=tags[SWEEP_KEY_TAG])
+    finished = [r for r in earlier if r.info.status == FINISHED]
     if finished:
         run = finished[0]
         return Outcome(run.info.run_id, run.info.experiment_id, dict(run.data.metrics), "", "", ""), node, node_ip
-    with_checkpoint = sorted((r for r in earlier if "checkpoint/epoch" in r.data.tags),
-                             key=lambda r: int(r.data.tags["checkpoint/epoch"]))
+    with_checkpoint = sorted((r for r in earlier if CHECKPOINT_EPOCH_TAG in r.data.tags),
+                             key=lambda r: int(r.data.tags[CHECKPOINT_EPOCH_TAG]))
     for run in earlier:
         # A run whose worker died before its first checkpoint cannot be continued; it must not stay RUNNING.
-        if run.info.status == "RUNNING" and "checkpoint/epoch" not in run.data.tags:
-            sweeps.end_child(run.info.run_id, "FAILED", "its worker was lost before the first checkpoint; run again")
-    log = lambda line: print(f"[{tags[sweeps.CHILD_TAG]}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+        if run.info.status == "RUNNING" and CHECKPOINT_EPOCH_TAG not in run.data.tags:
+            sweeps.end_child(run.info.run_id, FAILED, "its worker was lost before the first checkpoint; run again")
+    log = lambda line: print(f"[{tags[SWEEP_CHILD_TAG]}] {line}", file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
     if with_checkpoint:
         config, resume = prepare_resume(with_checkpoint[-1].info.run_id, None)

@@ -19,9 +19,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from bertpooled.config import MODE_ALIASES, Config, load_config
+from bertpooled.contract import (
+    CHECKPOINT_EPOCH_TAG, CONFIG_PARAM_PREFIX, FINISHED, KIND_SWEEP, KIND_TAG, NOTE_TAG, RUN_NAME_TAG,
+    SWEEP_CHILD_TAG, SWEEP_CHILDREN_TAG, SWEEP_COMPARISON_RUN_TAG, SWEEP_KEY_TAG, SWEEP_MODES_TAG, SWEEP_PARALLEL_TAG,
+    SWEEP_SEEDS_TAG, SWEEP_SHARED_INPUTS_TAG,
+)
 from bertpooled.errors import BertpooledError
 from bertpooled.report import compare
-from bertpooled.report.build import Report
+from bertpooled.report.records import Report
 from bertpooled.run import prepare, runtime
 from bertpooled.run.experiment import Outcome, pipeline_for, run_experiment
 from bertpooled.run.measure import Phases
@@ -30,7 +35,6 @@ from bertpooled.run.shared import Shared
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking import sweeps
 from bertpooled.tracking.probe import check_tracking_reachable
-from bertpooled.tracking.sweeps import CHILD_TAG, KEY_TAG, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 DEFAULT_MODES = ("basic", "pool")
 DEFAULT_SEEDS = 3
@@ -120,25 +124,25 @@ def _check_children(children: Sequence[Child]) -> dict[str, object]:
 
 def _parent_tags(tags: dict[str, str], children: Sequence[Child], existing: dict[str, list]) -> dict[str, str]:
     """Kind, name, grid and note of the parent (`tags`: its tags so far); a resumed sweep's grid is the union."""
-    modes = list(dict.fromkeys([*filter(None, tags.get("sweep/modes", "").split(",")), *(c.config.mode for c in children)]))
-    seeds = list(dict.fromkeys([*filter(None, tags.get("sweep/seeds", "").split(",")), *(str(c.config.seed) for c in children)]))
+    modes = list(dict.fromkeys([*filter(None, tags.get(SWEEP_MODES_TAG, "").split(",")), *(c.config.mode for c in children)]))
+    seeds = list(dict.fromkeys([*filter(None, tags.get(SWEEP_SEEDS_TAG, "").split(",")), *(str(c.config.seed) for c in children)]))
     n_children = len(set(existing) | {c.key for c in children})
     # A new parent (or the run `mlflow run` created, randomly named) gets a name; a resumed sweep keeps its own.
-    name = tags[MLFLOW_RUN_NAME] if tags.get(tracking.KIND_TAG) == "sweep" else f"sweep-{'+'.join(modes)}-{len(seeds)}seeds"
+    name = tags[RUN_NAME_TAG] if tags.get(KIND_TAG) == KIND_SWEEP else f"sweep-{'+'.join(modes)}-{len(seeds)}seeds"
     return {
-        tracking.KIND_TAG: "sweep",
-        MLFLOW_RUN_NAME: name,
-        "sweep/modes": ",".join(modes),
-        "sweep/seeds": ",".join(seeds),
-        "sweep/children": str(n_children),
-        MLFLOW_RUN_NOTE: (
+        KIND_TAG: KIND_SWEEP,
+        RUN_NAME_TAG: name,
+        SWEEP_MODES_TAG: ",".join(modes),
+        SWEEP_SEEDS_TAG: ",".join(seeds),
+        SWEEP_CHILDREN_TAG: str(n_children),
+        NOTE_TAG: (
             f"Sweep of {', '.join(modes)} x seeds {', '.join(seeds)} ({n_children} child runs, nested below)."
         ),
     }
 
 
 def _check_same_base(parent, base: dict[str, object]) -> None:
-    logged = {k.removeprefix("config/"): v for k, v in parent.data.params.items() if k.startswith("config/")}
+    logged = {k.removeprefix(CONFIG_PARAM_PREFIX): v for k, v in parent.data.params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
     if not logged:
         return
     differ = [f"{k}={logged.get(k)!r} there, {str(v)!r} now" for k, v in base.items() if logged.get(k, str(v)) != str(v)]
@@ -201,14 +205,14 @@ def run_sweep(
     done, todo, resumable = _what_to_run(children, existing, log)
     resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"
     tags = _parent_tags(parent.data.tags if parent_id else {}, children, existing)
-    logged_base = parent_id is not None and any(k.startswith("config/") for k in parent.data.params)
+    logged_base = parent_id is not None and any(k.startswith(CONFIG_PARAM_PREFIX) for k in parent.data.params)
     current, started = "preparing the shared inputs", parent_id
     try:
         with sweeps.parent_run(parent_id, experiment_id, tags, where=lambda: current) as started:
             resume_hint = resume_hint.replace("<parent id>", started)
             outcome = SweepOutcome(started, experiment_id, list(children), already_finished=done)
             if not logged_base:
-                tracking.log_params({f"config/{k}": v for k, v in base.items()})
+                tracking.log_params({f"{CONFIG_PARAM_PREFIX}{k}": v for k, v in base.items()})
             log(f"sweep {started}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
             for current in _run_todo(todo, started, infos, resumable, outcome.ran, parallel=parallel,
                                      executor=executor, progress=progress, log=log):
@@ -244,7 +248,7 @@ def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dic
         for i, child in enumerate(todo, 1):
             yield child.label
             log(f"[{i}/{len(todo)}] {child.label}")
-            tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "prepared once by the parent run"}
+            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_SHARED_INPUTS_TAG: "prepared once by the parent run"}
             ran.append(_run_child(child.config, resumable.get(child.key), progress=progress, log=log,
                                   shared=shared, parent_run_id=parent_id, tags=tags))
 
@@ -253,12 +257,12 @@ def _what_to_run(children: Sequence[Child], existing: dict[str, list], log: Call
                  ) -> tuple[list[Child], list[Child], dict[str, str]]:
     """(done, to run, resumable run id by key): a child with a FINISHED run is done; one stopped with a checkpoint
     continues in its own run, from its last finished epoch; any other earlier run is run again."""
-    done = [c for c in children if any(r.info.status == "FINISHED" for r in existing.get(c.key, []))]
+    done = [c for c in children if any(r.info.status == FINISHED for r in existing.get(c.key, []))]
     todo = [c for c in children if c not in done]
     resumable: dict[str, str] = {}
     for child in todo:
         for run in existing.get(child.key, []):
-            if run.info.status != "FINISHED" and "checkpoint/epoch" in run.data.tags and child.key not in resumable:
+            if run.info.status != FINISHED and CHECKPOINT_EPOCH_TAG in run.data.tags and child.key not in resumable:
                 resumable[child.key] = run.info.run_id
                 log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status} after epoch "
                     f"{run.data.tags['checkpoint/epoch']}; resuming it")
@@ -312,7 +316,7 @@ def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], trac
     import sys
 
     global _busy
-    label = tags[CHILD_TAG]
+    label = tags[SWEEP_CHILD_TAG]
     try:
         _busy = True  # before the check: a stop signalled from here on interrupts this child
         if _stop is not None and _stop.is_set():
@@ -353,8 +357,8 @@ def _run_parallel(todo: Sequence[Child], parent_id: str, parallel: int, log: Cal
             config = child.config
             if not config.num_threads:
                 config = dataclasses.replace(config, num_threads=threads)
-            tags = {KEY_TAG: child.key, CHILD_TAG: child.label, "sweep/shared_inputs": "on-disk caches the parent filled",
-                    "sweep/parallel": str(parallel)}
+            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_SHARED_INPUTS_TAG: "on-disk caches the parent filled",
+                    SWEEP_PARALLEL_TAG: str(parallel)}
             futures[pool.submit(_child_in_process, config, parent_id, tags, sweeps.tracking_uri(),
                                 (resumable or {}).get(child.key))] = child
         log(f"running {len(todo)} children, {parallel} at a time, {threads} thread(s) each")
@@ -406,5 +410,5 @@ def compare_children(outcome: SweepOutcome, *, format: str = "table", output: st
         format=format, output=output, parent=outcome.parent_run_id, baseline="basic" if "basic" in modes else modes[0]
     )
     if report.comparison_run_id:
-        sweeps.set_tag(outcome.parent_run_id, sweeps.COMPARISON_TAG, report.comparison_run_id)
+        sweeps.set_tag(outcome.parent_run_id, SWEEP_COMPARISON_RUN_TAG, report.comparison_run_id)
     return report

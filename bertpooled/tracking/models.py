@@ -11,12 +11,13 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.tracking.runs import KIND_TAG
+from bertpooled.contract import (
+    CHECKPOINT_EPOCH_TAG, CHECKPOINT_PATH_TAG, CHECKPOINT_SHA256_TAG, CHECKPOINT_SLOTS, CONFIG_PARAM_PREFIX,
+    DATA_DIGEST_PARAM, FINISHED, KIND_TAG, KIND_TRAIN, MODEL_NAME,
+)
 
 
-MODEL_NAME = "model"
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "lstm.py"
-CHECKPOINT_SLOTS = ("checkpoint/a", "checkpoint/b")
 
 
 def fail_unfinished_models(run_id: str) -> list[str]:
@@ -97,10 +98,10 @@ def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
     Epochs alternate between two artifact folders, and the tags (slot, epoch, sha256) change in one batch
     only after the files are complete: a process killed mid-write leaves the previous checkpoint valid.
     """
-    current = MlflowClient().get_run(mlflow.active_run().info.run_id).data.tags.get("checkpoint/path")
+    current = MlflowClient().get_run(mlflow.active_run().info.run_id).data.tags.get(CHECKPOINT_PATH_TAG)
     slot = CHECKPOINT_SLOTS[1] if current == CHECKPOINT_SLOTS[0] else CHECKPOINT_SLOTS[0]
     mlflow.log_artifacts(str(folder), artifact_path=slot)
-    mlflow.set_tags({"checkpoint/path": slot, "checkpoint/epoch": str(epoch), "checkpoint/sha256": sha256})
+    mlflow.set_tags({CHECKPOINT_PATH_TAG: slot, CHECKPOINT_EPOCH_TAG: str(epoch), CHECKPOINT_SHA256_TAG: sha256})
 
 
 def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[str, str], Path]:
@@ -112,13 +113,13 @@ def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[st
         raise BertpooledError(
             f"no run {run_id} in {redact_uri(mlflow.get_tracking_uri())}: check the id, or MLFLOW_TRACKING_URI"
         ) from None
-    if run.info.status == "FINISHED":
+    if run.info.status == FINISHED:
         raise BertpooledError(f"run {run_id} already FINISHED: nothing to resume")
-    if run.data.tags.get(KIND_TAG) != "train" or "checkpoint/epoch" not in run.data.tags:
+    if run.data.tags.get(KIND_TAG) != KIND_TRAIN or CHECKPOINT_EPOCH_TAG not in run.data.tags:
         raise BertpooledError(f"run {run_id} has no checkpoint (it finished no epoch): start a new run instead")
-    slot = run.data.tags.get("checkpoint/path", "")
+    slot = run.data.tags.get(CHECKPOINT_PATH_TAG, "")
     if slot not in CHECKPOINT_SLOTS:
         raise BertpooledError(f"run {run_id} names no valid checkpoint folder ({slot!r}): start a new run instead")
     local = client.download_artifacts(run_id, slot, str(dest))
-    config = {k[len("config/"):]: v for k, v in run.data.params.items() if k.startswith("config/")}
-    return config, run.data.params.get("data/digest", ""), dict(run.data.tags), Path(local)
+    config = {k[len(CONFIG_PARAM_PREFIX):]: v for k, v in run.data.params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
+    return config, run.data.params.get(DATA_DIGEST_PARAM, ""), dict(run.data.tags), Path(local)

@@ -20,14 +20,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from bertpooled.tracking import ui_view
+from bertpooled.contract import (
+    CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DEFAULT_EXPERIMENT, ERROR_TAG, FINISHED, KIND_TAG, KIND_TRAIN, KILLED, NOTE_TAG,
+    PREDICTIONS_PATH, RUN_NAME_TAG, FAILED,
+)
 from bertpooled.errors import redact_uri
 
-DEFAULT_EXPERIMENT = "bertpooled"
-KIND_TAG = "bertpooled.kind"
-PREDICTIONS_PATH = "predictions/test.csv"
 
 
 def move_uri_credentials(uri: str | None = None) -> str | None:
@@ -146,12 +147,12 @@ def training_run(
         run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
     with ending(run.info.run_id):
         # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
-        mlflow.set_tags({MLFLOW_RUN_NAME: name, KIND_TAG: "train", **tags})
+        mlflow.set_tags({RUN_NAME_TAG: name, KIND_TAG: KIND_TRAIN, **tags})
         if description:
-            mlflow.set_tag(MLFLOW_RUN_NOTE, description)
+            mlflow.set_tag(NOTE_TAG, description)
         yield run
         if resume_run_id:
-            _clear_tag(run.info.run_id, "error")  # the interruption it recorded is over: the run FINISHED
+            _clear_tag(run.info.run_id, ERROR_TAG)  # the interruption it recorded is over: the run FINISHED
 
 
 @contextmanager
@@ -163,15 +164,15 @@ def ending(run_id: str, where: Callable[[], str] = lambda: "") -> Iterator[None]
         yield
     except KeyboardInterrupt:
         at = where()
-        _end_run(run_id, "KILLED", f"interrupted (Ctrl-C or SIGTERM){f' at {at}' if at else ''}")
+        _end_run(run_id, KILLED, f"interrupted (Ctrl-C or SIGTERM){f' at {at}' if at else ''}")
         raise
     except BaseException as exc:
         message = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
         at = where()
-        _end_run(run_id, "FAILED", (f"{at}: {message}" if at else message)[:5000])
+        _end_run(run_id, FAILED, (f"{at}: {message}" if at else message)[:5000])
         raise
     else:
-        mlflow.end_run("FINISHED")
+        mlflow.end_run(FINISHED)
 
 
 def _clear_tag(run_id: str, key: str) -> None:
@@ -188,7 +189,7 @@ def _end_run(run_id: str, status: str, reason: str) -> None:
     a fresh client gets a final try at the status, so that no run is left RUNNING.
     """
     try:
-        mlflow.set_tag("error", reason)
+        mlflow.set_tag(ERROR_TAG, reason)
         mlflow.end_run(status)
     except Exception:  # noqa: BLE001 - best effort while another exception propagates
         try:
@@ -205,10 +206,10 @@ def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
     """The resolved config as `config/<field>` params (plain `-P` names belong to `mlflow run`) and as YAML."""
     import yaml
 
-    params = {f"config/{k}": ("" if v is None else v) for k, v in config_dict.items()}
+    params = {f"{CONFIG_PARAM_PREFIX}{k}": ("" if v is None else v) for k, v in config_dict.items()}
     params.update(extra_params)
     mlflow.log_params(params)
-    mlflow.log_text(yaml.safe_dump(config_dict, sort_keys=False), "config.yaml")
+    mlflow.log_text(yaml.safe_dump(config_dict, sort_keys=False), CONFIG_ARTIFACT)
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:

@@ -9,16 +9,14 @@ from typing import Callable, Iterator
 import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from bertpooled.errors import BertpooledError
-from bertpooled.tracking.runs import DEFAULT_EXPERIMENT, KIND_TAG, ending, redact_uri
+from bertpooled.contract import (
+    DEFAULT_EXPERIMENT, ERROR_TAG, KIND_SWEEP, KIND_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_KEY_TAG,
+)
+from bertpooled.errors import redact_uri
+from bertpooled.tracking.runs import ending
 
-KEY_TAG = "sweep/key"
-CHILD_TAG = "sweep/child"
-COMPARISON_TAG = "sweep/comparison_run_id"
-# Re-exported for the sweep, which names its runs and notes without importing mlflow itself.
-TAGS = (MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE)
 
 
 def experiment_id_for(experiment: str | None) -> str:
@@ -43,7 +41,7 @@ def find_parent(run_id: str, from_mlflow_run: bool) -> Run:
         raise BertpooledError(f"sweep parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new sweep")
     kind = run.data.tags.get(KIND_TAG)
     # A run `mlflow run -e sweep` just created has no kind yet; anything else must be a sweep parent.
-    if kind != "sweep" and not (from_mlflow_run and kind is None):
+    if kind != KIND_SWEEP and not (from_mlflow_run and kind is None):
         raise BertpooledError(
             f"run {run_id} is a {kind or 'plain'} run, not a sweep parent: pass --resume-parent with a sweep's id"
         )
@@ -55,9 +53,9 @@ def children(parent_id: str, experiment_id: str | None = None, *, key: str | Non
     """The parent's child runs (all pages), optionally only those of one grid cell or only those RUNNING."""
     if experiment_id is None:
         experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
-    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'"
+    query = f"tags.`{PARENT_RUN_TAG}` = '{parent_id}'"
     if key is not None:
-        query += f" and tags.`{KEY_TAG}` = '{key}'"
+        query += f" and tags.`{SWEEP_KEY_TAG}` = '{key}'"
     if running:
         query += " and attributes.status = 'RUNNING'"
     return mlflow.search_runs([experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY, output_format="list")
@@ -67,7 +65,7 @@ def children_by_key(parent: Run) -> dict[str, list[Run]]:
     """The parent's child runs grouped by their grid cell (tag sweep/key)."""
     found: dict[str, list[Run]] = {}
     for run in children(parent.info.run_id, parent.info.experiment_id):
-        key = run.data.tags.get(KEY_TAG)
+        key = run.data.tags.get(SWEEP_KEY_TAG)
         if key:
             found.setdefault(key, []).append(run)
     return found
@@ -81,7 +79,7 @@ def parent_run(parent_id: str | None, experiment_id: str, tags: dict[str, str],
     # The parent's own run id stays out of the children's environment: start_run would resume it.
     os.environ.pop("MLFLOW_RUN_ID", None)
     mlflow.set_experiment(experiment_id=experiment_id)
-    run = mlflow.start_run(run_id=parent_id, run_name=tags[MLFLOW_RUN_NAME], tags=tags)
+    run = mlflow.start_run(run_id=parent_id, run_name=tags[RUN_NAME_TAG], tags=tags)
     with ending(run.info.run_id, where=where):
         yield run.info.run_id
 
@@ -89,7 +87,7 @@ def parent_run(parent_id: str | None, experiment_id: str, tags: dict[str, str],
 def end_child(run_id: str, status: str, reason: str) -> None:
     """End a child run from outside it (its worker gone), saying why in its `error` tag."""
     client = MlflowClient()
-    client.set_tag(run_id, "error", reason)
+    client.set_tag(run_id, ERROR_TAG, reason)
     client.set_terminated(run_id, status)
 
 

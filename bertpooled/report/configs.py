@@ -1,0 +1,79 @@
+"""Which runs may be compared: their configs may differ only in the group keys and the seed.
+
+Pairing a 10-epoch run with a 3-epoch one would credit the mode with the epochs' effect, so the builder
+checks the logged configs (``params.config/*`` and the data digest) before computing any statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from bertpooled.contract import CONFIG_PARAM_PREFIX, DATA_DIGEST_PARAM
+from bertpooled.errors import BertpooledError
+from bertpooled.report.records import RunRecord
+
+#: Config fields that may differ between paired runs: the seed (pairing is by seed), the data path (the
+#: data itself is compared by its digest, `data/digest`) and settings the config documents as having no
+#: effect on results or costs.
+_FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size")
+#: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given; `variant` (the
+#: encoder runs' tag) spells out its features, fine-tuning, pooling and where the pooling sits.
+_DERIVED_CONFIG_FIELDS = {"mode": ("pool",), "variant": ("features", "finetune", "pool", "pool_at")}
+
+def _config_of(row: pd.Series) -> dict[str, str]:
+    """A run's logged config (`params.config/*`) plus its data digest, as strings; unlogged fields left out."""
+    config = {}
+    prefix = f"params.{CONFIG_PARAM_PREFIX}"
+    for column, value in row.items():
+        name = column.removeprefix(prefix) if column.startswith(prefix) else None
+        if column == f"params.{DATA_DIGEST_PARAM}":
+            name = DATA_DIGEST_PARAM
+        if name and name not in _FREE_CONFIG_FIELDS and value is not None and not pd.isna(value):
+            config[name] = str(value)
+    return config
+
+
+def shared_configs(
+    runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str], notes: list[str]
+) -> dict[str, dict[str, str]]:
+    """Each group's shared config; refuses runs whose configs differ in more than the group keys and seed.
+
+    Pairing a 10-epoch run with a 3-epoch one would credit the mode with the epochs' effect, so any such
+    difference is one line naming the fields, before any statistics are computed.
+    """
+    if not records:
+        return {}
+    rows = {str(row["run_id"]): row for _, row in runs.iterrows()}
+    configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
+    logged = [set(config) for config in configs.values()]
+    # A field some runs never logged (runs from before it existed) cannot be compared; it is named in the notes.
+    unknown = sorted(set().union(*logged) - set.intersection(*logged) - set(group_keys))
+    if unknown:
+        notes.append(f"config field(s) {', '.join(unknown)} not logged by every run (older runs?); not compared")
+    fields = sorted(set.intersection(*logged) - set(group_keys))
+    derived = {name for key in group_keys for name in _DERIVED_CONFIG_FIELDS.get(key, ())}
+    differing = []
+    for name in fields:
+        if name in derived:
+            # Decided by the group key: one value per group is expected, several within a group are not.
+            by_group: dict[str, set[str]] = {}
+            for record in records:
+                by_group.setdefault(record.group, set()).add(configs[record.run_id][name])
+            if any(len(values) > 1 for values in by_group.values()):
+                differing.append(f"{name} ({', '.join(sorted(set().union(*by_group.values())))})")
+            continue
+        values = {configs[record.run_id][name] for record in records}
+        if len(values) > 1:
+            differing.append(f"{name} ({', '.join(sorted(values))})")
+    if differing:
+        raise BertpooledError(
+            f"the selected runs differ in {'; '.join(differing)}, not only in {', '.join(group_keys)} and seed: "
+            f"select comparable runs (--filter, --parent, --run-id) or group by those fields too "
+            f"(--group-by {','.join(group_keys)},{differing[0].split(' ')[0]})"
+        )
+    result: dict[str, dict[str, str]] = {}
+    for record in records:
+        result.setdefault(record.group, dict(configs[record.run_id]))
+    return result
