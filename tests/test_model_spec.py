@@ -58,7 +58,7 @@ def test_serving_rebuilds_from_the_spec_and_weights_what_training_built(features
 
 def test_a_new_pooling_kind_is_one_table_entry(monkeypatch):
     monkeypatch.setitem(pooling.REDUCERS, "min", pooling.Reducer(
-        lambda x, dim: x.amin(dim),
+        lambda x, k: x.unflatten(-1, (-1, k)).amin(-1),
         lambda x, m, real: x.masked_fill(~m.unsqueeze(-1), float("inf")).amin(2).masked_fill(~real.unsqueeze(-1), 0.0),
     ))
     spec = PoolSpec.parse("min:2x2")

@@ -80,3 +80,14 @@ def test_hidden_max_pooling_takes_pairs_of_adjacent_features():
     x = torch.tensor([[1.0, 3.0, -2.0, -1.0]])
     assert pool_hidden(x, PoolSpec.parse("max:1x2")).tolist() == [[3.0, -1.0]]
     assert pool_hidden(x, PoolSpec.parse("avg:1x2")).tolist() == [[2.0, -1.5]]
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_hidden_pooling_by_strided_slices_is_bitwise_the_window_reduction(kind, k):
+    from bertpooled.model.pooling import pool_hidden
+
+    x = torch.randn(4, 7, 6 * k + 1, generator=torch.Generator().manual_seed(k))
+    windows = x[..., : 6 * k].unflatten(-1, (6, k))
+    expected = windows.mean(-1) if kind == "avg" else windows.amax(-1)
+    assert torch.equal(pool_hidden(x, PoolSpec(kind, 1, k)), expected)
