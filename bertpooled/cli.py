@@ -85,7 +85,7 @@ def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tu
 def train(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the defaults below)."),
     fields: Optional[Dict[str, Any]] = None,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored. Fields: bertpooled/config.py."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored; the option of the same name wins."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
     allow_code_change: bool = typer.Option(False, "--allow-code-change", help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
@@ -311,7 +311,7 @@ def sweep_command(
     output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
     fields: Optional[Dict[str, Any]] = None,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode/seed as key=value, for every child (repeatable)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode/seed as key=value, for every child (repeatable); the option of the same name wins."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
