@@ -49,7 +49,8 @@ class ConfigField:
 
         A field whose default is empty says in its docstring what unset means, so it shows no default.
         """
-        return self.doc + (f" (default: {shown})" if (shown := self.shown_default) else "")
+        shown = self.shown_default
+        return " ".join(part for part in (self.doc, f"(default: {shown})" if shown else "") if part)
 
     @property
     def shown_default(self) -> str:
@@ -91,12 +92,12 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def config_fields() -> tuple[ConfigField, ...]:
+def config_fields(cls: type = Config) -> tuple[ConfigField, ...]:
     """Every Config field, in declaration order: the one list that the options, the MLproject and the tests read."""
-    docs = field_docs(Config)
+    docs = field_docs(cls)
     return tuple(
         ConfigField(f.name, PRIMITIVES.get(_type_name(f.type), str), _default(f), docs.get(f.name, ""))
-        for f in dataclasses.fields(Config) if f.init
+        for f in dataclasses.fields(cls) if f.init
     )
 
 

@@ -4,8 +4,10 @@ parameters and the README's config table; a field added to Config is reachable e
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import typer.main
@@ -249,3 +251,59 @@ def test_the_readme_config_table_lists_every_config_field_and_nothing_else():
     rows = [line.split("|")[1] for line in table.splitlines()[2:]]
     listed = [name for cell in rows for name in re.findall(r"`(\w+)`", cell)]
     assert sorted(listed) == sorted(FIELDS)
+
+
+class Kind(enum.Enum):
+    AVG = "avg"
+    MAX = "max"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    kind: str = "avg"
+    seq: int = 2
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.seq}x2"
+
+
+@dataclasses.dataclass
+class Typed:
+    """A config with the typed fields a Config may grow (a parsed spec, an enum, an optional number)."""
+
+    pool: Spec = dataclasses.field(default_factory=Spec)
+    """Pooling as KIND:SxH."""
+    kind: Kind = Kind.MAX
+    """A kind."""
+    cap: Optional[int] = None
+    """A cap; unset = none."""
+    quiet: bool = True
+    undocumented: float = 0.5
+
+
+def test_typed_fields_are_text_for_load_config_with_their_canonical_default():
+    fields = {f.name: f for f in config_fields(Typed)}
+    assert {name: f.kind for name, f in fields.items()} == {"pool": str, "kind": str, "cap": str, "quiet": bool,
+                                                           "undocumented": float}
+    assert fields["pool"].help == "Pooling as KIND:SxH. (default: avg:2x2)"  # the spec's own spelling
+    assert fields["kind"].help == "A kind. (default: max)"  # an enum's value, not Kind.MAX
+    assert fields["cap"].help == "A cap; unset = none."
+    assert fields["quiet"].decls == ("--quiet/--no-quiet",) and fields["quiet"].help == "(default: --quiet)"
+    assert fields["undocumented"].doc == ""  # an option still, without help (Config's own test requires one)
+
+
+def test_a_command_whose_options_would_clash_with_a_field_is_refused_at_import():
+    from bertpooled.cli_options import fields_but, with_config_options
+
+    def no_fields(config=None):
+        """No place for the options."""
+
+    def clashing(epochs=None, fields=None):
+        """An own option named like a field."""
+
+    with pytest.raises(TypeError, match="fields"):
+        with_config_options(no_fields)
+    with pytest.raises(TypeError, match="epochs"):
+        with_config_options(clashing)
+    with pytest.raises(TypeError, match="colour"):
+        fields_but(["colour"])
