@@ -21,7 +21,7 @@ from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = [f.name for f in dataclasses.fields(Config)]
+FIELDS = [f.name for f in dataclasses.fields(Config) if f.init]  # a derived field (init=False) is no setting
 
 # Two valid configs that between them set every field to a value that is not its default (features=encoder is
 # what finetune, backbone_lr and pool_at need, and what padding=read excludes). A new Config field fails
