@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
+from bertpooled.cli_options import fields_but, with_config_options
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
@@ -60,36 +61,31 @@ def _interrupt_as_keyboard_interrupt() -> None:
     interrupts.install()
 
 
-def _default(name: str) -> str:
-    """" (default: X)" read from the Config dataclass, so the help cannot drift from the config's defaults.
+def config_command(name: str, *, exclude: tuple[str, ...] = ()):
+    """Register the decorated function as command `name`, with one option per Config field (but `exclude`) where
+    its `fields` parameter is (see bertpooled.cli_options); the function itself is returned unchanged."""
 
-    Parentheses, not brackets: typer's rich help reads "[...]" as markup and drops it.
-    """
-    from bertpooled.config import Config
+    def register(command):
+        app.command(name)(with_config_options(command, exclude=exclude))
+        return command
 
-    return f" (default: {Config.__dataclass_fields__[name].default})"
+    return register
 
 
-@app.command()
+def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], List[str]]:
+    """MLproject `--key value` pairs split as the command line would: a config field the command takes as an
+    option (the same list, but `exclude`), else `--set key=value` (an old setting such as amp; anything else is
+    --set's one-line error, and a sweep's mode or seed is refused by the sweep)."""
+    names = {f.name for f in fields_but(exclude)}
+    fields = {k: v for k, v in pairs.items() if k in names}
+    return fields, [f"{k}={v}" for k, v in pairs.items() if k not in names]
+
+
+@config_command("train")
 def train(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the defaults below)."),
-    mode: Optional[str] = typer.Option(None, help="basic | pool | reference (TF-IDF yardstick); also basic_lstm, lstm_basic." + _default("mode")),
-    model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder." + _default("model")),
-    data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder (default: $BERTPOOLED_IMDB, else download)."),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the training subset." + _default("epochs")),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size." + _default("batch_size")),
-    max_len: Optional[int] = typer.Option(None, help="Tokens per review, CLS/SEP included." + _default("max_len")),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate." + _default("lr")),
-    seed: Optional[int] = typer.Option(None, help="Seed for init and batch order." + _default("seed")),
-    train_fraction: Optional[float] = typer.Option(None, help="Share of each label of the training split, in (0, 1]." + _default("train_fraction")),
-    max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews, 0 = none." + _default("max_train_examples")),
-    max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews, 0 = all." + _default("max_test_examples")),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N." + _default("device")),
-    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none (default: the mode's preset)."),
-    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)." + _default("pool_at")),
-    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder." + _default("features")),
-    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr." + _default("finetune")),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored. Fields: bertpooled/config.py."),
+    fields: Optional[Dict[str, Any]] = None,
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored; the option of the same name wins."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
     allow_code_change: bool = typer.Option(False, "--allow-code-change", help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
@@ -100,14 +96,7 @@ def train(
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
     try:
-        overrides = parse_sets(set_)
-        named = {
-            "mode": mode, "model": model, "data": data, "epochs": epochs, "batch_size": batch_size, "max_len": max_len,
-            "lr": lr, "seed": seed, "train_fraction": train_fraction, "max_train_examples": max_train_examples,
-            "max_test_examples": max_test_examples, "device": device, "pool": pool, "pool_at": pool_at,
-            "features": features, "finetune": finetune,
-        }
-        overrides.update({k: v for k, v in named.items() if v is not None})
+        overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         from bertpooled.run.experiment import prepare_resume, run_experiment
 
         resume = _blank_to_none(resume)
@@ -150,6 +139,14 @@ def train(
                "to load or serve it)")
 
 
+# The MLproject parameters that are no config field, per entry point (every other one is a config field).
+MLPROJECT_TRAIN_OWN = ("config", "resume", "allow_code_change")
+MLPROJECT_SWEEP_OWN = ("modes", "seeds", "seed_list", "config", "format", "output", "parallel", "executor", "address",
+                       "cpus_per_run", "gpus_per_run")
+MLPROJECT_COMPARE = ("experiment", "parent", "run_ids", "filter", "group_by", "baseline", "format", "output",
+                     "comparison_experiment")
+
+
 @app.command(
     "mlproject-train", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
@@ -158,21 +155,20 @@ def mlproject_train(ctx: typer.Context) -> None:
 
     MLflow logs every declared parameter, its default included ('' rows in the UI), and echoes each in the
     command; a parameter it does not declare arrives as `--key value` and is logged only when given. So
-    `-P epochs=3` arrives here as `--epochs 3` and becomes `--set epochs=3`; `config` and `resume` keep
-    their own meaning. A malformed list is a one-line error.
+    `-P epochs=3` arrives here as `--epochs 3` and is passed as `train`'s epochs option: the same config fields
+    as `train`'s options; `config`, `resume` and `allow_code_change` keep their own meaning. A malformed list
+    is a one-line error.
     """
     pairs = _mlproject_pairs(ctx.args)
-    config, resume = pairs.pop("config", None), pairs.pop("resume", None)
-    allow = pairs.pop("allow_code_change", "false").strip().lower()
+    own = {k: pairs.pop(k) for k in MLPROJECT_TRAIN_OWN if k in pairs}
+    config, resume = own.get("config"), own.get("resume")
+    allow = own.get("allow_code_change", "false").strip().lower()
     if allow not in ("true", "false"):
         fail(f"allow_code_change={allow!r} is not valid: pass -P allow_code_change=true or leave it out")
+    fields, sets = _fields_and_sets(pairs)
     # Every argument is passed: one left out would be typer's OptionInfo default, which is truthy.
-    train(
-        config=_blank_to_none(config), mode=None, model=None, data=None, epochs=None, batch_size=None, max_len=None,
-        lr=None, seed=None, train_fraction=None, max_train_examples=None, max_test_examples=None, device=None,
-        pool=None, pool_at=None, features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()],
-        resume=resume, allow_code_change=allow == "true", progress=None,
-    )
+    train(config=_blank_to_none(config), fields=fields, set_=sets, resume=resume, allow_code_change=allow == "true",
+          progress=None)
 
 
 def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
@@ -284,11 +280,9 @@ def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: Optional[str]) ->
 def mlproject_compare(ctx: typer.Context) -> None:
     """`compare-runs` for the MLproject's compare entry point, which declares no parameters (see `mlproject-train`)."""
     pairs = _mlproject_pairs(ctx.args)
-    known = ("experiment", "parent", "run_ids", "filter", "group_by", "baseline", "format", "output",
-             "comparison_experiment")
-    unknown = sorted(set(pairs) - set(known))
+    unknown = sorted(set(pairs) - set(MLPROJECT_COMPARE))
     if unknown:
-        fail(f"unknown compare parameter(s) {', '.join(unknown)}: use {', '.join(known)}")
+        fail(f"unknown compare parameter(s) {', '.join(unknown)}: use {', '.join(MLPROJECT_COMPARE)}")
     compare_runs_command(
         format=pairs.get("format", "table"), output=pairs.get("output"), group_by=pairs.get("group_by"),
         baseline=pairs.get("baseline", "basic"), experiment=pairs.get("experiment"), parent=pairs.get("parent"),
@@ -297,7 +291,11 @@ def mlproject_compare(ctx: typer.Context) -> None:
     )
 
 
-@app.command("sweep")
+# A sweep's grid: `--modes` and `--seeds`/`--seed-list` take the place of these fields' options.
+SWEEP_AXES = ("mode", "seed")
+
+
+@config_command("sweep", exclude=SWEEP_AXES)
 def sweep_command(
     modes: Optional[str] = typer.Option(None, help="Modes, comma-separated: basic, pool, reference (default: basic,pool)."),
     seeds: Optional[str] = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
@@ -312,21 +310,8 @@ def sweep_command(
     format: str = typer.Option("table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."),
     output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
-    model: Optional[str] = typer.Option(None, help="Backbone: minilm (offline default), a Hugging Face name or a local folder."),
-    data: Optional[str] = typer.Option(None, help="IMDB archive (aclImdb_v1.tar.gz) or extracted aclImdb/ folder (env: BERTPOOLED_IMDB)."),
-    epochs: Optional[int] = typer.Option(None, help="Passes over the training subset."),
-    batch_size: Optional[int] = typer.Option(None, help="Training batch size."),
-    max_len: Optional[int] = typer.Option(None, help="Tokens per review, [CLS]/[SEP] included."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate."),
-    train_fraction: Optional[float] = typer.Option(None, help="Share of each label of the training split, in (0, 1]."),
-    max_train_examples: Optional[int] = typer.Option(None, help="Cap on training reviews (0 = none)."),
-    max_test_examples: Optional[int] = typer.Option(None, help="Cap on test reviews (0 = all)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
-    pool: Optional[str] = typer.Option(None, help="Pooling as KIND:SxH (avg:2x2, max:2x1) or none, for every child."),
-    pool_at: Optional[str] = typer.Option(None, help="Where pooling sits: input | output | layer:K (BERT family)."),
-    features: Optional[str] = typer.Option(None, help="What the head reads: embeddings (frozen word embeddings) | encoder."),
-    finetune: Optional[bool] = typer.Option(None, "--finetune/--frozen", help="Train the backbone too (features=encoder), at backbone_lr."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode/seed as key=value, for every child (repeatable)."),
+    fields: Optional[Dict[str, Any]] = None,
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode/seed as key=value, for every child (repeatable); the option of the same name wins."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
@@ -340,14 +325,7 @@ def sweep_command(
     try:
         if fmt not in FORMATS:
             raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
-        overrides = parse_sets(set_)
-        named = {
-            "model": model, "data": data, "epochs": epochs, "batch_size": batch_size, "max_len": max_len, "lr": lr,
-            "train_fraction": train_fraction, "max_train_examples": max_train_examples,
-            "max_test_examples": max_test_examples, "device": device, "pool": pool, "pool_at": pool_at,
-            "features": features, "finetune": finetune,
-        }
-        overrides.update({k: v for k, v in named.items() if v is not None})
+        overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         seed_values = sweeping.parse_seeds(seeds, seed_list)
         children = sweeping.plan(_blank_to_none(config), overrides, sweeping.parse_modes(modes), seed_values)
         runner = _sweep_executor(_blank_to_none(executor) or "local", _blank_to_none(address), parallel, cpus_per_run,
@@ -403,24 +381,23 @@ def mlproject_sweep(ctx: typer.Context) -> None:
     """`sweep` for the MLproject's sweep entry point, which declares no parameters (see `mlproject-train`).
 
     The sweep's own options (modes, seeds, seed_list, config, format, output, parallel, executor, address,
-    cpus_per_run, gpus_per_run) keep their meaning; every other `-P key=value` is a config field for every child.
+    cpus_per_run, gpus_per_run) keep their meaning; every other `-P key=value` is a config field for every child,
+    the same fields as `sweep`'s options (mode and seed are the grid's: -P modes=, -P seeds=).
     """
     pairs = _mlproject_pairs(ctx.args)
-    own = {k: pairs.pop(k) for k in ("modes", "seeds", "seed_list", "config", "format", "output", "parallel", "executor",
-                                     "address", "cpus_per_run", "gpus_per_run") if k in pairs}
+    own = {k: pairs.pop(k) for k in MLPROJECT_SWEEP_OWN if k in pairs}
     try:
         parallel = int(own.get("parallel", "1"))
         cpus, gpus = float(own.get("cpus_per_run", "1")), float(own.get("gpus_per_run", "0"))
     except ValueError:
         fail("parallel, cpus_per_run and gpus_per_run take numbers: pass e.g. -P parallel=2 or -P cpus_per_run=1")
         return
+    fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
     sweep_command(
         modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None,
         parallel=parallel, executor=own.get("executor", "local"), address=own.get("address"), cpus_per_run=cpus,
         gpus_per_run=gpus, experiment=None, format=own.get("format", "table"), output=own.get("output"),
-        config=own.get("config"), model=None, data=None, epochs=None, batch_size=None, max_len=None, lr=None,
-        train_fraction=None, max_train_examples=None, max_test_examples=None, device=None, pool=None, pool_at=None,
-        features=None, finetune=None, set_=[f"{k}={v}" for k, v in pairs.items()], progress=None,
+        config=own.get("config"), fields=fields, set_=sets, progress=None,
     )
 
 
