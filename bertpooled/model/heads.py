@@ -1,4 +1,4 @@
-"""The seed's classifier: frozen word embeddings -> optional pooling -> LSTM(16) -> one logit."""
+"""The original's classifier: frozen word embeddings -> optional pooling -> LSTM(16) -> one logit."""
 
 from __future__ import annotations
 

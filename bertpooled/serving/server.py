@@ -65,9 +65,20 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 
 def app_for(model_uri: str):
-    """MLflow's scoring app for the pyfunc model at `model_uri`, behind the nesting guard."""
+    """MLflow's scoring app for the pyfunc model at `model_uri`, behind the nesting guard; a model that cannot be
+    loaded is a one-line error."""
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
 
-    return RejectTooDeepJson(scoring_server.init(mlflow.pyfunc.load_model(model_uri)))
+    from bertpooled.errors import BertpooledError
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        raise BertpooledError(
+            f"cannot load model {model_uri} ({str(exc).splitlines()[0][:200]}): pass a logged model's URI, "
+            "e.g. runs:/<run id>/model, with MLFLOW_TRACKING_URI pointing at its store"
+        ) from None
+    return RejectTooDeepJson(scoring_server.init(model))
 

@@ -24,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from bertpooled.tracking import ui_view
 from bertpooled.contract import (
-    CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DEFAULT_EXPERIMENT, ERROR_TAG, FINISHED, KIND_TAG, KIND_TRAIN, KILLED, NOTE_TAG,
+    CHECKPOINT_EPOCH_TAG, CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DEFAULT_EXPERIMENT, ERROR_TAG, FINISHED, KIND_TAG, KIND_TRAIN, KILLED, NOTE_TAG,
     PREDICTIONS_PATH, RUN_NAME_TAG, FAILED,
 )
 from bertpooled.errors import redact_uri
@@ -349,6 +349,18 @@ def ensure_training_view(experiment_id: str) -> str:
     if ui_view.EXPERIMENT_KIND_TAG not in tags:
         client.set_experiment_tag(experiment_id, ui_view.EXPERIMENT_KIND_TAG, ui_view.EXPERIMENT_KIND)
     return key
+
+
+def last_run() -> tuple[str | None, bool]:
+    """(the id of the run this process last started, whether it has a checkpoint); (None, False) when it started
+    none. A store that cannot say counts as checkpointed: the id is still worth printing with --resume."""
+    last = mlflow.last_active_run()
+    if last is None:
+        return None, False
+    try:
+        return last.info.run_id, CHECKPOINT_EPOCH_TAG in MlflowClient().get_run(last.info.run_id).data.tags
+    except Exception:  # noqa: BLE001 - the store may be what failed
+        return last.info.run_id, True
 
 
 def set_tags(tags: dict[str, str]) -> None:
