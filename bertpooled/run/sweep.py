@@ -200,7 +200,7 @@ def run_sweep(
         existing = sweeps.children_by_key(parent)
         experiment_id = parent.info.experiment_id
     else:
-        experiment_id = sweeps.experiment_id_for(experiment)
+        experiment_id = tracking.use_experiment(experiment)
 
     done, todo, resumable = _what_to_run(children, existing, log)
     resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"

@@ -55,19 +55,20 @@ def move_uri_credentials(uri: str | None = None) -> str | None:
     return clean
 
 
-def use_default_experiment() -> None:
-    """Runs go to experiment `bertpooled` unless MLflow's own variables (or `mlflow run`) chose one.
+def use_experiment(name: str | None = None) -> str | None:
+    """Make the experiment new runs go to active (created when missing) and return its id: `name`, else MLflow's
+    own variables (the name wins over the id, as in MLflow), else `bertpooled`; None under `mlflow run`, whose run
+    already has its experiment.
 
     The choice is made explicitly each time: MLflow otherwise prefers an experiment remembered earlier in
-    the process, which may belong to another tracking store.
+    the process, which may belong to another tracking store. The one place an experiment is chosen.
     """
     if os.environ.get("MLFLOW_RUN_ID"):
-        return
-    name, experiment_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if experiment_id and not name:
-        mlflow.set_experiment(experiment_id=experiment_id)
-    else:
-        mlflow.set_experiment(name or DEFAULT_EXPERIMENT)
+        return None
+    env_name, env_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if not name and env_id and not env_name:
+        return mlflow.set_experiment(experiment_id=env_id).experiment_id
+    return mlflow.set_experiment(name or env_name or DEFAULT_EXPERIMENT).experiment_id
 
 
 def git_commit() -> tuple[str, bool]:
@@ -143,7 +144,7 @@ def training_run(
         run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id,
                                log_system_metrics=system_metrics)
     else:
-        use_default_experiment()
+        use_experiment()
         run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
     with ending(run.info.run_id):
         # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.

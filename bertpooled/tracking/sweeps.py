@@ -12,19 +12,11 @@ from mlflow.tracking import MlflowClient
 
 from bertpooled.errors import BertpooledError
 from bertpooled.contract import (
-    DEFAULT_EXPERIMENT, ERROR_TAG, KIND_SWEEP, KIND_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_KEY_TAG,
+    ERROR_TAG, KIND_SWEEP, KIND_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_KEY_TAG,
 )
 from bertpooled.errors import redact_uri
 from bertpooled.tracking.runs import ending
 
-
-
-def experiment_id_for(experiment: str | None) -> str:
-    """--experiment, else MLflow's own variables, else `bertpooled`; created when missing."""
-    if not experiment and os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        return os.environ["MLFLOW_EXPERIMENT_ID"]
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    return mlflow.set_experiment(name).experiment_id
 
 
 def find_parent(run_id: str, from_mlflow_run: bool) -> Run:

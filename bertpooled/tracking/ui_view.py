@@ -13,6 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+from bertpooled.contract import (
+    ACCURACY, CONFIG_PARAM_PREFIX, KIND_TAG, KIND_TRAIN, PARAMS_HEAD, QUALITY_METRICS, TIME_EPOCH, TIME_TOTAL, TIME_TRAIN,
+    TRAIN_ACCURACY, TRAIN_LOSS,
+)
+
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
 SHARE_URL_PARAM = "viewStateShareKey"
 # Without this experiment tag MLflow 3 guesses the experiment's kind and may open its GenAI pages.
@@ -23,27 +28,25 @@ EXPERIMENT_KIND = "custom_model_development"
 COLUMNS = (
     ("tags", "mode"),
     ("tags", "backbone"),
-    ("params", "config/seed"),
-    ("metrics", "test/accuracy"),
-    ("metrics", "time/total_s"),
-    ("metrics", "params/head"),
+    ("params", f"{CONFIG_PARAM_PREFIX}seed"),
+    ("metrics", ACCURACY.key),
+    ("metrics", TIME_TOTAL),
+    ("metrics", PARAMS_HEAD),
 )
-TRAINING_RUNS_FILTER = "tags.`bertpooled.kind` = 'train'"
+TRAINING_RUNS_FILTER = f"tags.`{KIND_TAG}` = '{KIND_TRAIN}'"
 
 # Chart sections in this order; any other metric prefix MLflow finds is appended after them.
 SECTIONS = ("train", "test", "time", "params", "throughput")
 # (metric, chart): learning curves first, then the final figures as one bar per run. MLflow would draw a
 # final metric (logged once, at the last epoch's step) as a one-dot line chart.
 CHARTS = (
-    ("train/loss", "LINE"),
-    ("train/accuracy", "LINE"),
-    ("test/accuracy", "BAR"),
-    ("test/f1", "BAR"),
-    ("test/roc_auc", "BAR"),
-    ("time/total_s", "BAR"),
-    ("time/train_s", "BAR"),
-    ("time/epoch_s", "LINE"),
-    ("params/head", "BAR"),
+    (TRAIN_LOSS, "LINE"),
+    (TRAIN_ACCURACY, "LINE"),
+    *((metric.key, "BAR") for metric in QUALITY_METRICS),
+    (TIME_TOTAL, "BAR"),
+    (TIME_TRAIN, "BAR"),
+    (TIME_EPOCH, "LINE"),
+    (PARAMS_HEAD, "BAR"),
 )
 
 
