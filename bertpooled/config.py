@@ -288,7 +288,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def resolve_config_path(config: str | Path) -> Path:
-    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/original.yaml).
+    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml).
 
     Names are looked up in ./experiments, then in the project's own experiments/ beside the package, so
     `--config smoke` works from any folder.

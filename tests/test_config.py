@@ -21,7 +21,7 @@ def test_the_protocol_files_exist():
 
 
 def test_seed_yaml_states_the_original_protocol():
-    cfg = load_config(ROOT / "experiments" / "original.yaml")
+    cfg = load_config(ROOT / "experiments" / "seed.yaml")
     assert (cfg.model, cfg.max_len, cfg.lstm_units, cfg.lr, cfg.batch_size, cfg.epochs, cfg.train_fraction) == (
         "bert-base-uncased", 128, 16, 1e-3, 32, 10, 0.75,
     )
@@ -29,7 +29,7 @@ def test_seed_yaml_states_the_original_protocol():
 
 
 def test_default_yaml_is_the_same_protocol_on_the_offline_backbone():
-    seed, default = load_config(ROOT / "experiments" / "original.yaml"), load_config(ROOT / "experiments" / "default.yaml")
+    seed, default = load_config(ROOT / "experiments" / "seed.yaml"), load_config(ROOT / "experiments" / "default.yaml")
     assert default.model == "minilm"
     for field in ("max_len", "lstm_units", "lr", "adam_eps", "batch_size", "epochs", "train_fraction", "init"):
         assert getattr(default, field) == getattr(seed, field), field
