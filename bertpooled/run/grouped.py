@@ -233,8 +233,9 @@ def with_seed(prepared, seed: int):
 
 
 def can_group(config) -> bool:
-    """Configurations a seed group can train: the head on frozen inputs (not a fine-tuned backbone)."""
-    return not config.finetune
+    """Configurations a seed group can train: the LSTM head on frozen inputs (not a fine-tuned backbone, where
+    memory rules, nor the reference pipeline, which has no training loop)."""
+    return config.mode != "reference" and not config.finetune
 
 
 def build_group(prepared, seeds: Sequence[int], recurrence: str | None = None, device: torch.device | str = "cpu") -> SeedGroup:
