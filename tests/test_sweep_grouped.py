@@ -81,6 +81,7 @@ def test_a_grouped_sweep_logs_the_children_an_ungrouped_sweep_logs(store, tiny_b
                                    [v for _, v in history(theirs.info.run_id, "train/loss")], rtol=1e-5)
         # The seed's share of the group's training time.
         assert mine.data.metrics["time/train_s"] == pytest.approx(mine.data.metrics["time/group_train_s"] / 2)
+        assert mine.data.metrics["time/total_s"] > mine.data.metrics["time/train_s"]  # the share counts in the total
         # Quality: the same accuracy, probabilities equal within float tolerance, the same predicted labels.
         assert mine.data.metrics["test/accuracy"] == theirs.data.metrics["test/accuracy"], label
         a, b = predictions(mine.info.run_id, tmp_path / "g" / label), predictions(theirs.info.run_id, tmp_path / "a" / label)

@@ -96,8 +96,9 @@ def run_experiment(
         _log_plots(test_split.labels, trained.probabilities)
         with phases.timed("log_model"):
             model_uri = pipeline.log_model(config, trained)
-        # time/total_s covers everything this process did for the run, model logging included.
-        phases.seconds["total"] = time.perf_counter() - started
+        # time/total_s covers everything this process did for the run, model logging included (and a seed group's
+        # share of training, done before the run started: the pipeline's `trained_ahead_s`).
+        phases.seconds["total"] = time.perf_counter() - started + getattr(pipeline, "trained_ahead_s", 0.0)
         metrics = dict(trained.metrics)
         metrics.update({time_metric(k): v for k, v in phases.seconds.items()})
         tracking.log_metrics(metrics, step=config.epochs, model_uri=model_uri)

@@ -104,6 +104,8 @@ class GroupedSeedPipeline(LSTMPipeline):
 
     def __init__(self, seed: TrainedSeed) -> None:
         self.seed = seed
+        self.trained_ahead_s = seed.group_seconds / seed.group_size
+        """The seed's share of the group's training, done before its run started: counted in its time/total_s."""
 
     def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
         prepared = self._prepare(inputs, progress)
@@ -114,7 +116,7 @@ class GroupedSeedPipeline(LSTMPipeline):
             if checkpoints is not None and epoch <= len(seed.checkpoints):
                 checkpoints.write(epoch, *seed.checkpoints[epoch - 1], seed.history[:epoch])
         # The seed's share of the group's training, as its time/train_s (throughput/train follows from it).
-        inputs.phases.seconds["train"] = seed.group_seconds / seed.group_size
+        inputs.phases.seconds["train"] = self.trained_ahead_s
         result = fit.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history)
         result.metrics[GROUP_TRAIN_METRIC] = seed.group_seconds
         return Trained(result.metrics, result.probabilities, (result.model, prepared.tokenizer), result.history)
