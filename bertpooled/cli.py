@@ -296,7 +296,7 @@ def sweep_command(
     group_seeds: Optional[bool] = typer.Option(
         None, "--group-seeds/--no-group-seeds",
         help="Train the seeds of each config together in one loop, each still its own child run (local sweeps one "
-             "child at a time). Default: on for CUDA, off on CPU, where grouping measured no faster (README)."),
+             "child at a time). Default: on for CUDA, off on CPU, where it measured slower (README, 'Seeds for free')."),
     format: str = typer.Option("table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."),
     output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
