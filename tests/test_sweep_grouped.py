@@ -113,3 +113,52 @@ def test_group_seeds_with_parallel_children_is_refused_before_any_run(store, tin
     assert result.exit_code == 2 and "--group-seeds" in result.output and "--parallel" in result.output
     assert not Path("mlflow.db").exists() or not MlflowClient().search_runs(
         [e.experiment_id for e in MlflowClient().search_experiments()])
+
+
+def test_a_group_that_fails_leaves_no_child_and_a_resume_trains_it_again(store, tiny_bert, tiny_imdb, monkeypatch):
+    from bertpooled.run import grouped
+
+    real = grouped.fit_group
+
+    def pool_breaks(group, prepared, *args, **kwargs):
+        if prepared.config.mode == "pool":
+            raise RuntimeError("simulated crash")
+        return real(group, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(grouped, "fit_group", pool_breaks)
+    first = invoke(tiny_bert, tiny_imdb, "--group-seeds", "--experiment", "grouped")
+    assert isinstance(first.exception, RuntimeError)
+    (parent,) = [r for r in MlflowClient().search_runs([MlflowClient().get_experiment_by_name("grouped").experiment_id])
+                 if r.data.tags.get("bertpooled.kind") == "sweep"]
+    assert parent.info.status == "FAILED" and parent.data.tags["error"] == "pool-s0: simulated crash"
+    assert {label: r.info.status for label, r in children("grouped").items()} == {"basic-s0": "FINISHED", "basic-s1": "FINISHED"}
+
+    monkeypatch.setattr(grouped, "fit_group", real)
+    again = invoke(tiny_bert, tiny_imdb, "--group-seeds", "--resume-parent", parent.info.run_id)
+    assert again.exit_code == 0, again.output
+    assert "4 children, 2 already finished, 2 to run" in again.output and "training seeds 0,1 of pool together" in again.output
+    after = children("grouped")
+    assert {label: r.info.status for label, r in after.items()} == dict.fromkeys(["basic-s0", "basic-s1", "pool-s0", "pool-s1"], "FINISHED")
+    assert after["pool-s1"].data.tags[grouped_sweep.GROUP_SIZE_TAG] == "2"
+
+
+@pytest.mark.parametrize("given, expected", [([], None), (["--group_seeds", "true"], True), (["--group_seeds", "false"], False),
+                                             (["--group_seeds", "auto"], None)])
+def test_the_mlproject_sweep_entry_point_takes_group_seeds(given, expected, monkeypatch):
+    from bertpooled.errors import BertpooledError
+    from bertpooled.run import sweep
+
+    seen = {}
+
+    def capture(children, **kwargs):
+        seen.update(kwargs)
+        raise BertpooledError("captured")
+
+    monkeypatch.setattr(sweep, "run_sweep", capture)
+    result = CliRunner().invoke(app, ["mlproject-sweep", "--modes", "basic", "--seeds", "2", *given])
+    assert "captured" in result.output and seen["group_seeds"] is expected
+
+
+def test_a_bad_group_seeds_parameter_is_one_line():
+    result = CliRunner().invoke(app, ["mlproject-sweep", "--group_seeds", "maybe"])
+    assert result.exit_code == 2 and "group_seeds true, false or auto" in " ".join(result.output.split()), result.output

@@ -79,7 +79,10 @@ def plan_groups(configs: Sequence[Config], alone: set[int] = frozenset()) -> lis
 
 def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) -> dict[int, TrainedSeed]:
     """Train `seeds` of `prepared.config` in one loop on `prepared.device`; each seed's model, history and checkpoints."""
+    from bertpooled.run import cost
+
     device = prepared.device
+    cost.reset_peak_memory(device)  # as a lone run does before building its model: memory/peak_mb covers the group
     group = grouped.build_group(prepared, seeds, device=device)
     snapshots: dict[int, list[tuple]] = {s: [] for s in range(len(seeds))}
 
