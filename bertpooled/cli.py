@@ -139,7 +139,7 @@ def train(
 # The MLproject parameters that are no config field, per entry point (every other one is a config field).
 MLPROJECT_TRAIN_OWN = ("config", "resume", "allow_code_change")
 MLPROJECT_SWEEP_OWN = ("modes", "seeds", "seed_list", "config", "format", "output", "parallel", "executor", "address",
-                       "cpus_per_run", "gpus_per_run")
+                       "cpus_per_run", "gpus_per_run", "group_seeds")
 MLPROJECT_COMPARE = ("experiment", "parent", "run_ids", "filter", "group_by", "baseline", "format", "output",
                      "comparison_experiment")
 
@@ -293,6 +293,10 @@ def sweep_command(
     cpus_per_run: float = typer.Option(1.0, help="CPUs Ray reserves for each child (--executor ray)."),
     gpus_per_run: float = typer.Option(0.0, help="GPUs Ray reserves for each child; a GPU child lands only where one is."),
     experiment: Optional[str] = typer.Option(None, help="Experiment for a new sweep (default: bertpooled)."),
+    group_seeds: Optional[bool] = typer.Option(
+        None, "--group-seeds/--no-group-seeds",
+        help="Train the seeds of each config together in one loop, each still its own child run (local sweeps one "
+             "child at a time). Default: on for CUDA, off on CPU, where it measured slower (README, 'Seeds for free')."),
     format: str = typer.Option("table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."),
     output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
@@ -325,6 +329,7 @@ def sweep_command(
                 log=lambda line: typer.echo(line, err=True),
                 parallel=parallel,
                 executor=runner,
+                group_seeds=group_seeds,
             )
         finally:
             if runner is not None:
@@ -365,7 +370,7 @@ def mlproject_sweep(ctx: typer.Context) -> None:
     """`sweep` for the MLproject's sweep entry point, which declares no parameters (see `mlproject-train`).
 
     The sweep's own options (modes, seeds, seed_list, config, format, output, parallel, executor, address,
-    cpus_per_run, gpus_per_run) keep their meaning; every other `-P key=value` is a config field for every child,
+    cpus_per_run, gpus_per_run, group_seeds: true | false | auto) keep their meaning; every other `-P key=value` is a config field for every child,
     the same fields as `sweep`'s options (mode and seed are the grid's: -P modes=, -P seeds=).
     """
     pairs = _mlproject_pairs(ctx.args)
@@ -373,13 +378,15 @@ def mlproject_sweep(ctx: typer.Context) -> None:
     try:
         parallel = int(own.get("parallel", "1"))
         cpus, gpus = float(own.get("cpus_per_run", "1")), float(own.get("gpus_per_run", "0"))
-    except ValueError:
-        fail("parallel, cpus_per_run and gpus_per_run take numbers: pass e.g. -P parallel=2 or -P cpus_per_run=1")
+        group = {"": None, "auto": None, "true": True, "false": False}[own.get("group_seeds", "").strip().lower()]
+    except (ValueError, KeyError):
+        fail("parallel, cpus_per_run and gpus_per_run take numbers, group_seeds true, false or auto: pass e.g. "
+             "-P parallel=2 or -P group_seeds=true")
     fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
     sweep_command(
         modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None,
         parallel=parallel, executor=own.get("executor", "local"), address=own.get("address"), cpus_per_run=cpus,
-        gpus_per_run=gpus, experiment=None, format=own.get("format", "table"), output=own.get("output"),
+        gpus_per_run=gpus, experiment=None, group_seeds=group, format=own.get("format", "table"), output=own.get("output"),
         config=own.get("config"), fields=fields, set_=sets, progress=None,
     )
 

@@ -45,13 +45,15 @@ def run_experiment(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     resume: Resume | None = None,
+    pipeline: Pipeline | None = None,
 ) -> Outcome:
     """Run `config` end to end as one MLflow run and return where it landed.
 
     Everything a user can get wrong (config, backbone, data) fails before the run is created, except
     under `mlflow run`, which creates the run itself: there it ends FAILED with the reason as a tag.
     A sweep passes `shared` (inputs an earlier child already read, loaded or tokenized: the same values,
-    not read again), `parent_run_id` (the run is nested under it) and `tags` (added to the run's own).
+    not read again), `parent_run_id` (the run is nested under it) and `tags` (added to the run's own); a seed
+    group passes `pipeline` (one that hands back its seed's already-trained model: bertpooled.run.grouped_sweep).
     The orchestration of a run, read top to bottom: each step is one call.
     """
     started = time.perf_counter()
@@ -67,7 +69,7 @@ def run_experiment(
             f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is {imdb.digest[:12]}): "
             "point --data or BERTPOOLED_IMDB at the same IMDB copy"
         )
-    pipeline = pipeline_for(config)
+    pipeline = pipeline or pipeline_for(config)
     inputs = Inputs(config, info, imdb, train_split, test_split, phases, device, shared)
     code = tracking.code_provenance()
     name = tracking.run_name(config.variant, config.model, config.seed)
@@ -94,8 +96,9 @@ def run_experiment(
         _log_plots(test_split.labels, trained.probabilities)
         with phases.timed("log_model"):
             model_uri = pipeline.log_model(config, trained)
-        # time/total_s covers everything this process did for the run, model logging included.
-        phases.seconds["total"] = time.perf_counter() - started
+        # time/total_s covers everything this process did for the run, model logging included (and a seed group's
+        # share of training, done before the run started: the pipeline's `trained_ahead_s`).
+        phases.seconds["total"] = time.perf_counter() - started + getattr(pipeline, "trained_ahead_s", 0.0)
         metrics = dict(trained.metrics)
         metrics.update({time_metric(k): v for k, v in phases.seconds.items()})
         tracking.log_metrics(metrics, step=config.epochs, model_uri=model_uri)

@@ -183,13 +183,22 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
     """Build the model, fit, evaluate on the test subset, measure its inference cost; fill in the contract's metrics."""
     from bertpooled.run import cost
 
+    cost.reset_peak_memory(prepared.device)
+    model = build_model(prepared).to(prepared.device)
+    with prepared.phases.timed("train"):
+        history = fit(model, prepared, prepared.device, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
+    resumed_epochs = checkpoints.resume.epoch if checkpoints is not None and checkpoints.resume is not None else 0
+    return evaluate_trained(prepared, model, history, resumed_epochs)
+
+
+def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[EpochStats], resumed_epochs: int = 0) -> Result:
+    """After training (here, or in a seed group: bertpooled.run.grouped): evaluate on the test subset, measure the
+    inference cost, fill in the contract's metrics. `model` is on the run's device; `phases` holds its train time."""
+    from bertpooled.run import cost
+
     cfg, phases = prepared.config, prepared.phases
     device = prepared.device
     precision = runtime.resolve_precision(cfg.precision, device)
-    cost.reset_peak_memory(device)
-    model = build_model(prepared).to(device)
-    with phases.timed("train"):
-        history = fit(model, prepared, device, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
     with phases.timed("eval"):
         net = trained_network(model, prepared)
         probs = predict_inputs(net, *model_inputs(prepared, "test"), cfg.eval_batch_size, device, precision)
@@ -201,7 +210,6 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
                          latency_texts=cfg.latency_texts, throughput_batches=cfg.throughput_batches)
         )
     head_total, head_trainable = count_parameters(model.head)
-    resumed_epochs = checkpoints.resume.epoch if checkpoints is not None and checkpoints.resume is not None else 0
     # time/train_s of a resumed run covers every epoch: the earlier ones were timed by the process that ran them
     # (their seconds travel in the checkpoint). Otherwise a resume after the last epoch logs about 0 s.
     phases.seconds["train"] += sum(h.seconds for h in history[:resumed_epochs])

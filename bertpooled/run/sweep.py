@@ -27,7 +27,7 @@ from bertpooled.contract import (
 from bertpooled.errors import BertpooledError
 from bertpooled.report import compare
 from bertpooled.report.records import Report
-from bertpooled.run import prepare, runtime
+from bertpooled.run import grouped_sweep, prepare, runtime
 from bertpooled.run.experiment import Outcome, pipeline_for, run_experiment
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs
@@ -174,15 +174,20 @@ def run_sweep(
     log: Callable[[str], None] = print,
     parallel: int = 1,
     executor=None,
+    group_seeds: bool | None = None,
 ) -> SweepOutcome:
     """Run the children that have no FINISHED run under the parent (a new one unless resuming); see the module doc.
 
     Under `mlflow run -e sweep` the run MLflow created is the parent, so `mlflow run --run-id ID -e sweep`
     resumes. A child that fails stops the sweep: its run and the parent end FAILED and the error propagates.
     `executor` (e.g. `ray_executor.RayExecutor`) runs the children elsewhere; None runs them here, as processes.
+    `group_seeds`: train the seeds of a config together here (bertpooled.run.grouped_sweep); None: on CUDA only.
     """
     if not children:
         raise BertpooledError("the sweep has no children: pass --modes and --seeds")
+    if group_seeds and (parallel > 1 or executor is not None):
+        raise BertpooledError("--group-seeds trains a config's seeds in this process, one child after another: "
+                              "leave out --parallel and --executor ray, or pass --no-group-seeds")
     check_tracking_reachable()
     infos = _check_children(children)
     env_run = os.environ.get("MLFLOW_RUN_ID") or None
@@ -214,8 +219,8 @@ def run_sweep(
             if not logged_base:
                 tracking.log_params({f"{CONFIG_PARAM_PREFIX}{k}": v for k, v in base.items()})
             log(f"sweep {started}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
-            for current in _run_todo(todo, started, infos, resumable, outcome.ran, parallel=parallel,
-                                     executor=executor, progress=progress, log=log):
+            for current in _run_todo(todo, started, infos, resumable, outcome.ran, parallel=parallel, executor=executor,
+                                     progress=progress, log=log, group_seeds=group_seeds):
                 pass
     except KeyboardInterrupt:
         log(f"sweep {started} interrupted at {current}; resume it with {resume_hint}")
@@ -228,9 +233,9 @@ def run_sweep(
 
 
 def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dict[str, str], ran: list, *,
-              parallel: int, executor, progress: bool | None, log: Callable[[str], None]) -> Iterator[str]:
-    """Run the children, appending each Outcome to `ran`; yields what is running now (the parent's `error` tag
-    names it if the sweep stops): elsewhere (`executor`), side by side (`parallel`), or here one by one."""
+              parallel: int, executor, progress: bool | None, log: Callable[[str], None], group_seeds=None) -> Iterator[str]:
+    """Run the children, appending each Outcome to `ran`; yields what is running now (the parent's `error` tag names
+    it if the sweep stops): elsewhere (`executor`), side by side (`parallel`), or here one by one (seed groups too)."""
     shared = None
     # Children on other machines read their own inputs: the driver need not even hold the data.
     if todo and executor is None:
@@ -245,12 +250,13 @@ def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dic
         yield f"{len(todo)} children, {parallel} at a time"
         ran.extend(_run_parallel(todo, parent_id, parallel, log, resumable))
     else:
-        for i, child in enumerate(todo, 1):
+        for i, (child, start) in enumerate(grouped_sweep.schedule(todo, resumable, group_seeds, shared, infos, progress, log), 1):
             yield child.label
             log(f"[{i}/{len(todo)}] {child.label}")
-            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_SHARED_INPUTS_TAG: "prepared once by the parent run"}
+            pipeline, extra = start()
+            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_SHARED_INPUTS_TAG: "prepared once by the parent run", **extra}
             ran.append(_run_child(child.config, resumable.get(child.key), progress=progress, log=log,
-                                  shared=shared, parent_run_id=parent_id, tags=tags))
+                                  shared=shared, parent_run_id=parent_id, tags=tags, pipeline=pipeline))
 
 
 def _what_to_run(children: Sequence[Child], existing: dict[str, list], log: Callable[[str], None],
