@@ -240,7 +240,7 @@ def main() -> None:
                 cell(f"group S={S}, torch.compile(group)", key, lambda: group_step(d, pool, S, compiled=True), S)
             cell("features of one batch (no grad)", key, lambda: features_step(d, pool))
             cell("gather one batch from the cache", key, lambda: gather_step(d, cache))
-            del cache
+            cache = None  # free it before the next configuration builds its own
 
     load_after = os.getloadavg()
     columns = [(mode, t) for t in threads for mode in MODES]

@@ -99,8 +99,9 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
     from bertpooled.model import backbone
     from bertpooled import data as imdb_data
     from bertpooled.config import load_config
-    from bertpooled.model.build import ModelSpec, build
+    from bertpooled.model.build import build
     from bertpooled.run import cost, runtime
+    from bertpooled.run.fit import spec_of
 
     if threads:
         torch.set_num_threads(threads)
@@ -118,7 +119,7 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
         mode = row.args[row.args.index("--modes") + 1]
         cfg = load_config(config_name, {"mode": mode, "max_len": max_len})
         runtime.seed_everything(cfg.seed)
-        spec = ModelSpec.of(cfg)
+        spec = spec_of(cfg)
         if cfg.features == "encoder":
             model = build(spec, backbone=bert)
         else:

@@ -62,6 +62,9 @@ SWEEP_PARALLEL_TAG = "sweep/parallel"
 SWEEP_EXECUTOR_TAG = "sweep/executor"
 SWEEP_NODE_TAG = "sweep/node"
 SWEEP_NODE_IP_TAG = "sweep/node_ip"
+#: On a child trained in one loop with the other seeds of its config (`sweep --group-seeds`): S, and a note.
+SWEEP_GROUP_SIZE_TAG = "sweep/group_size"
+SWEEP_GROUP_NOTE_TAG = "sweep/group_note"
 #: On a sweep's parent: the comparison run of its children.
 SWEEP_COMPARISON_RUN_TAG = "sweep/comparison_run_id"
 
@@ -162,6 +165,8 @@ TIME_FEATURES = time_metric("features")
 TIME_TRAIN = time_metric("train")
 TIME_EVAL = time_metric("eval")
 TIME_TOTAL = time_metric("total")
+#: A grouped child's whole group's training time (its time/train_s is its 1/S share).
+TIME_GROUP_TRAIN = "time/group_train_s"
 #: Logged per epoch (step = epoch).
 TIME_EPOCH = "time/epoch_s"
 #: Derived by the report, not logged: `time/train_s` divided by `config/epochs`.

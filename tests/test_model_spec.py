@@ -8,6 +8,7 @@ from bertpooled.model import pooling
 from bertpooled.model.build import ModelSpec, build, from_state
 from bertpooled.model.heads import EmbeddingLayer
 from bertpooled.model.pooling import PoolPosition, PoolSpec
+from bertpooled.run.fit import spec_of
 
 
 def _layer(hidden=8, positions=12):
@@ -20,7 +21,7 @@ def _layer(hidden=8, positions=12):
                                        {"mode": "pool", "padding": "read", "lstm_bias": "torch"}])
 def test_the_spec_survives_its_json_and_comes_from_the_config_parsed_once(overrides):
     config = load_config(None, overrides)
-    spec = ModelSpec.of(config, layer_norm_eps=1e-12)
+    spec = spec_of(config, layer_norm_eps=1e-12)
     assert spec.pool == config.pool_spec and isinstance(spec.pool_at, PoolPosition)
     assert ModelSpec.from_json(spec.to_json()) == spec
     assert spec.to_json()["pool"] == config.pool  # the file keeps the canonical spelling
@@ -33,7 +34,7 @@ def test_a_model_logged_before_lstm_bias_and_features_existed_reads_as_it_was_tr
 
 
 def test_building_draws_from_the_generator_as_it_stands_and_never_reseeds_it():
-    spec = ModelSpec.of(load_config(None, {"mode": "pool"}))
+    spec = spec_of(load_config(None, {"mode": "pool"}))
     table = torch.randn(30, 8)
     torch.manual_seed(3)
     first = build(spec, table=table, layer=_layer()).state_dict()
@@ -49,8 +50,8 @@ def test_serving_rebuilds_from_the_spec_and_weights_what_training_built(features
     config = load_config(None, {"mode": "pool", "features": features})
     layer = _layer() if features == "embedding_layer" else None
     torch.manual_seed(0)
-    model = build(ModelSpec.of(config), table=torch.randn(30, 8), layer=layer).eval()
-    spec = ModelSpec.of(config, layer_norm_eps=1e-12 if layer is not None else None)
+    model = build(spec_of(config), table=torch.randn(30, 8), layer=layer).eval()
+    spec = spec_of(config, layer_norm_eps=1e-12 if layer is not None else None)
     served = from_state(ModelSpec.from_json(spec.to_json()), model.state_dict())
     ids, lengths = torch.randint(0, 30, (3, 12)), torch.tensor([12, 5, 2])
     assert torch.equal(served(ids, lengths), model(ids, lengths))

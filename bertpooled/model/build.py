@@ -1,7 +1,7 @@
 """One model spec, one builder: training and serving build the classifier from the same `ModelSpec`.
 
 The spec is what the logged model stores as `model_config.json`; the model layer never reads the experiment
-`Config`. Building a model draws its initial weights from torch's generator as it stands: the caller seeds
+`Config` (`bertpooled.run.fit.spec_of` makes a spec from one). Building a model draws its initial weights from torch's generator as it stands: the caller seeds
 it (a run seeds right before building, so the head's initialisation is the run's seed alone).
 """
 
@@ -36,12 +36,6 @@ class ModelSpec:
     """features=embedding_layer: the LayerNorm's epsilon."""
     backbone_config: dict[str, Any] | None = field(default=None, compare=False)
     """features=encoder: the backbone's architecture as JSON, so serving rebuilds it without its folder."""
-
-    @classmethod
-    def of(cls, config, **extra: Any) -> "ModelSpec":
-        """The spec of an experiment config (`extra`: what only the loaded backbone knows)."""
-        return cls(config.features, config.pool_spec, config.position, config.lstm_units, config.padding,
-                   config.lstm_bias, config.max_len, config.model, config.init, **extra)
 
     def to_json(self) -> dict[str, Any]:
         """`model_config.json`: plain values, pooling in its canonical spelling; unset extras left out."""

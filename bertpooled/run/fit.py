@@ -45,21 +45,27 @@ def build_model(prepared: Prepared) -> torch.nn.Module:
     """The run's classifier, built from its ModelSpec and initialised from the run's seed alone."""
     cfg = prepared.config
     runtime.seed_everything(cfg.seed)
-    spec = ModelSpec.of(cfg)
+    spec = spec_of(cfg)
     if cfg.features != "encoder":
         return build(spec, table=prepared.embeddings.table, layer=prepared.embeddings.layer)
     # Fine-tuning trains a copy: the loaded backbone stays frozen for whatever else shares it.
     return build(spec, backbone=prepared.backbone_model, trainable_backbone=cfg.finetune)
 
 
+def spec_of(config, **extra) -> ModelSpec:
+    """The model spec of an experiment config (`extra`: what only the built model knows)."""
+    return ModelSpec(config.features, config.pool_spec, config.position, config.lstm_units, config.padding,
+                     config.lstm_bias, config.max_len, config.model, config.init, **extra)
+
+
 def model_spec(config, model: torch.nn.Module) -> ModelSpec:
     """The spec the logged model stores: the config's, plus what only the built model knows."""
     if config.features == "embedding_layer":
-        return ModelSpec.of(config, layer_norm_eps=model.layer.eps)
+        return spec_of(config, layer_norm_eps=model.layer.eps)
     if config.features == "encoder":
         # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
-        return ModelSpec.of(config, backbone_config=model.encoder.model.config.to_dict())
-    return ModelSpec.of(config)
+        return spec_of(config, backbone_config=model.encoder.model.config.to_dict())
+    return spec_of(config)
 
 
 def trained_network(model: torch.nn.Module, prepared: Prepared) -> torch.nn.Module:

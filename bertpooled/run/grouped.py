@@ -319,7 +319,8 @@ def fit_group(
     `EpochStats` as `fit` reports it (loss and accuracy over the epoch; `seconds` is the group's epoch time
     divided by S, the seed's share; `test_accuracy` with `eval_each_epoch`). `on_epoch_end(epoch, optimizer,
     generators)` is called once per epoch after the seeds' callbacks (for per-seed checkpoints: see
-    `seed_snapshot`). Returns one history per seed, in `group.seeds` order.
+    `seed_snapshot`). Returns one history per seed, in `group.seeds` order. One function on purpose: it is
+    `fit.fit`'s loop with a seed axis, and reads best beside it.
     """
     from tqdm.auto import tqdm
 

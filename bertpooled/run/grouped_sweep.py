@@ -26,15 +26,14 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.config import Config
 from bertpooled.run import fit, grouped, runtime
 from bertpooled.run.lstm import LSTMPipeline
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Trained
 
-GROUP_SIZE_TAG = "sweep/group_size"  # S: this child was trained in one loop with S-1 other seeds of its config
-GROUP_TRAIN_METRIC = "time/group_train_s"  # the group's whole training time; time/train_s is its 1/S share
-GROUP_TAG_NOTE = "sweep/group_note"
+GROUP_SIZE_TAG, GROUP_TAG_NOTE, GROUP_TRAIN_METRIC = SWEEP_GROUP_SIZE_TAG, SWEEP_GROUP_NOTE_TAG, TIME_GROUP_TRAIN
 NOTE = ("trained in one loop with the other seeds of its config (--group-seeds): time/train_s and time/epoch_s are "
         "this seed's 1/S share of the group's training (time/group_train_s); checkpoints logged after training")
 

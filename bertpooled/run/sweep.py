@@ -181,6 +181,7 @@ def run_sweep(
     Under `mlflow run -e sweep` the run MLflow created is the parent, so `mlflow run --run-id ID -e sweep`
     resumes. A child that fails stops the sweep: its run and the parent end FAILED and the error propagates.
     `executor` (e.g. `ray_executor.RayExecutor`) runs the children elsewhere; None runs them here, as processes.
+    A little over 60 lines: the checks that must come before the parent run exists, read top to bottom.
     `group_seeds`: train the seeds of a config together here (bertpooled.run.grouped_sweep); None: on CUDA only.
     """
     if not children:
