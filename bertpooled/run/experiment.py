@@ -273,3 +273,16 @@ def _code_change(run_id: str, allow: bool) -> str:
             "with, or pass --allow-code-change to continue anyway and record the change on the run"
         )
     return "; ".join(differs)
+
+
+def run_or_resume(config: Config, resume_run_id: str | None, **kwargs) -> Outcome:
+    """`run_experiment` for a sweep's child: a new run, or its earlier run continued from that run's checkpoint."""
+    if not resume_run_id:
+        return run_experiment(config, **kwargs)
+    from bertpooled.run.experiment import prepare_resume
+
+    resumed_config, target = prepare_resume(resume_run_id, None)
+    try:
+        return run_experiment(resumed_config, resume=target, **kwargs)
+    finally:
+        target.release()
