@@ -279,8 +279,6 @@ def run_or_resume(config: Config, resume_run_id: str | None, **kwargs) -> Outcom
     """`run_experiment` for a sweep's child: a new run, or its earlier run continued from that run's checkpoint."""
     if not resume_run_id:
         return run_experiment(config, **kwargs)
-    from bertpooled.run.experiment import prepare_resume
-
     resumed_config, target = prepare_resume(resume_run_id, None)
     try:
         return run_experiment(resumed_config, resume=target, **kwargs)
