@@ -68,6 +68,8 @@ SWEEP_GROUP_NOTE_TAG = "sweep/group_note"
 #: On a sweep's parent: the comparison run of its children.
 SWEEP_COMPARISON_RUN_TAG = "sweep/comparison_run_id"
 
+#: On a resumed run: the last epoch its checkpoint held when this attempt started.
+RESUMED_TAG = "resumed_after_epoch"
 CHECKPOINT_PATH_TAG = "checkpoint/path"
 CHECKPOINT_EPOCH_TAG = "checkpoint/epoch"
 CHECKPOINT_SHA256_TAG = "checkpoint/sha256"

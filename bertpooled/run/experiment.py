@@ -13,7 +13,7 @@ import torch
 
 from bertpooled.config import Config
 from bertpooled.contract import (
-    ACCURACY, CHECKPOINT_SHA256_TAG, DATA_DIGEST_PARAM, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, time_metric,
+    ACCURACY, CHECKPOINT_SHA256_TAG, DATA_DIGEST_PARAM, RESUMED_TAG, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, time_metric,
 )
 from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
@@ -74,6 +74,8 @@ def run_experiment(
     code = tracking.code_provenance()
     name = tracking.run_name(config.variant, config.model, config.seed)
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **pipeline.tags(config), **(tags or {})}
+    if resume:
+        tags[RESUMED_TAG] = str(resume.state.epoch)
     with tracking.training_run(name, tags, config.description or pipeline.describe(config), parent_run_id=parent_run_id,
                                resume_run_id=resume.run_id if resume else None,
                                system_metrics=config.system_metrics) as run:
@@ -120,7 +122,6 @@ def pipeline_for(config: Config) -> Pipeline:
 def _continue(resume: Resume, log) -> None:
     """What a resumed run records before training on: where it resumed, and what the interruption left."""
     log(f"resuming run {resume.run_id} after epoch {resume.state.epoch}")
-    tracking.set_tags({"resumed_after_epoch": str(resume.state.epoch)})
     orphans = fail_unfinished_models(resume.run_id)
     if orphans:
         log(f"marked FAILED the model(s) an interrupted model logging left PENDING: {', '.join(orphans)}")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG, FAILED, FINISHED, KILLED, SWEEP_CHILD_TAG, SWEEP_EXECUTOR_TAG, SWEEP_KEY_TAG, SWEEP_NODE_IP_TAG,
-    SWEEP_NODE_TAG, SWEEP_SHARED_INPUTS_TAG,
+    CHECKPOINT_EPOCH_TAG, FAILED, FINISHED, KILLED, RESUMED_TAG, SWEEP_CHILD_TAG, SWEEP_EXECUTOR_TAG, SWEEP_KEY_TAG,
+    SWEEP_NODE_IP_TAG, SWEEP_NODE_TAG, SWEEP_SHARED_INPUTS_TAG,
 )
 from bertpooled.errors import BertpooledError
 from bertpooled.tracking import sweeps
@@ -159,7 +159,7 @@ class RayExecutor:
                         # It started (or, after a retry, continued) and ended between two looks: that line still
                         # comes first.
                         seen.add((outcome.run_id, node))
-                        resumed = sweeps.get_run(outcome.run_id).data.tags.get("resumed_after_epoch")
+                        resumed = sweeps.get_run(outcome.run_id).data.tags.get(RESUMED_TAG)
                         how = f"resumed after epoch {resumed}" if resumed else "started"
                         say(f"{child.label}: {how} on node {node_ip} {node[:8]} (run {outcome.run_id})")
                     say(f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
@@ -181,7 +181,7 @@ class RayExecutor:
             if key not in by_key or not node or (run.info.run_id, node) in seen:
                 continue
             seen.add((run.info.run_id, node))
-            resumed = tags.get("resumed_after_epoch")
+            resumed = tags.get(RESUMED_TAG)
             how = f"resumed after epoch {resumed}" if resumed else "started"
             say(f"{by_key[key].label}: {how} on node {tags.get(NODE_IP_TAG, '?')} {node[:8]} (run {run.info.run_id})")
 

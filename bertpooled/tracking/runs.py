@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -136,6 +137,9 @@ def training_run(
     the run is a new child of that run, in its experiment, nested in MLflow's UI.
     """
     if resume_run_id:
+        # The tags first, while the run is not RUNNING: whoever watches for RUNNING runs (a Ray driver's progress
+        # lines) then never sees it without this attempt's tags (resumed_after_epoch, the node).
+        MlflowClient().log_batch(resume_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         # The same run, RUNNING again; nested when a sweep's parent run is active in this process.
         run = mlflow.start_run(run_id=resume_run_id, nested=mlflow.active_run() is not None,
                                log_system_metrics=system_metrics)
