@@ -10,11 +10,12 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from bertpooled.errors import BertpooledError, redact_uri
+from bertpooled.errors import BertpooledError
 from bertpooled.contract import (
     CHECKPOINT_EPOCH_TAG, CHECKPOINT_PATH_TAG, CHECKPOINT_SHA256_TAG, CHECKPOINT_SLOTS, CONFIG_PARAM_PREFIX,
     DATA_DIGEST_PARAM, FINISHED, KIND_TAG, KIND_TRAIN, MODEL_NAME,
 )
+from bertpooled.tracking.runs import get_run_or_error
 
 
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "lstm.py"
@@ -107,12 +108,7 @@ def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
 def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[str, str], Path]:
     """(config params, data digest, tags, local checkpoint folder) of a run to resume; one-line errors otherwise."""
     client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise BertpooledError(
-            f"no run {run_id} in {redact_uri(mlflow.get_tracking_uri())}: check the id, or MLFLOW_TRACKING_URI"
-        ) from None
+    run = get_run_or_error(run_id, "no run {run_id} in {store}: check the id, or MLFLOW_TRACKING_URI")
     if run.info.status == FINISHED:
         raise BertpooledError(f"run {run_id} already FINISHED: nothing to resume")
     if run.data.tags.get(KIND_TAG) != KIND_TRAIN or CHECKPOINT_EPOCH_TAG not in run.data.tags:

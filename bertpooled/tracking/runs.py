@@ -28,7 +28,7 @@ from bertpooled.contract import (
     CHECKPOINT_EPOCH_TAG, CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DEFAULT_EXPERIMENT, ERROR_TAG, FINISHED, KIND_TAG, KIND_TRAIN, KILLED, NOTE_TAG,
     PREDICTIONS_PATH, RUN_NAME_TAG, FAILED,
 )
-from bertpooled.errors import redact_uri
+from bertpooled.errors import BertpooledError, redact_uri
 
 
 
@@ -354,6 +354,15 @@ def ensure_training_view(experiment_id: str) -> str:
     if ui_view.EXPERIMENT_KIND_TAG not in tags:
         client.set_experiment_tag(experiment_id, ui_view.EXPERIMENT_KIND_TAG, ui_view.EXPERIMENT_KIND)
     return key
+
+
+def get_run_or_error(run_id: str, missing: str):
+    """The run `run_id`, or a one-line error: `missing` with {run_id} and {store} (the store's URI, redacted)."""
+    client = MlflowClient()
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise BertpooledError(missing.format(run_id=run_id, store=redact_uri(client.tracking_uri))) from None
 
 
 def last_run() -> tuple[str | None, bool]:

@@ -14,21 +14,14 @@ from bertpooled.errors import BertpooledError
 from bertpooled.contract import (
     ERROR_TAG, KIND_SWEEP, KIND_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_KEY_TAG,
 )
-from bertpooled.errors import redact_uri
-from bertpooled.tracking.runs import ending
+from bertpooled.tracking.runs import ending, get_run_or_error
 
 
 
 def find_parent(run_id: str, from_mlflow_run: bool) -> Run:
     """The sweep parent `run_id` (or the run `mlflow run -e sweep` just created); one-line errors otherwise."""
-    client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise BertpooledError(
-            f"unknown sweep parent run {run_id!r} at {redact_uri(client.tracking_uri)}: "
-            "pass --resume-parent with the id a sweep printed, or leave it out to start a new sweep"
-        ) from None
+    run = get_run_or_error(run_id, "unknown sweep parent run {run_id!r} at {store}: pass --resume-parent with the "
+                                   "id a sweep printed, or leave it out to start a new sweep")
     if run.info.lifecycle_stage == "deleted":
         raise BertpooledError(f"sweep parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new sweep")
     kind = run.data.tags.get(KIND_TAG)
