@@ -132,3 +132,11 @@ def test_the_mlproject_commands_pass_every_option_of_the_command_they_call():
                              (cli.compare_runs_command, cli.mlproject_compare)):
         passed = set(re.findall(r"(\w+)=", inspect.getsource(wrapper)))
         assert set(inspect.signature(command).parameters) <= passed, wrapper.__name__
+
+
+def test_serving_a_model_that_is_not_there_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load model") and "runs:/<run id>/model" in lines[0]
