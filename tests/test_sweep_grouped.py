@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.run import grouped_sweep
@@ -20,7 +21,7 @@ SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 # kernels on the same shapes; only fused Adam's rounding of short tensors differs: see tests/test_grouped.py).
 PROBABILITY_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 # What a grouped child adds, and what naturally differs between any two runs of one config.
-GROUP_TAGS = {grouped_sweep.GROUP_SIZE_TAG, grouped_sweep.GROUP_TAG_NOTE}
+GROUP_TAGS = {SWEEP_GROUP_SIZE_TAG, SWEEP_GROUP_NOTE_TAG}
 PER_RUN_TAGS = {"mlflow.parentRunId", "mlflow.log-model.history", "checkpoint/sha256"}  # its history holds seconds
 
 
@@ -67,13 +68,13 @@ def test_a_grouped_sweep_logs_the_children_an_ungrouped_sweep_logs(store, tiny_b
         theirs = alone[label]
         assert mine.info.status == theirs.info.status == "FINISHED"
         # --no-group-seeds is today's path: no group tag, no group metric.
-        assert not GROUP_TAGS & set(theirs.data.tags) and grouped_sweep.GROUP_TRAIN_METRIC not in theirs.data.metrics
-        assert mine.data.tags[grouped_sweep.GROUP_SIZE_TAG] == "2"
+        assert not GROUP_TAGS & set(theirs.data.tags) and TIME_GROUP_TRAIN not in theirs.data.metrics
+        assert mine.data.tags[SWEEP_GROUP_SIZE_TAG] == "2"
         assert mine.data.params == theirs.data.params, label  # every param, value for value
         assert set(mine.data.tags) == set(theirs.data.tags) | GROUP_TAGS, label
         same = set(theirs.data.tags) - PER_RUN_TAGS
         assert {k: mine.data.tags[k] for k in same} == {k: theirs.data.tags[k] for k in same}, label
-        assert set(mine.data.metrics) == set(theirs.data.metrics) | {grouped_sweep.GROUP_TRAIN_METRIC}, label
+        assert set(mine.data.metrics) == set(theirs.data.metrics) | {TIME_GROUP_TRAIN}, label
         assert artifacts(mine.info.run_id) == artifacts(theirs.info.run_id), label
         for key in ("train/loss", "train/accuracy", "time/epoch_s"):
             assert [s for s, _ in history(mine.info.run_id, key)] == [s for s, _ in history(theirs.info.run_id, key)] == [1, 2]
@@ -139,7 +140,7 @@ def test_a_group_that_fails_leaves_no_child_and_a_resume_trains_it_again(store, 
     assert "4 children, 2 already finished, 2 to run" in again.output and "training seeds 0,1 of pool together" in again.output
     after = children("grouped")
     assert {label: r.info.status for label, r in after.items()} == dict.fromkeys(["basic-s0", "basic-s1", "pool-s0", "pool-s1"], "FINISHED")
-    assert after["pool-s1"].data.tags[grouped_sweep.GROUP_SIZE_TAG] == "2"
+    assert after["pool-s1"].data.tags[SWEEP_GROUP_SIZE_TAG] == "2"
 
 
 @pytest.mark.parametrize("given, expected", [([], None), (["--group_seeds", "true"], True), (["--group_seeds", "false"], False),

@@ -33,7 +33,6 @@ from bertpooled.run.lstm import LSTMPipeline
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Trained
 
-GROUP_SIZE_TAG, GROUP_TAG_NOTE, GROUP_TRAIN_METRIC = SWEEP_GROUP_SIZE_TAG, SWEEP_GROUP_NOTE_TAG, TIME_GROUP_TRAIN
 NOTE = ("trained in one loop with the other seeds of its config (--group-seeds): time/train_s and time/epoch_s are "
         "this seed's 1/S share of the group's training (time/group_train_s); checkpoints logged after training")
 
@@ -120,7 +119,7 @@ class GroupedSeedPipeline(LSTMPipeline):
         # The seed's share of the group's training, as its time/train_s (throughput/train follows from it).
         inputs.phases.seconds["train"] = self.trained_ahead_s
         result = fit.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history)
-        result.metrics[GROUP_TRAIN_METRIC] = seed.group_seconds
+        result.metrics[TIME_GROUP_TRAIN] = seed.group_seconds
         return Trained(result.metrics, result.probabilities, (result.model, prepared.tokenizer), result.history)
 
 
@@ -151,7 +150,7 @@ def schedule(todo: Sequence, resumable: dict[str, str], group_seeds: bool | None
             if not trained:
                 trained.update(_train(children, shared, infos, progress, log))
             seed = trained.pop(child.config.seed)
-            return GroupedSeedPipeline(seed), {GROUP_SIZE_TAG: str(seed.group_size), GROUP_TAG_NOTE: NOTE}
+            return GroupedSeedPipeline(seed), {SWEEP_GROUP_SIZE_TAG: str(seed.group_size), SWEEP_GROUP_NOTE_TAG: NOTE}
 
         out.extend((child, lambda child=child, start=start: start(child)) for child in children)
     return out
