@@ -32,6 +32,7 @@ TOKENS = {
     "max_test_examples": "200", "device": "cpu", "pool": "max:2x1", "features": "embeddings", "padding": "read",
     "lstm_units": "8", "init": "torch", "lstm_bias": "torch", "shuffle_buffer": "100", "adam_eps": "1e-08",
     "data_seed": "3", "eval_batch_size": "64", "eval_each_epoch": "true", "num_threads": "2", "precision": "fp32",
+    "precompute_mb": "0",
     "reference_text": "full", "latency_texts": "4", "throughput_batches": "1", "description": "a note",
     "system_metrics": "true",
 }

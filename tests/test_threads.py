@@ -23,3 +23,13 @@ def test_an_explicit_thread_count_is_obeyed_and_set_on_torch():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_freed_memory_is_kept_on_glibc_and_left_alone_elsewhere(monkeypatch):
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert runtime.keep_freed_memory() is True
+        assert runtime.keep_freed_memory() is True  # idempotent
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert runtime.keep_freed_memory() is False

@@ -110,21 +110,46 @@ class PooledLSTMClassifier(nn.Module):
 
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
         """The frozen per-token features of `ids`, hidden-pooled as configured (sequence pooling comes after)."""
-        x = F.embedding(ids, self.embeddings)
-        if self.layer is None:
-            return x
-        return pool_hidden(self.layer(x), self.pool)
+        return token_features(ids, self.embeddings, self.layer, self.pool)
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen part, a fixed function of the ids: (pooled features (batch, seq', hidden'), their lengths).
+
+        Every operation acts on each token (or pooling window) alone, so the features of a row do not depend on
+        the batch it is computed in: computed once for the whole training set (`bertpooled.run.precompute`)
+        they are bitwise those of each batch.
+        """
+        return frozen_features(ids, lengths, self.embeddings, self.layer, self.pool, self.padding)
+
+    def classify(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits from `features`: the head reads each row's last real step (`mask`), or the last step (`read`)."""
+        return self.head(x, lengths if self.padding == "mask" else None)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (batch,) for right-padded ids (batch, max_len) with real lengths (batch,)."""
-        x = self.inputs(ids)
-        max_len = ids.shape[1]
-        if self.padding == "mask":
-            x, _ = pool_sequence(x, lengths_mask(lengths, max_len), self.pool)
-            return self.head(x, pooled_lengths(lengths, self.pool, max_len))
-        # `read`: as the original, padding is pooled and read like any token.
-        x, _ = pool_sequence(x, torch.ones(ids.shape, dtype=torch.bool, device=ids.device), self.pool)
-        return self.head(x, None)
+        return self.classify(*self.features(ids, lengths))
+
+
+def token_features(ids: torch.Tensor, table: torch.Tensor, layer: "EmbeddingLayer | None", pool: PoolSpec) -> torch.Tensor:
+    """Per-token frozen features: the word lookup (a hidden-pooled table when `layer` is None), or the embedding
+    layer's output pooled on the hidden axis."""
+    x = F.embedding(ids, table)
+    if layer is None:
+        return x
+    return pool_hidden(layer(x), pool)
+
+
+def frozen_features(ids: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor, layer: "EmbeddingLayer | None",
+                    pool: PoolSpec, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`PooledLSTMClassifier.features`, from its frozen parts (a seed group shares them without the model)."""
+    x = token_features(ids, table, layer, pool)
+    max_len = ids.shape[1]
+    if padding == "mask":
+        x, _ = pool_sequence(x, lengths_mask(lengths, max_len), pool)
+        return x, pooled_lengths(lengths, pool, max_len)
+    # `read`: as the original, padding is pooled and read like any token.
+    x, _ = pool_sequence(x, torch.ones(ids.shape, dtype=torch.bool, device=ids.device), pool)
+    return x, torch.full_like(lengths, x.shape[1])
 
 
 class EmbeddingLayer(nn.Module):
@@ -146,7 +171,8 @@ class EmbeddingLayer(nn.Module):
 
     def forward(self, words: torch.Tensor) -> torch.Tensor:
         """(batch, seq, hidden) word vectors -> the embedding layer's output for positions 0..seq-1."""
-        x = words + self.positions[: words.shape[1]] + self.token_type
+        x = words + self.positions[: words.shape[1]]
+        x += self.token_type  # in place: the same sums in the same order, one batch-sized tensor fewer
         return F.layer_norm(x, (x.shape[-1],), self.norm_weight, self.norm_bias, self.eps)
 
 
@@ -180,7 +206,9 @@ class EncoderLSTMClassifier(nn.Module):
 
 
 class FeatureHead(nn.Module):
-    """What trains on cached frozen features: `classify` of an EncoderLSTMClassifier, sharing its head."""
+    """What trains on frozen features computed ahead: `classify` of a model that splits into `features` and
+    `classify` (EncoderLSTMClassifier on cached encoder output, PooledLSTMClassifier on precomputed inputs),
+    sharing its head."""
 
     def __init__(self, model: EncoderLSTMClassifier) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from bertpooled.contract import HEADLINE_COSTS
+from bertpooled.contract import CACHED_PHASES, HEADLINE_COSTS
 from bertpooled.report.numbers import finite, fmt_p, fmt_signed, percent
 from bertpooled.report.stats import PairedDifference
 
@@ -103,8 +103,14 @@ def _one_seed_verdict(
 def _cost_sentence(base: str, ratios: Mapping[str, float], cache_differs: Sequence[str] = ()) -> str:
     parts = [f"{label} {ratios[metric]:.2f}×" for metric, label in HEADLINE_COSTS if finite(ratios.get(metric))]
     sentence = f" Cost vs {base}: {', '.join(parts)}." if parts else ""
-    if cache_differs and parts:
+    if cache_differs:
         # A warm cache skips a phase: the ratio then measures the cache, not the mode.
-        sentence += (f" The groups differ in {' and '.join(cache_differs)} cache hits, so total time compares "
-                     "cache states, not modes; training time does not depend on them.")
+        affected = [label for metric, label in HEADLINE_COSTS
+                    if any(metric in CACHED_PHASES[cache] for cache in cache_differs) and finite(ratios.get(metric))]
+        spared = [label for metric, label in HEADLINE_COSTS
+                  if metric.startswith("time/") and label not in affected and finite(ratios.get(metric))]
+        if affected:
+            sentence += (f" The groups differ in {' and '.join(cache_differs)} cache hits, so {' and '.join(affected)} "
+                         f"compare{'s' if len(affected) == 1 else ''} cache states, not modes"
+                         + (f"; {' and '.join(spared)} does not depend on them." if spared else "."))
     return sentence

@@ -17,7 +17,7 @@ from bertpooled.contract import (
 from bertpooled.data import tokens
 from bertpooled.model.build import ModelSpec, build
 from bertpooled.model.heads import FeatureHead, count_parameters
-from bertpooled.run import checkpoint, runtime
+from bertpooled.run import checkpoint, precompute, runtime
 from bertpooled.run.measure import evaluate
 from bertpooled.run.prepare import Prepared, model_inputs
 
@@ -115,7 +115,16 @@ def fit(
     # step copies nothing.
     inputs, lengths = model_inputs(prepared, "train")
     ids, lengths = inputs.to(device), lengths.to(device)
-    net = trained_network(model, prepared)
+    net = eval_net = trained_network(model, prepared)
+    ahead = None
+    if precompute.applies(net, cfg.precompute_mb):
+        with prepared.phases.timed("precompute"):
+            ahead = precompute.train_features(net.features, ids, lengths, cfg.precompute_mb,
+                                              runtime.eval_batch_size(cfg, device), progress)
+    prepared.train_features_precomputed = ahead is not None
+    if ahead is not None:
+        # The frozen features of every training row, computed once: a step runs the head alone.
+        (ids, lengths), net = ahead, FeatureHead(model)
     test_inputs = model_inputs(prepared, "test") if cfg.eval_each_epoch else None
     labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(device)
     params = [{"params": list(model.head.parameters())}]
@@ -155,7 +164,7 @@ def fit(
             correct += ((logits.detach() > 0) == (y > 0.5)).sum()
         stats = EpochStats(epoch, float(loss_sum) / n, float(correct) / n, time.perf_counter() - start)
         if cfg.eval_each_epoch:
-            probs = predict_inputs(net, *test_inputs, cfg.eval_batch_size, device, precision)
+            probs = predict_inputs(eval_net, *test_inputs, runtime.eval_batch_size(cfg, device), device, precision)
             stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
         history.append(stats)
         if on_epoch:
@@ -207,7 +216,7 @@ def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[E
     precision = runtime.resolve_precision(cfg.precision, device)
     with phases.timed("eval"):
         net = trained_network(model, prepared)
-        probs = predict_inputs(net, *model_inputs(prepared, "test"), cfg.eval_batch_size, device, precision)
+        probs = predict_inputs(net, *model_inputs(prepared, "test"), runtime.eval_batch_size(cfg, device), device, precision)
         metrics = evaluate(prepared.test.labels, probs)
     # Inference is timed in the precision the run trained and evaluated in (bf16 on a GPU by default).
     with phases.timed("cost"), runtime.autocast(device, precision):
@@ -243,4 +252,5 @@ def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[E
     )
     if prepared.cached:
         metrics[cache_hit_metric("features")] = float(prepared.features_cache_hit)
+    metrics[cache_hit_metric("train_features")] = float(prepared.train_features_precomputed)
     return Result(metrics, probs, history, model.cpu())

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertpooled.contract import ACCURACY
-from bertpooled.model.heads import EncoderLSTMClassifier, LSTMHead, PooledLSTMClassifier
-from bertpooled.model.pooling import lengths_mask, pool_hidden, pool_sequence, pooled_lengths
-from bertpooled.run import fit, runtime
+from bertpooled.model.heads import EncoderLSTMClassifier, LSTMHead, PooledLSTMClassifier, frozen_features
+from bertpooled.model.pooling import lengths_mask, pool_hidden, pool_sequence
+from bertpooled.run import fit, precompute, runtime
 from bertpooled.run.prepare import model_inputs
 
 RECURRENCES = ("per_seed", "block")
@@ -168,15 +168,19 @@ class FrozenFeatures(nn.Module):
             hidden = pool_hidden(inputs.float(), self.pool)
             pooled, mask = pool_sequence(hidden, lengths_mask(lengths, hidden.shape[1]), self.pool)
             return pooled, mask.sum(1)
-        x = F.embedding(inputs, self.embeddings)
-        if self.layer is not None:
-            x = pool_hidden(self.layer(x), self.pool)
-        max_len = inputs.shape[1]
-        if self.padding == "mask":
-            x, _ = pool_sequence(x, lengths_mask(lengths, max_len), self.pool)
-            return x, pooled_lengths(lengths, self.pool, max_len)
-        x, _ = pool_sequence(x, torch.ones(inputs.shape, dtype=torch.bool, device=inputs.device), self.pool)
-        return x, None
+        # Precomputed: `rows` of every row, computed once before training (`run.precompute`).
+        x, head_lengths = (inputs, lengths) if self.kind == "precomputed" else self.rows(inputs, lengths)
+        return x, head_lengths if self.padding == "mask" else None
+
+    def rows(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`PooledLSTMClassifier.features` of token-id rows: (features, head lengths)."""
+        return frozen_features(ids, lengths, self.embeddings, self.layer, self.pool, self.padding)
+
+    def precomputed(self) -> None:
+        """From now on the group is given precomputed features (`frozen_features` of its rows), not token ids."""
+        if self.kind != "tokens":
+            raise ValueError(f"only a group on token ids reads precomputed features, not one on {self.kind} inputs")
+        self.kind = "precomputed"
 
 
 class SeedGroup(nn.Module):
@@ -328,6 +332,16 @@ def fit_group(
     precision = runtime.resolve_precision(cfg.precision, device)
     inputs, lengths = model_inputs(prepared, "train")
     inputs, lengths = inputs.to(device), lengths.to(device)
+    ahead = None
+    if precompute.applies(group.models[0], cfg.precompute_mb):
+        with prepared.phases.timed("precompute"):
+            ahead = precompute.train_features(group.features.rows, inputs, lengths, cfg.precompute_mb,
+                                              runtime.eval_batch_size(cfg, device), progress)
+    prepared.train_features_precomputed = ahead is not None
+    if ahead is not None:
+        # One copy of the frozen features serves every seed of the group.
+        (inputs, lengths) = ahead
+        group.features.precomputed()
     labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(device)
     test_inputs = model_inputs(prepared, "test") if cfg.eval_each_epoch else None
     optimizer = optimizer or make_optimizer(group, cfg.lr, cfg.adam_eps, device)
@@ -359,7 +373,7 @@ def fit_group(
                 model = group.models[s]
                 group.head.write_into(s, model.head)
                 net = fit.trained_network(model.to(device), prepared)
-                probs = fit.predict_inputs(net, *test_inputs, cfg.eval_batch_size, device, precision)
+                probs = fit.predict_inputs(net, *test_inputs, runtime.eval_batch_size(cfg, device), device, precision)
                 model.cpu()
                 stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
             histories[s].append(stats)

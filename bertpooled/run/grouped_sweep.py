@@ -47,6 +47,9 @@ class TrainedSeed:
     group_size: int
     checkpoints: list[tuple] = field(default_factory=list)
     """Per finished epoch: (model holding that epoch's head, its Adam, its order generator), as `fit` writes them."""
+    precomputed: bool = False
+    """Whether the group trained on precomputed frozen features (`run.precompute`), as a lone run would log it."""
+    precompute_seconds: float = 0.0
 
 
 def group_key(config: Config) -> str | None:
@@ -97,7 +100,9 @@ def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) ->
     histories = grouped.fit_group(group, prepared, device, progress=progress, on_epoch_end=keep)
     seconds = time.perf_counter() - start
     models = group.split()
-    return {seed: TrainedSeed(models[s], histories[s], seconds, len(seeds), snapshots[s]) for s, seed in enumerate(seeds)}
+    ahead = prepared.train_features_precomputed, prepared.phases.seconds.get("precompute", 0.0)
+    return {seed: TrainedSeed(models[s], histories[s], seconds, len(seeds), snapshots[s], *ahead)
+            for s, seed in enumerate(seeds)}
 
 
 class GroupedSeedPipeline(LSTMPipeline):
@@ -118,6 +123,9 @@ class GroupedSeedPipeline(LSTMPipeline):
                 checkpoints.write(epoch, *seed.checkpoints[epoch - 1], seed.history[:epoch])
         # The seed's share of the group's training, as its time/train_s (throughput/train follows from it).
         inputs.phases.seconds["train"] = self.trained_ahead_s
+        prepared.train_features_precomputed = seed.precomputed
+        if seed.precomputed:
+            inputs.phases.seconds["precompute"] = seed.precompute_seconds / seed.group_size
         result = fit.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history)
         result.metrics[TIME_GROUP_TRAIN] = seed.group_seconds
         return Trained(result.metrics, result.probabilities, (result.model, prepared.tokenizer), result.history)

@@ -39,6 +39,8 @@ class Prepared:
     test_features: features.Features | None = None
     """Frozen encoder features (cached on disk); None when the run computes them itself (embeddings, finetune)."""
     features_cache_hit: bool = False
+    train_features_precomputed: bool = False
+    """Whether training ran on the training rows' frozen features computed once (`run.precompute`)."""
     device: torch.device = torch.device("cpu")
     """Where the run computes, resolved once when it starts (`runtime.resolve_device`)."""
 
@@ -166,7 +168,7 @@ def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Mod
             encoder.to(device)
             try:
                 return features.load_or_compute(
-                    lambda: features.compute(encoder, toks.ids, toks.lengths, cfg.eval_batch_size, device, progress,
+                    lambda: features.compute(encoder, toks.ids, toks.lengths, runtime.eval_batch_size(cfg, device), device, progress,
                                              desc=f"features {name}"),
                     key=key, cache_dir=data.cache_dir(), rows=len(toks),
                     meta={"backbone": cfg.model, "split": name, "max_len": str(cfg.max_len), "inside": inside_spec(cfg)},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
 import random
 
 import numpy as np
@@ -36,6 +38,18 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+# Rows per evaluation batch when `eval_batch_size` is 0 (auto). On CPU a 512-row batch of MiniLM-width
+# activations (512 x 128 x 384 floats, 100 MB) overflows the caches and costs 3x more per row than 128 rows
+# (benchmarks/seed_protocol.md, "Evaluation batch"); a GPU wants wide batches. Predictions do not depend on it.
+AUTO_EVAL_BATCH = {"cpu": 128}
+AUTO_EVAL_BATCH_DEFAULT = 512
+
+
+def eval_batch_size(config: Config, device: torch.device) -> int:
+    """Rows per batch for evaluation and feature extraction: `eval_batch_size`, or with 0 (auto) by device."""
+    return config.eval_batch_size or AUTO_EVAL_BATCH.get(device.type, AUTO_EVAL_BATCH_DEFAULT)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -59,3 +73,29 @@ def threads_for(config: Config) -> int:
 
 def configure_threads(config: Config) -> None:
     torch.set_num_threads(threads_for(config))
+    keep_freed_memory()
+
+
+# glibc's mallopt parameters (malloc.h) and the values set: every size a run allocates per batch stays on the
+# heap (mmap threshold at glibc's maximum, 32 MiB) and freed memory is kept for the next batch (trim threshold
+# 1 GiB, top pad 64 MiB).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOPT = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 64 * 2**20))
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to reuse freed memory instead of returning it to the OS after every batch.
+
+    By default glibc serves each multi-MB tensor of a batch with a fresh mmap and unmaps it when freed, so
+    every batch pays page faults to zero-fill its activations again (millions of minor faults per run).
+    Keeping the memory mapped saves about a sixth of a default run's time, mostly in precomputing features
+    and evaluation, at the same peak RSS (benchmarks/seed_protocol.md, "Allocator"). The numbers a run
+    computes do not change. No-op (False) where the C library is not glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in _MALLOPT)
