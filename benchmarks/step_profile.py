@@ -2,6 +2,7 @@
 
     python benchmarks/step_profile.py                 # basic and pool, 1 thread -> Markdown on stdout
     python benchmarks/step_profile.py --threads 2
+    python benchmarks/step_profile.py --compile       # also torch.compile of the precomputed pool step's forward
 
 Synthetic data shaped like the default protocol (`grouped_seeds.Data`: MiniLM's embedding layer, batch 32,
 max_len 128, LSTM(16), fused Adam), the step `run.fit.fit` runs per batch: gather the batch's token ids,
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +30,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from bertpooled.run import precompute, runtime  # noqa: E402
 
 
-def step_fn(data: Data, pool: str, ahead: bool):
+def step_fn(data: Data, pool: str, ahead: bool, compiled: bool = False):
     model = data.model(pool, 0)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-3, eps=1e-7, fused=True)
     inputs, lengths, net = data.ids, data.lengths, model
     if ahead:
         inputs, lengths = precompute.train_features(model.features, data.ids, data.lengths, 1 << 30, 128)
         net = model.classify
+    if compiled:
+        net = torch.compile(net)
     perm = torch.randperm(data.rows)
     state = {"i": 0}
 
@@ -58,12 +62,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--compile", action="store_true", help="only: torch.compile of the precomputed pool forward vs eager")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runtime.keep_freed_memory()  # as a run does
     data = Data(args.rows)
     print(f"- machine: {describe()}\n- torch threads: {args.threads}; command: `python benchmarks/step_profile.py"
-          f"{f' --threads {args.threads}' if args.threads != 1 else ''}`\n")
+          f"{f' --threads {args.threads}' if args.threads != 1 else ''}{' --compile' if args.compile else ''}`\n")
+    if args.compile:
+        for compiled in (False, True):
+            step = step_fn(data, "avg:2x2", True, compiled)
+            start = time.perf_counter()
+            step()
+            first = time.perf_counter() - start
+            wall = median_ms(step, args.steps, args.repeats, warmup=5)
+            print(f"- pool, precomputed, {'torch.compile' if compiled else 'eager'}: first step {first:.1f} s, "
+                  f"then {wall:.2f} ms per step (median of {args.repeats} x {args.steps} steps)")
+        return
     for label, pool, ahead in (("basic", "none", False), ("pool", "avg:2x2", False), ("pool, precomputed", "avg:2x2", True)):
         step = step_fn(data, pool, ahead)
         wall = median_ms(step, args.steps, args.repeats, warmup=10)
