@@ -1,6 +1,6 @@
 """The GPU device script rehearsed on CPU: pack.sh's data and model steps, then every stage of run_on_device.sh
-(setup, check, `mlflow run` for both original modes, the fine-tuned `bertpooled sweep` per pooling group,
-compare-runs) with SMOKE=1 on a tiny 5-layer BERT and a tiny IMDB archive."""
+(setup, check, `mlflow run` for both original modes, the fine-tuned `bertpooled sweep` per pooling group, the
+grouped-seeds sweep of issue 13, compare-runs) with SMOKE=1 on a tiny 5-layer BERT and a tiny IMDB archive."""
 
 from __future__ import annotations
 
@@ -50,12 +50,12 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
 
     assert {t.dtype for t in load_file(str(payload / "minilm" / "model.safetensors")).values()} == {__import__("torch").float16}
 
-    result = subprocess.run(["bash", str(GPU / "run_on_device.sh"), "setup", "check", "originals", "study", "report"],
+    result = subprocess.run(["bash", str(GPU / "run_on_device.sh"), "setup", "check", "originals", "study", "seeds", "report"],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     log = (out / "device.log").read_text()
     assert result.returncode == 0, log[-4000:]
     assert {p.name for p in out.iterdir()} == {"device.log", "mlflow.db.xz", "artifacts.tar.xz", "report-study.md",
-                                               "report-original.md"}
+                                               "report-original.md", "seeds.md"}
     # The float16 payload was upcast: training starts from float32 weights.
     assert {t.dtype for t in load_file(str(work / "minilm" / "model.safetensors")).values()} == {__import__("torch").float32}
 
@@ -69,6 +69,10 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
     finished = {(name, variant) for name, status, variant in rows if status == "FINISHED"}
     assert rows and all(status == "FINISHED" for _, status, _ in rows), rows
     assert {("gpu-original", None)} <= finished and ("gpu-check", "encoder-ft-avg:2x1@layer:2") in finished
+    # `seeds`: both original modes, 2 seeds each in SMOKE, every mode's seeds trained in one loop.
+    assert [name for name, _, _ in rows].count("gpu-seeds") == 4
+    seeds = (out / "seeds.md").read_text()
+    assert "| basic | 2 | cpu |" in seeds and "| pool | 2 | cpu |" in seeds and "Both modes' group training" in seeds
     assert {v for name, v in finished if name == "gpu-study"} == {
         "encoder-ft", "encoder-ft-avg:2x1@layer:1", "encoder-ft-avg:2x1@layer:2", "encoder-ft-avg:2x1@layer:3",
         "encoder-ft-avg:2x1@layer:2,layer:4", "encoder-ft-avg:2x1@output"}
@@ -82,9 +86,9 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
     assert "basic" in (out / "report-original.md").read_text()
 
     # A second call skips what is done and still brings everything back (the device is called in several steps).
-    again = subprocess.run(["bash", str(GPU / "run_on_device.sh"), "originals", "study"], env=env, cwd=ROOT,
+    again = subprocess.run(["bash", str(GPU / "run_on_device.sh"), "originals", "study", "seeds"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and (out / "device.log").read_text().count("done earlier") == 8
+    assert again.returncode == 0 and (out / "device.log").read_text().count("done earlier") == 9
 
 
 def test_a_model_logged_where_only_mlflow_skinny_is_installed_pins_mlflow_skinny(monkeypatch):

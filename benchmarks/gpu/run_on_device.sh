@@ -8,6 +8,8 @@
 #   check      one smoke-sized `bertpooled train` on the device: fails in seconds if the packed MLflow is incomplete
 #   originals  `mlflow run . --env-manager local -P device=cuda` for mode=basic and mode=pool (default protocol)
 #   study      `bertpooled sweep`, fine-tuned, once per pooling group (STUDY_GROUPS), $SEEDS seeds, $EPOCHS epochs
+#   seeds      issue 13 on the GPU: `bertpooled sweep --group-seeds`, both original modes x $SEED_GROUP seeds (10),
+#              the default protocol; writes $OUT/seeds.md (each group's training time, a seed's share of a step)
 #   report     `bertpooled compare-runs` for both experiments
 # Every step runs under `timeout`; every stage is skipped once done (markers in $WORK/done), and an interrupted
 # sweep resumes under its own parent run. Whatever happens, the call ends by writing under $OUT: device.log
@@ -25,8 +27,10 @@ OUT="${OUT:?set OUT to the folder whose files come back}"
 SMOKE="${SMOKE:-0}"
 if [ "$SMOKE" = 1 ]; then
   DEVICE="${DEVICE:-cpu}" SEEDS="${SEEDS:-1}" EPOCHS="${EPOCHS:-1}" CONFIG="${CONFIG:-experiments/smoke.yaml}"
+  SEED_GROUP="${SEED_GROUP:-2}"
 else
   DEVICE="${DEVICE:-cuda}" SEEDS="${SEEDS:-3}" EPOCHS="${EPOCHS:-3}" CONFIG="${CONFIG:-experiments/default.yaml}"
+  SEED_GROUP="${SEED_GROUP:-10}"
 fi
 MODEL="${MODEL:-$WORK/minilm}"
 DATA="${DATA:-$WORK/aclImdb.tar.xz}"
@@ -94,7 +98,7 @@ EOF
 import sys
 import mlflow
 work = sys.argv[1]
-for name in ("gpu-original", "gpu-study", "gpu-check"):
+for name in ("gpu-original", "gpu-study", "gpu-check", "gpu-seeds"):
     if mlflow.get_experiment_by_name(name) is None:
         # Artifacts under $WORK too, not in the repository copy: collect() packs them from there.
         mlflow.create_experiment(name, artifact_location=f"{work}/artifacts/{name}")
@@ -140,6 +144,15 @@ study() {
   done <<<"$STUDY_GROUPS"
 }
 
+seeds() {
+  [ -f "$WORK/done/seeds" ] && { say "seeds: done earlier"; return 0; }
+  # The original protocol as `mlflow run` trains it (no fine-tuning, the config's epochs), every seed of a mode in one loop.
+  step seeds python -m bertpooled sweep --experiment gpu-seeds --modes basic,pool --seeds "$SEED_GROUP" --group-seeds \
+    --config "$CONFIG" --device "$DEVICE" --model "$MODEL" --data "$DATA" --format markdown --no-progress \
+    && step seeds-summary python3 "$REPO/benchmarks/gpu/seeds_summary.py" gpu-seeds "$OUT/seeds.md" \
+    && touch "$WORK/done/seeds"
+}
+
 report() {
   step report-study python -m bertpooled compare-runs --experiment gpu-study --group-by variant \
     --baseline encoder-ft --format markdown --output "$WORK/report-study" \
@@ -163,7 +176,7 @@ collect() {
   ls -la "$OUT" >>"$LOG"
 }
 
-[ $# -gt 0 ] || { echo "usage: OUT=... $0 setup|check|originals|study[:GROUP,...]|report ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: OUT=... $0 setup|check|originals|study[:GROUP,...]|seeds|report ..." >&2; exit 2; }
 say "run_on_device: $* (device=$DEVICE seeds=$SEEDS epochs=$EPOCHS config=$CONFIG smoke=$SMOKE)"
 for stage in "$@"; do
   case "$stage" in
@@ -172,6 +185,7 @@ for stage in "$@"; do
     originals) originals ;;
     study) study ;;
     study:*) study "${stage#study:}" ;;
+    seeds) seeds ;;
     report) report ;;
     *) say "unknown stage $stage"; STATUS=2 ;;
   esac
