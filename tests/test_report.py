@@ -374,6 +374,17 @@ def test_runs_whose_configs_differ_beyond_group_and_seed_are_refused_in_one_line
     assert "--group-by mode,epochs" in message
 
 
+def test_runs_that_differ_only_in_precompute_mb_compare_and_their_training_time_is_marked():
+    marks = {"params.config/precompute_mb": "0", "metrics.train_features/cache_hit": 0.0}
+    runs, preds = study(SAME, pool_extra={"params.config/precompute_mb": "1024", "metrics.train_features/cache_hit": 1.0})
+    for column, value in marks.items():
+        runs.loc[runs["params.config/mode"] == "basic", column] = value
+    report = build_report(runs, preds)
+    (comparison,) = report.comparisons
+    assert comparison.cache_differs == ["train_features"]
+    assert "total time and training time compare cache states, not modes." in comparison.verdict
+
+
 def test_grouping_by_the_differing_field_keeps_the_runs_apart():
     runs, preds = study(SAME, pool_extra={"params.config/epochs": "3"})
     report = build_report(runs, preds, group_by="mode,epochs")

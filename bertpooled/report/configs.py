@@ -15,9 +15,10 @@ from bertpooled.errors import BertpooledError
 from bertpooled.report.records import RunRecord
 
 #: Config fields that may differ between paired runs: the seed (pairing is by seed), the data path (the
-#: data itself is compared by its digest, `data/digest`) and settings the config documents as having no
-#: effect on results or costs.
-_FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size")
+#: data itself is compared by its digest, `data/digest`), settings the config documents as having no
+#: effect on results or costs, and `precompute_mb`, which changes no result and whose effect on time the
+#: report marks itself (`train_features` cache hits, `contract.CACHED_PHASES`).
+_FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size", "precompute_mb")
 #: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given; `variant` (the
 #: encoder runs' tag) spells out its features, fine-tuning, pooling and where the pooling sits.
 _DERIVED_CONFIG_FIELDS = {"mode": ("pool",), "variant": ("features", "finetune", "pool", "pool_at")}
