@@ -116,12 +116,7 @@ def fit(
     inputs, lengths = model_inputs(prepared, "train")
     ids, lengths = inputs.to(device), lengths.to(device)
     net = eval_net = trained_network(model, prepared)
-    ahead = None
-    if precompute.applies(net, cfg.precompute_mb):
-        with prepared.phases.timed("precompute"):
-            ahead = precompute.train_features(net.features, ids, lengths, cfg.precompute_mb,
-                                              runtime.eval_batch_size(cfg, device), progress)
-    prepared.train_features_precomputed = ahead is not None
+    ahead = precompute.before_training(net, getattr(net, "features", None), ids, lengths, prepared, progress)
     if ahead is not None:
         # The frozen features of every training row, computed once: a step runs the head alone.
         (ids, lengths), net = ahead, FeatureHead(model)

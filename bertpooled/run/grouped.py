@@ -332,12 +332,7 @@ def fit_group(
     precision = runtime.resolve_precision(cfg.precision, device)
     inputs, lengths = model_inputs(prepared, "train")
     inputs, lengths = inputs.to(device), lengths.to(device)
-    ahead = None
-    if precompute.applies(group.models[0], cfg.precompute_mb):
-        with prepared.phases.timed("precompute"):
-            ahead = precompute.train_features(group.features.rows, inputs, lengths, cfg.precompute_mb,
-                                              runtime.eval_batch_size(cfg, device), progress)
-    prepared.train_features_precomputed = ahead is not None
+    ahead = precompute.before_training(group.models[0], group.features.rows, inputs, lengths, prepared, progress)
     if ahead is not None:
         # One copy of the frozen features serves every seed of the group.
         (inputs, lengths) = ahead

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bertpooled.model.heads import PooledLSTMClassifier
+from bertpooled.run import runtime
 
 MIB = 2**20
 
@@ -56,4 +57,18 @@ def train_features(features: Features, ids: torch.Tensor, lengths: torch.Tensor,
     return out, out_lengths
 
 
-__all__ = ["Features", "applies", "train_features"]
+def before_training(model: torch.nn.Module, features: Features, ids: torch.Tensor, lengths: torch.Tensor, prepared,
+                    progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What a training loop calls first: the features when `model` `applies` and they fit the run's budget, timed
+    as the run's `precompute` phase and recorded in `prepared.train_features_precomputed`; else None."""
+    cfg = prepared.config
+    ahead = None
+    if applies(model, cfg.precompute_mb):
+        with prepared.phases.timed("precompute"):
+            ahead = train_features(features, ids, lengths, cfg.precompute_mb,
+                                   runtime.eval_batch_size(cfg, prepared.device), progress)
+    prepared.train_features_precomputed = ahead is not None
+    return ahead
+
+
+__all__ = ["Features", "applies", "before_training", "train_features"]
