@@ -89,7 +89,7 @@ class Config:
     data_seed: int = 0
     """Seed for the label-balanced subsets, kept apart so that all model seeds see the same examples."""
     eval_batch_size: int = 0
-    """Batch size for evaluation and feature extraction (no effect on results); 0 = auto: 128 on CPU (a 512-row batch's activations overflow the CPU caches: 3x slower per row), 512 on a GPU."""
+    """Batch size for evaluation and feature extraction (no effect on results); 0 = auto: 128 on CPU (a 512-row batch's activations overflow the CPU caches: 2-3x slower per row), 512 on a GPU."""
     precompute_mb: int = 1024
     """Compute the training rows' frozen features once per run, not per batch, when they take at most this many MiB (float32, same numbers; the default protocol's pool: 879, basic: 3,516); 0 = never."""
     eval_each_epoch: bool = False

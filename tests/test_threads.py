@@ -31,5 +31,8 @@ def test_freed_memory_is_kept_on_glibc_and_left_alone_elsewhere(monkeypatch):
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert runtime.keep_freed_memory() is True
         assert runtime.keep_freed_memory() is True  # idempotent
+    monkeypatch.setenv("BERTPOOLED_KEEP_FREED_MEMORY", "0")
+    assert runtime.keep_freed_memory() is False
+    monkeypatch.delenv("BERTPOOLED_KEEP_FREED_MEMORY")
     monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
     assert runtime.keep_freed_memory() is False

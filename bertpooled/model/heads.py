@@ -210,7 +210,7 @@ class FeatureHead(nn.Module):
     `classify` (EncoderLSTMClassifier on cached encoder output, PooledLSTMClassifier on precomputed inputs),
     sharing its head."""
 
-    def __init__(self, model: EncoderLSTMClassifier) -> None:
+    def __init__(self, model: "EncoderLSTMClassifier | PooledLSTMClassifier") -> None:
         super().__init__()
         self.head = model.head
         self._classify = model.classify

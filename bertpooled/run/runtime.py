@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import random
 
@@ -39,7 +40,7 @@ def autocast(device: torch.device, precision: str):
 
 
 # Rows per evaluation batch when `eval_batch_size` is 0 (auto). On CPU a 512-row batch of MiniLM-width
-# activations (512 x 128 x 384 floats, 100 MB) overflows the caches and costs 3x more per row than 128 rows
+# activations (512 x 128 x 384 floats, 100 MB) overflows the caches and costs 2-3x more per row than 128 rows
 # (benchmarks/seed_protocol.md, "Evaluation batch"); a GPU wants wide batches. Predictions do not depend on it.
 AUTO_EVAL_BATCH = {"cpu": 128}
 AUTO_EVAL_BATCH_DEFAULT = 512
@@ -88,10 +89,13 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves each multi-MB tensor of a batch with a fresh mmap and unmaps it when freed, so
     every batch pays page faults to zero-fill its activations again (millions of minor faults per run).
-    Keeping the memory mapped saves about a sixth of a default run's time, mostly in precomputing features
-    and evaluation, at the same peak RSS (benchmarks/seed_protocol.md, "Allocator"). The numbers a run
-    computes do not change. No-op (False) where the C library is not glibc.
+    Keeping the memory mapped saves time mostly in precomputing features and in evaluation, for 40-60 MB more
+    peak RSS (benchmarks/seed_protocol.md, "Allocator"). The numbers a run
+    computes do not change. No-op (False) where the C library is not glibc, or with the environment variable
+    BERTPOOLED_KEEP_FREED_MEMORY=0 (glibc's defaults, e.g. to measure the difference).
     """
+    if os.environ.get("BERTPOOLED_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
