@@ -27,7 +27,8 @@ INITS = ("keras", "torch")
 REFERENCE_TEXTS = ("tokens", "full")
 PRECISIONS = ("auto", "fp32", "bf16")
 # Settings older configs and logged runs still carry, mapped onto today's fields (see `load_config`).
-# amp=true was bf16 autocast on CUDA and nothing on CPU: exactly precision=auto; amp=false was fp32 everywhere.
+# amp=true was bf16 autocast on CUDA and nothing on CPU: precision=auto (which since also picks bf16 for encoder work
+# on a CPU with native bf16); amp=false was fp32 everywhere.
 LEGACY_SETTINGS = {"amp": lambda value: {"precision": "auto" if _coerce_bool("amp", value) else "fp32"}}
 EXPERIMENTS_DIR = Path("experiments")
 # The project's own experiment files, for a checkout or editable install run from another folder.
@@ -97,7 +98,7 @@ class Config:
     num_threads: int = 0
     """CPU threads for torch; 0 = auto: 1 for runs that train the head on input embeddings, all cores when a backbone runs (features=encoder)."""
     precision: str = "auto"
-    """Autocast in training and prediction: `auto` (bf16 on CUDA, fp32 elsewhere), `fp32`, or `bf16` (CUDA only). Replaces `amp`."""
+    """Autocast in training and prediction: `auto` (bf16 on CUDA, and for encoder work on a CPU with AVX512-BF16 or AMX; fp32 elsewhere), `fp32`, or `bf16`. Replaces `amp`."""
     reference_text: str = "tokens"
     """What `reference` mode reads: `tokens` (the first max_len tokens, decoded: what the LSTM sees) or `full` (the whole review)."""
     latency_texts: int = 32
@@ -179,9 +180,9 @@ class Config:
             _bad("reference_text", self.reference_text, " or ".join(REFERENCE_TEXTS))
         self.precision = str(self.precision).strip().lower()
         if self.precision not in PRECISIONS:
-            _bad("precision", self.precision, " or ".join(PRECISIONS) + " (auto = bf16 on CUDA, fp32 on CPU)")
-        if self.precision == "bf16" and self.device in ("cpu", "mps"):
-            _bad("precision", self.precision, f"fp32 or auto with device={self.device} (bf16 autocast runs on CUDA only)")
+            _bad("precision", self.precision, " or ".join(PRECISIONS) + " (auto = bf16 on CUDA and for encoder work on a bf16 CPU, else fp32)")
+        if self.precision == "bf16" and self.device == "mps":
+            _bad("precision", self.precision, "fp32 or auto with device=mps (bf16 autocast runs on CUDA or a bf16-capable CPU)")
         self.features = str(self.features).strip().lower()
         if self.features not in FEATURES:
             _bad("features", self.features, " or ".join(FEATURES))

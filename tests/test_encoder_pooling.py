@@ -238,8 +238,11 @@ def test_every_encoder_variant_trains_logs_its_cost_and_serves_without_pickle(st
     finetune = "finetune=true" in sets
     assert ("features/cache_hit" in metrics) == (not finetune)
     assert (metrics["params/backbone_trainable"] > 0) == finetune
-    # On CPU: fp32, no GPU-only cost metrics.
-    assert run.data.params["runtime/precision"] == "fp32" and run.data.params["config/precision"] == "auto"
+    # On CPU: auto is bf16 for encoder work where the CPU has it natively, else fp32; no GPU-only cost metrics.
+    from bertpooled.model.inference import cpu_has_bf16
+
+    expected_precision = "bf16" if cpu_has_bf16() else "fp32"
+    assert run.data.params["runtime/precision"] == expected_precision and run.data.params["config/precision"] == "auto"
     assert "runtime/gpu" not in run.data.params and not [k for k in metrics if k.endswith("_b256")]
 
     mlflow.set_tracking_uri(store)

@@ -163,21 +163,18 @@ def test_fine_tuning_with_pooling_trains_the_backbone_and_the_head(store, tiny_b
 # --- precision ------------------------------------------------------------------------------------------------
 
 
-def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_and_bf16_off_cuda_is_refused():
+def test_precision_auto_is_bf16_on_cuda_and_fp32_on_cpu_for_the_head_alone():
     assert runtime.resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert runtime.resolve_precision("auto", torch.device("cuda")) == "bf16"
     assert runtime.resolve_precision("fp32", torch.device("cuda")) == "fp32"
     assert runtime.resolve_precision("bf16", torch.device("cuda:1")) == "bf16"
-    with pytest.raises(BertpooledError, match="precision=bf16 needs a CUDA device.*precision=fp32 or auto") as err:
-        runtime.resolve_precision("bf16", torch.device("cpu"))
-    assert "\n" not in str(err.value)
-    with pytest.raises(BertpooledError, match="precision='bf16' is not valid.*device=cpu"):
-        load_config(overrides={"precision": "bf16", "device": "cpu"})
+    # bf16 on CPU: tests/test_bf16_cpu.py
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_bf16_with_device_auto_fails_in_check_before_any_run_on_a_machine_without_cuda(tiny_bert):
-    with pytest.raises(BertpooledError, match="precision=bf16 needs a CUDA device"):
+def test_bf16_with_device_auto_fails_in_check_before_any_run_on_a_machine_without_cuda_or_bf16(tiny_bert, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    with pytest.raises(BertpooledError, match="precision=bf16 needs a CUDA GPU or a CPU with AVX512-BF16"):
         prepare.check(load_config(overrides={"model": str(tiny_bert), "precision": "bf16", "max_len": 16}))
 
 

@@ -8,6 +8,8 @@ the unpooled encoder and every output pooling.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -41,10 +43,11 @@ def cache_key(backbone_fingerprint: str, subset_digest: str, split: str, max_len
 
 @torch.no_grad()
 def compute(encoder: torch.nn.Module, ids: np.ndarray, lengths: np.ndarray, batch_size: int, device: torch.device,
-            progress: bool | None = None, desc: str = "features") -> Features:
+            progress: bool | None = None, desc: str = "features", autocast=contextlib.nullcontext) -> Features:
     """Run the frozen backbone over every row, in batches; the only place a run's dataset meets the backbone.
 
-    `encoder(ids, mask)` -> (hidden, mask), the mask True at each row's first `length` positions.
+    `encoder(ids, mask)` -> (hidden, mask), the mask True at each row's first `length` positions. `autocast()`: the
+    context each forward pass runs in (the run's precision).
     """
     encoder.eval()
     hidden_parts, length_parts = [], []
@@ -53,7 +56,8 @@ def compute(encoder: torch.nn.Module, ids: np.ndarray, lengths: np.ndarray, batc
     for start in bar:
         x = torch.from_numpy(ids[start : start + batch_size]).long().to(device)
         n = torch.from_numpy(lengths[start : start + batch_size]).long().to(device)
-        hidden, mask = encoder(x, torch.arange(x.shape[1], device=n.device).unsqueeze(0) < n.unsqueeze(1))
+        with autocast():
+            hidden, mask = encoder(x, torch.arange(x.shape[1], device=n.device).unsqueeze(0) < n.unsqueeze(1))
         hidden_parts.append(hidden.to(STORED_DTYPE).cpu())
         length_parts.append(mask.sum(1).to(torch.int32).cpu())
     if not hidden_parts:

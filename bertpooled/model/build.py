@@ -36,6 +36,9 @@ class ModelSpec:
     """features=embedding_layer: the LayerNorm's epsilon."""
     backbone_config: dict[str, Any] | None = field(default=None, compare=False)
     """features=encoder: the backbone's architecture as JSON, so serving rebuilds it without its folder."""
+    precision: str | None = None
+    """features=encoder: the run's `precision` setting (`auto`, `fp32`, `bf16`), which serving resolves on its own
+    machine (`inference.serving_precision`); None for the head-only modes and models logged before it existed."""
 
     def to_json(self) -> dict[str, Any]:
         """`model_config.json`: plain values, pooling in its canonical spelling; unset extras left out."""

@@ -149,7 +149,7 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
             "runtime/torch": torch.__version__,
             "runtime/threads": torch.get_num_threads(),
             "runtime/device": str(device),
-            "runtime/precision": runtime.resolve_precision(config.precision, device),
+            "runtime/precision": runtime.precision_for(config, device),
             **cost.runtime_params(device),
             "runtime/machine": platform.machine(),
         },

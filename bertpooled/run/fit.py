@@ -64,7 +64,7 @@ def model_spec(config, model: torch.nn.Module) -> ModelSpec:
         return spec_of(config, layer_norm_eps=model.layer.eps)
     if config.features == "encoder":
         # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
-        return spec_of(config, backbone_config=model.encoder.model.config.to_dict())
+        return spec_of(config, backbone_config=model.encoder.model.config.to_dict(), precision=config.precision)
     return spec_of(config)
 
 
@@ -110,7 +110,7 @@ def fit(
     Longer than most functions here on purpose: the whole training loop reads in one place.
     """
     cfg = prepared.config
-    precision = runtime.resolve_precision(cfg.precision, device)
+    precision = runtime.precision_for(cfg, device)
     # The whole training set is a few MB of token ids (or the cached features): on a GPU it lives there, so a
     # step copies nothing.
     inputs, lengths = model_inputs(prepared, "train")
@@ -208,7 +208,7 @@ def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[E
 
     cfg, phases = prepared.config, prepared.phases
     device = prepared.device
-    precision = runtime.resolve_precision(cfg.precision, device)
+    precision = runtime.precision_for(cfg, device)
     with phases.timed("eval"):
         net = trained_network(model, prepared)
         probs = predict_inputs(net, *model_inputs(prepared, "test"), runtime.eval_batch_size(cfg, device), device, precision)

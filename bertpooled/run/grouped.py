@@ -329,7 +329,7 @@ def fit_group(
     from tqdm.auto import tqdm
 
     cfg = prepared.config
-    precision = runtime.resolve_precision(cfg.precision, device)
+    precision = runtime.precision_for(cfg, device)
     inputs, lengths = model_inputs(prepared, "train")
     inputs, lengths = inputs.to(device), lengths.to(device)
     ahead = precompute.before_training(group.models[0], group.features.rows, inputs, lengths, prepared, progress)

@@ -77,7 +77,7 @@ def check(config: Config) -> backbone.BackboneInfo:
     if spec.out_hidden(info.hidden_size) < 1:
         raise BertpooledError(f"config: pool={spec} pools away all {info.hidden_size} features of {config.model!r}")
     data.check_source(config.data)
-    runtime.resolve_precision(config.precision, runtime.resolve_device(config.device))
+    runtime.precision_for(config, runtime.resolve_device(config.device))
     return info
 
 
@@ -150,6 +150,13 @@ def inside_spec(config: Config) -> str:
     return f"{spec}@{config.position}" if config.position.where == "layer" and not spec.is_identity else "none"
 
 
+def features_key_part(config: Config, precision: str) -> str:
+    """`inside_spec`, plus the autocast the features were computed in when it is not fp32 (fp32 entries keep
+    the keys they always had; bf16 features differ from fp32 ones in the low bits, so they are another entry)."""
+    inside = inside_spec(config)
+    return inside if precision == "fp32" else f"{inside}|{precision}"
+
+
 def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None) -> None:
     """Load the backbone; when frozen, fill in its features for both splits from the disk cache or by running it."""
     cfg = prepared.config
@@ -157,21 +164,26 @@ def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Mod
     if cfg.finetune:
         return
     device = prepared.device
+    precision = runtime.precision_for(cfg, device)
     encoder = encoder_for(cfg, prepared.backbone_model)
     print_key = backbone.fingerprint(prepared.backbone_model)
     hits, made = [], {}
     for name, split, toks in (("train", prepared.train, prepared.train_tokens), ("test", prepared.test, prepared.test_tokens)):
         subset = data_digest_of(prepared.imdb.digest, split.ids)
-        key = features.cache_key(print_key, subset, name, cfg.max_len, inside_spec(cfg))
+        key = features.cache_key(print_key, subset, name, cfg.max_len, features_key_part(cfg, precision))
 
-        def make(toks=toks, key=key, name=name):
+        def run_backbone(toks=toks, name=name):
+            # The frozen backbone runs in the run's precision (bf16 on CUDA and on a bf16 CPU by default).
+            return features.compute(encoder, toks.ids, toks.lengths, runtime.eval_batch_size(cfg, device), device,
+                                    progress, desc=f"features {name}", autocast=lambda: runtime.autocast(device, precision))
+
+        def make(key=key, name=name, run_backbone=run_backbone):
             encoder.to(device)
             try:
                 return features.load_or_compute(
-                    lambda: features.compute(encoder, toks.ids, toks.lengths, runtime.eval_batch_size(cfg, device), device, progress,
-                                             desc=f"features {name}"),
-                    key=key, cache_dir=data.cache_dir(), rows=len(toks),
-                    meta={"backbone": cfg.model, "split": name, "max_len": str(cfg.max_len), "inside": inside_spec(cfg)},
+                    run_backbone, key=key, cache_dir=data.cache_dir(), rows=len(toks),
+                    meta={"backbone": cfg.model, "split": name, "max_len": str(cfg.max_len), "inside": inside_spec(cfg),
+                          "precision": precision},
                 )
             finally:
                 encoder.cpu()

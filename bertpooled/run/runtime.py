@@ -12,6 +12,7 @@ import torch
 
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
+from bertpooled.model.inference import cpu_has_bf16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,17 +26,39 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> `bf16` on CUDA, `fp32` elsewhere; `bf16` off CUDA is a user error (autocast to bf16 is for GPUs here)."""
+def uses_backbone(config: Config) -> bool:
+    """Whether the run computes through the backbone's encoder (frozen features or fine-tuning), not only the head."""
+    return config.features == "encoder"
+
+
+def resolve_precision(precision: str, device: torch.device, backbone_work: bool = False) -> str:
+    """The autocast a run uses: `fp32` or `bf16`.
+
+    `auto`: bf16 on CUDA; on a CPU with native bf16 (`cpu_has_bf16`) bf16 for backbone work only, so the original's
+    two modes (an LSTM(16) head on embedding-layer features) keep their fp32 numbers bitwise; fp32 elsewhere.
+    `bf16` on a CPU without native bf16, or on MPS, is a user error (one line, before any run exists).
+    """
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type != "cuda":
-        raise BertpooledError(f"config: precision=bf16 needs a CUDA device, and this run is on {device}: use precision=fp32 or auto")
+        if device.type == "cuda":
+            return "bf16"
+        return "bf16" if device.type == "cpu" and backbone_work and cpu_has_bf16() else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise BertpooledError(
+            "config: precision=bf16 needs a CUDA GPU or a CPU with AVX512-BF16 or AMX, and this CPU has neither: "
+            "use precision=fp32 or auto"
+        )
+    if precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise BertpooledError(f"config: precision=bf16 runs on CUDA or a bf16-capable CPU, not {device}: use precision=fp32 or auto")
     return precision
 
 
+def precision_for(config: Config, device: torch.device) -> str:
+    """`resolve_precision` for a run's config: the one call every phase of a run makes."""
+    return resolve_precision(config.precision, device, backbone_work=uses_backbone(config))
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast for a resolved `precision` of bf16 (CUDA only, see resolve_precision); a no-op for fp32."""
+    """bf16 autocast for a resolved `precision` of bf16 (CUDA, or a CPU with native bf16); a no-op for fp32."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 

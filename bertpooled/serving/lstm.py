@@ -26,7 +26,12 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
             self.config = json.load(fh)
         self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
         # The same spec and builder training used (models logged before a field existed get its old default).
-        self.model = from_state(ModelSpec.from_json(self.config), load_file(context.artifacts["weights"]))
+        spec = ModelSpec.from_json(self.config)
+        self.model = from_state(spec, load_file(context.artifacts["weights"]))
+        from bertpooled.model.inference import serving_precision
+
+        # An encoder predicts in bf16 where its run asked for it (or for `auto`) and this machine has it natively.
+        self.precision = serving_precision(spec.precision, spec.features == "encoder")
 
     # Returns a DataFrame (probability, label, sentiment), unannotated: MLflow infers output schemas only from
     # list[...] hints, logs "Failed to infer output type hint" for a DataFrame one and warns about Any.
@@ -36,7 +41,8 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         # MLflow hands predict a list[str], as the type hint asks, whatever the caller passed.
         texts = [str(text) for text in model_input]
         # No texts, no predictions: an empty frame with the same columns (the tokenizer fails on an empty batch).
-        probs = predict_texts(self.model, self.tokenizer, texts, self.config["max_len"]) if texts else np.zeros(0)
+        probs = predict_texts(self.model, self.tokenizer, texts, self.config["max_len"],
+                              precision=getattr(self, "precision", "fp32")) if texts else np.zeros(0)
         labels = (probs >= 0.5).astype(np.int64)
         return pd.DataFrame(
             {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}
