@@ -27,7 +27,7 @@ for seed in "${seeds[@]}"; do
   for v in unpooled layer2 layer2_4 output; do
     echo "== $(date -u +%FT%TZ) seed $seed $v"
     # shellcheck disable=SC2086
-    $BP sweep ${VARIANT[$v]} --seed-list "$seed" "${COMMON[@]}" --format text
+    $BP sweep ${VARIANT[$v]} --seed-list "$seed" "${COMMON[@]}" --format markdown
   done
 done
 echo "== $(date -u +%FT%TZ) done"
