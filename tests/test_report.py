@@ -496,3 +496,27 @@ def test_quality_metrics_score_predictions_at_the_contract_threshold():
     assert scores["f1"] == pytest.approx(0.8)
     assert scores["roc_auc"] == pytest.approx(0.875)
     assert math.isnan(contract.ROC_AUC.score(np.array([1, 1]), np.array([0.3, 0.8])))
+
+
+def test_no_ratio_of_a_phase_that_took_under_ten_milliseconds_on_either_side():
+    runs, preds = study(SAME)
+    # Issue 24: 0.327 s over 3.96 us printed as "82651.30x".
+    runs["metrics.time/features_s"] = np.where(runs["params.config/mode"] == "pool", 0.327, 3.96e-6)
+    runs["metrics.time/tokenize_s"] = np.where(runs["params.config/mode"] == "pool", 0.5, 0.25)
+    (comparison,) = build_report(runs, preds).comparisons
+    assert math.isnan(comparison.ratios["time/features_s"])
+    assert comparison.ratios["time/tokenize_s"] == pytest.approx(2.0)
+    markdown = build_report(runs, preds).to_markdown()
+    assert "82651" not in markdown and "under 10 ms" in markdown
+
+
+def test_no_parameter_ratio_between_model_families():
+    rows, preds = [], {}
+    for seed, (b, r) in enumerate(zip((850, 860, 855), SAME)):
+        rows.append(run_row(f"basic{seed}", "basic", seed, b, total_s=100.0, train_s=80.0))
+        rows.append(run_row(f"reference{seed}", "reference", seed, r, total_s=20.0, train_s=5.0, head=8_000))
+        preds[f"basic{seed}"], preds[f"reference{seed}"] = predictions(b), predictions(r)
+    runs = pd.DataFrame(rows)
+    (comparison,) = build_report(runs, preds).comparisons
+    assert math.isnan(comparison.ratios["params/head"]) and comparison.ratios["time/total_s"] == pytest.approx(0.2)
+    assert "head parameters" not in comparison.verdict
