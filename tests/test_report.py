@@ -371,7 +371,34 @@ def test_runs_whose_configs_differ_beyond_group_and_seed_are_refused_in_one_line
     message = str(caught.value)
     assert "\n" not in message
     assert "epochs (3, 4)" in message and "max_len (128, 64)" in message
-    assert "--group-by mode,epochs" in message
+    assert "--group-by mode,epochs,max_len" in message  # every field it lists, not the first only
+
+
+def test_with_no_selection_a_mixed_experiment_reports_its_newest_comparable_set_and_names_the_others():
+    # Issue 24: the quick-start run (10 epochs, all data) and a sweep (2 epochs, capped) in one experiment.
+    runs, preds = study(SAME)
+    runs["params.config/epochs"] = "2"
+    runs["tags.mlflow.parentRunId"] = "sweep-parent"
+    quick = run_row("quick", "pool", 0, 860, extra={"params.config/epochs": "10", "params.config/max_train_examples": "0"})
+    runs["params.config/max_train_examples"] = "1000"
+    runs = pd.concat([pd.DataFrame([quick]), runs], ignore_index=True)  # newest first, as MLflow lists them
+    runs["start_time"] = pd.Timestamp("2026-01-01")
+    runs.loc[runs["run_id"] == "quick", "start_time"] = pd.Timestamp("2026-01-02")
+    preds["quick"] = predictions(860)
+    with pytest.raises(BertpooledError, match="--group-by mode,epochs,max_train_examples"):
+        build_report(runs, preds)
+    report = build_report(runs, preds, newest_comparable_set=True)
+    # The quick-start run is newer but alone in its set: the sweep, with two groups, is what gets compared.
+    assert sorted(r.run_id for r in report.runs) == sorted(f"{m}{s}" for m in ("basic", "pool") for s in range(3))
+    assert len(report.comparisons) == 1
+    assert "bertpooled compare-runs --run-id quick" in report.notes[0] and "2 sets" in report.notes[0]
+    assert "bertpooled compare-runs --run-id quick" in report.to_markdown()
+
+
+def test_with_no_selection_comparable_runs_are_all_compared_as_before():
+    runs, preds = study(SAME)
+    report = build_report(runs, preds, newest_comparable_set=True)
+    assert len(report.runs) == 6 and not [n for n in report.notes if "sets that cannot be compared" in n]
 
 
 def test_runs_that_differ_only_in_precompute_mb_compare_and_their_training_time_is_marked():

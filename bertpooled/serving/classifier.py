@@ -3,37 +3,15 @@
 Like MLflow's scikit-learn models (`mlflow.sklearn`'s `predict_method` param): `predict` gives one column of
 labels, `predict_method="predict_proba"` the (n, 2) probabilities of classes 0 and 1. serving/reference.py
 keeps its own copy of `texts_of` and `output` (it imports nothing from bertpooled, so it serves wherever
-scikit-learn does); tests/test_serving.py checks that both copies behave the same.
+scikit-learn does); tests/test_serving.py checks that both copies behave the same. The signature that makes
+MLflow hand `predict` one column of texts is logged by tracking/models.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: The scoring param, spelled as mlflow.sklearn spells it, and its values.
-PREDICT_METHOD = "predict_method"
-PREDICT = "predict"
-PREDICT_PROBA = "predict_proba"
-PREDICT_METHODS = (PREDICT, PREDICT_PROBA)
-#: In the MLmodel's metadata: the model answers `predict_method="predict_proba"` with class probabilities,
-#: which bertpooled's MLflow evaluator (serving/evaluation.py) turns into ROC AUC and the curves.
-PROBA_METADATA_KEY = "bertpooled.predict_proba"
-INPUT_EXAMPLE = ["a wonderful film", "dull and far too long"]
-
-
-def signature():
-    """One unnamed string column in (any column name, or a bare list, is accepted), labels out, and the
-    `predict_method` param."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    return ModelSignature(
-        # Unnamed, so MLflow does not insist on a column name; it must then be required, and MLflow refuses an
-        # empty `{"inputs": []}` as a missing input (`bertpooled serve` answers it with no predictions).
-        inputs=Schema([ColSpec("string")]),
-        outputs=Schema([ColSpec("long")]),
-        params=ParamSchema([ParamSpec(PREDICT_METHOD, "string", PREDICT)]),
-    )
+from bertpooled.contract import PREDICT, PREDICT_METHOD, PREDICT_METHODS, PREDICT_PROBA
 
 
 def texts_of(model_input) -> list[str]:

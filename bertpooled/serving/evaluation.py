@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from mlflow.models.evaluation import EvaluationResult, ModelEvaluator
 
-from bertpooled.serving.classifier import PREDICT_METHOD, PREDICT_PROBA, PROBA_METADATA_KEY
+from bertpooled.contract import PREDICT_METHOD, PREDICT_PROBA, PROBA_METADATA_KEY
 
 NAME = "bertpooled"
 
