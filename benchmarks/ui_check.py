@@ -130,9 +130,12 @@ def main() -> int:
         for parent in sweep_parents:
             if parent.info.run_name in table:
                 failures.append(f"runs table: the sweep's parent {parent.info.run_name} is shown")
-        headers = [m.start() for m in (re.search(f">{name}<", table) for name in ("mode", "backbone", "test/accuracy")) if m]
-        if len(headers) == 3 and not headers[0] < headers[1] < headers[2]:
-            failures.append("runs table: mode and backbone are not before test/accuracy")
+        # ag-grid's DOM order is not the visual one; each header cell's aria-colindex is.
+        position = {colid: int(index) for index, colid in
+                    re.findall(r'role="columnheader"[^>]*?aria-colindex="(\d+)"[^>]*?col-id="([^"]+)"', table)}
+        order = [position.get(c) for c in ("tags.`mode`", "tags.`backbone`", "metrics.`test/accuracy`")]
+        if None in order or not order[0] < order[1] < order[2]:
+            failures.append(f"runs table: mode and backbone are not before test/accuracy (header positions {order})")
         first: list[str] = []
         for _ in range(3):  # a loaded machine may need more than one virtual-time budget to draw the charts
             charts = chromium(runs_link + "&compareRunsMode=CHART", work, height=12000)

@@ -31,7 +31,7 @@ def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():
     assert lines == {"train/loss", "train/accuracy", "time/epoch_s"}
     assert {"time/data_s", "time/features_s", "params/backbone", "latency/p50_ms", "memory/peak_mb"} <= {m for m, _ in charts}
     # The identifying columns first, right after the run's name.
-    assert state["columnOrder"][:4] == ["attributes.`Run Name`", "attributes.`Created`", "tags.`mode`", "tags.`backbone`"]
+    assert state["columnOrder"][:4] == ["attributes.`Run Name`", "runDateAndNestInfo", "tags.`mode`", "tags.`backbone`"]
 
 
 def test_view_tag_key_follows_the_state_and_fits_mlflow_limits():

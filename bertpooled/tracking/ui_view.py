@@ -68,8 +68,8 @@ CHARTS = (
 )
 
 
-# The runs table's own first columns (ag-grid ids: the row actions, then `attributes.<name>`), kept first.
-LEADING_COLUMNS = ("attributes.`Run Name`", "attributes.`Created`")
+# The runs table's own first columns (their ag-grid column ids, as MLflow 3.17's page has them), kept first.
+LEADING_COLUMNS = ("attributes.`Run Name`", "runDateAndNestInfo")
 
 
 def _column_key(kind: str, name: str) -> str:
