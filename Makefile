@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job: the default protocol (experiments/default.yaml) tracked in ./mlflow.db, as `mlflow run` runs it.
+# MLFLOW_LOGGING_LEVEL=WARNING: MLflow's INFO lines about its own routine (creating the database tables and the
+# experiment, "=== Created directory ... for downloading remote URIs ===", the command it runs) would come
+# before the run's own lines; its warnings and errors still show. Drop it to see them.
 run: setup
-	PATH="$(abspath $(BIN)):$$PATH" mlflow run . --env-manager local --experiment-name bertpooled -P mode=$(MODE)
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_LOGGING_LEVEL=WARNING mlflow run . --env-manager local --experiment-name bertpooled -P mode=$(MODE)
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest

@@ -2,12 +2,14 @@
 
     python benchmarks/ui_check.py [--keep DIR]
 
-Makes a tiny IMDB, trains two smoke runs (basic, pool; `--config smoke` on the offline MiniLM) into a
-fresh SQLite store, adds a run tagged as a comparison to the same experiment (which the view must hide),
-starts `mlflow ui` on 127.0.0.1, and loads the link `bertpooled train` printed in Chromium (Debian's
-`chromium`, headless, a fresh profile, no network but loopback). It checks the rendered page: the view's
-columns are shown, the comparison run is not, and the chart view opens on train/loss, train/accuracy,
-test/accuracy. Screenshots of both, and of the run page, go to docs/. Exit 0 when every check holds; each failure is one line.
+Makes a tiny IMDB, trains two smoke runs (basic, pool; `--config smoke` on the offline MiniLM) and a sweep
+of two children (seed 7) into a fresh SQLite store, adds a run tagged as a comparison to the same experiment
+(which the view must hide), starts `mlflow ui` on 127.0.0.1, and loads the link `bertpooled train` printed
+in Chromium (Debian's `chromium`, headless, a fresh profile, no network but loopback). It checks the
+rendered page: the view's columns are shown, mode and backbone before the metrics, the comparison run and
+the sweep's parent are not, the sweep's children are rows of their own, and the chart view opens on
+train/loss, train/accuracy, test/accuracy and draws the final metrics as bars (time/* included), one per run.
+Screenshots of both, and of the run page, go to docs/. Exit 0 when every check holds; each failure is one line.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tests.conftest import write_imdb_archive, write_imdb_tree  # noqa: E402  (t
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--window-size=1920,1000",
+    "--disable-sync", "--no-first-run", "--hide-scrollbars",
     # The UI fetches runs after it renders; virtual time lets those requests finish before the capture.
     "--virtual-time-budget=30000",
 ]
@@ -43,14 +45,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def chromium(url: str, work: Path, *, screenshot: Path | None = None) -> str:
-    """The DOM Chromium rendered for `url` (or, with `screenshot`, write a PNG); a fresh profile each time."""
+def chromium(url: str, work: Path, *, screenshot: Path | None = None, height: int = 1000) -> str:
+    """The DOM Chromium rendered for `url` (or, with `screenshot`, write a PNG); a fresh profile each time.
+    MLflow draws a chart card only once it scrolls into view: a tall window (`height`) draws them all."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe:
         sys.exit("error: no chromium on PATH: apt-get install chromium")
     profile = Path(tempfile.mkdtemp(dir=work, prefix="profile-"))
     action = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *action, url],
+    out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--window-size=1920,{height}", f"--user-data-dir={profile}", *action, url],
                          capture_output=True, text=True, timeout=180)
     return out.stdout
 
@@ -99,6 +102,12 @@ def main() -> int:
                 time.sleep(0.5)
         runs_link, run_link = train("basic", env, data)
         train("pool", env, data)
+        out = subprocess.run(
+            [sys.executable, "-m", "bertpooled", "sweep", "--config", "smoke", "--modes", "basic,pool", "--seed-list", "7",
+             "--data", str(data), "--no-progress"], capture_output=True, text=True, env=env, cwd=env["WORK"], timeout=900,
+        )
+        if out.returncode:
+            sys.exit(f"error: the sweep failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
         import mlflow
 
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
@@ -112,19 +121,36 @@ def main() -> int:
         for column in ("mode", "backbone", "config/seed", "test/accuracy", "time/total_s", "params/head"):
             if f">{column}<" not in table and f'"{column}"' not in table:
                 failures.append(f"runs table: no column {column!r}")
-        for name in ("basic-minilm-s0", "pool-minilm-s0"):
+        for name in ("basic-minilm-s0", "pool-minilm-s0", "basic-minilm-s7", "pool-minilm-s7"):
             if name not in table:
-                failures.append(f"runs table: training run {name} not shown")
+                failures.append(f"runs table: training run {name} not shown (s7: a sweep's child)")
         if "a-comparison-run" in table:
             failures.append("runs table: the comparison run is shown")
+        sweep_parents = mlflow.search_runs([experiment.experiment_id], "tags.`bertpooled.kind` = 'sweep'", output_format="list")
+        for parent in sweep_parents:
+            if parent.info.run_name in table:
+                failures.append(f"runs table: the sweep's parent {parent.info.run_name} is shown")
+        # ag-grid's DOM order is not the visual one; each header cell's aria-colindex is.
+        position = {colid: int(index) for index, colid in
+                    re.findall(r'role="columnheader"[^>]*?aria-colindex="(\d+)"[^>]*?col-id="([^"]+)"', table)}
+        order = [position.get(c) for c in ("tags.`mode`", "tags.`backbone`", "metrics.`test/accuracy`")]
+        if None in order or not order[0] < order[1] < order[2]:
+            failures.append(f"runs table: mode and backbone are not before test/accuracy (header positions {order})")
         first: list[str] = []
         for _ in range(3):  # a loaded machine may need more than one virtual-time budget to draw the charts
-            charts = chromium(runs_link + "&compareRunsMode=CHART", work)
+            charts = chromium(runs_link + "&compareRunsMode=CHART", work, height=12000)
             first = list(dict.fromkeys(re.findall(r">((?:train|test|time|params|compare)/[\w/]+)<", charts)))[:3]
             if first:
                 break
         if first != ["train/loss", "train/accuracy", "test/accuracy"]:
             failures.append(f"chart view: first charts are {first}, not train/loss, train/accuracy, test/accuracy")
+        titles = set(re.findall(r">((?:test|time|params)/[\w/]+)<", charts))
+        for metric in ("time/total_s", "time/data_s", "params/head"):
+            if metric not in titles:
+                failures.append(f"chart view: no card for {metric}")
+        # Plotly draws a bar chart's bars as `trace bars` groups; a one-dot line chart has none.
+        if charts.count("trace bars") < 10:
+            failures.append(f"chart view: {charts.count('trace bars')} bar traces drawn, expected the final metrics as bars")
         run_page = chromium(run_link, work)
         if "basic-minilm-s0" not in run_page:
             failures.append("run page: run name not shown")

@@ -209,3 +209,15 @@ CACHED_PHASES = {"tokens": (TIME_TOKENIZE, TIME_TOTAL), "features": (TIME_FEATUR
 REQUIRED_METRICS = (ACCURACY.key, TIME_TOTAL)
 #: Per-epoch metrics the report fetches for its learning curves.
 HISTORY_KEYS = (TRAIN_LOSS, TRAIN_ACCURACY, ACCURACY.key, TIME_EPOCH)
+
+# --- The logged model's scoring convention (bertpooled/serving/classifier.py) ----------------------------------
+
+#: The scoring param, spelled as mlflow.sklearn spells it, and its values.
+PREDICT_METHOD = "predict_method"
+PREDICT = "predict"
+PREDICT_PROBA = "predict_proba"
+PREDICT_METHODS = (PREDICT, PREDICT_PROBA)
+#: In the MLmodel's metadata: the model answers `predict_method="predict_proba"` with class probabilities,
+#: which bertpooled's MLflow evaluator (serving/evaluation.py) turns into ROC AUC and the curves.
+PROBA_METADATA_KEY = "bertpooled.predict_proba"
+INPUT_EXAMPLE = ["a wonderful film", "dull and far too long"]

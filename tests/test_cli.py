@@ -18,9 +18,10 @@ LABELS = np.arange(N_TEST) % 2
 IDS = [f"test/{'pos' if label else 'neg'}/{i}_8" for i, label in enumerate(LABELS)]
 
 
-def _run(folder, mode: str, seed: int, n_correct: int, metrics: bool = True) -> str:
-    with mlflow.start_run(run_name=f"{mode}-s{seed}", tags={"mode": mode, "bertpooled.kind": "train"}) as run:
-        mlflow.log_params({"config/mode": mode, "config/seed": seed, "config/epochs": 2})
+def _run(folder, mode: str, seed: int, n_correct: int, metrics: bool = True, epochs: int = 2, parent: str = "") -> str:
+    nesting = {"mlflow.parentRunId": parent} if parent else {}
+    with mlflow.start_run(run_name=f"{mode}-s{seed}", tags={"mode": mode, "bertpooled.kind": "train", **nesting}) as run:
+        mlflow.log_params({"config/mode": mode, "config/seed": seed, "config/epochs": epochs})
         if not metrics:
             return run.info.run_id
         mlflow.log_metrics({
@@ -140,3 +141,31 @@ def test_serving_a_model_that_is_not_there_is_one_line_and_exit_2(tmp_path, monk
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot load model") and "runs:/<run id>/model" in lines[0]
+
+
+def test_compare_runs_with_no_options_reports_the_newest_sweep_of_a_mixed_experiment(tmp_path, monkeypatch):
+    # Issue 24: the quick-start run (10 epochs) beside a newer sweep (2 epochs): no options still gives a report.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("bertpooled")
+        quick = _run(tmp_path, "pool", 0, 33, epochs=10)
+        with mlflow.start_run(run_name="sweep", tags={"bertpooled.kind": "sweep"}) as parent:
+            pass
+        children = [_run(tmp_path, mode, seed, n, parent=parent.info.run_id)
+                    for seed, (a, b) in enumerate([(30, 31), (32, 30)]) for mode, n in (("basic", a), ("pool", b))]
+    finally:
+        mlflow.set_tracking_uri(None)
+    result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--format", "json", "--no-log"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert sorted(r["run_id"] for r in report["runs"]) == sorted(children)
+    assert len(report["comparisons"]) == 1
+    note = report["notes"][0]
+    assert f"bertpooled compare-runs --run-id {quick}" in note and "2 sets" in note
+    # Selecting the other set is the command the note gives; a refusal names every differing field.
+    result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--filter", "params.`config/seed` = '0'",
+                                      "--no-log"])
+    assert result.exit_code == 2 and "--group-by mode,epochs" in result.output

@@ -371,7 +371,34 @@ def test_runs_whose_configs_differ_beyond_group_and_seed_are_refused_in_one_line
     message = str(caught.value)
     assert "\n" not in message
     assert "epochs (3, 4)" in message and "max_len (128, 64)" in message
-    assert "--group-by mode,epochs" in message
+    assert "--group-by mode,epochs,max_len" in message  # every field it lists, not the first only
+
+
+def test_with_no_selection_a_mixed_experiment_reports_its_newest_comparable_set_and_names_the_others():
+    # Issue 24: the quick-start run (10 epochs, all data) and a sweep (2 epochs, capped) in one experiment.
+    runs, preds = study(SAME)
+    runs["params.config/epochs"] = "2"
+    runs["tags.mlflow.parentRunId"] = "sweep-parent"
+    quick = run_row("quick", "pool", 0, 860, extra={"params.config/epochs": "10", "params.config/max_train_examples": "0"})
+    runs["params.config/max_train_examples"] = "1000"
+    runs = pd.concat([pd.DataFrame([quick]), runs], ignore_index=True)  # newest first, as MLflow lists them
+    runs["start_time"] = pd.Timestamp("2026-01-01")
+    runs.loc[runs["run_id"] == "quick", "start_time"] = pd.Timestamp("2026-01-02")
+    preds["quick"] = predictions(860)
+    with pytest.raises(BertpooledError, match="--group-by mode,epochs,max_train_examples"):
+        build_report(runs, preds)
+    report = build_report(runs, preds, newest_comparable_set=True)
+    # The quick-start run is newer but alone in its set: the sweep, with two groups, is what gets compared.
+    assert sorted(r.run_id for r in report.runs) == sorted(f"{m}{s}" for m in ("basic", "pool") for s in range(3))
+    assert len(report.comparisons) == 1
+    assert "bertpooled compare-runs --run-id quick" in report.notes[0] and "2 sets" in report.notes[0]
+    assert "bertpooled compare-runs --run-id quick" in report.to_markdown()
+
+
+def test_with_no_selection_comparable_runs_are_all_compared_as_before():
+    runs, preds = study(SAME)
+    report = build_report(runs, preds, newest_comparable_set=True)
+    assert len(report.runs) == 6 and not [n for n in report.notes if "sets that cannot be compared" in n]
 
 
 def test_runs_that_differ_only_in_precompute_mb_compare_and_their_training_time_is_marked():
@@ -496,3 +523,27 @@ def test_quality_metrics_score_predictions_at_the_contract_threshold():
     assert scores["f1"] == pytest.approx(0.8)
     assert scores["roc_auc"] == pytest.approx(0.875)
     assert math.isnan(contract.ROC_AUC.score(np.array([1, 1]), np.array([0.3, 0.8])))
+
+
+def test_no_ratio_of_a_phase_that_took_under_ten_milliseconds_on_either_side():
+    runs, preds = study(SAME)
+    # Issue 24: 0.327 s over 3.96 us printed as "82651.30x".
+    runs["metrics.time/features_s"] = np.where(runs["params.config/mode"] == "pool", 0.327, 3.96e-6)
+    runs["metrics.time/tokenize_s"] = np.where(runs["params.config/mode"] == "pool", 0.5, 0.25)
+    (comparison,) = build_report(runs, preds).comparisons
+    assert math.isnan(comparison.ratios["time/features_s"])
+    assert comparison.ratios["time/tokenize_s"] == pytest.approx(2.0)
+    markdown = build_report(runs, preds).to_markdown()
+    assert "82651" not in markdown and "under 10 ms" in markdown
+
+
+def test_no_parameter_ratio_between_model_families():
+    rows, preds = [], {}
+    for seed, (b, r) in enumerate(zip((850, 860, 855), SAME)):
+        rows.append(run_row(f"basic{seed}", "basic", seed, b, total_s=100.0, train_s=80.0))
+        rows.append(run_row(f"reference{seed}", "reference", seed, r, total_s=20.0, train_s=5.0, head=8_000))
+        preds[f"basic{seed}"], preds[f"reference{seed}"] = predictions(b), predictions(r)
+    runs = pd.DataFrame(rows)
+    (comparison,) = build_report(runs, preds).comparisons
+    assert math.isnan(comparison.ratios["params/head"]) and comparison.ratios["time/total_s"] == pytest.approx(0.2)
+    assert "head parameters" not in comparison.verdict

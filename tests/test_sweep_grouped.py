@@ -81,7 +81,8 @@ def test_a_grouped_sweep_logs_the_children_an_ungrouped_sweep_logs(store, tiny_b
         np.testing.assert_allclose([v for _, v in history(mine.info.run_id, "train/loss")],
                                    [v for _, v in history(theirs.info.run_id, "train/loss")], rtol=1e-5)
         # The seed's share of the group's training time.
-        assert mine.data.metrics["time/train_s"] == pytest.approx(mine.data.metrics["time/group_train_s"] / 2)
+        # Each final time is logged to 4 significant digits, so the halves agree to that.
+        assert mine.data.metrics["time/train_s"] == pytest.approx(mine.data.metrics["time/group_train_s"] / 2, rel=1e-3)
         assert mine.data.metrics["time/total_s"] > mine.data.metrics["time/train_s"]  # the share counts in the total
         # Quality: the same accuracy, probabilities equal within float tolerance, the same predicted labels.
         assert mine.data.metrics["test/accuracy"] == theirs.data.metrics["test/accuracy"], label

@@ -26,6 +26,12 @@ def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():
     assert not any(c["isGenerated"] for c in state["compareRunCharts"])
     sections = {s["uuid"] for s in state["compareRunSections"]}
     assert all(c["metricSectionId"] in sections for c in state["compareRunCharts"])
+    # Issue 24: every final metric is a bar (a one-dot line chart otherwise); only per-epoch series are lines.
+    lines = {metric for metric, kind in charts if kind == "LINE"}
+    assert lines == {"train/loss", "train/accuracy", "time/epoch_s"}
+    assert {"time/data_s", "time/features_s", "params/backbone", "latency/p50_ms", "memory/peak_mb"} <= {m for m, _ in charts}
+    # The identifying columns first, right after the run's name.
+    assert state["columnOrder"][:4] == ["attributes.`Run Name`", "runDateAndNestInfo", "tags.`mode`", "tags.`backbone`"]
 
 
 def test_view_tag_key_follows_the_state_and_fits_mlflow_limits():
@@ -34,7 +40,8 @@ def test_view_tag_key_follows_the_state_and_fits_mlflow_limits():
     assert ui_view.view_tag(ui_view.training_view_state())[0] == key  # stable across runs
     changed = {**ui_view.training_view_state(), "searchFilter": ""}
     assert ui_view.view_tag(changed)[0] != key
-    assert json.loads(value)["orderByKey"] == "attributes.start_time"
+    # Not start_time: MLflow nests children under their (filtered-out) sweep parent only when sorted by it.
+    assert json.loads(value)["orderByKey"] == "attributes.end_time"
     assert len(value) < 20000  # MLflow's limit on an experiment tag's value
 
 

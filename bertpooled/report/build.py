@@ -39,6 +39,7 @@ from bertpooled.contract import (
     counts_as_training,
 )
 from bertpooled.errors import BertpooledError
+from bertpooled.report import configs
 from bertpooled.report.configs import shared_configs
 from bertpooled.report.numbers import finite, mean, median, seed_order
 from bertpooled.report.original import ORIGINAL_BACKBONE, ORIGINAL_STUDY
@@ -63,6 +64,7 @@ def build_report(
     confidence: float = 0.95,
     include_unfinished: bool = False,
     notes: Iterable[str] = (),
+    newest_comparable_set: bool = False,
 ) -> Report:
     """Summarise training runs by group and compare each group with a baseline group.
 
@@ -78,6 +80,7 @@ def build_report(
     comparison runs, not FINISHED (unless ``include_unfinished``), lack a group
     key, lack a metric in :data:`REQUIRED_METRICS`, or have no usable
     predictions. ``notes`` are caller notes (e.g. from fetching) put first.
+    ``newest_comparable_set``: see :func:`bertpooled.report.configs.newest_comparable_set`.
     """
     group_keys = _normalise_group_by(group_by)
     _check_settings(runs, group_keys, alpha, confidence)
@@ -88,6 +91,8 @@ def build_report(
         runs, predictions, group_keys, _cost_metric_columns(runs), include_unfinished
     )
     report_notes += pred_notes + _skip_notes(len(runs), records, skipped)
+    if newest_comparable_set:
+        records = configs.newest_comparable_set(runs, records, group_keys, report_notes)
     group_configs = shared_configs(runs, records, group_keys, report_notes)
 
     cost_metrics = _ordered_cost_metrics(

@@ -142,6 +142,8 @@ def compare_runs(
         baseline=baseline,
         include_unfinished=include_unfinished,
         notes=notes + prediction_notes,
+        # With no selection at all, an experiment holding a quick-start run and a sweep still gives a report.
+        newest_comparable_set=not (parent or run_id or filter),
     )
     if output is not None:
         write_report(report, output)

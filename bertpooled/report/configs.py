@@ -69,12 +69,78 @@ def shared_configs(
         if len(values) > 1:
             differing.append(f"{name} ({', '.join(sorted(values))})")
     if differing:
+        names = [entry.split(" ")[0] for entry in differing]
         raise BertpooledError(
             f"the selected runs differ in {'; '.join(differing)}, not only in {', '.join(group_keys)} and seed: "
             f"select comparable runs (--filter, --parent, --run-id) or group by those fields too "
-            f"(--group-by {','.join(group_keys)},{differing[0].split(' ')[0]})"
+            f"(--group-by {','.join([*group_keys, *names])})"
         )
     result: dict[str, dict[str, str]] = {}
     for record in records:
         result.setdefault(record.group, dict(configs[record.run_id]))
     return result
+
+
+def comparable_sets(runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str]) -> list[list[RunRecord]]:
+    """`records` split into sets that may be compared: the same config apart from the group keys (and what they
+    decide) and the seed. Newest set first (by its latest start, else by the order of `runs`: newest first, as
+    mlflow.search_runs lists them)."""
+    rows = {str(row["run_id"]): row for _, row in runs.iterrows()}
+    derived = {name for key in group_keys for name in _DERIVED_CONFIG_FIELDS.get(key, ())}
+    configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
+    # Fields some runs never logged (older runs) do not split sets, as shared_configs does not compare them.
+    common = set.intersection(*(set(config) for config in configs.values())) - set(group_keys) - derived
+    sets: dict[tuple, list[RunRecord]] = {}
+    for record in records:
+        key = tuple(sorted((k, v) for k, v in configs[record.run_id].items() if k in common))
+        sets.setdefault(key, []).append(record)
+    order = {str(run_id): position for position, run_id in enumerate(runs["run_id"])}
+
+    def newest(members: list[RunRecord]):
+        if "start_time" in runs.columns:
+            starts = [rows[m.run_id]["start_time"] for m in members]
+            starts = [s for s in starts if s is not None and not pd.isna(s)]
+            if starts:
+                return (0, -pd.Timestamp(max(starts)).value)
+        return (1, min(order[m.run_id] for m in members))
+
+    return sorted(sets.values(), key=newest)
+
+
+def selection_command(runs: pd.DataFrame, members: Sequence[RunRecord], group_keys: Sequence[str]) -> str:
+    """The compare-runs command that selects exactly `members`: `--parent` for one sweep's children, else `--run-id`."""
+    parent_column = "tags.mlflow.parentRunId"
+    parents = set()
+    if parent_column in runs.columns:
+        by_id = runs.set_index(runs["run_id"].astype(str))[parent_column]
+        parents = {by_id.get(m.run_id) for m in members}
+    if len(parents) == 1 and all(isinstance(p, str) and p for p in parents):
+        selection = f"--parent {next(iter(parents))}"
+    else:
+        selection = f"--run-id {','.join(m.run_id for m in members)}"
+    group = "" if list(group_keys) == ["mode"] else f" --group-by {','.join(group_keys)}"
+    return f"bertpooled compare-runs {selection}{group}"
+
+
+def newest_comparable_set(runs: pd.DataFrame, records: list[RunRecord], group_keys: Sequence[str],
+                          notes: list[str]) -> list[RunRecord]:
+    """For compare-runs with no selection: when the runs hold several sets that may not be compared with each
+    other (a 10-epoch quick-start run beside a 2-epoch sweep), the newest set that compares at least two
+    groups (else the newest set); the others are named first in `notes`, each with its command."""
+    try:
+        shared_configs(runs, records, group_keys, [])
+        return records  # all comparable: nothing to choose
+    except BertpooledError:
+        pass
+    sets = comparable_sets(runs, records, group_keys)
+    if len(sets) < 2:
+        return records
+    chosen = next((members for members in sets if len({m.group for m in members}) > 1), sets[0])
+    others = [members for members in sets if members is not chosen]
+    notes.insert(0, (
+        f"the runs form {len(sets)} sets that cannot be compared with each other (their configs differ in more "
+        f"than {', '.join(group_keys)} and seed): this report compares the newest set with more than one group, "
+        f"{len(chosen)} run(s); the others: "
+        + "; ".join(f"{len(members)} run(s): {selection_command(runs, members, group_keys)}" for members in others)
+    ))
+    return chosen

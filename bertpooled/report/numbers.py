@@ -56,6 +56,10 @@ def fmt_interval(low: float, high: float, digits: int, signed: bool = False) -> 
     return f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
 
+#: A phase shorter than this on either side is timer noise, not a cost: 0.327 s against 3.96 us is no ratio.
+MIN_RATIO_SECONDS = 0.01
+
+
 def fmt_ratio(value: float) -> str:
     return f"{value:.2f}×" if finite(value) else MISSING
 

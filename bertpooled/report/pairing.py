@@ -11,7 +11,7 @@ import pandas as pd
 
 from bertpooled.contract import CACHED_PHASES, THRESHOLD
 from bertpooled.errors import BertpooledError
-from bertpooled.report.numbers import finite, seed_order
+from bertpooled.report.numbers import MIN_RATIO_SECONDS, finite, seed_order
 from bertpooled.report.records import Comparison, GroupSummary, McNemarPair, RunRecord
 from bertpooled.report.stats import McNemarResult, holm, mcnemar_exact, paired_difference
 from bertpooled.report.verdict import verdict
@@ -123,10 +123,7 @@ def _compare_pair(
         [100.0 * base_seeds[seed].accuracy for seed in seeds],
         confidence,
     )
-    ratios = {
-        metric: _ratio(group.costs.get(metric, math.nan), base.costs.get(metric, math.nan))
-        for metric in cost_metrics
-    }
+    ratios = {metric: _cost_ratio(metric, group, base) for metric in cost_metrics}
     tested: list[McNemarPair] = []
     refused: list[dict[str, str]] = []
     for seed in seeds:
@@ -145,6 +142,22 @@ def _compare_pair(
     sentence = verdict(group.label, base.label, difference, tested, alpha, confidence, ratios,
                        group.seeds, base.seeds, cache_differs=cache_differs)
     return Comparison(group.label, base.label, seeds, difference, ratios, tested, refused, sentence, cache_differs)
+
+
+def model_family(values: Mapping[str, str]) -> str:
+    """The kind of model a group's runs train: TF-IDF + logistic regression (`reference`) or the LSTM head."""
+    return "tfidf" if values.get("mode") == "reference" else "lstm"
+
+
+def _cost_ratio(metric: str, group: GroupSummary, base: GroupSummary) -> float:
+    """group / baseline, where both sides measured something comparable; NaN (no ratio) for a phase under
+    MIN_RATIO_SECONDS on either side and for parameter counts of different model families."""
+    value, reference = group.costs.get(metric, math.nan), base.costs.get(metric, math.nan)
+    if metric.startswith("time/") and min(value, reference) < MIN_RATIO_SECONDS:
+        return math.nan
+    if metric.startswith("params/") and model_family(group.values) != model_family(base.values):
+        return math.nan
+    return _ratio(value, reference)
 
 
 def _ratio(value: float, reference: float) -> float:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from bertpooled import contract
 from bertpooled.contract import CACHED_PHASES, PARAMS_HEAD, TIME_PER_EPOCH, TIME_TOTAL
 from bertpooled.report.numbers import (
+    MIN_RATIO_SECONDS,
     MISSING,
     fmt_fraction,
     fmt_interval,
@@ -138,7 +139,9 @@ def _baseline_section(report: Report) -> Section:
         "Δ accuracy = 100 × (group − baseline), paired by config/seed; the interval and "
         "p-value come from a paired t-test across seeds.",
         "Ratios are group median / baseline median: below 1 means less of that cost "
-        "(for throughput/ metrics, above 1 means faster).",
+        "(for throughput/ metrics, above 1 means faster). No ratio (-) where a phase took under "
+        f"{MIN_RATIO_SECONDS * 1000:.0f} ms on either side, nor between the parameter counts of different model "
+        "families (TF-IDF coefficients against LSTM weights).",
     ]
     if any(comparison.cache_differs for comparison in report.comparisons):
         paragraphs.append("(cache): the two groups found this phase's cache warm in different numbers of "

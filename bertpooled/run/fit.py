@@ -242,7 +242,7 @@ def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[E
             "data/train_examples": len(prepared.train),
             "data/test_examples": len(prepared.test),
             cache_hit_metric("tokens"): float(prepared.tokens_cache_hit),
-            "memory/peak_mb": cost.peak_memory_mb(device),
+            **cost.peak_memory_metrics(device),
         }
     )
     if prepared.cached:

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from bertpooled.model import backbone
 from bertpooled import data
 from bertpooled.config import Config
+from bertpooled.run import cost
 from bertpooled.run.measure import Phases, evaluate
 from bertpooled.run.pipeline import Trained
 from bertpooled.run.shared import Shared
@@ -94,6 +96,7 @@ def fit_and_evaluate(
 ) -> Result:
     """Fit TF-IDF (`features`) and logistic regression (`train`), evaluate (`eval`); the contract's metrics."""
     shared = shared or Shared()
+    cost.reset_peak_memory(torch.device("cpu"))  # as the neural modes do before building their model
     train_texts, test_texts, tokenizer, hit = texts(config, info, imdb, train_split, test_split, phases, shared, progress)
     with phases.timed("features"):
         vectorizer = _vectorizer()
@@ -105,6 +108,11 @@ def fit_and_evaluate(
     with phases.timed("eval"):
         probs = _positive(classifier, vectorizer.transform(test_texts))
         metrics = evaluate(test_split.labels, probs)
+    fitted = Fitted(vectorizer, classifier, config, tokenizer)
+    # The serving path on raw reviews, timed as the neural modes' is (run/cost.py); FLOPs do not apply here.
+    metrics.update(cost.time_text_classifier(lambda batch: predict(fitted, batch), test_split.texts,
+                                             config.latency_texts, config.throughput_batches))
+    metrics.update(cost.peak_memory_metrics(torch.device("cpu")))
     n_params = int(classifier.coef_.size + classifier.intercept_.size)
     metrics.update(
         {
@@ -117,7 +125,16 @@ def fit_and_evaluate(
             "tokens/cache_hit": float(hit),
         }
     )
-    return Result(metrics, probs, Fitted(vectorizer, classifier, config, tokenizer))
+    return Result(metrics, probs, fitted)
+
+
+def predict(fitted: Fitted, raw_texts: list[str]) -> np.ndarray:
+    """P(positive) of raw reviews as the logged model computes it (serving/reference.py): the first `max_len`
+    tokens decoded when the model reads tokens, then TF-IDF and logistic regression."""
+    if fitted.tokenizer is not None:
+        ids = fitted.tokenizer(raw_texts, truncation=True, max_length=fitted.config.max_len)["input_ids"]
+        raw_texts = fitted.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return _positive(fitted.classifier, fitted.vectorizer.transform(raw_texts))
 
 
 def _vectorizer(vocabulary: list[str] | None = None) -> TfidfVectorizer:

@@ -1,7 +1,13 @@
-"""The logged model's code (MLflow "models from code"): texts in, probability and label out.
+"""The logged model's code (MLflow "models from code"): texts in, labels or class probabilities out.
 
 MLflow stores this file with the model and runs it on load; the weights come from safetensors and the
 tokenizer from its JSON files, so loading never unpickles an object.
+
+It follows the convention of MLflow's scikit-learn models: `predict` returns one column of labels (0 =
+negative, 1 = positive), which is what `mlflow.models.evaluate(..., model_type="classifier")` reads, and
+`params={"predict_method": "predict_proba"}` returns the (n, 2) class probabilities [P(0), P(1)]. The input is
+one column of texts under a signature (not a type hint), so every scoring payload works: `inputs`, `instances`,
+`dataframe_split`, `dataframe_records` and CSV, with the column named anything.
 """
 
 from __future__ import annotations
@@ -12,9 +18,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+# Imported when MLflow loads the model, not at the first prediction: the copy of bertpooled stored with the model
+# is read from a temporary folder that may be gone by then.
+from bertpooled.model.inference import predict_texts, serving_precision
+from bertpooled.serving.classifier import output, texts_of
+
 
 class SentimentModel(mlflow.pyfunc.PythonModel):
-    """P(positive review) from raw text: tokenize -> word embeddings or encoder (pooled as trained) -> LSTM head."""
+    """Sentiment of raw text: tokenize -> word embeddings or encoder (pooled as trained) -> LSTM head."""
 
     def load_context(self, context) -> None:
         from safetensors.torch import load_file
@@ -28,25 +39,16 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         # The same spec and builder training used (models logged before a field existed get its old default).
         spec = ModelSpec.from_json(self.config)
         self.model = from_state(spec, load_file(context.artifacts["weights"]))
-        from bertpooled.model.inference import serving_precision
-
         # An encoder predicts in bf16 where its run asked for it (or for `auto`) and this machine has it natively.
         self.precision = serving_precision(spec.precision, spec.features == "encoder")
 
-    # Returns a DataFrame (probability, label, sentiment), unannotated: MLflow infers output schemas only from
-    # list[...] hints, logs "Failed to infer output type hint" for a DataFrame one and warns about Any.
-    def predict(self, context, model_input: list[str], params=None):  # -> pd.DataFrame
-        from bertpooled.model.inference import predict_texts
-
-        # MLflow hands predict a list[str], as the type hint asks, whatever the caller passed.
-        texts = [str(text) for text in model_input]
-        # No texts, no predictions: an empty frame with the same columns (the tokenizer fails on an empty batch).
+    # The hint is MLflow's "no inference from the hint" type: the logged signature governs the input.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        texts = texts_of(model_input)
+        # No texts, no predictions (the tokenizer fails on an empty batch).
         probs = predict_texts(self.model, self.tokenizer, texts, self.config["max_len"],
-                              precision=getattr(self, "precision", "fp32")) if texts else np.zeros(0)
-        labels = (probs >= 0.5).astype(np.int64)
-        return pd.DataFrame(
-            {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}
-        )
+                              precision=self.precision) if texts else np.zeros(0)
+        return output(probs, params)
 
 
 mlflow.models.set_model(SentimentModel())

@@ -1,8 +1,10 @@
-"""The logged reference model's code (MLflow "models from code"): texts in, probability and label out.
+"""The logged reference model's code (MLflow "models from code"): texts in, labels or class probabilities out.
 
 MLflow stores this file with the model and runs it on load. The TF-IDF vocabulary is JSON, idf and
 coefficients are safetensors, the tokenizer is its JSON files: loading never unpickles an object. The
-file imports nothing from bertpooled, so the model serves wherever scikit-learn does.
+file imports nothing from bertpooled, so the model serves wherever scikit-learn does; its `texts_of` and
+`output` are copies of bertpooled/serving/classifier.py's (MLflow's classifier convention: labels from
+`predict`, the (n, 2) class probabilities with `params={"predict_method": "predict_proba"}`).
 """
 
 from __future__ import annotations
@@ -41,24 +43,37 @@ class ReferenceModel(mlflow.pyfunc.PythonModel):
 
             self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
 
-    # Returns a DataFrame, unannotated: MLflow infers output schemas from list[...] hints only (see serving/lstm.py).
-    def predict(self, context, model_input: list[str], params=None):  # -> pd.DataFrame
-        texts = [str(text) for text in model_input]  # MLflow hands list[str] per the type hint
+    # The hint is MLflow's "no inference from the hint" type: the logged signature governs the input.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        texts = texts_of(model_input)
         if not texts:
-            return _frame(np.zeros(0))
+            return output(np.zeros(0), params)
         if self.tokenizer is not None:
             # The same text the model was trained on: the first max_len tokens, decoded (bertpooled.run.reference.decode).
             ids = self.tokenizer(texts, truncation=True, max_length=self.config["max_len"])["input_ids"]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         column = list(self.classifier.classes_).index(1)
         probs = self.classifier.predict_proba(self.vectorizer.transform(texts))[:, column].astype(np.float64)
-        return _frame(probs)
+        return output(probs, params)
 
 
-def _frame(probs: np.ndarray) -> pd.DataFrame:
-    labels = (probs >= 0.5).astype(np.int64)
-    return pd.DataFrame(
-        {"probability": probs, "label": labels, "sentiment": np.where(labels == 1, "positive", "negative")}
+def texts_of(model_input) -> list[str]:
+    if isinstance(model_input, pd.DataFrame):
+        model_input = model_input.iloc[:, 0] if model_input.shape[1] else []
+    return [str(text) for text in model_input]
+
+
+def output(probs: np.ndarray, params: dict | None):
+    from mlflow.exceptions import MlflowException
+
+    method = (params or {}).get("predict_method") or "predict"
+    if method == "predict":
+        return (probs >= 0.5).astype(np.int64)
+    if method == "predict_proba":
+        return np.column_stack([1.0 - probs, probs]).reshape(len(probs), 2)
+    raise MlflowException.invalid_parameter_value(
+        f"predict_method {method!r} is not one of predict, predict_proba: pass "
+        f'"params": {{"predict_method": "predict_proba"}} for probabilities, or leave it out for labels'
     )
 
 

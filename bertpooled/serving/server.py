@@ -2,8 +2,10 @@
 
 The app is MLflow's (`mlflow.pyfunc.scoring_server.init`: the same /invocations, /ping, /health and /version as
 `mlflow models serve`); what this adds is a request body that is JSON nested too deeply to parse answered with a
-400 instead of MLflow's 500. MLflow's parser catches malformed JSON but not the RecursionError that very deep
-nesting raises, so such a body reaches its error handler as a server fault. Binds to 127.0.0.1 by default.
+400 instead of MLflow's 500 (MLflow's parser catches malformed JSON but not the RecursionError that very deep
+nesting raises, so such a body reaches its error handler as a server fault), and an empty batch (`{"inputs": []}`)
+answered with no predictions, which MLflow refuses as a missing input for a model whose signature is one
+unnamed column (serving/classifier.py). Binds to 127.0.0.1 by default.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class RejectTooDeepJson:
                 "message": "the JSON body is nested too deeply to parse: send {\"inputs\": [\"text\", ...]}",
             })
             return
+        if len(body) <= EMPTY_BATCH_MAX_BYTES and _empty_batch(body):
+            await _send_json(send, 200, {"predictions": []})
+            return
         sent = False
 
         async def replay():
@@ -55,6 +60,23 @@ def _too_deep(body: bytes) -> bool:
     except ValueError:
         return False  # malformed JSON: MLflow's own parser answers it with a 400
     return False
+
+
+# `{"inputs": [], "params": {"predict_method": "predict_proba"}}` and the like are short; longer bodies are not parsed twice.
+EMPTY_BATCH_MAX_BYTES = 256
+
+
+def _empty_batch(body: bytes) -> bool:
+    """A JSON body whose only data is an empty list: `inputs`, `instances` or `dataframe_records` (with or
+    without `params`)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(payload, dict):
+        return False
+    data = {key: value for key, value in payload.items() if key != "params"}
+    return len(data) == 1 and next(iter(data)) in ("inputs", "instances", "dataframe_records") and data[next(iter(data))] == []
 
 
 async def _send_json(send, status: int, payload: dict) -> None:

@@ -4,7 +4,9 @@ PENDING models an interrupted run left, and the run's checkpoint slots."""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -13,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from bertpooled.errors import BertpooledError
 from bertpooled.contract import (
     CHECKPOINT_EPOCH_TAG, CHECKPOINT_PATH_TAG, CHECKPOINT_SHA256_TAG, CHECKPOINT_SLOTS, CONFIG_PARAM_PREFIX,
-    DATA_DIGEST_PARAM, FINISHED, KIND_TAG, KIND_TRAIN, MODEL_NAME,
+    DATA_DIGEST_PARAM, FINISHED, INPUT_EXAMPLE, KIND_TAG, KIND_TRAIN, MODEL_NAME, PREDICT, PREDICT_METHOD,
+    PROBA_METADATA_KEY,
 )
 from bertpooled.tracking.runs import get_run_or_error
 
@@ -62,16 +65,51 @@ def log_model(state: dict, model_config: dict, tokenizer) -> str:
 
 
 def log_pyfunc(code: Path, artifacts: dict[str, str], requirements: list[str], code_paths: list[str] | None = None) -> str:
-    """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) taking a list of texts; its URI."""
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
-        python_model=str(code),
-        artifacts=artifacts,
-        code_paths=code_paths,
-        input_example=["a wonderful film", "dull and far too long"],
-        pip_requirements=requirements,
-    )
+    """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) following MLflow's classifier
+    convention (serving/classifier.py): one column of texts in, labels out, `predict_method` param; its URI."""
+    with _routine_info_hidden("mlflow.pyfunc", "mlflow.models.signature"):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(code),
+            artifacts=artifacts,
+            code_paths=code_paths,
+            # The signature is given, not inferred: MLflow then does not run the model on the example at
+            # logging time, and payloads are not restricted to `inputs` as a `list[str]` type hint did.
+            signature=classifier_signature(),
+            input_example=INPUT_EXAMPLE,
+            pip_requirements=requirements,
+            metadata={PROBA_METADATA_KEY: True},
+        )
     return info.model_uri
+
+
+def classifier_signature():
+    """The logged models' signature (serving/classifier.py's convention): one unnamed string column in (any
+    column name, or a bare list, is accepted), labels out, and the `predict_method` param."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        # Unnamed, so MLflow does not insist on a column name; it must then be required, and MLflow refuses an
+        # empty `{"inputs": []}` as a missing input (`bertpooled serve` answers it with no predictions).
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([ColSpec("long")]),
+        params=ParamSchema([ParamSpec(PREDICT_METHOD, "string", PREDICT)]),
+    )
+
+
+@contextmanager
+def _routine_info_hidden(*loggers: str):
+    """Raise MLflow's named loggers to WARNING for one call: their INFO lines ("Validating input example
+    against model signature") narrate routine steps after every run; warnings and errors still show."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for log, _ in saved:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in saved:
+            log.setLevel(level)
 
 
 def pinned_requirements(*dists: str) -> list[str]:

@@ -34,20 +34,42 @@ COLUMNS = (
     ("metrics", PARAMS_HEAD),
 )
 TRAINING_RUNS_FILTER = f"tags.`{KIND_TAG}` = '{KIND_TRAIN}'"
+# Newest first by end time, not start time: MLflow's runs table nests children under their parent only when
+# sorted by start time (or unsorted and unfiltered; `nestChildren` in mlflow/server/js's runs table), and then
+# shows a sweep's parent, collapsed, in place of its children. Sorted by end time the table is flat: every
+# training run, sweep children included, is a row and a series in the charts (benchmarks/ui_check.py).
+ORDER_BY = "attributes.end_time"
 
 # Chart sections in this order; any other metric prefix MLflow finds is appended after them.
-SECTIONS = ("train", "test", "time", "params", "throughput")
-# (metric, chart): learning curves first, then the final figures as one bar per run. MLflow would draw a
-# final metric (logged once, at the last epoch's step) as a one-dot line chart.
+SECTIONS = ("train", "test", "time", "params", "throughput", "cost", "latency", "memory", "data", "tokens", "features",
+            "train_features", "runtime", "process")
+# Every final metric the runs log (once, at the last epoch's step): MLflow would draw each as a one-dot line
+# chart, so each gets a bar per run. Listed ahead of time because the view is one state for every run; a
+# metric a run did not log has no card (hideEmptyCharts).
+FINAL_METRICS = (
+    *(metric.key for metric in QUALITY_METRICS),
+    TIME_TOTAL, TIME_TRAIN, *(f"time/{phase}_s" for phase in (
+        "data", "tokenize", "features", "precompute", "eval", "cost", "log_model", "group_train")),
+    PARAMS_HEAD, "params/head_trainable", "params/backbone", "params/backbone_trainable", "params/embeddings",
+    "throughput/train_examples_per_s", "throughput/infer_examples_per_s", "throughput/infer_examples_per_s_b256",
+    "cost/backbone_flops_per_example", "cost/head_flops_per_example",
+    "latency/p50_ms", "latency/p95_ms", "latency/batch256_p50_ms",
+    "memory/peak_mb", "process/peak_mb",
+    "data/train_examples", "data/test_examples", "tokens/cache_hit", "features/cache_hit",
+    "train_features/cache_hit", "runtime/threads",
+)
+# (metric, chart): learning curves first, then the final figures as one bar per run.
 CHARTS = (
     (TRAIN_LOSS, "LINE"),
     (TRAIN_ACCURACY, "LINE"),
     *((metric.key, "BAR") for metric in QUALITY_METRICS),
-    (TIME_TOTAL, "BAR"),
-    (TIME_TRAIN, "BAR"),
     (TIME_EPOCH, "LINE"),
-    (PARAMS_HEAD, "BAR"),
+    *((metric, "BAR") for metric in FINAL_METRICS if metric not in {m.key for m in QUALITY_METRICS}),
 )
+
+
+# The runs table's own first columns (their ag-grid column ids, as MLflow 3.17's page has them), kept first.
+LEADING_COLUMNS = ("attributes.`Run Name`", "runDateAndNestInfo")
 
 
 def _column_key(kind: str, name: str) -> str:
@@ -89,10 +111,12 @@ def training_view_state() -> dict:
     """
     return {
         "searchFilter": TRAINING_RUNS_FILTER,
-        "orderByKey": "attributes.start_time",
+        "orderByKey": ORDER_BY,
         "orderByAsc": False,
         "selectedColumns": [_column_key(kind, name) for kind, name in COLUMNS],
-        "columnOrder": [],
+        # The identifying columns first, after the run's name: MLflow's table otherwise groups them by kind
+        # (metrics, then params, then tags), which put mode and backbone at the far right.
+        "columnOrder": [*LEADING_COLUMNS, *(_column_key(kind, name) for kind, name in COLUMNS)],
         "columnWidths": {},
         "runsExpanded": {},
         "runsPinned": [],
