@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, NoReturn, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
+from bertpooled.cli_errors import OneLineErrors, fail
 from bertpooled.cli_options import fields_but, with_config_options
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Does a pooling layer cut the compute of a language model without costing accuracy? MLflow-tracked experiments.",
     no_args_is_help=True,
     add_completion=False,
@@ -22,12 +24,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Does a pooling layer cut the compute of a language model without costing accuracy?"""
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, a non-zero exit, no traceback: for user mistakes only."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _progress(flag: Optional[bool]) -> Optional[bool]:
@@ -340,6 +336,10 @@ def sweep_command(
     except BertpooledError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
+        from bertpooled.tracking.runs import last_run
+
+        if last_run()[0] is None:
+            fail("interrupted before the sweep's parent run was created; nothing to resume", code=130)
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
     _print_report(report, fmt, _blank_to_none(output))
 

@@ -32,6 +32,8 @@ RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 #: The run's description, shown as its note in MLflow's UI.
 NOTE_TAG = "mlflow.note.content"
+#: MLflow's longest tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH): a sweep's grid must fit in its tags.
+MAX_TAG_VALUE = 8000
 #: What a failed or interrupted run ended with (the error's first line).
 ERROR_TAG = "error"
 

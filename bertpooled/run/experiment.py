@@ -58,6 +58,8 @@ def run_experiment(
     """
     started = time.perf_counter()
     check_tracking_reachable()
+    if parent_run_id is None and resume is None:
+        tracking.check_experiment_name()
     info = prepare.check(config)
     runtime.configure_threads(config)
     device = runtime.resolve_device(config.device)  # resolved once: everything below receives it

@@ -18,11 +18,11 @@ from typing import Callable, Iterator, Sequence
 
 from bertpooled.config import MODE_ALIASES, Config, load_config
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG, CONFIG_PARAM_PREFIX, FINISHED, KIND_SWEEP, KIND_TAG, NOTE_TAG, RUN_NAME_TAG,
+    CHECKPOINT_EPOCH_TAG, CONFIG_PARAM_PREFIX, FINISHED, KIND_SWEEP, KIND_TAG, MAX_TAG_VALUE, NOTE_TAG, RUN_NAME_TAG,
     SWEEP_CHILD_TAG, SWEEP_CHILDREN_TAG, SWEEP_COMPARISON_RUN_TAG, SWEEP_KEY_TAG, SWEEP_MODES_TAG,
     SWEEP_SEEDS_TAG, SWEEP_SHARED_INPUTS_TAG,
 )
-from bertpooled.errors import BertpooledError
+from bertpooled.errors import BertpooledError, short_text
 from bertpooled.report import compare
 from bertpooled.report.records import Report
 from bertpooled.run import grouped_sweep, prepare, runtime
@@ -37,6 +37,9 @@ from bertpooled.tracking.probe import check_tracking_reachable
 
 DEFAULT_MODES = ("basic", "pool")
 DEFAULT_SEEDS = 3
+# What one sweep parent can hold: its tags list the grid (MLflow keeps at most 8,000 characters a tag), its note
+# names every seed, and each child is a run that compare-runs reads back. Checked before any config is built.
+MAX_CHILDREN = 1000
 # The grid's own axes: everything else in a child's config is the sweep's base, the same for all children.
 GRID_FIELDS = ("mode", "seed", "pool")
 
@@ -80,7 +83,8 @@ def parse_seeds(count: str | None = None, seed_list: str | None = None) -> list[
         except ValueError:
             raise BertpooledError(f"--seed-list {seed_list!r} is not a list of integers: write e.g. --seed-list 0,5") from None
         if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-            raise BertpooledError(f"--seed-list {seed_list!r} must list distinct integers >= 0, e.g. --seed-list 0,5")
+            raise BertpooledError(f"--seed-list {short_text(repr(seed_list))} must list distinct integers >= 0, e.g. --seed-list 0,5")
+        _check_grid_size(1, seeds)
         return seeds
     if not count:
         return list(range(DEFAULT_SEEDS))
@@ -90,7 +94,23 @@ def parse_seeds(count: str | None = None, seed_list: str | None = None) -> list[
         raise BertpooledError(f"--seeds {count!r} is not a number: pass how many seeds, e.g. --seeds 3") from None
     if n < 1:
         raise BertpooledError(f"--seeds {n} runs nothing: pass 1 or more, or --seed-list")
-    return list(range(n))
+    if n > MAX_CHILDREN:  # before range(n) is built
+        raise BertpooledError(f"--seeds {n:,} is more than one sweep holds ({MAX_CHILDREN:,} children): split it into "
+                              "sweeps of --seed-list ranges")
+    seeds = list(range(n))
+    _check_grid_size(1, seeds)
+    return seeds
+
+
+def _check_grid_size(n_modes: int, seeds: Sequence[int]) -> None:
+    """A grid the parent run can hold: at most MAX_CHILDREN children and a seed list that fits in one tag."""
+    if n_modes * len(seeds) > MAX_CHILDREN:
+        raise BertpooledError(f"{n_modes} mode(s) x {len(seeds):,} seeds is {n_modes * len(seeds):,} children, more than "
+                              f"one sweep holds ({MAX_CHILDREN:,}): split the seeds over several sweeps")
+    # The parent's note lists the seeds with ", " (see _parent_tags); 200 characters for the rest of the note.
+    if len(", ".join(map(str, seeds))) + 200 > MAX_TAG_VALUE:
+        raise BertpooledError(f"the {len(seeds):,} seeds do not fit in the sweep's tags ({MAX_TAG_VALUE:,} "
+                              "characters): pass fewer or smaller seeds")
 
 
 def child_key(config: Config) -> str:
@@ -103,6 +123,7 @@ def plan(config: str | None, overrides: dict[str, object], modes: Sequence[str],
     for name in ("mode", "seed"):
         if str(overrides.get(name) or "").strip():
             raise BertpooledError(f"--set {name}=... does not apply to a sweep: use --{name}s (and --seed-list)")
+    _check_grid_size(len(modes), seeds)
     children = []
     for seed in seeds:  # seed-major: an interrupted sweep has every mode for its first seeds
         for mode in modes:
@@ -189,6 +210,8 @@ def run_sweep(
         raise BertpooledError("--group-seeds trains a config's seeds in this process, one child after another: "
                               "leave out --parallel and --executor ray, or pass --no-group-seeds")
     check_tracking_reachable()
+    if not resume_parent:
+        tracking.check_experiment_name(experiment)
     infos = _check_children(children)
     env_run = os.environ.get("MLFLOW_RUN_ID") or None
     if resume_parent and env_run and resume_parent != env_run:

@@ -56,6 +56,24 @@ def move_uri_credentials(uri: str | None = None) -> str | None:
     return clean
 
 
+def check_experiment_name(name: str | None = None, option: str = "--experiment") -> None:
+    """Refuse, before any work, an experiment name MLflow would refuse only when the run is created: the name
+    `use_experiment` would pick (`name`, else MLFLOW_EXPERIMENT_NAME) past MLflow's limit, or blank."""
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+
+    from bertpooled.errors import short_text
+
+    chosen = name if name is not None else os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if chosen is None:
+        return
+    where = option if name is not None else "MLFLOW_EXPERIMENT_NAME"
+    if len(chosen) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise BertpooledError(f"{where} {short_text(chosen, 40)} is too long: MLflow takes at most "
+                              f"{MAX_EXPERIMENT_NAME_LENGTH} characters")
+    if name is not None and not chosen.strip():
+        raise BertpooledError(f"{where} is blank: pass a name, or leave it out for {DEFAULT_EXPERIMENT}")
+
+
 def use_experiment(name: str | None = None) -> str | None:
     """Make the experiment new runs go to active (created when missing) and return its id: `name`, else MLflow's
     own variables (the name wins over the id, as in MLflow), else `bertpooled`; None under `mlflow run`, whose run

@@ -30,7 +30,7 @@ from bertpooled.contract import (
     counts_as_training,
 )
 from bertpooled.errors import BertpooledError
-from bertpooled.errors import redact_uri
+from bertpooled.errors import redact_uri, short_text
 from bertpooled.tracking.probe import check_tracking_reachable
 
 __all__ = [
@@ -242,7 +242,7 @@ def _find_candidates(
         if found is None:
             known = [e.name for e in client.search_experiments(max_results=20)]
             raise BertpooledError(
-                f"unknown experiment {experiment!r} at {redact_uri(client.tracking_uri)}: pass --experiment one of "
+                f"unknown experiment {short_text(repr(experiment))} at {redact_uri(client.tracking_uri)}: pass --experiment one of "
                 f"{', '.join(known) or '(none yet: train first)'}"
             )
         experiment_ids.append(found.experiment_id)
