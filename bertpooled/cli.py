@@ -396,19 +396,16 @@ def serve_command(
     model_uri: str = typer.Argument(..., help="The logged model, e.g. runs:/<run id>/model or models:/<name>/<version>."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(5000, min=1, max=65535, help="Port to listen on."),
+    max_body_mb: float = typer.Option(10.0, help="Largest request body in MB; larger ones get a 413."),
+    max_text_chars: int = typer.Option(100_000, min=1, help="Longest text in one request; longer ones get a 413."),
+    batch_size: int = typer.Option(256, min=1, help="Texts predicted at once: memory follows this, not the request."),
 ) -> None:
-    """Serve a logged model like `mlflow models serve --env-manager local`, answering JSON nested too deeply with a 400."""
-    from bertpooled.serving.server import app_for
+    """Serve a logged model like `mlflow models serve --env-manager local`, with bounded requests (413), predictions
+    in fixed-size batches, and JSON nested too deeply answered with a 400."""
+    from bertpooled.serving.server import ServeLimits, serve
 
     _hide_credentials()
-    try:
-        application = app_for(model_uri)
-    except BertpooledError as exc:
-        fail(str(exc))
-    import uvicorn
-
-    typer.echo(f"serving {model_uri} on http://{host}:{port}/invocations")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    serve(model_uri, host, port, ServeLimits(max_body_mb, max_text_chars, batch_size), echo=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
+import click
 import typer
 from typer.core import TyperGroup
 
@@ -23,8 +24,13 @@ class OneLineErrors(TyperGroup):
     keeps its traceback. A command may report its own failures earlier; this catches the ones it does not."""
 
     def invoke(self, ctx):
+        from bertpooled.tracking.probe import keep_tracebacks_out
+
+        keep_tracebacks_out()  # a store failure is reported below in one line, not after MLflow's pages
         try:
             return super().invoke(ctx)
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # a command's own exit (its own one line already printed), or click's usage errors
         except BertpooledError as exc:
             fail(str(exc))
         except Exception as exc:

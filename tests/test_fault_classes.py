@@ -149,3 +149,129 @@ def test_a_sweep_grid_larger_than_a_parent_run_holds_is_one_line_at_once(store, 
     result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, *args])
     assert_one_line(result, *words)
     assert no_runs(store)
+
+
+# --- 3. the tracking store: probed first by every command, its failures one truthful line --------------------
+
+
+def _half_db(tmp_path: Path) -> str:
+    good = tmp_path / "good.db"
+    client = MlflowClient(f"sqlite:///{good}")
+    client.create_run(client.create_experiment("bertpooled"))
+    half = tmp_path / "mlflow.db"
+    half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return f"sqlite:///{half}"
+
+
+def _closed_postgres() -> tuple[str, object]:
+    import socket
+
+    closed = socket.socket()  # bound, never listening: connections to its port are refused
+    closed.bind(("127.0.0.1", 0))
+    return f"postgresql://mlflow:pw@127.0.0.1:{closed.getsockname()[1]}/mlflow", closed
+
+
+@pytest.mark.parametrize("store_kind", ["half-truncated sqlite", "unreachable postgresql"])
+@pytest.mark.parametrize("command", [
+    ["compare-runs"],
+    ["train", "--resume", "0123456789abcdef0123456789abcdef"],
+    ["sweep", "--resume-parent", "0123456789abcdef0123456789abcdef", "--config", SMOKE],
+    ["serve", "runs:/0123456789abcdef0123456789abcdef/model"],
+])
+def test_every_command_that_touches_the_store_probes_it_first_and_says_so_in_one_line(
+    tmp_path, monkeypatch, store_kind, command
+):
+    import time
+
+    closed = None
+    if store_kind == "half-truncated sqlite":
+        uri, words = _half_db(tmp_path), ["mlflow.db", "malformed", "backup"]
+    else:
+        (uri, closed), words = _closed_postgres(), ["tracking database", "unreachable"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, command)
+    elapsed = time.perf_counter() - start
+    if closed is not None:
+        closed.close()
+    assert_one_line(result, *words)
+    assert len(result.output.splitlines()) == 1, result.output
+    assert elapsed < 60  # the probe waits 5 s; MLflow's own retries took 109 s and 222 lines
+
+
+@pytest.mark.parametrize("message, fix", [
+    ("table _alembic_tmp_experiments already exists", "another process"),
+    ("duplicate column name: step", "another process"),
+    ("attempt to write a readonly database", "read-only"),
+    ("database or disk is full", "disk is full"),
+    ("file is not a database", "backup"),
+    ("database is locked", "locked by a process"),
+])
+def test_a_store_failure_names_the_fix_that_fits_its_cause_and_no_other(message, fix):
+    import sqlite3
+
+    from bertpooled.tracking.probe import store_error
+
+    try:
+        try:
+            raise sqlite3.OperationalError(message)
+        except sqlite3.OperationalError as cause:
+            raise RuntimeError("wrapped") from cause
+    except RuntimeError as exc:
+        line = str(store_error("sqlite:///x/mlflow.db", exc))
+    assert message in line and fix in line
+    others = {"another process", "read-only", "disk is full", "backup", "locked by a process"} - {fix}
+    if fix != "another process":  # a cut-short migration may need the backup too
+        assert not any(other in line for other in others), line
+
+
+def test_mlflows_own_log_lines_keep_their_first_line_and_lose_their_traceback():
+    import logging
+
+    import mlflow  # noqa: F401 - configures MLflow's logging handler
+
+    from bertpooled.tracking.probe import keep_tracebacks_out
+
+    keep_tracebacks_out()
+    keep_tracebacks_out()  # idempotent: one filter per handler
+    handlers = logging.getLogger("mlflow").handlers
+    assert handlers and all(len([f for f in h.filters if type(f).__name__ == "_FirstLineOnly"]) == 1 for h in handlers)
+    handler = handlers[0]
+    try:
+        raise ValueError("deep inside SQLAlchemy")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("mlflow.store.db.utils", logging.ERROR, __file__, 1,
+                                   "SQLAlchemy database error.\n%s", ("many\nlines",), sys.exc_info())
+    assert handler.filter(record)
+    assert record.exc_info is None and handler.format(record).count("\n") == 0
+
+
+FIRST_CONTACT = """
+import sys
+from bertpooled.tracking.probe import check_tracking_reachable
+from mlflow.tracking import MlflowClient
+check_tracking_reachable(sys.argv[1])
+client = MlflowClient(sys.argv[1])
+experiment = client.get_experiment_by_name("race") or client.get_experiment(client.create_experiment("race"))
+""".strip()
+
+
+@pytest.mark.slow
+def test_processes_meeting_a_new_sqlite_store_at_once_all_get_it_made_once(tmp_path):
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_CONTACT, uri], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env) for _ in range(4)]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    # Without the lock, 6 of 6 failed here (table _alembic_tmp_... already exists, duplicate column name).
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-2000:] for o in outputs)
+    client = MlflowClient(uri)
+    assert [e.name for e in client.search_experiments() if e.name == "race"] == ["race"]
+    (tmp_path / "later").mkdir()
+    assert client.create_run(client.get_experiment_by_name("race").experiment_id).info.status == "RUNNING"

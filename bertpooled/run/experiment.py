@@ -229,6 +229,7 @@ def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_
     Code that differs from the run's (commit, uncommitted changes, installed version) is refused unless
     `allow_code_change`, which records the difference on the run instead.
     """
+    check_tracking_reachable()  # seconds, not minutes of MLflow's retries against a dead or hanging server
     lock = claim_run(run_id)
     try:
         config, resume = _prepare_resume(run_id, requested, allow_code_change)

@@ -61,6 +61,8 @@ def client_for(client_or_uri: MlflowClient | str | None) -> MlflowClient:
     """An ``MlflowClient`` as given, or one bound to the tracking URI (``None``: MLflow's default)."""
     if isinstance(client_or_uri, MlflowClient):
         return client_or_uri
+    # Probed first: MLflow's client opens its store when it is made, and retries a dead database for minutes.
+    check_tracking_reachable(client_or_uri or None)
     return MlflowClient(tracking_uri=client_or_uri or None)
 
 
