@@ -275,3 +275,262 @@ def test_processes_meeting_a_new_sqlite_store_at_once_all_get_it_made_once(tmp_p
     assert [e.name for e in client.search_experiments() if e.name == "race"] == ["race"]
     (tmp_path / "later").mkdir()
     assert client.create_run(client.get_experiment_by_name("race").experiment_id).info.status == "RUNNING"
+
+
+# --- 4. the scoring server: bounded bodies and texts, predictions in fixed-size batches ------------------------
+
+
+def _asgi_post(app, chunks: list[bytes], headers: list | None = None) -> tuple[int, dict, bool]:
+    """POST `chunks` to /invocations of an ASGI app; (status, JSON answer, whether the inner app was reached)."""
+    import asyncio
+    import json
+
+    async def go():
+        queue = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        sent = []
+
+        async def receive():
+            return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": headers or []}
+        await app(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(go())
+    status = sent[0]["status"]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return status, json.loads(body), status == 299
+
+
+async def _echo_app(scope, receive, send):
+    """Stands in for MLflow's app: answers 299 with the body it received."""
+    import json
+
+    message = await receive()
+    data = json.dumps({"received": len(message["body"])}).encode()
+    await send({"type": "http.response.start", "status": 299, "headers": []})
+    await send({"type": "http.response.body", "body": data})
+
+
+@pytest.mark.parametrize("case", ["declared", "streamed", "one long text", "a long text deep inside"])
+def test_a_request_over_the_servers_limits_gets_a_413_and_is_not_kept(case):
+    import json
+
+    from bertpooled.serving.server import Limits, ServeLimits
+
+    app = Limits(_echo_app, ServeLimits(max_body_mb=1, max_text_chars=1000))
+    if case == "declared":  # Content-Length says it up front: answered without reading on
+        status, answer, reached = _asgi_post(app, [b"{}"], [(b"content-length", str(50 * 2**20).encode())])
+    elif case == "streamed":  # no length given: counted as it arrives, 50 chunks of 64 KiB
+        status, answer, reached = _asgi_post(app, [b"x" * 65536] * 50)
+    elif case == "one long text":
+        status, answer, reached = _asgi_post(app, [json.dumps({"inputs": ["a" * 5000]}).encode()])
+    else:
+        body = {"dataframe_split": {"columns": ["text"], "data": [["short"]] * 200 + [["b" * 1001]]}}
+        status, answer, reached = _asgi_post(app, [json.dumps(body).encode()])
+    assert status == 413 and not reached, answer
+    assert ("MB" in answer["message"]) if case in ("declared", "streamed") else ("characters" in answer["message"])
+    # Within the limits, the body reaches the app whole (chunks joined, a text exactly at the limit).
+    ok = [json.dumps({"inputs": ["a" * 1000]}).encode()[:7], json.dumps({"inputs": ["a" * 1000]}).encode()[7:]]
+    status, answer, reached = _asgi_post(app, ok)
+    assert reached and answer["received"] == len(b"".join(ok))
+
+
+class _Recording:
+    """A pyfunc-like model that records the sizes it was asked to predict."""
+
+    metadata = "the wrapped model's"
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.sizes = kind, []
+
+    def predict(self, data, params=None):
+        import numpy as np
+        import pandas as pd
+
+        self.sizes.append(len(data))
+        values = [float(len(str(x))) for x in (data["text"] if hasattr(data, "iloc") else data)]
+        if self.kind == "frame":
+            return pd.DataFrame({"probability": values})
+        return np.array(values) if self.kind == "array" else values
+
+
+@pytest.mark.parametrize("kind", ["frame", "array", "list"])
+@pytest.mark.parametrize("n", [0, 3, 10, 11])
+def test_a_large_request_is_predicted_in_fixed_size_batches_with_the_same_answer(kind, n):
+    import numpy as np
+    import pandas as pd
+
+    from bertpooled.serving.server import InBatches
+
+    texts = [f"text {'x' * i}" for i in range(n)]
+    data = pd.DataFrame({"text": texts}) if kind == "frame" else texts
+    whole, batched = _Recording(kind), InBatches(_Recording(kind), batch_size=3)
+    expected, got = whole.predict(data), batched.predict(data)
+    assert batched.metadata == "the wrapped model's"
+    assert max(batched._model.sizes, default=0) <= 3
+    assert sum(batched._model.sizes) == n
+    if kind == "frame":
+        pd.testing.assert_frame_equal(got, expected)
+    else:
+        assert list(np.asarray(got)) == list(np.asarray(expected))
+
+
+def test_a_request_past_the_timeout_stops_at_its_next_batch():
+    from bertpooled.serving.server import InBatches, RequestTimedOut
+
+    model = _Recording("list")
+    batched = InBatches(model, batch_size=2, timeout_s=1e-9)
+    with pytest.raises(RequestTimedOut):
+        batched.predict([str(i) for i in range(100)])
+    assert len(model.sizes) <= 1  # not 50 batches on for a client that already had its 504
+
+
+def test_small_requests_are_answered_between_the_batches_of_a_large_one():
+    import threading
+
+    from bertpooled.serving.server import InBatches
+
+    order, first_batch, release = [], threading.Event(), threading.Event()
+
+    class Slow:
+        metadata = None
+
+        def predict(self, data, params=None):
+            if len(data) == 1:
+                order.append("small")
+            else:
+                order.append("large batch")
+                first_batch.set()
+                release.wait(10)
+            return list(data)
+
+    batched = InBatches(Slow(), batch_size=2)
+    large = threading.Thread(target=batched.predict, args=([str(i) for i in range(8)],))
+    large.start()
+    assert first_batch.wait(10)
+    small = threading.Thread(target=batched.predict, args=(["one"],))
+    small.start()
+    for _ in range(1000):  # until the small request waits for its turn (bounded: 10 s)
+        if batched._lock.waiting:
+            break
+        threading.Event().wait(0.01)
+    release.set()
+    large.join(10)
+    small.join(10)
+    # The small request ran before the large one's last batch, not after all four of them.
+    assert order.index("small") < len(order) - 1, order
+
+
+# --- 5. sweep workers die with their parent ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_marked(store, tiny_bert):
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    from test_faults import sweep_args
+    from conftest import write_imdb_archive, write_imdb_tree
+
+    data = write_imdb_archive(write_imdb_tree(Path(store.split("///")[1]).parent / "imdb", per_label=100),
+                              Path(store.split("///")[1]).parent / "imdb.tar.gz")
+    client = MlflowClient(store)
+    proc = subprocess.Popen(sweep_args(tiny_bert, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    workers = []
+    try:
+        deadline, started = time.time() + 300, []
+        while time.time() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name("bertpooled")
+            runs = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''") if exp else []
+            started = [r for r in runs if r.info.status == "RUNNING" and "checkpoint/epoch" in r.data.tags]
+            if len(started) == 2:
+                break
+            time.sleep(0.2)
+        assert len(started) == 2, "two children never trained side by side"
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "bertpooled" not in " ".join(p.cmdline()[:3])]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        gone, alive = psutil.wait_procs(workers, timeout=120)
+        assert alive == [], [p.cmdline() for p in alive]  # they stayed under PID 1 for good before
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in workers:
+            if p.is_running():
+                p.kill()
+    exp = client.get_experiment_by_name("bertpooled")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`bertpooled.kind` = 'sweep'")
+    assert parent.info.status == "KILLED" and "died" in parent.data.tags["error"]
+    children = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''")
+    # No queued child started after the kill; the two running ones ended KILLED with their checkpoints.
+    assert {c.info.run_id for c in children} == {r.info.run_id for r in started}
+    assert all(c.info.status == "KILLED" and "checkpoint/epoch" in c.data.tags for c in children)
+
+
+# --- 6. a resumed sweep's children stay comparable with its earlier ones ------------------------------------------
+
+
+def _logged_run(threads: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=SimpleNamespace(params={"config/num_threads": threads}))
+
+
+@pytest.mark.parametrize("earlier, given, expected, kept", [
+    ("1", 0, 1, True),  # parallel children (cores/N) before, resumed in this process now: the reported case
+    ("0", 0, 0, True),  # local (auto) before, resumed with --parallel now: auto kept, not cores/N
+    ("3", 2, 2, True),  # a count the user gave now wins (the config check of the resume then says if it differs)
+    (None, 0, 0, False),  # a new sweep: the executor decides
+])
+def test_a_resumed_sweep_runs_its_children_on_the_thread_count_its_earlier_children_had(earlier, given, expected, kept):
+    from bertpooled.config import load_config
+    from bertpooled.run.sweep import _threads_as_before, plan
+
+    children = plan(SMOKE, {"num_threads": given}, ["basic", "pool"], [0])
+    existing = {} if earlier is None else {"some-key": [_logged_run(earlier)]}
+    lines: list[str] = []
+    todo, keep = _threads_as_before(children, existing, lines.append)
+    assert [c.config.num_threads for c in todo] == [expected, expected] and keep is kept
+    assert [c.key for c in todo] == [c.key for c in children]  # the cells keep their identity
+    assert load_config(SMOKE).num_threads == 0
+
+
+def test_parallel_workers_keep_a_kept_auto_thread_count(monkeypatch):
+    """run_parallel gives auto children cores/N unless the sweep keeps its earlier count (auto)."""
+    import concurrent.futures as cf
+
+    from bertpooled.run import parallel
+    from bertpooled.run.sweep import plan
+
+    seen = []
+
+    class Pool:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, config, *args):
+            seen.append(config.num_threads)
+            future = cf.Future()
+            future.set_result(None)
+            return future
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", Pool)
+    children = plan(SMOKE, {}, ["basic", "pool"], [0])
+    for keep in (True, False):
+        seen.clear()
+        parallel.run_parallel(children, "parent", 2, lambda line: None, keep_threads=keep)
+        assert seen == ([0, 0] if keep else [max(1, (os.cpu_count() or 1) // 2)] * 2)

@@ -10,6 +10,7 @@ preparation cost as `sweep/shared_<phase>_s`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -231,6 +232,7 @@ def run_sweep(
         experiment_id = tracking.use_experiment(experiment)
 
     done, todo, resumable = _what_to_run(children, existing, log)
+    todo, keep_threads = _threads_as_before(todo, existing, log)
     resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"
     tags = _parent_tags(parent.data.tags if parent_id else {}, children, existing)
     logged_base = parent_id is not None and any(k.startswith(CONFIG_PARAM_PREFIX) for k in parent.data.params)
@@ -243,7 +245,7 @@ def run_sweep(
                 tracking.log_params({f"{CONFIG_PARAM_PREFIX}{k}": v for k, v in base.items()})
             log(f"sweep {started}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
             for current in _run_todo(todo, started, infos, resumable, outcome.ran, parallel=parallel, executor=executor,
-                                     progress=progress, log=log, group_seeds=group_seeds):
+                                     progress=progress, log=log, group_seeds=group_seeds, keep_threads=keep_threads):
                 pass
     except KeyboardInterrupt:
         log(f"sweep {started} interrupted at {current}; resume it with {resume_hint}")
@@ -256,7 +258,8 @@ def run_sweep(
 
 
 def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dict[str, str], ran: list, *,
-              parallel: int, executor, progress: bool | None, log: Callable[[str], None], group_seeds=None) -> Iterator[str]:
+              parallel: int, executor, progress: bool | None, log: Callable[[str], None], group_seeds=None,
+              keep_threads: bool = False) -> Iterator[str]:
     """Run the children, appending each Outcome to `ran`; yields what is running now (the parent's `error` tag names
     it if the sweep stops): elsewhere (`executor`), side by side (`parallel`), or here one by one (seed groups too)."""
     shared = None
@@ -271,7 +274,7 @@ def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dic
         ran.extend(executor.run(todo, parent_id, log, progress))
     elif parallel > 1 and len(todo) > 1:
         yield f"{len(todo)} children, {parallel} at a time"
-        ran.extend(run_parallel(todo, parent_id, parallel, log, resumable))
+        ran.extend(run_parallel(todo, parent_id, parallel, log, resumable, keep_threads=keep_threads))
     else:
         for i, (child, start) in enumerate(grouped_sweep.schedule(todo, resumable, group_seeds, shared, infos, progress, log), 1):
             yield child.label
@@ -298,6 +301,26 @@ def _what_to_run(children: Sequence[Child], existing: dict[str, list], log: Call
             else:
                 log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status}; running it again")
     return done, todo, resumable
+
+
+def _threads_as_before(todo: Sequence[Child], existing: dict[str, list], log: Callable[[str], None],
+                       ) -> tuple[list[Child], bool]:
+    """The children to run with the thread count the sweep's earlier children logged (where theirs is auto), and
+    whether that count must be kept as it is (a parallel run otherwise gives auto children cores/N).
+
+    A parallel sweep gives each child cores/N threads, a local one leaves the count to the run (0, auto): a sweep
+    resumed another way would mix the two, and compare-runs rightly refuses to compare times measured on other
+    thread counts. So a resumed sweep keeps the count its children already have, however it runs now.
+    """
+    logged = {r.data.params.get(f"{CONFIG_PARAM_PREFIX}num_threads") for runs in existing.values() for r in runs}
+    logged.discard(None)
+    if len(logged) != 1 or not todo:
+        return list(todo), False  # a new sweep, or one already mixed: nothing single to keep
+    threads = int(next(iter(logged)))
+    same = [c if c.config.num_threads else dataclasses.replace(c, config=dataclasses.replace(c.config, num_threads=threads))
+            for c in todo]
+    log(f"num_threads {threads or 'auto'} for the children to run, as the sweep's earlier children had it")
+    return same, True
 
 
 def compare_children(outcome: SweepOutcome, *, format: str = "table", output: str | None = None) -> Report:  # noqa: A002

@@ -17,6 +17,7 @@ Binds to 127.0.0.1 by default.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -74,7 +75,8 @@ class Limits:
                            "requests (or start the server with a larger --max-body-mb)"})
             return
         body = b"".join(chunks)
-        longest = _longest_text(body) if len(body) > self.limits.max_text_chars else 0
+        # In a thread: parsing a 50 MB body takes seconds, which would stall every other request's answer.
+        longest = await asyncio.to_thread(_longest_text, body) if len(body) > self.limits.max_text_chars else 0
         if longest > self.limits.max_text_chars:
             await _send_json(send, 413, {
                 "error_code": "REQUEST_LIMIT_EXCEEDED",
@@ -120,17 +122,41 @@ class RequestTimedOut(Exception):
     """Raised between batches once a request has run past the server's timeout: its client has had a 504."""
 
 
+class TakeTurns:
+    """A first-come, first-served lock (a ticket lock): `threading.Lock` lets the thread that just released it take
+    it straight back, so a large request would keep the model from every small one until its last batch."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Condition()
+        self._next_ticket = self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._turn:
+            ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
+            self._turn.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc) -> None:
+        with self._turn:
+            self._serving += 1
+            self._turn.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """How many callers wait for their turn (the one holding it not counted)."""
+        return max(0, self._next_ticket - self._serving - 1)
+
+
 class InBatches:
     """A pyfunc model whose `predict` runs `batch_size` rows at a time, holding the model for one batch at a time.
 
-    MLflow's server predicts each request in a thread of its own; the lock makes the requests take turns by batch,
-    so a small request waits for at most the batch running now, not for a whole large request. Everything else
+    MLflow's server predicts each request in a thread of its own; the requests take turns by batch, first come
+    first served, so a small request waits for the batches queued before it, not for a whole large request. Everything else
     (metadata, signature) is the wrapped model's.
     """
 
     def __init__(self, model, batch_size: int, timeout_s: float | None = None) -> None:
         self._model, self._batch_size, self._timeout_s = model, batch_size, timeout_s
-        self._lock = threading.Lock()
+        self._lock = TakeTurns()
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -182,7 +208,7 @@ class RejectTooDeepJson:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if _too_deep(body):
+        if await asyncio.to_thread(_too_deep, body):  # in a thread: a large body takes seconds to parse
             await _send_json(send, 400, {
                 "error_code": "BAD_REQUEST",
                 "message": "the JSON body is nested too deeply to parse: send {\"inputs\": [\"text\", ...]}",

@@ -76,6 +76,15 @@ def end_child(run_id: str, status: str, reason: str) -> None:
     client.set_terminated(run_id, status)
 
 
+def end_if_running(run_id: str, status: str, reason: str) -> bool:
+    """End `run_id` with `status` and `reason` as its `error` tag, if it is still RUNNING; whether it was."""
+    client = MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    end_child(run_id, status, reason)
+    return True
+
+
 def set_tag(run_id: str, key: str, value: str) -> None:
     MlflowClient().set_tag(run_id, key, value)
 
