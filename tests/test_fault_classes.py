@@ -534,3 +534,83 @@ def test_parallel_workers_keep_a_kept_auto_thread_count(monkeypatch):
         seen.clear()
         parallel.run_parallel(children, "parent", 2, lambda line: None, keep_threads=keep)
         assert seen == ([0, 0] if keep else [max(1, (os.cpu_count() or 1) // 2)] * 2)
+
+
+# --- 7. checkpoints that verify themselves, whatever the run's tags say -------------------------------------------
+
+
+def _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed: int) -> str:
+    from bertpooled.run import fit
+
+    real_fit = fit.fit
+
+    def fit_then_interrupt(*args, **kwargs):
+        real_fit(*args, **kwargs)
+        raise KeyboardInterrupt  # as if Ctrl-C came right after the last checkpoint
+
+    monkeypatch.setattr(fit, "fit", fit_then_interrupt)
+    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
+                                      "--max-len", "16", "--epochs", "2", "--seed", str(seed)])
+    monkeypatch.setattr(fit, "fit", real_fit)
+    assert result.exit_code == 130, result.output
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id], f"params.`config/seed` = '{seed}'")
+    assert runs[0].info.status == "KILLED" and runs[0].data.tags["checkpoint/epoch"] == "2"
+    return runs[0].info.run_id
+
+
+def _checkpoint_folder(client, run_id: str) -> Path:
+    from urllib.parse import urlparse
+
+    run = client.get_run(run_id)
+    return Path(urlparse(run.info.artifact_uri).path) / run.data.tags["checkpoint/path"]
+
+
+def _alter_a_weight(folder: Path) -> None:
+    """Change one stored float of the trained head, keeping the file a valid safetensors file."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(folder / "state.safetensors"))
+    name = next(k for k in tensors if k.startswith("model/"))
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 1.0
+    save_file(tensors, str(folder / "state.safetensors"))
+
+
+@pytest.mark.parametrize("tamper, words", [
+    ("weights", ["weights do not match the sha256 written inside"]),  # accuracy 0.50 before
+    ("meta", ["meta.json does not match the sha256 written inside"]),
+    ("copied", ["belongs to another run", "copied from another run"]),  # finished as the other seed before
+])
+def test_a_checkpoint_altered_or_copied_with_its_tag_deleted_or_copied_is_refused(
+    store, tiny_bert, tiny_imdb, monkeypatch, tamper, words
+):
+    client = MlflowClient(store)
+    run_id = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=0)
+    folder = _checkpoint_folder(client, run_id)
+    if tamper == "weights":
+        _alter_a_weight(folder)
+        client.delete_tag(run_id, "checkpoint/sha256")
+    elif tamper == "meta":
+        meta = folder / "meta.json"
+        meta.write_text(meta.read_text().replace('"epoch": 2', '"epoch": 1'))
+        client.delete_tag(run_id, "checkpoint/sha256")
+    else:
+        other = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=1)
+        import shutil
+
+        shutil.rmtree(folder)
+        shutil.copytree(_checkpoint_folder(client, other), folder)
+        client.set_tag(run_id, "checkpoint/sha256", client.get_run(other).data.tags["checkpoint/sha256"])
+    result = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
+    assert_one_line(result, *words)
+    assert client.get_run(run_id).info.status == "KILLED"  # left as it was
+
+
+def test_an_untouched_checkpoint_whose_tag_was_deleted_still_resumes(store, tiny_bert, tiny_imdb, monkeypatch):
+    client = MlflowClient(store)
+    run_id = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=0)
+    client.delete_tag(run_id, "checkpoint/sha256")
+    result = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
+    assert result.exit_code == 0, result.output
+    assert client.get_run(run_id).info.status == "FINISHED"

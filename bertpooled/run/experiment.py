@@ -94,7 +94,9 @@ def run_experiment(
             extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
             log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
 
-        checkpoints = checkpoint.Checkpointer(_save_checkpoint, resume.state if resume else None)
+        owner = checkpoint.identity(run.info.run_id, config.to_dict())
+        checkpoints = checkpoint.Checkpointer(
+            lambda *state: _save_checkpoint(*state, owner=owner), resume.state if resume else None)
         trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)
         tracking.log_predictions(test_split.ids, test_split.labels, trained.probabilities)
         _log_plots(test_split.labels, trained.probabilities)
@@ -170,9 +172,9 @@ def _log_plots(labels, probabilities) -> None:
         tracking.log_artifacts(tmp, "plots")
 
 
-def _save_checkpoint(epoch: int, model, optimizer, order, history) -> None:
+def _save_checkpoint(epoch: int, model, optimizer, order, history, owner: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history)
+        sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history, owner)
         log_checkpoint(Path(tmp), epoch, sha256)
 
 
@@ -246,10 +248,11 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
 
     with tempfile.TemporaryDirectory() as tmp:
         params, digest, tags, folder = run_to_resume(run_id, Path(tmp))
-        state = checkpoint.load(folder, tags.get(CHECKPOINT_SHA256_TAG))
-    # Runs logged before these fields existed trained nn.LSTM's two bias vectors on the word table.
-    params = {"lstm_bias": "torch", "features": "embeddings", **params}
-    config = load_config(None, params)
+        # Runs logged before these fields existed trained nn.LSTM's two bias vectors on the word table.
+        params = {"lstm_bias": "torch", "features": "embeddings", **params}
+        config = load_config(None, params)
+        # Verified against the run being resumed, whatever its tags say (a copied checkpoint is another run's).
+        state = checkpoint.load(folder, tags.get(CHECKPOINT_SHA256_TAG), checkpoint.identity(run_id, config.to_dict()))
     if requested:
         # Options given now are compared one by one with the run's own; only the data's location may change
         # (its content is checked against the run's digest before training).
