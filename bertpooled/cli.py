@@ -84,6 +84,7 @@ def train(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored; the option of the same name wins."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
     allow_code_change: bool = typer.Option(False, "--allow-code-change", help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change."),
+    take_over: bool = typer.Option(False, "--take-over", help="With --resume: continue a run that looks driven by another process (its heartbeat fresh) that you know is gone."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
@@ -100,7 +101,7 @@ def train(
             given = {k: v for k, v in overrides.items() if str(v).strip()}
             if config:
                 given["config"] = config
-            cfg, target = prepare_resume(resume, given, allow_code_change=allow_code_change)
+            cfg, target = prepare_resume(resume, given, allow_code_change=allow_code_change, take_over=take_over)
         else:
             cfg, target = load_config(config or None, overrides), None
         try:
@@ -161,7 +162,7 @@ def mlproject_train(ctx: typer.Context) -> None:
     fields, sets = _fields_and_sets(pairs)
     # Every argument is passed: one left out would be typer's OptionInfo default, which is truthy.
     train(config=_blank_to_none(config), fields=fields, set_=sets, resume=resume, allow_code_change=allow == "true",
-          progress=None)
+          take_over=False, progress=None)
 
 
 def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
@@ -283,6 +284,7 @@ def sweep_command(
     seeds: Optional[str] = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
     seed_list: Optional[str] = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
     resume_parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: run only its missing or unfinished children."),
+    take_over: bool = typer.Option(False, "--take-over", help="With --resume-parent: continue a sweep that looks driven by another process you know is gone."),
     parallel: int = typer.Option(1, min=1, help="Children run side by side in this many processes (threads split between them)."),
     executor: str = typer.Option("local", help="Where children run: local (processes here) | ray (tasks on a Ray cluster)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."),
@@ -326,6 +328,7 @@ def sweep_command(
                 parallel=parallel,
                 executor=runner,
                 group_seeds=group_seeds,
+                take_over=take_over,
             )
         finally:
             if runner is not None:
@@ -384,7 +387,7 @@ def mlproject_sweep(ctx: typer.Context) -> None:
              "-P parallel=2 or -P group_seeds=true")
     fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
     sweep_command(
-        modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None,
+        modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None, take_over=False,
         parallel=parallel, executor=own.get("executor", "local"), address=own.get("address"), cpus_per_run=cpus,
         gpus_per_run=gpus, experiment=None, group_seeds=group, format=own.get("format", "table"), output=own.get("output"),
         config=own.get("config"), fields=fields, set_=sets, progress=None,

@@ -72,6 +72,10 @@ SWEEP_COMPARISON_RUN_TAG = "sweep/comparison_run_id"
 
 #: On a resumed run: the last epoch its checkpoint held when this attempt started.
 RESUMED_TAG = "resumed_after_epoch"
+#: The process that drives a run (`host:pid:nonce`) and the last time it said so (Unix seconds, refreshed every
+#: `bertpooled.tracking.ownership.HEARTBEAT_S`): what tells a live RUNNING run from one whose process died.
+OWNER_TAG = "bertpooled.owner"
+HEARTBEAT_TAG = "bertpooled.heartbeat"
 CHECKPOINT_PATH_TAG = "checkpoint/path"
 CHECKPOINT_EPOCH_TAG = "checkpoint/epoch"
 CHECKPOINT_SHA256_TAG = "checkpoint/sha256"

@@ -21,6 +21,7 @@ from bertpooled.run.fit import EpochStats
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
+from bertpooled.tracking import ownership
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking.models import fail_unfinished_models, log_checkpoint, run_to_resume
 from bertpooled.tracking.probe import check_tracking_reachable
@@ -192,6 +193,7 @@ class Resume:
 
     def release(self) -> None:
         """Let another process resume the run (the lock also goes when this process ends, however it ends)."""
+        ownership.let_go(self.run_id)
         if self.lock is not None:
             self.lock.close()
             self.lock = None
@@ -225,17 +227,25 @@ def claim_run(run_id: str):
     return handle
 
 
-def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool = False) -> tuple[Config, Resume]:
+def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool = False,
+                   take_over: bool = False) -> tuple[Config, Resume]:
     """The run's own config (checked against any options given now), its checkpoint and its code, before anything runs.
 
     Code that differs from the run's (commit, uncommitted changes, installed version) is refused unless
-    `allow_code_change`, which records the difference on the run instead.
+    `allow_code_change`, which records the difference on the run instead. A run that a live process drives (here
+    or on another machine: see bertpooled.tracking.ownership) is refused, unless `take_over`; from here on this
+    process drives it, its heartbeat kept fresh until `Resume.release`.
     """
     check_tracking_reachable()  # seconds, not minutes of MLflow's retries against a dead or hanging server
     lock = claim_run(run_id)
+    claimed = False
     try:
         config, resume = _prepare_resume(run_id, requested, allow_code_change)
+        ownership.claim(run_id, "run", take_over=take_over)
+        claimed = True
     except BaseException:
+        if claimed:
+            ownership.let_go(run_id)
         if lock is not None:
             lock.close()
         raise

@@ -33,7 +33,7 @@ from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs
 from bertpooled.run.shared import Shared
 from bertpooled.tracking import runs as tracking
-from bertpooled.tracking import sweeps
+from bertpooled.tracking import ownership, sweeps
 from bertpooled.tracking.probe import check_tracking_reachable
 
 DEFAULT_MODES = ("basic", "pool")
@@ -196,6 +196,7 @@ def run_sweep(
     parallel: int = 1,
     executor=None,
     group_seeds: bool | None = None,
+    take_over: bool = False,
 ) -> SweepOutcome:
     """Run the children that have no FINISHED run under the parent (a new one unless resuming); see the module doc.
 
@@ -226,6 +227,8 @@ def run_sweep(
     if parent_id:
         parent = sweeps.find_parent(parent_id, from_mlflow_run=parent_id == env_run)
         _check_same_base(parent, base)
+        if parent_id != env_run:  # a sweep still driven by a live process is refused: its children would run twice
+            ownership.claim(parent_id, "sweep", take_over=take_over)
         existing = sweeps.children_by_key(parent)
         experiment_id = parent.info.experiment_id
     else:
@@ -254,6 +257,9 @@ def run_sweep(
         if started:
             log(f"sweep {started} stopped at {current}; resume it with {resume_hint}")
         raise
+    finally:
+        if parent_id and parent_id != env_run:
+            ownership.let_go(parent_id)
     return outcome
 
 

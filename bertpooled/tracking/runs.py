@@ -23,7 +23,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from bertpooled.tracking import ui_view
+from bertpooled.tracking import ownership, ui_view
 from bertpooled.contract import (
     CHECKPOINT_EPOCH_TAG, CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DEFAULT_EXPERIMENT, ERROR_TAG, FINISHED, KIND_TAG, KIND_TRAIN, KILLED, NOTE_TAG,
     PREDICTIONS_PATH, RUN_NAME_TAG, FAILED,
@@ -168,14 +168,18 @@ def training_run(
     else:
         use_experiment()
         run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
-    with ending(run.info.run_id):
-        # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
-        mlflow.set_tags({RUN_NAME_TAG: name, KIND_TAG: KIND_TRAIN, **tags})
-        if description:
-            mlflow.set_tag(NOTE_TAG, description)
-        yield run
-        if resume_run_id:
-            _clear_tag(run.info.run_id, ERROR_TAG)  # the interruption it recorded is over: the run FINISHED
+    ownership.keep_alive(run.info.run_id)  # this process drives the run: a heartbeat tells it from a dead one
+    try:
+        with ending(run.info.run_id):
+            # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
+            mlflow.set_tags({RUN_NAME_TAG: name, KIND_TAG: KIND_TRAIN, **tags})
+            if description:
+                mlflow.set_tag(NOTE_TAG, description)
+            yield run
+            if resume_run_id:
+                _clear_tag(run.info.run_id, ERROR_TAG)  # the interruption it recorded is over: the run FINISHED
+    finally:
+        ownership.let_go(run.info.run_id)
 
 
 @contextmanager
