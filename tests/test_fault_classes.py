@@ -700,3 +700,60 @@ def test_a_sweep_still_driven_by_a_live_process_is_refused_by_resume_parent(stor
                                       parent.info.run_id, "--modes", "basic", "--seeds", "1"])
     assert_one_line(result, "sweep", "still being driven by another process")
     assert client.search_runs([exp], "tags.`sweep/child` != ''") == []  # no child started twice
+
+
+# --- 9. a predictions file edited or damaged is a note, not a traceback --------------------------------------------
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("id,label,probability\na,1,0.9\nb,0,high\n", "not a number"),  # the reported case
+    ("id,label,probability\na,1,0.9\nb,0,1.7\n", "not a number in [0, 1]"),
+    ("id,label,probability\na,1,0.9\nb,0,nan\n", "not a number"),
+    ("id,label,probability\na,2,0.9\nb,0,0.1\n", "labels other than 0 and 1"),
+    ("id,label\na,1\n", "no column probability"),
+    ("id,label,probability\na,1,0.9\na,0,0.1\n", "repeated ids"),
+    ("id,label,probability\na,1,0.9\nb,0,0.1\n", ""),
+])
+def test_every_kind_of_unusable_predictions_file_is_named(tmp_path, text, problem):
+    import pandas as pd
+
+    from bertpooled.tracking.store import unusable_predictions
+
+    path = tmp_path / "test.csv"
+    path.write_text(text)
+    found = unusable_predictions(pd.read_csv(path, dtype={"id": str}))
+    assert (problem in found) if problem else found == ""
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "edited width"])
+def test_serving_a_damaged_logged_model_is_one_line(store, tiny_bert, tiny_imdb, damage):
+    import json
+    from urllib.parse import urlparse
+
+    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
+                                      "--max-len", "16", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    artifacts = Path(urlparse(model.artifact_location).path) / "artifacts"
+    if damage == "truncated weights":
+        weights = artifacts / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        config = artifacts / "model_config.json"
+        spec = json.loads(config.read_text())
+        assert _edit_width(spec) != spec
+        config.write_text(json.dumps(_edit_width(spec)))
+    served = CliRunner().invoke(app, ["serve", f"runs:/{run.info.run_id}/model", "--port", "1"])
+    assert_one_line(served, "damaged")
+
+
+def _edit_width(spec):
+    """The model config with its first width-like integer changed (the weights then no longer fit)."""
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            if isinstance(value, int) and not isinstance(value, bool) and any(w in key for w in ("units", "hidden", "size", "dim")):
+                return {**spec, key: value + 3}
+        return {k: _edit_width(v) if isinstance(v, (dict, list)) else v for k, v in spec.items()}
+    return spec

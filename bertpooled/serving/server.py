@@ -267,6 +267,12 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
             f"cannot load model {model_uri} ({str(exc).splitlines()[0][:200]}): pass a logged model's URI, "
             "e.g. runs:/<run id>/model, with MLFLOW_TRACKING_URI pointing at its store"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged model (truncated weights, an edited width): the model's fault
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise BertpooledError(
+            f"model {model_uri} is damaged ({type(exc).__name__}: {first}): its files do not load; log it again "
+            "(train a new run) or serve another version"
+        ) from None
     batched = InBatches(model, limits.batch_size, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
     return Limits(RejectTooDeepJson(scoring_server.init(batched)), limits)
 
