@@ -307,9 +307,11 @@ def sweep_command(
     from bertpooled.config import parse_sets
     from bertpooled.report.render import FORMATS
 
+    from bertpooled.tracking.runs import last_run
+
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
-    fmt = _blank_to_none(format) or "table"
+    fmt, run_before = _blank_to_none(format) or "table", last_run()[0]
     try:
         if fmt not in FORMATS:
             raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
@@ -339,9 +341,7 @@ def sweep_command(
     except BertpooledError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        from bertpooled.tracking.runs import last_run
-
-        if last_run()[0] is None:
+        if last_run()[0] == run_before:
             fail("interrupted before the sweep's parent run was created; nothing to resume", code=130)
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
     _print_report(report, fmt, _blank_to_none(output))

@@ -757,3 +757,29 @@ def _edit_width(spec):
                 return {**spec, key: value + 3}
         return {k: _edit_width(v) if isinstance(v, (dict, list)) else v for k, v in spec.items()}
     return spec
+
+
+from test_faults import hanging_server  # noqa: E402,F401 - the fixture: /health answers, the API hangs
+
+
+def test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", hanging_server)
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["train", "--resume", "0123456789abcdef0123456789abcdef"])
+    assert time.perf_counter() - start < 60  # it skipped the probe and waited 200 s before
+    assert_one_line(result, "answers /health but its API does not answer")
+
+
+def test_a_sweep_interrupted_before_its_parent_existed_says_so_and_claims_no_killed_run(store, monkeypatch):
+    from bertpooled.run import sweep as sweeping
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweeping, "plan", interrupted)
+    result = CliRunner().invoke(app, ["sweep", "--config", SMOKE])
+    assert result.exit_code == 130
+    assert "before the sweep's parent run was created" in result.output and "KILLED" not in result.output
