@@ -238,14 +238,10 @@ def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_
     """
     check_tracking_reachable()  # seconds, not minutes of MLflow's retries against a dead or hanging server
     lock = claim_run(run_id)
-    claimed = False
     try:
         config, resume = _prepare_resume(run_id, requested, allow_code_change)
-        ownership.claim(run_id, "run", take_over=take_over)
-        claimed = True
+        ownership.claim(run_id, "run", take_over=take_over)  # the last step: nothing after it can fail
     except BaseException:
-        if claimed:
-            ownership.let_go(run_id)
         if lock is not None:
             lock.close()
         raise
