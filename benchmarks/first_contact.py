@@ -58,12 +58,16 @@ def main() -> None:
             errors = [p.communicate(timeout=1800)[1] for p in procs]
             seconds = time.perf_counter() - start
             ok = sum(p.returncode == 0 for p in procs)
-            client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-            finished = sum(r.info.status == "FINISHED" for r in runs)
-            first_errors = sorted({e.strip().splitlines()[-1] for e, p in zip(errors, procs) if p.returncode} or {"-"})
-            rows.append(f"| {repeat + 1} | {args.processes} | {ok} of {args.processes} | {finished} of {len(runs)} | "
-                        f"{seconds:.0f} | {'; '.join(first_errors)[:200]} |")
+            first_errors = sorted({(e.strip().splitlines() or ["?"])[-1][:120] for e, p in zip(errors, procs)
+                                   if p.returncode} or {"-"})
+            try:
+                client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+                stored = f"{sum(r.info.status == 'FINISHED' for r in runs)} of {len(runs)}"
+            except Exception as exc:  # noqa: BLE001 - a store the race left broken is the finding
+                stored = f"store unusable afterwards ({str(exc).splitlines()[0][:100]})"
+            rows.append(f"| {repeat + 1} | {args.processes} | {ok} of {args.processes} | {stored} | "
+                        f"{seconds:.0f} | {'; '.join(first_errors)[:300]} |")
             print(rows[-1], flush=True)
     print("\n".join(["| try | processes | exited 0 | runs FINISHED | wall s | errors |", "|---:|---:|---:|---:|---:|---|",
                      *rows]))

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from bertpooled.cli import app
 from bertpooled.cli_errors import OneLineErrors
+from test_faults import hanging_server  # noqa: F401 - the fixture: a server whose /health answers, whose API hangs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -757,9 +758,6 @@ def _edit_width(spec):
                 return {**spec, key: value + 3}
         return {k: _edit_width(v) if isinstance(v, (dict, list)) else v for k, v in spec.items()}
     return spec
-
-
-from test_faults import hanging_server  # noqa: E402,F401 - the fixture: /health answers, the API hangs
 
 
 def test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tmp_path, monkeypatch):
