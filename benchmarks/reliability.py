@@ -76,9 +76,62 @@ FAULTS = [
     ("the served model (`bertpooled serve`) sent a 100,000-deep JSON body: a 400 naming the problem, then serves on",
      F + "test_the_served_model_answers_deeply_nested_json_with_a_400_and_still_serves"),
 ]
+C = "tests/test_fault_classes.py::"
+# Faults by class (issue 25): each row a class, its test trying several members (the reported example among them).
+CLASSES = [
+    ("OS errors on user-given paths: a 5,000-character `--config`/`--data`/`--model` (ENAMETOOLONG), a symlink loop "
+     "in the data folder (ELOOP), EACCES/ENOSPC/EROFS/ENXIO on any command's path; `compare-runs --output` onto a "
+     "file or `/dev/null`: one line naming the path and reason, no run",
+     C + "test_a_path_too_long_for_the_system_is_one_line_whichever_option_gives_it " + C +
+     "test_a_symlink_loop_in_the_data_folder_is_one_line " + C +
+     "test_every_command_turns_an_os_error_on_a_path_into_one_line_and_a_bug_keeps_its_traceback " + C +
+     "test_compare_runs_output_onto_a_file_or_a_device_is_one_line_before_any_run_is_read"),
+    ("inputs sized to hurt: a 700-byte YAML alias bomb, lists as settings, YAML nested 30 deep (file or `--set`), "
+     "a 300 KB config, a 10,000-character experiment name, `--seeds 100000`, 1,200 children, seeds too long for a "
+     "tag: one line before work starts",
+     C + "test_a_config_file_sized_to_hurt_is_one_line_before_yaml_builds_it " + C +
+     "test_a_set_value_sized_to_hurt_is_one_line_and_a_plain_anchor_still_works " + C +
+     "test_an_experiment_name_past_mlflows_limit_is_one_line_before_the_data_is_read " + C +
+     "test_a_sweep_grid_larger_than_a_parent_run_holds_is_one_line_at_once"),
+    ("`compare-runs`, `train --resume`, `sweep --resume-parent`, `serve runs:/...` against a half-truncated "
+     "`mlflow.db` or an unreachable PostgreSQL, `--resume` against a server whose API hangs: one line, probed "
+     "first; each store failure's line names the fix that fits its cause; MLflow's logged tracebacks cut to a line",
+     C + "test_every_command_that_touches_the_store_probes_it_first_and_says_so_in_one_line " + C +
+     "test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds " + C +
+     "test_a_store_failure_names_the_fix_that_fits_its_cause_and_no_other " + C +
+     "test_mlflows_own_log_lines_keep_their_first_line_and_lose_their_traceback"),
+    ("4 processes meet a new SQLite `mlflow.db` at once: all open it, its tables made once",
+     C + "test_processes_meeting_a_new_sqlite_store_at_once_all_get_it_made_once"),
+    ("`serve`: a body over the limit (declared or streamed) or holding a text over the limit is a 413; batches "
+     "give the unbatched answer; a timed-out request stops at its next batch; small requests go between batches",
+     C + "test_a_request_over_the_servers_limits_gets_a_413_and_is_not_kept " + C +
+     "test_a_large_request_is_predicted_in_fixed_size_batches_with_the_same_answer " + C +
+     "test_a_request_past_the_timeout_stops_at_its_next_batch " + C +
+     "test_small_requests_are_answered_between_the_batches_of_a_large_one"),
+    ("`kill -9` to a `sweep --parallel 2` parent while two children train: both workers exit (none under PID 1), "
+     "no queued child starts, both children and the parent KILLED",
+     C + "test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_marked"),
+    ("a run or sweep driven by a live process (here or on another host, a resume preparing it, whatever its "
+     "cache folder): `--resume`/`--resume-parent` refused; a dead owner's run taken over; `--take-over` when asked",
+     C + "test_liveness_tells_a_driven_run_from_one_whose_process_died " + C +
+     "test_a_run_driven_by_a_live_process_is_refused_by_resume_and_taken_over_only_when_asked " + C +
+     "test_a_resume_in_another_process_holds_the_run_whatever_its_cache_folder " + C +
+     "test_a_sweep_still_driven_by_a_live_process_is_refused_by_resume_parent"),
+    ("checkpoint weights or meta altered with the tag deleted, another run's checkpoint copied in with its tag: "
+     "refused in one line; an untouched checkpoint without its tag resumes",
+     C + "test_a_checkpoint_altered_or_copied_with_its_tag_deleted_or_copied_is_refused " + C +
+     "test_an_untouched_checkpoint_whose_tag_was_deleted_still_resumes"),
+    ("a resumed sweep's new children get the thread count its earlier children logged (parallel or local)",
+     C + "test_a_resumed_sweep_runs_its_children_on_the_thread_count_its_earlier_children_had " + C +
+     "test_parallel_workers_keep_a_kept_auto_thread_count"),
+    ("a predictions file with a non-numeric or out-of-range probability, other labels, missing columns or "
+     "repeated ids: named in a note, the run left out; a damaged logged model (truncated weights, edited width) "
+     "at `serve`: one line",
+     C + "test_every_kind_of_unusable_predictions_file_is_named " + C + "test_serving_a_damaged_logged_model_is_one_line"),
+]
 # Minutes each under load: run once whatever --repeats says.
-EXPENSIVE = {FAULTS[0][1], FAULTS[-2][1]}
-GROUPS = {"first": SCENARIOS, "faults": FAULTS}
+EXPENSIVE = {FAULTS[0][1], FAULTS[-2][1], CLASSES[5][1]}
+GROUPS = {"first": SCENARIOS, "faults": FAULTS, "classes": CLASSES}
 
 
 def main() -> None:
@@ -87,7 +140,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "reliability.md"),
                         help="the whole report (group `first`); `-` prints the table only")
     parser.add_argument("--group", choices=sorted(GROUPS), default="first",
-                        help="first: the first round's scenarios; faults: issue 15's")
+                        help="first: the first round's scenarios; faults: issue 15's; classes: issue 25's")
     args = parser.parse_args()
     rows = []
     for title, node in GROUPS[args.group]:

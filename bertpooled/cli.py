@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, NoReturn, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
+from bertpooled.cli_errors import OneLineErrors, fail
 from bertpooled.cli_options import fields_but, with_config_options
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Does a pooling layer cut the compute of a language model without costing accuracy? MLflow-tracked experiments.",
     no_args_is_help=True,
     add_completion=False,
@@ -22,12 +24,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Does a pooling layer cut the compute of a language model without costing accuracy?"""
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, a non-zero exit, no traceback: for user mistakes only."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _progress(flag: Optional[bool]) -> Optional[bool]:
@@ -88,6 +84,7 @@ def train(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored; the option of the same name wins."),
     resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
     allow_code_change: bool = typer.Option(False, "--allow-code-change", help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change."),
+    take_over: bool = typer.Option(False, "--take-over", help="With --resume: continue a run that looks driven by another process (its heartbeat fresh) that you know is gone."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
@@ -104,7 +101,7 @@ def train(
             given = {k: v for k, v in overrides.items() if str(v).strip()}
             if config:
                 given["config"] = config
-            cfg, target = prepare_resume(resume, given, allow_code_change=allow_code_change)
+            cfg, target = prepare_resume(resume, given, allow_code_change=allow_code_change, take_over=take_over)
         else:
             cfg, target = load_config(config or None, overrides), None
         try:
@@ -165,7 +162,7 @@ def mlproject_train(ctx: typer.Context) -> None:
     fields, sets = _fields_and_sets(pairs)
     # Every argument is passed: one left out would be typer's OptionInfo default, which is truthy.
     train(config=_blank_to_none(config), fields=fields, set_=sets, resume=resume, allow_code_change=allow == "true",
-          progress=None)
+          take_over=False, progress=None)
 
 
 def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
@@ -287,6 +284,7 @@ def sweep_command(
     seeds: Optional[str] = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
     seed_list: Optional[str] = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
     resume_parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: run only its missing or unfinished children."),
+    take_over: bool = typer.Option(False, "--take-over", help="With --resume-parent: continue a sweep that looks driven by another process you know is gone."),
     parallel: int = typer.Option(1, min=1, help="Children run side by side in this many processes (threads split between them)."),
     executor: str = typer.Option("local", help="Where children run: local (processes here) | ray (tasks on a Ray cluster)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."),
@@ -309,9 +307,11 @@ def sweep_command(
     from bertpooled.config import parse_sets
     from bertpooled.report.render import FORMATS
 
+    from bertpooled.tracking.runs import last_run
+
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
-    fmt = _blank_to_none(format) or "table"
+    fmt, run_before = _blank_to_none(format) or "table", last_run()[0]
     try:
         if fmt not in FORMATS:
             raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
@@ -330,6 +330,7 @@ def sweep_command(
                 parallel=parallel,
                 executor=runner,
                 group_seeds=group_seeds,
+                take_over=take_over,
             )
         finally:
             if runner is not None:
@@ -340,6 +341,8 @@ def sweep_command(
     except BertpooledError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
+        if last_run()[0] == run_before:
+            fail("interrupted before the sweep's parent run was created; nothing to resume", code=130)
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
     _print_report(report, fmt, _blank_to_none(output))
 
@@ -384,7 +387,7 @@ def mlproject_sweep(ctx: typer.Context) -> None:
              "-P parallel=2 or -P group_seeds=true")
     fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
     sweep_command(
-        modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None,
+        modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None, take_over=False,
         parallel=parallel, executor=own.get("executor", "local"), address=own.get("address"), cpus_per_run=cpus,
         gpus_per_run=gpus, experiment=None, group_seeds=group, format=own.get("format", "table"), output=own.get("output"),
         config=own.get("config"), fields=fields, set_=sets, progress=None,
@@ -396,19 +399,16 @@ def serve_command(
     model_uri: str = typer.Argument(..., help="The logged model, e.g. runs:/<run id>/model or models:/<name>/<version>."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(5000, min=1, max=65535, help="Port to listen on."),
+    max_body_mb: float = typer.Option(10.0, help="Largest request body in MB; larger ones get a 413."),
+    max_text_chars: int = typer.Option(100_000, min=1, help="Longest text in one request; longer ones get a 413."),
+    batch_size: int = typer.Option(256, min=1, help="Texts predicted at once: memory follows this, not the request."),
 ) -> None:
-    """Serve a logged model like `mlflow models serve --env-manager local`, answering JSON nested too deeply with a 400."""
-    from bertpooled.serving.server import app_for
+    """Serve a logged model like `mlflow models serve --env-manager local`, with bounded requests (413), predictions
+    in fixed-size batches, and JSON nested too deeply answered with a 400."""
+    from bertpooled.serving.server import ServeLimits, serve
 
     _hide_credentials()
-    try:
-        application = app_for(model_uri)
-    except BertpooledError as exc:
-        fail(str(exc))
-    import uvicorn
-
-    typer.echo(f"serving {model_uri} on http://{host}:{port}/invocations")
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    serve(model_uri, host, port, ServeLimits(max_body_mb, max_text_chars, batch_size), echo=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from bertpooled.errors import BertpooledError
+from bertpooled.errors import BertpooledError, short_text
 
 MODES = ("basic", "pool", "reference")
 # The original code and write-up called the unpooled mode by both names.
@@ -35,6 +35,11 @@ EXPERIMENTS_DIR = Path("experiments")
 PROJECT_EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 MAX_SEED = 2**32 - 1
 MAX_TEXT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
+# A config file is a few dozen `key: value` lines. These bounds are checked before YAML builds anything: a
+# 700-byte file of nested anchors (a "billion laughs") otherwise expands to gigabytes once a value is printed.
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_YAML_ALIASES = 32
+MAX_YAML_DEPTH = 20
 
 
 @dataclass
@@ -243,7 +248,7 @@ FIELD_TYPES = {f.name: f.type for f in fields(Config)}
 
 
 def _coerce_bool(name: str, value: Any) -> bool:
-    value = yaml.safe_load(value.strip() or "null") if isinstance(value, str) else value
+    value = safe_yaml(value.strip() or "null", f"config: {name}") if isinstance(value, str) else value
     if not isinstance(value, bool):
         raise BertpooledError(f"config: {name}={value!r} is not valid: use true or false")
     return value
@@ -267,9 +272,13 @@ def _coerce(name: str, value: Any) -> Any:
         if kind in ("str", "str | None"):
             return text
         try:
-            value = yaml.safe_load(text) if text else None
+            value = safe_yaml(text, f"config: {name}") if text else None
         except yaml.YAMLError:
             value = text  # not YAML (e.g. "@3"): the type check below names the field and what is valid
+    if isinstance(value, (list, dict)):
+        # Refused before any repr: nested anchors make a small value print as gigabytes.
+        shape = "a list" if isinstance(value, list) else "a mapping"
+        raise BertpooledError(f"config: {name} is {shape}, not one value: write e.g. {name}: {_default_text(name)}")
     try:
         if kind == "int":
             if isinstance(value, bool) or not float(value).is_integer():
@@ -288,7 +297,7 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         expected = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, "text")
-        raise BertpooledError(f"config: {name}={value!r} is not valid: use {expected}") from None
+        raise BertpooledError(f"config: {name}={short_text(repr(value))} is not valid: use {expected}") from None
 
 
 def resolve_config_path(config: str | Path) -> Path:
@@ -311,7 +320,13 @@ def resolve_config_path(config: str | Path) -> Path:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a config YAML file (empty file = no settings)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise BertpooledError(
+                f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB: a config is a few key: value lines; "
+                "pass the right file")
+        raw = safe_yaml(data.decode("utf-8"), f"config file {path}")
     except UnicodeDecodeError as exc:
         raise BertpooledError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:
@@ -325,6 +340,30 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise BertpooledError(f"config file {path} must hold a mapping of settings (key: value)")
     return raw
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load(text)`, after checking on YAML's event stream (linear in the text, building nothing) that
+    it has at most MAX_YAML_ALIASES aliases and nests at most MAX_YAML_DEPTH deep; a one-line error otherwise."""
+    aliases = depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise BertpooledError(
+                    f"{where}: more than {MAX_YAML_ALIASES} YAML aliases (*name): write the values out")
+        elif isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise BertpooledError(f"{where}: YAML nested more than {MAX_YAML_DEPTH} deep: settings are key: value")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return yaml.safe_load(text)
+
+
+def _default_text(name: str) -> str:
+    default = Config.__dataclass_fields__[name].default
+    return "..." if default is dataclasses.MISSING or default is None or default == "" else str(getattr(default, "value", default))
 
 
 def load_config(config: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:

@@ -32,6 +32,8 @@ RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 #: The run's description, shown as its note in MLflow's UI.
 NOTE_TAG = "mlflow.note.content"
+#: MLflow's longest tag value (mlflow.utils.validation.MAX_TAG_VAL_LENGTH): a sweep's grid must fit in its tags.
+MAX_TAG_VALUE = 8000
 #: What a failed or interrupted run ended with (the error's first line).
 ERROR_TAG = "error"
 
@@ -70,6 +72,10 @@ SWEEP_COMPARISON_RUN_TAG = "sweep/comparison_run_id"
 
 #: On a resumed run: the last epoch its checkpoint held when this attempt started.
 RESUMED_TAG = "resumed_after_epoch"
+#: The process that drives a run (`host:pid:nonce`) and the last time it said so (Unix seconds, refreshed every
+#: `bertpooled.tracking.ownership.HEARTBEAT_S`): what tells a live RUNNING run from one whose process died.
+OWNER_TAG = "bertpooled.owner"
+HEARTBEAT_TAG = "bertpooled.heartbeat"
 CHECKPOINT_PATH_TAG = "checkpoint/path"
 CHECKPOINT_EPOCH_TAG = "checkpoint/epoch"
 CHECKPOINT_SHA256_TAG = "checkpoint/sha256"

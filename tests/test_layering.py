@@ -122,3 +122,6 @@ def test_the_contract_spells_mlflows_own_names_without_importing_mlflow():
         mlflow_tags.MLFLOW_RUN_NAME, mlflow_tags.MLFLOW_PARENT_RUN_ID, mlflow_tags.MLFLOW_RUN_NOTE)
     assert (contract.FINISHED, contract.FAILED, contract.KILLED) == tuple(
         RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    assert contract.MAX_TAG_VALUE == MAX_TAG_VAL_LENGTH

@@ -14,13 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from bertpooled.contract import COMPARISON_EXPERIMENT, DEFAULT_EXPERIMENT, HEADLINE_COSTS
-from bertpooled.errors import BertpooledError
+from bertpooled.errors import BertpooledError, short_text
 from bertpooled.report.build import build_report
 from bertpooled.report.html import render_html
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
 from bertpooled.report.records import Report
 from bertpooled.report.render import FORMATS
 from bertpooled.tracking import comparisons, store
+from bertpooled.tracking.runs import check_experiment_name
 
 __all__ = [
     "COMPARISON_EXPERIMENT",
@@ -122,6 +123,11 @@ def compare_runs(
     """
     if format not in FORMATS:
         raise BertpooledError(f"unknown report format {format!r}: pass --format one of {', '.join(FORMATS)}")
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        # Checked before the runs are fetched: the report files go into a folder.
+        raise BertpooledError(f"--output {short_text(output)} exists and is not a folder: pass a folder's path")
+    if not no_log and comparison_experiment is not None:
+        check_experiment_name(comparison_experiment, "--comparison-experiment")
     client = store.client_for(tracking_uri)
     runs, notes = store.select_runs(
         client,

@@ -1,7 +1,12 @@
 """End-of-epoch checkpoints that resume a run exactly: trained weights, optimizer, RNG states, history.
 
-Tensors go to safetensors and everything else to JSON, so loading one never unpickles an object; the
-sha256 of both files is recorded with the run, and a checkpoint that does not match it is refused.
+Tensors go to safetensors and everything else to JSON, so loading one never unpickles an object. A checkpoint
+verifies itself: its JSON holds the sha256 of its tensors and its identity (the run it belongs to, the seed, a
+digest of the run's config), all checked on resume whatever the run's tags say; the sha256 of both files is
+also recorded with the run (tag `checkpoint/sha256`) and checked when present. So deleting the tag and altering
+the weights, or copying another run's checkpoint with its tag, is refused. (Whoever can rewrite both files can
+rewrite the digests inside too: against deliberate tampering the tag, kept in the tracking store apart from the
+artifacts, is the check; against corruption and mix-ups the checkpoint needs nothing outside itself.)
 """
 
 from __future__ import annotations
@@ -16,9 +21,20 @@ import torch
 
 from bertpooled.errors import BertpooledError
 
-FORMAT = 1
+FORMAT = 2  # 2: the tensors' sha256 and the identity inside meta.json; 1 had them only in the run's tags
+READABLE_FORMATS = (1, 2)
 TENSORS = "state.safetensors"
 META = "meta.json"
+# Config fields left out of a checkpoint's config digest: where the data lives may change between attempts
+# (its content is checked against the run's data digest instead).
+NOT_IDENTITY = ("data",)
+
+
+def identity(run_id: str, config: dict) -> dict:
+    """Who a checkpoint belongs to: the run, its seed and a sha256 of its config (but `NOT_IDENTITY`)."""
+    kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    return {"run_id": run_id, "seed": config.get("seed"),
+            "config_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()}
 
 
 def digest(folder: Path) -> str:
@@ -35,8 +51,9 @@ def _trained(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(folder: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         order: torch.Generator, history: list) -> str:
-    """Write the state after `epoch` into `folder`; returns its digest."""
+         order: torch.Generator, history: list, owner: dict | None = None) -> str:
+    """Write the state after `epoch` into `folder`, with its tensors' digest and `owner` (see `identity`) inside;
+    returns the digest of both files."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -50,7 +67,9 @@ def save(folder: Path, epoch: int, model: torch.nn.Module, optimizer: torch.opti
     tensors["rng/torch"] = torch.get_rng_state()
     save_file(tensors, str(folder / TENSORS))
     meta = {"format": FORMAT, "epoch": epoch, "param_groups": optim["param_groups"],
-            "history": [asdict(h) for h in history]}
+            "history": [asdict(h) for h in history], "identity": owner or {},
+            "tensors_sha256": hashlib.sha256((folder / TENSORS).read_bytes()).hexdigest()}
+    meta["meta_sha256"] = _meta_digest(meta)
     (folder / META).write_text(json.dumps(meta, indent=1))
     return digest(folder)
 
@@ -85,8 +104,13 @@ class State:
         torch.set_rng_state(self.tensors["rng/torch"])
 
 
-def load(folder: Path, expected_digest: str | None) -> State:
-    """Read and verify a checkpoint folder; a missing, altered or unreadable one is a one-line error."""
+def load(folder: Path, expected_digest: str | None, owner: dict | None = None) -> State:
+    """Read and verify a checkpoint folder; a missing, altered, unreadable or foreign one is a one-line error.
+
+    `expected_digest` is the run's tag (None when it is missing); `owner` is what `identity` gives for the run
+    being resumed. A format-2 checkpoint is checked against its own tensors' digest and `owner` whatever the tag
+    says; a format-1 one (no digest inside) only with the tag.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -100,12 +124,43 @@ def load(folder: Path, expected_digest: str | None) -> State:
         )
     try:
         meta = json.loads((folder / META).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("meta.json holds no mapping")
+        _verify_itself(meta, folder, expected_digest, owner)
         tensors = load_file(str(folder / TENSORS))
     except (ValueError, OSError, SafetensorError) as exc:
         raise BertpooledError(f"checkpoint in {folder} is unreadable ({exc}): start a new run instead") from None
-    if meta.get("format") != FORMAT:
-        raise BertpooledError(f"checkpoint format {meta.get('format')} is not {FORMAT}: resume with the version that wrote it")
     return State(int(meta["epoch"]), tensors, meta["param_groups"], meta["history"])
+
+
+def _meta_digest(meta: dict) -> str:
+    """sha256 of meta.json's content but this digest itself, in a canonical form."""
+    rest = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _verify_itself(meta: dict, folder: Path, expected_digest: str | None, owner: dict | None) -> None:
+    """The checks a checkpoint carries: its format, its tensors' digest, whose it is."""
+    if meta.get("format") not in READABLE_FORMATS:
+        raise BertpooledError(f"checkpoint format {meta.get('format')} is not {FORMAT}: resume with the version that wrote it")
+    if meta["format"] == 1:
+        if not expected_digest:
+            raise BertpooledError("checkpoint has no digest of its own (format 1) and its run records none (tag "
+                                  "checkpoint/sha256 missing): it cannot be verified; start a new run instead")
+        return
+    if meta.get("meta_sha256") != _meta_digest(meta):
+        raise BertpooledError("checkpoint meta.json does not match the sha256 written inside it (altered or corrupt): "
+                              "refusing to load it; start a new run instead")
+    inside = meta.get("tensors_sha256")
+    if not inside or hashlib.sha256((folder / TENSORS).read_bytes()).hexdigest() != inside:
+        raise BertpooledError("checkpoint weights do not match the sha256 written inside it (altered or corrupt): "
+                              "refusing to load them; start a new run instead")
+    mine = meta.get("identity") or {}
+    for key, what in (("run_id", "run"), ("seed", "seed"), ("config_sha256", "config")):
+        if owner is not None and mine.get(key) != owner.get(key):
+            raise BertpooledError(
+                f"checkpoint belongs to another {what} ({key} {str(mine.get(key))[:16]!s}, this run's is "
+                f"{str(owner.get(key))[:16]!s}): it was copied from another run; refusing it, start a new run instead")
 
 
 @dataclass

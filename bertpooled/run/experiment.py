@@ -21,6 +21,7 @@ from bertpooled.run.fit import EpochStats
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
+from bertpooled.tracking import ownership
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking.models import fail_unfinished_models, log_checkpoint, run_to_resume
 from bertpooled.tracking.probe import check_tracking_reachable
@@ -58,6 +59,8 @@ def run_experiment(
     """
     started = time.perf_counter()
     check_tracking_reachable()
+    if parent_run_id is None and resume is None:
+        tracking.check_experiment_name()
     info = prepare.check(config)
     runtime.configure_threads(config)
     device = runtime.resolve_device(config.device)  # resolved once: everything below receives it
@@ -92,7 +95,9 @@ def run_experiment(
             extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
             log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
 
-        checkpoints = checkpoint.Checkpointer(_save_checkpoint, resume.state if resume else None)
+        owner = checkpoint.identity(run.info.run_id, config.to_dict())
+        checkpoints = checkpoint.Checkpointer(
+            lambda *state: _save_checkpoint(*state, owner=owner), resume.state if resume else None)
         trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)
         tracking.log_predictions(test_split.ids, test_split.labels, trained.probabilities)
         _log_plots(test_split.labels, trained.probabilities)
@@ -168,9 +173,9 @@ def _log_plots(labels, probabilities) -> None:
         tracking.log_artifacts(tmp, "plots")
 
 
-def _save_checkpoint(epoch: int, model, optimizer, order, history) -> None:
+def _save_checkpoint(epoch: int, model, optimizer, order, history, owner: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history)
+        sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history, owner)
         log_checkpoint(Path(tmp), epoch, sha256)
 
 
@@ -188,6 +193,7 @@ class Resume:
 
     def release(self) -> None:
         """Let another process resume the run (the lock also goes when this process ends, however it ends)."""
+        ownership.let_go(self.run_id)
         if self.lock is not None:
             self.lock.close()
             self.lock = None
@@ -221,15 +227,20 @@ def claim_run(run_id: str):
     return handle
 
 
-def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool = False) -> tuple[Config, Resume]:
+def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool = False,
+                   take_over: bool = False) -> tuple[Config, Resume]:
     """The run's own config (checked against any options given now), its checkpoint and its code, before anything runs.
 
     Code that differs from the run's (commit, uncommitted changes, installed version) is refused unless
-    `allow_code_change`, which records the difference on the run instead.
+    `allow_code_change`, which records the difference on the run instead. A run that a live process drives (here
+    or on another machine: see bertpooled.tracking.ownership) is refused, unless `take_over`; from here on this
+    process drives it, its heartbeat kept fresh until `Resume.release`.
     """
+    check_tracking_reachable()  # seconds, not minutes of MLflow's retries against a dead or hanging server
     lock = claim_run(run_id)
     try:
         config, resume = _prepare_resume(run_id, requested, allow_code_change)
+        ownership.claim(run_id, "run", take_over=take_over)  # the last step: nothing after it can fail
     except BaseException:
         if lock is not None:
             lock.close()
@@ -243,10 +254,11 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
 
     with tempfile.TemporaryDirectory() as tmp:
         params, digest, tags, folder = run_to_resume(run_id, Path(tmp))
-        state = checkpoint.load(folder, tags.get(CHECKPOINT_SHA256_TAG))
-    # Runs logged before these fields existed trained nn.LSTM's two bias vectors on the word table.
-    params = {"lstm_bias": "torch", "features": "embeddings", **params}
-    config = load_config(None, params)
+        # Runs logged before these fields existed trained nn.LSTM's two bias vectors on the word table.
+        params = {"lstm_bias": "torch", "features": "embeddings", **params}
+        config = load_config(None, params)
+        # Verified against the run being resumed, whatever its tags say (a copied checkpoint is another run's).
+        state = checkpoint.load(folder, tags.get(CHECKPOINT_SHA256_TAG), checkpoint.identity(run_id, config.to_dict()))
     if requested:
         # Options given now are compared one by one with the run's own; only the data's location may change
         # (its content is checked against the run's digest before training).

@@ -10,6 +10,7 @@ preparation cost as `sweep/shared_<phase>_s`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,11 +19,11 @@ from typing import Callable, Iterator, Sequence
 
 from bertpooled.config import MODE_ALIASES, Config, load_config
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG, CONFIG_PARAM_PREFIX, FINISHED, KIND_SWEEP, KIND_TAG, NOTE_TAG, RUN_NAME_TAG,
+    CHECKPOINT_EPOCH_TAG, CONFIG_PARAM_PREFIX, FINISHED, KIND_SWEEP, KIND_TAG, MAX_TAG_VALUE, NOTE_TAG, RUN_NAME_TAG,
     SWEEP_CHILD_TAG, SWEEP_CHILDREN_TAG, SWEEP_COMPARISON_RUN_TAG, SWEEP_KEY_TAG, SWEEP_MODES_TAG,
     SWEEP_SEEDS_TAG, SWEEP_SHARED_INPUTS_TAG,
 )
-from bertpooled.errors import BertpooledError
+from bertpooled.errors import BertpooledError, short_text
 from bertpooled.report import compare
 from bertpooled.report.records import Report
 from bertpooled.run import grouped_sweep, prepare, runtime
@@ -32,11 +33,14 @@ from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs
 from bertpooled.run.shared import Shared
 from bertpooled.tracking import runs as tracking
-from bertpooled.tracking import sweeps
+from bertpooled.tracking import ownership, sweeps
 from bertpooled.tracking.probe import check_tracking_reachable
 
 DEFAULT_MODES = ("basic", "pool")
 DEFAULT_SEEDS = 3
+# What one sweep parent can hold: its tags list the grid (MLflow keeps at most 8,000 characters a tag), its note
+# names every seed, and each child is a run that compare-runs reads back. Checked before any config is built.
+MAX_CHILDREN = 1000
 # The grid's own axes: everything else in a child's config is the sweep's base, the same for all children.
 GRID_FIELDS = ("mode", "seed", "pool")
 
@@ -80,7 +84,8 @@ def parse_seeds(count: str | None = None, seed_list: str | None = None) -> list[
         except ValueError:
             raise BertpooledError(f"--seed-list {seed_list!r} is not a list of integers: write e.g. --seed-list 0,5") from None
         if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-            raise BertpooledError(f"--seed-list {seed_list!r} must list distinct integers >= 0, e.g. --seed-list 0,5")
+            raise BertpooledError(f"--seed-list {short_text(repr(seed_list))} must list distinct integers >= 0, e.g. --seed-list 0,5")
+        _check_grid_size(1, seeds)
         return seeds
     if not count:
         return list(range(DEFAULT_SEEDS))
@@ -90,7 +95,23 @@ def parse_seeds(count: str | None = None, seed_list: str | None = None) -> list[
         raise BertpooledError(f"--seeds {count!r} is not a number: pass how many seeds, e.g. --seeds 3") from None
     if n < 1:
         raise BertpooledError(f"--seeds {n} runs nothing: pass 1 or more, or --seed-list")
-    return list(range(n))
+    if n > MAX_CHILDREN:  # before range(n) is built
+        raise BertpooledError(f"--seeds {n:,} is more than one sweep holds ({MAX_CHILDREN:,} children): split it into "
+                              "sweeps of --seed-list ranges")
+    seeds = list(range(n))
+    _check_grid_size(1, seeds)
+    return seeds
+
+
+def _check_grid_size(n_modes: int, seeds: Sequence[int]) -> None:
+    """A grid the parent run can hold: at most MAX_CHILDREN children and a seed list that fits in one tag."""
+    if n_modes * len(seeds) > MAX_CHILDREN:
+        raise BertpooledError(f"{n_modes} mode(s) x {len(seeds):,} seeds is {n_modes * len(seeds):,} children, more than "
+                              f"one sweep holds ({MAX_CHILDREN:,}): split the seeds over several sweeps")
+    # The parent's note lists the seeds with ", " (see _parent_tags); 200 characters for the rest of the note.
+    if len(", ".join(map(str, seeds))) + 200 > MAX_TAG_VALUE:
+        raise BertpooledError(f"the {len(seeds):,} seeds do not fit in the sweep's tags ({MAX_TAG_VALUE:,} "
+                              "characters): pass fewer or smaller seeds")
 
 
 def child_key(config: Config) -> str:
@@ -103,6 +124,7 @@ def plan(config: str | None, overrides: dict[str, object], modes: Sequence[str],
     for name in ("mode", "seed"):
         if str(overrides.get(name) or "").strip():
             raise BertpooledError(f"--set {name}=... does not apply to a sweep: use --{name}s (and --seed-list)")
+    _check_grid_size(len(modes), seeds)
     children = []
     for seed in seeds:  # seed-major: an interrupted sweep has every mode for its first seeds
         for mode in modes:
@@ -174,6 +196,7 @@ def run_sweep(
     parallel: int = 1,
     executor=None,
     group_seeds: bool | None = None,
+    take_over: bool = False,
 ) -> SweepOutcome:
     """Run the children that have no FINISHED run under the parent (a new one unless resuming); see the module doc.
 
@@ -189,6 +212,8 @@ def run_sweep(
         raise BertpooledError("--group-seeds trains a config's seeds in this process, one child after another: "
                               "leave out --parallel and --executor ray, or pass --no-group-seeds")
     check_tracking_reachable()
+    if not resume_parent:
+        tracking.check_experiment_name(experiment)
     infos = _check_children(children)
     env_run = os.environ.get("MLFLOW_RUN_ID") or None
     if resume_parent and env_run and resume_parent != env_run:
@@ -202,12 +227,15 @@ def run_sweep(
     if parent_id:
         parent = sweeps.find_parent(parent_id, from_mlflow_run=parent_id == env_run)
         _check_same_base(parent, base)
+        if parent_id != env_run:  # a sweep still driven by a live process is refused: its children would run twice
+            ownership.claim(parent_id, "sweep", take_over=take_over)
         existing = sweeps.children_by_key(parent)
         experiment_id = parent.info.experiment_id
     else:
         experiment_id = tracking.use_experiment(experiment)
 
     done, todo, resumable = _what_to_run(children, existing, log)
+    todo, keep_threads = _threads_as_before(todo, existing, log)
     resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"
     tags = _parent_tags(parent.data.tags if parent_id else {}, children, existing)
     logged_base = parent_id is not None and any(k.startswith(CONFIG_PARAM_PREFIX) for k in parent.data.params)
@@ -220,7 +248,7 @@ def run_sweep(
                 tracking.log_params({f"{CONFIG_PARAM_PREFIX}{k}": v for k, v in base.items()})
             log(f"sweep {started}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
             for current in _run_todo(todo, started, infos, resumable, outcome.ran, parallel=parallel, executor=executor,
-                                     progress=progress, log=log, group_seeds=group_seeds):
+                                     progress=progress, log=log, group_seeds=group_seeds, keep_threads=keep_threads):
                 pass
     except KeyboardInterrupt:
         log(f"sweep {started} interrupted at {current}; resume it with {resume_hint}")
@@ -229,11 +257,15 @@ def run_sweep(
         if started:
             log(f"sweep {started} stopped at {current}; resume it with {resume_hint}")
         raise
+    finally:
+        if parent_id and parent_id != env_run:
+            ownership.let_go(parent_id)
     return outcome
 
 
 def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dict[str, str], ran: list, *,
-              parallel: int, executor, progress: bool | None, log: Callable[[str], None], group_seeds=None) -> Iterator[str]:
+              parallel: int, executor, progress: bool | None, log: Callable[[str], None], group_seeds=None,
+              keep_threads: bool = False) -> Iterator[str]:
     """Run the children, appending each Outcome to `ran`; yields what is running now (the parent's `error` tag names
     it if the sweep stops): elsewhere (`executor`), side by side (`parallel`), or here one by one (seed groups too)."""
     shared = None
@@ -248,7 +280,7 @@ def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dic
         ran.extend(executor.run(todo, parent_id, log, progress))
     elif parallel > 1 and len(todo) > 1:
         yield f"{len(todo)} children, {parallel} at a time"
-        ran.extend(run_parallel(todo, parent_id, parallel, log, resumable))
+        ran.extend(run_parallel(todo, parent_id, parallel, log, resumable, keep_threads=keep_threads))
     else:
         for i, (child, start) in enumerate(grouped_sweep.schedule(todo, resumable, group_seeds, shared, infos, progress, log), 1):
             yield child.label
@@ -275,6 +307,26 @@ def _what_to_run(children: Sequence[Child], existing: dict[str, list], log: Call
             else:
                 log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status}; running it again")
     return done, todo, resumable
+
+
+def _threads_as_before(todo: Sequence[Child], existing: dict[str, list], log: Callable[[str], None],
+                       ) -> tuple[list[Child], bool]:
+    """The children to run with the thread count the sweep's earlier children logged (where theirs is auto), and
+    whether that count must be kept as it is (a parallel run otherwise gives auto children cores/N).
+
+    A parallel sweep gives each child cores/N threads, a local one leaves the count to the run (0, auto): a sweep
+    resumed another way would mix the two, and compare-runs rightly refuses to compare times measured on other
+    thread counts. So a resumed sweep keeps the count its children already have, however it runs now.
+    """
+    logged = {r.data.params.get(f"{CONFIG_PARAM_PREFIX}num_threads") for runs in existing.values() for r in runs}
+    logged.discard(None)
+    if len(logged) != 1 or not todo:
+        return list(todo), False  # a new sweep, or one already mixed: nothing single to keep
+    threads = int(next(iter(logged)))
+    same = [c if c.config.num_threads else dataclasses.replace(c, config=dataclasses.replace(c.config, num_threads=threads))
+            for c in todo]
+    log(f"num_threads {threads or 'auto'} for the children to run, as the sweep's earlier children had it")
+    return same, True
 
 
 def compare_children(outcome: SweepOutcome, *, format: str = "table", output: str | None = None) -> Report:  # noqa: A002

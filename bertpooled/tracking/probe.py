@@ -4,6 +4,9 @@ from bugs, each as one line that names the store and what to do."""
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import mlflow
@@ -13,6 +16,9 @@ from bertpooled.errors import BertpooledError, redact_uri
 
 
 PROBE_TIMEOUT_S = 5.0
+# How long a process waits for another one's first contact with a new SQLite store (creating and migrating its
+# tables takes seconds; a minute means that process is stuck).
+FIRST_CONTACT_WAIT_S = 120.0
 
 
 def check_tracking_reachable(uri: str | None = None) -> None:
@@ -78,25 +84,124 @@ def _probe_database(uri: str) -> None:
 
 
 def check_store_opens(uri: str) -> None:
-    """Open a local store and read from it; a damaged or unreadable one is a one-line error."""
+    """Open a local store and read from it; a damaged or unreadable one is a one-line error.
+
+    The first contact with a SQLite file creates and migrates its tables: done by several processes at once
+    (six `train` on a fresh mlflow.db), the migrations collide and most of them fail, sometimes leaving the file
+    broken for good. So every process opens the store under one lock, a file beside the database: the first
+    creates the tables, the others then find them made.
+    """
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with first_contact(uri):
+            MlflowClient(uri).search_experiments(max_results=1)
+    except BertpooledError:
+        raise
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy, sqlite3 and MLflow errors alike: the store is unusable
         raise store_error(uri, exc) from None
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The database file of a `sqlite:///` URI (None for any other store, or an in-memory database)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return database if database and database != ":memory:" else None
+
+
+@contextmanager
+def first_contact(uri: str) -> Iterator[None]:
+    """Hold the lock that serialises opening the SQLite store at `uri` across processes (nothing for other stores).
+
+    An exclusive `flock` on `<database>-init.lock` beside the file; the OS drops it when its holder dies, however
+    it dies. A folder where no lock file can be made is used without one (opening the store then says what is
+    wrong with the folder). Several machines sharing one SQLite file over a network file system are not covered:
+    flock is not reliable there, and neither is SQLite itself; use a tracking server.
+    """
+    import fcntl
+
+    path = sqlite_file(uri)
+    try:
+        handle = open(f"{path}-init.lock", "a+") if path else None
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        deadline = time.monotonic() + FIRST_CONTACT_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BertpooledError(
+                        f"another process has been opening the tracking store {redact_uri(uri)} for over "
+                        f"{FIRST_CONTACT_WAIT_S:.0f} s (it holds {path}-init.lock): stop it, then run again") from None
+                time.sleep(0.05)
+        yield
+
+
 def store_error(uri: str | None, exc: BaseException) -> BertpooledError:
-    """The one line for a tracking store that failed under us (damaged, read-only, full disk)."""
+    """The one line for a tracking store that failed under us, naming the cause and the fix that fits it."""
     uri = redact_uri(uri or mlflow.get_tracking_uri())
     cause = exc
     while cause.__cause__ is not None:
         cause = cause.__cause__
     text = " ".join(str(cause).split()).split(" [SQL:")[0][:200] or type(cause).__name__
-    return BertpooledError(
-        f"tracking store {uri} failed ({type(cause).__name__}: {text}): free disk space, make it writable, or "
-        "restore mlflow.db from a backup (or point MLFLOW_TRACKING_URI at another store); a run it left RUNNING "
-        "resumes with --resume"
-    )
+    return BertpooledError(f"tracking store {uri} failed ({type(cause).__name__}: {text}): {_store_fix(cause, text)}")
+
+
+def _store_fix(cause: BaseException, text: str) -> str:
+    """What to do about a store failure, by what it says: only the fix that fits, not every fix there is."""
+    import errno
+
+    low = text.lower()
+    if "_alembic_tmp_" in low or "already exists" in low or "duplicate column" in low or "migration" in low:
+        return ("its tables were being created or migrated by another process at the same time (or such a migration "
+                "was cut short): run again; if it keeps failing, restore mlflow.db from a backup, or start a new store")
+    if "readonly" in low or "read-only" in low or getattr(cause, "errno", None) == errno.EROFS:
+        return "the database or its folder is read-only: make both writable, or point MLFLOW_TRACKING_URI elsewhere"
+    if "disk is full" in low or "no space" in low or getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full: free space, then resume any run it left RUNNING with --resume"
+    if "locked" in low:
+        return "the database is locked by a process writing to it: wait for it to finish, or stop it"
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return "the file is damaged: restore mlflow.db from a backup, or point MLFLOW_TRACKING_URI at another store"
+    if "unable to open" in low or getattr(cause, "errno", None) in (errno.ENOENT, errno.EACCES, errno.EPERM):
+        return "the database file or its folder cannot be opened: check the path and its permissions"
+    if "out-of-date database schema" in low or "mlflow db upgrade" in low:
+        return "its schema is older than this MLflow: back it up, then run `mlflow db upgrade <uri>`"
+    return ("check that the store is reachable and writable (or point MLFLOW_TRACKING_URI at another store); a run "
+            "it left RUNNING resumes with --resume")
+
+
+class _FirstLineOnly:
+    """A logging filter: a record keeps the first line of its message and loses its traceback."""
+
+    def filter(self, record) -> bool:
+        if record.exc_info or record.exc_text or "\n" in str(record.msg):
+            lines = record.getMessage().splitlines()
+            record.msg, record.args = (lines[0] if lines else "")[:300], ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def keep_tracebacks_out() -> None:
+    """MLflow's, SQLAlchemy's and Alembic's log lines keep one line each, without tracebacks.
+
+    A store that fails (read-only, full, damaged) makes MLflow log every failed statement with its whole
+    traceback before raising: a thousand lines ahead of the one line this project prints for the same failure.
+    The failure itself still propagates, and a bug in this project keeps its traceback.
+    """
+    import logging
+
+    for name in ("mlflow", "sqlalchemy.engine", "alembic"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _FirstLineOnly) for f in handler.filters):
+                handler.addFilter(_FirstLineOnly())
 
 
 def is_store_failure(exc: BaseException) -> bool:

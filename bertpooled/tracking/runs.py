@@ -23,7 +23,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from bertpooled.tracking import ui_view
+from bertpooled.tracking import ownership, ui_view
 from bertpooled.contract import (
     CHECKPOINT_EPOCH_TAG, CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DEFAULT_EXPERIMENT, ERROR_TAG, FINISHED, KIND_TAG, KIND_TRAIN, KILLED, NOTE_TAG,
     PREDICTIONS_PATH, RUN_NAME_TAG, FAILED,
@@ -54,6 +54,24 @@ def move_uri_credentials(uri: str | None = None) -> str | None:
     if from_env:
         os.environ["MLFLOW_TRACKING_URI"] = clean
     return clean
+
+
+def check_experiment_name(name: str | None = None, option: str = "--experiment") -> None:
+    """Refuse, before any work, an experiment name MLflow would refuse only when the run is created: the name
+    `use_experiment` would pick (`name`, else MLFLOW_EXPERIMENT_NAME) past MLflow's limit, or blank."""
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+
+    from bertpooled.errors import short_text
+
+    chosen = name if name is not None else os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if chosen is None:
+        return
+    where = option if name is not None else "MLFLOW_EXPERIMENT_NAME"
+    if len(chosen) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise BertpooledError(f"{where} {short_text(chosen, 40)} is too long: MLflow takes at most "
+                              f"{MAX_EXPERIMENT_NAME_LENGTH} characters")
+    if name is not None and not chosen.strip():
+        raise BertpooledError(f"{where} is blank: pass a name, or leave it out for {DEFAULT_EXPERIMENT}")
 
 
 def use_experiment(name: str | None = None) -> str | None:
@@ -150,14 +168,18 @@ def training_run(
     else:
         use_experiment()
         run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
-    with ending(run.info.run_id):
-        # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
-        mlflow.set_tags({RUN_NAME_TAG: name, KIND_TAG: KIND_TRAIN, **tags})
-        if description:
-            mlflow.set_tag(NOTE_TAG, description)
-        yield run
-        if resume_run_id:
-            _clear_tag(run.info.run_id, ERROR_TAG)  # the interruption it recorded is over: the run FINISHED
+    ownership.keep_alive(run.info.run_id)  # this process drives the run: a heartbeat tells it from a dead one
+    try:
+        with ending(run.info.run_id):
+            # Under `mlflow run` the run already exists with a random name: the tags below rename and describe it.
+            mlflow.set_tags({RUN_NAME_TAG: name, KIND_TAG: KIND_TRAIN, **tags})
+            if description:
+                mlflow.set_tag(NOTE_TAG, description)
+            yield run
+            if resume_run_id:
+                _clear_tag(run.info.run_id, ERROR_TAG)  # the interruption it recorded is over: the run FINISHED
+    finally:
+        ownership.let_go(run.info.run_id)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from bertpooled.contract import (
     counts_as_training,
 )
 from bertpooled.errors import BertpooledError
-from bertpooled.errors import redact_uri
+from bertpooled.errors import redact_uri, short_text
 from bertpooled.tracking.probe import check_tracking_reachable
 
 __all__ = [
@@ -61,6 +61,8 @@ def client_for(client_or_uri: MlflowClient | str | None) -> MlflowClient:
     """An ``MlflowClient`` as given, or one bound to the tracking URI (``None``: MLflow's default)."""
     if isinstance(client_or_uri, MlflowClient):
         return client_or_uri
+    # Probed first: MLflow's client opens its store when it is made, and retries a dead database for minutes.
+    check_tracking_reachable(client_or_uri or None)
     return MlflowClient(tracking_uri=client_or_uri or None)
 
 
@@ -242,7 +244,7 @@ def _find_candidates(
         if found is None:
             known = [e.name for e in client.search_experiments(max_results=20)]
             raise BertpooledError(
-                f"unknown experiment {experiment!r} at {redact_uri(client.tracking_uri)}: pass --experiment one of "
+                f"unknown experiment {short_text(repr(experiment))} at {redact_uri(client.tracking_uri)}: pass --experiment one of "
                 f"{', '.join(known) or '(none yet: train first)'}"
             )
         experiment_ids.append(found.experiment_id)
@@ -287,13 +289,36 @@ def load_predictions(
                 if PREDICTIONS_PATH not in listed:
                     continue
                 local = client.download_artifacts(run_id, PREDICTIONS_PATH, os.path.join(tmp, run_id))
-                predictions[run_id] = pd.read_csv(local, dtype={"id": str})
+                frame = pd.read_csv(local, dtype={"id": str})
+                problem = unusable_predictions(frame)
+                if problem:
+                    notes.append(f"{PREDICTIONS_PATH} of run {run_id} is unusable ({problem}): the run is left out")
+                    continue
+                predictions[run_id] = frame
             except MlflowException as error:
                 notes.append(f"could not download {PREDICTIONS_PATH} of run {run_id}: "
                              f"{str(error.message).splitlines()[0]}")
             except (OSError, ValueError, pd.errors.ParserError) as error:
                 notes.append(f"could not read {PREDICTIONS_PATH} of run {run_id}: {error}")
     return predictions, notes
+
+
+def unusable_predictions(frame: pd.DataFrame) -> str:
+    """What makes a predictions file unusable for the paired tests ("" when nothing does): every value is checked,
+    so an edited or damaged file is a note, not a traceback deep in the statistics."""
+    missing = [c for c in ("id", "label", "probability") if c not in frame.columns]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    probability = pd.to_numeric(frame["probability"], errors="coerce")
+    bad = frame["probability"][probability.isna() | ~probability.between(0.0, 1.0)]
+    if len(bad):
+        return f"{len(bad)} probabilit{'y' if len(bad) == 1 else 'ies'} not a number in [0, 1], e.g. {str(bad.iloc[0])[:20]!r}"
+    label = pd.to_numeric(frame["label"], errors="coerce")
+    if not label.isin([0, 1]).all():
+        return "labels other than 0 and 1"
+    if frame["id"].isna().any() or frame["id"].duplicated().any():
+        return "missing or repeated ids"
+    return ""
 
 
 def load_histories(

@@ -14,6 +14,7 @@ from bertpooled.errors import BertpooledError
 from bertpooled.contract import (
     ERROR_TAG, KIND_SWEEP, KIND_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_KEY_TAG,
 )
+from bertpooled.tracking import ownership
 from bertpooled.tracking.runs import ending, get_run_or_error
 
 
@@ -65,8 +66,12 @@ def parent_run(parent_id: str | None, experiment_id: str, tags: dict[str, str],
     os.environ.pop("MLFLOW_RUN_ID", None)
     mlflow.set_experiment(experiment_id=experiment_id)
     run = mlflow.start_run(run_id=parent_id, run_name=tags[RUN_NAME_TAG], tags=tags)
-    with ending(run.info.run_id, where=where):
-        yield run.info.run_id
+    ownership.keep_alive(run.info.run_id)  # a resume of the sweep refuses it while this process drives it
+    try:
+        with ending(run.info.run_id, where=where):
+            yield run.info.run_id
+    finally:
+        ownership.let_go(run.info.run_id)
 
 
 def end_child(run_id: str, status: str, reason: str) -> None:
@@ -74,6 +79,15 @@ def end_child(run_id: str, status: str, reason: str) -> None:
     client = MlflowClient()
     client.set_tag(run_id, ERROR_TAG, reason)
     client.set_terminated(run_id, status)
+
+
+def end_if_running(run_id: str, status: str, reason: str) -> bool:
+    """End `run_id` with `status` and `reason` as its `error` tag, if it is still RUNNING; whether it was."""
+    client = MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    end_child(run_id, status, reason)
+    return True
 
 
 def set_tag(run_id: str, key: str, value: str) -> None:
