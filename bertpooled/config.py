@@ -62,6 +62,8 @@ class Config:
     """Cap on training reviews after `train_fraction`, label-balanced; 0 = no cap."""
     max_test_examples: int = 0
     """Cap on test reviews, label-balanced; 0 = all 25,000."""
+    validation_fraction: float = 0.0
+    """Share of each label of the training subset held out as a validation split (seeded by `data_seed`; logs `val/*` per epoch); 0 = none. Settings are chosen on it, never on the test set."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
     pool: str = ""
@@ -155,6 +157,8 @@ class Config:
             _bad("adam_eps", self.adam_eps, "a positive number such as 1e-7")
         if not (0 < self.train_fraction <= 1):
             _bad("train_fraction", self.train_fraction, "a number in (0, 1], e.g. 0.75")
+        if not (0 <= self.validation_fraction < 1):
+            _bad("validation_fraction", self.validation_fraction, "a number in [0, 1), e.g. 0.2 (0 = no validation split)")
 
     def _check_choices(self) -> None:
         """Text fields normalised and checked against their choices, and the combinations that cannot run."""

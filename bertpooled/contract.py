@@ -150,6 +150,18 @@ def quality_means() -> tuple[QualityMetric, ...]:
 TRAIN_LOSS = "train/loss"
 TRAIN_ACCURACY = "train/accuracy"
 
+#: The validation split's quality metrics (`validation_fraction` > 0), logged per epoch as `val/<name>`: the
+#: test metrics' scores on held-out training rows, what a tuning study chooses by.
+VAL_PREFIX = "val/"
+
+
+def val_metric(metric: QualityMetric) -> str:
+    """The key a quality metric is logged under for the validation split: `val/accuracy`, `val/f1`, ..."""
+    return VAL_PREFIX + metric.key.split("/", 1)[1]
+
+
+VAL_ACCURACY = val_metric(ACCURACY)
+
 # --- Costs -------------------------------------------------------------------------------------
 
 #: Timed phases, each logged as `time/<phase>_s` (see time_metric); `total` covers the whole process, and

@@ -29,7 +29,7 @@ FIELDS = [f.name for f in dataclasses.fields(Config) if f.init]  # a derived fie
 TOKENS = {
     "mode": "pool", "model": "bert-base-uncased", "data": "/data/aclImdb_v1.tar.gz", "epochs": "3", "batch_size": "8",
     "max_len": "64", "lr": "0.01", "seed": "5", "train_fraction": "0.5", "max_train_examples": "100",
-    "max_test_examples": "200", "device": "cpu", "pool": "max:2x1", "features": "embeddings", "padding": "read",
+    "max_test_examples": "200", "validation_fraction": "0.2", "device": "cpu", "pool": "max:2x1", "features": "embeddings", "padding": "read",
     "lstm_units": "8", "init": "torch", "lstm_bias": "torch", "shuffle_buffer": "100", "adam_eps": "1e-08",
     "data_seed": "3", "eval_batch_size": "64", "eval_each_epoch": "true", "num_threads": "2", "precision": "fp32",
     "precompute_mb": "0",
