@@ -294,6 +294,12 @@ def _coerce(name: str, value: Any) -> Any:
         raise BertpooledError(f"config: {name}={value!r} is not valid: use {expected}") from None
 
 
+def typed_value(name: str, value: Any) -> Any:
+    """One field's value as its type (`lstm_units`, "16" -> 16), or the one-line error `load_config` would give."""
+    _check_key(name, "setting")
+    return _coerce(name, value)
+
+
 def resolve_config_path(config: str | Path) -> Path:
     """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml).
 
