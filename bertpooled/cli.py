@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, NoReturn, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
-from bertpooled.cli_options import fields_but, with_config_options
+from bertpooled.cli_options import with_config_options
+from bertpooled.cli_support import (
+    _blank_to_none, _fields_and_sets, _hide_credentials, _interrupt_as_keyboard_interrupt, _mlproject_pairs, _progress,
+    fail,
+)
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
@@ -24,43 +28,6 @@ def _root() -> None:
     """Does a pooling layer cut the compute of a language model without costing accuracy?"""
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, a non-zero exit, no traceback: for user mistakes only."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _progress(flag: Optional[bool]) -> Optional[bool]:
-    """None lets tqdm decide: bars on a terminal, none in CI logs (which get one line per epoch instead).
-
-    Libraries' own bars (MLflow's artifact transfers, transformers' weight loading) follow the same choice.
-    """
-    if flag is False or (flag is None and not sys.stderr.isatty()):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    return flag
-
-
-def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
-    """MLFLOW_TRACKING_URI (and `tracking_uri`) without `user:password@`, moved to MLflow's basic-auth
-    variables before MLflow sees the URI: MLflow prints the URI in lines of its own."""
-    from bertpooled.tracking.runs import move_uri_credentials
-
-    move_uri_credentials()
-    return move_uri_credentials(tracking_uri) if tracking_uri else tracking_uri
-
-
-def _interrupt_as_keyboard_interrupt() -> None:
-    """Ctrl-C and SIGTERM (a scheduler or `kill`) unwind as KeyboardInterrupt, so the run is ended KILLED, not
-    left RUNNING; never inside a tracking-store write (see bertpooled.run.interrupts)."""
-    from bertpooled.run import interrupts
-
-    interrupts.install()
-
-
 def config_command(name: str, *, exclude: tuple[str, ...] = ()):
     """Register the decorated function as command `name`, with one option per Config field (but `exclude`) where
     its `fields` parameter is (see bertpooled.cli_options); the function itself is returned unchanged."""
@@ -70,15 +37,6 @@ def config_command(name: str, *, exclude: tuple[str, ...] = ()):
         return command
 
     return register
-
-
-def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], List[str]]:
-    """MLproject `--key value` pairs split as the command line would: a config field the command takes as an
-    option (the same list, but `exclude`), else `--set key=value` (an old setting such as amp; anything else is
-    --set's one-line error, and a sweep's mode or seed is refused by the sweep)."""
-    names = {f.name for f in fields_but(exclude)}
-    fields = {k: v for k, v in pairs.items() if k in names}
-    return fields, [f"{k}={v}" for k, v in pairs.items() if k not in names]
 
 
 @config_command("train")
@@ -168,17 +126,6 @@ def mlproject_train(ctx: typer.Context) -> None:
           progress=None)
 
 
-def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
-    """`--key value` pairs as `mlflow run` passes undeclared -P parameters; a malformed list is a one-line error."""
-    args, pairs = list(tokens), {}
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--") or not args:
-            fail(f"MLproject parameters arrive as --key value, got {key!r}: pass -P key=value")
-        pairs[key[2:].replace("-", "_")] = args.pop(0)
-    return pairs
-
-
 def _interrupted_line() -> str:
     """What an interrupted `train` says: only a run that exists was marked KILLED, and only one with a checkpoint
     can be resumed (a run stopped before its first epoch is refused by --resume)."""
@@ -190,11 +137,6 @@ def _interrupted_line() -> str:
     if not checkpointed:
         return f"interrupted; run {run_id} was marked KILLED before its first checkpoint: start it again"
     return f"interrupted; the run was marked KILLED; resume it with: bertpooled train --resume {run_id}"
-
-
-def _blank_to_none(value: Optional[str]) -> Optional[str]:
-    """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
-    return value if value is None or value.strip() else None
 
 
 @app.command("compare-runs")
@@ -391,83 +333,6 @@ def mlproject_sweep(ctx: typer.Context) -> None:
     )
 
 
-# A study searches one mode at a time: `--modes` takes the place of the mode's option.
-TUNE_AXES = ("mode",)
-MLPROJECT_TUNE_OWN = ("modes", "space", "trials", "timeout", "parallel", "resume", "study", "storage", "pruner",
-                      "sampler_seed", "experiment", "output", "config")
-
-
-@config_command("tune", exclude=TUNE_AXES)
-def tune_command(
-    space: str = typer.Option(..., help="What to search: field=LOW..HIGH[:log] or field=A|B|C, comma-separated (e.g. lr=1e-4..1e-2:log,lstm_units=8|16|32,batch_size=16|32|64,epochs=3..15), or a YAML file."),
-    modes: Optional[str] = typer.Option(None, help="Modes, comma-separated, one study each (default: basic,pool)."),
-    trials: int = typer.Option(30, help="Trials per study (complete or pruned; a resumed study runs up to this many in all)."),
-    timeout: Optional[float] = typer.Option(None, help="Stop starting trials after this many seconds (per study and worker)."),
-    parallel: int = typer.Option(1, min=1, help="Workers sharing each study, as processes (threads split between them)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the studies of this --study name where they stopped."),
-    study: str = typer.Option("tune", help="Study name; each mode's study is NAME-MODE in the storage."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: optuna.db beside an SQLite or file tracking store, the same PostgreSQL as a PostgreSQL one)."),
-    pruner: str = typer.Option("median", help="median (stop a trial below the median val/accuracy of earlier trials at the same epoch) | none."),
-    sampler_seed: int = typer.Option(0, help="Seed of the TPE sampler (each worker and each resume draws its own stream from it)."),
-    experiment: Optional[str] = typer.Option(None, help="Experiment for new studies (default: bertpooled-tuning)."),
-    output: Optional[str] = typer.Option(None, help="Also write each mode's best config to OUTPUT/best-MODE.yaml."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment the trials start from and the best config keeps (path, or a name in experiments/)."),
-    fields: Optional[Dict[str, Any]] = None,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode as key=value, for every trial (repeatable); the option of the same name wins."),
-    progress: Optional[bool] = typer.Option(False, "--progress/--no-progress", help="Progress bars within trials (default: off)."),
-) -> None:
-    """Search each mode's settings with Optuna on a validation split (never the test set); each trial a child run."""
-    from bertpooled.config import parse_sets
-    from bertpooled.run import sweep as sweeping
-    from bertpooled.run import tuning
-
-    _interrupt_as_keyboard_interrupt()
-    _hide_credentials()
-    log = lambda line: typer.echo(line, err=True)  # noqa: E731
-    try:
-        overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
-        plans = tuning.plan_studies(_blank_to_none(config), overrides, sweeping.parse_modes(modes), space, study)
-        chosen = tuning.make_pruner(pruner)
-        outcomes = [tuning.run_study(plan, trials=trials, timeout=timeout, resume=resume, parallel=parallel,
-                                     storage=_blank_to_none(storage), pruner=chosen, sampler_seed=sampler_seed,
-                                     experiment=_blank_to_none(experiment), output=_blank_to_none(output), log=log,
-                                     progress=_progress(progress))
-                    for plan in plans]
-    except BertpooledError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted; the running trials and the study's run were marked KILLED: continue with --resume", code=130)
-    for outcome in outcomes:
-        params = ", ".join(f"{k}={v}" for k, v in outcome.best_params.items())
-        typer.echo(f"{outcome.plan.mode}: best val/accuracy {outcome.best_value:.4f} (trial {outcome.best_trial}: {params}); "
-                   f"study run {outcome.parent_run_id}, best config: runs:/{outcome.parent_run_id}/best_config.yaml")
-
-
-@app.command(
-    "mlproject-tune", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def mlproject_tune(ctx: typer.Context) -> None:
-    """`tune` for the MLproject's tune entry point, which declares no parameters (see `mlproject-train`): its own
-    options (modes, space, trials, timeout, parallel, resume: true | false, study, storage, pruner, sampler_seed,
-    experiment, output, config) keep their meaning; every other `-P key=value` is a config field for every trial."""
-    pairs = _mlproject_pairs(ctx.args)
-    own = {k: pairs.pop(k) for k in MLPROJECT_TUNE_OWN if k in pairs}
-    if not own.get("space", "").strip():
-        fail("the tune entry point needs -P space=...: e.g. -P space=lr=1e-4..1e-2:log,lstm_units=8|16|32")
-    try:
-        trials, parallel, seed = int(own.get("trials", "30")), int(own.get("parallel", "1")), int(own.get("sampler_seed", "0"))
-        timeout = float(own["timeout"]) if own.get("timeout", "").strip() else None
-        resume = {"": False, "false": False, "true": True}[own.get("resume", "").strip().lower()]
-    except (ValueError, KeyError):
-        fail("trials, parallel and sampler_seed take integers, timeout seconds, resume true or false: pass e.g. "
-             "-P trials=30 -P resume=true")
-    fields, sets = _fields_and_sets(pairs, exclude=TUNE_AXES)
-    tune_command(space=own["space"], modes=own.get("modes"), trials=trials, timeout=timeout, parallel=parallel,
-                 resume=resume, study=own.get("study", "tune"), storage=own.get("storage"), pruner=own.get("pruner", "median"),
-                 sampler_seed=seed, experiment=own.get("experiment"), output=own.get("output"), config=own.get("config"),
-                 fields=fields, set_=sets, progress=False)
-
-
 @app.command("serve")
 def serve_command(
     model_uri: str = typer.Argument(..., help="The logged model, e.g. runs:/<run id>/model or models:/<name>/<version>."),
@@ -486,6 +351,14 @@ def serve_command(
 
     typer.echo(f"serving {model_uri} on http://{host}:{port}/invocations")
     uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+# `tune` and its MLproject form: bertpooled.cli_tune (kept apart: this module stays readable in one sitting).
+from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command  # noqa: E402
+
+config_command("tune", exclude=TUNE_AXES)(tune_command)
+app.command("mlproject-tune", hidden=True,
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(mlproject_tune)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

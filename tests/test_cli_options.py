@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 import bertpooled.cli as cli
+import bertpooled.cli_tune as cli_tune
 from bertpooled.cli import app
 from bertpooled.cli_options import config_fields, field_docs
 from bertpooled.config import Config
@@ -235,6 +236,7 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
         "main": set(FIELDS) | set(cli.MLPROJECT_TRAIN_OWN),
         "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli.MLPROJECT_SWEEP_OWN),
         "compare": set(cli.MLPROJECT_COMPARE),
+        "tune": (set(FIELDS) - {"mode"}) | set(cli_tune.MLPROJECT_TUNE_OWN),
     }
     assert set(project["entry_points"]) == set(accepted)
     sections = re.split(r"^  (\w+):$", text, flags=re.M)[1:]

@@ -127,27 +127,28 @@ def run_study(plan: StudyPlan, *, trials: int, timeout: float | None = None, res
     url, engine_kwargs = store.study_storage(storage)
     rdb = _storage(url, engine_kwargs)
     pruner = pruner if pruner is not None else make_pruner("median")
-    exists = plan.name in {s.study_name for s in optuna.get_all_study_summaries(rdb, include_best_trial=False)}
     shown = redact_uri(url)
-    if exists and not resume:
+    identity = {"space": str(plan.space), "base": json.dumps(plan.base.to_dict(), sort_keys=True, default=str)}
+    study = _load(plan.name, rdb, pruner)
+    # A study a crash left before its parent run was recorded (no trials, no run) is started afresh.
+    started = study is not None and ("mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False))
+    if started and not resume:
         raise BertpooledError(f"study {plan.name} already exists in {shown}: pass --resume to continue it, or "
                               "--study with a new name")
-    if resume and not exists:
+    if resume and not started:
         raise BertpooledError(f"no study {plan.name} in {shown} to resume: leave out --resume to start it")
-    study = optuna.create_study(study_name=plan.name, storage=rdb, direction="maximize", load_if_exists=True,
-                                pruner=pruner)
-    identity = {"space": str(plan.space), "base": json.dumps(plan.base.to_dict(), sort_keys=True, default=str)}
     parent_id, launcher = None, os.environ.get("MLFLOW_RUN_ID") or None
-    if exists:
+    if started:
         parent_id = _check_resumable(study, identity, shown)
         experiment_id = store.find_study_parent(parent_id)
         _fail_stale(study, log)
     else:
-        experiment_id = store.use_experiment(experiment)
+        experiment_id = store.use_experiment(experiment)  # the tracking store answers before the study is made
     tags = {TUNE_STUDY_TAG: plan.name, TUNE_STORAGE_TAG: shown, "mode": plan.mode, "tune/trials": str(trials),
             "tune/space": str(plan.space)}
     with store.study_run(parent_id, experiment_id, f"tune-{plan.name}", tags, launcher) as parent:
-        if not exists:
+        if not started:
+            study = study or optuna.create_study(study_name=plan.name, storage=rdb, direction="maximize", pruner=pruner)
             for key, value in {**identity, "mlflow_parent_run_id": parent}.items():
                 study.set_user_attr(key, value)
             store.log_params({**{f"{CONFIG_PARAM_PREFIX}{k}": ("" if v is None else v) for k, v in plan.base.to_dict().items()},
@@ -176,6 +177,16 @@ def _storage(url: str, engine_kwargs: dict):
     except Exception as exc:  # noqa: BLE001 - sqlalchemy's and the drivers' errors have no common base
         raise BertpooledError(f"cannot open the study storage {redact_uri(url)} ({type(exc).__name__}: "
                               f"{(str(exc).splitlines() or [''])[0][:200]}): pass --storage with a reachable database URL") from None
+
+
+def _load(name: str, rdb, pruner):
+    """The study `name` in the storage, or None."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=rdb, pruner=pruner)
+    except KeyError:
+        return None
 
 
 def _check_resumable(study, identity: dict, shown: str) -> str:
