@@ -99,8 +99,8 @@ def plan_studies(config: str | None, overrides: dict[str, object], modes: Sequen
 
 
 def make_pruner(name: str):
-    """`median`: stop a trial whose val/accuracy after an epoch is below the median of earlier trials' at that
-    epoch (after 5 trials, from epoch 2); `none`: every trial runs all its epochs."""
+    """`median`: from the 6th trial on, stop a trial whose val/accuracy after any epoch is below the median of the
+    earlier trials' at that epoch; `none`: every trial runs all its epochs."""
     import optuna
 
     name = (name or "median").strip().lower()
