@@ -205,3 +205,17 @@ def test_the_search_never_sees_the_test_set_by_config(tiny, store):
         tuning.plan_studies(SMOKE, {**tiny, "eval_each_epoch": True}, ["pool"], SPACE, "t")
     with pytest.raises(BertpooledError, match="reference"):
         tuning.plan_studies(SMOKE, tiny, ["reference"], SPACE, "t")
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["needs -P space"]),
+    (["--space", SPACE, "--trials", "many"], ["trials", "integers"]),
+    (["--space", SPACE, "--resume", "maybe"], ["resume true or false"]),
+])
+def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store, args, words):
+    result = CliRunner().invoke(app, ["mlproject-tune", *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and all(w in errors[0] for w in words), result.output
+    assert runs_of(store) == []
+    mlflow.set_tracking_uri(None)
