@@ -75,3 +75,27 @@ def test_a_run_with_validation_logs_val_metrics_per_epoch(tiny_imdb, tiny_bert, 
     contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags if tag.key == "mlflow.data.context"}
     assert contexts == {"training", "validation", "testing"}
     mlflow.set_tracking_uri(None)
+
+
+def test_runs_grouped_by_their_sweep_may_differ_in_any_setting_but_not_within_a_sweep():
+    """Each mode at its own tuned settings is two sweeps with different configs: grouped by the sweep's parent,
+    compare-runs pairs them by seed; runs of one sweep must still share their config."""
+    import pandas as pd
+
+    from bertpooled.report.configs import shared_configs
+    from bertpooled.report.records import RunRecord
+
+    def record(run_id, group):
+        return RunRecord(run_id, run_id, "FINISHED", group, {"mlflow.parentRunId": group}, "0", None, None, 0.8, {}, {})
+
+    rows = [("a0", "A", "0.001", "16"), ("a1", "A", "0.001", "16"), ("b0", "B", "0.004", "32"), ("b1", "B", "0.004", "32")]
+    runs = pd.DataFrame([{"run_id": r, "tags.mlflow.parentRunId": g, "params.config/lr": lr,
+                          "params.config/lstm_units": units, "params.config/seed": r[1]} for r, g, lr, units in rows])
+    records = [record(r, g) for r, g, _, _ in rows]
+    configs = shared_configs(runs, records, ["mlflow.parentRunId"], [])
+    assert configs["A"]["lr"] == "0.001" and configs["B"]["lstm_units"] == "32"
+    with pytest.raises(BertpooledError, match="differ in lr"):
+        shared_configs(runs, records, ["mode"], [])
+    runs.loc[1, "params.config/lr"] = "0.002"  # a sweep whose runs differ is still refused
+    with pytest.raises(BertpooledError, match="lr"):
+        shared_configs(runs, records, ["mlflow.parentRunId"], [])
