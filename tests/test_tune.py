@@ -219,3 +219,23 @@ def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store
     assert len(errors) == 1 and all(w in errors[0] for w in words), result.output
     assert runs_of(store) == []
     mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'")
+def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch):
+    from bertpooled.run.ray_executor import RayExecutor
+
+    monkeypatch.setenv("RAY_ADDRESS", "")  # a local Ray of this test's own, never a cluster the machine has
+    runner = RayExecutor(None, 1.0, 0.0)
+    try:
+        outcome = tuning.run_study(plan(tiny, mode="basic", study="ray"), trials=3, parallel=2, executor=runner,
+                                   pruner=optuna.pruners.NopPruner(), log=quiet)
+    finally:
+        runner.close()
+    children = [r for r in runs_of(store) if r.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]
+    numbers = sorted(int(r.data.tags["tune/trial"]) for r in children)
+    assert len(numbers) >= 3 and numbers == list(range(len(numbers)))
+    assert {r.info.status for r in children} == {"FINISHED"} and outcome.counts["COMPLETE"] == len(numbers)
+    assert {r.data.params["config/num_threads"] for r in children} == {"1"}  # the CPUs Ray reserved per worker
+    mlflow.set_tracking_uri(None)

@@ -11,11 +11,9 @@ config as YAML (`train --config` and `sweep --config` take it as it is) and Optu
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,23 +24,18 @@ import yaml
 
 from bertpooled.config import Config, load_config, read_yaml, resolve_config_path
 from bertpooled.contract import (
-    BEST_CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DATA_DIGEST_PARAM, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS,
-    TUNE_BEST_RUN_TAG, TUNE_BEST_TRIAL_TAG, TUNE_STORAGE_TAG, TUNE_STUDY_TAG, TUNE_TRIAL_TAG, VAL_ACCURACY,
+    BEST_CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, TUNE_BEST_RUN_TAG, TUNE_BEST_TRIAL_TAG, TUNE_STORAGE_TAG, TUNE_STUDY_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.run import fit, prepare, runtime
-from bertpooled.run.measure import Phases
+from bertpooled.run import prepare
+from bertpooled.run import trials as trial_runs
 from bertpooled.run.search_space import SearchSpace, check_space, parse_space
-from bertpooled.run.shared import Shared
-from bertpooled.tracking import runs as tracking
 from bertpooled.tracking import tuning as store
 
 DEFAULT_VALIDATION_FRACTION = 0.2
 # How the search shrinks its data: left out of the best config, which runs the --config protocol on its data.
 SEARCH_ONLY = ("max_train_examples", "validation_fraction", "data")
 PRUNERS = ("median", "none")
-# A worker killed outright stops beating: after GRACE_S its RUNNING trial is failed by the next worker or resume.
-HEARTBEAT_S, GRACE_S = 20, 60
 
 
 @dataclass(frozen=True)
@@ -114,9 +107,10 @@ def make_pruner(name: str):
 def run_study(plan: StudyPlan, *, trials: int, timeout: float | None = None, resume: bool = False,
               parallel: int = 1, storage: str | None = None, pruner=None, sampler_seed: int = 0,
               experiment: str | None = None, output: str | None = None, log: Callable[[str], None] = print,
-              progress: bool | None = False) -> StudyOutcome:
+              progress: bool | None = False, executor=None) -> StudyOutcome:
     """Run (or with `resume`, continue) `plan`'s study until it holds `trials` complete or pruned trials, or
-    `timeout` seconds pass; then log the best trial on the parent run. See the module doc."""
+    `timeout` seconds pass; then log the best trial on the parent run. See the module doc. `executor` (a
+    connected `ray_executor.RayExecutor`): the `parallel` workers run as Ray tasks instead of local processes."""
     import optuna
 
     if trials < 1:
@@ -125,7 +119,7 @@ def run_study(plan: StudyPlan, *, trials: int, timeout: float | None = None, res
         raise BertpooledError(f"--parallel {parallel} runs nothing: pass 1 or more")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from here instead
     url, engine_kwargs = store.study_storage(storage)
-    rdb = _storage(url, engine_kwargs)
+    rdb = trial_runs.open_storage(url, engine_kwargs)
     pruner = pruner if pruner is not None else make_pruner("median")
     shown = redact_uri(url)
     identity = {"space": str(plan.space), "base": json.dumps(plan.base.to_dict(), sort_keys=True, default=str)}
@@ -159,24 +153,13 @@ def run_study(plan: StudyPlan, *, trials: int, timeout: float | None = None, res
             f"{f', {parallel} workers' if parallel > 1 else ''}; storage {shown}")
         if done < trials:
             args = (plan, url, engine_kwargs, parent, store.tracking_uri(), target, timeout, sampler_seed, pruner, progress)
-            if parallel == 1:
-                _optimize(*args, log=log)
+            if executor is not None:
+                trial_runs.run_ray_workers(args, parallel, executor, log)
+            elif parallel == 1:
+                trial_runs.optimize(*args, log=log)
             else:
-                _run_workers(args, parallel, log)
+                trial_runs.run_workers(args, parallel, log)
         return _conclude(study, plan, parent, output, log)
-
-
-def _storage(url: str, engine_kwargs: dict):
-    import optuna
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy's and the drivers' errors have no common base
-        raise BertpooledError(f"cannot open the study storage {redact_uri(url)} ({type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0][:200]}): pass --storage with a reachable database URL") from None
 
 
 def _load(name: str, rdb, pruner):
@@ -216,127 +199,6 @@ def _fail_stale(study, log) -> None:
 
 def _count(study, states: Sequence[str]) -> int:
     return sum(t.state.name in states for t in study.get_trials(deepcopy=False))
-
-
-def _optimize(plan: StudyPlan, url: str, engine_kwargs: dict, parent: str, tracking_uri: str, target: int,
-              timeout: float | None, sampler_seed: int, pruner, progress, log: Callable[[str], None] = print) -> None:
-    """Run trials of the study until it holds `target` trials in all (every state, running ones included)."""
-    import optuna
-    from optuna.study import MaxTrialsCallback
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the objective instead
-    rdb = _storage(url, engine_kwargs)
-    held = len(rdb.get_all_trials(rdb.get_study_id_from_name(plan.name), deepcopy=False))
-    if held >= target:
-        return
-    # Seeded by what the study already holds as well: a resumed study must not draw its first trials again.
-    study = optuna.load_study(study_name=plan.name, storage=rdb, pruner=pruner,
-                              sampler=optuna.samplers.TPESampler(seed=sampler_seed + 7919 * held))
-    objective = Objective(plan, parent, log, progress)
-    # A failed trial (its settings diverged, say) is recorded as FAIL in both stores and the search goes on; it
-    # counts toward `target`, so a search whose every trial fails still ends.
-    study.optimize(objective, timeout=timeout, catch=(Exception,), gc_after_trial=False,
-                   callbacks=[MaxTrialsCallback(target, states=None)])
-
-
-class Objective:
-    """One trial: the trial's values on the plan's base config, trained in a child run, scored on validation."""
-
-    def __init__(self, plan: StudyPlan, parent_id: str, log: Callable[[str], None] = print, progress=False) -> None:
-        self.plan, self.parent_id, self.log, self.progress = plan, parent_id, log, progress
-        self.shared = Shared()  # this worker's data, tokenizer, token ids and embeddings, read once for all its trials
-
-    def __call__(self, trial) -> float:
-        import optuna
-
-        values = self.plan.space.suggest(trial)
-        config = load_config(None, {**{k: v for k, v in self.plan.base.to_dict().items() if v is not None}, **values})
-        name = f"trial-{trial.number}-{config.mode}"
-        tags = {TUNE_STUDY_TAG: self.plan.name, TUNE_TRIAL_TAG: str(trial.number), "mode": config.mode,
-                "backbone": config.model, "pool": config.pool}
-        shown = ", ".join(f"{k}={v}" for k, v in values.items())
-        with store.trial_run(self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}",
-                             pruned=(optuna.TrialPruned,)) as run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            try:
-                value = self._train(trial, config)
-            except optuna.TrialPruned as exc:
-                self.log(f"{name}: {shown}: {exc}")
-                raise
-        self.log(f"{name}: {shown}: val/accuracy {value:.4f}")
-        return value
-
-    def _train(self, trial, config: Config) -> float:
-        import optuna
-
-        info = prepare.check(config)
-        runtime.configure_threads(config)
-        device = runtime.resolve_device(config.device)
-        phases = Phases()
-        key = ("training", config.data, config.train_fraction, config.max_train_examples, config.data_seed)
-        imdb, train = self.shared.get(key, lambda: prepare.read_training(config, phases))[0]
-        rows, val = prepare.split_validation(config, train)
-        store.log_trial_inputs(config.to_dict(), {DATA_DIGEST_PARAM: imdb.digest, "data/source": redact_uri(imdb.source)})
-        tracking.log_datasets(rows.to_frame(), None, imdb.source, imdb.digest, validation=val.to_frame())
-        prepared = self.shared.prepare(config, info, imdb, rows, None, phases, progress=self.progress, device=device, val=val)
-        model = fit.build_model(prepared).to(device)
-
-        def on_epoch(stats: fit.EpochStats) -> None:
-            score = stats.val[VAL_ACCURACY]
-            store.log_metrics({TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds,
-                               **stats.val}, step=stats.epoch)
-            trial.report(score, stats.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {stats.epoch} of {config.epochs}: val/accuracy {score:.4f}")
-
-        with phases.timed("train"):
-            history = fit.fit(model, prepared, device, on_epoch=on_epoch, progress=self.progress)
-        value = history[-1].val[VAL_ACCURACY]
-        store.log_metrics({"tune/value": value, "data/train_examples": len(rows), "data/val_examples": len(val),
-                           **{f"time/{k}_s": v for k, v in phases.seconds.items()}}, step=config.epochs)
-        return value
-
-
-def _worker(args: tuple, index: int) -> None:
-    """One worker process of `--parallel`: its own sampler seed, its share of the CPU threads, the study's trials."""
-    from bertpooled.run import interrupts
-    from bertpooled.tracking.sweeps import use_tracking_uri
-
-    interrupts.install()
-    plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed, pruner, progress = args
-    use_tracking_uri(tracking_uri)
-    _optimize(plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed + 104729 * index, pruner, progress,
-              log=lambda line: print(f"[worker {index}] {line}", flush=True))
-
-
-def _run_workers(args: tuple, parallel: int, log: Callable[[str], None]) -> None:
-    """`parallel` fresh processes sharing the study through its storage; Ctrl-C or SIGTERM ends them all (each
-    running trial FAIL in Optuna, KILLED in MLflow), then propagates."""
-    import multiprocessing
-
-    plan = args[0]
-    if not plan.base.num_threads:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        args = (dataclasses.replace(plan, base=dataclasses.replace(plan.base, num_threads=threads)), *args[1:])
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(args, i), name=f"tune-worker-{i}") for i in range(parallel)]
-    for worker in workers:
-        worker.start()
-    try:
-        for worker in workers:
-            worker.join()
-    except KeyboardInterrupt:
-        for worker in workers:
-            if worker.is_alive():
-                with contextlib.suppress(OSError):
-                    os.kill(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            worker.join()
-        raise
-    failed = [f"{w.name} (exit {w.exitcode})" for w in workers if w.exitcode]
-    if failed:
-        raise BertpooledError(f"tuning worker(s) {', '.join(failed)} stopped with an error (see its lines above): "
-                              "fix it, then continue the study with --resume")
 
 
 def best_config(plan: StudyPlan, params: dict) -> dict:
