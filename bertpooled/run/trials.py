@@ -29,6 +29,7 @@ HEARTBEAT_S, GRACE_S = 20, 60
 
 
 def open_storage(url: str, engine_kwargs: dict):
+    """Optuna's RDB storage at `url`, with heartbeats (so a killed worker's trial is failed, not left RUNNING)."""
     import optuna
 
     try:
@@ -42,7 +43,7 @@ def open_storage(url: str, engine_kwargs: dict):
 
 
 def optimize(plan: StudyPlan, url: str, engine_kwargs: dict, parent: str, tracking_uri: str, target: int,
-              timeout: float | None, sampler_seed: int, pruner, progress, log: Callable[[str], None] = print) -> None:
+             timeout: float | None, sampler_seed: int, pruner, progress, log: Callable[[str], None] = print) -> None:
     """Run trials of the study until it holds `target` trials in all (every state, running ones included)."""
     import optuna
     from optuna.study import MaxTrialsCallback
