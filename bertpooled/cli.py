@@ -8,8 +8,12 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
-from bertpooled.cli_errors import OneLineErrors, fail
-from bertpooled.cli_options import fields_but, with_config_options
+from bertpooled.cli_errors import OneLineErrors
+from bertpooled.cli_options import with_config_options
+from bertpooled.cli_support import (
+    _blank_to_none, _fields_and_sets, _hide_credentials, _interrupt_as_keyboard_interrupt, _mlproject_pairs, _progress,
+    fail,
+)
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
@@ -26,37 +30,6 @@ def _root() -> None:
     """Does a pooling layer cut the compute of a language model without costing accuracy?"""
 
 
-def _progress(flag: Optional[bool]) -> Optional[bool]:
-    """None lets tqdm decide: bars on a terminal, none in CI logs (which get one line per epoch instead).
-
-    Libraries' own bars (MLflow's artifact transfers, transformers' weight loading) follow the same choice.
-    """
-    if flag is False or (flag is None and not sys.stderr.isatty()):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    return flag
-
-
-def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
-    """MLFLOW_TRACKING_URI (and `tracking_uri`) without `user:password@`, moved to MLflow's basic-auth
-    variables before MLflow sees the URI: MLflow prints the URI in lines of its own."""
-    from bertpooled.tracking.runs import move_uri_credentials
-
-    move_uri_credentials()
-    return move_uri_credentials(tracking_uri) if tracking_uri else tracking_uri
-
-
-def _interrupt_as_keyboard_interrupt() -> None:
-    """Ctrl-C and SIGTERM (a scheduler or `kill`) unwind as KeyboardInterrupt, so the run is ended KILLED, not
-    left RUNNING; never inside a tracking-store write (see bertpooled.run.interrupts)."""
-    from bertpooled.run import interrupts
-
-    interrupts.install()
-
-
 def config_command(name: str, *, exclude: tuple[str, ...] = ()):
     """Register the decorated function as command `name`, with one option per Config field (but `exclude`) where
     its `fields` parameter is (see bertpooled.cli_options); the function itself is returned unchanged."""
@@ -66,15 +39,6 @@ def config_command(name: str, *, exclude: tuple[str, ...] = ()):
         return command
 
     return register
-
-
-def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], List[str]]:
-    """MLproject `--key value` pairs split as the command line would: a config field the command takes as an
-    option (the same list, but `exclude`), else `--set key=value` (an old setting such as amp; anything else is
-    --set's one-line error, and a sweep's mode or seed is refused by the sweep)."""
-    names = {f.name for f in fields_but(exclude)}
-    fields = {k: v for k, v in pairs.items() if k in names}
-    return fields, [f"{k}={v}" for k, v in pairs.items() if k not in names]
 
 
 @config_command("train")
@@ -165,17 +129,6 @@ def mlproject_train(ctx: typer.Context) -> None:
           take_over=False, progress=None)
 
 
-def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
-    """`--key value` pairs as `mlflow run` passes undeclared -P parameters; a malformed list is a one-line error."""
-    args, pairs = list(tokens), {}
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--") or not args:
-            fail(f"MLproject parameters arrive as --key value, got {key!r}: pass -P key=value")
-        pairs[key[2:].replace("-", "_")] = args.pop(0)
-    return pairs
-
-
 def _interrupted_line() -> str:
     """What an interrupted `train` says: only a run that exists was marked KILLED, and only one with a checkpoint
     can be resumed (a run stopped before its first epoch is refused by --resume)."""
@@ -187,11 +140,6 @@ def _interrupted_line() -> str:
     if not checkpointed:
         return f"interrupted; run {run_id} was marked KILLED before its first checkpoint: start it again"
     return f"interrupted; the run was marked KILLED; resume it with: bertpooled train --resume {run_id}"
-
-
-def _blank_to_none(value: Optional[str]) -> Optional[str]:
-    """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
-    return value if value is None or value.strip() else None
 
 
 @app.command("compare-runs")
@@ -409,6 +357,14 @@ def serve_command(
 
     _hide_credentials()
     serve(model_uri, host, port, ServeLimits(max_body_mb, max_text_chars, batch_size), echo=typer.echo)
+
+
+# `tune` and its MLproject form: bertpooled.cli_tune (kept apart: this module stays readable in one sitting).
+from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command  # noqa: E402
+
+config_command("tune", exclude=TUNE_AXES)(tune_command)
+app.command("mlproject-tune", hidden=True,
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(mlproject_tune)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

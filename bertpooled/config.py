@@ -68,6 +68,8 @@ class Config:
     """Cap on training reviews after `train_fraction`, label-balanced; 0 = no cap."""
     max_test_examples: int = 0
     """Cap on test reviews, label-balanced; 0 = all 25,000."""
+    validation_fraction: float = 0.0
+    """Share of each label of the training subset held out as a validation split (seeded by `data_seed`; logs `val/*` per epoch); 0 = none. Settings are chosen on it, never on the test set."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
     pool: str = ""
@@ -161,6 +163,8 @@ class Config:
             _bad("adam_eps", self.adam_eps, "a positive number such as 1e-7")
         if not (0 < self.train_fraction <= 1):
             _bad("train_fraction", self.train_fraction, "a number in (0, 1], e.g. 0.75")
+        if not (0 <= self.validation_fraction < 1):
+            _bad("validation_fraction", self.validation_fraction, "a number in [0, 1), e.g. 0.2 (0 = no validation split)")
 
     def _check_choices(self) -> None:
         """Text fields normalised and checked against their choices, and the combinations that cannot run."""
@@ -298,6 +302,12 @@ def _coerce(name: str, value: Any) -> Any:
     except (TypeError, ValueError):
         expected = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, "text")
         raise BertpooledError(f"config: {name}={short_text(repr(value))} is not valid: use {expected}") from None
+
+
+def typed_value(name: str, value: Any) -> Any:
+    """One field's value as its type (`lstm_units`, "16" -> 16), or the one-line error `load_config` would give."""
+    _check_key(name, "setting")
+    return _coerce(name, value)
 
 
 def resolve_config_path(config: str | Path) -> Path:

@@ -42,8 +42,12 @@ KIND_TAG = "bertpooled.kind"
 KIND_TRAIN = "train"
 KIND_SWEEP = "sweep"
 KIND_COMPARISON = "comparison"
+#: A tuning study's parent run (`bertpooled tune`), and each of its trials: scored on a validation split, never
+#: on the test set, so no comparison of test accuracy may count them.
+KIND_TUNE = "tune"
+KIND_TRIAL = "tune_trial"
 #: Kinds that are not training runs: compare-runs leaves them out, whether it searches or is handed a frame.
-NOT_TRAINING_KINDS = (KIND_SWEEP, KIND_COMPARISON)
+NOT_TRAINING_KINDS = (KIND_SWEEP, KIND_COMPARISON, KIND_TUNE, KIND_TRIAL)
 
 
 def counts_as_training(kind: str | None) -> bool:
@@ -69,6 +73,18 @@ SWEEP_GROUP_SIZE_TAG = "sweep/group_size"
 SWEEP_GROUP_NOTE_TAG = "sweep/group_note"
 #: On a sweep's parent: the comparison run of its children.
 SWEEP_COMPARISON_RUN_TAG = "sweep/comparison_run_id"
+
+#: A tuning study (`bertpooled tune`): the experiment its runs go to by default, and its tags. Every run of a
+#: study carries its Optuna study name; a trial its number and state (COMPLETE, PRUNED, FAIL: Optuna's names).
+TUNE_EXPERIMENT = "bertpooled-tuning"
+TUNE_STUDY_TAG = "tune/study"
+TUNE_STORAGE_TAG = "tune/storage"
+TUNE_TRIAL_TAG = "tune/trial"
+TUNE_STATE_TAG = "tune/state"
+TUNE_BEST_TRIAL_TAG = "tune/best_trial"
+TUNE_BEST_RUN_TAG = "tune/best_run_id"
+#: On a study's parent: the best trial's config, which `train --config` and `sweep --config` take as it is.
+BEST_CONFIG_ARTIFACT = "best_config.yaml"
 
 #: On a resumed run: the last epoch its checkpoint held when this attempt started.
 RESUMED_TAG = "resumed_after_epoch"
@@ -155,6 +171,18 @@ def quality_means() -> tuple[QualityMetric, ...]:
 
 TRAIN_LOSS = "train/loss"
 TRAIN_ACCURACY = "train/accuracy"
+
+#: The validation split's quality metrics (`validation_fraction` > 0), logged per epoch as `val/<name>`: the
+#: test metrics' scores on held-out training rows, what a tuning study chooses by.
+VAL_PREFIX = "val/"
+
+
+def val_metric(metric: QualityMetric) -> str:
+    """The key a quality metric is logged under for the validation split: `val/accuracy`, `val/f1`, ..."""
+    return VAL_PREFIX + metric.key.split("/", 1)[1]
+
+
+VAL_ACCURACY = val_metric(ACCURACY)
 
 # --- Costs -------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 import bertpooled.cli as cli
+import bertpooled.cli_tune as cli_tune
 from bertpooled.cli import app
 from bertpooled.cli_options import config_fields, field_docs
 from bertpooled.config import Config
@@ -29,7 +30,7 @@ FIELDS = [f.name for f in dataclasses.fields(Config) if f.init]  # a derived fie
 TOKENS = {
     "mode": "pool", "model": "bert-base-uncased", "data": "/data/aclImdb_v1.tar.gz", "epochs": "3", "batch_size": "8",
     "max_len": "64", "lr": "0.01", "seed": "5", "train_fraction": "0.5", "max_train_examples": "100",
-    "max_test_examples": "200", "device": "cpu", "pool": "max:2x1", "features": "embeddings", "padding": "read",
+    "max_test_examples": "200", "validation_fraction": "0.2", "device": "cpu", "pool": "max:2x1", "features": "embeddings", "padding": "read",
     "lstm_units": "8", "init": "torch", "lstm_bias": "torch", "shuffle_buffer": "100", "adam_eps": "1e-08",
     "data_seed": "3", "eval_batch_size": "64", "eval_each_epoch": "true", "num_threads": "2", "precision": "fp32",
     "precompute_mb": "0",
@@ -235,6 +236,7 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
         "main": set(FIELDS) | set(cli.MLPROJECT_TRAIN_OWN),
         "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli.MLPROJECT_SWEEP_OWN),
         "compare": set(cli.MLPROJECT_COMPARE),
+        "tune": (set(FIELDS) - {"mode"}) | set(cli_tune.MLPROJECT_TUNE_OWN),
     }
     assert set(project["entry_points"]) == set(accepted)
     sections = re.split(r"^  (\w+):$", text, flags=re.M)[1:]

@@ -360,3 +360,21 @@ def balanced_subset(labels: np.ndarray, *, n: int | None = None, fraction: float
     if not picks:
         return np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a training subset, both sorted: floor(fraction * count) rows of each
+    label held out, chosen with ``seed``.
+
+    Its own random stream (not ``balanced_subset``'s under the same seed), so the held-out rows are not the
+    first rows that subset would have kept. Every row is in exactly one of the two.
+    """
+    labels = np.asarray(labels)
+    if not (isinstance(fraction, numbers.Real) and 0 <= fraction < 1):
+        raise BertpooledError(f"validation fraction must be in [0, 1), got {fraction!r}: pass e.g. 0.2")
+    rng = np.random.default_rng([seed, 1])
+    held = [rng.permutation(np.flatnonzero(labels == c))[: math.floor(fraction * (labels == c).sum() + 1e-9)]
+            for c in np.unique(labels)]
+    val = np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(labels), dtype=np.int64), val, assume_unique=True)
+    return train, val

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from bertpooled.contract import CONFIG_PARAM_PREFIX, DATA_DIGEST_PARAM
+from bertpooled.contract import CONFIG_PARAM_PREFIX, DATA_DIGEST_PARAM, PARENT_RUN_TAG
 from bertpooled.errors import BertpooledError
 from bertpooled.report.records import RunRecord
 
@@ -22,6 +22,10 @@ _FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size", "precom
 #: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given; `variant` (the
 #: encoder runs' tag) spells out its features, fine-tuning, pooling and where the pooling sits.
 _DERIVED_CONFIG_FIELDS = {"mode": ("pool",), "variant": ("features", "finetune", "pool", "pool_at")}
+#: Group keys that decide the whole config: a sweep's parent (`--group-by mlflow.parentRunId`). A sweep's
+#: children share their config but the seed, so two sweeps may differ in anything, each keeping one config:
+#: how each mode at its own tuned settings (`bertpooled tune`'s best configs) is compared with the other.
+_WHOLE_CONFIG_KEYS = (PARENT_RUN_TAG,)
 
 def _config_of(row: pd.Series) -> dict[str, str]:
     """A run's logged config (`params.config/*`) plus its data digest, as strings; unlogged fields left out."""
@@ -55,6 +59,8 @@ def shared_configs(
         notes.append(f"config field(s) {', '.join(unknown)} not logged by every run (older runs?); not compared")
     fields = sorted(set.intersection(*logged) - set(group_keys))
     derived = {name for key in group_keys for name in _DERIVED_CONFIG_FIELDS.get(key, ())}
+    if set(group_keys) & set(_WHOLE_CONFIG_KEYS):
+        derived = set(fields)
     differing = []
     for name in fields:
         if name in derived:

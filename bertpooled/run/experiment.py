@@ -13,7 +13,7 @@ import torch
 
 from bertpooled.config import Config
 from bertpooled.contract import (
-    ACCURACY, CHECKPOINT_SHA256_TAG, DATA_DIGEST_PARAM, RESUMED_TAG, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, time_metric,
+    ACCURACY, CHECKPOINT_SHA256_TAG, DATA_DIGEST_PARAM, RESUMED_TAG, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, VAL_ACCURACY, time_metric,
 )
 from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
@@ -66,14 +66,16 @@ def run_experiment(
     device = runtime.resolve_device(config.device)  # resolved once: everything below receives it
     phases = Phases()
     imdb, train_split, test_split = (shared.read_data if shared else prepare.read_data)(config, phases, progress=progress)
-    log(f"data: {len(train_split):,} train / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
+    train_split, val_split = prepare.split_validation(config, train_split)
+    held = f" / {len(val_split):,} validation" if val_split is not None else ""
+    log(f"data: {len(train_split):,} train{held} / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
     if resume and resume.data_digest != imdb.digest:
         raise BertpooledError(
             f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is {imdb.digest[:12]}): "
             "point --data or BERTPOOLED_IMDB at the same IMDB copy"
         )
     pipeline = pipeline or pipeline_for(config)
-    inputs = Inputs(config, info, imdb, train_split, test_split, phases, device, shared)
+    inputs = Inputs(config, info, imdb, train_split, test_split, phases, device, shared, val=val_split)
     code = tracking.code_provenance()
     name = tracking.run_name(config.variant, config.model, config.seed)
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **pipeline.tags(config), **(tags or {})}
@@ -91,8 +93,10 @@ def run_experiment(
             metrics = {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds}
             if stats.test_accuracy is not None:
                 metrics[ACCURACY.key] = stats.test_accuracy
+            metrics.update(stats.val or {})
             tracking.log_epoch(stats.epoch, metrics)
             extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
+            extra += f" val_acc={stats.val[VAL_ACCURACY]:.4f}" if stats.val else ""
             log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
 
         owner = checkpoint.identity(run.info.run_id, config.to_dict())
@@ -159,7 +163,8 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
             "runtime/machine": platform.machine(),
         },
     )
-    tracking.log_datasets(inputs.train.to_frame(), inputs.test.to_frame(), imdb.source, imdb.digest)
+    tracking.log_datasets(inputs.train.to_frame(), inputs.test.to_frame(), imdb.source, imdb.digest,
+                          validation=inputs.val.to_frame() if inputs.val is not None else None)
 
 
 def _log_plots(labels, probabilities) -> None:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bertpooled.contract import (
-    ACCURACY, PARAMS_BACKBONE, PARAMS_HEAD, PARAMS_HEAD_TRAINABLE, THROUGHPUT_TRAIN, cache_hit_metric,
+    ACCURACY, PARAMS_BACKBONE, PARAMS_HEAD, PARAMS_HEAD_TRAINABLE, QUALITY_METRICS, THROUGHPUT_TRAIN, cache_hit_metric,
+    val_metric,
 )
 from bertpooled.data import tokens
 from bertpooled.model.build import ModelSpec, build
@@ -29,6 +30,8 @@ class EpochStats:
     accuracy: float
     seconds: float
     test_accuracy: float | None = None
+    val: dict[str, float] | None = None
+    """The validation split's quality metrics after this epoch (`val/accuracy`, ...), when the run has one."""
 
 
 @dataclass
@@ -161,12 +164,21 @@ def fit(
         if cfg.eval_each_epoch:
             probs = predict_inputs(eval_net, *test_inputs, runtime.eval_batch_size(cfg, device), device, precision)
             stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
+        if prepared.val is not None:
+            stats.val = validate(eval_net, prepared, device, precision)
         history.append(stats)
         if on_epoch:
             on_epoch(stats)
         if checkpoints is not None:
             checkpoints.write(epoch, model, optimizer, order, history)
     return history
+
+
+def validate(net: torch.nn.Module, prepared: Prepared, device: torch.device, precision: str) -> dict[str, float]:
+    """The validation split's quality metrics (`val/accuracy`, `val/f1`, `val/roc_auc`) of `net` as it is now."""
+    probs = predict_inputs(net, *model_inputs(prepared, "val"), runtime.eval_batch_size(prepared.config, device), device,
+                           precision)
+    return {val_metric(metric): metric.score(prepared.val.labels, probs) for metric in QUALITY_METRICS if metric.score}
 
 
 def epoch_order(n: int, buffer: int, generator: torch.Generator, stored: np.ndarray | None = None) -> torch.Tensor:
@@ -248,4 +260,6 @@ def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[E
     if prepared.cached:
         metrics[cache_hit_metric("features")] = float(prepared.features_cache_hit)
     metrics[cache_hit_metric("train_features")] = float(prepared.train_features_precomputed)
+    if prepared.val is not None:
+        metrics["data/val_examples"] = len(prepared.val)
     return Result(metrics, probs, history, model.cpu())

@@ -238,8 +238,9 @@ def with_seed(prepared, seed: int):
 
 def can_group(config) -> bool:
     """Configurations a seed group can train: the LSTM head on frozen inputs (not a fine-tuned backbone, where
-    memory rules, nor the reference pipeline, which has no training loop)."""
-    return config.mode != "reference" and not config.finetune
+    memory rules, nor the reference pipeline, which has no training loop), without a validation split (the
+    group's loop evaluates none: such runs train one by one)."""
+    return config.mode != "reference" and not config.finetune and not getattr(config, "validation_fraction", 0)
 
 
 def build_group(prepared, seeds: Sequence[int], recurrence: str | None = None, device: torch.device | str = "cpu") -> SeedGroup:

@@ -33,7 +33,7 @@ class LSTMPipeline:
     def _prepare(self, inputs: Inputs, progress: bool | None) -> prepare.Prepared:
         make = inputs.shared.prepare if inputs.shared is not None else prepare.prepare
         return make(inputs.config, inputs.info, inputs.imdb, inputs.train, inputs.test, inputs.phases,
-                    progress=progress, device=inputs.device)
+                    progress=progress, device=inputs.device, val=inputs.val)
 
     def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
         prepared = self._prepare(inputs, progress)

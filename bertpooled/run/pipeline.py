@@ -35,6 +35,8 @@ class Inputs:
     device: torch.device
     shared: Shared | None = None
     """A sweep's memo of inputs shared between its children (None for a run on its own)."""
+    val: data.Split | None = None
+    """The validation split carved from the training subset (`validation_fraction`); `train` excludes it."""
 
 
 @dataclass

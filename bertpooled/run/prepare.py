@@ -43,6 +43,10 @@ class Prepared:
     """Whether training ran on the training rows' frozen features computed once (`run.precompute`)."""
     device: torch.device = torch.device("cpu")
     """Where the run computes, resolved once when it starts (`runtime.resolve_device`)."""
+    val: data.Split | None = None
+    """The validation split carved from the training subset (`validation_fraction`), evaluated after every epoch."""
+    val_tokens: tokens.Tokens | None = None
+    val_features: features.Features | None = None
 
     @property
     def cached(self) -> bool:
@@ -83,15 +87,39 @@ def check(config: Config) -> backbone.BackboneInfo:
 
 def read_data(config: Config, phases: Phases, progress: bool | None = None) -> tuple[data.Imdb, data.Split, data.Split]:
     """The official split, then the deterministic label-balanced subsets the config asks for."""
+    imdb, train_split = read_training(config, phases, progress)
+    with phases.timed("data"):
+        test_idx = data.balanced_subset(imdb.test.labels, n=config.max_test_examples or None, seed=config.data_seed)
+    return imdb, train_split, imdb.test.take(test_idx)
+
+
+def read_training(config: Config, phases: Phases, progress: bool | None = None) -> tuple[data.Imdb, data.Split]:
+    """The data and its training subset alone: what a tuning trial reads (no test row is taken)."""
     with phases.timed("data"):
         imdb = data.load_imdb(config.data, progress=progress)
         train_idx = data.balanced_subset(
             imdb.train.labels, fraction=config.train_fraction, n=config.max_train_examples or None, seed=config.data_seed
         )
-        test_idx = data.balanced_subset(imdb.test.labels, n=config.max_test_examples or None, seed=config.data_seed)
     train_split = imdb.train.take(train_idx)
     check_training_subset(config, train_split.labels)
-    return imdb, train_split, imdb.test.take(test_idx)
+    return imdb, train_split
+
+
+def split_validation(config: Config, train: data.Split) -> tuple[data.Split, data.Split | None]:
+    """(training rows, validation rows) of the training subset: `validation_fraction` of each label held out,
+    seeded by `data_seed`; (train, None) when the fraction is 0. Both keep both labels, or a one-line error."""
+    if not config.validation_fraction:
+        return train, None
+    train_idx, val_idx = data.validation_split(train.labels, config.validation_fraction, seed=config.data_seed)
+    fit_rows, val = train.take(train_idx), train.take(val_idx)
+    for name, split in (("validation", val), ("training", fit_rows)):
+        if len(np.unique(split.labels)) < 2:
+            raise BertpooledError(
+                f"config: validation_fraction={config.validation_fraction} of {len(train)} training reviews leaves "
+                f"{int(split.labels.sum())} positive and {int(len(split) - split.labels.sum())} negative {name} "
+                "reviews: both labels are needed, so change validation_fraction or use more training reviews"
+            )
+    return fit_rows, val
 
 
 def check_training_subset(config: Config, labels: np.ndarray) -> None:
@@ -105,11 +133,13 @@ def check_training_subset(config: Config, labels: np.ndarray) -> None:
         )
 
 
-def prepare(config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train: data.Split, test: data.Split,
-            phases: Phases, progress: bool | None = None, device: torch.device | None = None) -> Prepared:
+def prepare(config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train: data.Split, test: data.Split | None,
+            phases: Phases, progress: bool | None = None, device: torch.device | None = None,
+            val: data.Split | None = None) -> Prepared:
     """Token ids for the subsets (cached per tokenizer, data digest, split subset and max_len) and the features.
 
-    `device`: the run's, resolved once by the caller (default: resolved from the config here).
+    `device`: the run's, resolved once by the caller (default: resolved from the config here). `test` None (a
+    tuning trial): the test set is neither tokenized nor featurized. `val`: the validation split, if any.
     """
     cache = data.cache_dir()
     with phases.timed("tokenize"):
@@ -117,7 +147,7 @@ def prepare(config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train:
         fingerprint = backbone.tokenizer_fingerprint(tokenizer)
         hits = []
         sets = []
-        for name, split in (("train", train), ("test", test)):
+        for name, split in _splits(train, val, test).items():
             # The subset's ids are part of the key: a cache entry holds exactly the rows this run uses.
             subset_digest = data_digest_of(imdb.digest, split.ids)
             key = tokens.cache_key(fingerprint, subset_digest, name, config.max_len)
@@ -126,14 +156,20 @@ def prepare(config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train:
             )
             sets.append(toks)
             hits.append(hit)
-    prepared = Prepared(config, info, imdb, train, test, sets[0], sets[1], tokenizer, None, all(hits), phases,
-                        device=device or runtime.resolve_device(config.device))
+    made = dict(zip(_splits(train, val, test), sets))
+    prepared = Prepared(config, info, imdb, train, test, made["train"], made.get("test"), tokenizer, None, all(hits), phases,
+                        device=device or runtime.resolve_device(config.device), val=val, val_tokens=made.get("val"))
     with phases.timed("features"):
         if config.features == "encoder":
             prepare_encoder_features(prepared, lambda: backbone.load_model(info), progress=progress)
         else:
             prepared.embeddings = backbone.load_word_embeddings(info, whole_layer=config.features == "embedding_layer")
     return prepared
+
+
+def _splits(train: data.Split, val: data.Split | None, test: data.Split | None) -> dict[str, data.Split]:
+    """The splits a run tokenizes and featurizes, by name: train, then val and test where given."""
+    return {name: split for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
 
 
 def encoder_for(config: Config, model: torch.nn.Module):
@@ -168,7 +204,9 @@ def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Mod
     encoder = encoder_for(cfg, prepared.backbone_model)
     print_key = backbone.fingerprint(prepared.backbone_model)
     hits, made = [], {}
-    for name, split, toks in (("train", prepared.train, prepared.train_tokens), ("test", prepared.test, prepared.test_tokens)):
+    splits = _splits(prepared.train, prepared.val, prepared.test)
+    toks_of = {"train": prepared.train_tokens, "val": prepared.val_tokens, "test": prepared.test_tokens}
+    for name, split, toks in ((name, split, toks_of[name]) for name, split in splits.items()):
         subset = data_digest_of(prepared.imdb.digest, split.ids)
         key = features.cache_key(print_key, subset, name, cfg.max_len, features_key_part(cfg, precision))
 
@@ -190,14 +228,15 @@ def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Mod
 
         made[name], hit = make()
         hits.append(hit)
-    prepared.train_features, prepared.test_features = made["train"], made["test"]
+    prepared.train_features, prepared.test_features = made["train"], made.get("test")
+    prepared.val_features = made.get("val")
     prepared.features_cache_hit = all(hits)
 
 
 def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """What the trained network reads for a split: cached frozen features, else token ids; and real lengths."""
     if prepared.cached:
-        feats = {"train": prepared.train_features, "test": prepared.test_features}[split]
+        feats = {"train": prepared.train_features, "val": prepared.val_features, "test": prepared.test_features}[split]
         return feats.hidden, feats.lengths.long()
-    toks = {"train": prepared.train_tokens, "test": prepared.test_tokens}[split]
+    toks = {"train": prepared.train_tokens, "val": prepared.val_tokens, "test": prepared.test_tokens}[split]
     return torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths)

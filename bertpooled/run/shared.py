@@ -92,17 +92,20 @@ class Shared:
 
     def prepare(
         self, config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split,
-        test_split: data.Split, phases: Phases, progress: bool | None = None, device=None,
+        test_split: data.Split | None, phases: Phases, progress: bool | None = None, device=None,
+        val: data.Split | None = None,
     ) -> preparing.Prepared:
         """`prepare.prepare` with every input shared: the same phases timed, the same token ids and features."""
         if not self.shares(config):
-            return preparing.prepare(config, info, imdb, train_split, test_split, phases, progress=progress, device=device)
+            return preparing.prepare(config, info, imdb, train_split, test_split, phases, progress=progress, device=device,
+                                     val=val)
         with phases.timed("tokenize"):
             tokenizer, _ = self.tokenizer(info)
-            ids, hit = self.token_ids(info, imdb, {"train": train_split, "test": test_split}, config.max_len, progress)
+            splits = {k: v for k, v in (("train", train_split), ("val", val), ("test", test_split)) if v is not None}
+            ids, hit = self.token_ids(info, imdb, splits, config.max_len, progress)
         prepared = preparing.Prepared(
-            config, info, imdb, train_split, test_split, ids["train"], ids["test"], tokenizer, None, hit, phases,
-            device=device or runtime.resolve_device(config.device),
+            config, info, imdb, train_split, test_split, ids["train"], ids.get("test"), tokenizer, None, hit, phases,
+            device=device or runtime.resolve_device(config.device), val=val, val_tokens=ids.get("val"),
         )
         with phases.timed("features"):
             prepared.embeddings = self.embeddings(info, config.features == "embedding_layer")

@@ -271,14 +271,19 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: s
         mlflow.log_metrics(rest, step=step, model_id=model_id)
 
 
-def log_datasets(train: pd.DataFrame, test: pd.DataFrame, source: str, digest: str) -> None:
-    """Training and test subsets as MLflow dataset inputs (schema, profile, digest; not the data itself)."""
+def log_datasets(train: pd.DataFrame, test: pd.DataFrame | None, source: str, digest: str,
+                 validation: pd.DataFrame | None = None) -> None:
+    """Training, validation and test subsets (those given) as MLflow dataset inputs (schema, profile, digest; not
+    the data itself)."""
     import hashlib
 
     from mlflow.data.pandas_dataset import from_pandas
 
-    for frame, context in ((train, "training"), (test, "testing")):
-        name = "imdb-train" if context == "training" else "imdb-test"
+    names = {"training": "imdb-train", "validation": "imdb-val", "testing": "imdb-test"}
+    for frame, context in ((train, "training"), (validation, "validation"), (test, "testing")):
+        if frame is None:
+            continue
+        name = names[context]
         # The subset's own digest, from the data's digest and its rows' ids: MLflow's default hashes the
         # whole frame again (and warns about pandas 4 on the way).
         ids = "\n".join(map(str, frame["id"])) if "id" in frame else str(len(frame))
