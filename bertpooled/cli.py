@@ -255,11 +255,13 @@ def sweep_command(
     from bertpooled.config import parse_sets
     from bertpooled.report.render import FORMATS
 
-    from bertpooled.tracking.runs import last_run
-
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
-    fmt, run_before = _blank_to_none(format) or "table", last_run()[0]
+    fmt, said = _blank_to_none(format) or "table", []
+
+    def log(line: str) -> None:
+        said.append(line)  # "sweep <id>: ..." comes once the parent run exists
+        typer.echo(line, err=True)
     try:
         if fmt not in FORMATS:
             raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
@@ -274,7 +276,7 @@ def sweep_command(
                 experiment=_blank_to_none(experiment),
                 resume_parent=_blank_to_none(resume_parent),
                 progress=_progress(progress),
-                log=lambda line: typer.echo(line, err=True),
+                log=log,
                 parallel=parallel,
                 executor=runner,
                 group_seeds=group_seeds,
@@ -289,7 +291,7 @@ def sweep_command(
     except BertpooledError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        if last_run()[0] == run_before:
+        if not any(line.startswith("sweep ") for line in said):
             fail("interrupted before the sweep's parent run was created; nothing to resume", code=130)
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
     _print_report(report, fmt, _blank_to_none(output))
@@ -351,8 +353,7 @@ def serve_command(
     max_text_chars: int = typer.Option(100_000, min=1, help="Longest text in one request; longer ones get a 413."),
     batch_size: int = typer.Option(256, min=1, help="Texts predicted at once: memory follows this, not the request."),
 ) -> None:
-    """Serve a logged model like `mlflow models serve --env-manager local`, with bounded requests (413), predictions
-    in fixed-size batches, and JSON nested too deeply answered with a 400."""
+    """Serve a logged model like `mlflow models serve --env-manager local`, bounded (413s, fixed-size batches)."""
     from bertpooled.serving.server import ServeLimits, serve
 
     _hide_credentials()
