@@ -137,7 +137,10 @@ def cluster(tmp_path_factory):
     """The head node; tests add (and may kill) their own worker nodes."""
     tmp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "BERTPOOLED_CACHE": str(tmp / "cache")}
+           "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "BERTPOOLED_CACHE": str(tmp / "cache"),
+           # A home of its own: a local Ray started earlier on this machine (ray.init) leaves ~/.ray/auth_token, and
+           # `ray start` then refuses to join a cluster without that token ("InvalidAuthToken").
+           "HOME": str(tmp / "home")}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "RAY_ADDRESS"):
         env.pop(var, None)  # the nodes learn the tracking server from each task, as on a real cluster
     nodes = Cluster(tmp, env)

@@ -223,10 +223,11 @@ def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store
 
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'")
-def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch):
+def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path):
     from bertpooled.run.ray_executor import RayExecutor
 
     monkeypatch.setenv("RAY_ADDRESS", "")  # a local Ray of this test's own, never a cluster the machine has
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ray.init writes ~/.ray/auth_token: not into the user's home
     runner = RayExecutor(None, 1.0, 0.0)
     try:
         outcome = tuning.run_study(plan(tiny, mode="basic", study="ray"), trials=3, parallel=2, executor=runner,
