@@ -219,16 +219,7 @@ class RejectTooDeepJson:
         if len(body) <= EMPTY_BATCH_MAX_BYTES and _empty_batch(body):
             await _send_json(send, 200, {"predictions": []})
             return
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replay(body, receive), send)
 
 
 def _too_deep(body: bytes) -> bool:
