@@ -24,16 +24,15 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bertpooled.model import backbone  # noqa: E402
-from bertpooled.model.build import ModelSpec, build  # noqa: E402
-from bertpooled.model.encoder import PoolingEncoder  # noqa: E402
-from bertpooled.model.inference import cpu_has_bf16  # noqa: E402
-from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask  # noqa: E402
+from bertpooled.model import backbone
+from bertpooled.model.build import ModelSpec, build
+from bertpooled.model.encoder import PoolingEncoder
+from bertpooled.model.inference import cpu_has_bf16
+from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask
 
 BATCH, LENGTH = 32, 128
 
@@ -71,8 +70,11 @@ def main() -> None:
     spec = ModelSpec("encoder", PoolSpec(), PoolPosition.parse("output"), 16, "mask", "keras", LENGTH, "minilm")
     torch.manual_seed(0)
     classifier = build(spec, backbone=model, trainable_backbone=True).train()
-    optimizer = torch.optim.Adam([{"params": classifier.head.parameters()},
-                                  {"params": classifier.encoder.parameters(), "lr": 2e-5}], lr=1e-3, fused=True)
+    optimizer = torch.optim.Adam(
+        [{"params": classifier.head.parameters()}, {"params": classifier.encoder.parameters(), "lr": 2e-5}],
+        lr=1e-3,
+        fused=True,
+    )
 
     @torch.no_grad()
     def forward(precision: str, net=encoder):
@@ -97,17 +99,31 @@ def main() -> None:
     eager = PoolingEncoder(backbone.load_model(info), PoolPosition.parse("output"), PoolSpec())
     eager.model.set_attn_implementation("eager")
     for precision in ("fp32", "bf16"):
-        rows.append(("encoder forward, eager attention", precision, all_threads,
-                     median_ms(lambda: forward(precision, eager), args.repeats, 2)))
+        rows.append(
+            (
+                "encoder forward, eager attention",
+                precision,
+                all_threads,
+                median_ms(lambda: forward(precision, eager), args.repeats, 2),
+            )
+        )
     if args.compile:
         compiled = torch.compile(encoder)
         for precision in ("fp32", "bf16"):
             forward(precision, compiled)  # compile outside the timing
-            rows.append(("encoder forward, torch.compile", precision, all_threads,
-                         median_ms(lambda: forward(precision, compiled), args.repeats, 2)))
+            rows.append(
+                (
+                    "encoder forward, torch.compile",
+                    precision,
+                    all_threads,
+                    median_ms(lambda: forward(precision, compiled), args.repeats, 2),
+                )
+            )
 
-    print(f"Machine: {describe()}; native bf16 (AVX512-BF16 or AMX): {cpu_has_bf16()}; attention: "
-          f"{model.config._attn_implementation}.\n")
+    print(
+        f"Machine: {describe()}; native bf16 (AVX512-BF16 or AMX): {cpu_has_bf16()}; attention: "
+        f"{model.config._attn_implementation}.\n"
+    )
     print("| what (batch 32 x 128 tokens) | precision | threads | median ms (min-max) | fp32 / bf16 |")
     print("|---|---|---|---|---|")
     fp32 = {(w, t): ms[0] for w, p, t, ms in rows if p == "fp32"}

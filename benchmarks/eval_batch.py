@@ -16,13 +16,12 @@ import sys
 import time
 
 import torch
-
 from grouped_seeds import Data  # benchmarks/: scripts here run with their folder on sys.path
 from machine import describe
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bertpooled.run import runtime  # noqa: E402
+from bertpooled.run import runtime
 
 
 def main() -> None:
@@ -45,11 +44,14 @@ def main() -> None:
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 with torch.no_grad():
-                    logits = torch.cat([model(data.ids[i : i + size], data.lengths[i : i + size])
-                                        for i in range(0, args.rows, size)])
+                    logits = torch.cat(
+                        [model(data.ids[i : i + size], data.lengths[i : i + size]) for i in range(0, args.rows, size)]
+                    )
                 best = min(best, time.perf_counter() - start)
             first = logits if first is None else first
-            print(f"| {mode} | {size} | {best / args.rows * 1e6:.0f} | {'bitwise' if torch.equal(logits, first) else 'no'} |")
+            print(
+                f"| {mode} | {size} | {best / args.rows * 1e6:.0f} | {'bitwise' if torch.equal(logits, first) else 'no'} |"
+            )
 
 
 if __name__ == "__main__":

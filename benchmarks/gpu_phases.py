@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def pack(out: Path, config_path: str) -> None:
+    from bertpooled.config import load_config
     from bertpooled.model import backbone
     from bertpooled.run import measure, prepare
-    from bertpooled.config import load_config
 
     cfg = load_config(config_path)
     info = prepare.check(cfg)
@@ -33,9 +33,13 @@ def pack(out: Path, config_path: str) -> None:
     prep = prepare.prepare(cfg, info, imdb, tr, te, phases, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        out / "tokens.npz", train_ids=prep.train_tokens.ids.astype(np.int16 if info.vocab_size < 2**15 else np.int32),
-        train_lengths=prep.train_tokens.lengths, train_labels=tr.labels, test_ids=prep.test_tokens.ids.astype(
-            np.int16 if info.vocab_size < 2**15 else np.int32), test_lengths=prep.test_tokens.lengths, test_labels=te.labels,
+        out / "tokens.npz",
+        train_ids=prep.train_tokens.ids.astype(np.int16 if info.vocab_size < 2**15 else np.int32),
+        train_lengths=prep.train_tokens.lengths,
+        train_labels=tr.labels,
+        test_ids=prep.test_tokens.ids.astype(np.int16 if info.vocab_size < 2**15 else np.int32),
+        test_lengths=prep.test_tokens.lengths,
+        test_labels=te.labels,
     )
     from safetensors.torch import save_file
 
@@ -52,11 +56,11 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     import torch
     from safetensors.torch import load_file
 
-    from bertpooled.model import backbone
     from bertpooled import data
-    from bertpooled.data import tokens
-    from bertpooled.run import fit, measure, prepare
     from bertpooled.config import load_config
+    from bertpooled.data import tokens
+    from bertpooled.model import backbone
+    from bertpooled.run import fit, measure, prepare
 
     if device_name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("error: no CUDA device visible")
@@ -66,7 +70,9 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     def split(name):
         labels = arrays[f"{name}_labels"]
         ids = [f"{name}/{i}" for i in range(len(labels))]
-        return data.Split(ids, [""] * len(labels), labels), tokens.Tokens(arrays[f"{name}_ids"].astype(np.int32), arrays[f"{name}_lengths"])
+        return data.Split(ids, [""] * len(labels), labels), tokens.Tokens(
+            arrays[f"{name}_ids"].astype(np.int32), arrays[f"{name}_lengths"]
+        )
 
     (tr, tr_tok), (te, te_tok) = split("train"), split("test")
     device = torch.device(device_name)
@@ -84,13 +90,25 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     results = {}
     for mode in ("basic", "pool"):
         for amp in (False, True):
-            cfg = load_config(bundle / "config.yaml", {"mode": mode, "device": device_name,
-                              "precision": "bf16" if amp else "fp32", **extra})
+            cfg = load_config(
+                bundle / "config.yaml",
+                {"mode": mode, "device": device_name, "precision": "bf16" if amp else "fp32", **extra},
+            )
             emb = backbone.WordEmbeddings(table, 0)
             prep = prepare.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, None, emb)
-            warm = prepare.Prepared(load_config(bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name,
-                                                              "precision": "fp32"}),
-                                  None, None, tr, te, tr_tok, te_tok, None, emb)
+            warm = prepare.Prepared(
+                load_config(
+                    bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name, "precision": "fp32"}
+                ),
+                None,
+                None,
+                tr,
+                te,
+                tr_tok,
+                te_tok,
+                None,
+                emb,
+            )
             fit.fit(fit.build_model(warm).to(device), warm, device, progress=False)
             rows = []
             for _ in range(repeats):
@@ -105,7 +123,9 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
                 rows.append((t1 - t0, t2 - t1, measure.evaluate(te.labels, probs)["test/accuracy"]))
             med = [statistics.median(r[i] for r in rows) for i in range(3)]
             results[(mode, amp)] = med
-            lines.append(f"| {mode} | {'bf16' if amp else 'off (fp32)'} | {med[0]:.2f} | {med[1]:.2f} | {med[0] / cfg.epochs:.2f} | {med[2]:.4f} |")
+            lines.append(
+                f"| {mode} | {'bf16' if amp else 'off (fp32)'} | {med[0]:.2f} | {med[1]:.2f} | {med[0] / cfg.epochs:.2f} | {med[2]:.4f} |"
+            )
             print(lines[-1], flush=True)
     for amp in (False, True):
         b, p = results[("basic", amp)], results[("pool", amp)]

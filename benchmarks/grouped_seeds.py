@@ -30,14 +30,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier  # noqa: E402
-from bertpooled.model.pooling import PoolSpec  # noqa: E402
-from bertpooled.run import grouped  # noqa: E402
+from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier
+from bertpooled.model.pooling import PoolSpec
+from bertpooled.run import grouped
 
 VOCAB, HIDDEN, POSITIONS, BATCH, MAX_LEN, TRAIN_ROWS = 30_522, 384, 512, 32, 128, 18_750
 MODES = {"basic": "none", "pool": "avg:2x2"}
@@ -61,11 +60,18 @@ class Data:
     def __init__(self, rows: int) -> None:
         gen = torch.Generator().manual_seed(0)
         self.table = torch.randn(VOCAB, HIDDEN, generator=gen) * 0.05
-        self.layer = EmbeddingLayer(torch.randn(POSITIONS, HIDDEN, generator=gen) * 0.05, torch.randn(HIDDEN, generator=gen) * 0.05,
-                                    torch.ones(HIDDEN), torch.zeros(HIDDEN), 1e-12)
+        self.layer = EmbeddingLayer(
+            torch.randn(POSITIONS, HIDDEN, generator=gen) * 0.05,
+            torch.randn(HIDDEN, generator=gen) * 0.05,
+            torch.ones(HIDDEN),
+            torch.zeros(HIDDEN),
+            1e-12,
+        )
         self.ids = torch.randint(1000, VOCAB, (rows, MAX_LEN), generator=gen)
         short = torch.rand(rows, generator=gen) < 0.3  # about 70% of IMDB reviews fill 128 tokens
-        self.lengths = torch.where(short, torch.randint(20, MAX_LEN, (rows,), generator=gen), torch.full((rows,), MAX_LEN))
+        self.lengths = torch.where(
+            short, torch.randint(20, MAX_LEN, (rows,), generator=gen), torch.full((rows,), MAX_LEN)
+        )
         self.ids[torch.arange(MAX_LEN)[None, :] >= self.lengths[:, None]] = 0
         self.labels = torch.randint(0, 2, (rows,), generator=gen).float()
         self.rows = rows
@@ -130,7 +136,9 @@ def group_of(d: Data, pool: str, seeds: int, recurrence: str) -> grouped.SeedGro
     return grouped.SeedGroup([d.model(pool, s) for s in range(seeds)], list(range(seeds)), recurrence).train()
 
 
-def group_step(d: Data, pool: str, seeds: int, recurrence: str = "per_seed", optimizer: str = "fused", compiled: bool = False):
+def group_step(
+    d: Data, pool: str, seeds: int, recurrence: str = "per_seed", optimizer: str = "fused", compiled: bool = False
+):
     group = group_of(d, pool, seeds, recurrence)
     net = torch.compile(group) if compiled else group
     opt = adam([p for _, p in group.head.head_parameters()], optimizer)
@@ -245,19 +253,31 @@ def main() -> None:
     load_after = os.getloadavg()
     columns = [(mode, t) for t in threads for mode in MODES]
     print(f"- machine: {describe()}")
-    print(f"- load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; "
-          f"after: {', '.join(f'{x:.2f}' for x in load_after)} (a shared machine: other jobs run beside this)")
-    print(f"- command: `python benchmarks/grouped_seeds.py --seeds {S} --steps {args.steps} --repeats {args.repeats} "
-          f"--threads {args.threads} --rows {args.rows}{' --compile' if args.compile else ''}`; "
-          f"ms per training step, medians of {args.repeats} timings of {args.steps} steps\n")
+    print(
+        f"- load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; "
+        f"after: {', '.join(f'{x:.2f}' for x in load_after)} (a shared machine: other jobs run beside this)"
+    )
+    print(
+        f"- command: `python benchmarks/grouped_seeds.py --seeds {S} --steps {args.steps} --repeats {args.repeats} "
+        f"--threads {args.threads} --rows {args.rows}{' --compile' if args.compile else ''}`; "
+        f"ms per training step, medians of {args.repeats} timings of {args.steps} steps\n"
+    )
     print("| ms per step | " + " | ".join(f"{m}, {t} thr" for m, t in columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, cells in rows.items():
         print(f"| {name} | " + " | ".join(f"{cells[c]:.2f}" if c in cells else "" for c in columns) + " |")
     if compile_s:
-        print("\ntorch.compile, first step (compile included): " + "; ".join(f"{k}: {v:.1f} s" for k, v in compile_s.items()))
-    print(f"\nFeature cache for {TRAIN_ROWS:,} training rows x {MAX_LEN} tokens x {HIDDEN}: " + "; ".join(
-        f"{mode} ({pool}) fp32 {cache_mb(pool, 4):,.0f} MiB, bf16 {cache_mb(pool, 2):,.0f} MiB" for mode, pool in MODES.items()))
+        print(
+            "\ntorch.compile, first step (compile included): "
+            + "; ".join(f"{k}: {v:.1f} s" for k, v in compile_s.items())
+        )
+    print(
+        f"\nFeature cache for {TRAIN_ROWS:,} training rows x {MAX_LEN} tokens x {HIDDEN}: "
+        + "; ".join(
+            f"{mode} ({pool}) fp32 {cache_mb(pool, 4):,.0f} MiB, bf16 {cache_mb(pool, 2):,.0f} MiB"
+            for mode, pool in MODES.items()
+        )
+    )
 
 
 if __name__ == "__main__":

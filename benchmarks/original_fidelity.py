@@ -20,11 +20,20 @@ import argparse
 import json
 from pathlib import Path
 
-ORDER = ["embedding_layer-read-keras", "embedding_layer-mask-keras", "embeddings-read-keras", "embeddings-mask-keras",
-         "embedding_layer-read-torch"]
+ORDER = [
+    "embedding_layer-read-keras",
+    "embedding_layer-mask-keras",
+    "embeddings-read-keras",
+    "embeddings-mask-keras",
+    "embedding_layer-read-torch",
+]
 LABELS = {
-    "embedding_layer": "embedding layer", "embeddings": "word table",
-    "read": "read", "mask": "mask", "keras": "one (Keras)", "torch": "two (nn.LSTM)",
+    "embedding_layer": "embedding layer",
+    "embeddings": "word table",
+    "read": "read",
+    "mask": "mask",
+    "keras": "one (Keras)",
+    "torch": "two (nn.LSTM)",
 }
 
 
@@ -54,8 +63,10 @@ def main() -> None:
     parser.add_argument("reports", nargs="+", type=Path)
     args = parser.parse_args()
     reports = {path.stem: json.loads(path.read_text()) for path in args.reports}
-    print("| features | padding | LSTM bias | runs | basic accuracy [95% CI] | pool accuracy [95% CI] | "
-          "pool - basic, points [95% CI] | paired t p | McNemar p<0.05 | basic train s | pool train s | pool/basic |")
+    print(
+        "| features | padding | LSTM bias | runs | basic accuracy [95% CI] | pool accuracy [95% CI] | "
+        "pool - basic, points [95% CI] | paired t p | McNemar p<0.05 | basic train s | pool train s | pool/basic |"
+    )
     print("|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|")
     for name in sorted(reports, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         print(row(name, reports[name]))

@@ -59,8 +59,9 @@ def measure_in_turns(data: str, rounds: int, max_len: int = 128) -> dict[str, di
     bert = backbone.load_model(info)
     models = {}
     for variant, (_, pool, pool_at) in VARIANTS.items():
-        cfg = load_config(None, {"features": "encoder", "finetune": True, "pool": pool, "pool_at": pool_at,
-                                 "max_len": max_len})
+        cfg = load_config(
+            None, {"features": "encoder", "finetune": True, "pool": pool, "pool_at": pool_at, "max_len": max_len}
+        )
         runtime.seed_everything(0)
         models[variant] = build(spec_of(cfg), backbone=bert).eval()
     out: dict[str, list[dict[str, float]]] = {k: [] for k in models}
@@ -68,15 +69,20 @@ def measure_in_turns(data: str, rounds: int, max_len: int = 128) -> dict[str, di
     for r in range(rounds):
         for variant, model in models.items():
             with runtime.autocast(device, precision):
-                out[variant].append(cost.measure(model, tokenizer, texts, max_len, device, latency_texts=8,
-                                                 throughput_batches=2))
+                out[variant].append(
+                    cost.measure(model, tokenizer, texts, max_len, device, latency_texts=8, throughput_batches=2)
+                )
         print(f"in turns: round {r + 1}/{rounds}", flush=True)
     return {
-        k: {"throughput": max(m["throughput/infer_examples_per_s"] for m in v),
+        k: {
+            "throughput": max(m["throughput/infer_examples_per_s"] for m in v),
             "throughput_median": statistics.median(m["throughput/infer_examples_per_s"] for m in v),
             "latency": min(m["latency/p50_ms"] for m in v),
             "latency_median": statistics.median(m["latency/p50_ms"] for m in v),
-            "rounds": len(v), "threads": torch.get_num_threads(), "precision": precision}
+            "rounds": len(v),
+            "threads": torch.get_num_threads(),
+            "precision": precision,
+        }
         for k, v in out.items()
     }
 
@@ -89,10 +95,9 @@ def fetch_runs(store: str):
     return runs[runs["tags.variant"].isin(VARIANTS)] if "tags.variant" in runs else runs.iloc[0:0]
 
 
-def correct_by_seed(store: str, runs) -> dict[tuple[str, str], "object"]:
+def correct_by_seed(store: str, runs) -> dict[tuple[str, str], object]:
     """(variant, seed) -> boolean array of correct test predictions, in the order of the logged predictions' ids."""
     import mlflow
-    import numpy as np
     import pandas as pd
 
     out = {}
@@ -100,7 +105,9 @@ def correct_by_seed(store: str, runs) -> dict[tuple[str, str], "object"]:
         path = mlflow.artifacts.download_artifacts(run_id=row["run_id"], artifact_path="predictions/test.csv")
         frame = pd.read_csv(path).sort_values("id")
         out[(row["tags.variant"], row["params.config/seed"])] = (
-            frame["id"].to_numpy(), ((frame["probability"].to_numpy() >= 0.5) == (frame["label"].to_numpy() == 1)))
+            frame["id"].to_numpy(),
+            ((frame["probability"].to_numpy() >= 0.5) == (frame["label"].to_numpy() == 1)),
+        )
     return out
 
 
@@ -122,14 +129,18 @@ def summarise(store: str, runs) -> tuple[list[dict], list[str]]:
         base = runs[runs["tags.variant"] == BASELINE]
         base_acc = dict(zip(base["params.config/seed"], base["metrics.test/accuracy"].astype(float)))
         paired = sorted(set(acc) & set(base_acc))
-        metric = lambda name: group[f"metrics.{name}"].astype(float)  # noqa: E731
+        metric = lambda name: group[f"metrics.{name}"].astype(float)
         row = {
-            "variant": variant, "label": label, "seeds": sorted(acc), "ci": mean_ci(list(acc.values())),
+            "variant": variant,
+            "label": label,
+            "seeds": sorted(acc),
+            "ci": mean_ci(list(acc.values())),
             "diff": paired_difference([acc[s] for s in paired], [base_acc[s] for s in paired]),
             "flops": metric("cost/backbone_flops_per_example").median(),
             "epoch_s": metric("time/train_s").median() / float(group["params.config/epochs"].iloc[0]),
             "mem": metric("memory/peak_mb").max(),
-            "train_n": int(metric("data/train_examples").iloc[0]), "test_n": int(metric("data/test_examples").iloc[0]),
+            "train_n": int(metric("data/train_examples").iloc[0]),
+            "test_n": int(metric("data/test_examples").iloc[0]),
         }
         if variant != BASELINE:
             tests = []
@@ -163,9 +174,12 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
     ]
     planned = 3
     if notes or any(len(r["seeds"]) < planned for r in rows):
-        lines += [f"**Partial: the study plans {planned} seeds per variant; the table holds the runs finished so far (see the "
-                  "seeds column and the notes), so intervals across seeds are missing where a variant has one seed, "
-                  "and the verdict is provisional.**", ""]
+        lines += [
+            f"**Partial: the study plans {planned} seeds per variant; the table holds the runs finished so far (see the "
+            "seeds column and the notes), so intervals across seeds are missing where a variant has one seed, "
+            "and the verdict is provisional.**",
+            "",
+        ]
     lines += [
         "| variant | seeds | train / test | accuracy (95% CI) | vs unpooled, paired (95% CI) | McNemar p per seed (Holm) | "
         "backbone FLOPs | throughput b32 ex/s (in turns) | vs unpooled | latency p50 ms (in turns) | train s / epoch | peak MB |",
@@ -173,11 +187,20 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
     ]
     for r in rows:
         ci, d = r["ci"], r["diff"]
-        diff = "-" if r["variant"] == BASELINE else (
-            f"{d.mean * 100:+.2f} pts ({d.low * 100:+.2f}, {d.high * 100:+.2f})" if d.n >= 2 else
-            f"{d.mean * 100:+.2f} pts (n={d.n})")
-        mcn = "-" if r["variant"] == BASELINE else ", ".join(
-            f"{t.p_value:.3f} ({h:.3f})" for t, h in zip(r.get("mcnemar", []), r.get("holm", []))) or "-"
+        diff = (
+            "-"
+            if r["variant"] == BASELINE
+            else (
+                f"{d.mean * 100:+.2f} pts ({d.low * 100:+.2f}, {d.high * 100:+.2f})"
+                if d.n >= 2
+                else f"{d.mean * 100:+.2f} pts (n={d.n})"
+            )
+        )
+        mcn = (
+            "-"
+            if r["variant"] == BASELINE
+            else ", ".join(f"{t.p_value:.3f} ({h:.3f})" for t, h in zip(r.get("mcnemar", []), r.get("holm", []))) or "-"
+        )
         t = (turns or {}).get(r["variant"])
         tb = (turns or {}).get(BASELINE)
         thr = f"{t['throughput']:.1f} (median {t['throughput_median']:.1f})" if t else "-"
@@ -187,7 +210,8 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
         acc = f"{ci.mean:.4f} ± {(ci.high - ci.low) / 2:.4f}" if ci.n >= 2 else f"{ci.mean:.4f} (n=1)"
         lines.append(
             f"| {r['label']} | {','.join(r['seeds'])} | {r['train_n']:,} / {r['test_n']:,} | {acc} | {diff} | {mcn} | "
-            f"{flops} | {thr} | {speed} | {lat} | {r['epoch_s']:.0f} | {r['mem']:,.0f} |")
+            f"{flops} | {thr} | {speed} | {lat} | {r['epoch_s']:.0f} | {r['mem']:,.0f} |"
+        )
     lines += ["", "## Verdict", ""]
     for r in rows:
         if r["variant"] == BASELINE or not turns or r["variant"] not in turns:
@@ -200,35 +224,61 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
             f"- {r['label']}: throughput {speed:.2f}x (goal {GOAL_SPEEDUP}x), accuracy loss {loss * 100:+.2f} points "
             f"(goal at most {GOAL_LOSS * 100:.1f}), upper end of its 95% interval {upper * 100:+.2f} (goal within "
             f"{GOAL_LOSS_UPPER * 100:.0f}): **{'meets' if met else 'misses'} the goal**"
-            + ("" if met else " (" + ", ".join(filter(None, [
-                f"throughput short by {GOAL_SPEEDUP - speed:.2f}x" if speed < GOAL_SPEEDUP else "",
-                f"loss over by {(loss - GOAL_LOSS) * 100:.2f} points" if loss > GOAL_LOSS else "",
-                f"interval's upper end over by {(upper - GOAL_LOSS_UPPER) * 100:.2f} points" if upper > GOAL_LOSS_UPPER
-                else ("interval unknown with one seed" if upper != upper else ""),
-            ])) + ")"))
+            + (
+                ""
+                if met
+                else " ("
+                + ", ".join(
+                    filter(
+                        None,
+                        [
+                            f"throughput short by {GOAL_SPEEDUP - speed:.2f}x" if speed < GOAL_SPEEDUP else "",
+                            f"loss over by {(loss - GOAL_LOSS) * 100:.2f} points" if loss > GOAL_LOSS else "",
+                            f"interval's upper end over by {(upper - GOAL_LOSS_UPPER) * 100:.2f} points"
+                            if upper > GOAL_LOSS_UPPER
+                            else ("interval unknown with one seed" if upper != upper else ""),
+                        ],
+                    )
+                )
+                + ")"
+            )
+        )
     control = "encoder-ft-avg:2x1@output"
     if turns and control in turns and BASELINE in turns:
         ratio = turns[control]["throughput"] / turns[BASELINE]["throughput"]
-        lines.append(f"- The control, avg:2x1 at output (the unpooled encoder and a head on half the sequence: no backbone "
-                     f"compute saved), measured {ratio:.2f}x the unpooled throughput in the same turns: throughput "
-                     f"differences of about {abs(ratio - 1) * 100:.0f}% are within what this measurement can tell apart.")
+        lines.append(
+            f"- The control, avg:2x1 at output (the unpooled encoder and a head on half the sequence: no backbone "
+            f"compute saved), measured {ratio:.2f}x the unpooled throughput in the same turns: throughput "
+            f"differences of about {abs(ratio - 1) * 100:.0f}% are within what this measurement can tell apart."
+        )
     if notes:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
-    lines += ["", "Training seconds per epoch and peak memory are the runs' own (`time/train_s`, `memory/peak_mb`); the runs "
-              "shared the machine with other work (load average 9-14 on its 2 cores while seed 0 trained), so the "
-              "seconds per epoch are not comparable between rows. Throughput and latency are measured in turns for "
-              "that reason."]
+    lines += [
+        "",
+        "Training seconds per epoch and peak memory are the runs' own (`time/train_s`, `memory/peak_mb`); the runs "
+        "shared the machine with other work (load average 9-14 on its 2 cores while seed 0 trained), so the "
+        "seconds per epoch are not comparable between rows. Throughput and latency are measured in turns for "
+        "that reason.",
+    ]
     if turns:
         first = next(iter(turns.values()))
-        lines += ["", f"Throughput and latency measured in turns: {first['rounds']} rounds, {first['threads']} threads, "
-                  f"{first['precision']}; best round shown (interference only adds time), median beside it."]
-    lines += ["", "## Commands", "", "    # the runs (one sweep per seed and variant, seed-major; hours on this CPU):",
-              "    BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/pooled_lm_cpu.sh",
-              "    # this report (the measurement in turns takes a few minutes; run it on a quiet machine):",
-              "    python benchmarks/pooled_lm_cpu.py --store /path/to/store --data /path/to/aclImdb_v1.tar.gz",
-              "    # the same runs as compare-runs reports them:",
-              "    MLFLOW_TRACKING_URI=sqlite:////path/to/store/mlflow.db bertpooled compare-runs --experiment pooled-lm-cpu \\",
-              "        --group-by variant --baseline encoder-ft --format markdown"]
+        lines += [
+            "",
+            f"Throughput and latency measured in turns: {first['rounds']} rounds, {first['threads']} threads, "
+            f"{first['precision']}; best round shown (interference only adds time), median beside it.",
+        ]
+    lines += [
+        "",
+        "## Commands",
+        "",
+        "    # the runs (one sweep per seed and variant, seed-major; hours on this CPU):",
+        "    BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/pooled_lm_cpu.sh",
+        "    # this report (the measurement in turns takes a few minutes; run it on a quiet machine):",
+        "    python benchmarks/pooled_lm_cpu.py --store /path/to/store --data /path/to/aclImdb_v1.tar.gz",
+        "    # the same runs as compare-runs reports them:",
+        "    MLFLOW_TRACKING_URI=sqlite:////path/to/store/mlflow.db bertpooled compare-runs --experiment pooled-lm-cpu \\",
+        "        --group-by variant --baseline encoder-ft --format markdown",
+    ]
     return "\n".join(lines) + "\n"
 
 

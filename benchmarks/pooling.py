@@ -53,11 +53,14 @@ ROWS = [
     Row("layer3", "encoder, avg:2x1 at layer:3 (frozen)", ("--config", "encoder_pool_layer3", "--modes", "basic")),
     Row("layer4", "encoder, avg:2x1 at layer:4 (frozen)", ("--config", "encoder_pool_layer4", "--modes", "basic")),
     Row("finetune", "encoder, no pooling (fine-tuned)", ("--config", "encoder_finetune", "--modes", "basic"), FINETUNE),
-    Row("layer2_finetune", "encoder, avg:2x1 at layer:2 (fine-tuned)",
-        ("--config", "encoder_pool_layer2_finetune", "--modes", "basic"), FINETUNE),
+    Row(
+        "layer2_finetune",
+        "encoder, avg:2x1 at layer:2 (fine-tuned)",
+        ("--config", "encoder_pool_layer2_finetune", "--modes", "basic"),
+        FINETUNE,
+    ),
 ]
 BASELINE = "encoder"
-
 
 
 QUICK = (64, 64, 1, 2)
@@ -67,9 +70,27 @@ _quick = False
 def command(row: Row, data: str, max_len: int) -> list[str]:
     train, test, epochs, seeds = QUICK if _quick else row.sizes
     return [
-        "bertpooled", "sweep", *row.args, "--seeds", str(seeds), "--data", data, "--max-len", str(max_len),
-        "--max-train-examples", str(train), "--max-test-examples", str(test), "--epochs", str(epochs),
-        "--experiment", EXPERIMENT, "--no-progress", "--set", f"description={TAG}{row.key}", *row.extra,
+        "bertpooled",
+        "sweep",
+        *row.args,
+        "--seeds",
+        str(seeds),
+        "--data",
+        data,
+        "--max-len",
+        str(max_len),
+        "--max-train-examples",
+        str(train),
+        "--max-test-examples",
+        str(test),
+        "--epochs",
+        str(epochs),
+        "--experiment",
+        EXPERIMENT,
+        "--no-progress",
+        "--set",
+        f"description={TAG}{row.key}",
+        *row.extra,
     ]
 
 
@@ -96,9 +117,9 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
 
     import torch
 
-    from bertpooled.model import backbone
     from bertpooled import data as imdb_data
     from bertpooled.config import load_config
+    from bertpooled.model import backbone
     from bertpooled.model.build import build
     from bertpooled.run import cost, runtime
     from bertpooled.run.fit import spec_of
@@ -128,8 +149,11 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
     out: dict[str, list[dict[str, float]]] = {k: [] for k in models}
     for r in range(rounds):
         for key, model in models.items():
-            out[key].append(cost.measure(model, tokenizer, texts, max_len, torch.device("cpu"), latency_texts=8,
-                                         throughput_batches=1))
+            out[key].append(
+                cost.measure(
+                    model, tokenizer, texts, max_len, torch.device("cpu"), latency_texts=8, throughput_batches=1
+                )
+            )
         print(f"interleaved cost: round {r + 1}/{rounds}", flush=True)
     # Interference only ever adds time, so the best round is the least disturbed one; the median is shown beside it.
     return {
@@ -137,7 +161,9 @@ def interleaved_cost(data: str, max_len: int, rounds: int, threads: int = 0) -> 
             "latency/p50_ms": min(m["latency/p50_ms"] for m in v),
             "throughput/infer_examples_per_s": max(m["throughput/infer_examples_per_s"] for m in v),
             "median latency/p50_ms": statistics.median(m["latency/p50_ms"] for m in v),
-            "median throughput/infer_examples_per_s": statistics.median(m["throughput/infer_examples_per_s"] for m in v),
+            "median throughput/infer_examples_per_s": statistics.median(
+                m["throughput/infer_examples_per_s"] for m in v
+            ),
             "rounds": len(v),
             "threads": torch.get_num_threads(),
         }
@@ -175,21 +201,25 @@ def summarise(runs) -> dict[str, dict]:
 
     out = {}
     for key, group in runs.groupby("row"):
-        m = lambda name: group[f"metrics.{name}"].astype(float)  # noqa: E731
+        m = lambda name: group[f"metrics.{name}"].astype(float)
         ci = mean_ci(m("test/accuracy").to_numpy())
         out[key] = {
             "n": len(group),
-            "acc": ci.mean, "lo": ci.low, "hi": ci.high,
+            "acc": ci.mean,
+            "lo": ci.low,
+            "hi": ci.high,
             "backbone": m("cost/backbone_flops_per_example").median(),
             "head": m("cost/head_flops_per_example").median(),
-            "p50": m("latency/p50_ms").median(), "p95": m("latency/p95_ms").median(),
+            "p50": m("latency/p50_ms").median(),
+            "p95": m("latency/p95_ms").median(),
             "thr": m("throughput/infer_examples_per_s").median(),
             "mem": m("memory/peak_mb").max(),
             "features_s": m("time/features_s").max(),
             "train_s": m("time/train_s").median(),
             "cache": group.get("metrics.features/cache_hit"),
             "threads": int(m("runtime/threads").median()),
-            "train_n": int(m("data/train_examples").iloc[0]), "test_n": int(m("data/test_examples").iloc[0]),
+            "train_n": int(m("data/train_examples").iloc[0]),
+            "test_n": int(m("data/test_examples").iloc[0]),
             "epochs": int(group["params.config/epochs"].iloc[0]),
         }
     return out
@@ -225,8 +255,7 @@ def verdicts(summary: dict[str, dict], turns: dict[str, dict] | None = None) -> 
         if trusted:
             outcome = "meets the goal" if rest and thr >= 1.3 else "misses the goal"
         else:
-            outcome = ("meets the FLOPs and accuracy goals; throughput not established" if rest
-                       else "misses the goal")
+            outcome = "meets the FLOPs and accuracy goals; throughput not established" if rest else "misses the goal"
         lines.append(
             f"- **{row.label}**: backbone FLOPs {flops:.2f}x ({'≤' if flops <= 0.75 else '>'} 0.75x), "
             f"throughput {thr:.2f}x ({'≥' if thr >= 1.3 else '<'} 1.3x{'' if trusted else ', untrusted'}), "
@@ -241,7 +270,9 @@ def verdicts(summary: dict[str, dict], turns: dict[str, dict] | None = None) -> 
     return lines
 
 
-def report(runs, data: str, max_len: int, seconds: dict[str, float], all_turns: list[dict] = (), loads: dict | None = None) -> str:
+def report(
+    runs, data: str, max_len: int, seconds: dict[str, float], all_turns: list[dict] = (), loads: dict | None = None
+) -> str:
     summary = summarise(runs)
     # The verdict reads the measurement whose control is closest to 1: output pooling leaves the encoder as it
     # is, so its throughput ratio can differ from 1 by the head's share alone (under 1% of the FLOPs).
@@ -314,7 +345,9 @@ def report(runs, data: str, max_len: int, seconds: dict[str, float], all_turns: 
             "Each frozen row's architecture (MiniLM, the row's pooling, a fresh LSTM head: weights do not change",
             "the cost) measured round-robin in one process, so all see the same machine: latency of one review",
             "(p50 of 8 reviews per round) and throughput at batch 32 (one batch per round after a warm-up batch),",
-            "end to end, on 200 real test reviews, max_len " + str(max_len) + f", {next(iter(measured.values()))['rounds']} rounds. "
+            "end to end, on 200 real test reviews, max_len "
+            + str(max_len)
+            + f", {next(iter(measured.values()))['rounds']} rounds. "
             "Interference only adds time, so the best round is the",
             "least disturbed measurement and is the one compared; the median round is shown beside it.",
             "",
@@ -325,7 +358,9 @@ def report(runs, data: str, max_len: int, seconds: dict[str, float], all_turns: 
             t = measured.get(row.key)
             if t is None:
                 continue
-            ratio = t["throughput/infer_examples_per_s"] / base["throughput/infer_examples_per_s"] if base else float("nan")
+            ratio = (
+                t["throughput/infer_examples_per_s"] / base["throughput/infer_examples_per_s"] if base else float("nan")
+            )
             lines.append(
                 f"| {row.label} | {t['latency/p50_ms']:.1f} ({t['median latency/p50_ms']:.1f}) | "
                 f"{t['throughput/infer_examples_per_s']:.1f} ({t['median throughput/infer_examples_per_s']:.1f}) | {ratio:.2f}x |"
@@ -335,8 +370,12 @@ def report(runs, data: str, max_len: int, seconds: dict[str, float], all_turns: 
         "## The goal: backbone FLOPs ≤ 0.75x, throughput ≥ 1.3x, accuracy within 1 point of the unpooled encoder",
         "",
         "Against the frozen unpooled encoder (same data, seeds and head)"
-        + (f", throughput from the measurement in turns on {next(iter(turns.values())).get('threads', '?')} thread(s)"
-           " (the one whose control is closest to 1):" if turns else ":"),
+        + (
+            f", throughput from the measurement in turns on {next(iter(turns.values())).get('threads', '?')} thread(s)"
+            " (the one whose control is closest to 1):"
+            if turns
+            else ":"
+        ),
         "",
         *verdicts(summary, turns),
         "",
@@ -349,7 +388,9 @@ def report(runs, data: str, max_len: int, seconds: dict[str, float], all_turns: 
     for row in ROWS:
         if row.key in summary:
             took = f" ({seconds[row.key]:.0f} s)" if row.key in seconds else ""
-            lines.append(f"- {row.label}{took}: `{shlex.join(command(row, '$IMDB', max_len)).replace(chr(39) + '$IMDB' + chr(39), '$IMDB')}`")
+            lines.append(
+                f"- {row.label}{took}: `{shlex.join(command(row, '$IMDB', max_len)).replace(chr(39) + '$IMDB' + chr(39), '$IMDB')}`"
+            )
     lines += [
         "",
         "Total wall time of the rows: " + f"{sum(seconds.values()) / 60:.1f} min." if seconds else "",
@@ -361,15 +402,29 @@ def report(runs, data: str, max_len: int, seconds: dict[str, float], all_turns: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("BERTPOOLED_IMDB"), help="IMDB archive or folder (default: $BERTPOOLED_IMDB)")
-    parser.add_argument("--rows", default="", help=f"comma-separated rows to (re)run: {', '.join(r.key for r in ROWS)} (default: all; none: only the measurement in turns)")
+    parser.add_argument(
+        "--data", default=os.environ.get("BERTPOOLED_IMDB"), help="IMDB archive or folder (default: $BERTPOOLED_IMDB)"
+    )
+    parser.add_argument(
+        "--rows",
+        default="",
+        help=f"comma-separated rows to (re)run: {', '.join(r.key for r in ROWS)} (default: all; none: only the measurement in turns)",
+    )
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--store", default=str(ROOT / "outputs" / "pooling-bench"), help="folder of the tracking store")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "pooling.md"))
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from the store, run nothing")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for the measurement in turns (0 = torch's default)")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds of the interleaved cost measurement (0 = skip it)")
-    parser.add_argument("--quick", action="store_true", help=f"a check of the script itself: every row at {QUICK} (train, test, epochs, seeds)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads for the measurement in turns (0 = torch's default)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="rounds of the interleaved cost measurement (0 = skip it)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a check of the script itself: every row at {QUICK} (train, test, epochs, seeds)",
+    )
     args = parser.parse_args()
     global _quick
     _quick = args.quick
@@ -399,7 +454,9 @@ def main() -> None:
 
     turns_file = Path(args.store) / (f"interleaved-{args.threads}t.json" if args.threads else "interleaved.json")
     if args.rounds and not args.report_only:
-        turns_file.write_text(json.dumps(interleaved_cost(args.data, args.max_len, args.rounds, args.threads), indent=1))
+        turns_file.write_text(
+            json.dumps(interleaved_cost(args.data, args.max_len, args.rounds, args.threads), indent=1)
+        )
     # The measurement on torch's default threads first (the runs' own setting), then any fixed-thread ones.
     files = sorted(Path(args.store).glob("interleaved*.json"), key=lambda f: (f.name != "interleaved.json", f.name))
     turns = [json.loads(f.read_text()) for f in files]

@@ -12,7 +12,6 @@ the results to be), and the report checks that every child's numbers are equal a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -56,9 +55,26 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def sweep(args, env: dict, experiment: str, *extra: str) -> float:
-    cmd = [sys.executable, "-m", "bertpooled", "sweep", "--config", args.config, "--data", args.data,
-           "--modes", args.modes, "--seeds", str(args.seeds), "--experiment", experiment, "--no-progress",
-           "--set", "num_threads=1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertpooled",
+        "sweep",
+        "--config",
+        args.config,
+        "--data",
+        args.data,
+        "--modes",
+        args.modes,
+        "--seeds",
+        str(args.seeds),
+        "--experiment",
+        experiment,
+        "--no-progress",
+        "--set",
+        "num_threads=1",
+        *extra,
+    ]
     print("$", " ".join(cmd[1:]), flush=True)
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -83,15 +99,40 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     work = Path(tempfile.mkdtemp(prefix="scale-out-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "RAY_USAGE_STATS_ENABLED": "0", "BERTPOOLED_CACHE": str(work / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "BERTPOOLED_CACHE": str(work / "cache"),
+    }
     procs = []
     try:
         port = free_port()
         uri = f"http://127.0.0.1:{port}"
-        procs.append(start([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-                            "--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1", "--port",
-                            str(port), "--workers", "1"], env, work / "server.log"))
+        procs.append(
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{work}/mlflow.db",
+                    "--artifacts-destination",
+                    str(work / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                ],
+                env,
+                work / "server.log",
+            )
+        )
         for _ in range(180):
             try:
                 urllib.request.urlopen(f"{uri}/health", timeout=2)
@@ -101,15 +142,50 @@ def main() -> None:
         env["MLFLOW_TRACKING_URI"] = uri
         ray_port = free_port()
         address = f"{NODE_IP}:{ray_port}"
-        node = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--node-ip-address", NODE_IP,
-                "--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
-        procs.append(start([*node, "--head", "--port", str(ray_port), "--include-dashboard", "false",
-                            "--temp-dir", str(work / "ray")], env, work / "head.log"))
+        node = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--block",
+            "--node-ip-address",
+            NODE_IP,
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            str(100 * 2**20),
+            "--disable-usage-stats",
+        ]
+        procs.append(
+            start(
+                [
+                    *node,
+                    "--head",
+                    "--port",
+                    str(ray_port),
+                    "--include-dashboard",
+                    "false",
+                    "--temp-dir",
+                    str(work / "ray"),
+                ],
+                env,
+                work / "head.log",
+            )
+        )
         time.sleep(5)
         procs.append(start([*node, "--address", address], env, work / "worker.log"))
 
-        warm = [sys.executable, "-m", "bertpooled", "train", "--config", args.config, "--data", args.data,
-                "--no-progress", "--set", "num_threads=1"]
+        warm = [
+            sys.executable,
+            "-m",
+            "bertpooled",
+            "train",
+            "--config",
+            args.config,
+            "--data",
+            args.data,
+            "--no-progress",
+            "--set",
+            "num_threads=1",
+        ]
         subprocess.run(warm, env={**env, "MLFLOW_EXPERIMENT_NAME": "warm-up"}, check=True, capture_output=True)
 
         local_wall = sweep(args, env, "local")
@@ -123,7 +199,8 @@ def main() -> None:
             results[name] = {
                 r.data.tags["sweep/child"]: (
                     {k: v for k, v in r.data.metrics.items() if k.startswith(("test/", "train/", "params/"))},
-                    r.data.metrics["time/total_s"], r.data.tags.get("sweep/node", "this process")[:8],
+                    r.data.metrics["time/total_s"],
+                    r.data.tags.get("sweep/node", "this process")[:8],
                 )
                 for r in kids
             }
@@ -165,12 +242,12 @@ warm-up run that filled the caches. {n} children ({args.modes} x {args.seeds} se
 |---|---|---|---|---|---|
 {rows}
 
-- Same results: every child's test/train metrics and parameter counts are {'equal' if same else 'NOT equal'}
+- Same results: every child's test/train metrics and parameter counts are {"equal" if same else "NOT equal"}
   across the two executors.
-- Ray used {len(nodes)} node(s): {', '.join(nodes)}.
+- Ray used {len(nodes)} node(s): {", ".join(nodes)}.
 - Wall time of the sweep command (start to closing comparison): local {local_wall:.1f} s, Ray {ray_wall:.1f} s.
 - Time outside the children's runs, per child ((wall x children at once - sum of time/total_s) / {n}): local
-  {outside['local']:.1f} s, Ray {outside['ray']:.1f} s. The difference, {outside['ray'] - outside['local']:.1f} s per child, is the Ray
+  {outside["local"]:.1f} s, Ray {outside["ray"]:.1f} s. The difference, {outside["ray"] - outside["local"]:.1f} s per child, is the Ray
   executor's overhead on a sweep this small (joining the cluster, starting worker processes that import
   torch, transformers and mlflow, scheduling, the driver polling every {POLL}s; not broken down further here).
 - Inside the runs, the first child on each Ray worker took longer than later ones (time/total_s above): a

@@ -26,11 +26,23 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ["data", "tokenize", "features", "precompute", "train", "eval", "cost", "log_model", "total"]
 
 
-
 def one_run(mode: str, args, env: dict) -> tuple[float, int]:
     """Wall seconds and peak RSS (MiB) of one `mlflow run` call, its training process included."""
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "bench",
-           "-P", f"mode={mode}", "-P", f"config={args.config}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(ROOT),
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "bench",
+        "-P",
+        f"mode={mode}",
+        "-P",
+        f"config={args.config}",
+    ]
     if args.device:
         cmd += ["-P", f"device={args.device}"]
     for extra in args.param:
@@ -68,30 +80,65 @@ def main() -> None:
         bin_dir = str(Path(sys.executable).parent)
         for rep in range(args.repeats):
             cache = Path(tmp) / f"cache{rep}"
-            env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BERTPOOLED_IMDB": args.data, "BERTPOOLED_CACHE": str(cache),
-                   "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+            env = {
+                **os.environ,
+                "MLFLOW_TRACKING_URI": uri,
+                "BERTPOOLED_IMDB": args.data,
+                "BERTPOOLED_CACHE": str(cache),
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            }
             total = 0.0
             for mode in modes:
                 wall, rss = one_run(mode, args, env)
                 total += wall
                 mlflow.set_tracking_uri(uri)
-                run = mlflow.search_runs(experiment_names=["bench"], max_results=1, order_by=["attributes.start_time DESC"],
-                                         output_format="list")[0]
+                run = mlflow.search_runs(
+                    experiment_names=["bench"],
+                    max_results=1,
+                    order_by=["attributes.start_time DESC"],
+                    output_format="list",
+                )[0]
                 m = run.data.metrics
                 row = {f"{p}": m.get(f"time/{p}_s", float("nan")) for p in PHASES}
-                row.update(wall=wall, rss=rss, acc=m["test/accuracy"], head=m["params/head"],
-                           hit=m.get("tokens/cache_hit", 0), ahead=m.get("train_features/cache_hit", 0), n_train=m["data/train_examples"], n_test=m["data/test_examples"],
-                           device=run.data.params.get("runtime/device", "?"), threads=run.data.params.get("runtime/threads", "?"))
+                row.update(
+                    wall=wall,
+                    rss=rss,
+                    acc=m["test/accuracy"],
+                    head=m["params/head"],
+                    hit=m.get("tokens/cache_hit", 0),
+                    ahead=m.get("train_features/cache_hit", 0),
+                    n_train=m["data/train_examples"],
+                    n_test=m["data/test_examples"],
+                    device=run.data.params.get("runtime/device", "?"),
+                    threads=run.data.params.get("runtime/threads", "?"),
+                )
                 rows[mode].append(row)
-                print(f"repeat {rep + 1} {mode}: wall {wall:.1f}s train {row['train']:.1f}s acc {row['acc']:.4f} rss {rss} MiB", flush=True)
+                print(
+                    f"repeat {rep + 1} {mode}: wall {wall:.1f}s train {row['train']:.1f}s acc {row['acc']:.4f} rss {rss} MiB",
+                    flush=True,
+                )
             both.append(total)
 
-    med = {mode: {k: statistics.median(r[k] for r in rows[mode]) for k in rows[mode][0] if k not in ("device", "threads")} for mode in modes}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    command = "python benchmarks/seed_protocol.py" + "".join(
-        f" {flag} {val}" for flag, val in (("--device", args.device), ("--repeats", args.repeats if args.repeats != 3 else ""),
-                                           ("--config", args.config if args.config != "experiments/default.yaml" else "")) if val
-    ) + "".join(f" --param {p}" for p in args.param)
+    med = {
+        mode: {k: statistics.median(r[k] for r in rows[mode]) for k in rows[mode][0] if k not in ("device", "threads")}
+        for mode in modes
+    }
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    command = (
+        "python benchmarks/seed_protocol.py"
+        + "".join(
+            f" {flag} {val}"
+            for flag, val in (
+                ("--device", args.device),
+                ("--repeats", args.repeats if args.repeats != 3 else ""),
+                ("--config", args.config if args.config != "experiments/default.yaml" else ""),
+            )
+            if val
+        )
+        + "".join(f" --param {p}" for p in args.param)
+    )
     b, p = med["basic"], med["pool"]
     lines = [
         f"# Seed protocol timing ({'GPU' if 'cuda' in rows['basic'][0]['device'] else 'CPU'})",

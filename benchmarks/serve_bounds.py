@@ -26,7 +26,25 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = "great wonderful superb moving awful boring dull terrible the a film movie plot actor scene it was".split()
+WORDS = [
+    "great",
+    "wonderful",
+    "superb",
+    "moving",
+    "awful",
+    "boring",
+    "dull",
+    "terrible",
+    "the",
+    "a",
+    "film",
+    "movie",
+    "plot",
+    "actor",
+    "scene",
+    "it",
+    "was",
+]
 
 
 def tiny_imdb(root: Path, per_label: int = 32) -> Path:
@@ -42,8 +60,9 @@ def tiny_imdb(root: Path, per_label: int = 32) -> Path:
 
 def post(port: int, body: bytes, timeout: float) -> tuple[int, float]:
     start = time.perf_counter()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             answer.read()
@@ -69,8 +88,12 @@ def scenario(model_uri: str, env: dict, extra: list[str], big: bytes, clients: i
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "bertpooled", "serve", model_uri, "--port", str(port), *extra],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bertpooled", "serve", model_uri, "--port", str(port), *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(600):
             if post(port, b'{"inputs": ["warm up"]}', 5)[0] == 200:
@@ -115,10 +138,20 @@ def scenario(model_uri: str, env: dict, extra: list[str], big: bytes, clients: i
     def pct(values, q):
         return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
-    return {"big_status": big_result.get("status"), "big_s": big_result.get("s"), "idle_mb": idle, "peak_mb": max(peak),
-            "after_mb": after, "small_n": len(latencies), "small_ok": sum(s == 200 for s in statuses),
-            "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99), "max": latencies[-1] if latencies else float("nan"),
-            "alone_p50": pct(alone, 0.5), "after_p50": pct(after_alone, 0.5)}
+    return {
+        "big_status": big_result.get("status"),
+        "big_s": big_result.get("s"),
+        "idle_mb": idle,
+        "peak_mb": max(peak),
+        "after_mb": after,
+        "small_n": len(latencies),
+        "small_ok": sum(s == 200 for s in statuses),
+        "p50": pct(latencies, 0.5),
+        "p99": pct(latencies, 0.99),
+        "max": latencies[-1] if latencies else float("nan"),
+        "alone_p50": pct(alone, 0.5),
+        "after_p50": pct(after_alone, 0.5),
+    }
 
 
 def main() -> None:
@@ -132,34 +165,70 @@ def main() -> None:
     from machine import describe
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "BERTPOOLED_CACHE": f"{tmp}/cache",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+            "BERTPOOLED_CACHE": f"{tmp}/cache",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
         trained = subprocess.run(
-            [sys.executable, "-m", "bertpooled", "train", "--model", args.model, "--data", str(tiny_imdb(Path(tmp))),
-             "--epochs", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=1800)
+            [
+                sys.executable,
+                "-m",
+                "bertpooled",
+                "train",
+                "--model",
+                args.model,
+                "--data",
+                str(tiny_imdb(Path(tmp))),
+                "--epochs",
+                "1",
+                "--no-progress",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         if trained.returncode:
             sys.exit(trained.stderr[-3000:])
         model_uri = next(line.split()[1] for line in trained.stdout.splitlines() if line.startswith("model: "))
         texts, size = [], 12
-        phrases = ["a wonderful film with moving scenes", "dull and far too long", "the plot was awful",
-                   "superb acting, loved it", "boring, a waste of time"]
+        phrases = [
+            "a wonderful film with moving scenes",
+            "dull and far too long",
+            "the plot was awful",
+            "superb acting, loved it",
+            "boring, a waste of time",
+        ]
         while size < args.mb * 2**20:
             texts.append(f"{random.choice(phrases)} #{len(texts)}")
             size += len(texts[-1]) + 4
         big = json.dumps({"inputs": texts}).encode()
-        print(f"machine: {describe()}\nlarge request: {len(big) / 2**20:.1f} MB, {len(texts):,} texts; "
-              f"{args.clients} small clients", flush=True)
+        print(
+            f"machine: {describe()}\nlarge request: {len(big) / 2**20:.1f} MB, {len(texts):,} texts; "
+            f"{args.clients} small clients",
+            flush=True,
+        )
         rows = []
         for name, extra in (("default (10 MB limit)", []), ("--max-body-mb 64", ["--max-body-mb", "64"])):
             r = scenario(model_uri, env, extra, big, args.clients, args.deadline)
             print(name, r, flush=True)
-            rows.append(f"| {name} | {r['big_status']} after {r['big_s']:.1f} s | {r['idle_mb']:.0f} | {r['peak_mb']:.0f} | "
-                        f"{r['after_mb']:.0f} | {r['small_ok']} of {r['small_n']} | {r['alone_p50']:.2f} | {r['p50']:.2f} | "
-                        f"{r['p99']:.2f} | {r['max']:.2f} | {r['after_p50']:.2f} |")
-    print("\n".join([
-        "| server | large request | idle MB | peak MB | MB 5 s after | small requests answered 200 | small p50 alone s | "
-        "small p50 s | small p99 s | small max s | small p50 after s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows]))
+            rows.append(
+                f"| {name} | {r['big_status']} after {r['big_s']:.1f} s | {r['idle_mb']:.0f} | {r['peak_mb']:.0f} | "
+                f"{r['after_mb']:.0f} | {r['small_ok']} of {r['small_n']} | {r['alone_p50']:.2f} | {r['p50']:.2f} | "
+                f"{r['p99']:.2f} | {r['max']:.2f} | {r['after_p50']:.2f} |"
+            )
+    print(
+        "\n".join(
+            [
+                "| server | large request | idle MB | peak MB | MB 5 s after | small requests answered 200 | small p50 alone s | "
+                "small p50 s | small p99 s | small max s | small p50 after s |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                *rows,
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

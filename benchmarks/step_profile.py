@@ -21,13 +21,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from grouped_seeds import Data, median_ms  # benchmarks/: scripts here run with their folder on sys.path
 from machine import describe
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bertpooled.run import precompute, runtime  # noqa: E402
+from bertpooled.run import precompute, runtime
 
 
 def step_fn(data: Data, pool: str, ahead: bool, compiled: bool = False):
@@ -62,13 +61,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--compile", action="store_true", help="only: torch.compile of the precomputed pool forward vs eager")
+    parser.add_argument(
+        "--compile", action="store_true", help="only: torch.compile of the precomputed pool forward vs eager"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runtime.keep_freed_memory()  # as a run does
     data = Data(args.rows)
-    print(f"- machine: {describe()}\n- torch threads: {args.threads}; command: `python benchmarks/step_profile.py"
-          f"{f' --threads {args.threads}' if args.threads != 1 else ''}{' --compile' if args.compile else ''}`\n")
+    print(
+        f"- machine: {describe()}\n- torch threads: {args.threads}; command: `python benchmarks/step_profile.py"
+        f"{f' --threads {args.threads}' if args.threads != 1 else ''}{' --compile' if args.compile else ''}`\n"
+    )
     if args.compile:
         for compiled in (False, True):
             step = step_fn(data, "avg:2x2", True, compiled)
@@ -76,10 +79,16 @@ def main() -> None:
             step()
             first = time.perf_counter() - start
             wall = median_ms(step, args.steps, args.repeats, warmup=5)
-            print(f"- pool, precomputed, {'torch.compile' if compiled else 'eager'}: first step {first:.1f} s, "
-                  f"then {wall:.2f} ms per step (median of {args.repeats} x {args.steps} steps)")
+            print(
+                f"- pool, precomputed, {'torch.compile' if compiled else 'eager'}: first step {first:.1f} s, "
+                f"then {wall:.2f} ms per step (median of {args.repeats} x {args.steps} steps)"
+            )
         return
-    for label, pool, ahead in (("basic", "none", False), ("pool", "avg:2x2", False), ("pool, precomputed", "avg:2x2", True)):
+    for label, pool, ahead in (
+        ("basic", "none", False),
+        ("pool", "avg:2x2", False),
+        ("pool, precomputed", "avg:2x2", True),
+    ):
         step = step_fn(data, pool, ahead)
         wall = median_ms(step, args.steps, args.repeats, warmup=10)
         with torch.profiler.profile() as prof:
@@ -89,7 +98,9 @@ def main() -> None:
         print(f"### {label}: {wall:.2f} ms per step (median of {args.repeats} x {args.steps} steps)\n")
         print("| operator | self CPU ms per step | calls per step |\n|---|---:|---:|")
         for event in ops:
-            print(f"| `{event.key}` | {event.self_cpu_time_total / 1e3 / args.steps:.2f} | {event.count / args.steps:.0f} |")
+            print(
+                f"| `{event.key}` | {event.self_cpu_time_total / 1e3 / args.steps:.2f} | {event.count / args.steps:.0f} |"
+            )
         print()
 
 

@@ -20,14 +20,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bertpooled.model import backbone  # noqa: E402
-from bertpooled.model.heads import PooledLSTMClassifier  # noqa: E402
-from bertpooled.model.pooling import PoolSpec, lengths_mask  # noqa: E402
+from bertpooled.model import backbone
+from bertpooled.model.heads import PooledLSTMClassifier
+from bertpooled.model.pooling import PoolSpec, lengths_mask
 
 
 def median_ms(step, repeats: int, warmup: int) -> float:

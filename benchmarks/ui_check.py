@@ -29,11 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import write_imdb_archive, write_imdb_tree  # noqa: E402  (the tests' tiny IMDB)
+from tests.conftest import write_imdb_archive, write_imdb_tree
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
     # The UI fetches runs after it renders; virtual time lets those requests finish before the capture.
     "--virtual-time-budget=30000",
 ]
@@ -53,16 +59,36 @@ def chromium(url: str, work: Path, *, screenshot: Path | None = None, height: in
         sys.exit("error: no chromium on PATH: apt-get install chromium")
     profile = Path(tempfile.mkdtemp(dir=work, prefix="profile-"))
     action = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--window-size=1920,{height}", f"--user-data-dir={profile}", *action, url],
-                         capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--window-size=1920,{height}", f"--user-data-dir={profile}", *action, url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     return out.stdout
 
 
 def train(mode: str, env: dict, data: Path) -> tuple[str, str]:
     """One smoke run through the CLI; the runs link and run link it printed."""
     out = subprocess.run(
-        [sys.executable, "-m", "bertpooled", "train", "--config", "smoke", "--mode", mode, "--data", str(data), "--no-progress"],
-        capture_output=True, text=True, env=env, cwd=env["WORK"], timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "bertpooled",
+            "train",
+            "--config",
+            "smoke",
+            "--mode",
+            mode,
+            "--data",
+            str(data),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=env["WORK"],
+        timeout=600,
     )
     if out.returncode:
         sys.exit(f"error: training {mode} failed: {out.stderr.strip().splitlines()[-1]}")
@@ -81,13 +107,20 @@ def main() -> int:
     data = write_imdb_archive(write_imdb_tree(work / "imdb"), work / "aclImdb_v1.tar.gz")
     uri = f"sqlite:///{work}/mlflow.db"
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "BERTPOOLED_CACHE": str(work / "cache"),
-           "PYTHONPATH": str(ROOT), "WORK": str(work)}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "BERTPOOLED_CACHE": str(work / "cache"),
+        "PYTHONPATH": str(ROOT),
+        "WORK": str(work),
+    }
     for var in ("BERTPOOLED_IMDB", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         env.pop(var, None)
     ui = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / "ui.log", "w"),
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "ui.log", "w"),
     )
     failures: list[str] = []
     try:
@@ -103,8 +136,26 @@ def main() -> int:
         runs_link, run_link = train("basic", env, data)
         train("pool", env, data)
         out = subprocess.run(
-            [sys.executable, "-m", "bertpooled", "sweep", "--config", "smoke", "--modes", "basic,pool", "--seed-list", "7",
-             "--data", str(data), "--no-progress"], capture_output=True, text=True, env=env, cwd=env["WORK"], timeout=900,
+            [
+                sys.executable,
+                "-m",
+                "bertpooled",
+                "sweep",
+                "--config",
+                "smoke",
+                "--modes",
+                "basic,pool",
+                "--seed-list",
+                "7",
+                "--data",
+                str(data),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=env["WORK"],
+            timeout=900,
         )
         if out.returncode:
             sys.exit(f"error: the sweep failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -126,13 +177,19 @@ def main() -> int:
                 failures.append(f"runs table: training run {name} not shown (s7: a sweep's child)")
         if "a-comparison-run" in table:
             failures.append("runs table: the comparison run is shown")
-        sweep_parents = mlflow.search_runs([experiment.experiment_id], "tags.`bertpooled.kind` = 'sweep'", output_format="list")
+        sweep_parents = mlflow.search_runs(
+            [experiment.experiment_id], "tags.`bertpooled.kind` = 'sweep'", output_format="list"
+        )
         for parent in sweep_parents:
             if parent.info.run_name in table:
                 failures.append(f"runs table: the sweep's parent {parent.info.run_name} is shown")
         # ag-grid's DOM order is not the visual one; each header cell's aria-colindex is.
-        position = {colid: int(index) for index, colid in
-                    re.findall(r'role="columnheader"[^>]*?aria-colindex="(\d+)"[^>]*?col-id="([^"]+)"', table)}
+        position = {
+            colid: int(index)
+            for index, colid in re.findall(
+                r'role="columnheader"[^>]*?aria-colindex="(\d+)"[^>]*?col-id="([^"]+)"', table
+            )
+        }
         order = [position.get(c) for c in ("tags.`mode`", "tags.`backbone`", "metrics.`test/accuracy`")]
         if None in order or not order[0] < order[1] < order[2]:
             failures.append(f"runs table: mode and backbone are not before test/accuracy (header positions {order})")
@@ -150,7 +207,9 @@ def main() -> int:
                 failures.append(f"chart view: no card for {metric}")
         # Plotly draws a bar chart's bars as `trace bars` groups; a one-dot line chart has none.
         if charts.count("trace bars") < 10:
-            failures.append(f"chart view: {charts.count('trace bars')} bar traces drawn, expected the final metrics as bars")
+            failures.append(
+                f"chart view: {charts.count('trace bars')} bar traces drawn, expected the final metrics as bars"
+            )
         run_page = chromium(run_link, work)
         if "basic-minilm-s0" not in run_page:
             failures.append("run page: run name not shown")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import typer
 
 from bertpooled.cli_errors import OneLineErrors
 from bertpooled.cli_options import with_config_options
 from bertpooled.cli_support import (
-    _blank_to_none, _fields_and_sets, _hide_credentials, _interrupt_as_keyboard_interrupt, _mlproject_pairs, _progress,
+    _blank_to_none,
+    _fields_and_sets,
+    _hide_credentials,
+    _interrupt_as_keyboard_interrupt,
+    _mlproject_pairs,
+    _progress,
     fail,
 )
 from bertpooled.errors import BertpooledError
@@ -43,13 +48,32 @@ def config_command(name: str, *, exclude: tuple[str, ...] = ()):
 
 @config_command("train")
 def train(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the defaults below)."),
-    fields: Optional[Dict[str, Any]] = None,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field as key=value (repeatable); key= is ignored; the option of the same name wins."),
-    resume: Optional[str] = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
-    allow_code_change: bool = typer.Option(False, "--allow-code-change", help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change."),
-    take_over: bool = typer.Option(False, "--take-over", help="With --resume: continue a run that looks driven by another process (its heartbeat fresh) that you know is gone."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the defaults below).",
+    ),
+    fields: dict[str, Any] | None = None,
+    set_: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="Any config field as key=value (repeatable); key= is ignored; the option of the same name wins.",
+    ),
+    resume: str | None = typer.Option(None, help="Continue this run from its last checkpoint (same run, same config)."),
+    allow_code_change: bool = typer.Option(
+        False,
+        "--allow-code-change",
+        help="With --resume: accept code that differs from the run's, recorded as tag resume/code_change.",
+    ),
+    take_over: bool = typer.Option(
+        False,
+        "--take-over",
+        help="With --resume: continue a run that looks driven by another process (its heartbeat fresh) that you know is gone.",
+    ),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."
+    ),
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
     from bertpooled.config import load_config, parse_sets
@@ -69,7 +93,9 @@ def train(
         else:
             cfg, target = load_config(config or None, overrides), None
         try:
-            outcome = run_experiment(cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target)
+            outcome = run_experiment(
+                cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target
+            )
         finally:
             if target is not None:
                 target.release()
@@ -93,16 +119,39 @@ def train(
     from bertpooled.tracking.runs import tracking_uri, ui_hint
 
     typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
-    typer.echo(f"model: runs:/{outcome.run_id}/model   (from another folder, set MLFLOW_TRACKING_URI={tracking_uri()} "
-               "to load or serve it)")
+    typer.echo(
+        f"model: runs:/{outcome.run_id}/model   (from another folder, set MLFLOW_TRACKING_URI={tracking_uri()} "
+        "to load or serve it)"
+    )
 
 
 # The MLproject parameters that are no config field, per entry point (every other one is a config field).
 MLPROJECT_TRAIN_OWN = ("config", "resume", "allow_code_change")
-MLPROJECT_SWEEP_OWN = ("modes", "seeds", "seed_list", "config", "format", "output", "parallel", "executor", "address",
-                       "cpus_per_run", "gpus_per_run", "group_seeds")
-MLPROJECT_COMPARE = ("experiment", "parent", "run_ids", "filter", "group_by", "baseline", "format", "output",
-                     "comparison_experiment")
+MLPROJECT_SWEEP_OWN = (
+    "modes",
+    "seeds",
+    "seed_list",
+    "config",
+    "format",
+    "output",
+    "parallel",
+    "executor",
+    "address",
+    "cpus_per_run",
+    "gpus_per_run",
+    "group_seeds",
+)
+MLPROJECT_COMPARE = (
+    "experiment",
+    "parent",
+    "run_ids",
+    "filter",
+    "group_by",
+    "baseline",
+    "format",
+    "output",
+    "comparison_experiment",
+)
 
 
 @app.command(
@@ -125,8 +174,15 @@ def mlproject_train(ctx: typer.Context) -> None:
         fail(f"allow_code_change={allow!r} is not valid: pass -P allow_code_change=true or leave it out")
     fields, sets = _fields_and_sets(pairs)
     # Every argument is passed: one left out would be typer's OptionInfo default, which is truthy.
-    train(config=_blank_to_none(config), fields=fields, set_=sets, resume=resume, allow_code_change=allow == "true",
-          take_over=False, progress=None)
+    train(
+        config=_blank_to_none(config),
+        fields=fields,
+        set_=sets,
+        resume=resume,
+        allow_code_change=allow == "true",
+        take_over=False,
+        progress=None,
+    )
 
 
 def _interrupted_line() -> str:
@@ -145,18 +201,29 @@ def _interrupted_line() -> str:
 @app.command("compare-runs")
 def compare_runs_command(
     format: str = typer.Option("table", "--format", "-f", help="table | markdown | json | csv."),
-    output: Optional[str] = typer.Option(None, help="Also write report.md, report.json, report.csv and the plots to this folder."),
-    group_by: Optional[str] = typer.Option(None, help="Config keys to group by, comma-separated (default: mode)."),
-    baseline: Optional[str] = typer.Option("basic", help="Group (a value of the first group key) the others are compared with."),
-    experiment: Optional[str] = typer.Option(None, help="Experiment whose runs to compare (default: bertpooled)."),
-    parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: compare its children."),
-    run_id: Optional[List[str]] = typer.Option(None, "--run-id", help="Compare these runs (repeatable, or comma-separated)."),
-    filter: Optional[str] = typer.Option(None, "--filter", help="MLflow search filter, e.g. \"params.`config/epochs` = '10'\"."),
-    tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: MLFLOW_TRACKING_URI, else MLflow's local default)."),
+    output: str | None = typer.Option(
+        None, help="Also write report.md, report.json, report.csv and the plots to this folder."
+    ),
+    group_by: str | None = typer.Option(None, help="Config keys to group by, comma-separated (default: mode)."),
+    baseline: str | None = typer.Option(
+        "basic", help="Group (a value of the first group key) the others are compared with."
+    ),
+    experiment: str | None = typer.Option(None, help="Experiment whose runs to compare (default: bertpooled)."),
+    parent: str | None = typer.Option(None, help="A sweep's parent run id: compare its children."),
+    run_id: list[str] | None = typer.Option(
+        None, "--run-id", help="Compare these runs (repeatable, or comma-separated)."
+    ),
+    filter: str | None = typer.Option(
+        None, "--filter", help="MLflow search filter, e.g. \"params.`config/epochs` = '10'\"."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, help="Tracking store (default: MLFLOW_TRACKING_URI, else MLflow's local default)."
+    ),
     include_unfinished: bool = typer.Option(False, "--include-unfinished", help="Also count runs that did not finish."),
     no_log: bool = typer.Option(False, "--no-log", help="Do not log the report as a comparison run."),
-    comparison_experiment: Optional[str] = typer.Option(
-        None, help="Experiment the comparison run is logged to (default: bertpooled-comparisons)."),
+    comparison_experiment: str | None = typer.Option(
+        None, help="Experiment the comparison run is logged to (default: bertpooled-comparisons)."
+    ),
 ) -> None:
     """Compare tracked runs by group: accuracy with CIs, costs, ratios and significance against a baseline."""
     from bertpooled.report import compare
@@ -180,10 +247,12 @@ def compare_runs_command(
         )
     except BertpooledError as exc:
         fail(str(exc))
-    _print_report(report, _blank_to_none(format) or "table", _blank_to_none(output), tracking_uri=_blank_to_none(tracking_uri))
+    _print_report(
+        report, _blank_to_none(format) or "table", _blank_to_none(output), tracking_uri=_blank_to_none(tracking_uri)
+    )
 
 
-def _print_report(report, format: str, output: Optional[str], tracking_uri: Optional[str] = None) -> None:
+def _print_report(report, format: str, output: str | None, tracking_uri: str | None = None) -> None:
     """The report on stdout, where its files and comparison run went on stderr; no runs left = exit 2."""
     typer.echo(report.render(format).rstrip("\n"))
     if output:
@@ -195,7 +264,7 @@ def _print_report(report, format: str, output: Optional[str], tracking_uri: Opti
         fail("nothing to compare: no selected run has the contract's metrics and predictions (see the notes above)")
 
 
-def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: Optional[str]) -> None:
+def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: str | None) -> None:
     # Under `mlflow run -e compare` MLflow made a run for this command; the report lives in its own
     # comparison run, so this one is tagged as a comparison (compare-runs leaves it out) and points there.
     run = os.environ.get("MLFLOW_RUN_ID")
@@ -215,10 +284,18 @@ def mlproject_compare(ctx: typer.Context) -> None:
     if unknown:
         fail(f"unknown compare parameter(s) {', '.join(unknown)}: use {', '.join(MLPROJECT_COMPARE)}")
     compare_runs_command(
-        format=pairs.get("format", "table"), output=pairs.get("output"), group_by=pairs.get("group_by"),
-        baseline=pairs.get("baseline", "basic"), experiment=pairs.get("experiment"), parent=pairs.get("parent"),
-        run_id=[pairs["run_ids"]] if "run_ids" in pairs else None, filter=pairs.get("filter"), tracking_uri=None,
-        include_unfinished=False, no_log=False, comparison_experiment=pairs.get("comparison_experiment"),
+        format=pairs.get("format", "table"),
+        output=pairs.get("output"),
+        group_by=pairs.get("group_by"),
+        baseline=pairs.get("baseline", "basic"),
+        experiment=pairs.get("experiment"),
+        parent=pairs.get("parent"),
+        run_id=[pairs["run_ids"]] if "run_ids" in pairs else None,
+        filter=pairs.get("filter"),
+        tracking_uri=None,
+        include_unfinished=False,
+        no_log=False,
+        comparison_experiment=pairs.get("comparison_experiment"),
     )
 
 
@@ -228,32 +305,60 @@ SWEEP_AXES = ("mode", "seed")
 
 @config_command("sweep", exclude=SWEEP_AXES)
 def sweep_command(
-    modes: Optional[str] = typer.Option(None, help="Modes, comma-separated: basic, pool, reference (default: basic,pool)."),
-    seeds: Optional[str] = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
-    seed_list: Optional[str] = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
-    resume_parent: Optional[str] = typer.Option(None, help="A sweep's parent run id: run only its missing or unfinished children."),
-    take_over: bool = typer.Option(False, "--take-over", help="With --resume-parent: continue a sweep that looks driven by another process you know is gone."),
-    parallel: int = typer.Option(1, min=1, help="Children run side by side in this many processes (threads split between them)."),
-    executor: str = typer.Option("local", help="Where children run: local (processes here) | ray (tasks on a Ray cluster)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."),
+    modes: str | None = typer.Option(
+        None, help="Modes, comma-separated: basic, pool, reference (default: basic,pool)."
+    ),
+    seeds: str | None = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
+    seed_list: str | None = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
+    resume_parent: str | None = typer.Option(
+        None, help="A sweep's parent run id: run only its missing or unfinished children."
+    ),
+    take_over: bool = typer.Option(
+        False,
+        "--take-over",
+        help="With --resume-parent: continue a sweep that looks driven by another process you know is gone.",
+    ),
+    parallel: int = typer.Option(
+        1, min=1, help="Children run side by side in this many processes (threads split between them)."
+    ),
+    executor: str = typer.Option(
+        "local", help="Where children run: local (processes here) | ray (tasks on a Ray cluster)."
+    ),
+    address: str | None = typer.Option(
+        None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."
+    ),
     cpus_per_run: float = typer.Option(1.0, help="CPUs Ray reserves for each child (--executor ray)."),
-    gpus_per_run: float = typer.Option(0.0, help="GPUs Ray reserves for each child; a GPU child lands only where one is."),
-    experiment: Optional[str] = typer.Option(None, help="Experiment for a new sweep (default: bertpooled)."),
-    group_seeds: Optional[bool] = typer.Option(
-        None, "--group-seeds/--no-group-seeds",
+    gpus_per_run: float = typer.Option(
+        0.0, help="GPUs Ray reserves for each child; a GPU child lands only where one is."
+    ),
+    experiment: str | None = typer.Option(None, help="Experiment for a new sweep (default: bertpooled)."),
+    group_seeds: bool | None = typer.Option(
+        None,
+        "--group-seeds/--no-group-seeds",
         help="Train the seeds of each config together in one loop, each still its own child run (local sweeps one "
-             "child at a time). Default: on for CUDA, off on CPU, where it measured slower (README, 'Seeds for free')."),
-    format: str = typer.Option("table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."),
-    output: Optional[str] = typer.Option(None, help="Also write the comparison's report files to this folder."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."),
-    fields: Optional[Dict[str, Any]] = None,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any config field but mode/seed as key=value, for every child (repeatable); the option of the same name wins."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."),
+        "child at a time). Default: on for CUDA, off on CPU, where it measured slower (README, 'Seeds for free').",
+    ),
+    format: str = typer.Option(
+        "table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."
+    ),
+    output: str | None = typer.Option(None, help="Also write the comparison's report files to this folder."),
+    config: str | None = typer.Option(
+        None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."
+    ),
+    fields: dict[str, Any] | None = None,
+    set_: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="Any config field but mode/seed as key=value, for every child (repeatable); the option of the same name wins.",
+    ),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."
+    ),
 ) -> None:
     """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
-    from bertpooled.run import sweep as sweeping
     from bertpooled.config import parse_sets
     from bertpooled.report.render import FORMATS
+    from bertpooled.run import sweep as sweeping
 
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
@@ -262,14 +367,16 @@ def sweep_command(
     def log(line: str) -> None:
         said.append(line)  # "sweep <id>: ..." comes once the parent run exists
         typer.echo(line, err=True)
+
     try:
         if fmt not in FORMATS:
             raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         seed_values = sweeping.parse_seeds(seeds, seed_list)
         children = sweeping.plan(_blank_to_none(config), overrides, sweeping.parse_modes(modes), seed_values)
-        runner = _sweep_executor(_blank_to_none(executor) or "local", _blank_to_none(address), parallel, cpus_per_run,
-                                 gpus_per_run, children)
+        runner = _sweep_executor(
+            _blank_to_none(executor) or "local", _blank_to_none(address), parallel, cpus_per_run, gpus_per_run, children
+        )
         try:
             outcome = sweeping.run_sweep(
                 children,
@@ -285,8 +392,11 @@ def sweep_command(
         finally:
             if runner is not None:
                 runner.close()
-        typer.echo(f"sweep {outcome.parent_run_id}: ran {len(outcome.ran)}, "
-                   f"{len(outcome.already_finished)} already finished; comparing its children", err=True)
+        typer.echo(
+            f"sweep {outcome.parent_run_id}: ran {len(outcome.ran)}, "
+            f"{len(outcome.already_finished)} already finished; comparing its children",
+            err=True,
+        )
         report = sweeping.compare_children(outcome, format=fmt, output=_blank_to_none(output))
     except BertpooledError as exc:
         fail(str(exc))
@@ -297,7 +407,7 @@ def sweep_command(
     _print_report(report, fmt, _blank_to_none(output))
 
 
-def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: float, gpus: float, children):
+def _sweep_executor(name: str, address: str | None, parallel: int, cpus: float, gpus: float, children):
     """None for local processes, else a connected Ray executor; every mistake is a one-line error before any run."""
     if name == "local":
         if address:
@@ -306,8 +416,10 @@ def _sweep_executor(name: str, address: Optional[str], parallel: int, cpus: floa
     if name != "ray":
         raise BertpooledError(f"unknown executor {name!r}: pass --executor local or --executor ray")
     if parallel > 1:
-        raise BertpooledError("--parallel is for --executor local; with ray, the cluster's CPUs and --cpus-per-run "
-                              "decide how many children run at once")
+        raise BertpooledError(
+            "--parallel is for --executor local; with ray, the cluster's CPUs and --cpus-per-run "
+            "decide how many children run at once"
+        )
     from bertpooled.run.ray_executor import RayExecutor
 
     runner = RayExecutor(address, cpus, gpus)
@@ -333,20 +445,38 @@ def mlproject_sweep(ctx: typer.Context) -> None:
         cpus, gpus = float(own.get("cpus_per_run", "1")), float(own.get("gpus_per_run", "0"))
         group = {"": None, "auto": None, "true": True, "false": False}[own.get("group_seeds", "").strip().lower()]
     except (ValueError, KeyError):
-        fail("parallel, cpus_per_run and gpus_per_run take numbers, group_seeds true, false or auto: pass e.g. "
-             "-P parallel=2 or -P group_seeds=true")
+        fail(
+            "parallel, cpus_per_run and gpus_per_run take numbers, group_seeds true, false or auto: pass e.g. "
+            "-P parallel=2 or -P group_seeds=true"
+        )
     fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
     sweep_command(
-        modes=own.get("modes"), seeds=own.get("seeds"), seed_list=own.get("seed_list"), resume_parent=None, take_over=False,
-        parallel=parallel, executor=own.get("executor", "local"), address=own.get("address"), cpus_per_run=cpus,
-        gpus_per_run=gpus, experiment=None, group_seeds=group, format=own.get("format", "table"), output=own.get("output"),
-        config=own.get("config"), fields=fields, set_=sets, progress=None,
+        modes=own.get("modes"),
+        seeds=own.get("seeds"),
+        seed_list=own.get("seed_list"),
+        resume_parent=None,
+        take_over=False,
+        parallel=parallel,
+        executor=own.get("executor", "local"),
+        address=own.get("address"),
+        cpus_per_run=cpus,
+        gpus_per_run=gpus,
+        experiment=None,
+        group_seeds=group,
+        format=own.get("format", "table"),
+        output=own.get("output"),
+        config=own.get("config"),
+        fields=fields,
+        set_=sets,
+        progress=None,
     )
 
 
 @app.command("serve")
 def serve_command(
-    model_uri: str = typer.Argument(..., help="The logged model, e.g. runs:/<run id>/model or models:/<name>/<version>."),
+    model_uri: str = typer.Argument(
+        ..., help="The logged model, e.g. runs:/<run id>/model or models:/<name>/<version>."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
     port: int = typer.Option(5000, min=1, max=65535, help="Port to listen on."),
     max_body_mb: float = typer.Option(10.0, help="Largest request body in MB; larger ones get a 413."),
@@ -361,11 +491,12 @@ def serve_command(
 
 
 # `tune` and its MLproject form: bertpooled.cli_tune (kept apart: this module stays readable in one sitting).
-from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command  # noqa: E402
+from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command
 
 config_command("tune", exclude=TUNE_AXES)(tune_command)
-app.command("mlproject-tune", hidden=True,
-            context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(mlproject_tune)
+app.command("mlproject-tune", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    mlproject_tune
+)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

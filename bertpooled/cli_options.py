@@ -14,8 +14,9 @@ import enum
 import functools
 import inspect
 import textwrap
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -72,8 +73,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for stmt, after in zip(body, body[1:]):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(after, ast.Expr)
-                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
                 docs[stmt.target.id] = inspect.cleandoc(after.value.value)
     return docs
 
@@ -91,13 +97,14 @@ def _default(field: dataclasses.Field) -> Any:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config_fields(cls: type = Config) -> tuple[ConfigField, ...]:
     """Every Config field, in declaration order: the one list that the options, the MLproject and the tests read."""
     docs = field_docs(cls)
     return tuple(
         ConfigField(f.name, PRIMITIVES.get(_type_name(f.type), str), _default(f), docs.get(f.name, ""))
-        for f in dataclasses.fields(cls) if f.init
+        for f in dataclasses.fields(cls)
+        if f.init
     )
 
 
@@ -133,7 +140,9 @@ def with_config_options(command: Callable[..., Any], *, exclude: Iterable[str] =
         raise TypeError(f"{command.__name__}: options {', '.join(sorted(clash))} are also config fields")
     params = []
     for name, param in own.items():
-        params += [_option(f) for f in options] if name == "fields" else [param.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+        params += (
+            [_option(f) for f in options] if name == "fields" else [param.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
+        )
     names = [f.name for f in options]
 
     @functools.wraps(command)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
 
-import typer
-
-from bertpooled.cli_errors import fail  # noqa: F401  (the commands' one-line exit, re-exported)
+from bertpooled.cli_errors import fail
 from bertpooled.cli_options import fields_but
 
 
-def _progress(flag: Optional[bool]) -> Optional[bool]:
+def _progress(flag: bool | None) -> bool | None:
     """None lets tqdm decide: bars on a terminal, none in CI logs (which get one line per epoch instead).
 
     Libraries' own bars (MLflow's artifact transfers, transformers' weight loading) follow the same choice.
@@ -26,7 +23,7 @@ def _progress(flag: Optional[bool]) -> Optional[bool]:
     return flag
 
 
-def _hide_credentials(tracking_uri: Optional[str] = None) -> Optional[str]:
+def _hide_credentials(tracking_uri: str | None = None) -> str | None:
     """MLFLOW_TRACKING_URI (and `tracking_uri`) without `user:password@`, moved to MLflow's basic-auth
     variables before MLflow sees the URI: MLflow prints the URI in lines of its own."""
     from bertpooled.tracking.runs import move_uri_credentials
@@ -43,7 +40,7 @@ def _interrupt_as_keyboard_interrupt() -> None:
     interrupts.install()
 
 
-def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], List[str]]:
+def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:
     """MLproject `--key value` pairs split as the command line would: a config field the command takes as an
     option (the same list, but `exclude`), else `--set key=value` (an old setting such as amp; anything else is
     --set's one-line error, and a sweep's mode or seed is refused by the sweep)."""
@@ -52,7 +49,7 @@ def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tu
     return fields, [f"{k}={v}" for k, v in pairs.items() if k not in names]
 
 
-def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
+def _mlproject_pairs(tokens: list[str]) -> dict[str, str]:
     """`--key value` pairs as `mlflow run` passes undeclared -P parameters; a malformed list is a one-line error."""
     args, pairs = list(tokens), {}
     while args:
@@ -63,6 +60,6 @@ def _mlproject_pairs(tokens: List[str]) -> dict[str, str]:
     return pairs
 
 
-def _blank_to_none(value: Optional[str]) -> Optional[str]:
+def _blank_to_none(value: str | None) -> str | None:
     """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
     return value if value is None or value.strip() else None

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -122,7 +123,11 @@ class Config:
             import importlib.util
 
             if importlib.util.find_spec("psutil") is None:
-                _bad("system_metrics", self.system_metrics, "false, or install psutil (pip install 'bertpooled[system-metrics]')")
+                _bad(
+                    "system_metrics",
+                    self.system_metrics,
+                    "false, or install psutil (pip install 'bertpooled[system-metrics]')",
+                )
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
             _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
@@ -145,8 +150,16 @@ class Config:
         for name in ("epochs", "batch_size", "max_len", "lstm_units", "latency_texts", "throughput_batches"):
             if getattr(self, name) <= 0:
                 _bad(name, getattr(self, name), "a positive integer")
-        for name in ("seed", "data_seed", "max_train_examples", "max_test_examples", "num_threads", "shuffle_buffer",
-                     "eval_batch_size", "precompute_mb"):
+        for name in (
+            "seed",
+            "data_seed",
+            "max_train_examples",
+            "max_test_examples",
+            "num_threads",
+            "shuffle_buffer",
+            "eval_batch_size",
+            "precompute_mb",
+        ):
             if getattr(self, name) < 0:
                 _bad(name, getattr(self, name), "an integer >= 0")
         for name in ("seed", "data_seed"):
@@ -164,7 +177,11 @@ class Config:
         if not (0 < self.train_fraction <= 1):
             _bad("train_fraction", self.train_fraction, "a number in (0, 1], e.g. 0.75")
         if not (0 <= self.validation_fraction < 1):
-            _bad("validation_fraction", self.validation_fraction, "a number in [0, 1), e.g. 0.2 (0 = no validation split)")
+            _bad(
+                "validation_fraction",
+                self.validation_fraction,
+                "a number in [0, 1), e.g. 0.2 (0 = no validation split)",
+            )
 
     def _check_choices(self) -> None:
         """Text fields normalised and checked against their choices, and the combinations that cannot run."""
@@ -189,9 +206,17 @@ class Config:
             _bad("reference_text", self.reference_text, " or ".join(REFERENCE_TEXTS))
         self.precision = str(self.precision).strip().lower()
         if self.precision not in PRECISIONS:
-            _bad("precision", self.precision, " or ".join(PRECISIONS) + " (auto = bf16 on CUDA and for encoder work on a bf16 CPU, else fp32)")
+            _bad(
+                "precision",
+                self.precision,
+                " or ".join(PRECISIONS) + " (auto = bf16 on CUDA and for encoder work on a bf16 CPU, else fp32)",
+            )
         if self.precision == "bf16" and self.device == "mps":
-            _bad("precision", self.precision, "fp32 or auto with device=mps (bf16 autocast runs on CUDA or a bf16-capable CPU)")
+            _bad(
+                "precision",
+                self.precision,
+                "fp32 or auto with device=mps (bf16 autocast runs on CUDA or a bf16-capable CPU)",
+            )
         self.features = str(self.features).strip().lower()
         if self.features not in FEATURES:
             _bad("features", self.features, " or ".join(FEATURES))
@@ -202,10 +227,16 @@ class Config:
             if self.pool != "none":
                 _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
             if self.features not in TOKEN_FEATURES or self.finetune or self.pool_at != "input":
-                _bad("mode", self.mode, "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)")
+                _bad(
+                    "mode",
+                    self.mode,
+                    "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)",
+                )
         if self.mode == "basic" and self.features in TOKEN_FEATURES and not spec.is_identity:
             # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
-            _bad("pool", self.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
+            _bad(
+                "pool", self.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool"
+            )
         if self.mode == "pool" and self.features in TOKEN_FEATURES and spec.is_identity:
             _bad("pool", self.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
         for name in ("model", "data", "description"):
@@ -218,18 +249,34 @@ class Config:
         """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
         if self.features in TOKEN_FEATURES:
             if position.where != "input":
-                _bad("pool_at", self.pool_at, f"input with features={self.features} (output and layer:K need features=encoder)")
+                _bad(
+                    "pool_at",
+                    self.pool_at,
+                    f"input with features={self.features} (output and layer:K need features=encoder)",
+                )
             if self.finetune:
-                _bad("finetune", self.finetune, f"false with features={self.features} (the input embeddings stay frozen), or features=encoder")
+                _bad(
+                    "finetune",
+                    self.finetune,
+                    f"false with features={self.features} (the input embeddings stay frozen), or features=encoder",
+                )
             return
         if self.padding != "mask":
             _bad("padding", self.padding, "mask with features=encoder (the encoder always reads the attention mask)")
         if spec.is_identity:
             return
         if position.where == "input":
-            _bad("pool_at", self.pool_at, "output or layer:K with features=encoder (layer:0 pools before the first encoder layer)")
+            _bad(
+                "pool_at",
+                self.pool_at,
+                "output or layer:K with features=encoder (layer:0 pools before the first encoder layer)",
+            )
         if position.where == "layer" and spec.hidden != 1:
-            _bad("pool", self.pool, f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={self.pool_at} (encoder layers expect their hidden size)")
+            _bad(
+                "pool",
+                self.pool,
+                f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={self.pool_at} (encoder layers expect their hidden size)",
+            )
 
     @property
     def variant(self) -> str:
@@ -335,12 +382,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
         if len(data) > MAX_CONFIG_BYTES:
             raise BertpooledError(
                 f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB: a config is a few key: value lines; "
-                "pass the right file")
+                "pass the right file"
+            )
         raw = safe_yaml(data.decode("utf-8"), f"config file {path}")
     except UnicodeDecodeError as exc:
         raise BertpooledError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:
-        raise BertpooledError(f"config file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file") from None
+        raise BertpooledError(
+            f"config file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file"
+        ) from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
@@ -361,7 +411,8 @@ def safe_yaml(text: str, where: str) -> Any:
             aliases += 1
             if aliases > MAX_YAML_ALIASES:
                 raise BertpooledError(
-                    f"{where}: more than {MAX_YAML_ALIASES} YAML aliases (*name): write the values out")
+                    f"{where}: more than {MAX_YAML_ALIASES} YAML aliases (*name): write the values out"
+                )
         elif isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_YAML_DEPTH:
@@ -373,7 +424,11 @@ def safe_yaml(text: str, where: str) -> Any:
 
 def _default_text(name: str) -> str:
     default = Config.__dataclass_fields__[name].default
-    return "..." if default is dataclasses.MISSING or default is None or default == "" else str(getattr(default, "value", default))
+    return (
+        "..."
+        if default is dataclasses.MISSING or default is None or default == ""
+        else str(getattr(default, "value", default))
+    )
 
 
 def load_config(config: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:

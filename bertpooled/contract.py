@@ -218,8 +218,18 @@ PARAMS_BACKBONE = "params/backbone"
 COST_PREFIXES = ("time/", "throughput/", "params/", "cost/", "latency/", "memory/")
 #: Cost metrics listed first, in this order; any other cost metric follows alphabetically.
 KNOWN_COST_ORDER = (
-    TIME_DATA, TIME_TOKENIZE, TIME_FEATURES, TIME_TRAIN, TIME_EVAL, TIME_TOTAL, TIME_EPOCH, TIME_PER_EPOCH,
-    THROUGHPUT_TRAIN, PARAMS_HEAD, PARAMS_HEAD_TRAINABLE, PARAMS_BACKBONE,
+    TIME_DATA,
+    TIME_TOKENIZE,
+    TIME_FEATURES,
+    TIME_TRAIN,
+    TIME_EVAL,
+    TIME_TOTAL,
+    TIME_EPOCH,
+    TIME_PER_EPOCH,
+    THROUGHPUT_TRAIN,
+    PARAMS_HEAD,
+    PARAMS_HEAD_TRAINABLE,
+    PARAMS_BACKBONE,
 )
 #: Logged per epoch: its last value beside the mean per epoch (TIME_PER_EPOCH) only confused the table.
 NOT_COSTS = (TIME_EPOCH,)
@@ -235,8 +245,11 @@ def cache_hit_metric(cache: str) -> str:
 #: The time each cache saves, by cache name; total time includes them all.
 #: `train_features`: the training rows' frozen features precomputed in memory (`run.precompute`), which
 #: shortens training itself; only runs whose features fit the budget get it.
-CACHED_PHASES = {"tokens": (TIME_TOKENIZE, TIME_TOTAL), "features": (TIME_FEATURES, TIME_TOTAL),
-                 "train_features": (TIME_TRAIN, TIME_TOTAL)}
+CACHED_PHASES = {
+    "tokens": (TIME_TOKENIZE, TIME_TOTAL),
+    "features": (TIME_FEATURES, TIME_TOTAL),
+    "train_features": (TIME_TRAIN, TIME_TOTAL),
+}
 
 #: Runs without these final metrics cannot be placed on the accuracy/compute trade-off, so the report
 #: skips them.

@@ -29,7 +29,7 @@ def short_text(value: object, limit: int = 80) -> str:
     text = str(value)
     if len(text) <= limit:
         return text
-    return f"{text[:limit // 2]}...{text[-(limit - limit // 2):]} ({len(text):,} characters)"
+    return f"{text[: limit // 2]}...{text[-(limit - limit // 2) :]} ({len(text):,} characters)"
 
 
 # What to do about an OS error on a path the user gave, by errno; anything else: check the path.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-POSITIVE = "great wonderful superb moving brilliant loved".split()
-NEGATIVE = "awful boring dull terrible waste hated".split()
-FILLER = "the a film movie plot actor scene it was and of this".split()
+POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "loved"]
+NEGATIVE = ["awful", "boring", "dull", "terrible", "waste", "hated"]
+FILLER = ["the", "a", "film", "movie", "plot", "actor", "scene", "it", "was", "and", "of", "this"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, ".", ","]
 
 
@@ -67,8 +67,12 @@ def tiny_bert(tmp_path_factory) -> Path:
     assert tokenizer("great film")["input_ids"] == [2, VOCAB.index("great"), VOCAB.index("film"), 3]
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -109,8 +113,14 @@ def tiny_bert_model(layers: int = 2, seed: int = 0):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return BertModel(config).eval()
 
 

@@ -26,9 +26,11 @@ needs_bf16 = pytest.mark.skipif(not inference.cpu_has_bf16(), reason="this CPU h
 @pytest.fixture()
 def bf16_cpu(monkeypatch):
     """Simulate the CPU's answer: runtime reads `cpu_has_bf16` through its own name, serving through inference's."""
+
     def simulate(native: bool) -> None:
         monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
         monkeypatch.setattr(inference, "cpu_has_bf16", lambda: native)
+
     return simulate
 
 
@@ -59,16 +61,35 @@ def test_auto_is_bf16_for_backbone_work_on_a_bf16_cpu_and_fp32_for_the_original_
 def test_a_cpu_without_bf16_keeps_fp32_for_auto_and_refuses_bf16_in_one_line(bf16_cpu):
     bf16_cpu(False)
     assert runtime.resolve_precision("auto", CPU, backbone_work=True) == "fp32"
-    with pytest.raises(BertpooledError, match=r"precision=bf16 needs a CUDA GPU or a CPU with AVX512-BF16 or AMX.*"
-                                              r"use precision=fp32 or auto") as err:
+    with pytest.raises(
+        BertpooledError,
+        match=r"precision=bf16 needs a CUDA GPU or a CPU with AVX512-BF16 or AMX.*"
+        r"use precision=fp32 or auto",
+    ) as err:
         runtime.resolve_precision("bf16", CPU)
     assert "\n" not in str(err.value)
 
 
 def test_bf16_on_a_cpu_without_it_exits_2_before_any_run_exists(store, tiny_bert, tiny_imdb, bf16_cpu):
     bf16_cpu(False)
-    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
-                                      "--device", "cpu", "--set", "features=encoder", "--set", "precision=bf16"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tiny_imdb),
+            "--device",
+            "cpu",
+            "--set",
+            "features=encoder",
+            "--set",
+            "precision=bf16",
+        ],
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "AVX512-BF16 or AMX" in result.output.strip().splitlines()[-1]
     assert MlflowClient(store).search_runs([e.experiment_id for e in MlflowClient(store).search_experiments()]) == []
@@ -97,12 +118,28 @@ def test_frozen_features_computed_in_bf16_are_their_own_cache_entry_and_fp32_kee
 
 
 @needs_bf16
-@pytest.mark.parametrize("sets", [["finetune=true", "backbone_lr=1e-3", "pool=avg:2x1", "pool_at=layer:0"], []],
-                         ids=["finetuned", "frozen"])
+@pytest.mark.parametrize(
+    "sets", [["finetune=true", "backbone_lr=1e-3", "pool=avg:2x1", "pool_at=layer:0"], []], ids=["finetuned", "frozen"]
+)
 def test_a_tiny_bert_trains_evaluates_measures_and_serves_in_bf16_on_this_cpu(store, tiny_bert, tiny_imdb, sets):
     args = [a for s in ["features=encoder", "latency_texts=3", "throughput_batches=1", *sets] for a in ("--set", s)]
-    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
-                                      "--max-len", "16", "--epochs", "2", *args])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tiny_imdb),
+            "--max-len",
+            "16",
+            "--epochs",
+            "2",
+            *args,
+        ],
+    )
     assert result.exit_code == 0, result.output
     client = MlflowClient(store)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -20,19 +20,29 @@ IDS = [f"test/{'pos' if label else 'neg'}/{i}_8" for i, label in enumerate(LABEL
 
 def _run(folder, mode: str, seed: int, n_correct: int, metrics: bool = True, epochs: int = 2, parent: str = "") -> str:
     nesting = {"mlflow.parentRunId": parent} if parent else {}
-    with mlflow.start_run(run_name=f"{mode}-s{seed}", tags={"mode": mode, "bertpooled.kind": "train", **nesting}) as run:
+    with mlflow.start_run(
+        run_name=f"{mode}-s{seed}", tags={"mode": mode, "bertpooled.kind": "train", **nesting}
+    ) as run:
         mlflow.log_params({"config/mode": mode, "config/seed": seed, "config/epochs": epochs})
         if not metrics:
             return run.info.run_id
-        mlflow.log_metrics({
-            "test/accuracy": n_correct / N_TEST, "test/f1": 0.5, "test/roc_auc": 0.5, "time/train_s": 10.0,
-            "time/total_s": 12.0 if mode == "basic" else 7.0, "params/head": 100.0 if mode == "basic" else 50.0,
-        })
+        mlflow.log_metrics(
+            {
+                "test/accuracy": n_correct / N_TEST,
+                "test/f1": 0.5,
+                "test/roc_auc": 0.5,
+                "time/train_s": 10.0,
+                "time/total_s": 12.0 if mode == "basic" else 7.0,
+                "params/head": 100.0 if mode == "basic" else 50.0,
+            }
+        )
         right = np.arange(N_TEST) < n_correct
         predicted = np.where(right, LABELS, 1 - LABELS)
         path = folder / run.info.run_id / "test.csv"
         path.parent.mkdir(parents=True)
-        pd.DataFrame({"id": IDS, "label": LABELS, "probability": np.where(predicted == 1, 0.9, 0.1)}).to_csv(path, index=False)
+        pd.DataFrame({"id": IDS, "label": LABELS, "probability": np.where(predicted == 1, 0.9, 0.1)}).to_csv(
+            path, index=False
+        )
         mlflow.log_artifact(str(path), artifact_path="predictions")
     return run.info.run_id
 
@@ -48,8 +58,11 @@ def runs(tmp_path_factory):
             monkeypatch.delenv(name, raising=False)
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("bertpooled")
-        ids = [_run(folder, mode, seed, n) for seed, (a, b) in enumerate([(30, 31), (32, 30)])
-               for mode, n in (("basic", a), ("pool", b))]
+        ids = [
+            _run(folder, mode, seed, n)
+            for seed, (a, b) in enumerate([(30, 31), (32, 30)])
+            for mode, n in (("basic", a), ("pool", b))
+        ]
         mlflow.set_experiment("empty")
         mlflow.set_experiment("broken")
         _run(folder, "basic", 0, 0, metrics=False)
@@ -67,7 +80,9 @@ def test_the_report_goes_to_stdout_and_its_files_and_comparison_run_are_named(ru
     report = json.loads(result.stdout)
     assert [g["label"] for g in report["groups"]] == ["basic", "pool"]
     assert report["comparisons"][0]["group"] == "pool" and len(report["comparisons"][0]["mcnemar"]) == 2
-    assert {"report.md", "report.json", "report.csv", "accuracy_vs_time.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"report.md", "report.json", "report.csv", "accuracy_vs_time.png"} <= {
+        p.name for p in (tmp_path / "report").iterdir()
+    }
     comparison = MlflowClient(runs["uri"]).get_run(report["comparison_run_id"])
     assert comparison.data.tags["bertpooled.kind"] == "comparison"
     # Its own experiment: the training experiment keeps training runs only.
@@ -78,16 +93,42 @@ def test_the_report_goes_to_stdout_and_its_files_and_comparison_run_are_named(ru
     assert table.exit_code == 0, table.output
     assert "Verdicts" in table.stdout and "comparison run" not in table.stderr
 
-    csv = compare(runs, "--no-log", "--format", "csv", "--group-by", "mode", "--baseline", "pool",
-                  "--filter", "params.`config/seed` = '0'")
+    csv = compare(
+        runs,
+        "--no-log",
+        "--format",
+        "csv",
+        "--group-by",
+        "mode",
+        "--baseline",
+        "pool",
+        "--filter",
+        "params.`config/seed` = '0'",
+    )
     assert csv.exit_code == 0, csv.output
     frame = pd.read_csv(pd.io.common.StringIO(csv.stdout))
     assert list(frame["group"]) == ["pool", "basic"] and list(frame["n_runs"]) == [1, 1]  # the baseline first
 
 
 def test_empty_options_mean_not_given_as_mlproject_passes_them(runs):
-    result = compare(runs, "--no-log", "--format", "", "--output", "", "--group-by", "", "--parent", "", "--filter", "",
-                     "--experiment", "", "--run-id", "")
+    result = compare(
+        runs,
+        "--no-log",
+        "--format",
+        "",
+        "--output",
+        "",
+        "--group-by",
+        "",
+        "--parent",
+        "",
+        "--filter",
+        "",
+        "--experiment",
+        "",
+        "--run-id",
+        "",
+    )
     assert result.exit_code == 0, result.output
     assert "Verdicts" in result.stdout
 
@@ -129,8 +170,11 @@ def test_the_mlproject_commands_pass_every_option_of_the_command_they_call():
 
     import bertpooled.cli as cli
 
-    for command, wrapper in ((cli.train, cli.mlproject_train), (cli.sweep_command, cli.mlproject_sweep),
-                             (cli.compare_runs_command, cli.mlproject_compare)):
+    for command, wrapper in (
+        (cli.train, cli.mlproject_train),
+        (cli.sweep_command, cli.mlproject_sweep),
+        (cli.compare_runs_command, cli.mlproject_compare),
+    ):
         passed = set(re.findall(r"(\w+)=", inspect.getsource(wrapper)))
         assert set(inspect.signature(command).parameters) <= passed, wrapper.__name__
 
@@ -154,8 +198,11 @@ def test_compare_runs_with_no_options_reports_the_newest_sweep_of_a_mixed_experi
         quick = _run(tmp_path, "pool", 0, 33, epochs=10)
         with mlflow.start_run(run_name="sweep", tags={"bertpooled.kind": "sweep"}) as parent:
             pass
-        children = [_run(tmp_path, mode, seed, n, parent=parent.info.run_id)
-                    for seed, (a, b) in enumerate([(30, 31), (32, 30)]) for mode, n in (("basic", a), ("pool", b))]
+        children = [
+            _run(tmp_path, mode, seed, n, parent=parent.info.run_id)
+            for seed, (a, b) in enumerate([(30, 31), (32, 30)])
+            for mode, n in (("basic", a), ("pool", b))
+        ]
     finally:
         mlflow.set_tracking_uri(None)
     result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--format", "json", "--no-log"])
@@ -166,6 +213,7 @@ def test_compare_runs_with_no_options_reports_the_newest_sweep_of_a_mixed_experi
     note = report["notes"][0]
     assert f"bertpooled compare-runs --run-id {quick}" in note and "2 sets" in note
     # Selecting the other set is the command the note gives; a refusal names every differing field.
-    result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--filter", "params.`config/seed` = '0'",
-                                      "--no-log"])
+    result = CliRunner().invoke(
+        app, ["compare-runs", "--tracking-uri", uri, "--filter", "params.`config/seed` = '0'", "--no-log"]
+    )
     assert result.exit_code == 2 and "--group-by mode,epochs" in result.output

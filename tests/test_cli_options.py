@@ -7,7 +7,6 @@ import dataclasses
 import enum
 import re
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import typer.main
@@ -28,17 +27,47 @@ FIELDS = [f.name for f in dataclasses.fields(Config) if f.init]  # a derived fie
 # what finetune, backbone_lr and pool_at need, and what padding=read excludes). A new Config field fails
 # `test_the_samples_cover_every_field` until it has a sample here: that is the point.
 TOKENS = {
-    "mode": "pool", "model": "bert-base-uncased", "data": "/data/aclImdb_v1.tar.gz", "epochs": "3", "batch_size": "8",
-    "max_len": "64", "lr": "0.01", "seed": "5", "train_fraction": "0.5", "max_train_examples": "100",
-    "max_test_examples": "200", "validation_fraction": "0.2", "device": "cpu", "pool": "max:2x1", "features": "embeddings", "padding": "read",
-    "lstm_units": "8", "init": "torch", "lstm_bias": "torch", "shuffle_buffer": "100", "adam_eps": "1e-08",
-    "data_seed": "3", "eval_batch_size": "64", "eval_each_epoch": "true", "num_threads": "2", "precision": "fp32",
+    "mode": "pool",
+    "model": "bert-base-uncased",
+    "data": "/data/aclImdb_v1.tar.gz",
+    "epochs": "3",
+    "batch_size": "8",
+    "max_len": "64",
+    "lr": "0.01",
+    "seed": "5",
+    "train_fraction": "0.5",
+    "max_train_examples": "100",
+    "max_test_examples": "200",
+    "validation_fraction": "0.2",
+    "device": "cpu",
+    "pool": "max:2x1",
+    "features": "embeddings",
+    "padding": "read",
+    "lstm_units": "8",
+    "init": "torch",
+    "lstm_bias": "torch",
+    "shuffle_buffer": "100",
+    "adam_eps": "1e-08",
+    "data_seed": "3",
+    "eval_batch_size": "64",
+    "eval_each_epoch": "true",
+    "num_threads": "2",
+    "precision": "fp32",
     "precompute_mb": "0",
-    "reference_text": "full", "latency_texts": "4", "throughput_batches": "1", "description": "a note",
+    "reference_text": "full",
+    "latency_texts": "4",
+    "throughput_batches": "1",
+    "description": "a note",
     "system_metrics": "true",
 }
-ENCODER = {"mode": "pool", "features": "encoder", "finetune": "true", "backbone_lr": "1e-05", "pool": "avg:2x1",
-           "pool_at": "output"}
+ENCODER = {
+    "mode": "pool",
+    "features": "encoder",
+    "finetune": "true",
+    "backbone_lr": "1e-05",
+    "pool": "avg:2x1",
+    "pool_at": "output",
+}
 PROFILES = {"tokens": TOKENS, "encoder": ENCODER}
 
 
@@ -112,7 +141,7 @@ def test_every_config_field_is_a_train_option_with_its_docstring_as_help():
         default = Config.__dataclass_fields__[field.name].default
         assert param.default is None, field.name  # unset = not given: the YAML file's value stands
         assert param.help.startswith(field.doc), field.name
-        suffix = param.help[len(field.doc):]
+        suffix = param.help[len(field.doc) :]
         if default in (None, ""):
             assert suffix == "", field.name
         elif field.kind is bool:
@@ -203,22 +232,33 @@ def planned(monkeypatch):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_field_but_mode_and_seed_reaches_each_sweep_child(planned, profile):
     values = {k: v for k, v in PROFILES[profile].items() if k not in ("mode", "seed")}
-    for args in (["sweep", "--modes", "pool", "--seeds", "1", *as_options(values)],
-                 ["mlproject-sweep", "--modes", "pool", "--seeds", "1",
-                  *[token for name, text in values.items() for token in (f"--{name}", text)]]):
+    for args in (
+        ["sweep", "--modes", "pool", "--seeds", "1", *as_options(values)],
+        [
+            "mlproject-sweep",
+            "--modes",
+            "pool",
+            "--seeds",
+            "1",
+            *[token for name, text in values.items() for token in (f"--{name}", text)],
+        ],
+    ):
         result = CliRunner().invoke(app, args)
         assert_stopped_where_captured(result)
         (child,) = planned["children"]
         assert_reached(child.config, values)
 
 
-@pytest.mark.parametrize("args, words", [
-    (["sweep", "--mode", "pool"], ["No such option", "--mode"]),
-    (["mlproject-sweep", "--seed", "3"], ["--seeds"]),
-    (["mlproject-train", "--epoch", "3"], ["unknown setting 'epoch'"]),
-    (["train", "--padding", "sideways"], ["padding='sideways'", "mask or read"]),
-    (["mlproject-train", "--eval_each_epoch", "maybe"], ["eval_each_epoch='maybe'", "true or false"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["sweep", "--mode", "pool"], ["No such option", "--mode"]),
+        (["mlproject-sweep", "--seed", "3"], ["--seeds"]),
+        (["mlproject-train", "--epoch", "3"], ["unknown setting 'epoch'"]),
+        (["train", "--padding", "sideways"], ["padding='sideways'", "mask or read"]),
+        (["mlproject-train", "--eval_each_epoch", "maybe"], ["eval_each_epoch='maybe'", "true or false"]),
+    ],
+)
 def test_mistakes_in_config_options_are_still_one_line(args, words):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -241,7 +281,7 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
     assert set(project["entry_points"]) == set(accepted)
     sections = re.split(r"^  (\w+):$", text, flags=re.M)[1:]
     for entry, body in zip(sections[::2], sections[1::2]):
-        declared = set((project["entry_points"][entry].get("parameters") or {}))
+        declared = set(project["entry_points"][entry].get("parameters") or {})
         assert declared <= accepted[entry], entry
         named = set(re.findall(r"-P (\w+)=", body)) - {"key"}  # `-P key=value` is the pattern, no parameter
         assert named and named <= accepted[entry], (entry, named - accepted[entry])
@@ -249,8 +289,8 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
 
 def test_the_readme_config_table_lists_every_config_field_and_nothing_else():
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("| parameter | meaning | default |"):]
-    table = table[:table.index("\n\n")]
+    table = text[text.index("| parameter | meaning | default |") :]
+    table = table[: table.index("\n\n")]
     rows = [line.split("|")[1] for line in table.splitlines()[2:]]
     listed = [name for cell in rows for name in re.findall(r"`(\w+)`", cell)]
     assert sorted(listed) == sorted(FIELDS)
@@ -278,7 +318,7 @@ class Typed:
     """Pooling as KIND:SxH."""
     kind: Kind = Kind.MAX
     """A kind."""
-    cap: Optional[int] = None
+    cap: int | None = None
     """A cap; unset = none."""
     quiet: bool = True
     undocumented: float = 0.5
@@ -286,8 +326,13 @@ class Typed:
 
 def test_typed_fields_are_text_for_load_config_with_their_canonical_default():
     fields = {f.name: f for f in config_fields(Typed)}
-    assert {name: f.kind for name, f in fields.items()} == {"pool": str, "kind": str, "cap": str, "quiet": bool,
-                                                           "undocumented": float}
+    assert {name: f.kind for name, f in fields.items()} == {
+        "pool": str,
+        "kind": str,
+        "cap": str,
+        "quiet": bool,
+        "undocumented": float,
+    }
     assert fields["pool"].help == "Pooling as KIND:SxH. (default: avg:2x2)"  # the spec's own spelling
     assert fields["kind"].help == "A kind. (default: max)"  # an enum's value, not Kind.MAX
     assert fields["cap"].help == "A cap; unset = none."

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from bertpooled.errors import BertpooledError
 from bertpooled.report.compare import compare_runs
 from bertpooled.tracking.store import load_predictions, select_runs
-from bertpooled.errors import BertpooledError
 
 N_TEST = 200
 LABELS = np.arange(N_TEST) % 2
@@ -23,32 +23,62 @@ def _predictions(n_correct: int) -> pd.DataFrame:
     return pd.DataFrame({"id": IDS, "label": LABELS, "probability": np.where(predicted == 1, 0.8, 0.2)})
 
 
-def _log_training_run(tmp_path, experiment_id, mode, seed, n_correct, *, status="FINISHED",
-                      parent_run_id=None, with_predictions=True, extra_metrics=None):
+def _log_training_run(
+    tmp_path,
+    experiment_id,
+    mode,
+    seed,
+    n_correct,
+    *,
+    status="FINISHED",
+    parent_run_id=None,
+    with_predictions=True,
+    extra_metrics=None,
+):
     tags = {"mode": mode, "backbone": "minilm", "bertpooled.kind": "train"}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{mode}-s{seed}", tags=tags) as run:
-        mlflow.log_params({
-            "config/mode": mode, "config/model": "minilm", "config/seed": seed, "config/epochs": 2,
-            "config/batch_size": 32, "config/max_len": 128, "config/lr": 1e-3,
-            "config/train_fraction": 0.75, "config/pool": "avg:2x2" if mode == "pool" else "none",
-            "git/commit": "abc123", "data/digest": "d1", "data/train_examples": 800,
-            "data/test_examples": N_TEST,
-        })
+        mlflow.log_params(
+            {
+                "config/mode": mode,
+                "config/model": "minilm",
+                "config/seed": seed,
+                "config/epochs": 2,
+                "config/batch_size": 32,
+                "config/max_len": 128,
+                "config/lr": 1e-3,
+                "config/train_fraction": 0.75,
+                "config/pool": "avg:2x2" if mode == "pool" else "none",
+                "git/commit": "abc123",
+                "data/digest": "d1",
+                "data/train_examples": 800,
+                "data/test_examples": N_TEST,
+            }
+        )
         for epoch in (1, 2):
-            mlflow.log_metrics({"train/loss": 0.7 - 0.1 * epoch, "train/accuracy": 0.6 + 0.1 * epoch,
-                                "time/epoch_s": 5.0}, step=epoch)
+            mlflow.log_metrics(
+                {"train/loss": 0.7 - 0.1 * epoch, "train/accuracy": 0.6 + 0.1 * epoch, "time/epoch_s": 5.0}, step=epoch
+            )
         total = 30.0 if mode == "basic" else 18.0
-        mlflow.log_metrics({
-            "test/accuracy": n_correct / N_TEST, "test/f1": n_correct / N_TEST, "test/roc_auc": 0.9,
-            "time/data_s": 1.0, "time/tokenize_s": 1.0, "time/features_s": 2.0,
-            "time/train_s": total - 6.0, "time/eval_s": 2.0, "time/total_s": total,
-            "throughput/train_examples_per_s": 800 / (total - 6.0),
-            "params/head": 50_321.0 if mode == "basic" else 25_745.0,
-            "params/head_trainable": 50_321.0 if mode == "basic" else 25_745.0,
-            "params/backbone": 22_000_000.0, **(extra_metrics or {}),
-        })
+        mlflow.log_metrics(
+            {
+                "test/accuracy": n_correct / N_TEST,
+                "test/f1": n_correct / N_TEST,
+                "test/roc_auc": 0.9,
+                "time/data_s": 1.0,
+                "time/tokenize_s": 1.0,
+                "time/features_s": 2.0,
+                "time/train_s": total - 6.0,
+                "time/eval_s": 2.0,
+                "time/total_s": total,
+                "throughput/train_examples_per_s": 800 / (total - 6.0),
+                "params/head": 50_321.0 if mode == "basic" else 25_745.0,
+                "params/head_trainable": 50_321.0 if mode == "basic" else 25_745.0,
+                "params/backbone": 22_000_000.0,
+                **(extra_metrics or {}),
+            }
+        )
         if with_predictions:
             path = tmp_path / f"pred-{run.info.run_id}" / "test.csv"
             path.parent.mkdir()
@@ -78,23 +108,20 @@ def _sweep_store(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.create_experiment("bertpooled", artifact_location=str(tmp_path / "artifacts"))
-    with mlflow.start_run(experiment_id=experiment_id, run_name="sweep",
-                          tags={"bertpooled.kind": "sweep"}) as parent:
+    with mlflow.start_run(experiment_id=experiment_id, run_name="sweep", tags={"bertpooled.kind": "sweep"}) as parent:
         pass
     parent_id = parent.info.run_id
     ids = {}
     for seed, (basic, pool) in enumerate([(170, 168), (172, 171)]):
-        ids[f"basic{seed}"] = _log_training_run(tmp_path, experiment_id, "basic", seed, basic,
-                                                parent_run_id=parent_id)
-        ids[f"pool{seed}"] = _log_training_run(tmp_path, experiment_id, "pool", seed, pool,
-                                               parent_run_id=parent_id,
-                                               extra_metrics={"latency/p50_ms": 1.5})
-    ids["failed"] = _log_training_run(tmp_path, experiment_id, "pool", 7, 100, status="FAILED",
-                                      parent_run_id=parent_id)
-    ids["nopreds"] = _log_training_run(tmp_path, experiment_id, "basic", 9, 150,
-                                       with_predictions=False, parent_run_id=parent_id)
-    yield {"uri": uri, "experiment_id": experiment_id, "parent": parent_id, "ids": ids,
-           "tmp": tmp_path}
+        ids[f"basic{seed}"] = _log_training_run(tmp_path, experiment_id, "basic", seed, basic, parent_run_id=parent_id)
+        ids[f"pool{seed}"] = _log_training_run(
+            tmp_path, experiment_id, "pool", seed, pool, parent_run_id=parent_id, extra_metrics={"latency/p50_ms": 1.5}
+        )
+    ids["failed"] = _log_training_run(tmp_path, experiment_id, "pool", 7, 100, status="FAILED", parent_run_id=parent_id)
+    ids["nopreds"] = _log_training_run(
+        tmp_path, experiment_id, "basic", 9, 150, with_predictions=False, parent_run_id=parent_id
+    )
+    yield {"uri": uri, "experiment_id": experiment_id, "parent": parent_id, "ids": ids, "tmp": tmp_path}
     mlflow.set_tracking_uri(None)
 
 
@@ -119,8 +146,7 @@ def test_compare_runs_end_to_end(sweep_store, tmp_path):
     assert "1 sweep run(s)" in notes
 
     written = {path.name for path in output.iterdir()}
-    assert {"report.md", "report.json", "report.csv", "accuracy_vs_time.png",
-            "learning_curves.png"} <= written
+    assert {"report.md", "report.json", "report.csv", "accuracy_vs_time.png", "learning_curves.png"} <= written
     page = (output / "report.html").read_text()
     # One self-contained page: every section, both plots inlined, nothing fetched from elsewhere.
     assert "<h2>Verdicts</h2>" in page and "<h2>Config</h2>" in page and page.count("data:image/png;base64,") == 2

@@ -21,9 +21,26 @@ def test_four_runs_started_at_once_all_finish_with_every_metric(store, tiny_bert
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "bertpooled", "train", "--config", str(ROOT / "experiments" / "smoke.yaml"),
-             "--model", str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "16", "--seed", str(seed)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bertpooled",
+                "train",
+                "--config",
+                str(ROOT / "experiments" / "smoke.yaml"),
+                "--model",
+                str(tiny_bert),
+                "--data",
+                str(tiny_imdb),
+                "--max-len",
+                "16",
+                "--seed",
+                str(seed),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for seed in range(4)
     ]

@@ -23,7 +23,13 @@ def test_the_protocol_files_exist():
 def test_seed_yaml_states_the_original_protocol():
     cfg = load_config(ROOT / "experiments" / "seed.yaml")
     assert (cfg.model, cfg.max_len, cfg.lstm_units, cfg.lr, cfg.batch_size, cfg.epochs, cfg.train_fraction) == (
-        "bert-base-uncased", 128, 16, 1e-3, 32, 10, 0.75,
+        "bert-base-uncased",
+        128,
+        16,
+        1e-3,
+        32,
+        10,
+        0.75,
     )
     assert cfg.padding == "read" and cfg.init == "keras" and cfg.adam_eps == 1e-7
 

@@ -17,7 +17,7 @@ CPU = torch.device("cpu")
 def test_a_later_run_in_the_same_process_reports_its_own_peak_not_the_processs():
     cost.reset_peak_memory(CPU)
     big = bytearray(400 * 2**20)
-    big[:: 4096] = b"\1" * len(big[:: 4096])  # touch every page: 400 MiB resident
+    big[::4096] = b"\1" * len(big[::4096])  # touch every page: 400 MiB resident
     first = cost.peak_memory_metrics(CPU)["memory/peak_mb"]
     del big
     cost.reset_peak_memory(CPU)  # the next child starts here
@@ -34,8 +34,9 @@ def test_without_a_resettable_peak_only_the_first_run_of_a_process_claims_it(mon
 
 
 def test_the_reference_mode_logs_latency_throughput_and_memory(tiny_bert, tiny_imdb, tmp_path, monkeypatch):
-    from bertpooled.run import reference
     from test_reference import _inputs
+
+    from bertpooled.run import reference
 
     monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
     result = reference.fit_and_evaluate(*_inputs(tiny_bert, tiny_imdb))

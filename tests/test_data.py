@@ -134,7 +134,9 @@ def test_digest_changes_when_one_review_changes(tmp_path):
 
 def test_unsup_and_extra_files_are_ignored(tmp_path):
     plain = load_imdb(str(write_archive(tmp_path / "plain.tar.gz", REVIEWS)))
-    extra = load_imdb(str(write_archive(tmp_path / "extra.tar.gz", {**REVIEWS, **EXTRAS, "train/pos/._0_9.txt": b"\xff"})))
+    extra = load_imdb(
+        str(write_archive(tmp_path / "extra.tar.gz", {**REVIEWS, **EXTRAS, "train/pos/._0_9.txt": b"\xff"}))
+    )
     assert extra.digest == plain.digest
     assert not any("unsup" in i for i in extra.train.ids)
 

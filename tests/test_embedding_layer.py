@@ -4,12 +4,12 @@ import pytest
 import torch
 from transformers import BertModel
 
-from bertpooled.model import backbone
-from bertpooled.run import fit, prepare
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
+from bertpooled.model import backbone
 from bertpooled.model.heads import PooledLSTMClassifier
 from bertpooled.model.pooling import PoolSpec, pool
+from bertpooled.run import fit, prepare
 
 
 def loaded(tiny_bert):
@@ -74,7 +74,9 @@ def test_a_backbone_without_a_bert_embedding_layer_is_refused_before_a_run(tmp_p
     from transformers import DistilBertConfig
 
     folder = tmp_path / "distil"
-    DistilBertConfig(vocab_size=40, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64).save_pretrained(folder)
+    DistilBertConfig(
+        vocab_size=40, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64
+    ).save_pretrained(folder)
     config = load_config(overrides={"model": str(folder), "features": "embedding_layer", "max_len": 16})
     with pytest.raises(BertpooledError, match="features=embedding_layer needs a BERT-family backbone") as err:
         prepare.check(config)

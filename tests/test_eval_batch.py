@@ -29,8 +29,9 @@ def test_a_negative_eval_batch_is_a_config_error():
 @pytest.mark.parametrize("pool", ["none", "avg:2x2"])
 def test_predictions_are_the_same_at_every_eval_batch_size(pool):
     gen = torch.Generator().manual_seed(0)
-    layer = EmbeddingLayer(torch.randn(16, 12, generator=gen), torch.randn(12, generator=gen), torch.ones(12),
-                           torch.zeros(12), 1e-12)
+    layer = EmbeddingLayer(
+        torch.randn(16, 12, generator=gen), torch.randn(12, generator=gen), torch.ones(12), torch.zeros(12), 1e-12
+    )
     torch.manual_seed(0)
     model = PooledLSTMClassifier(torch.randn(50, 12, generator=gen), PoolSpec.parse(pool), units=4, layer=layer)
     ids = torch.randint(1, 50, (37, 16), generator=gen)

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import typer
 from mlflow.tracking import MlflowClient
+from test_faults import hanging_server
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
 from bertpooled.cli_errors import OneLineErrors
-from test_faults import hanging_server  # noqa: F401 - the fixture: a server whose /health answers, whose API hangs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -56,14 +56,35 @@ def test_a_symlink_loop_in_the_data_folder_is_one_line(store, tiny_bert, tmp_pat
 
     tree = write_imdb_tree(tmp_path / "loop")
     (tree / "train" / "pos" / "0_9x.txt").symlink_to("0_9x.txt")  # points at itself
-    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tree),
-                                      "--max-len", "16", "--epochs", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tree),
+            "--max-len",
+            "16",
+            "--epochs",
+            "1",
+        ],
+    )
     assert_one_line(result, "0_9x.txt", "symbolic links")
     assert no_runs(store)
 
 
-@pytest.mark.parametrize("code, word", [(errno.EACCES, "Permission denied"), (errno.ENOSPC, "disk is full"),
-                                        (errno.EROFS, "read-only"), (errno.ENXIO, "device")])
+@pytest.mark.parametrize(
+    "code, word",
+    [
+        (errno.EACCES, "Permission denied"),
+        (errno.ENOSPC, "disk is full"),
+        (errno.EROFS, "read-only"),
+        (errno.ENXIO, "device"),
+    ],
+)
 def test_every_command_turns_an_os_error_on_a_path_into_one_line_and_a_bug_keeps_its_traceback(code, word):
     probe = typer.Typer(cls=OneLineErrors)
 
@@ -103,12 +124,15 @@ def _bomb(levels: int, width: int = 9, key: str = "description") -> str:
     return "\n".join([*lines, f"{key}: *x{levels - 1}"]) + "\n"
 
 
-@pytest.mark.parametrize("text, words", [
-    (_bomb(10), ["more than 32 YAML aliases"]),  # the reported 700-byte bomb: 3.7 GB before
-    ("description: &d [lol, lol, lol]\nmodel: *d\n", ["description is a list"]),  # no list is a setting
-    ("epochs: " + "[" * 30 + "1" + "]" * 30 + "\n", ["nested more than 20 deep"]),
-    ("description: " + "x" * 300_000 + "\n", ["over 256 KiB"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (_bomb(10), ["more than 32 YAML aliases"]),  # the reported 700-byte bomb: 3.7 GB before
+        ("description: &d [lol, lol, lol]\nmodel: *d\n", ["description is a list"]),  # no list is a setting
+        ("epochs: " + "[" * 30 + "1" + "]" * 30 + "\n", ["nested more than 20 deep"]),
+        ("description: " + "x" * 300_000 + "\n", ["over 256 KiB"]),
+    ],
+)
 def test_a_config_file_sized_to_hurt_is_one_line_before_yaml_builds_it(store, tmp_path, text, words):
     path = tmp_path / "hurt.yaml"
     path.write_text(text)
@@ -141,11 +165,14 @@ def test_an_experiment_name_past_mlflows_limit_is_one_line_before_the_data_is_re
     assert no_runs(store)
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--seeds", "100000"], ["100,000", "1,000 children"]),  # silent for 60 s before
-    (["--seeds", "600", "--modes", "basic,pool"], ["1,200 children"]),
-    (["--seed-list", ",".join(str(10**12 + i) for i in range(700))], ["do not fit"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--seeds", "100000"], ["100,000", "1,000 children"]),  # silent for 60 s before
+        (["--seeds", "600", "--modes", "basic,pool"], ["1,200 children"]),
+        (["--seed-list", ",".join(str(10**12 + i) for i in range(700))], ["do not fit"]),
+    ],
+)
 def test_a_sweep_grid_larger_than_a_parent_run_holds_is_one_line_at_once(store, args, words):
     result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, *args])
     assert_one_line(result, *words)
@@ -173,12 +200,15 @@ def _closed_postgres() -> tuple[str, object]:
 
 
 @pytest.mark.parametrize("store_kind", ["half-truncated sqlite", "unreachable postgresql"])
-@pytest.mark.parametrize("command", [
-    ["compare-runs"],
-    ["train", "--resume", "0123456789abcdef0123456789abcdef"],
-    ["sweep", "--resume-parent", "0123456789abcdef0123456789abcdef", "--config", SMOKE],
-    ["serve", "runs:/0123456789abcdef0123456789abcdef/model"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["compare-runs"],
+        ["train", "--resume", "0123456789abcdef0123456789abcdef"],
+        ["sweep", "--resume-parent", "0123456789abcdef0123456789abcdef", "--config", SMOKE],
+        ["serve", "runs:/0123456789abcdef0123456789abcdef/model"],
+    ],
+)
 def test_every_command_that_touches_the_store_probes_it_first_and_says_so_in_one_line(
     tmp_path, monkeypatch, store_kind, command
 ):
@@ -201,14 +231,17 @@ def test_every_command_that_touches_the_store_probes_it_first_and_says_so_in_one
     assert elapsed < 60  # the probe waits 5 s; MLflow's own retries took 109 s and 222 lines
 
 
-@pytest.mark.parametrize("message, fix", [
-    ("table _alembic_tmp_experiments already exists", "another process"),
-    ("duplicate column name: step", "another process"),
-    ("attempt to write a readonly database", "read-only"),
-    ("database or disk is full", "disk is full"),
-    ("file is not a database", "backup"),
-    ("database is locked", "locked by a process"),
-])
+@pytest.mark.parametrize(
+    "message, fix",
+    [
+        ("table _alembic_tmp_experiments already exists", "another process"),
+        ("duplicate column name: step", "another process"),
+        ("attempt to write a readonly database", "read-only"),
+        ("database or disk is full", "disk is full"),
+        ("file is not a database", "backup"),
+        ("database is locked", "locked by a process"),
+    ],
+)
 def test_a_store_failure_names_the_fix_that_fits_its_cause_and_no_other(message, fix):
     import sqlite3
 
@@ -230,7 +263,7 @@ def test_a_store_failure_names_the_fix_that_fits_its_cause_and_no_other(message,
 def test_mlflows_own_log_lines_keep_their_first_line_and_lose_their_traceback():
     import logging
 
-    import mlflow  # noqa: F401 - configures MLflow's logging handler
+    import mlflow
 
     from bertpooled.tracking.probe import keep_tracebacks_out
 
@@ -244,8 +277,15 @@ def test_mlflows_own_log_lines_keep_their_first_line_and_lose_their_traceback():
     except ValueError:
         import sys
 
-        record = logging.LogRecord("mlflow.store.db.utils", logging.ERROR, __file__, 1,
-                                   "SQLAlchemy database error.\n%s", ("many\nlines",), sys.exc_info())
+        record = logging.LogRecord(
+            "mlflow.store.db.utils",
+            logging.ERROR,
+            __file__,
+            1,
+            "SQLAlchemy database error.\n%s",
+            ("many\nlines",),
+            sys.exc_info(),
+        )
     assert handler.filter(record)
     assert record.exc_info is None and handler.format(record).count("\n") == 0
 
@@ -267,8 +307,16 @@ def test_processes_meeting_a_new_sqlite_store_at_once_all_get_it_made_once(tmp_p
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, "-c", FIRST_CONTACT, uri], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=env) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_CONTACT, uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     # Without the lock, 6 of 6 failed here (table _alembic_tmp_... already exists, duplicate column name).
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-2000:] for o in outputs)
@@ -436,15 +484,21 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
     import time
 
     import psutil
-
-    from test_faults import sweep_args
     from conftest import write_imdb_archive, write_imdb_tree
+    from test_faults import sweep_args
 
-    data = write_imdb_archive(write_imdb_tree(Path(store.split("///")[1]).parent / "imdb", per_label=100),
-                              Path(store.split("///")[1]).parent / "imdb.tar.gz")
+    data = write_imdb_archive(
+        write_imdb_tree(Path(store.split("///")[1]).parent / "imdb", per_label=100),
+        Path(store.split("///")[1]).parent / "imdb.tar.gz",
+    )
     client = MlflowClient(store)
-    proc = subprocess.Popen(sweep_args(tiny_bert, data), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_args(tiny_bert, data),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     workers = []
     try:
         deadline, started = time.time() + 300, []
@@ -456,7 +510,11 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
                 break
             time.sleep(0.2)
         assert len(started) == 2, "two children never trained side by side"
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "bertpooled" not in " ".join(p.cmdline()[:3])]
+        workers = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "bertpooled" not in " ".join(p.cmdline()[:3])
+        ]
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         gone, alive = psutil.wait_procs(workers, timeout=120)
@@ -485,12 +543,15 @@ def _logged_run(threads: str):
     return SimpleNamespace(data=SimpleNamespace(params={"config/num_threads": threads}))
 
 
-@pytest.mark.parametrize("earlier, given, expected, kept", [
-    ("1", 0, 1, True),  # parallel children (cores/N) before, resumed in this process now: the reported case
-    ("0", 0, 0, True),  # local (auto) before, resumed with --parallel now: auto kept, not cores/N
-    ("3", 2, 2, True),  # a count the user gave now wins (the config check of the resume then says if it differs)
-    (None, 0, 0, False),  # a new sweep: the executor decides
-])
+@pytest.mark.parametrize(
+    "earlier, given, expected, kept",
+    [
+        ("1", 0, 1, True),  # parallel children (cores/N) before, resumed in this process now: the reported case
+        ("0", 0, 0, True),  # local (auto) before, resumed with --parallel now: auto kept, not cores/N
+        ("3", 2, 2, True),  # a count the user gave now wins (the config check of the resume then says if it differs)
+        (None, 0, 0, False),  # a new sweep: the executor decides
+    ],
+)
 def test_a_resumed_sweep_runs_its_children_on_the_thread_count_its_earlier_children_had(earlier, given, expected, kept):
     from bertpooled.config import load_config
     from bertpooled.run.sweep import _threads_as_before, plan
@@ -550,12 +611,30 @@ def _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed: int) -> str:
         raise KeyboardInterrupt  # as if Ctrl-C came right after the last checkpoint
 
     monkeypatch.setattr(fit, "fit", fit_then_interrupt)
-    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
-                                      "--max-len", "16", "--epochs", "2", "--seed", str(seed)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tiny_imdb),
+            "--max-len",
+            "16",
+            "--epochs",
+            "2",
+            "--seed",
+            str(seed),
+        ],
+    )
     monkeypatch.setattr(fit, "fit", real_fit)
     assert result.exit_code == 130, result.output
     client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id], f"params.`config/seed` = '{seed}'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("bertpooled").experiment_id], f"params.`config/seed` = '{seed}'"
+    )
     assert runs[0].info.status == "KILLED" and runs[0].data.tags["checkpoint/epoch"] == "2"
     return runs[0].info.run_id
 
@@ -578,11 +657,14 @@ def _alter_a_weight(folder: Path) -> None:
     save_file(tensors, str(folder / "state.safetensors"))
 
 
-@pytest.mark.parametrize("tamper, words", [
-    ("weights", ["weights do not match the sha256 written inside"]),  # accuracy 0.50 before
-    ("meta", ["meta.json does not match the sha256 written inside"]),
-    ("copied", ["belongs to another run", "copied from another run"]),  # finished as the other seed before
-])
+@pytest.mark.parametrize(
+    "tamper, words",
+    [
+        ("weights", ["weights do not match the sha256 written inside"]),  # accuracy 0.50 before
+        ("meta", ["meta.json does not match the sha256 written inside"]),
+        ("copied", ["belongs to another run", "copied from another run"]),  # finished as the other seed before
+    ],
+)
 def test_a_checkpoint_altered_or_copied_with_its_tag_deleted_or_copied_is_refused(
     store, tiny_bert, tiny_imdb, monkeypatch, tamper, words
 ):
@@ -695,10 +777,30 @@ def test_a_sweep_still_driven_by_a_live_process_is_refused_by_resume_parent(stor
 
     client = MlflowClient(store)
     exp = client.create_experiment("bertpooled")
-    parent = client.create_run(exp, tags={"bertpooled.kind": "sweep", "mlflow.runName": "sweep-x",
-                                          **_tags("another-host:99:abc", f"{time.time():.0f}")})
-    result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--resume-parent",
-                                      parent.info.run_id, "--modes", "basic", "--seeds", "1"])
+    parent = client.create_run(
+        exp,
+        tags={
+            "bertpooled.kind": "sweep",
+            "mlflow.runName": "sweep-x",
+            **_tags("another-host:99:abc", f"{time.time():.0f}"),
+        },
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--resume-parent",
+            parent.info.run_id,
+            "--modes",
+            "basic",
+            "--seeds",
+            "1",
+        ],
+    )
     assert_one_line(result, "sweep", "still being driven by another process")
     assert client.search_runs([exp], "tags.`sweep/child` != ''") == []  # no child started twice
 
@@ -706,15 +808,18 @@ def test_a_sweep_still_driven_by_a_live_process_is_refused_by_resume_parent(stor
 # --- 9. a predictions file edited or damaged is a note, not a traceback --------------------------------------------
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("id,label,probability\na,1,0.9\nb,0,high\n", "not a number"),  # the reported case
-    ("id,label,probability\na,1,0.9\nb,0,1.7\n", "not a number in [0, 1]"),
-    ("id,label,probability\na,1,0.9\nb,0,nan\n", "not a number"),
-    ("id,label,probability\na,2,0.9\nb,0,0.1\n", "labels other than 0 and 1"),
-    ("id,label\na,1\n", "no column probability"),
-    ("id,label,probability\na,1,0.9\na,0,0.1\n", "repeated ids"),
-    ("id,label,probability\na,1,0.9\nb,0,0.1\n", ""),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("id,label,probability\na,1,0.9\nb,0,high\n", "not a number"),  # the reported case
+        ("id,label,probability\na,1,0.9\nb,0,1.7\n", "not a number in [0, 1]"),
+        ("id,label,probability\na,1,0.9\nb,0,nan\n", "not a number"),
+        ("id,label,probability\na,2,0.9\nb,0,0.1\n", "labels other than 0 and 1"),
+        ("id,label\na,1\n", "no column probability"),
+        ("id,label,probability\na,1,0.9\na,0,0.1\n", "repeated ids"),
+        ("id,label,probability\na,1,0.9\nb,0,0.1\n", ""),
+    ],
+)
 def test_every_kind_of_unusable_predictions_file_is_named(tmp_path, text, problem):
     import pandas as pd
 
@@ -731,8 +836,22 @@ def test_serving_a_damaged_logged_model_is_one_line(store, tiny_bert, tiny_imdb,
     import json
     from urllib.parse import urlparse
 
-    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
-                                      "--max-len", "16", "--epochs", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tiny_imdb),
+            "--max-len",
+            "16",
+            "--epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])
@@ -754,7 +873,11 @@ def _edit_width(spec):
     """The model config with its first width-like integer changed (the weights then no longer fit)."""
     if isinstance(spec, dict):
         for key, value in spec.items():
-            if isinstance(value, int) and not isinstance(value, bool) and any(w in key for w in ("units", "hidden", "size", "dim")):
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and any(w in key for w in ("units", "hidden", "size", "dim"))
+            ):
                 return {**spec, key: value + 3}
         return {k: _edit_width(v) if isinstance(v, (dict, list)) else v for k, v in spec.items()}
     return spec

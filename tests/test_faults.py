@@ -13,11 +13,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import wait_for_http
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from conftest import wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -64,14 +64,33 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     log = open(folder / "server.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/mlflow.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
     )
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", proc, 120,
-                      lambda: (folder / "server.log").read_text(errors="replace")[-2000:])
+        wait_for_http(
+            f"http://127.0.0.1:{port}/health",
+            proc,
+            120,
+            lambda: (folder / "server.log").read_text(errors="replace")[-2000:],
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -94,8 +113,18 @@ def test_a_password_in_the_tracking_uri_never_reaches_the_terminal_or_the_run(
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert result.exit_code == 0, result.output
     assert "View run" in result.output  # MLflow's own line is there, without the password
-    report = CliRunner().invoke(app, ["compare-runs", "--experiment", f"secrets-{tmp_path.name}", "--tracking-uri",
-                                      with_password, "--format", "json"])
+    report = CliRunner().invoke(
+        app,
+        [
+            "compare-runs",
+            "--experiment",
+            f"secrets-{tmp_path.name}",
+            "--tracking-uri",
+            with_password,
+            "--format",
+            "json",
+        ],
+    )
     assert report.exit_code in (0, 2), report.output
     for output in (result.output, report.output):
         assert SECRET not in output and "alice:" not in output
@@ -156,11 +185,15 @@ def _wrong_arrays(path: Path) -> None:
     np.savez(path, ids=ids, lengths=lengths, sha256=sha)
 
 
-@pytest.mark.parametrize("damage", [
-    lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated
-    _bit_flip,
-    _wrong_arrays,
-], ids=["truncated", "bit-flip", "wrong-arrays"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated
+        _bit_flip,
+        _wrong_arrays,
+    ],
+    ids=["truncated", "bit-flip", "wrong-arrays"],
+)
 def test_a_damaged_token_cache_entry_is_rebuilt_with_one_warning(tmp_path, tiny_tokenizer, damage, capsys):
     import numpy as np
 
@@ -207,8 +240,9 @@ def test_a_full_token_cache_leaves_no_temporary_file(tmp_path, tiny_tokenizer, m
 
 
 def test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest(tmp_path, monkeypatch, capsys):
-    import bertpooled.data.imdb
     from conftest import write_imdb_archive, write_imdb_tree
+
+    import bertpooled.data.imdb
 
     monkeypatch.setattr(bertpooled.data.imdb, "_PARSED_MIN_BYTES", 0)  # tiny archives are cached too
     archive = write_imdb_archive(write_imdb_tree(tmp_path, per_label=3), tmp_path / "aclImdb_v1.tar.gz")
@@ -261,7 +295,9 @@ def test_a_damaged_mlflow_db_is_one_line_before_any_work(tiny_bert, tiny_imdb, t
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{half}")
     monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("bertpooled.run.prepare.read_data", lambda *a, **k: pytest.fail("data read with a broken store"))
+    monkeypatch.setattr(
+        "bertpooled.run.prepare.read_data", lambda *a, **k: pytest.fail("data read with a broken store")
+    )
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert_user_error(result, "mlflow.db", "malformed", "backup")
     assert len(result.output.splitlines()) == 1
@@ -273,8 +309,9 @@ def test_a_store_that_fails_mid_run_is_one_line_not_pages(store, tiny_bert, tiny
     from bertpooled.tracking import runs as tracking
 
     def full(*args, **kwargs):
-        raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database or disk is full") from \
-            sqlite3.OperationalError("database or disk is full")
+        raise mlflow.exceptions.MlflowException(
+            "(sqlite3.OperationalError) database or disk is full"
+        ) from sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(tracking, "log_predictions", full)
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
@@ -286,7 +323,9 @@ def test_a_store_that_fails_mid_run_is_one_line_not_pages(store, tiny_bert, tiny
 # --- 5. Ctrl-C before the first checkpoint ---------------------------------------------------------------------
 
 
-def test_ctrl_c_before_the_first_checkpoint_offers_no_resume_that_would_be_refused(store, tiny_bert, tiny_imdb, monkeypatch):
+def test_ctrl_c_before_the_first_checkpoint_offers_no_resume_that_would_be_refused(
+    store, tiny_bert, tiny_imdb, monkeypatch
+):
     from bertpooled.data import tokens
 
     def interrupted(*args, **kwargs):
@@ -312,14 +351,14 @@ def hanging_server():
     release = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
+        def do_GET(self):
             if self.path != "/health":
                 release.wait(60)
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b"OK")
 
-        do_POST = do_GET  # noqa: N815
+        do_POST = do_GET
 
         def log_message(self, *args):
             pass
@@ -338,7 +377,9 @@ def hanging_server():
     server.server_close()
 
 
-def test_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tiny_bert, tiny_imdb, tmp_path, monkeypatch):
+def test_a_server_whose_api_hangs_is_one_line_within_seconds(
+    hanging_server, tiny_bert, tiny_imdb, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", hanging_server)
     monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
     start = time.perf_counter()
@@ -351,7 +392,9 @@ def test_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tin
 def test_an_unreachable_postgresql_uri_is_one_line_within_seconds(tiny_bert, tiny_imdb, tmp_path, monkeypatch):
     closed = socket.socket()  # bound, never listening: connections to its port are refused while the test runs
     closed.bind(("127.0.0.1", 0))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql://mlflow:{SECRET}@127.0.0.1:{closed.getsockname()[1]}/mlflow")
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_URI", f"postgresql://mlflow:{SECRET}@127.0.0.1:{closed.getsockname()[1]}/mlflow"
+    )
     monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
     start = time.perf_counter()
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
@@ -376,8 +419,9 @@ def test_the_logged_commit_is_the_codes_not_the_current_folders(tmp_path, monkey
     subprocess.run([*git, "add", "f"], check=True)
     subprocess.run([*git, "commit", "-qm", "other"], check=True)
     monkeypatch.chdir(other)
-    code = subprocess.run(["git", "-C", str(Path(bertpooled.__file__).parent), "rev-parse", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
+    code = subprocess.run(
+        ["git", "-C", str(Path(bertpooled.__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     other_commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     commit, _ = tracking.git_commit()
     assert commit != other_commit and commit == (code or "unknown")
@@ -460,9 +504,36 @@ def bigger_imdb(tmp_path_factory) -> Path:
 
 
 def sweep_args(tiny_bert, data, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bertpooled", "sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data",
-            str(data), "--max-len", "16", "--epochs", "150", "--max-train-examples", "0", "--max-test-examples", "16",
-            "--modes", "basic,pool", "--seeds", "2", "--parallel", "2", "--no-progress", "--format", "json", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bertpooled",
+        "sweep",
+        "--config",
+        SMOKE,
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(data),
+        "--max-len",
+        "16",
+        "--epochs",
+        "150",
+        "--max-train-examples",
+        "0",
+        "--max-test-examples",
+        "16",
+        "--modes",
+        "basic,pool",
+        "--seeds",
+        "2",
+        "--parallel",
+        "2",
+        "--no-progress",
+        "--format",
+        "json",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -471,8 +542,13 @@ def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_th
     store, tiny_bert, bigger_imdb, target
 ):
     client = MlflowClient(store)
-    proc = subprocess.Popen(sweep_args(tiny_bert, bigger_imdb), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_args(tiny_bert, bigger_imdb),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline, started = time.time() + 240, []
         while time.time() < deadline and proc.poll() is None:
@@ -501,8 +577,12 @@ def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_th
     assert {c.info.run_id for c in children} == {r.info.run_id for r in started}, err[-3000:]
     assert all(c.info.status == "KILLED" and "checkpoint/epoch" in c.data.tags for c in children), err[-3000:]
 
-    resumed = subprocess.run(sweep_args(tiny_bert, bigger_imdb, "--resume-parent", parent.info.run_id),
-                             capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        sweep_args(tiny_bert, bigger_imdb, "--resume-parent", parent.info.run_id),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     children = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''")
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
@@ -531,12 +611,16 @@ def test_the_served_model_answers_deeply_nested_json_with_a_400_and_still_serves
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bertpooled", "serve", f"runs:/{run.info.run_id}/model", "--port", str(port)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": store}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
     def post(body: bytes):
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as answer:
                 return answer.status, json.loads(answer.read())

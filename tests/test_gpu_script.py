@@ -12,7 +12,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import VOCAB
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +26,33 @@ def tiny_bert_5_layers(folder: Path) -> Path:
     folder.mkdir(parents=True)
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(VOCAB)}, do_lower_case=True)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=5, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 @pytest.mark.slow
-def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_reports_without_weights(tiny_imdb, tmp_path):
+def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_reports_without_weights(
+    tiny_imdb, tmp_path
+):
     payload, work, out = tmp_path / "payload", tmp_path / "work", tmp_path / "out"
-    env = {**os.environ, "PAYLOAD": str(payload), "WORK": str(work), "OUT": str(out), "SMOKE": "1",
-           "PYTHON": "python", "STEP_TIMEOUT": "300"}
+    env = {
+        **os.environ,
+        "PAYLOAD": str(payload),
+        "WORK": str(work),
+        "OUT": str(out),
+        "SMOKE": "1",
+        "PYTHON": "python",
+        "STEP_TIMEOUT": "300",
+    }
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         env.pop(var, None)
     bert = tiny_bert_5_layers(tmp_path / "tiny-bert")
@@ -48,24 +62,44 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
         assert {Path(n).parts[1] for n in tar.getnames() if len(Path(n).parts) > 1} == {"train", "test"}
     from safetensors.torch import load_file
 
-    assert {t.dtype for t in load_file(str(payload / "minilm" / "model.safetensors")).values()} == {__import__("torch").float16}
+    assert {t.dtype for t in load_file(str(payload / "minilm" / "model.safetensors")).values()} == {
+        __import__("torch").float16
+    }
 
-    result = subprocess.run(["bash", str(GPU / "run_on_device.sh"), "setup", "check", "originals", "study", "seeds", "report"],
-                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(
+        ["bash", str(GPU / "run_on_device.sh"), "setup", "check", "originals", "study", "seeds", "report"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     log = (out / "device.log").read_text()
     assert result.returncode == 0, log[-4000:]
-    assert {p.name for p in out.iterdir()} == {"device.log", "mlflow.db.xz", "artifacts.tar.xz", "report-study.md",
-                                               "report-original.md", "seeds.md"}
+    assert {p.name for p in out.iterdir()} == {
+        "device.log",
+        "mlflow.db.xz",
+        "artifacts.tar.xz",
+        "report-study.md",
+        "report-original.md",
+        "seeds.md",
+    }
     # The float16 payload was upcast: training starts from float32 weights.
-    assert {t.dtype for t in load_file(str(work / "minilm" / "model.safetensors")).values()} == {__import__("torch").float32}
+    assert {t.dtype for t in load_file(str(work / "minilm" / "model.safetensors")).values()} == {
+        __import__("torch").float32
+    }
 
     db = tmp_path / "back.db"
     db.write_bytes(lzma.decompress((out / "mlflow.db.xz").read_bytes()))
-    rows = sqlite3.connect(db).execute(
-        "select e.name, r.status, t.value from runs r join experiments e on r.experiment_id = e.experiment_id "
-        "left join tags t on t.run_uuid = r.run_uuid and t.key = 'variant' "
-        "where r.run_uuid not in (select run_uuid from tags where key = 'bertpooled.kind' and value in ('sweep', 'comparison'))"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(db)
+        .execute(
+            "select e.name, r.status, t.value from runs r join experiments e on r.experiment_id = e.experiment_id "
+            "left join tags t on t.run_uuid = r.run_uuid and t.key = 'variant' "
+            "where r.run_uuid not in (select run_uuid from tags where key = 'bertpooled.kind' and value in ('sweep', 'comparison'))"
+        )
+        .fetchall()
+    )
     finished = {(name, variant) for name, status, variant in rows if status == "FINISHED"}
     assert rows and all(status == "FINISHED" for _, status, _ in rows), rows
     assert {("gpu-original", None)} <= finished and ("gpu-check", "encoder-ft-avg:2x1@layer:2") in finished
@@ -74,8 +108,13 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
     seeds = (out / "seeds.md").read_text()
     assert "| basic | 2 | cpu |" in seeds and "| pool | 2 | cpu |" in seeds and "Both modes' group training" in seeds
     assert {v for name, v in finished if name == "gpu-study"} == {
-        "encoder-ft", "encoder-ft-avg:2x1@layer:1", "encoder-ft-avg:2x1@layer:2", "encoder-ft-avg:2x1@layer:3",
-        "encoder-ft-avg:2x1@layer:2,layer:4", "encoder-ft-avg:2x1@output"}
+        "encoder-ft",
+        "encoder-ft-avg:2x1@layer:1",
+        "encoder-ft-avg:2x1@layer:2",
+        "encoder-ft-avg:2x1@layer:3",
+        "encoder-ft-avg:2x1@layer:2,layer:4",
+        "encoder-ft-avg:2x1@output",
+    }
     with tarfile.open(out / "artifacts.tar.xz") as tar:
         names = tar.getnames()
     assert any(n.endswith("predictions/test.csv") for n in names)
@@ -86,8 +125,14 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
     assert "basic" in (out / "report-original.md").read_text()
 
     # A second call skips what is done and still brings everything back (the device is called in several steps).
-    again = subprocess.run(["bash", str(GPU / "run_on_device.sh"), "originals", "study", "seeds"], env=env, cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        ["bash", str(GPU / "run_on_device.sh"), "originals", "study", "seeds"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and (out / "device.log").read_text().count("done earlier") == 9
 
 

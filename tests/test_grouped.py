@@ -27,16 +27,32 @@ SEEDS = [0, 1, 7]
 TOLERANCE = {"per_seed": dict(rtol=1e-5, atol=1e-6), "block": dict(rtol=1e-4, atol=1e-5)}
 
 
-def make_prepared(pool: str = "none", padding: str = "mask", bias: str = "keras", *, layer: bool = True,
-                  n: int = 37, max_len: int = 12, hidden: int = 8, vocab: int = 50, epochs: int = 3,
-                  shuffle_buffer: int = 0, batch_size: int = 8) -> Prepared:
+def make_prepared(
+    pool: str = "none",
+    padding: str = "mask",
+    bias: str = "keras",
+    *,
+    layer: bool = True,
+    n: int = 37,
+    max_len: int = 12,
+    hidden: int = 8,
+    vocab: int = 50,
+    epochs: int = 3,
+    shuffle_buffer: int = 0,
+    batch_size: int = 8,
+) -> Prepared:
     """A Prepared run on random token ids whose labels depend on the tokens (so the heads learn something)."""
     gen = torch.Generator().manual_seed(1234)
     table = torch.randn(vocab, hidden, generator=gen)
     emb_layer = None
     if layer:
-        emb_layer = EmbeddingLayer(torch.randn(max_len, hidden, generator=gen), torch.randn(hidden, generator=gen),
-                                   1 + 0.1 * torch.randn(hidden, generator=gen), 0.1 * torch.randn(hidden, generator=gen), 1e-12)
+        emb_layer = EmbeddingLayer(
+            torch.randn(max_len, hidden, generator=gen),
+            torch.randn(hidden, generator=gen),
+            1 + 0.1 * torch.randn(hidden, generator=gen),
+            0.1 * torch.randn(hidden, generator=gen),
+            1e-12,
+        )
     rng = np.random.default_rng(5)
 
     def split(rows: int, name: str) -> tuple[Split, Tokens]:
@@ -48,11 +64,31 @@ def make_prepared(pool: str = "none", padding: str = "mask", bias: str = "keras"
 
     train_split, train_tokens = split(n, "train")
     test_split, test_tokens = split(19, "test")
-    config = Config(mode="pool" if pool != "none" else "basic", pool=pool, epochs=epochs, batch_size=batch_size,
-                    max_len=max_len, padding=padding, lstm_bias=bias, lstm_units=4, lr=1e-2, shuffle_buffer=shuffle_buffer,
-                    features="embedding_layer" if layer else "embeddings", device="cpu", precision="fp32")
-    return Prepared(config, None, None, train_split, test_split, train_tokens, test_tokens,
-                          embeddings=WordEmbeddings(table, 0, emb_layer))
+    config = Config(
+        mode="pool" if pool != "none" else "basic",
+        pool=pool,
+        epochs=epochs,
+        batch_size=batch_size,
+        max_len=max_len,
+        padding=padding,
+        lstm_bias=bias,
+        lstm_units=4,
+        lr=1e-2,
+        shuffle_buffer=shuffle_buffer,
+        features="embedding_layer" if layer else "embeddings",
+        device="cpu",
+        precision="fp32",
+    )
+    return Prepared(
+        config,
+        None,
+        None,
+        train_split,
+        test_split,
+        train_tokens,
+        test_tokens,
+        embeddings=WordEmbeddings(table, 0, emb_layer),
+    )
 
 
 def alone(prepared: Prepared, seed: int):
@@ -67,8 +103,9 @@ def alone(prepared: Prepared, seed: int):
 def together(prepared: Prepared, seeds, recurrence: str):
     group = grouped.build_group(prepared, seeds, recurrence)
     seen = []
-    histories = grouped.fit_group(group, prepared, torch.device("cpu"), on_epoch=lambda s, st: seen.append((s, st.epoch)),
-                                  progress=False)
+    histories = grouped.fit_group(
+        group, prepared, torch.device("cpu"), on_epoch=lambda s, st: seen.append((s, st.epoch)), progress=False
+    )
     models = group.split()
     probs = [train.predict_proba(m, prepared.test_tokens, 64, torch.device("cpu")) for m in models]
     assert seen == [(s, e) for e in range(1, prepared.config.epochs + 1) for s in range(len(seeds))]
@@ -121,10 +158,14 @@ def test_per_seed_step_is_bitwise_the_step_alone(padding):
     ids, lengths = torch.from_numpy(prepared.train_tokens.ids), torch.from_numpy(prepared.train_tokens.lengths)
     labels = torch.from_numpy(prepared.train.labels.astype(np.float32))
     for rows in (8, 5):
-        idx = torch.stack([torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:rows] for seed in SEEDS])
+        idx = torch.stack(
+            [torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:rows] for seed in SEEDS]
+        )
         group.zero_grad()
         logits = group(ids[idx], lengths[idx])
-        torch.stack([F.binary_cross_entropy_with_logits(logits[s], labels[idx[s]]) for s in range(len(SEEDS))]).sum().backward()
+        torch.stack(
+            [F.binary_cross_entropy_with_logits(logits[s], labels[idx[s]]) for s in range(len(SEEDS))]
+        ).sum().backward()
         for s, model in enumerate(models):
             model.zero_grad()
             alone_logits = model(ids[idx[s]], lengths[idx[s]])
@@ -180,7 +221,11 @@ def test_seed_snapshot_is_the_optimizer_a_run_alone_would_checkpoint():
     def on_epoch_end(epoch, optimizer, orders):
         for s in range(2):
             model, opt = grouped.seed_snapshot(group, optimizer, s)
-            snapshots[s] = ({k: v.clone() for k, v in model.state_dict().items()}, opt.state_dict(), orders[s].get_state())
+            snapshots[s] = (
+                {k: v.clone() for k, v in model.state_dict().items()},
+                opt.state_dict(),
+                orders[s].get_state(),
+            )
 
     grouped.fit_group(group, prepared, torch.device("cpu"), progress=False, on_epoch_end=on_epoch_end)
     for s, seed in enumerate(SEEDS[:2]):

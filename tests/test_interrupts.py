@@ -1,4 +1,5 @@
 """Ctrl-C / SIGTERM are taken between tracking-store calls, never inside one."""
+
 import os
 import signal
 import sys
@@ -26,16 +27,32 @@ def _code_of(module_name: str):
     return namespace["call"]
 
 
-@pytest.mark.parametrize("module", ["sqlalchemy.orm.session", "sqlite3.dbapi2", "mlflow.store.db.utils",
-                                    "mlflow.store.tracking.sqlalchemy_store", "psycopg.cursor"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "sqlalchemy.orm.session",
+        "sqlite3.dbapi2",
+        "mlflow.store.db.utils",
+        "mlflow.store.tracking.sqlalchemy_store",
+        "psycopg.cursor",
+    ],
+)
 def test_database_frames_anywhere_on_the_stack_count_as_a_store_call(module):
     assert _code_of(module)()
     # Our own code called from inside the store still is inside the store call.
     assert _code_of(module)(inner=_code_of("bertpooled.run.fit"))
 
 
-@pytest.mark.parametrize("module", ["bertpooled.run.fit", "mlflow.tracking.fluent", "mlflow.store.tracking.rest_store",
-                                    "requests.sessions", "sqlalchemyish"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "bertpooled.run.fit",
+        "mlflow.tracking.fluent",
+        "mlflow.store.tracking.rest_store",
+        "requests.sessions",
+        "sqlalchemyish",
+    ],
+)
 def test_other_frames_do_not(module):
     # MLflow's REST client is left interruptible: its retries against a dead server can last minutes.
     assert not _code_of(module)()

@@ -1,4 +1,5 @@
 """The package's layering, read from its source: which module may import what (function-level imports included)."""
+
 import ast
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def imports_of(name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             # `from bertpooled.run import fit` imports the module bertpooled.run.fit.
             found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES)
@@ -58,26 +61,36 @@ def _under(name: str, *packages: str) -> bool:
 
 
 def test_only_tracking_and_the_served_model_code_import_mlflow():
-    offenders = {name: sorted(m for m in imports_of(name) if m.split(".")[0] == "mlflow")
-                 for name in MODULES if not _under(name, "tracking", "serving")}
+    offenders = {
+        name: sorted(m for m in imports_of(name) if m.split(".")[0] == "mlflow")
+        for name in MODULES
+        if not _under(name, "tracking", "serving")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-@pytest.mark.parametrize("lower, forbidden", [
-    ("data", ("model", "run", "tracking", "report", "serving", "cli")),
-    ("model", ("run", "tracking", "report", "serving", "cli")),
-    ("tracking", ("run", "report", "serving", "cli")),
-])
+@pytest.mark.parametrize(
+    "lower, forbidden",
+    [
+        ("data", ("model", "run", "tracking", "report", "serving", "cli")),
+        ("model", ("run", "tracking", "report", "serving", "cli")),
+        ("tracking", ("run", "report", "serving", "cli")),
+    ],
+)
 def test_lower_layers_do_not_import_upper_ones(lower, forbidden):
-    offenders = {name: sorted(m for m in _internal(name) if _under(m, *forbidden))
-                 for name in MODULES if _under(name, lower)}
+    offenders = {
+        name: sorted(m for m in _internal(name) if _under(m, *forbidden)) for name in MODULES if _under(name, lower)
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_the_report_builder_is_pure():
     """Everything in report/ but the publishing step (compare.py) works on plain data: no store, no runs."""
-    offenders = {name: sorted(m for m in _internal(name) if _under(m, "run", "tracking", "serving", "cli"))
-                 for name in MODULES if _under(name, "report") and name != "bertpooled.report.compare"}
+    offenders = {
+        name: sorted(m for m in _internal(name) if _under(m, "run", "tracking", "serving", "cli"))
+        for name in MODULES
+        if _under(name, "report") and name != "bertpooled.report.compare"
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
@@ -96,9 +109,9 @@ def test_no_import_cycles():
             if nxt.endswith(tuple(f".{p}" for p in ("data", "model", "run", "tracking", "report", "serving"))):
                 continue
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt])
             elif nxt not in state:
-                visit(nxt, stack + [nxt])
+                visit(nxt, [*stack, nxt])
         state[node] = "done"
 
     for name in sorted(graph):
@@ -119,9 +132,15 @@ def test_the_contract_spells_mlflows_own_names_without_importing_mlflow():
     from bertpooled import contract
 
     assert (contract.RUN_NAME_TAG, contract.PARENT_RUN_TAG, contract.NOTE_TAG) == (
-        mlflow_tags.MLFLOW_RUN_NAME, mlflow_tags.MLFLOW_PARENT_RUN_ID, mlflow_tags.MLFLOW_RUN_NOTE)
-    assert (contract.FINISHED, contract.FAILED, contract.KILLED) == tuple(
-        RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED))
+        mlflow_tags.MLFLOW_RUN_NAME,
+        mlflow_tags.MLFLOW_PARENT_RUN_ID,
+        mlflow_tags.MLFLOW_RUN_NOTE,
+    )
+    assert tuple(RunStatus.to_string(s) for s in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)) == (
+        contract.FINISHED,
+        contract.FAILED,
+        contract.KILLED,
+    )
     from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
     assert contract.MAX_TAG_VALUE == MAX_TAG_VAL_LENGTH

@@ -1,4 +1,5 @@
 """One model spec for training and serving; one table of pooling kinds."""
+
 import pytest
 import torch
 
@@ -13,12 +14,24 @@ from bertpooled.run.fit import spec_of
 
 def _layer(hidden=8, positions=12):
     g = torch.Generator().manual_seed(1)
-    return EmbeddingLayer(torch.randn(positions, hidden, generator=g), torch.randn(hidden, generator=g),
-                          torch.ones(hidden), torch.zeros(hidden), 1e-12)
+    return EmbeddingLayer(
+        torch.randn(positions, hidden, generator=g),
+        torch.randn(hidden, generator=g),
+        torch.ones(hidden),
+        torch.zeros(hidden),
+        1e-12,
+    )
 
 
-@pytest.mark.parametrize("overrides", [{"mode": "basic"}, {"mode": "pool"}, {"mode": "pool", "features": "embeddings"},
-                                       {"mode": "pool", "padding": "read", "lstm_bias": "torch"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"mode": "basic"},
+        {"mode": "pool"},
+        {"mode": "pool", "features": "embeddings"},
+        {"mode": "pool", "padding": "read", "lstm_bias": "torch"},
+    ],
+)
 def test_the_spec_survives_its_json_and_comes_from_the_config_parsed_once(overrides):
     config = load_config(None, overrides)
     spec = spec_of(config, layer_norm_eps=1e-12)
@@ -58,10 +71,16 @@ def test_serving_rebuilds_from_the_spec_and_weights_what_training_built(features
 
 
 def test_a_new_pooling_kind_is_one_table_entry(monkeypatch):
-    monkeypatch.setitem(pooling.REDUCERS, "min", pooling.Reducer(
-        lambda x, k: x.unflatten(-1, (-1, k)).amin(-1),
-        lambda x, m, real: x.masked_fill(~m.unsqueeze(-1), float("inf")).amin(2).masked_fill(~real.unsqueeze(-1), 0.0),
-    ))
+    monkeypatch.setitem(
+        pooling.REDUCERS,
+        "min",
+        pooling.Reducer(
+            lambda x, k: x.unflatten(-1, (-1, k)).amin(-1),
+            lambda x, m, real: (
+                x.masked_fill(~m.unsqueeze(-1), float("inf")).amin(2).masked_fill(~real.unsqueeze(-1), 0.0)
+            ),
+        ),
+    )
     spec = PoolSpec.parse("min:2x2")
     x = torch.tensor([[[1.0, 2.0], [3.0, -4.0], [5.0, 6.0], [0.0, 0.0]]])
     assert torch.equal(pooling.pool_hidden(x, spec), torch.tensor([[[1.0], [-4.0], [5.0], [0.0]]]))

@@ -45,8 +45,11 @@ def test_head_gradients_match_nn_lstm(bias):
     torch.manual_seed(0)
     head = LSTMHead(6, 3, bias=bias)
     ref = torch.nn.LSTM(6, 3, batch_first=True)
-    ref.load_state_dict(keras_layout_state(head) if bias == "keras" else
-                        {k: v for k, v in head.state_dict().items() if k.endswith("_l0")})
+    ref.load_state_dict(
+        keras_layout_state(head)
+        if bias == "keras"
+        else {k: v for k, v in head.state_dict().items() if k.endswith("_l0")}
+    )
     x = torch.randn(2, 5, 6)
     head(x).sum().backward()
     _, (h_n, _) = ref(x)

@@ -6,20 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import id_batch as batch
+from conftest import tiny_bert_model
 
-from bertpooled.run import cost, fit, measure, prepare, runtime
 from bertpooled.config import load_config
-from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.errors import BertpooledError
+from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.model.heads import EncoderLSTMClassifier
 from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask, pooled_length, pooled_lengths
-
-from conftest import id_batch as batch, tiny_bert_model  # noqa: E402
+from bertpooled.run import cost, fit, measure, prepare, runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
-
-
 
 
 def layer_flops(tokens: int, hidden: int = 32, intermediate: int = 64) -> int:
@@ -32,8 +30,11 @@ def layer_flops(tokens: int, hidden: int = 32, intermediate: int = 64) -> int:
 
 @pytest.mark.parametrize(
     "text, layers, canonical",
-    [("layer:2", (2,), "layer:2"), ("layer:2,layer:4", (2, 4), "layer:2,layer:4"),
-     (" Layer:0 , layer:1,layer:5 ", (0, 1, 5), "layer:0,layer:1,layer:5")],
+    [
+        ("layer:2", (2,), "layer:2"),
+        ("layer:2,layer:4", (2, 4), "layer:2,layer:4"),
+        (" Layer:0 , layer:1,layer:5 ", (0, 1, 5), "layer:0,layer:1,layer:5"),
+    ],
 )
 def test_pool_at_parses_one_or_several_stages_once_into_a_typed_position(text, layers, canonical):
     position = PoolPosition.parse(text)
@@ -66,7 +67,9 @@ def test_stages_past_the_encoder_or_pooling_the_sequence_away_fail_in_check(tiny
         prepare.check(load_config(overrides={**base, "pool_at": "layer:0,layer:2", "max_len": 16}))
     # 8 -> 2 -> 0 positions: one stage would leave 2, the second pools them away.
     prepare.check(load_config(overrides={**base, "pool_at": "layer:1", "max_len": 8}))
-    with pytest.raises(BertpooledError, match=r"max_len=8 is shorter than .* pooled 2 times \(pool_at=layer:0,layer:1\)") as err:
+    with pytest.raises(
+        BertpooledError, match=r"max_len=8 is shorter than .* pooled 2 times \(pool_at=layer:0,layer:1\)"
+    ) as err:
         prepare.check(load_config(overrides={**base, "pool_at": "layer:0,layer:1", "max_len": 8}))
     assert "\n" not in str(err.value)
 
@@ -78,7 +81,10 @@ def test_each_stage_halves_the_sequence_again_and_pools_the_mask_with_it():
     bert = tiny_bert_model(layers=3)
     ids, lengths = batch(length=16)
     spec = PoolSpec.parse("avg:2x1")
-    encoders = {at: PoolingEncoder(bert, PoolPosition.parse(at), spec) for at in ("layer:1", "layer:1,layer:2", "layer:0,layer:1,layer:2")}
+    encoders = {
+        at: PoolingEncoder(bert, PoolPosition.parse(at), spec)
+        for at in ("layer:1", "layer:1,layer:2", "layer:0,layer:1,layer:2")
+    }
     with torch.no_grad():
         out = {at: enc(ids, lengths_mask(lengths, 16)) for at, enc in encoders.items()}
     assert [h.shape[1] for h, _ in out.values()] == [8, 4, 2] == [pooled_length(16, spec, n) for n in (1, 2, 3)]
@@ -124,8 +130,11 @@ def test_counted_backbone_flops_fall_with_every_further_stage_as_the_layer_formu
         return cost.flops_per_example(model, ids, lengths)[0]
 
     counted = [flops(at) for at in ("output", "layer:1", "layer:1,layer:2")]
-    assert counted == [3 * layer_flops(32), layer_flops(32) + 2 * layer_flops(16),
-                       layer_flops(32) + layer_flops(16) + layer_flops(8)]
+    assert counted == [
+        3 * layer_flops(32),
+        layer_flops(32) + 2 * layer_flops(16),
+        layer_flops(32) + layer_flops(16) + layer_flops(8),
+    ]
     assert counted[0] > counted[1] > counted[2]
 
 
@@ -139,11 +148,24 @@ def test_the_feature_cache_key_names_every_stage_and_one_stage_keeps_its_old_key
 # --- fine-tuning at every position ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pool, pool_at", [("none", "input"), ("avg:2x2", "output"), ("avg:2x1", "layer:1"),
-                                           ("max:2x1", "layer:0,layer:1")])
+@pytest.mark.parametrize(
+    "pool, pool_at", [("none", "input"), ("avg:2x2", "output"), ("avg:2x1", "layer:1"), ("max:2x1", "layer:0,layer:1")]
+)
 def test_fine_tuning_with_pooling_trains_the_backbone_and_the_head(store, tiny_bert, tiny_imdb, pool, pool_at):
-    cfg = load_config(SMOKE, {"model": str(tiny_bert), "data": str(tiny_imdb), "max_len": 16, "features": "encoder",
-                              "finetune": True, "pool": pool, "pool_at": pool_at, "epochs": 2, "backbone_lr": 1e-3})
+    cfg = load_config(
+        SMOKE,
+        {
+            "model": str(tiny_bert),
+            "data": str(tiny_imdb),
+            "max_len": 16,
+            "features": "encoder",
+            "finetune": True,
+            "pool": pool,
+            "pool_at": pool_at,
+            "epochs": 2,
+            "backbone_lr": 1e-3,
+        },
+    )
     info = prepare.check(cfg)
     phases = measure.Phases()
     imdb, tr, te = prepare.read_data(cfg, phases, progress=False)
@@ -157,7 +179,9 @@ def test_fine_tuning_with_pooling_trains_the_backbone_and_the_head(store, tiny_b
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert "embeddings.word_embeddings.weight" in changed and any("encoder.layer.1." in k for k in changed)
     # The loaded backbone the run started from is untouched: fine-tuning trains a copy.
-    assert torch.equal(prepared.backbone_model.embeddings.word_embeddings.weight, before["embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        prepared.backbone_model.embeddings.word_embeddings.weight, before["embeddings.word_embeddings.weight"]
+    )
 
 
 # --- precision ------------------------------------------------------------------------------------------------
@@ -183,8 +207,10 @@ def test_autocast_is_bf16_for_a_resolved_bf16_alone(monkeypatch):
     monkeypatch.setattr(torch, "autocast", lambda **kwargs: calls.append(kwargs))
     runtime.autocast(torch.device("cuda"), "bf16")
     runtime.autocast(torch.device("cpu"), "fp32")
-    assert calls == [{"device_type": "cuda", "dtype": torch.bfloat16, "enabled": True},
-                     {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": False}]
+    assert calls == [
+        {"device_type": "cuda", "dtype": torch.bfloat16, "enabled": True},
+        {"device_type": "cpu", "dtype": torch.bfloat16, "enabled": False},
+    ]
 
 
 @pytest.mark.parametrize("amp, precision", [("true", "auto"), ("false", "fp32"), (True, "auto")])
@@ -221,12 +247,14 @@ def test_extra_batch_sizes_are_timed_and_named_by_size_and_cpu_keeps_its_metrics
 
     bert = tiny_bert_model()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    model = EncoderLSTMClassifier(PoolingEncoder(bert, PoolPosition.parse("layer:0,layer:1"), PoolSpec.parse("avg:2x1")),
-                                  32, PoolSpec(), units=4)
+    model = EncoderLSTMClassifier(
+        PoolingEncoder(bert, PoolPosition.parse("layer:0,layer:1"), PoolSpec.parse("avg:2x1")), 32, PoolSpec(), units=4
+    )
     texts = ["great film", "awful plot", "the movie was dull"]
     plain = cost.measure(model, tokenizer, texts, 16, torch.device("cpu"), latency_texts=2, throughput_batches=1)
     assert not [k for k in plain if "_b" in k or "batch" in k]
-    extra = cost.measure(model, tokenizer, texts, 16, torch.device("cpu"), latency_texts=2, throughput_batches=2,
-                         batch_sizes=(5,))
+    extra = cost.measure(
+        model, tokenizer, texts, 16, torch.device("cpu"), latency_texts=2, throughput_batches=2, batch_sizes=(5,)
+    )
     assert extra["throughput/infer_examples_per_s_b5"] > 0 and extra["latency/batch5_p50_ms"] > 0
     assert set(plain) <= set(extra)

@@ -7,8 +7,12 @@ from bertpooled.model.pooling import PoolSpec, lengths_mask, pool, pool_hidden, 
 
 @pytest.mark.parametrize(
     "text, spec",
-    [("avg:2x2", PoolSpec("avg", 2, 2)), ("max:2x1", PoolSpec("max", 2, 1)), ("none", PoolSpec("avg", 1, 1)),
-     ("AVG:4x1", PoolSpec("avg", 4, 1))],
+    [
+        ("avg:2x2", PoolSpec("avg", 2, 2)),
+        ("max:2x1", PoolSpec("max", 2, 1)),
+        ("none", PoolSpec("avg", 1, 1)),
+        ("AVG:4x1", PoolSpec("avg", 4, 1)),
+    ],
 )
 def test_pool_spec_parses_the_one_spelling(text, spec):
     assert PoolSpec.parse(text) == spec

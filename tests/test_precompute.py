@@ -10,29 +10,37 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from test_grouped import make_prepared
 
 from bertpooled.contract import CACHED_PHASES, TIME_TOTAL, TIME_TRAIN
 from bertpooled.report.verdict import _cost_sentence
 from bertpooled.run import fit as train
 from bertpooled.run import grouped, precompute
 from bertpooled.run.measure import Phases
-from test_grouped import make_prepared
 
 CPU = torch.device("cpu")
 
 
 def run(prepared, budget_mb: int):
-    prepared = dataclasses.replace(prepared, config=dataclasses.replace(prepared.config, precompute_mb=budget_mb),
-                                   phases=Phases())
+    prepared = dataclasses.replace(
+        prepared, config=dataclasses.replace(prepared.config, precompute_mb=budget_mb), phases=Phases()
+    )
     model = train.build_model(prepared)
     history = train.fit(model, prepared, CPU, progress=False)
     probs = train.predict_proba(model, prepared.test_tokens, 64, CPU)
     return prepared, history, model, probs
 
 
-@pytest.mark.parametrize("pool, padding, layer", [("none", "mask", True), ("avg:2x2", "mask", True),
-                                                  ("max:2x1", "read", True), ("avg:2x2", "mask", False),
-                                                  ("avg:2x2", "read", False)])
+@pytest.mark.parametrize(
+    "pool, padding, layer",
+    [
+        ("none", "mask", True),
+        ("avg:2x2", "mask", True),
+        ("max:2x1", "read", True),
+        ("avg:2x2", "mask", False),
+        ("avg:2x2", "read", False),
+    ],
+)
 def test_training_on_precomputed_features_is_bitwise_training_per_batch(pool, padding, layer):
     base = make_prepared(pool, padding, layer=layer, epochs=2)
     per_batch = run(base, 0)
@@ -69,8 +77,9 @@ def test_a_seed_group_shares_one_precomputed_copy_and_matches_its_seeds_alone():
     for s, model in enumerate(group.split()):
         _, history, alone_model, alone_probs = run(grouped.with_seed(prepared, [0, 1][s]), 1024)
         np.testing.assert_allclose([h.loss for h in histories[s]], [h.loss for h in history], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(train.predict_proba(model, prepared.test_tokens, 64, CPU), alone_probs,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            train.predict_proba(model, prepared.test_tokens, 64, CPU), alone_probs, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_a_verdict_between_runs_that_differ_in_precomputed_features_marks_training_time():

@@ -14,8 +14,12 @@ from bertpooled.cli import app
 IMDB = os.environ.get("BERTPOOLED_IMDB", "")
 pytestmark = [
     pytest.mark.imdb,
-    pytest.mark.skipif(not IMDB or not Path(IMDB).exists(),
-                       reason=f"BERTPOOLED_IMDB={IMDB} does not exist" if IMDB else "set BERTPOOLED_IMDB to aclImdb_v1.tar.gz or aclImdb/"),
+    pytest.mark.skipif(
+        not IMDB or not Path(IMDB).exists(),
+        reason=f"BERTPOOLED_IMDB={IMDB} does not exist"
+        if IMDB
+        else "set BERTPOOLED_IMDB to aclImdb_v1.tar.gz or aclImdb/",
+    ),
 ]
 
 
@@ -25,8 +29,21 @@ def test_both_modes_learn_real_reviews_clearly_above_chance(store, mode, monkeyp
     monkeypatch.delenv("BERTPOOLED_CACHE", raising=False)
     result = CliRunner().invoke(
         app,
-        ["train", "--config", str(Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"),
-         "--mode", mode, "--data", IMDB, "--max-train-examples", "3000", "--max-test-examples", "1000", "--epochs", "4"],
+        [
+            "train",
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"),
+            "--mode",
+            mode,
+            "--data",
+            IMDB,
+            "--max-train-examples",
+            "3000",
+            "--max-test-examples",
+            "1000",
+            "--epochs",
+            "4",
+        ],
     )
     assert result.exit_code == 0, result.output
     client = MlflowClient(store)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from bertpooled.errors import BertpooledError
-from bertpooled.report.plots import accuracy_vs_time, learning_curves
 from bertpooled.report.build import build_report
 from bertpooled.report.original import ORIGINAL_STUDY
+from bertpooled.report.plots import accuracy_vs_time, learning_curves
 from bertpooled.report.records import Report
 
 N_TEST = 1000
@@ -22,12 +22,14 @@ def predictions(n_correct: int, ids=IDS) -> pd.DataFrame:
     runs is then exactly the difference of their n_correct."""
     correct = np.arange(len(ids)) < n_correct
     predicted = np.where(correct, LABELS[: len(ids)], 1 - LABELS[: len(ids)])
-    return pd.DataFrame({"id": list(ids), "label": LABELS[: len(ids)],
-                         "probability": np.where(predicted == 1, 0.9, 0.1)})
+    return pd.DataFrame(
+        {"id": list(ids), "label": LABELS[: len(ids)], "probability": np.where(predicted == 1, 0.9, 0.1)}
+    )
 
 
-def run_row(run_id, mode, seed, n_correct, *, status="FINISHED", total_s=100.0, train_s=80.0,
-            head=50_321, extra=None, drop=()):
+def run_row(
+    run_id, mode, seed, n_correct, *, status="FINISHED", total_s=100.0, train_s=80.0, head=50_321, extra=None, drop=()
+):
     row = {
         "run_id": run_id,
         "experiment_id": "1",
@@ -64,8 +66,9 @@ def study(pool_correct, basic_correct=(850, 860, 855), extra_rows=(), pool_extra
     for seed, (b, p) in enumerate(zip(basic_correct, pool_correct)):
         rows.append(run_row(f"basic{seed}", "basic", seed, b, total_s=100.0 + seed, train_s=80.0))
         preds[f"basic{seed}"] = predictions(b)
-        rows.append(run_row(f"pool{seed}", "pool", seed, p, total_s=60.0 + seed, train_s=40.0,
-                            head=25_745, extra=pool_extra))
+        rows.append(
+            run_row(f"pool{seed}", "pool", seed, p, total_s=60.0 + seed, train_s=40.0, head=25_745, extra=pool_extra)
+        )
         preds[f"pool{seed}"] = predictions(p)
     for row, pred in extra_rows:
         rows.append(row)
@@ -94,8 +97,11 @@ def full_report() -> Report:
         (run_row("nopreds", "pool", 5, 800), None),
     ]
     runs, preds = study(SAME, extra_rows=extras)
-    histories = {f"{mode}{seed}": history([0.7 - 0.1 * e - 0.01 * seed for e in range(4)])
-                 for mode in ("basic", "pool") for seed in range(3)}
+    histories = {
+        f"{mode}{seed}": history([0.7 - 0.1 * e - 0.01 * seed for e in range(4)])
+        for mode in ("basic", "pool")
+        for seed in range(3)
+    }
     return build_report(runs, preds, histories)
 
 
@@ -137,8 +143,7 @@ def test_skipped_runs_are_counted_and_named(full_report):
 
 
 def test_unfinished_runs_kept_when_asked():
-    runs, preds = study(SAME, extra_rows=[(run_row("crashed", "basic", 3, 800, status="RUNNING"),
-                                           predictions(800))])
+    runs, preds = study(SAME, extra_rows=[(run_row("crashed", "basic", 3, 800, status="RUNNING"), predictions(800))])
     report = build_report(runs, preds, include_unfinished=True)
     assert "crashed" in report.groups[0].run_ids
     assert report.skipped == []
@@ -182,7 +187,7 @@ def test_better_verdict_names_the_direction():
 
 def test_mismatched_test_ids_are_refused():
     runs, preds = study(SAME)
-    other_ids = IDS[:-1] + ["test/pos/99999_1"]
+    other_ids = [*IDS[:-1], "test/pos/99999_1"]
     preds["pool1"] = predictions(857, ids=other_ids)
     report = build_report(runs, preds)
     (comparison,) = report.comparisons
@@ -210,7 +215,9 @@ def test_one_seed_leans_on_mcnemar():
 
 def test_a_baseline_that_is_no_group_is_an_error_naming_the_groups():
     runs, preds = study(SAME)
-    with pytest.raises(BertpooledError, match="baseline mode='reference' is not among the groups: pass --baseline one of basic, pool"):
+    with pytest.raises(
+        BertpooledError, match="baseline mode='reference' is not among the groups: pass --baseline one of basic, pool"
+    ):
         build_report(runs, preds, baseline="reference")
 
 
@@ -229,16 +236,32 @@ def test_unknown_group_key_is_a_user_error():
 
 def test_json_structure(full_report):
     payload = json.loads(full_report.to_json())
-    assert set(payload) >= {"schema", "settings", "runs", "groups", "comparisons", "original_study",
-                            "learning_curves", "skipped", "notes", "cost_metrics"}
-    assert payload["settings"] == {"group_by": ["mode"], "baseline": "basic", "alpha": 0.05,
-                                   "confidence": 0.95}
+    assert set(payload) >= {
+        "schema",
+        "settings",
+        "runs",
+        "groups",
+        "comparisons",
+        "original_study",
+        "learning_curves",
+        "skipped",
+        "notes",
+        "cost_metrics",
+    }
+    assert payload["settings"] == {"group_by": ["mode"], "baseline": "basic", "alpha": 0.05, "confidence": 0.95}
     group = payload["groups"][0]
     assert set(group) >= {"label", "n_runs", "seeds", "accuracy", "f1_mean", "roc_auc_mean", "costs"}
     assert set(group["accuracy"]) >= {"mean", "low", "high", "n"}
     comparison = payload["comparisons"][0]
-    assert set(comparison) >= {"group", "baseline", "accuracy_difference_points", "ratios", "mcnemar",
-                               "mcnemar_significant", "verdict"}
+    assert set(comparison) >= {
+        "group",
+        "baseline",
+        "accuracy_difference_points",
+        "ratios",
+        "mcnemar",
+        "mcnemar_significant",
+        "verdict",
+    }
     assert set(comparison["mcnemar"][0]) >= {"seed", "b", "c", "p_value", "significant"}
     assert len(payload["original_study"]["rows"]) == len(ORIGINAL_STUDY) + 2
 
@@ -252,8 +275,15 @@ def test_json_turns_nan_into_null():
 
 def test_markdown_render(full_report):
     text = full_report.to_markdown()
-    for heading in ("## Verdicts", "## Groups", "## Costs", "## Against the baseline",
-                    "## McNemar per seed pair", "## Original study", "## Notes"):
+    for heading in (
+        "## Verdicts",
+        "## Groups",
+        "## Costs",
+        "## Against the baseline",
+        "## McNemar per seed pair",
+        "## Original study",
+        "## Notes",
+    ):
         assert heading in text
     assert "| group | runs | seeds | accuracy |" in text
     assert "pool vs basic: no significant difference" in text
@@ -268,7 +298,7 @@ def test_table_render_is_aligned(full_report):
     assert set(lines[header + 1].replace(" ", "")) == {"-"}
     assert lines[header + 2].startswith("basic ")
     accuracy_column = lines[header].index("accuracy")
-    assert lines[header + 2][accuracy_column:accuracy_column + 8].strip() == "0.8550"
+    assert lines[header + 2][accuracy_column : accuracy_column + 8].strip() == "0.8550"
 
 
 def test_csv_has_one_row_per_group(full_report):
@@ -287,8 +317,11 @@ def test_render_dispatches_and_rejects_unknown_formats(full_report):
 
 
 def test_new_cost_metric_is_picked_up_without_code_changes():
-    extra = {"metrics.latency/p50_ms": 4.0, "metrics.cost/backbone_flops_per_example": 1e9,
-             "metrics.memory/peak_mb": 500.0}
+    extra = {
+        "metrics.latency/p50_ms": 4.0,
+        "metrics.cost/backbone_flops_per_example": 1e9,
+        "metrics.memory/peak_mb": 500.0,
+    }
     runs, preds = study(SAME)
     runs["metrics.latency/p50_ms"] = np.where(runs["params.config/mode"] == "pool", 2.0, 4.0)
     runs["metrics.cost/backbone_flops_per_example"] = extra["metrics.cost/backbone_flops_per_example"]
@@ -356,10 +389,12 @@ def test_duplicate_seeds_pair_the_first_listed_run_and_say_so():
 
 
 def test_plots_render_from_a_report_and_from_raw_histories(full_report, tmp_path):
-    for path in (accuracy_vs_time(full_report, tmp_path / "a.png"),
-                 learning_curves(full_report, tmp_path / "b.png"),
-                 learning_curves({"r1": history([0.7, 0.6])}, tmp_path / "c.png"),
-                 learning_curves({}, tmp_path / "d.png")):
+    for path in (
+        accuracy_vs_time(full_report, tmp_path / "a.png"),
+        learning_curves(full_report, tmp_path / "b.png"),
+        learning_curves({"r1": history([0.7, 0.6])}, tmp_path / "c.png"),
+        learning_curves({}, tmp_path / "d.png"),
+    ):
         assert path.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -379,7 +414,9 @@ def test_with_no_selection_a_mixed_experiment_reports_its_newest_comparable_set_
     runs, preds = study(SAME)
     runs["params.config/epochs"] = "2"
     runs["tags.mlflow.parentRunId"] = "sweep-parent"
-    quick = run_row("quick", "pool", 0, 860, extra={"params.config/epochs": "10", "params.config/max_train_examples": "0"})
+    quick = run_row(
+        "quick", "pool", 0, 860, extra={"params.config/epochs": "10", "params.config/max_train_examples": "0"}
+    )
     runs["params.config/max_train_examples"] = "1000"
     runs = pd.concat([pd.DataFrame([quick]), runs], ignore_index=True)  # newest first, as MLflow lists them
     runs["start_time"] = pd.Timestamp("2026-01-01")
@@ -403,7 +440,9 @@ def test_with_no_selection_comparable_runs_are_all_compared_as_before():
 
 def test_runs_that_differ_only_in_precompute_mb_compare_and_their_training_time_is_marked():
     marks = {"params.config/precompute_mb": "0", "metrics.train_features/cache_hit": 0.0}
-    runs, preds = study(SAME, pool_extra={"params.config/precompute_mb": "1024", "metrics.train_features/cache_hit": 1.0})
+    runs, preds = study(
+        SAME, pool_extra={"params.config/precompute_mb": "1024", "metrics.train_features/cache_hit": 1.0}
+    )
     for column, value in marks.items():
         runs.loc[runs["params.config/mode"] == "basic", column] = value
     report = build_report(runs, preds)
@@ -450,8 +489,9 @@ def test_several_comparisons_are_holm_corrected_and_verdicts_use_the_corrected_p
 
 
 def test_cache_hits_are_shown_and_not_sold_as_a_modes_speed():
-    runs, preds = study(SAME, pool_extra={"metrics.tokens/cache_hit": 1.0, "metrics.time/tokenize_s": 0.1,
-                                          "metrics.time/epoch_s": 9.0})
+    runs, preds = study(
+        SAME, pool_extra={"metrics.tokens/cache_hit": 1.0, "metrics.time/tokenize_s": 0.1, "metrics.time/epoch_s": 9.0}
+    )
     runs.loc[runs["params.config/mode"] == "basic", "metrics.tokens/cache_hit"] = 0.0
     report = build_report(runs, preds)
     pool = next(g for g in report.groups if g.label == "pool")
@@ -481,8 +521,9 @@ def test_a_config_field_older_runs_never_logged_is_named_not_compared():
 def test_grouping_by_variant_lets_the_pooling_it_spells_out_differ():
     # An encoder study: each variant is its own pooling and position, which the variant's name spells out.
     runs, preds = study(SAME, pool_extra={"params.config/pool": "avg:2x1", "params.config/pool_at": "layer:2"})
-    runs["tags.variant"] = ["encoder" if run_id.startswith("basic") else "encoder-avg:2x1@layer:2"
-                            for run_id in runs["run_id"]]
+    runs["tags.variant"] = [
+        "encoder" if run_id.startswith("basic") else "encoder-avg:2x1@layer:2" for run_id in runs["run_id"]
+    ]
     runs["params.config/mode"] = "basic"  # encoder runs are all mode basic; the variant tells them apart
     runs["params.config/pool_at"] = runs["params.config/pool_at"].fillna("input")
     report = build_report(runs, preds, group_by="variant", baseline="encoder")

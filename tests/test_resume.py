@@ -13,11 +13,11 @@ from urllib.parse import urlparse
 import mlflow
 import pandas as pd
 import pytest
+from conftest import write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from conftest import write_imdb_archive, write_imdb_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = "20"
@@ -31,8 +31,25 @@ def bigger_imdb(tmp_path_factory) -> Path:
 
 
 def train_args(tiny_bert, data) -> list[str]:
-    return ["train", "--config", str(ROOT / "experiments" / "smoke.yaml"), "--model", str(tiny_bert), "--data", str(data),
-            "--max-len", "16", "--epochs", EPOCHS, "--max-train-examples", "0", "--max-test-examples", "0", "--seed", "1"]
+    return [
+        "train",
+        "--config",
+        str(ROOT / "experiments" / "smoke.yaml"),
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(data),
+        "--max-len",
+        "16",
+        "--epochs",
+        EPOCHS,
+        "--max-train-examples",
+        "0",
+        "--max-test-examples",
+        "0",
+        "--seed",
+        "1",
+    ]
 
 
 def final_metrics(run) -> dict[str, float]:
@@ -46,8 +63,9 @@ def losses(client, run_id) -> list[tuple[int, float]]:
 
 def interrupt_after_a_checkpoint(store, args, sig) -> tuple[subprocess.CompletedProcess, str]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    proc = subprocess.Popen([sys.executable, "-m", "bertpooled", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bertpooled", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     client = MlflowClient(store)
     deadline = time.time() + 120
     run_id = None
@@ -105,7 +123,7 @@ def _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch) -> s
         raise KeyboardInterrupt  # as if Ctrl-C came right after the last checkpoint
 
     monkeypatch.setattr(fit, "fit", fit_then_interrupt)
-    result = CliRunner().invoke(app, train_args(tiny_bert, tiny_imdb)[:-4] + ["--epochs", "2", "--seed", "1"])
+    result = CliRunner().invoke(app, [*train_args(tiny_bert, tiny_imdb)[:-4], "--epochs", "2", "--seed", "1"])
     monkeypatch.setattr(fit, "fit", real_fit)
     assert result.exit_code == 130, result.output
     client = MlflowClient(store)
@@ -134,7 +152,7 @@ def test_a_tampered_checkpoint_is_refused(store, tiny_bert, tiny_imdb, monkeypat
 def test_resuming_what_cannot_be_resumed_is_a_one_line_error(store, tiny_bert, tiny_imdb):
     result = CliRunner().invoke(app, ["train", "--resume", "0123456789abcdef0123456789abcdef"])
     assert result.exit_code == 2 and "no run 0123456789abcdef" in result.output
-    done = CliRunner().invoke(app, train_args(tiny_bert, tiny_imdb)[:-4] + ["--epochs", "1"])
+    done = CliRunner().invoke(app, [*train_args(tiny_bert, tiny_imdb)[:-4], "--epochs", "1"])
     assert done.exit_code == 0, done.output
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])

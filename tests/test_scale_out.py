@@ -15,15 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
+from test_server import PG_BIN, free_port, postgres, server
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from conftest import write_imdb_archive, write_imdb_tree
-from test_server import PG_BIN, free_port, postgres, server  # noqa: F401 - fixtures reused, not redefined
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
+
 
 def on_a_cluster(test):
     """A test that starts a Ray cluster and the PostgreSQL-backed server (minutes, not seconds)."""
@@ -31,11 +32,14 @@ def on_a_cluster(test):
         pytest.mark.slow,
         pytest.mark.timeout(900),
         pytest.mark.skipif(not PG_BIN, reason="PostgreSQL is not installed (.ci/run installs Debian's postgresql)"),
-        pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                           reason="Ray is not installed: pip install 'bertpooled[ray]' (CI installs it)"),
+        pytest.mark.skipif(
+            importlib.util.find_spec("ray") is None,
+            reason="Ray is not installed: pip install 'bertpooled[ray]' (CI installs it)",
+        ),
     ):
         test = mark(test)
     return test
+
 
 # Ray turns 127.0.0.1 into the machine's outward address; any other loopback address it keeps as given, so the
 # nodes advertise (and talk over) loopback only. (Ray's servers still listen on all interfaces: Ray 2.60 has no
@@ -85,15 +89,31 @@ class Cluster:
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [ray_bin(), "start", "--block", "--node-ip-address", NODE_IP, "--num-cpus", "1",
-             "--object-store-memory", str(100 * 2**20), "--disable-usage-stats", *args],
-            env=self.env, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                ray_bin(),
+                "start",
+                "--block",
+                "--node-ip-address",
+                NODE_IP,
+                "--num-cpus",
+                "1",
+                "--object-store-memory",
+                str(100 * 2**20),
+                "--disable-usage-stats",
+                *args,
+            ],
+            env=self.env,
+            stdout=open(self.logs / f"{name}.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.nodes.append(proc)
         return proc
 
     def start_head(self) -> None:
-        self._start("head", ["--head", "--port", str(self.port), "--include-dashboard", "false", "--temp-dir", self.temp])
+        self._start(
+            "head", ["--head", "--port", str(self.port), "--include-dashboard", "false", "--temp-dir", self.temp]
+        )
 
     def add_worker(self) -> tuple[subprocess.Popen, str]:
         """A second node with its own resource; returns its process and its node id once it joined."""
@@ -102,15 +122,20 @@ class Cluster:
 
     def _wait_for_worker(self, proc: subprocess.Popen, timeout: float = 120) -> str:
         script = (
-            "import json, ray; ray.init(address=%r, logging_level='ERROR');"
-            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and %r in n['Resources']]))"
-        ) % (self.address, WORKER_RESOURCE)
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR');"
+            f"print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and {WORKER_RESOURCE!r} in n['Resources']]))"
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert proc.poll() is None, (self.logs / "worker.log").read_text(errors="replace")[-2000:]
-            found = subprocess.run([sys.executable, "-c", script], env=self.env, capture_output=True, text=True,
-                                   timeout=60)
-            ids = json.loads(found.stdout.strip().splitlines()[-1]) if found.returncode == 0 and found.stdout.strip() else []
+            found = subprocess.run(
+                [sys.executable, "-c", script], env=self.env, capture_output=True, text=True, timeout=60
+            )
+            ids = (
+                json.loads(found.stdout.strip().splitlines()[-1])
+                if found.returncode == 0 and found.stdout.strip()
+                else []
+            )
             if ids:
                 return ids[0]
             time.sleep(1)
@@ -136,12 +161,24 @@ class Cluster:
 def cluster(tmp_path_factory):
     """The head node; tests add (and may kill) their own worker nodes."""
     tmp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "BERTPOOLED_CACHE": str(tmp / "cache"),
-           # A home of its own: a local Ray started earlier on this machine (ray.init) leaves ~/.ray/auth_token, and
-           # `ray start` then refuses to join a cluster without that token ("InvalidAuthToken").
-           "HOME": str(tmp / "home")}
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "RAY_ADDRESS"):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "BERTPOOLED_CACHE": str(tmp / "cache"),
+        # A home of its own: a local Ray started earlier on this machine (ray.init) leaves ~/.ray/auth_token, and
+        # `ray start` then refuses to join a cluster without that token ("InvalidAuthToken").
+        "HOME": str(tmp / "home"),
+    }
+    for var in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_ID",
+        "MLFLOW_EXPERIMENT_NAME",
+        "MLFLOW_RUN_ID",
+        "RAY_ADDRESS",
+    ):
         env.pop(var, None)  # the nodes learn the tracking server from each task, as on a real cluster
     nodes = Cluster(tmp, env)
     try:
@@ -152,8 +189,23 @@ def cluster(tmp_path_factory):
 
 
 def sweep(server, cluster, experiment: str, *args: str, executor: str = "ray", timeout: float = 480, wait: bool = True):
-    cmd = [sys.executable, "-m", "bertpooled", "sweep", "--config", SMOKE, "--max-len", "16", "--no-progress",
-           "--experiment", experiment, "--format", "json", *SAME_THREADS, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bertpooled",
+        "sweep",
+        "--config",
+        SMOKE,
+        "--max-len",
+        "16",
+        "--no-progress",
+        "--experiment",
+        experiment,
+        "--format",
+        "json",
+        *SAME_THREADS,
+        *args,
+    ]
     if executor == "ray":
         cmd += ["--executor", "ray", "--address", cluster.address]
     env = {**cluster.env, "MLFLOW_TRACKING_URI": server.uri}
@@ -182,10 +234,11 @@ def without_ids(value):
 
 def report(stdout: str) -> dict:
     """The compare-runs report's findings: each run's scores, the accuracy differences and McNemar's tests."""
-    payload = json.loads(stdout[stdout.index("{"):])
+    payload = json.loads(stdout[stdout.index("{") :])
     runs = sorted((r["mode"], r["seed"], r["accuracy"], r["f1"], r["roc_auc"]) for r in payload["runs"])
-    comparisons = [{k: without_ids(v) for k, v in c.items() if "accuracy" in k or "mcnemar" in k}
-                   for c in payload["comparisons"]]
+    comparisons = [
+        {k: without_ids(v) for k, v in c.items() if "accuracy" in k or "mcnemar" in k} for c in payload["comparisons"]
+    ]
     assert comparisons and all(c for c in comparisons)
     return {"runs": runs, "comparisons": comparisons}
 
@@ -193,26 +246,37 @@ def report(stdout: str) -> dict:
 def test_without_ray_the_ray_executor_is_a_one_line_error(monkeypatch, tiny_bert, tiny_imdb, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
-                                      "--executor", "ray"])
+    result = CliRunner().invoke(
+        app, ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb), "--executor", "ray"]
+    )
     assert result.exit_code == 2, result.output
-    assert result.output.strip().splitlines() == ["error: --executor ray needs Ray, which is not installed: "
-                                                  "pip install 'bertpooled[ray]'"]
+    assert result.output.strip().splitlines() == [
+        "error: --executor ray needs Ray, which is not installed: pip install 'bertpooled[ray]'"
+    ]
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'")
-@pytest.mark.parametrize("args, words", [
-    (["--device", "cuda"], "device=cuda with --gpus-per-run 0"),
-    (["--cpus-per-run", "0"], "--cpus-per-run 0.0 must be > 0"),
-    (["--parallel", "2"], "--parallel is for --executor local"),
-    (["--address", "127.0.0.2:1"], "no Ray cluster answers at 127.0.0.2:1"),
-])
-def test_bad_ray_sweeps_fail_in_one_line_before_joining_a_cluster(args, words, tiny_bert, tiny_imdb, tmp_path, monkeypatch):
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'"
+)
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--device", "cuda"], "device=cuda with --gpus-per-run 0"),
+        (["--cpus-per-run", "0"], "--cpus-per-run 0.0 must be > 0"),
+        (["--parallel", "2"], "--parallel is for --executor local"),
+        (["--address", "127.0.0.2:1"], "no Ray cluster answers at 127.0.0.2:1"),
+    ],
+)
+def test_bad_ray_sweeps_fail_in_one_line_before_joining_a_cluster(
+    args, words, tiny_bert, tiny_imdb, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.2:1")  # nothing listens there: joining would fail, not start a Ray
-    result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
-                                      "--executor", "ray", *args])
+    result = CliRunner().invoke(
+        app,
+        ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb), "--executor", "ray", *args],
+    )
     assert result.exit_code == 2, result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: ") and words in line, line
@@ -223,8 +287,18 @@ def test_bad_ray_sweeps_fail_in_one_line_before_joining_a_cluster(args, words, t
 def test_a_sweep_on_two_nodes_computes_what_the_local_executor_does(server, cluster, tiny_bert, tiny_imdb):
     worker, worker_id = cluster.add_worker()
     try:
-        grid = ("--model", str(tiny_bert), "--data", str(tiny_imdb), "--epochs", "2", "--modes", "basic,pool",
-                "--seeds", "2")
+        grid = (
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tiny_imdb),
+            "--epochs",
+            "2",
+            "--modes",
+            "basic,pool",
+            "--seeds",
+            "2",
+        )
         ray_run = sweep(server, cluster, "on-ray", *grid)
         assert ray_run.returncode == 0, ray_run.stderr[-4000:]
         local_run = sweep(server, cluster, "on-local", *grid, executor="local")
@@ -256,8 +330,20 @@ def test_a_sweep_on_two_nodes_computes_what_the_local_executor_does(server, clus
 @on_a_cluster
 def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(server, cluster, tiny_bert, tmp_path):
     data = write_imdb_archive(write_imdb_tree(tmp_path / "imdb", per_label=100), tmp_path / "aclImdb_v1.tar.gz")
-    grid = ("--model", str(tiny_bert), "--data", str(data), "--epochs", "12", "--max-train-examples", "0",
-            "--modes", "basic,pool", "--seeds", "1")
+    grid = (
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(data),
+        "--epochs",
+        "12",
+        "--max-train-examples",
+        "0",
+        "--modes",
+        "basic,pool",
+        "--seeds",
+        "1",
+    )
     worker, worker_id = cluster.add_worker()
     client = MlflowClient(server.uri)
     proc = sweep(server, cluster, "lose-a-node", *grid, wait=False)
@@ -295,8 +381,9 @@ def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(serv
 
     # Its numbers are an uninterrupted run's.
     label = again.data.tags["sweep/child"]
-    alone = sweep(server, cluster, "uninterrupted", *grid[:-4], "--modes", label.split("-")[0], "--seeds", "1",
-                  executor="local")
+    alone = sweep(
+        server, cluster, "uninterrupted", *grid[:-4], "--modes", label.split("-")[0], "--seeds", "1", executor="local"
+    )
     assert alone.returncode == 0, alone.stderr[-4000:]
     _, (reference,) = children(client, "uninterrupted")
     assert what(again) == what(reference)
@@ -304,10 +391,23 @@ def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(serv
 
 @on_a_cluster
 def test_ctrl_c_on_the_driver_marks_the_sweep_killed_and_a_resume_continues_from_the_checkpoint(
-        server, cluster, tiny_bert, tmp_path):
+    server, cluster, tiny_bert, tmp_path
+):
     data = write_imdb_archive(write_imdb_tree(tmp_path / "imdb", per_label=100), tmp_path / "aclImdb_v1.tar.gz")
-    grid = ("--model", str(tiny_bert), "--data", str(data), "--epochs", "12", "--max-train-examples", "0",
-            "--modes", "basic", "--seeds", "1")
+    grid = (
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(data),
+        "--epochs",
+        "12",
+        "--max-train-examples",
+        "0",
+        "--modes",
+        "basic",
+        "--seeds",
+        "1",
+    )
     client = MlflowClient(server.uri)
     proc = sweep(server, cluster, "interrupted", *grid, wait=False)  # on the head node alone
     try:

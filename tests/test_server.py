@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for_http, write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from conftest import wait_for_http, write_imdb_archive, write_imdb_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -53,15 +53,37 @@ def postgres():
         shutil.chown(data, "postgres")
     port = free_port()
     bin_dir = Path(PG_BIN[-1])
-    subprocess.run(as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust"]),
-                   check=True, capture_output=True)
-    subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
-                                f"-h 127.0.0.1 -p {port} -k {data}", "start"]), check=True, capture_output=True)
+    subprocess.run(
+        as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust"]),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(data / "log"),
+                "-w",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {data}",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], check=True)
+        subprocess.run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"], check=True
+        )
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run(as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
+        subprocess.run(
+            as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -74,9 +96,25 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.db_uri, "--artifacts-destination",
-             str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=open(self.artifacts.parent / "server.log", "ab"), start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                self.db_uri,
+                "--artifacts-destination",
+                str(self.artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.artifacts.parent / "server.log", "ab"),
+            start_new_session=True,
         )
         log = self.artifacts.parent / "server.log"
         wait_for_http(f"{self.uri}/health", self.proc, 90, lambda: log.read_text(errors="replace")[-2000:])
@@ -105,8 +143,22 @@ def via_server(server, monkeypatch, tmp_path):
 
 def test_training_logs_through_the_server_and_compare_runs_reads_it_back(via_server, tiny_bert, tiny_imdb):
     for mode in ("basic", "pool"):
-        result = CliRunner().invoke(app, ["train", "--config", str(ROOT / "experiments" / "smoke.yaml"), "--model",
-                                          str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "16", "--mode", mode])
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "--config",
+                str(ROOT / "experiments" / "smoke.yaml"),
+                "--model",
+                str(tiny_bert),
+                "--data",
+                str(tiny_imdb),
+                "--max-len",
+                "16",
+                "--mode",
+                mode,
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert via_server.uri in result.output  # the UI links point at the server
     client = MlflowClient(via_server.uri)
@@ -116,8 +168,10 @@ def test_training_logs_through_the_server_and_compare_runs_reads_it_back(via_ser
     assert all(r.info.status == "FINISHED" for r in runs)
     assert client.list_artifacts(runs[0].info.run_id, "predictions")  # served artifacts
 
-    report = CliRunner().invoke(app, ["compare-runs", "--experiment", exp.name, "--tracking-uri", via_server.uri,
-                                      "--format", "json", "--no-log"])
+    report = CliRunner().invoke(
+        app,
+        ["compare-runs", "--experiment", exp.name, "--tracking-uri", via_server.uri, "--format", "json", "--no-log"],
+    )
     assert report.exit_code == 0, report.output
     assert '"pool"' in report.output and '"basic"' in report.output
 
@@ -125,9 +179,28 @@ def test_training_logs_through_the_server_and_compare_runs_reads_it_back(via_ser
 def test_a_run_survives_the_server_restarting_in_its_middle(via_server, tiny_bert, tmp_path):
     data = write_imdb_archive(write_imdb_tree(tmp_path / "imdb", per_label=100), tmp_path / "aclImdb_v1.tar.gz")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bertpooled", "train", "--config", str(ROOT / "experiments" / "smoke.yaml"), "--model",
-         str(tiny_bert), "--data", str(data), "--max-len", "16", "--epochs", "12", "--max-train-examples", "0"],
-        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bertpooled",
+            "train",
+            "--config",
+            str(ROOT / "experiments" / "smoke.yaml"),
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(data),
+            "--max-len",
+            "16",
+            "--epochs",
+            "12",
+            "--max-train-examples",
+            "0",
+        ],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     client = MlflowClient(via_server.uri)
     exp_name = os.environ["MLFLOW_EXPERIMENT_NAME"]

@@ -10,7 +10,6 @@ import os
 import random
 import subprocess
 import sys
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,13 +18,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import tomllib
+from conftest import NEGATIVE, POSITIVE, make_review, wait_for_http
 from mlflow.tracking import MlflowClient
+from test_faults import free_port
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
 from bertpooled.serving import classifier
-from conftest import NEGATIVE, POSITIVE, make_review, wait_for_http
-from test_faults import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -33,8 +33,9 @@ TEXTS = ["great wonderful superb film", "awful boring dull waste"]
 
 
 def train(tiny_bert, tiny_imdb, *args: str) -> str:
-    result = CliRunner().invoke(app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb),
-                                      "--max-len", "16", *args])
+    result = CliRunner().invoke(
+        app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "16", *args]
+    )
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id], max_results=1)
@@ -63,7 +64,9 @@ def test_the_reference_models_copy_of_the_convention_behaves_as_the_packages():
     for params in (None, {}, {"predict_method": "predict"}, {"predict_method": "predict_proba"}):
         np.testing.assert_array_equal(reference.output(probs, params), classifier.output(probs, params))
     assert classifier.output(probs, None).tolist() == [0, 1, 1]
-    np.testing.assert_allclose(classifier.output(probs, {"predict_method": "predict_proba"}), [[0.8, 0.2], [0.5, 0.5], [0.1, 0.9]])
+    np.testing.assert_allclose(
+        classifier.output(probs, {"predict_method": "predict_proba"}), [[0.8, 0.2], [0.5, 0.5], [0.1, 0.9]]
+    )
     assert classifier.output(np.zeros(0), {"predict_method": "predict_proba"}).shape == (0, 2)
     for module in (reference, classifier):
         with pytest.raises(mlflow.exceptions.MlflowException, match="predict_method 'proba' is not one of"):
@@ -107,10 +110,20 @@ def test_mlflow_evaluate_on_a_logged_model_gives_accuracy_and_roc_auc(mode, stor
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bertpooled-evaluator\nVersion: 0\n")
     table = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["mlflow.model_evaluator"]
-    (dist / "entry_points.txt").write_text("[mlflow.model_evaluator]\n" + "".join(f"{k} = {v}\n" for k, v in table.items()))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", EVALUATE, f"runs:/{run_id}/model", str(data)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    (dist / "entry_points.txt").write_text(
+        "[mlflow.model_evaluator]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", EVALUATE, f"runs:/{run_id}/model", str(data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     metrics = result["metrics"]
@@ -121,14 +134,17 @@ def test_mlflow_evaluate_on_a_logged_model_gives_accuracy_and_roc_auc(mode, stor
     from sklearn.metrics import roc_auc_score
 
     probs = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(
-        reviews()[["text"]], params={"predict_method": "predict_proba"})[:, 1]
+        reviews()[["text"]], params={"predict_method": "predict_proba"}
+    )[:, 1]
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(reviews()["label"], probs))
     logged = MlflowClient().get_run(result["run_id"]).data.metrics
     assert logged["roc_auc"] == pytest.approx(metrics["roc_auc"]) and "accuracy_score" in logged
 
 
 def _post(port: int, body: bytes, content_type: str = "application/json"):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": content_type})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": content_type}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as answer:
             return answer.status, json.loads(answer.read())
@@ -151,18 +167,31 @@ def test_both_scoring_servers_answer_every_payload_form(store, tiny_bert, tiny_i
     expected = mlflow.pyfunc.load_model(uri).predict(TEXTS, params={"predict_method": "predict_proba"})
     servers = {}
     try:
-        for name, cmd in (("mlflow", ["-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1"]),
-                          ("bertpooled", ["-m", "bertpooled", "serve", uri])):
+        for name, cmd in (
+            ("mlflow", ["-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1"]),
+            ("bertpooled", ["-m", "bertpooled", "serve", uri]),
+        ):
             port = free_port()
-            servers[name] = (port, subprocess.Popen([sys.executable, *cmd, "-p" if name == "mlflow" else "--port", str(port)],
-                                                    env={**os.environ, "MLFLOW_TRACKING_URI": store},
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            servers[name] = (
+                port,
+                subprocess.Popen(
+                    [sys.executable, *cmd, "-p" if name == "mlflow" else "--port", str(port)],
+                    env={**os.environ, "MLFLOW_TRACKING_URI": store},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+            )
         for name, (port, proc) in servers.items():
             wait_for_http(f"http://127.0.0.1:{port}/ping", proc, 180)
             for form, payload in PAYLOADS.items():
                 status, answer = _post(port, json.dumps(payload).encode())
-                assert (status, answer) == (200, {"predictions": (expected[:, 1] >= 0.5).astype(int).tolist()}), (name, form)
-                status, answer = _post(port, json.dumps({**payload, "params": {"predict_method": "predict_proba"}}).encode())
+                assert (status, answer) == (200, {"predictions": (expected[:, 1] >= 0.5).astype(int).tolist()}), (
+                    name,
+                    form,
+                )
+                status, answer = _post(
+                    port, json.dumps({**payload, "params": {"predict_method": "predict_proba"}}).encode()
+                )
                 assert status == 200, (name, form, answer)
                 np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-5, err_msg=f"{name} {form}")
             status, answer = _post(port, ("text\n" + "\n".join(TEXTS) + "\n").encode(), "text/csv")
@@ -177,7 +206,9 @@ def test_both_scoring_servers_answer_every_payload_form(store, tiny_bert, tiny_i
 
 
 @pytest.mark.slow
-def test_a_model_logged_before_the_classifier_convention_keeps_loading_and_serving(store, tiny_bert, tiny_imdb, tmp_path):
+def test_a_model_logged_before_the_classifier_convention_keeps_loading_and_serving(
+    store, tiny_bert, tiny_imdb, tmp_path
+):
     import bertpooled
 
     run_id = train(tiny_bert, tiny_imdb, "--epochs", "1")
@@ -185,18 +216,30 @@ def test_a_model_logged_before_the_classifier_convention_keeps_loading_and_servi
     # Logged as every model was before: the old serving code, its list[str] type hint, no signature given.
     with mlflow.start_run():
         old = mlflow.pyfunc.log_model(
-            name="model", python_model=str(ROOT / "tests/old_models/lstm_v1.py"),
-            artifacts={name: str(files / "artifacts" / f) for name, f in
-                       (("weights", "weights.safetensors"), ("model_config", "model_config.json"), ("tokenizer", "tokenizer"))},
-            code_paths=[str(Path(bertpooled.__file__).parent)], input_example=["a wonderful film", "dull and far too long"],
+            name="model",
+            python_model=str(ROOT / "tests/old_models/lstm_v1.py"),
+            artifacts={
+                name: str(files / "artifacts" / f)
+                for name, f in (
+                    ("weights", "weights.safetensors"),
+                    ("model_config", "model_config.json"),
+                    ("tokenizer", "tokenizer"),
+                )
+            },
+            code_paths=[str(Path(bertpooled.__file__).parent)],
+            input_example=["a wonderful film", "dull and far too long"],
         ).model_uri
     out = mlflow.pyfunc.load_model(old).predict(TEXTS)
     assert list(out.columns) == ["probability", "label", "sentiment"] and len(out) == 2
     new = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(TEXTS, params={"predict_method": "predict_proba"})
     np.testing.assert_allclose(out["probability"], new[:, 1], rtol=1e-6)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bertpooled", "serve", old, "--port", str(port)],
-                              env={**os.environ, "MLFLOW_TRACKING_URI": store}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bertpooled", "serve", old, "--port", str(port)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server, 180)
         status, answer = _post(port, json.dumps({"inputs": TEXTS}).encode())

@@ -11,10 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from bertpooled.run import fit, measure, prepare, sweep
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
+from bertpooled.run import fit, measure, prepare, sweep
 from bertpooled.run.experiment import run_experiment
 from bertpooled.run.shared import Shared
 
@@ -24,8 +24,21 @@ SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
 def invoke(tiny_bert, tiny_imdb, *args: str):
     return CliRunner().invoke(
-        app, ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "16",
-              "--epochs", "1", *args],
+        app,
+        [
+            "sweep",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tiny_imdb),
+            "--max-len",
+            "16",
+            "--epochs",
+            "1",
+            *args,
+        ],
     )
 
 
@@ -46,9 +59,13 @@ def test_seeds_modes_and_the_grid():
     assert sweep.parse_seeds("", "0,5") == [0, 5] and sweep.parse_seeds("", "") == [0, 1, 2]
     assert sweep.parse_modes("basic_lstm, POOL,reference") == ["basic", "pool", "reference"]
     assert sweep.parse_modes("") == ["basic", "pool"]
-    for bad in (lambda: sweep.parse_seeds("0"), lambda: sweep.parse_seeds("2", "0,1"),
-                lambda: sweep.parse_seeds(None, "0,x"), lambda: sweep.parse_seeds(None, "1,1"),
-                lambda: sweep.parse_modes("basic,basic_lstm")):
+    for bad in (
+        lambda: sweep.parse_seeds("0"),
+        lambda: sweep.parse_seeds("2", "0,1"),
+        lambda: sweep.parse_seeds(None, "0,x"),
+        lambda: sweep.parse_seeds(None, "1,1"),
+        lambda: sweep.parse_modes("basic,basic_lstm"),
+    ):
         with pytest.raises(BertpooledError):
             bad()
     children = sweep.plan(SMOKE, {"epochs": "1"}, ["basic", "pool"], [0, 1])
@@ -104,15 +121,24 @@ def test_a_sweep_nests_its_children_and_a_resume_runs_only_what_is_missing(store
 
     by_label = {c.data.tags["sweep/child"]: c for c in children}
     # Sharing inputs changes nothing a child computes: a run on its own gives the same numbers.
-    alone = run_experiment(load_config(SMOKE, {"mode": "pool", "seed": 1, "model": str(tiny_bert), "data": str(tiny_imdb),
-                                               "max_len": 16, "epochs": 1}), log=lambda line: None)
+    alone = run_experiment(
+        load_config(
+            SMOKE,
+            {"mode": "pool", "seed": 1, "model": str(tiny_bert), "data": str(tiny_imdb), "max_len": 16, "epochs": 1},
+        ),
+        log=lambda line: None,
+    )
     for key in ("test/accuracy", "test/roc_auc", "params/head", "train/loss"):
-        assert alone.metrics.get(key, client.get_run(alone.run_id).data.metrics[key]) == by_label["pool-s1"].data.metrics[key]
+        assert (
+            alone.metrics.get(key, client.get_run(alone.run_id).data.metrics[key])
+            == by_label["pool-s1"].data.metrics[key]
+        )
 
     client.delete_run(by_label["pool-s1"].info.run_id)
     client.set_terminated(by_label["basic-s0"].info.run_id, "FAILED")
-    again = invoke(tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "2", "--resume-parent", parent_id,
-                   "--format", "json")
+    again = invoke(
+        tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "2", "--resume-parent", parent_id, "--format", "json"
+    )
     assert again.exit_code == 0, again.output
     assert "4 children, 2 already finished, 2 to run" in again.output
     assert "[1/2] basic-s0" in again.output and "[2/2] pool-s1" in again.output
@@ -123,8 +149,9 @@ def test_a_sweep_nests_its_children_and_a_resume_runs_only_what_is_missing(store
     assert client.get_run(parent_id).info.status == "FINISHED"
 
     # Other settings under the same parent would mix two experiments in one comparison: refused.
-    other = invoke(tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "2", "--resume-parent", parent_id,
-                   "--lr", "0.01")
+    other = invoke(
+        tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "2", "--resume-parent", parent_id, "--lr", "0.01"
+    )
     assert other.exit_code == 2 and "lr='0.001' there, '0.01' now" in other.output
 
 
@@ -142,7 +169,9 @@ def test_a_failing_child_stops_the_sweep_and_marks_it_failed(store, tiny_bert, t
     (parent,) = [r for r in all_runs() if r.data.tags.get("bertpooled.kind") == "sweep"]
     assert parent.info.status == "FAILED" and parent.data.tags["error"] == "pool-s0: simulated crash"
     assert {c.data.tags["sweep/child"]: c.info.status for c in children_of(parent.info.run_id)} == {
-        "basic-s0": "FINISHED", "pool-s0": "FAILED"}
+        "basic-s0": "FINISHED",
+        "pool-s0": "FAILED",
+    }
     assert f"--resume-parent {parent.info.run_id}" in result.output
     assert mlflow.active_run() is None
 
@@ -182,19 +211,42 @@ def mlflow_run(entry: str, params: dict[str, str], store: str, *extra: str):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "bertpooled",
-           "-e", entry, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(ROOT),
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "bertpooled",
+        "-e",
+        entry,
+        *extra,
+    ]
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
     # The project's commands are `python -m bertpooled`: the `python` of this test's environment.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, tiny_imdb):
-    params = {"config": "experiments/smoke.yaml", "modes": "basic,reference", "seeds": "1", "model": str(tiny_bert),
-              "data": str(tiny_imdb), "max_len": "16", "epochs": "1"}
+    params = {
+        "config": "experiments/smoke.yaml",
+        "modes": "basic,reference",
+        "seeds": "1",
+        "model": str(tiny_bert),
+        "data": str(tiny_imdb),
+        "max_len": "16",
+        "epochs": "1",
+    }
     first = mlflow_run("sweep", params, store)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "reference vs basic" in first.stdout or "reference is" in first.stdout, first.stdout
@@ -215,7 +267,7 @@ def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, t
 
     compared = mlflow_run("compare", {"parent": parent.info.run_id, "format": "json"}, store)
     assert compared.returncode == 0, compared.stderr[-3000:]
-    report = json.loads(compared.stdout[compared.stdout.index("{"):])
+    report = json.loads(compared.stdout[compared.stdout.index("{") :])
     assert sorted(g["label"] for g in report["groups"]) == ["basic", "reference"]
     launcher = [r for r in all_runs() if r.data.tags.get("bertpooled.comparison_run_id") == report["comparison_run_id"]]
     assert len(launcher) == 1 and launcher[0].data.tags["bertpooled.kind"] == "comparison"

@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.cli import app
 from bertpooled.config import load_config
+from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.run import grouped_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +27,24 @@ PER_RUN_TAGS = {"mlflow.parentRunId", "mlflow.log-model.history", "checkpoint/sh
 
 def invoke(tiny_bert, tiny_imdb, *args: str):
     return CliRunner().invoke(
-        app, ["sweep", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "16",
-              "--modes", "basic,pool", "--seeds", "2", "--no-progress", *args],
+        app,
+        [
+            "sweep",
+            "--config",
+            SMOKE,
+            "--model",
+            str(tiny_bert),
+            "--data",
+            str(tiny_imdb),
+            "--max-len",
+            "16",
+            "--modes",
+            "basic,pool",
+            "--seeds",
+            "2",
+            "--no-progress",
+            *args,
+        ],
     )
 
 
@@ -61,7 +77,10 @@ def test_a_grouped_sweep_logs_the_children_an_ungrouped_sweep_logs(store, tiny_b
     assert plain.exit_code == 0, plain.output
     grouped = invoke(tiny_bert, tiny_imdb, "--group-seeds", "--experiment", "grouped")
     assert grouped.exit_code == 0, grouped.output
-    assert "training seeds 0,1 of basic together" in grouped.output and "training seeds 0,1 of pool together" in grouped.output
+    assert (
+        "training seeds 0,1 of basic together" in grouped.output
+        and "training seeds 0,1 of pool together" in grouped.output
+    )
     alone, together = children("plain"), children("grouped")
     assert sorted(alone) == sorted(together) == ["basic-s0", "basic-s1", "pool-s0", "pool-s1"]
     for label, mine in together.items():
@@ -77,16 +96,26 @@ def test_a_grouped_sweep_logs_the_children_an_ungrouped_sweep_logs(store, tiny_b
         assert set(mine.data.metrics) == set(theirs.data.metrics) | {TIME_GROUP_TRAIN}, label
         assert artifacts(mine.info.run_id) == artifacts(theirs.info.run_id), label
         for key in ("train/loss", "train/accuracy", "time/epoch_s"):
-            assert [s for s, _ in history(mine.info.run_id, key)] == [s for s, _ in history(theirs.info.run_id, key)] == [1, 2]
-        np.testing.assert_allclose([v for _, v in history(mine.info.run_id, "train/loss")],
-                                   [v for _, v in history(theirs.info.run_id, "train/loss")], rtol=1e-5)
+            assert (
+                [s for s, _ in history(mine.info.run_id, key)]
+                == [s for s, _ in history(theirs.info.run_id, key)]
+                == [1, 2]
+            )
+        np.testing.assert_allclose(
+            [v for _, v in history(mine.info.run_id, "train/loss")],
+            [v for _, v in history(theirs.info.run_id, "train/loss")],
+            rtol=1e-5,
+        )
         # The seed's share of the group's training time.
         # Each final time is logged to 4 significant digits, so the halves agree to that.
         assert mine.data.metrics["time/train_s"] == pytest.approx(mine.data.metrics["time/group_train_s"] / 2, rel=1e-3)
         assert mine.data.metrics["time/total_s"] > mine.data.metrics["time/train_s"]  # the share counts in the total
         # Quality: the same accuracy, probabilities equal within float tolerance, the same predicted labels.
         assert mine.data.metrics["test/accuracy"] == theirs.data.metrics["test/accuracy"], label
-        a, b = predictions(mine.info.run_id, tmp_path / "g" / label), predictions(theirs.info.run_id, tmp_path / "a" / label)
+        a, b = (
+            predictions(mine.info.run_id, tmp_path / "g" / label),
+            predictions(theirs.info.run_id, tmp_path / "a" / label),
+        )
         assert list(a["id"]) == list(b["id"])
         np.testing.assert_allclose(a["probability"], b["probability"], **PROBABILITY_TOLERANCE)
         assert ((a["probability"] >= 0.5) == (b["probability"] >= 0.5)).all()
@@ -94,7 +123,11 @@ def test_a_grouped_sweep_logs_the_children_an_ungrouped_sweep_logs(store, tiny_b
 
 def test_which_children_group():
     base = {"model": "minilm", "epochs": 1}
-    configs = [load_config(SMOKE, {**base, "mode": mode, "seed": seed}) for seed in (0, 1, 2) for mode in ("basic", "pool", "reference")]
+    configs = [
+        load_config(SMOKE, {**base, "mode": mode, "seed": seed})
+        for seed in (0, 1, 2)
+        for mode in ("basic", "pool", "reference")
+    ]
     # Seed-major plan: basic-s0, pool-s0, reference-s0, basic-s1, ...; a group runs where its first seed stood.
     assert grouped_sweep.plan_groups(configs) == [[0, 3, 6], [1, 4, 7], [2], [5], [8]]
     # A child that continues its checkpointed run trains alone; a lone seed left over is no group.
@@ -114,7 +147,8 @@ def test_group_seeds_with_parallel_children_is_refused_before_any_run(store, tin
     result = invoke(tiny_bert, tiny_imdb, "--group-seeds", "--parallel", "2")
     assert result.exit_code == 2 and "--group-seeds" in result.output and "--parallel" in result.output
     assert not Path("mlflow.db").exists() or not MlflowClient().search_runs(
-        [e.experiment_id for e in MlflowClient().search_experiments()])
+        [e.experiment_id for e in MlflowClient().search_experiments()]
+    )
 
 
 def test_a_group_that_fails_leaves_no_child_and_a_resume_trains_it_again(store, tiny_bert, tiny_imdb, monkeypatch):
@@ -130,22 +164,40 @@ def test_a_group_that_fails_leaves_no_child_and_a_resume_trains_it_again(store, 
     monkeypatch.setattr(grouped, "fit_group", pool_breaks)
     first = invoke(tiny_bert, tiny_imdb, "--group-seeds", "--experiment", "grouped")
     assert isinstance(first.exception, RuntimeError)
-    (parent,) = [r for r in MlflowClient().search_runs([MlflowClient().get_experiment_by_name("grouped").experiment_id])
-                 if r.data.tags.get("bertpooled.kind") == "sweep"]
+    (parent,) = [
+        r
+        for r in MlflowClient().search_runs([MlflowClient().get_experiment_by_name("grouped").experiment_id])
+        if r.data.tags.get("bertpooled.kind") == "sweep"
+    ]
     assert parent.info.status == "FAILED" and parent.data.tags["error"] == "pool-s0: simulated crash"
-    assert {label: r.info.status for label, r in children("grouped").items()} == {"basic-s0": "FINISHED", "basic-s1": "FINISHED"}
+    assert {label: r.info.status for label, r in children("grouped").items()} == {
+        "basic-s0": "FINISHED",
+        "basic-s1": "FINISHED",
+    }
 
     monkeypatch.setattr(grouped, "fit_group", real)
     again = invoke(tiny_bert, tiny_imdb, "--group-seeds", "--resume-parent", parent.info.run_id)
     assert again.exit_code == 0, again.output
-    assert "4 children, 2 already finished, 2 to run" in again.output and "training seeds 0,1 of pool together" in again.output
+    assert (
+        "4 children, 2 already finished, 2 to run" in again.output
+        and "training seeds 0,1 of pool together" in again.output
+    )
     after = children("grouped")
-    assert {label: r.info.status for label, r in after.items()} == dict.fromkeys(["basic-s0", "basic-s1", "pool-s0", "pool-s1"], "FINISHED")
+    assert {label: r.info.status for label, r in after.items()} == dict.fromkeys(
+        ["basic-s0", "basic-s1", "pool-s0", "pool-s1"], "FINISHED"
+    )
     assert after["pool-s1"].data.tags[SWEEP_GROUP_SIZE_TAG] == "2"
 
 
-@pytest.mark.parametrize("given, expected", [([], None), (["--group_seeds", "true"], True), (["--group_seeds", "false"], False),
-                                             (["--group_seeds", "auto"], None)])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ([], None),
+        (["--group_seeds", "true"], True),
+        (["--group_seeds", "false"], False),
+        (["--group_seeds", "auto"], None),
+    ],
+)
 def test_the_mlproject_sweep_entry_point_takes_group_seeds(given, expected, monkeypatch):
     from bertpooled.errors import BertpooledError
     from bertpooled.run import sweep

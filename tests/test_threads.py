@@ -2,8 +2,8 @@
 
 import torch
 
-from bertpooled.run import runtime
 from bertpooled.config import load_config
+from bertpooled.run import runtime
 
 
 def test_auto_threads_give_the_head_one_thread_and_a_backbone_all_cores():

@@ -3,8 +3,8 @@ import random
 import numpy as np
 import pytest
 
-from bertpooled.model import backbone
 from bertpooled.data import tokens
+from bertpooled.model import backbone
 
 
 @pytest.fixture(scope="module")
@@ -14,8 +14,30 @@ def minilm_tokenizer():
 
 def _long_texts(n=60, seed=0):
     rng = random.Random(seed)
-    words = "the film was surprisingly good , but un-believably long ; acting : 10/10 !! <br /><br /> café naïve " \
-            "supercalifragilisticexpialidocious 1990s isn't".split()
+    words = [
+        "the",
+        "film",
+        "was",
+        "surprisingly",
+        "good",
+        ",",
+        "but",
+        "un-believably",
+        "long",
+        ";",
+        "acting",
+        ":",
+        "10/10",
+        "!!",
+        "<br",
+        "/><br",
+        "/>",
+        "café",
+        "naïve",
+        "supercalifragilisticexpialidocious",
+        "1990s",
+        "isn't",
+    ]
     texts = []
     for i in range(n):
         k = rng.choice([3, 50, 120, 400, 2000])
@@ -46,8 +68,18 @@ def test_tokens_are_cached_and_reused(tmp_path, minilm_tokenizer, monkeypatch):
 
 def test_the_cache_key_changes_with_everything_that_changes_the_ids():
     base = tokens.cache_key("tok", "data", "train", 128)
-    assert len({base, tokens.cache_key("tok2", "data", "train", 128), tokens.cache_key("tok", "data2", "train", 128),
-                tokens.cache_key("tok", "data", "test", 128), tokens.cache_key("tok", "data", "train", 64)}) == 5
+    assert (
+        len(
+            {
+                base,
+                tokens.cache_key("tok2", "data", "train", 128),
+                tokens.cache_key("tok", "data2", "train", 128),
+                tokens.cache_key("tok", "data", "test", 128),
+                tokens.cache_key("tok", "data", "train", 64),
+            }
+        )
+        == 5
+    )
 
 
 def test_a_corrupt_cache_entry_is_rebuilt(tmp_path, minilm_tokenizer):

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from conftest import write_imdb_archive, write_imdb_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -135,7 +135,9 @@ def test_a_failure_inside_the_run_marks_it_failed_with_the_reason(store, tiny_be
 
 def test_same_seed_same_machine_gives_identical_metrics(store, tiny_bert, tiny_imdb):
     for _ in range(2):
-        assert invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool", "--seed", "3").exit_code == 0
+        assert (
+            invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool", "--seed", "3").exit_code == 0
+        )
     a, b = runs_in(store)
     # Timings, latency and peak memory vary from run to run; results, parameter and FLOP counts may not.
     keys = [k for k in a.data.metrics if not k.startswith(("time/", "throughput/", "tokens/", "latency/", "memory/"))]

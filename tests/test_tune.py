@@ -62,9 +62,14 @@ def test_a_study_is_a_parent_run_with_a_child_per_trial_in_its_state(tiny, store
     parent = next(r for r in runs if r.data.tags["bertpooled.kind"] == "tune")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(runs) == 4
-    states = {int(r.data.tags["tune/trial"]): (r.info.status, r.data.tags["tune/state"], r.info.run_name) for r in children}
-    assert states == {0: ("FINISHED", "COMPLETE", "trial-0-pool"), 1: ("KILLED", "PRUNED", "trial-1-pool-pruned"),
-                      2: ("FINISHED", "COMPLETE", "trial-2-pool")}
+    states = {
+        int(r.data.tags["tune/trial"]): (r.info.status, r.data.tags["tune/state"], r.info.run_name) for r in children
+    }
+    assert states == {
+        0: ("FINISHED", "COMPLETE", "trial-0-pool"),
+        1: ("KILLED", "PRUNED", "trial-1-pool-pruned"),
+        2: ("FINISHED", "COMPLETE", "trial-2-pool"),
+    }
     for run in children:
         assert run.data.tags["bertpooled.kind"] == "tune_trial"
         assert "val/accuracy" in run.data.metrics and float(run.data.params["config/validation_fraction"]) == 0.2
@@ -88,19 +93,38 @@ def test_a_study_is_a_parent_run_with_a_child_per_trial_in_its_state(tiny, store
 
 
 def test_the_best_config_runs_as_it_is_through_train_config(tiny, store, tmp_path, monkeypatch):
-    outcome = tuning.run_study(plan(tiny), trials=2, pruner=optuna.pruners.NopPruner(), log=quiet, output=str(tmp_path / "best"))
+    outcome = tuning.run_study(
+        plan(tiny), trials=2, pruner=optuna.pruners.NopPruner(), log=quiet, output=str(tmp_path / "best")
+    )
     path = tmp_path / "best" / "best-pool.yaml"
     values = yaml.safe_load(path.read_text())
     # The protocol (the smoke file and the options) plus the best values; the search's validation split left out.
     assert values["mode"] == "pool" and values["lr"] == outcome.best_params["lr"]
     assert "validation_fraction" not in values and "data" not in values
     cfg = load_config(str(path))
-    assert (cfg.lr, cfg.lstm_units, cfg.validation_fraction) == (outcome.best_params["lr"], outcome.best_params["lstm_units"], 0)
+    assert (cfg.lr, cfg.lstm_units, cfg.validation_fraction) == (
+        outcome.best_params["lr"],
+        outcome.best_params["lstm_units"],
+        0,
+    )
     logged = mlflow.artifacts.load_text(f"runs:/{outcome.parent_run_id}/best_config.yaml")
     assert logged == path.read_text()
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # the study's, as a fresh `train` process would
-    result = CliRunner().invoke(app, ["train", "--config", str(path), "--data", tiny["data"], "--latency-texts", "1",
-                                      "--throughput-batches", "1", "--no-progress"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(path),
+            "--data",
+            tiny["data"],
+            "--latency-texts",
+            "1",
+            "--throughput-batches",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     trained = [r for r in runs_of(store, "bertpooled") if r.data.tags.get("bertpooled.kind") == "train"]
     assert len(trained) == 1 and trained[0].data.params["config/lstm_units"] == str(outcome.best_params["lstm_units"])
@@ -109,8 +133,12 @@ def test_the_best_config_runs_as_it_is_through_train_config(tiny, store, tmp_pat
 
 
 def test_two_workers_share_one_study_without_duplicate_trials(tiny, store):
-    outcome = tuning.run_study(plan(tiny, mode="basic"), trials=4, parallel=2, pruner=optuna.pruners.NopPruner(), log=quiet)
-    study = optuna.load_study(study_name="t-basic", storage=f"sqlite:///{Path(store.split(':///', 1)[1]).parent / 'optuna.db'}")
+    outcome = tuning.run_study(
+        plan(tiny, mode="basic"), trials=4, parallel=2, pruner=optuna.pruners.NopPruner(), log=quiet
+    )
+    study = optuna.load_study(
+        study_name="t-basic", storage=f"sqlite:///{Path(store.split(':///', 1)[1]).parent / 'optuna.db'}"
+    )
     trials = study.get_trials()
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers)) >= 4 and all(t.state.name == "COMPLETE" for t in trials)
@@ -171,18 +199,35 @@ def test_a_study_left_empty_by_a_crash_before_its_run_starts_afresh(tiny, store)
     mlflow.set_tracking_uri(None)
 
 
-@pytest.mark.parametrize("space, words", [
-    ("lr=1e-2..1e-4", ["lr range", "LOW < HIGH"]),
-    ("nope=1..2", ["unknown field 'nope'"]),
-    ("validation_fraction=0.1..0.3", ["validation_fraction cannot be searched"]),
-    ("lr=0..1e-2:log", ["LOW > 0"]),
-    ("lstm_units=0|8", ["lstm_units=0", "positive integer"]),
-    ("lr", ["not field=LOW..HIGH"]),
-    ("lr=1e-3..1e-1:cube", ["unknown flag"]),
-])
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ("lr=1e-2..1e-4", ["lr range", "LOW < HIGH"]),
+        ("nope=1..2", ["unknown field 'nope'"]),
+        ("validation_fraction=0.1..0.3", ["validation_fraction cannot be searched"]),
+        ("lr=0..1e-2:log", ["LOW > 0"]),
+        ("lstm_units=0|8", ["lstm_units=0", "positive integer"]),
+        ("lr", ["not field=LOW..HIGH"]),
+        ("lr=1e-3..1e-1:cube", ["unknown flag"]),
+    ],
+)
 def test_a_bad_search_space_is_one_line_before_any_run(tiny, store, tmp_path, space, words):
-    result = CliRunner().invoke(app, ["tune", "--config", SMOKE, "--data", tiny["data"], "--model", tiny["model"],
-                                      "--space", space, "--trials", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "--config",
+            SMOKE,
+            "--data",
+            tiny["data"],
+            "--model",
+            tiny["model"],
+            "--space",
+            space,
+            "--trials",
+            "2",
+        ],
+    )
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
@@ -207,11 +252,14 @@ def test_the_search_never_sees_the_test_set_by_config(tiny, store):
         tuning.plan_studies(SMOKE, tiny, ["reference"], SPACE, "t")
 
 
-@pytest.mark.parametrize("args, words", [
-    ([], ["needs -P space"]),
-    (["--space", SPACE, "--trials", "many"], ["trials", "integers"]),
-    (["--space", SPACE, "--resume", "maybe"], ["resume true or false"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ([], ["needs -P space"]),
+        (["--space", SPACE, "--trials", "many"], ["trials", "integers"]),
+        (["--space", SPACE, "--resume", "maybe"], ["resume true or false"]),
+    ],
+)
 def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store, args, words):
     result = CliRunner().invoke(app, ["mlproject-tune", *args])
     assert result.exit_code == 2, result.output
@@ -222,7 +270,9 @@ def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'")
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'"
+)
 def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path):
     from bertpooled.run.ray_executor import RayExecutor
 
@@ -230,8 +280,14 @@ def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ray.init writes ~/.ray/auth_token: not into the user's home
     runner = RayExecutor(None, 1.0, 0.0)
     try:
-        outcome = tuning.run_study(plan(tiny, mode="basic", study="ray"), trials=3, parallel=2, executor=runner,
-                                   pruner=optuna.pruners.NopPruner(), log=quiet)
+        outcome = tuning.run_study(
+            plan(tiny, mode="basic", study="ray"),
+            trials=3,
+            parallel=2,
+            executor=runner,
+            pruner=optuna.pruners.NopPruner(),
+            log=quiet,
+        )
     finally:
         runner.close()
     children = [r for r in runs_of(store) if r.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]

@@ -8,15 +8,20 @@ from urllib.parse import parse_qs, urlsplit
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from bertpooled.tracking import runs as tracking, ui_view
+from bertpooled.tracking import runs as tracking
+from bertpooled.tracking import ui_view
 
 
 def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():
     state = ui_view.training_view_state()
     assert state["searchFilter"] == "tags.`bertpooled.kind` = 'train'"
     assert state["selectedColumns"] == [
-        "tags.`mode`", "tags.`backbone`", "params.`config/seed`",
-        "metrics.`test/accuracy`", "metrics.`time/total_s`", "metrics.`params/head`",
+        "tags.`mode`",
+        "tags.`backbone`",
+        "params.`config/seed`",
+        "metrics.`test/accuracy`",
+        "metrics.`time/total_s`",
+        "metrics.`params/head`",
     ]
     charts = [(c["metricKey"], c["type"]) for c in state["compareRunCharts"]]
     assert charts[:3] == [("train/loss", "LINE"), ("train/accuracy", "LINE"), ("test/accuracy", "BAR")]
@@ -29,7 +34,9 @@ def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():
     # Issue 24: every final metric is a bar (a one-dot line chart otherwise); only per-epoch series are lines.
     lines = {metric for metric, kind in charts if kind == "LINE"}
     assert lines == {"train/loss", "train/accuracy", "time/epoch_s"}
-    assert {"time/data_s", "time/features_s", "params/backbone", "latency/p50_ms", "memory/peak_mb"} <= {m for m, _ in charts}
+    assert {"time/data_s", "time/features_s", "params/backbone", "latency/p50_ms", "memory/peak_mb"} <= {
+        m for m, _ in charts
+    }
     # The identifying columns first, right after the run's name.
     assert state["columnOrder"][:4] == ["attributes.`Run Name`", "runDateAndNestInfo", "tags.`mode`", "tags.`backbone`"]
 

@@ -47,7 +47,9 @@ def test_runs_split_validation_from_training_rows_never_test_rows(tiny_imdb):
     assert not set(val.ids) & set(test.ids) and all(i.startswith("train/") for i in val.ids)
     assert (val.labels == 1).sum() == (val.labels == 0).sum() == 4  # 25% of 16 per label
     # No split without the setting: the run's rows are exactly what they were.
-    unsplit, none = prepare.split_validation(load_config(SMOKE, {"data": str(tiny_imdb), "max_train_examples": 32}), train)
+    unsplit, none = prepare.split_validation(
+        load_config(SMOKE, {"data": str(tiny_imdb), "max_train_examples": 32}), train
+    )
     assert none is None and unsplit.ids == train.ids
 
 
@@ -61,8 +63,18 @@ def test_a_split_that_leaves_a_label_out_is_one_line_error(tiny_imdb):
 def test_a_run_with_validation_logs_val_metrics_per_epoch(tiny_imdb, tiny_bert, store):
     from bertpooled.run.experiment import run_experiment
 
-    cfg = load_config(SMOKE, {"data": str(tiny_imdb), "model": str(tiny_bert), "max_len": 16, "epochs": 2,
-                              "validation_fraction": 0.25, "latency_texts": 1, "throughput_batches": 1})
+    cfg = load_config(
+        SMOKE,
+        {
+            "data": str(tiny_imdb),
+            "model": str(tiny_bert),
+            "max_len": 16,
+            "epochs": 2,
+            "validation_fraction": 0.25,
+            "latency_texts": 1,
+            "throughput_batches": 1,
+        },
+    )
     outcome = run_experiment(cfg, log=lambda line: None, progress=False)
     client = MlflowClient(store)
     for key in ("val/accuracy", "val/f1", "val/roc_auc"):
@@ -70,7 +82,9 @@ def test_a_run_with_validation_logs_val_metrics_per_epoch(tiny_imdb, tiny_bert, 
         assert [m.step for m in history] == [1, 2], key
         assert all(0 <= m.value <= 1 for m in history)
     run = client.get_run(outcome.run_id)
-    assert run.data.metrics["data/train_examples"] == 28 and run.data.metrics["data/val_examples"] == 8  # 18 per label, 4 held out
+    assert (
+        run.data.metrics["data/train_examples"] == 28 and run.data.metrics["data/val_examples"] == 8
+    )  # 18 per label, 4 held out
     assert run.data.params["config/validation_fraction"] == "0.25"
     contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags if tag.key == "mlflow.data.context"}
     assert contexts == {"training", "validation", "testing"}
@@ -88,9 +102,24 @@ def test_runs_grouped_by_their_sweep_may_differ_in_any_setting_but_not_within_a_
     def record(run_id, group):
         return RunRecord(run_id, run_id, "FINISHED", group, {"mlflow.parentRunId": group}, "0", None, None, 0.8, {}, {})
 
-    rows = [("a0", "A", "0.001", "16"), ("a1", "A", "0.001", "16"), ("b0", "B", "0.004", "32"), ("b1", "B", "0.004", "32")]
-    runs = pd.DataFrame([{"run_id": r, "tags.mlflow.parentRunId": g, "params.config/lr": lr,
-                          "params.config/lstm_units": units, "params.config/seed": r[1]} for r, g, lr, units in rows])
+    rows = [
+        ("a0", "A", "0.001", "16"),
+        ("a1", "A", "0.001", "16"),
+        ("b0", "B", "0.004", "32"),
+        ("b1", "B", "0.004", "32"),
+    ]
+    runs = pd.DataFrame(
+        [
+            {
+                "run_id": r,
+                "tags.mlflow.parentRunId": g,
+                "params.config/lr": lr,
+                "params.config/lstm_units": units,
+                "params.config/seed": r[1],
+            }
+            for r, g, lr, units in rows
+        ]
+    )
     records = [record(r, g) for r, g, _, _ in rows]
     configs = shared_configs(runs, records, ["mlflow.parentRunId"], [])
     assert configs["A"]["lr"] == "0.001" and configs["B"]["lstm_units"] == "32"

@@ -19,26 +19,39 @@ import mlflow
 
 
 def main(experiment: str, output: str) -> None:
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`bertpooled.kind` = 'train'",
-                              output_format="list")
-    lines = ["# Seeds in one loop on the GPU (issue 13)", "",
-             f"From {len(runs)} runs of experiment `{experiment}` (`benchmarks/gpu/run_on_device.sh seeds`).", "",
-             "| mode | seeds (S) | device | precision | steps | group training s | a seed's share of a step (ms) | test accuracy, mean |",
-             "|---|---:|---|---|---:|---:|---:|---:|"]
+    runs = mlflow.search_runs(
+        experiment_names=[experiment], filter_string="tags.`bertpooled.kind` = 'train'", output_format="list"
+    )
+    lines = [
+        "# Seeds in one loop on the GPU (issue 13)",
+        "",
+        f"From {len(runs)} runs of experiment `{experiment}` (`benchmarks/gpu/run_on_device.sh seeds`).",
+        "",
+        "| mode | seeds (S) | device | precision | steps | group training s | a seed's share of a step (ms) | test accuracy, mean |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
     total = 0.0
     for mode in sorted({r.data.tags.get("mode", "?") for r in runs}):
         mine = [r for r in runs if r.data.tags.get("mode") == mode]
         first = mine[0].data
         seeds = int(first.tags.get("sweep/group_size", "1"))
         group_s = first.metrics.get("time/group_train_s", math.nan)
-        steps = int(first.params["config/epochs"]) * math.ceil(first.metrics["data/train_examples"] / int(first.params["config/batch_size"]))
+        steps = int(first.params["config/epochs"]) * math.ceil(
+            first.metrics["data/train_examples"] / int(first.params["config/batch_size"])
+        )
         share_ms = 1e3 * group_s / steps / seeds
         accuracy = sum(r.data.metrics["test/accuracy"] for r in mine) / len(mine)
         total += group_s
-        lines.append(f"| {mode} | {seeds} | {first.params.get('runtime/device', '?')} | {first.params.get('runtime/precision', '?')} "
-                     f"| {steps:,} | {group_s:.1f} | {share_ms:.3f} | {accuracy:.4f} |")
-    lines += ["", f"Both modes' group training: {total:.1f} s (target < 30 s for 10 seeds x 2 modes); "
-                  "a seed's share of a step: target <= 0.5 ms.", ""]
+        lines.append(
+            f"| {mode} | {seeds} | {first.params.get('runtime/device', '?')} | {first.params.get('runtime/precision', '?')} "
+            f"| {steps:,} | {group_s:.1f} | {share_ms:.3f} | {accuracy:.4f} |"
+        )
+    lines += [
+        "",
+        f"Both modes' group training: {total:.1f} s (target < 30 s for 10 seeds x 2 modes); "
+        "a seed's share of a step: target <= 0.5 ms.",
+        "",
+    ]
     Path(output).write_text("\n".join(lines))
     print("\n".join(lines))
 

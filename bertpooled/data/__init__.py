@@ -2,6 +2,25 @@
 
 The IMDB reader's public names are this package's, so `from bertpooled import data` reads as `data.Imdb`.
 """
-from bertpooled.data.imdb import Imdb, Split, balanced_subset, cache_dir, check_source, load_imdb, resolve_source, validation_split
 
-__all__ = ["Imdb", "Split", "balanced_subset", "cache_dir", "check_source", "load_imdb", "resolve_source", "validation_split"]
+from bertpooled.data.imdb import (
+    Imdb,
+    Split,
+    balanced_subset,
+    cache_dir,
+    check_source,
+    load_imdb,
+    resolve_source,
+    validation_split,
+)
+
+__all__ = [
+    "Imdb",
+    "Split",
+    "balanced_subset",
+    "cache_dir",
+    "check_source",
+    "load_imdb",
+    "resolve_source",
+    "validation_split",
+]

@@ -9,7 +9,6 @@ the unpooled encoder and every output pooling.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import json
 import os
@@ -37,13 +36,23 @@ class Features:
 
 def cache_key(backbone_fingerprint: str, subset_digest: str, split: str, max_len: int, inside: str) -> str:
     """Changes whenever anything that changes the stored features changes. `inside`: pooling in the encoder."""
-    raw = "\0".join([CACHE_VERSION, backbone_fingerprint, subset_digest, split, str(max_len), inside, str(STORED_DTYPE)])
+    raw = "\0".join(
+        [CACHE_VERSION, backbone_fingerprint, subset_digest, split, str(max_len), inside, str(STORED_DTYPE)]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 @torch.no_grad()
-def compute(encoder: torch.nn.Module, ids: np.ndarray, lengths: np.ndarray, batch_size: int, device: torch.device,
-            progress: bool | None = None, desc: str = "features", autocast=contextlib.nullcontext) -> Features:
+def compute(
+    encoder: torch.nn.Module,
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    progress: bool | None = None,
+    desc: str = "features",
+    autocast=contextlib.nullcontext,
+) -> Features:
     """Run the frozen backbone over every row, in batches; the only place a run's dataset meets the backbone.
 
     `encoder(ids, mask)` -> (hidden, mask), the mask True at each row's first `length` positions. `autocast()`: the
@@ -51,8 +60,13 @@ def compute(encoder: torch.nn.Module, ids: np.ndarray, lengths: np.ndarray, batc
     """
     encoder.eval()
     hidden_parts, length_parts = [], []
-    bar = tqdm(range(0, len(lengths), batch_size), desc=desc, unit="batch", leave=False,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        range(0, len(lengths), batch_size),
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=None if progress is None else not progress,
+    )
     for start in bar:
         x = torch.from_numpy(ids[start : start + batch_size]).long().to(device)
         n = torch.from_numpy(lengths[start : start + batch_size]).long().to(device)
@@ -65,7 +79,9 @@ def compute(encoder: torch.nn.Module, ids: np.ndarray, lengths: np.ndarray, batc
     return Features(torch.cat(hidden_parts), torch.cat(length_parts))
 
 
-def load_or_compute(make: callable, *, key: str, cache_dir: Path | None, rows: int, meta: dict[str, str]) -> tuple[Features, bool]:
+def load_or_compute(
+    make: callable, *, key: str, cache_dir: Path | None, rows: int, meta: dict[str, str]
+) -> tuple[Features, bool]:
     """(features, hit): from `cache_dir/features/<key>.safetensors` when present and whole, else `make()` and store."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
@@ -84,10 +100,13 @@ def load_or_compute(make: callable, *, key: str, cache_dir: Path | None, rows: i
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a concurrent or killed run never leaves a half-written entry.
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        save_file({"hidden": features.hidden.contiguous(), "lengths": features.lengths.contiguous()}, str(tmp),
-                  metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+        save_file(
+            {"hidden": features.hidden.contiguous(), "lengths": features.lengths.contiguous()},
+            str(tmp),
+            metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()},
+        )
         os.replace(tmp, path)
     return features, False
 
 
-__all__ = ["Features", "cache_key", "compute", "load_or_compute", "STORED_DTYPE"]
+__all__ = ["STORED_DTYPE", "Features", "cache_key", "compute", "load_or_compute"]

@@ -90,8 +90,7 @@ def check_source(data: str | None) -> None:
     if path.is_dir():
         return
     if not path.is_file() or not path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise BertpooledError(
-            f"IMDB data {_shown(src)} is neither a folder nor a .tar.gz/.tgz/.tar archive: {_FIX}")
+        raise BertpooledError(f"IMDB data {_shown(src)} is neither a folder nor a .tar.gz/.tgz/.tar archive: {_FIX}")
 
 
 def _shown(src: str) -> str:
@@ -113,37 +112,46 @@ def cache_dir() -> Path:
 _default_cache_dir = cache_dir  # download_imdb's `cache_dir` argument shadows the function
 
 
-def download_imdb(url: str = IMDB_URL, known_hash: str = "md5:" + IMDB_MD5,
-                  cache_dir: str | Path | None = None, progress: bool | None = None) -> Path:
+def download_imdb(
+    url: str = IMDB_URL,
+    known_hash: str = "md5:" + IMDB_MD5,
+    cache_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> Path:
     """Download the archive into the cache folder (once), check its hash, and return its path."""
     import pooch
     import requests
 
     folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     try:
-        return Path(pooch.retrieve(url, known_hash, path=folder, progressbar=sys.stderr.isatty() if progress is None else bool(progress)))
+        return Path(
+            pooch.retrieve(
+                url, known_hash, path=folder, progressbar=sys.stderr.isatty() if progress is None else bool(progress)
+            )
+        )
     except requests.exceptions.RequestException as e:
         raise BertpooledError(
             f"cannot download IMDB from {url} ({_one_line(e)}); offline? set {ENV_VAR}=/path/to/aclImdb_v1.tar.gz"
-            " (or an extracted aclImdb/ folder) or pass --data") from e
+            " (or an extracted aclImdb/ folder) or pass --data"
+        ) from e
     except ValueError as e:
         if "does not match the known hash" not in str(e):
             raise
         raise BertpooledError(
             f"IMDB download from {url} does not match its checksum {known_hash} (bad or partial file, not kept):"
-            f" retry later, or download it yourself and set {ENV_VAR}=/path/to/aclImdb_v1.tar.gz") from e
+            f" retry later, or download it yourself and set {ENV_VAR}=/path/to/aclImdb_v1.tar.gz"
+        ) from e
     except OSError as e:
         raise BertpooledError(
-            f"cannot save the IMDB download into {folder} ({_one_line(e)}):"
-            f" set {CACHE_ENV_VAR} to a writable folder") from e
+            f"cannot save the IMDB download into {folder} ({_one_line(e)}): set {CACHE_ENV_VAR} to a writable folder"
+        ) from e
 
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300] or type(e).__name__
 
 
-def load_imdb(data: str | None = None, *, cache_dir: str | Path | None = None,
-              progress: bool | None = None) -> Imdb:
+def load_imdb(data: str | None = None, *, cache_dir: str | Path | None = None, progress: bool | None = None) -> Imdb:
     """Read IMDB from an archive (in place), an extracted folder, $BERTPOOLED_IMDB, or a download."""
     src = resolve_source(data)
     if src is None:
@@ -189,20 +197,30 @@ def _load_parsed(file: Path, source: str) -> Imdb | None:
         # header: an altered entry would otherwise train on other text under the original's digest.
         digest = hashlib.sha256()
         for split in (train, test):
-            for rid, label, raw in zip(split.ids, split.labels, raws[: n] if split is train else raws[n:]):
+            for rid, label, raw in zip(split.ids, split.labels, raws[:n] if split is train else raws[n:]):
                 digest.update(f"{rid}\0{label}\0".encode())
                 digest.update(raw)
                 digest.update(b"\0")
-        if digest.hexdigest() != head["digest"] or sorted(head["train"]) != head["train"] or sorted(head["test"]) != head["test"]:
-            print(f"warning: parsed IMDB cache {file} does not match its digest: reading the archive again and "
-                  "replacing it", file=sys.stderr)
+        if (
+            digest.hexdigest() != head["digest"]
+            or sorted(head["train"]) != head["train"]
+            or sorted(head["test"]) != head["test"]
+        ):
+            print(
+                f"warning: parsed IMDB cache {file} does not match its digest: reading the archive again and "
+                "replacing it",
+                file=sys.stderr,
+            )
             return None
         return Imdb(train=train, test=test, source=source, digest=digest.hexdigest())
     except FileNotFoundError:
         return None  # no cache yet
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"warning: parsed IMDB cache {file} is damaged ({type(exc).__name__}): reading the archive again and "
-              "replacing it", file=sys.stderr)
+        print(
+            f"warning: parsed IMDB cache {file} is damaged ({type(exc).__name__}): reading the archive again and "
+            "replacing it",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -210,8 +228,13 @@ def _save_parsed(file: Path, imdb: Imdb) -> None:
     # One JSON header line (ids, byte sizes, digest), then every text's UTF-8 bytes back to back:
     # 10x faster to write and read than a JSON list of 50,000 texts, and no pickle.
     raw = [t.encode("utf-8") for t in imdb.train.texts + imdb.test.texts]
-    head = {"version": _PARSED_VERSION, "digest": imdb.digest, "train": imdb.train.ids,
-            "test": imdb.test.ids, "sizes": [len(r) for r in raw]}
+    head = {
+        "version": _PARSED_VERSION,
+        "digest": imdb.digest,
+        "train": imdb.train.ids,
+        "test": imdb.test.ids,
+        "sizes": [len(r) for r in raw],
+    }
     tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -241,10 +264,12 @@ def _add(found: _Found, split: str, label: str, stem: str, raw: bytes, where: st
     except UnicodeDecodeError as e:
         raise BertpooledError(
             f"IMDB review {where} is not UTF-8 ({e.reason} at byte {e.start}), so the data looks corrupt or"
-            f" modified: re-download it or {_FIX}") from e
+            f" modified: re-download it or {_FIX}"
+        ) from e
     if not text.strip():
-        raise BertpooledError(f"IMDB review {where} is empty, so the data looks corrupt or modified: "
-                              f"re-download it or {_FIX}")
+        raise BertpooledError(
+            f"IMDB review {where} is empty, so the data looks corrupt or modified: re-download it or {_FIX}"
+        )
     rows = found.setdefault((split, label), {})
     rid = f"{split}/{label}/{stem}"
     if rid in rows:
@@ -262,8 +287,11 @@ def _read_archive(path: Path, progress: bool | None) -> _Found:
     found: _Found = {}
     try:
         # One forward pass through the compressed bytes, nothing extracted to disk.
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar, \
-                _bar(path.stat().st_size, "B", "reading IMDB", progress) as bar:
+        with (
+            open(path, "rb") as raw,
+            tarfile.open(fileobj=raw, mode="r:*") as tar,
+            _bar(path.stat().st_size, "B", "reading IMDB", progress) as bar,
+        ):
             for i, member in enumerate(tar):
                 match = _MEMBER.search(member.name)
                 if match is None or not member.isfile():
@@ -283,7 +311,8 @@ def _read_archive(path: Path, progress: bool | None) -> _Found:
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise BertpooledError(
             f"IMDB archive {path} is corrupt or truncated ({_one_line(e)}): re-download it"
-            f" (delete it from the cache if it came from there) or {_FIX}") from e
+            f" (delete it from the cache if it came from there) or {_FIX}"
+        ) from e
     return found
 
 
@@ -294,10 +323,15 @@ def _read_folder(path: Path, progress: bool | None) -> _Found:
     missing = [f"{s}/{lab}/" for s in SPLITS for lab in LABELS if not (root / s / lab).is_dir()]
     if missing:
         raise BertpooledError(
-            f"IMDB folder {root} has no {', '.join(missing)}: {_FIX} (the folder holding train/ and test/)")
-    files = [(s, lab, entry) for s in SPLITS for lab in LABELS
-             for entry in os.scandir(root / s / lab)
-             if entry.name.endswith(".txt") and not entry.name.startswith(".") and entry.is_file()]
+            f"IMDB folder {root} has no {', '.join(missing)}: {_FIX} (the folder holding train/ and test/)"
+        )
+    files = [
+        (s, lab, entry)
+        for s in SPLITS
+        for lab in LABELS
+        for entry in os.scandir(root / s / lab)
+        if entry.name.endswith(".txt") and not entry.name.startswith(".") and entry.is_file()
+    ]
     found: _Found = {}
     with _bar(len(files), "reviews", "reading IMDB", progress) as bar:
         for s, lab, entry in files:
@@ -330,8 +364,9 @@ def _assemble(found: _Found, source: str, path: Path) -> Imdb:
     return Imdb(train=splits[0], test=splits[1], source=source, digest=digest.hexdigest())
 
 
-def balanced_subset(labels: np.ndarray, *, n: int | None = None, fraction: float | None = None,
-                    seed: int = 0) -> np.ndarray:
+def balanced_subset(
+    labels: np.ndarray, *, n: int | None = None, fraction: float | None = None, seed: int = 0
+) -> np.ndarray:
     """Seeded, label-balanced row indices, sorted ascending (int64).
 
     ``fraction`` keeps floor(fraction * count) rows of each label; ``n`` keeps at most n rows in all,
@@ -373,8 +408,10 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int = 0) -> tupl
     if not (isinstance(fraction, numbers.Real) and 0 <= fraction < 1):
         raise BertpooledError(f"validation fraction must be in [0, 1), got {fraction!r}: pass e.g. 0.2")
     rng = np.random.default_rng([seed, 1])
-    held = [rng.permutation(np.flatnonzero(labels == c))[: math.floor(fraction * (labels == c).sum() + 1e-9)]
-            for c in np.unique(labels)]
+    held = [
+        rng.permutation(np.flatnonzero(labels == c))[: math.floor(fraction * (labels == c).sum() + 1e-9)]
+        for c in np.unique(labels)
+    ]
     val = np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, dtype=np.int64)
     train = np.setdiff1d(np.arange(len(labels), dtype=np.int64), val, assume_unique=True)
     return train, val

@@ -26,7 +26,7 @@ class Tokens:
     ids: np.ndarray
     lengths: np.ndarray
 
-    def take(self, idx: np.ndarray) -> "Tokens":
+    def take(self, idx: np.ndarray) -> Tokens:
         return Tokens(self.ids[idx], self.lengths[idx])
 
     def __len__(self) -> int:
@@ -54,13 +54,17 @@ def _cut(text: str, chars: int) -> str:
     return text if space < 0 else text[:space]
 
 
-def tokenize(tokenizer, texts: list[str], max_len: int, *, progress: bool | None = None, desc: str = "tokenize") -> Tokens:
+def tokenize(
+    tokenizer, texts: list[str], max_len: int, *, progress: bool | None = None, desc: str = "tokenize"
+) -> Tokens:
     """Tokenize with truncation to `max_len` and right padding, in chunks, with a progress bar on a terminal."""
     ids = np.full((len(texts), max_len), tokenizer.pad_token_id or 0, dtype=np.int32)
     lengths = np.zeros(len(texts), dtype=np.int32)
     exact_cut = _cut_is_exact(tokenizer)
     limit = max_len * CHARS_PER_TOKEN
-    bar = tqdm(total=len(texts), desc=desc, unit="review", disable=None if progress is None else not progress, leave=False)
+    bar = tqdm(
+        total=len(texts), desc=desc, unit="review", disable=None if progress is None else not progress, leave=False
+    )
     for start in range(0, len(texts), CHUNK):
         chunk = texts[start : start + CHUNK]
         cut = [_cut(t, limit) for t in chunk] if exact_cut else chunk
@@ -77,7 +81,14 @@ def tokenize(tokenizer, texts: list[str], max_len: int, *, progress: bool | None
 
 
 def load_or_tokenize(
-    tokenizer, texts: list[str], max_len: int, *, key: str, cache_dir: Path | None, progress: bool | None = None, desc: str = "tokenize"
+    tokenizer,
+    texts: list[str],
+    max_len: int,
+    *,
+    key: str,
+    cache_dir: Path | None,
+    progress: bool | None = None,
+    desc: str = "tokenize",
 ) -> tuple[Tokens, bool]:
     """Tokens from `cache_dir/tokens/<key>.npz` when present and intact, else tokenize and store them. Returns (tokens, hit).
 
@@ -114,9 +125,11 @@ def _read_entry(path: Path, rows: int, max_len: int) -> Tokens | None:
             reason = f"it holds {ids.shape} ids, not ({rows}, {max_len})"
         else:
             return Tokens(ids, lengths)
-    except Exception as exc:  # noqa: BLE001 - zip, npy and key errors alike mean "damaged entry"
+    except Exception as exc:
         reason = f"unreadable ({type(exc).__name__})"
-    print(f"warning: token cache entry {path} is damaged ({reason}): tokenizing again and replacing it", file=sys.stderr)
+    print(
+        f"warning: token cache entry {path} is damaged ({reason}): tokenizing again and replacing it", file=sys.stderr
+    )
     return None
 
 
@@ -130,5 +143,8 @@ def _write_entry(path: Path, tokens: Tokens) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        print(f"warning: cannot write the token cache in {path.parent} ({exc.strerror or exc}): running without it; "
-              "set BERTPOOLED_CACHE to a writable folder to keep token ids between runs", file=sys.stderr)
+        print(
+            f"warning: cannot write the token cache in {path.parent} ({exc.strerror or exc}): running without it; "
+            "set BERTPOOLED_CACHE to a writable folder to keep token ids between runs",
+            file=sys.stderr,
+        )

@@ -32,7 +32,9 @@ def resolve(name: str) -> str:
         return str(folder)
     expanded = os.path.expanduser(name)
     if name.startswith((".", "/", "~")) and not Path(expanded).is_dir():
-        raise BertpooledError(f"backbone folder {name} does not exist: pass an existing folder saved with save_pretrained, or use --model minilm")
+        raise BertpooledError(
+            f"backbone folder {name} does not exist: pass an existing folder saved with save_pretrained, or use --model minilm"
+        )
     return expanded if name.startswith("~") else name
 
 
@@ -66,12 +68,14 @@ def inspect(name: str) -> BackboneInfo:
         raise BertpooledError(f"backbone folder {path} has no config.json: save it with save_pretrained first")
     try:
         config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise _load_error(name, exc) from None
     hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "dim", None)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 10**9
     if hidden is None or getattr(config, "vocab_size", None) is None:
-        raise BertpooledError(f"backbone {name!r} ({config.model_type}) has no hidden_size/vocab_size: use a BERT-like model")
+        raise BertpooledError(
+            f"backbone {name!r} ({config.model_type}) has no hidden_size/vocab_size: use a BERT-like model"
+        )
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None) or 0
     return BackboneInfo(name, path, config.model_type, int(hidden), int(config.vocab_size), int(positions), int(layers))
 
@@ -85,7 +89,9 @@ def load_tokenizer(info: BackboneInfo):
     except (OSError, ValueError) as exc:
         raise _load_error(info.name, exc) from None
     if not getattr(tokenizer, "is_fast", False):
-        raise BertpooledError(f"backbone {info.name!r} has no fast tokenizer (tokenizer.json): use a model that ships one")
+        raise BertpooledError(
+            f"backbone {info.name!r} has no fast tokenizer (tokenizer.json): use a model that ships one"
+        )
     return tokenizer
 
 
@@ -104,7 +110,7 @@ class WordEmbeddings:
 
     table: torch.Tensor
     backbone_params: int
-    layer: "EmbeddingLayer | None" = None
+    layer: EmbeddingLayer | None = None
 
 
 def load_model(info: BackboneInfo) -> torch.nn.Module:
@@ -139,7 +145,7 @@ def load_word_embeddings(info: BackboneInfo, whole_layer: bool = False) -> WordE
     return WordEmbeddings(table=table, backbone_params=total, layer=layer)
 
 
-def embedding_layer_of(model: torch.nn.Module, name: str) -> "EmbeddingLayer":
+def embedding_layer_of(model: torch.nn.Module, name: str) -> EmbeddingLayer:
     """The frozen rest of `model.embeddings` (BERT layout: absolute positions, token types, LayerNorm).
 
     Checked on a probe of token ids against the module itself in eval mode, so a backbone whose embedding
@@ -148,16 +154,28 @@ def embedding_layer_of(model: torch.nn.Module, name: str) -> "EmbeddingLayer":
     from bertpooled.model.heads import EmbeddingLayer
 
     module = getattr(model, "embeddings", None)
-    parts = [getattr(module, a, None) for a in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")]
+    parts = [
+        getattr(module, a, None)
+        for a in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")
+    ]
     refuse = BertpooledError(
         f"features=embedding_layer needs a BERT-style embedding layer (word + position + token type, LayerNorm), and "
         f"backbone {name!r} ({model.config.model_type}) has another: use features=embeddings, or a BERT backbone"
     )
-    if module is None or any(p is None for p in parts) or getattr(model.config, "position_embedding_type", "absolute") != "absolute":
+    if (
+        module is None
+        or any(p is None for p in parts)
+        or getattr(model.config, "position_embedding_type", "absolute") != "absolute"
+    ):
         raise refuse
     _, positions, token_types, norm = parts
-    layer = EmbeddingLayer(positions.weight.detach().clone(), token_types.weight[0].detach().clone(),
-                           norm.weight.detach().clone(), norm.bias.detach().clone(), norm.eps)
+    layer = EmbeddingLayer(
+        positions.weight.detach().clone(),
+        token_types.weight[0].detach().clone(),
+        norm.weight.detach().clone(),
+        norm.bias.detach().clone(),
+        norm.eps,
+    )
     with torch.no_grad():
         was_training = module.training
         module.eval()

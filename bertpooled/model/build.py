@@ -47,7 +47,7 @@ class ModelSpec:
         return out
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "ModelSpec":
+    def from_json(cls, values: dict[str, Any]) -> ModelSpec:
         """A stored spec. Models logged before `lstm_bias` and `features` existed trained nn.LSTM's two bias
         vectors on the word table; `init` only shapes training, so older files without it read as keras."""
         values = {"lstm_bias": "torch", "features": "embeddings", "pool_at": "input", **values}
@@ -57,9 +57,15 @@ class ModelSpec:
         return cls(**kept)
 
 
-def build(spec: ModelSpec, *, table: torch.Tensor | None = None, layer: EmbeddingLayer | None = None,
-          backbone: torch.nn.Module | None = None, table_pooled: bool = False, trainable_backbone: bool = False,
-          ) -> torch.nn.Module:
+def build(
+    spec: ModelSpec,
+    *,
+    table: torch.Tensor | None = None,
+    layer: EmbeddingLayer | None = None,
+    backbone: torch.nn.Module | None = None,
+    table_pooled: bool = False,
+    trainable_backbone: bool = False,
+) -> torch.nn.Module:
     """The classifier: frozen input features (`table`, `layer`) + head, or `backbone` + head.
 
     `table_pooled`: the word table is already pooled on its hidden axis (what a logged features=embeddings model
@@ -69,14 +75,16 @@ def build(spec: ModelSpec, *, table: torch.Tensor | None = None, layer: Embeddin
 
     if spec.features != "encoder":
         pool = PoolSpec(spec.pool.kind, spec.pool.seq, 1) if table_pooled else spec.pool
-        return PooledLSTMClassifier(table, pool, units=spec.lstm_units, padding=spec.padding, init=spec.init,
-                                    layer=layer, bias=spec.lstm_bias)
+        return PooledLSTMClassifier(
+            table, pool, units=spec.lstm_units, padding=spec.padding, init=spec.init, layer=layer, bias=spec.lstm_bias
+        )
     if trainable_backbone:
         backbone = copy.deepcopy(backbone).requires_grad_(True)
     out_pool = spec.pool if spec.pool_at.where == "output" else PoolSpec()
     encoder = PoolingEncoder(backbone, spec.pool_at, spec.pool)
-    return EncoderLSTMClassifier(encoder, backbone.config.hidden_size, out_pool, units=spec.lstm_units,
-                                 init=spec.init, bias=spec.lstm_bias)
+    return EncoderLSTMClassifier(
+        encoder, backbone.config.hidden_size, out_pool, units=spec.lstm_units, init=spec.init, bias=spec.lstm_bias
+    )
 
 
 def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -86,8 +94,13 @@ def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> torch.nn.Modu
 
         model = build(spec, backbone=from_json_config(spec.backbone_config).eval())
     elif spec.features == "embedding_layer":
-        layer = EmbeddingLayer(state["layer.positions"], state["layer.token_type"], state["layer.norm_weight"],
-                               state["layer.norm_bias"], spec.layer_norm_eps)
+        layer = EmbeddingLayer(
+            state["layer.positions"],
+            state["layer.token_type"],
+            state["layer.norm_weight"],
+            state["layer.norm_bias"],
+            spec.layer_norm_eps,
+        )
         model = build(spec, table=state["embeddings"], layer=layer)
     else:
         model = build(spec, table=state["embeddings"], table_pooled=True)

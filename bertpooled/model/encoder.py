@@ -8,7 +8,6 @@ architectures run whole (`AutoModel`), which serves `features=encoder` with no p
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -67,10 +66,12 @@ class PoolingEncoder(nn.Module):
                 # The attention mask is pooled with the sequence at every stage: a window is real when any of its
                 # tokens is, so padding never becomes real however many stages pool it.
                 hidden, mask = pool_sequence(hidden, mask, self.inside)
-                attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask.long())
+                attention = create_bidirectional_mask(
+                    config=bert.config, inputs_embeds=hidden, attention_mask=mask.long()
+                )
             # The call BertEncoder makes, argument for argument.
             hidden = layer(hidden, attention, None, encoder_attention_mask=None, cache=None, position_ids=None)
         return hidden, mask
 
 
-__all__ = ["PoolingEncoder", "check_layer_pooling", "LAYER_POOLING_TYPES"]
+__all__ = ["LAYER_POOLING_TYPES", "PoolingEncoder", "check_layer_pooling"]

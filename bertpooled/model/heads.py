@@ -91,8 +91,15 @@ class PooledLSTMClassifier(nn.Module):
     """
 
     def __init__(
-        self, embeddings: torch.Tensor, pool: PoolSpec, *, units: int = 16, padding: str = "mask", init: str = "keras",
-        layer: "EmbeddingLayer | None" = None, bias: str = "keras",
+        self,
+        embeddings: torch.Tensor,
+        pool: PoolSpec,
+        *,
+        units: int = 16,
+        padding: str = "mask",
+        init: str = "keras",
+        layer: EmbeddingLayer | None = None,
+        bias: str = "keras",
     ) -> None:
         super().__init__()
         self.pool, self.padding = pool, padding
@@ -130,7 +137,9 @@ class PooledLSTMClassifier(nn.Module):
         return self.classify(*self.features(ids, lengths))
 
 
-def token_features(ids: torch.Tensor, table: torch.Tensor, layer: "EmbeddingLayer | None", pool: PoolSpec) -> torch.Tensor:
+def token_features(
+    ids: torch.Tensor, table: torch.Tensor, layer: EmbeddingLayer | None, pool: PoolSpec
+) -> torch.Tensor:
     """Per-token frozen features: the word lookup (a hidden-pooled table when `layer` is None), or the embedding
     layer's output pooled on the hidden axis."""
     x = F.embedding(ids, table)
@@ -139,8 +148,14 @@ def token_features(ids: torch.Tensor, table: torch.Tensor, layer: "EmbeddingLaye
     return pool_hidden(layer(x), pool)
 
 
-def frozen_features(ids: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor, layer: "EmbeddingLayer | None",
-                    pool: PoolSpec, padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+def frozen_features(
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    table: torch.Tensor,
+    layer: EmbeddingLayer | None,
+    pool: PoolSpec,
+    padding: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`PooledLSTMClassifier.features`, from its frozen parts (a seed group shares them without the model)."""
     x = token_features(ids, table, layer, pool)
     max_len = ids.shape[1]
@@ -160,8 +175,14 @@ class EmbeddingLayer(nn.Module):
     backbone's own module.
     """
 
-    def __init__(self, positions: torch.Tensor, token_type: torch.Tensor, norm_weight: torch.Tensor,
-                 norm_bias: torch.Tensor, eps: float) -> None:
+    def __init__(
+        self,
+        positions: torch.Tensor,
+        token_type: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        eps: float,
+    ) -> None:
         super().__init__()
         self.eps = float(eps)
         self.register_buffer("positions", positions.float().contiguous())
@@ -183,8 +204,16 @@ class EncoderLSTMClassifier(nn.Module):
     cached features trains `classify` alone, and the logged model runs both.
     """
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, out_pool: PoolSpec, *, units: int = 16, init: str = "keras",
-                 bias: str = "keras") -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        hidden_size: int,
+        out_pool: PoolSpec,
+        *,
+        units: int = 16,
+        init: str = "keras",
+        bias: str = "keras",
+    ) -> None:
         super().__init__()
         self.encoder, self.out_pool = encoder, out_pool
         self.head = LSTMHead(out_pool.out_hidden(hidden_size), units, init, bias)
@@ -197,7 +226,9 @@ class EncoderLSTMClassifier(nn.Module):
     def classify(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits from the backbone's output: pooling at the output (masked), then the head."""
         hidden = hidden.float()
-        pooled, mask = pool_sequence(pool_hidden(hidden, self.out_pool), lengths_mask(lengths, hidden.shape[1]), self.out_pool)
+        pooled, mask = pool_sequence(
+            pool_hidden(hidden, self.out_pool), lengths_mask(lengths, hidden.shape[1]), self.out_pool
+        )
         return self.head(pooled, mask.sum(1))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -210,7 +241,7 @@ class FeatureHead(nn.Module):
     `classify` (EncoderLSTMClassifier on cached encoder output, PooledLSTMClassifier on precomputed inputs),
     sharing its head."""
 
-    def __init__(self, model: "EncoderLSTMClassifier | PooledLSTMClassifier") -> None:
+    def __init__(self, model: EncoderLSTMClassifier | PooledLSTMClassifier) -> None:
         super().__init__()
         self.head = model.head
         self._classify = model.classify

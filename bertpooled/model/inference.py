@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 
-def encode(tokenizer, texts: list[str], max_len: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def encode(
+    tokenizer, texts: list[str], max_len: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids (n, max_len) and real lengths, as training tokenized them (truncation, [CLS]/[SEP])."""
     enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length", return_tensors="pt")
     return enc["input_ids"].to(device), enc["attention_mask"].sum(1).to(device)
@@ -36,8 +38,14 @@ def serving_precision(requested: str | None, backbone_work: bool, device: torch.
 
 
 @torch.no_grad()
-def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str], max_len: int,
-                  device: torch.device | str = "cpu", precision: str | None = None) -> np.ndarray:
+def predict_texts(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: list[str],
+    max_len: int,
+    device: torch.device | str = "cpu",
+    precision: str | None = None,
+) -> np.ndarray:
     """P(positive) per text, float64; `model` maps (ids, lengths) to logits and is in eval mode.
 
     `precision` (resolved: `bf16` or `fp32`) opens its own autocast; None keeps the caller's (a run's cost timing
@@ -45,7 +53,10 @@ def predict_texts(model: torch.nn.Module, tokenizer, texts: list[str], max_len: 
     """
     ids, lengths = encode(tokenizer, texts, max_len, device)
     own = precision is not None
-    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16") if own \
-            else contextlib.nullcontext():
+    with (
+        torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        if own
+        else contextlib.nullcontext()
+    ):
         logits = model(ids, lengths)
     return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)

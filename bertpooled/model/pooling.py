@@ -8,13 +8,12 @@ or on the encoder's last hidden state (`output`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from bertpooled.errors import BertpooledError
-
 
 
 def _avg_window(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,7 +72,7 @@ class PoolSpec:
     hidden: int = 1
 
     @classmethod
-    def parse(cls, text: str | None) -> "PoolSpec":
+    def parse(cls, text: str | None) -> PoolSpec:
         """`avg:2x2`, `max:2x1`, `none` (= window 1x1) -> PoolSpec; anything else is a one-line error."""
         text = (text or "none").strip().lower()
         if text in ("none", "off", ""):
@@ -118,7 +117,7 @@ class PoolPosition:
     layers: tuple[int, ...] = ()
 
     @classmethod
-    def parse(cls, text: "str | PoolPosition | None") -> "PoolPosition":
+    def parse(cls, text: str | PoolPosition | None) -> PoolPosition:
         """`input`, `output`, `layer:K` or `layer:K1,layer:K2,...` (K increasing) -> PoolPosition; else a one-line error."""
         if isinstance(text, PoolPosition):
             return text
@@ -196,4 +195,16 @@ def pooled_lengths(lengths: torch.Tensor, spec: PoolSpec, max_len: int) -> torch
     return torch.clamp(torch.div(lengths + spec.seq - 1, spec.seq, rounding_mode="floor"), max=spec.out_len(max_len))
 
 
-__all__ = ["REDUCERS", "Reducer", "PoolSpec", "PoolPosition", "POSITIONS", "pool", "pool_hidden", "pool_sequence", "lengths_mask", "pooled_length", "pooled_lengths"]
+__all__ = [
+    "POSITIONS",
+    "REDUCERS",
+    "PoolPosition",
+    "PoolSpec",
+    "Reducer",
+    "lengths_mask",
+    "pool",
+    "pool_hidden",
+    "pool_sequence",
+    "pooled_length",
+    "pooled_lengths",
+]

@@ -124,13 +124,9 @@ def _check_settings(runs: pd.DataFrame, group_keys: Sequence[str], alpha: float,
     if not 0.0 < alpha < 1.0:
         raise BertpooledError(f"alpha must lie strictly between 0 and 1, got {alpha}: pass e.g. 0.05")
     if not 0.0 < confidence < 1.0:
-        raise BertpooledError(
-            f"confidence must lie strictly between 0 and 1, got {confidence}: pass e.g. 0.95"
-        )
+        raise BertpooledError(f"confidence must lie strictly between 0 and 1, got {confidence}: pass e.g. 0.95")
     if len(runs) and "run_id" not in runs.columns:
-        raise BertpooledError(
-            "the runs table has no run_id column: pass the frame mlflow.search_runs returns"
-        )
+        raise BertpooledError("the runs table has no run_id column: pass the frame mlflow.search_runs returns")
     if len(runs):
         _check_group_columns(runs, group_keys)
 
@@ -142,8 +138,7 @@ def _skip_notes(n_runs: int, records: Sequence[RunRecord], skipped: Sequence[dic
         reasons = pd.Series([entry["category"] for entry in skipped]).value_counts()
         breakdown = ", ".join(f"{count} {category}" for category, count in reasons.items())
         notes.append(
-            f"kept {len(records)} of the {n_runs} runs given to the report; "
-            f"skipped {len(skipped)} ({breakdown})"
+            f"kept {len(records)} of the {n_runs} runs given to the report; skipped {len(skipped)} ({breakdown})"
         )
         notes += [f"skipped {entry['run_name']} ({entry['run_id']}): {entry['reason']}" for entry in skipped]
     if not records:
@@ -197,7 +192,8 @@ def _cost_metric_columns(runs: pd.DataFrame) -> list[str]:
     return [
         column.removeprefix("metrics.")
         for column in runs.columns
-        if column.startswith("metrics.") and column.removeprefix("metrics.").startswith(COST_PREFIXES)
+        if column.startswith("metrics.")
+        and column.removeprefix("metrics.").startswith(COST_PREFIXES)
         and column.removeprefix("metrics.") not in NOT_COSTS
     ]
 
@@ -253,8 +249,7 @@ def _screen_runs(
             skip("unfinished", f"status {status}, not {FINISHED}; pass --include-unfinished to keep it")
         elif any(value is None for value in values.values()):
             key = next(key for key, value in values.items() if value is None)
-            skip("missing group key", f"no value for group key {key!r} "
-                 f"(looked in {', '.join(_key_columns(key))})")
+            skip("missing group key", f"no value for group key {key!r} (looked in {', '.join(_key_columns(key))})")
         elif missing_metrics:
             skip("missing contract metrics", f"missing contract metric(s) {', '.join(missing_metrics)}")
         elif (problem := _prediction_problem(predictions.get(run_id))) is not None:
@@ -340,12 +335,16 @@ def _summarise_groups(
                 run_ids=[m.run_id for m in members],
                 seeds=seeds,
                 accuracy=mean_ci([m.accuracy for m in members], confidence),
-                quality_means={metric.name: mean(m.quality.get(metric.name, math.nan) for m in members)
-                               for metric in contract.quality_means()},
-                costs={metric: median(m.costs.get(metric, math.nan) for m in members)
-                       for metric in cost_metrics},
-                cache_hits={cache: sum(cache in m.cache_hits for m in members) for cache in CACHED_PHASES
-                            if any(cache in m.cache_hits for m in members)},
+                quality_means={
+                    metric.name: mean(m.quality.get(metric.name, math.nan) for m in members)
+                    for metric in contract.quality_means()
+                },
+                costs={metric: median(m.costs.get(metric, math.nan) for m in members) for metric in cost_metrics},
+                cache_hits={
+                    cache: sum(cache in m.cache_hits for m in members)
+                    for cache in CACHED_PHASES
+                    if any(cache in m.cache_hits for m in members)
+                },
             )
         )
     return groups
@@ -386,8 +385,7 @@ def _original_study_rows(records: Sequence[RunRecord], confidence: float) -> lis
                 total_time_min=median(m.costs.get(TIME_TOTAL, math.nan) for m in members) / 60.0,
                 head_params=median(m.costs.get(PARAMS_HEAD, math.nan) for m in members),
                 # A local folder's path is long and machine-specific; its last part names it.
-                backbones=", ".join(sorted({(m.backbone or "?").rstrip("/").rsplit("/", 1)[-1]
-                                            for m in members})),
+                backbones=", ".join(sorted({(m.backbone or "?").rstrip("/").rsplit("/", 1)[-1] for m in members})),
             )
         )
     return rows

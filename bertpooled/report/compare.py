@@ -48,8 +48,13 @@ def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
     paths["accuracy_vs_time"] = accuracy_vs_time(report, output_dir / "accuracy_vs_time.png")
     paths["learning_curves"] = learning_curves(report, output_dir / "learning_curves.png")
     paths["html"] = output_dir / "report.html"
-    paths["html"].write_text(render_html(report, {"Accuracy against total time": paths["accuracy_vs_time"],
-                                                  "Learning curves": paths["learning_curves"]}), encoding="utf-8")
+    paths["html"].write_text(
+        render_html(
+            report,
+            {"Accuracy against total time": paths["accuracy_vs_time"], "Learning curves": paths["learning_curves"]},
+        ),
+        encoding="utf-8",
+    )
     return paths
 
 
@@ -77,8 +82,7 @@ def _summary_metrics(report: Report) -> dict[str, float]:
     return {key: value for key, value in metrics.items() if value == value and abs(value) != float("inf")}
 
 
-def log_report(report: Report, output_dir: str | Path, experiment: str = COMPARISON_EXPERIMENT, *,
-               client=None) -> str:
+def log_report(report: Report, output_dir: str | Path, experiment: str = COMPARISON_EXPERIMENT, *, client=None) -> str:
     """Log ``output_dir``'s files as a comparison run named ``compare-<n>runs`` in ``experiment``.
 
     The run carries the verdicts as its MLflow note, the settings as params and a few summary metrics;
@@ -90,8 +94,12 @@ def log_report(report: Report, output_dir: str | Path, experiment: str = COMPARI
         experiment,
         run_name=f"compare-{len(report.runs)}runs",
         note=f"**Verdicts**\n\n{verdicts}\n",
-        params={"group_by": ",".join(report.group_by), "baseline": str(report.baseline),
-                "alpha": report.alpha, "confidence": report.confidence},
+        params={
+            "group_by": ",".join(report.group_by),
+            "baseline": str(report.baseline),
+            "alpha": report.alpha,
+            "confidence": report.confidence,
+        },
         metrics=_summary_metrics(report),
         artifacts=output_dir,
     )
@@ -99,14 +107,14 @@ def log_report(report: Report, output_dir: str | Path, experiment: str = COMPARI
 
 def compare_runs(
     *,
-    format: str = "table",  # noqa: A002 - the CLI's --format, passed through by name
+    format: str = "table",
     output: str | Path | None = None,
     group_by: Sequence[str] | str = ("mode",),
     baseline: str | None = "basic",
     experiment: str = DEFAULT_EXPERIMENT,
     parent: str | None = None,
     run_id: Sequence[str] | None = None,
-    filter: str | None = None,  # noqa: A002 - the CLI's --filter, passed through by name
+    filter: str | None = None,
     tracking_uri: str | None = None,
     include_unfinished: bool = False,
     no_log: bool = False,
@@ -156,7 +164,7 @@ def compare_runs(
     if no_log:
         return report
     if not report.runs:
-        return replace(report, notes=report.notes + ["not logged as a comparison run: no runs to compare"])
+        return replace(report, notes=[*report.notes, "not logged as a comparison run: no runs to compare"])
     log_experiment = comparison_experiment or COMPARISON_EXPERIMENT
     if output is not None:
         comparison_id = log_report(report, output, log_experiment, client=client)

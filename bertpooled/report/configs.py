@@ -27,6 +27,7 @@ _DERIVED_CONFIG_FIELDS = {"mode": ("pool",), "variant": ("features", "finetune",
 #: how each mode at its own tuned settings (`bertpooled tune`'s best configs) is compared with the other.
 _WHOLE_CONFIG_KEYS = (PARENT_RUN_TAG,)
 
+
 def _config_of(row: pd.Series) -> dict[str, str]:
     """A run's logged config (`params.config/*`) plus its data digest, as strings; unlogged fields left out."""
     config = {}
@@ -87,7 +88,9 @@ def shared_configs(
     return result
 
 
-def comparable_sets(runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str]) -> list[list[RunRecord]]:
+def comparable_sets(
+    runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str]
+) -> list[list[RunRecord]]:
     """`records` split into sets that may be compared: the same config apart from the group keys (and what they
     decide) and the seed. Newest set first (by its latest start, else by the order of `runs`: newest first, as
     mlflow.search_runs lists them)."""
@@ -128,8 +131,9 @@ def selection_command(runs: pd.DataFrame, members: Sequence[RunRecord], group_ke
     return f"bertpooled compare-runs {selection}{group}"
 
 
-def newest_comparable_set(runs: pd.DataFrame, records: list[RunRecord], group_keys: Sequence[str],
-                          notes: list[str]) -> list[RunRecord]:
+def newest_comparable_set(
+    runs: pd.DataFrame, records: list[RunRecord], group_keys: Sequence[str], notes: list[str]
+) -> list[RunRecord]:
     """For compare-runs with no selection: when the runs hold several sets that may not be compared with each
     other (a 10-epoch quick-start run beside a 2-epoch sweep), the newest set that compares at least two
     groups (else the newest set); the others are named first in `notes`, each with its command."""
@@ -143,10 +147,13 @@ def newest_comparable_set(runs: pd.DataFrame, records: list[RunRecord], group_ke
         return records
     chosen = next((members for members in sets if len({m.group for m in members}) > 1), sets[0])
     others = [members for members in sets if members is not chosen]
-    notes.insert(0, (
-        f"the runs form {len(sets)} sets that cannot be compared with each other (their configs differ in more "
-        f"than {', '.join(group_keys)} and seed): this report compares the newest set with more than one group, "
-        f"{len(chosen)} run(s); the others: "
-        + "; ".join(f"{len(members)} run(s): {selection_command(runs, members, group_keys)}" for members in others)
-    ))
+    notes.insert(
+        0,
+        (
+            f"the runs form {len(sets)} sets that cannot be compared with each other (their configs differ in more "
+            f"than {', '.join(group_keys)} and seed): this report compares the newest set with more than one group, "
+            f"{len(chosen)} run(s); the others: "
+            + "; ".join(f"{len(members)} run(s): {selection_command(runs, members, group_keys)}" for members in others)
+        ),
+    )
     return chosen

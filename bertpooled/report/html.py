@@ -29,9 +29,12 @@ def render_html(report: Report, images: Mapping[str, Path]) -> str:
         for headers, rows in section.tables:
             head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
             body = "".join(
-                "<tr>" + "".join(
+                "<tr>"
+                + "".join(
                     f'<td class="num">{html.escape(c)}</td>' if _NUMBER.match(c) else f"<td>{html.escape(c)}</td>"
-                    for c in row) + "</tr>"
+                    for c in row
+                )
+                + "</tr>"
                 for row in rows
             )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
@@ -41,10 +44,13 @@ def render_html(report: Report, images: Mapping[str, Path]) -> str:
     figures = "".join(
         f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
         f'{base64.b64encode(Path(path).read_bytes()).decode()}"><figcaption>{html.escape(caption)}</figcaption></figure>'
-        for caption, path in images.items() if Path(path).is_file()
+        for caption, path in images.items()
+        if Path(path).is_file()
     )
-    summary = (f"{len(report.runs)} run(s) in {len(report.groups)} group(s) by {', '.join(report.group_by)}; "
-               f"baseline {report.baseline or 'none'}; α={report.alpha:g}")
+    summary = (
+        f"{len(report.runs)} run(s) in {len(report.groups)} group(s) by {', '.join(report.group_by)}; "
+        f"baseline {report.baseline or 'none'}; α={report.alpha:g}"
+    )
     return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         summary=html.escape(summary), figures=figures, sections="\n".join(sections)
     )

@@ -60,12 +60,23 @@ def compare_groups(
             continue
         base = baselines.get(tuple(group.values[key] for key in group_keys[1:]))
         if base is None:
-            notes.append(f"{group.label} has no baseline group with {first_key}={baseline} "
-                         "and the same other keys; it is not compared")
+            notes.append(
+                f"{group.label} has no baseline group with {first_key}={baseline} "
+                "and the same other keys; it is not compared"
+            )
             continue
         comparisons.append(
-            _compare_pair(group, base, seed_maps[group.label], seed_maps[base.label],
-                          predictions, alpha, confidence, cost_metrics, notes)
+            _compare_pair(
+                group,
+                base,
+                seed_maps[group.label],
+                seed_maps[base.label],
+                predictions,
+                alpha,
+                confidence,
+                cost_metrics,
+                notes,
+            )
         )
     return _holm_adjusted(comparisons, groups, alpha, confidence, notes), notes
 
@@ -79,14 +90,30 @@ def _holm_adjusted(
     adjusted = holm([c.accuracy_difference_points.p_value for c in comparisons])
     seeds = {group.label: group.seeds for group in groups}
     comparisons = [
-        replace(c, p_holm=p, verdict=verdict(c.group, c.baseline, c.accuracy_difference_points, c.mcnemar,
-                                             alpha, confidence, c.ratios, seeds[c.group], seeds[c.baseline],
-                                             holm_p=p, n_comparisons=len(comparisons),
-                                             cache_differs=c.cache_differs))
+        replace(
+            c,
+            p_holm=p,
+            verdict=verdict(
+                c.group,
+                c.baseline,
+                c.accuracy_difference_points,
+                c.mcnemar,
+                alpha,
+                confidence,
+                c.ratios,
+                seeds[c.group],
+                seeds[c.baseline],
+                holm_p=p,
+                n_comparisons=len(comparisons),
+                cache_differs=c.cache_differs,
+            ),
+        )
         for c, p in zip(comparisons, adjusted)
     ]
-    notes.append(f"{len(comparisons)} groups are compared with the baseline; the paired t-tests' p-values are "
-                 "Holm-corrected across them (column 'Holm p'), and the verdicts use the corrected ones")
+    notes.append(
+        f"{len(comparisons)} groups are compared with the baseline; the paired t-tests' p-values are "
+        "Holm-corrected across them (column 'Holm p'), and the verdicts use the corrected ones"
+    )
     return comparisons
 
 
@@ -94,13 +121,17 @@ def _runs_by_seed(members: Sequence[RunRecord], label: str, notes: list[str]) ->
     by_seed: dict[str, RunRecord] = {}
     for record in members:
         if record.seed is None:
-            notes.append(f"{record.run_name} ({record.run_id}) in {label} has no config/seed; "
-                         "it counts in group statistics but cannot be paired")
+            notes.append(
+                f"{record.run_name} ({record.run_id}) in {label} has no config/seed; "
+                "it counts in group statistics but cannot be paired"
+            )
             continue
         if record.seed in by_seed:
             # mlflow.search_runs lists newest first, so the first row kept is the latest run.
-            notes.append(f"{label} has several runs with seed {record.seed}; pairing uses "
-                         f"{by_seed[record.seed].run_name} and leaves {record.run_name} unpaired")
+            notes.append(
+                f"{label} has several runs with seed {record.seed}; pairing uses "
+                f"{by_seed[record.seed].run_name} and leaves {record.run_name} unpaired"
+            )
             continue
         by_seed[record.seed] = record
     return by_seed
@@ -130,17 +161,41 @@ def _compare_pair(
         run, base_run = group_seeds[seed], base_seeds[seed]
         outcome = _mcnemar_for_pair(predictions[run.run_id], predictions[base_run.run_id])
         if isinstance(outcome, str):
-            refused.append({"seed": seed, "run_id": run.run_id,
-                            "baseline_run_id": base_run.run_id, "reason": outcome})
-            notes.append(f"McNemar refused for {group.label} vs {base.label}, seed {seed} "
-                         f"({run.run_name} vs {base_run.run_name}): {outcome}")
+            refused.append({"seed": seed, "run_id": run.run_id, "baseline_run_id": base_run.run_id, "reason": outcome})
+            notes.append(
+                f"McNemar refused for {group.label} vs {base.label}, seed {seed} "
+                f"({run.run_name} vs {base_run.run_name}): {outcome}"
+            )
             continue
-        tested.append(McNemarPair(seed, run.run_id, base_run.run_id, outcome.b, outcome.c,
-                                  outcome.n, outcome.p_value, outcome.p_value < alpha))
-    cache_differs = [cache for cache in CACHED_PHASES
-                     if group.cache_hits.get(cache, 0) / group.n_runs != base.cache_hits.get(cache, 0) / base.n_runs]
-    sentence = verdict(group.label, base.label, difference, tested, alpha, confidence, ratios,
-                       group.seeds, base.seeds, cache_differs=cache_differs)
+        tested.append(
+            McNemarPair(
+                seed,
+                run.run_id,
+                base_run.run_id,
+                outcome.b,
+                outcome.c,
+                outcome.n,
+                outcome.p_value,
+                outcome.p_value < alpha,
+            )
+        )
+    cache_differs = [
+        cache
+        for cache in CACHED_PHASES
+        if group.cache_hits.get(cache, 0) / group.n_runs != base.cache_hits.get(cache, 0) / base.n_runs
+    ]
+    sentence = verdict(
+        group.label,
+        base.label,
+        difference,
+        tested,
+        alpha,
+        confidence,
+        ratios,
+        group.seeds,
+        base.seeds,
+        cache_differs=cache_differs,
+    )
     return Comparison(group.label, base.label, seeds, difference, ratios, tested, refused, sentence, cache_differs)
 
 
@@ -185,6 +240,10 @@ def _mcnemar_for_pair(group_frame: pd.DataFrame, base_frame: pd.DataFrame) -> Mc
     disagree = int((joined["label_group"].astype(int) != joined["label_base"].astype(int)).sum())
     if disagree:
         return f"the labels of {disagree} shared test id(s) disagree; the runs used different data"
-    correct_group = (joined["probability_group"].astype(float) >= THRESHOLD).astype(int) == joined["label_group"].astype(int)
-    correct_base = (joined["probability_base"].astype(float) >= THRESHOLD).astype(int) == joined["label_base"].astype(int)
+    correct_group = (joined["probability_group"].astype(float) >= THRESHOLD).astype(int) == joined[
+        "label_group"
+    ].astype(int)
+    correct_base = (joined["probability_base"].astype(float) >= THRESHOLD).astype(int) == joined["label_base"].astype(
+        int
+    )
     return mcnemar_exact(correct_group.to_numpy(), correct_base.to_numpy())

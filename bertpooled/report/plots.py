@@ -10,12 +10,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # reports are written on servers and in CI, where no display exists
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from bertpooled.contract import THRESHOLD, TIME_TOTAL, TRAIN_ACCURACY, TRAIN_LOSS  # noqa: E402
-from bertpooled.report.records import Report  # noqa: E402
+from bertpooled.contract import THRESHOLD, TIME_TOTAL, TRAIN_ACCURACY, TRAIN_LOSS
+from bertpooled.report.records import Report
 
 __all__ = ["accuracy_vs_time", "classifier_plots", "learning_curves"]
 
@@ -43,9 +43,16 @@ def accuracy_vs_time(report: Report, path: str | Path) -> Path:
             error = None
             if math.isfinite(accuracy.low) and math.isfinite(accuracy.high):
                 error = [[accuracy.mean - accuracy.low], [accuracy.high - accuracy.mean]]
-            axes.errorbar([mean_time], [accuracy.mean], yerr=error, fmt="D", color=color,
-                          markersize=8, capsize=5,
-                          label=f"{group.label} mean ± {report.confidence * 100:g}% CI (n={group.n_runs})")
+            axes.errorbar(
+                [mean_time],
+                [accuracy.mean],
+                yerr=error,
+                fmt="D",
+                color=color,
+                markersize=8,
+                capsize=5,
+                label=f"{group.label} mean ± {report.confidence * 100:g}% CI (n={group.n_runs})",
+            )
         axes.set_xlabel("total time per run, time/total_s (s)")
         axes.set_ylabel("test accuracy")
         axes.set_title("Accuracy against compute")
@@ -83,8 +90,7 @@ def learning_curves(
                 points = by_key.get(key)
                 if not points:
                     continue
-                axis.plot([p["step"] for p in points], [p["mean"] for p in points], marker="o",
-                          label=group)
+                axis.plot([p["step"] for p in points], [p["mean"] for p in points], marker="o", label=group)
                 plotted = True
             axis.set_xlabel("epoch")
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -94,8 +100,7 @@ def learning_curves(
             if plotted:
                 axis.legend(fontsize="small")
             else:
-                axis.text(0.5, 0.5, f"no {key} history logged", ha="center", va="center",
-                          transform=axis.transAxes)
+                axis.text(0.5, 0.5, f"no {key} history logged", ha="center", va="center", transform=axis.transAxes)
         _save(figure, path)
     finally:
         plt.close(figure)
@@ -108,8 +113,7 @@ def _mean_curves(
     frames = [
         history[["key", "step", "value"]].assign(group=(run_groups or {}).get(run_id, run_id))
         for run_id, history in histories.items()
-        if history is not None and not history.empty
-        and (run_groups is None or run_id in run_groups)
+        if history is not None and not history.empty and (run_groups is None or run_id in run_groups)
     ]
     if not frames:
         return {}
@@ -135,12 +139,25 @@ def classifier_plots(labels, probabilities, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     paths = []
     for name, draw in (
-        ("confusion_matrix.png", lambda ax: ConfusionMatrixDisplay.from_predictions(
-            labels, (probabilities >= THRESHOLD).astype(int), labels=[0, 1], display_labels=["negative", "positive"],
-            colorbar=False, ax=ax)),
-        ("roc_curve.png", lambda ax: RocCurveDisplay.from_predictions(labels, probabilities, ax=ax, plot_chance_level=True)),
-        ("precision_recall.png", lambda ax: PrecisionRecallDisplay.from_predictions(
-            labels, probabilities, ax=ax, plot_chance_level=True)),
+        (
+            "confusion_matrix.png",
+            lambda ax: ConfusionMatrixDisplay.from_predictions(
+                labels,
+                (probabilities >= THRESHOLD).astype(int),
+                labels=[0, 1],
+                display_labels=["negative", "positive"],
+                colorbar=False,
+                ax=ax,
+            ),
+        ),
+        (
+            "roc_curve.png",
+            lambda ax: RocCurveDisplay.from_predictions(labels, probabilities, ax=ax, plot_chance_level=True),
+        ),
+        (
+            "precision_recall.png",
+            lambda ax: PrecisionRecallDisplay.from_predictions(labels, probabilities, ax=ax, plot_chance_level=True),
+        ),
     ):
         figure, axes = plt.subplots(figsize=(4.5, 4))
         try:

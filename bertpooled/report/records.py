@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bertpooled.report import render
-from bertpooled.report.sections import Section, sections as report_sections
+from bertpooled.report.sections import Section
+from bertpooled.report.sections import sections as report_sections
 from bertpooled.report.stats import MeanCI, PairedDifference
 
 
@@ -158,7 +159,7 @@ class Report:
         """The report as plain terminal text with aligned columns."""
         return render.to_table(self)
 
-    def render(self, format: str) -> str:  # noqa: A002 - mirrors the CLI's --format
+    def render(self, format: str) -> str:
         """The report in one of ``render.FORMATS`` (``table``, ``markdown``, ``json``, ``csv``)."""
         return render.render(self, format)
 

@@ -84,8 +84,7 @@ def to_csv(report: Report) -> str:
                 "accuracy_ci_high": group.accuracy.high,
             }
         )
-        row.update({f"{metric.name}_mean": group.quality_means.get(metric.name)
-                    for metric in contract.quality_means()})
+        row.update({f"{metric.name}_mean": group.quality_means.get(metric.name) for metric in contract.quality_means()})
         row.update({f"median:{metric}": group.costs.get(metric) for metric in report.cost_metrics})
         comparison = by_group.get(group.label)
         diff = comparison.accuracy_difference_points if comparison else None
@@ -103,10 +102,7 @@ def to_csv(report: Report) -> str:
             }
         )
         row.update(
-            {
-                f"ratio:{metric}": comparison.ratios.get(metric) if comparison else None
-                for metric in report.cost_metrics
-            }
+            {f"ratio:{metric}": comparison.ratios.get(metric) if comparison else None for metric in report.cost_metrics}
         )
         row["verdict"] = comparison.verdict if comparison else None
         rows.append(row)
@@ -172,7 +168,7 @@ def to_table(report: Report) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render(report: Report, format: str) -> str:  # noqa: A002 - mirrors the CLI's --format
+def render(report: Report, format: str) -> str:
     """The report in one of :data:`FORMATS` (``table``, ``markdown``, ``json``, ``csv``)."""
     renderers = {"table": to_table, "markdown": to_markdown, "json": to_json, "csv": to_csv}
     if format not in renderers:
@@ -190,8 +186,10 @@ def _escape_markdown(cell: str) -> str:
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table; all-number columns are right-aligned."""
     numeric = _numeric_columns(rows, len(headers))
-    lines = ["| " + " | ".join(_escape_markdown(h) for h in headers) + " |",
-             "|" + "|".join("---:" if numeric[i] else "---" for i in range(len(headers))) + "|"]
+    lines = [
+        "| " + " | ".join(_escape_markdown(h) for h in headers) + " |",
+        "|" + "|".join("---:" if numeric[i] else "---" for i in range(len(headers))) + "|",
+    ]
     lines += ["| " + " | ".join(_escape_markdown(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -215,7 +213,6 @@ _NUMERIC_CELL = re.compile(r"^[<>]?[+\-−]?[\d,]*\.?\d+(e[+\-]?\d+)?×?$|^" + r
 def _numeric_columns(rows: Sequence[Sequence[str]], width: int) -> list[bool]:
     # Right-align a column only when every cell is a number, so labels stay left-aligned.
     return [
-        bool(rows) and all(_NUMERIC_CELL.match(row[i]) for row in rows)
-        and not all(row[i] == MISSING for row in rows)
+        bool(rows) and all(_NUMERIC_CELL.match(row[i]) for row in rows) and not all(row[i] == MISSING for row in rows)
         for i in range(width)
     ]

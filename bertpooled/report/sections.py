@@ -73,8 +73,18 @@ def _verdict_section(report: Report) -> Section:
 def _groups_section(report: Report) -> Section:
     ci = f"{percent(report.confidence)} CI"
     means = contract.quality_means()
-    headers = ["group", "runs", "seeds", "accuracy", ci, *(metric.label for metric in means),
-               "mean s/epoch", "total s", "head params", "warm caches"]
+    headers = [
+        "group",
+        "runs",
+        "seeds",
+        "accuracy",
+        ci,
+        *(metric.label for metric in means),
+        "mean s/epoch",
+        "total s",
+        "head params",
+        "warm caches",
+    ]
     rows = [
         [
             group.label,
@@ -93,9 +103,11 @@ def _groups_section(report: Report) -> Section:
     ]
     paragraphs = [] if rows else ["no runs to summarise"]
     if rows:
-        paragraphs.append("seeds: the config/seed values of the group's runs; mean s/epoch: time/train_s / epochs; "
-                          "warm caches: runs that found their token ids (or features) cached, whose tokenize "
-                          "(features) time is then a cache read.")
+        paragraphs.append(
+            "seeds: the config/seed values of the group's runs; mean s/epoch: time/train_s / epochs; "
+            "warm caches: runs that found their token ids (or features) cached, whose tokenize "
+            "(features) time is then a cache read."
+        )
     return Section("Groups", paragraphs=paragraphs, tables=[(headers, rows)] if rows else [])
 
 
@@ -105,22 +117,24 @@ def _costs_section(report: Report) -> Section:
         [metric] + [fmt_number(group.costs.get(metric, math.nan)) for group in report.groups]
         for metric in report.cost_metrics
     ]
-    note = ("Medians per group. time/data_s and time/tokenize_s are mostly cache reads once the parsed archive "
-            "and token ids are cached (the first run of a machine pays them), so compare modes by time/train_s.")
+    note = (
+        "Medians per group. time/data_s and time/tokenize_s are mostly cache reads once the parsed archive "
+        "and token ids are cached (the first run of a machine pays them), so compare modes by time/train_s."
+    )
     return Section("Costs", paragraphs=[note], tables=[(headers, rows)])
 
 
 def _baseline_section(report: Report) -> Section:
     ci = f"{percent(report.confidence)} CI"
-    accuracy_headers = ["group", "seed pairs", "Δ accuracy (points)", ci, "paired t p", "Holm p",
-                        "McNemar significant"]
+    accuracy_headers = ["group", "seed pairs", "Δ accuracy (points)", ci, "paired t p", "Holm p", "McNemar significant"]
     accuracy_rows = [
         [
             comparison.group,
             str(comparison.accuracy_difference_points.n),
             fmt_signed(comparison.accuracy_difference_points.mean),
-            fmt_interval(comparison.accuracy_difference_points.low,
-                         comparison.accuracy_difference_points.high, 2, signed=True),
+            fmt_interval(
+                comparison.accuracy_difference_points.low, comparison.accuracy_difference_points.high, 2, signed=True
+            ),
             fmt_p(comparison.accuracy_difference_points.p_value),
             fmt_p(comparison.p_holm),
             f"{comparison.mcnemar_significant} of {len(comparison.mcnemar)}",
@@ -131,8 +145,11 @@ def _baseline_section(report: Report) -> Section:
         f"{comparison.group} / {comparison.baseline}" for comparison in report.comparisons
     ]
     ratio_rows = [
-        [metric] + [fmt_ratio(comparison.ratios.get(metric, math.nan)) + _cache_mark(comparison, metric)
-                    for comparison in report.comparisons]
+        [metric]
+        + [
+            fmt_ratio(comparison.ratios.get(metric, math.nan)) + _cache_mark(comparison, metric)
+            for comparison in report.comparisons
+        ]
         for metric in report.cost_metrics
     ]
     paragraphs = [
@@ -144,8 +161,10 @@ def _baseline_section(report: Report) -> Section:
         "families (TF-IDF coefficients against LSTM weights).",
     ]
     if any(comparison.cache_differs for comparison in report.comparisons):
-        paragraphs.append("(cache): the two groups found this phase's cache warm in different numbers of "
-                          "runs, so this ratio measures the cache, not the group.")
+        paragraphs.append(
+            "(cache): the two groups found this phase's cache warm in different numbers of "
+            "runs, so this ratio measures the cache, not the group."
+        )
     tables = [(accuracy_headers, accuracy_rows)]
     if ratio_rows:
         tables.append((ratio_headers, ratio_rows))
@@ -158,11 +177,25 @@ def _cache_mark(comparison: Comparison, metric: str) -> str:
 
 
 def _mcnemar_section(report: Report) -> Section:
-    headers = ["group", "seed", "only group right", "only baseline right", "examples",
-               "exact p", f"significant at α={report.alpha:g}"]
+    headers = [
+        "group",
+        "seed",
+        "only group right",
+        "only baseline right",
+        "examples",
+        "exact p",
+        f"significant at α={report.alpha:g}",
+    ]
     rows = [
-        [comparison.group, pair.seed, str(pair.b), str(pair.c), str(pair.n),
-         fmt_p(pair.p_value), "yes" if pair.significant else "no"]
+        [
+            comparison.group,
+            pair.seed,
+            str(pair.b),
+            str(pair.c),
+            str(pair.n),
+            fmt_p(pair.p_value),
+            "yes" if pair.significant else "no",
+        ]
         for comparison in report.comparisons
         for pair in comparison.mcnemar
     ]
@@ -179,11 +212,13 @@ def _config_section(report: Report) -> Section:
     names = sorted({name for config in configs.values() for name in config})
     shared = [n for n in names if len({c.get(n) for c in configs.values()}) == 1]
     by_group = [n for n in names if n not in shared]
-    paragraphs = ["Runs are paired only when their configs differ in nothing but the group keys and the seed. "
-                  "Shared by every group: " + ", ".join(f"{n}={configs[labels[0]][n]}" for n in shared) + "."]
+    paragraphs = [
+        "Runs are paired only when their configs differ in nothing but the group keys and the seed. "
+        "Shared by every group: " + ", ".join(f"{n}={configs[labels[0]][n]}" for n in shared) + "."
+    ]
     tables = []
     if by_group:
-        tables.append((["config"] + labels, [[n] + [configs[g].get(n, MISSING) for g in labels] for n in by_group]))
+        tables.append((["config", *labels], [[n] + [configs[g].get(n, MISSING) for g in labels] for n in by_group]))
     return Section("Config", paragraphs=paragraphs, tables=tables)
 
 

@@ -16,8 +16,8 @@ import numpy as np
 from scipy import stats as _sps
 
 __all__ = [
-    "MeanCI",
     "McNemarResult",
+    "MeanCI",
     "PairedDifference",
     "mcnemar_exact",
     "mean_ci",
@@ -108,9 +108,7 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> M
     return MeanCI(mean, float(interval.low), float(interval.high), n, confidence)
 
 
-def mcnemar_exact(
-    correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bool] | np.ndarray
-) -> McNemarResult:
+def mcnemar_exact(correct_a: Sequence[bool] | np.ndarray, correct_b: Sequence[bool] | np.ndarray) -> McNemarResult:
     """Exact McNemar test: do classifiers A and B err on the same examples equally often?
 
     ``correct_a[i]`` and ``correct_b[i]`` say whether each got example ``i`` right.
@@ -122,9 +120,7 @@ def mcnemar_exact(
     a = np.asarray(correct_a, dtype=bool).ravel()
     b_arr = np.asarray(correct_b, dtype=bool).ravel()
     if a.shape != b_arr.shape:
-        raise ValueError(
-            f"correct_a has {a.size} examples and correct_b {b_arr.size}; pair them first"
-        )
+        raise ValueError(f"correct_a has {a.size} examples and correct_b {b_arr.size}; pair them first")
     b = int(np.sum(a & ~b_arr))
     c = int(np.sum(~a & b_arr))
     if b + c == 0:
@@ -149,13 +145,16 @@ def paired_difference(
         raise ValueError(f"a has {a_arr.size} values and b {b_arr.size}; pass paired values")
     n = int(a_arr.size)
     if n == 0:
-        return PairedDifference(
-            math.nan, math.nan, math.nan, math.nan, 0, confidence, "no pairs to compare"
-        )
+        return PairedDifference(math.nan, math.nan, math.nan, math.nan, 0, confidence, "no pairs to compare")
     mean = float(np.mean(a_arr - b_arr))
     if n < 2:
         return PairedDifference(
-            mean, math.nan, math.nan, math.nan, n, confidence,
+            mean,
+            math.nan,
+            math.nan,
+            math.nan,
+            n,
+            confidence,
             "a confidence interval and t-test need at least 2 pairs",
         )
     with warnings.catch_warnings():
@@ -168,9 +167,7 @@ def paired_difference(
     reason = None
     if not np.isfinite(result.statistic):
         reason = "every pair differs by the same amount, so the t-test is degenerate"
-    return PairedDifference(
-        mean, float(interval.low), float(interval.high), p_value, n, confidence, reason
-    )
+    return PairedDifference(mean, float(interval.low), float(interval.high), p_value, n, confidence, reason)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

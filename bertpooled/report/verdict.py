@@ -105,12 +105,20 @@ def _cost_sentence(base: str, ratios: Mapping[str, float], cache_differs: Sequen
     sentence = f" Cost vs {base}: {', '.join(parts)}." if parts else ""
     if cache_differs:
         # A warm cache skips a phase: the ratio then measures the cache, not the mode.
-        affected = [label for metric, label in HEADLINE_COSTS
-                    if any(metric in CACHED_PHASES[cache] for cache in cache_differs) and finite(ratios.get(metric))]
-        spared = [label for metric, label in HEADLINE_COSTS
-                  if metric.startswith("time/") and label not in affected and finite(ratios.get(metric))]
+        affected = [
+            label
+            for metric, label in HEADLINE_COSTS
+            if any(metric in CACHED_PHASES[cache] for cache in cache_differs) and finite(ratios.get(metric))
+        ]
+        spared = [
+            label
+            for metric, label in HEADLINE_COSTS
+            if metric.startswith("time/") and label not in affected and finite(ratios.get(metric))
+        ]
         if affected:
-            sentence += (f" The groups differ in {' and '.join(cache_differs)} cache hits, so {' and '.join(affected)} "
-                         f"compare{'s' if len(affected) == 1 else ''} cache states, not modes"
-                         + (f"; {' and '.join(spared)} does not depend on them." if spared else "."))
+            sentence += (
+                f" The groups differ in {' and '.join(cache_differs)} cache hits, so {' and '.join(affected)} "
+                f"compare{'s' if len(affected) == 1 else ''} cache states, not modes"
+                + (f"; {' and '.join(spared)} does not depend on them." if spared else ".")
+            )
     return sentence

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,8 +33,11 @@ NOT_IDENTITY = ("data",)
 def identity(run_id: str, config: dict) -> dict:
     """Who a checkpoint belongs to: the run, its seed and a sha256 of its config (but `NOT_IDENTITY`)."""
     kept = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    return {"run_id": run_id, "seed": config.get("seed"),
-            "config_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()}
+    return {
+        "run_id": run_id,
+        "seed": config.get("seed"),
+        "config_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest(),
+    }
 
 
 def digest(folder: Path) -> str:
@@ -50,8 +53,15 @@ def _trained(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def save(folder: Path, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         order: torch.Generator, history: list, owner: dict | None = None) -> str:
+def save(
+    folder: Path,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    order: torch.Generator,
+    history: list,
+    owner: dict | None = None,
+) -> str:
     """Write the state after `epoch` into `folder`, with its tensors' digest and `owner` (see `identity`) inside;
     returns the digest of both files."""
     from safetensors.torch import save_file
@@ -66,9 +76,14 @@ def save(folder: Path, epoch: int, model: torch.nn.Module, optimizer: torch.opti
     tensors["rng/order"] = order.get_state()
     tensors["rng/torch"] = torch.get_rng_state()
     save_file(tensors, str(folder / TENSORS))
-    meta = {"format": FORMAT, "epoch": epoch, "param_groups": optim["param_groups"],
-            "history": [asdict(h) for h in history], "identity": owner or {},
-            "tensors_sha256": hashlib.sha256((folder / TENSORS).read_bytes()).hexdigest()}
+    meta = {
+        "format": FORMAT,
+        "epoch": epoch,
+        "param_groups": optim["param_groups"],
+        "history": [asdict(h) for h in history],
+        "identity": owner or {},
+        "tensors_sha256": hashlib.sha256((folder / TENSORS).read_bytes()).hexdigest(),
+    }
     meta["meta_sha256"] = _meta_digest(meta)
     (folder / META).write_text(json.dumps(meta, indent=1))
     return digest(folder)
@@ -84,10 +99,12 @@ class State:
     history: list[dict]
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, order: torch.Generator) -> None:
-        trained = {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
+        trained = {k[len("model/") :]: v for k, v in self.tensors.items() if k.startswith("model/")}
         expected = {k for k, v in model.named_parameters() if v.requires_grad}
         if set(trained) != expected:
-            raise BertpooledError("checkpoint does not fit this model (its trained weights differ): resume with the run's own config")
+            raise BertpooledError(
+                "checkpoint does not fit this model (its trained weights differ): resume with the run's own config"
+            )
         device = next(model.parameters()).device
         with torch.no_grad():
             params = dict(model.named_parameters())
@@ -142,25 +159,34 @@ def _meta_digest(meta: dict) -> str:
 def _verify_itself(meta: dict, folder: Path, expected_digest: str | None, owner: dict | None) -> None:
     """The checks a checkpoint carries: its format, its tensors' digest, whose it is."""
     if meta.get("format") not in READABLE_FORMATS:
-        raise BertpooledError(f"checkpoint format {meta.get('format')} is not {FORMAT}: resume with the version that wrote it")
+        raise BertpooledError(
+            f"checkpoint format {meta.get('format')} is not {FORMAT}: resume with the version that wrote it"
+        )
     if meta["format"] == 1:
         if not expected_digest:
-            raise BertpooledError("checkpoint has no digest of its own (format 1) and its run records none (tag "
-                                  "checkpoint/sha256 missing): it cannot be verified; start a new run instead")
+            raise BertpooledError(
+                "checkpoint has no digest of its own (format 1) and its run records none (tag "
+                "checkpoint/sha256 missing): it cannot be verified; start a new run instead"
+            )
         return
     if meta.get("meta_sha256") != _meta_digest(meta):
-        raise BertpooledError("checkpoint meta.json does not match the sha256 written inside it (altered or corrupt): "
-                              "refusing to load it; start a new run instead")
+        raise BertpooledError(
+            "checkpoint meta.json does not match the sha256 written inside it (altered or corrupt): "
+            "refusing to load it; start a new run instead"
+        )
     inside = meta.get("tensors_sha256")
     if not inside or hashlib.sha256((folder / TENSORS).read_bytes()).hexdigest() != inside:
-        raise BertpooledError("checkpoint weights do not match the sha256 written inside it (altered or corrupt): "
-                              "refusing to load them; start a new run instead")
+        raise BertpooledError(
+            "checkpoint weights do not match the sha256 written inside it (altered or corrupt): "
+            "refusing to load them; start a new run instead"
+        )
     mine = meta.get("identity") or {}
     for key, what in (("run_id", "run"), ("seed", "seed"), ("config_sha256", "config")):
         if owner is not None and mine.get(key) != owner.get(key):
             raise BertpooledError(
                 f"checkpoint belongs to another {what} ({key} {str(mine.get(key))[:16]!s}, this run's is "
-                f"{str(owner.get(key))[:16]!s}): it was copied from another run; refusing it, start a new run instead")
+                f"{str(owner.get(key))[:16]!s}): it was copied from another run; refusing it, start a new run instead"
+            )
 
 
 @dataclass

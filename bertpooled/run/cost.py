@@ -134,7 +134,9 @@ def peak_memory_metrics(device: torch.device) -> dict[str, float]:
     return {"memory/peak_mb" if _RUNS_MEASURED == 1 else "process/peak_mb": value}
 
 
-def time_text_classifier(predict, texts: list[str], latency_texts: int = 32, throughput_batches: int = 3) -> dict[str, float]:
+def time_text_classifier(
+    predict, texts: list[str], latency_texts: int = 32, throughput_batches: int = 3
+) -> dict[str, float]:
     """`latency/p50_ms`, `latency/p95_ms` (one text at a time after warm-up) and `throughput/infer_examples_per_s`
     (batches of 32 after one warm-up batch) of any `predict(texts)`, end to end on CPU."""
     texts = list(texts)
@@ -146,7 +148,10 @@ def time_text_classifier(predict, texts: list[str], latency_texts: int = 32, thr
         predict([texts[i % len(texts)]])
         times.append(time.perf_counter() - start)
     latency_ms = np.asarray(times) * 1e3
-    batches = [[texts[(b * THROUGHPUT_BATCH + i) % len(texts)] for i in range(THROUGHPUT_BATCH)] for b in range(throughput_batches + 1)]
+    batches = [
+        [texts[(b * THROUGHPUT_BATCH + i) % len(texts)] for i in range(THROUGHPUT_BATCH)]
+        for b in range(throughput_batches + 1)
+    ]
     predict(batches[0])
     seconds = []
     for batch in batches[1:]:
@@ -165,8 +170,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(model: torch.nn.Module, tokenizer, texts: list[str], max_len: int, device: torch.device,
-            latency_texts: int = 32, throughput_batches: int = 3, batch_sizes: tuple[int, ...] | None = None) -> dict[str, float]:
+def measure(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: list[str],
+    max_len: int,
+    device: torch.device,
+    latency_texts: int = 32,
+    throughput_batches: int = 3,
+    batch_sizes: tuple[int, ...] | None = None,
+) -> dict[str, float]:
     """The cost contract's metrics for `model` (ids, lengths -> logits) on real `texts` (the test reviews).
 
     `batch_sizes`: extra batch sizes to time (default `extra_batch_sizes(device)`: 256 on CUDA, none on CPU).
@@ -204,7 +217,9 @@ def measure(model: torch.nn.Module, tokenizer, texts: list[str], max_len: int, d
     return metrics
 
 
-def _time_batches(model, tokenizer, texts: list[str], max_len: int, device: torch.device, size: int, count: int) -> list[float]:
+def _time_batches(
+    model, tokenizer, texts: list[str], max_len: int, device: torch.device, size: int, count: int
+) -> list[float]:
     """Seconds for each of `count` batches of `size` texts end to end, after one untimed warm-up batch."""
     batches = [[texts[(b * size + i) % len(texts)] for i in range(size)] for b in range(count + 1)]
     predict_texts(model, tokenizer, batches[0], max_len, device)  # warm-up

@@ -13,7 +13,15 @@ import torch
 
 from bertpooled.config import Config
 from bertpooled.contract import (
-    ACCURACY, CHECKPOINT_SHA256_TAG, DATA_DIGEST_PARAM, RESUMED_TAG, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, VAL_ACCURACY, time_metric,
+    ACCURACY,
+    CHECKPOINT_SHA256_TAG,
+    DATA_DIGEST_PARAM,
+    RESUMED_TAG,
+    TIME_EPOCH,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    time_metric,
 )
 from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
@@ -65,10 +73,14 @@ def run_experiment(
     runtime.configure_threads(config)
     device = runtime.resolve_device(config.device)  # resolved once: everything below receives it
     phases = Phases()
-    imdb, train_split, test_split = (shared.read_data if shared else prepare.read_data)(config, phases, progress=progress)
+    imdb, train_split, test_split = (shared.read_data if shared else prepare.read_data)(
+        config, phases, progress=progress
+    )
     train_split, val_split = prepare.split_validation(config, train_split)
     held = f" / {len(val_split):,} validation" if val_split is not None else ""
-    log(f"data: {len(train_split):,} train{held} / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}")
+    log(
+        f"data: {len(train_split):,} train{held} / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}"
+    )
     if resume and resume.data_digest != imdb.digest:
         raise BertpooledError(
             f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is {imdb.digest[:12]}): "
@@ -81,9 +93,14 @@ def run_experiment(
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **pipeline.tags(config), **(tags or {})}
     if resume:
         tags[RESUMED_TAG] = str(resume.state.epoch)
-    with tracking.training_run(name, tags, config.description or pipeline.describe(config), parent_run_id=parent_run_id,
-                               resume_run_id=resume.run_id if resume else None,
-                               system_metrics=config.system_metrics) as run:
+    with tracking.training_run(
+        name,
+        tags,
+        config.description or pipeline.describe(config),
+        parent_run_id=parent_run_id,
+        resume_run_id=resume.run_id if resume else None,
+        system_metrics=config.system_metrics,
+    ) as run:
         if resume:
             _continue(resume, log)
         else:
@@ -97,11 +114,14 @@ def run_experiment(
             tracking.log_epoch(stats.epoch, metrics)
             extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
             extra += f" val_acc={stats.val[VAL_ACCURACY]:.4f}" if stats.val else ""
-            log(f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)")
+            log(
+                f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)"
+            )
 
         owner = checkpoint.identity(run.info.run_id, config.to_dict())
         checkpoints = checkpoint.Checkpointer(
-            lambda *state: _save_checkpoint(*state, owner=owner), resume.state if resume else None)
+            lambda *state: _save_checkpoint(*state, owner=owner), resume.state if resume else None
+        )
         trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)
         tracking.log_predictions(test_split.ids, test_split.labels, trained.probabilities)
         _log_plots(test_split.labels, trained.probabilities)
@@ -163,8 +183,13 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
             "runtime/machine": platform.machine(),
         },
     )
-    tracking.log_datasets(inputs.train.to_frame(), inputs.test.to_frame(), imdb.source, imdb.digest,
-                          validation=inputs.val.to_frame() if inputs.val is not None else None)
+    tracking.log_datasets(
+        inputs.train.to_frame(),
+        inputs.test.to_frame(),
+        imdb.source,
+        imdb.digest,
+        validation=inputs.val.to_frame() if inputs.val is not None else None,
+    )
 
 
 def _log_plots(labels, probabilities) -> None:
@@ -232,8 +257,9 @@ def claim_run(run_id: str):
     return handle
 
 
-def prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool = False,
-                   take_over: bool = False) -> tuple[Config, Resume]:
+def prepare_resume(
+    run_id: str, requested: dict[str, object] | None, allow_code_change: bool = False, take_over: bool = False
+) -> tuple[Config, Resume]:
     """The run's own config (checked against any options given now), its checkpoint and its code, before anything runs.
 
     Code that differs from the run's (commit, uncommitted changes, installed version) is refused unless
@@ -281,8 +307,11 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
 
 def _code_change(run_id: str, allow: bool) -> str:
     then, now = tracking.logged_code(run_id), tracking.code_provenance()
-    differs = [f"{k} {then[k].lower() or '-'} -> {now[k].lower() or '-'}" for k in then
-               if k in now and then[k].lower() != now[k].lower()]
+    differs = [
+        f"{k} {then[k].lower() or '-'} -> {now[k].lower() or '-'}"
+        for k in then
+        if k in now and then[k].lower() != now[k].lower()
+    ]
     if not differs:
         return ""
     if not allow:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bertpooled.contract import (
-    ACCURACY, PARAMS_BACKBONE, PARAMS_HEAD, PARAMS_HEAD_TRAINABLE, QUALITY_METRICS, THROUGHPUT_TRAIN, cache_hit_metric,
+    ACCURACY,
+    PARAMS_BACKBONE,
+    PARAMS_HEAD,
+    PARAMS_HEAD_TRAINABLE,
+    QUALITY_METRICS,
+    THROUGHPUT_TRAIN,
+    cache_hit_metric,
     val_metric,
 )
 from bertpooled.data import tokens
@@ -57,8 +63,18 @@ def build_model(prepared: Prepared) -> torch.nn.Module:
 
 def spec_of(config, **extra) -> ModelSpec:
     """The model spec of an experiment config (`extra`: what only the built model knows)."""
-    return ModelSpec(config.features, config.pool_spec, config.position, config.lstm_units, config.padding,
-                     config.lstm_bias, config.max_len, config.model, config.init, **extra)
+    return ModelSpec(
+        config.features,
+        config.pool_spec,
+        config.position,
+        config.lstm_units,
+        config.padding,
+        config.lstm_bias,
+        config.max_len,
+        config.model,
+        config.init,
+        **extra,
+    )
 
 
 def model_spec(config, model: torch.nn.Module) -> ModelSpec:
@@ -77,15 +93,24 @@ def trained_network(model: torch.nn.Module, prepared: Prepared) -> torch.nn.Modu
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, toks: tokens.Tokens, batch_size: int, device: torch.device,
-                  precision: str = "fp32") -> np.ndarray:
+def predict_proba(
+    model: torch.nn.Module, toks: tokens.Tokens, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> np.ndarray:
     """P(positive) per row, in order, from token ids."""
-    return predict_inputs(model, torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths), batch_size, device, precision)
+    return predict_inputs(
+        model, torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths), batch_size, device, precision
+    )
 
 
 @torch.no_grad()
-def predict_inputs(net: torch.nn.Module, inputs: torch.Tensor, lengths: torch.Tensor, batch_size: int,
-                   device: torch.device, precision: str = "fp32") -> np.ndarray:
+def predict_inputs(
+    net: torch.nn.Module,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> np.ndarray:
     """P(positive) per row, in order, from what `net` reads (token ids or cached features); `precision` resolved."""
     net.eval()
     ids = inputs.to(device)
@@ -105,7 +130,7 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
-    checkpoints: "checkpoint.Checkpointer | None" = None,
+    checkpoints: checkpoint.Checkpointer | None = None,
 ) -> list[EpochStats]:
     """Train the head with Adam and BCE-with-logits; one visible loop, one callback per finished epoch.
 
@@ -146,8 +171,13 @@ def fit(
         perm = epoch_order(n, cfg.shuffle_buffer, order, stored).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=None if progress is None else not progress)
+        bar = tqdm(
+            range(0, n, cfg.batch_size),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None if progress is None else not progress,
+        )
         for begin in bar:
             idx = perm[begin : begin + cfg.batch_size]
             x, lens, y = ids[idx], lengths[idx], labels[idx]
@@ -176,8 +206,9 @@ def fit(
 
 def validate(net: torch.nn.Module, prepared: Prepared, device: torch.device, precision: str) -> dict[str, float]:
     """The validation split's quality metrics (`val/accuracy`, `val/f1`, `val/roc_auc`) of `net` as it is now."""
-    probs = predict_inputs(net, *model_inputs(prepared, "val"), runtime.eval_batch_size(prepared.config, device), device,
-                           precision)
+    probs = predict_inputs(
+        net, *model_inputs(prepared, "val"), runtime.eval_batch_size(prepared.config, device), device, precision
+    )
     return {val_metric(metric): metric.score(prepared.val.labels, probs) for metric in QUALITY_METRICS if metric.score}
 
 
@@ -213,7 +244,9 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
     return evaluate_trained(prepared, model, history, resumed_epochs)
 
 
-def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[EpochStats], resumed_epochs: int = 0) -> Result:
+def evaluate_trained(
+    prepared: Prepared, model: torch.nn.Module, history: list[EpochStats], resumed_epochs: int = 0
+) -> Result:
     """After training (here, or in a seed group: bertpooled.run.grouped): evaluate on the test subset, measure the
     inference cost, fill in the contract's metrics. `model` is on the run's device; `phases` holds its train time."""
     from bertpooled.run import cost
@@ -223,13 +256,22 @@ def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[E
     precision = runtime.precision_for(cfg, device)
     with phases.timed("eval"):
         net = trained_network(model, prepared)
-        probs = predict_inputs(net, *model_inputs(prepared, "test"), runtime.eval_batch_size(cfg, device), device, precision)
+        probs = predict_inputs(
+            net, *model_inputs(prepared, "test"), runtime.eval_batch_size(cfg, device), device, precision
+        )
         metrics = evaluate(prepared.test.labels, probs)
     # Inference is timed in the precision the run trained and evaluated in (bf16 on a GPU by default).
     with phases.timed("cost"), runtime.autocast(device, precision):
         metrics.update(
-            cost.measure(model, prepared.tokenizer, prepared.test.texts, cfg.max_len, device,
-                         latency_texts=cfg.latency_texts, throughput_batches=cfg.throughput_batches)
+            cost.measure(
+                model,
+                prepared.tokenizer,
+                prepared.test.texts,
+                cfg.max_len,
+                device,
+                latency_texts=cfg.latency_texts,
+                throughput_batches=cfg.throughput_batches,
+            )
         )
     head_total, head_trainable = count_parameters(model.head)
     # time/train_s of a resumed run covers every epoch: the earlier ones were timed by the process that ran them
@@ -238,7 +280,9 @@ def evaluate_trained(prepared: Prepared, model: torch.nn.Module, history: list[E
     train_s = phases.seconds["train"]
     if prepared.embeddings is not None:
         backbone_params, embedding_params, backbone_trainable = (
-            prepared.embeddings.backbone_params, prepared.embeddings.table.numel(), 0
+            prepared.embeddings.backbone_params,
+            prepared.embeddings.table.numel(),
+            0,
         )
     else:
         backbone_params, backbone_trainable = count_parameters(model.encoder)

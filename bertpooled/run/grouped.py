@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -87,8 +87,14 @@ class GroupedLSTMHead(nn.Module):
 
     def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(LSTMHead name, stacked parameter) in LSTMHead's registration order: what the per-seed Adam state follows."""
-        stacked = {"weight_ih_l0": self.weight_ih_l0, "weight_hh_l0": self.weight_hh_l0, "bias_ih_l0": self.bias_ih_l0,
-                   "bias_hh_l0": self.bias_hh_l0, "dense.weight": self.dense_weight, "dense.bias": self.dense_bias}
+        stacked = {
+            "weight_ih_l0": self.weight_ih_l0,
+            "weight_hh_l0": self.weight_hh_l0,
+            "bias_ih_l0": self.bias_ih_l0,
+            "bias_hh_l0": self.bias_hh_l0,
+            "dense.weight": self.dense_weight,
+            "dense.bias": self.dense_bias,
+        }
         return [(name, stacked[name]) for name in HEAD_PARAMS if isinstance(stacked[name], nn.Parameter)]
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,12 +123,17 @@ class GroupedLSTMHead(nn.Module):
         """Last states (S, batch, units) of all seeds from one LSTM of S*units units with block-diagonal recurrence."""
         seeds, batch, steps, width = x.shape
         units, gates = self.units, 4 * self.units
-        projected = torch.baddbmm(self.bias_ih_l0.unsqueeze(1), x.reshape(seeds, batch * steps, width),
-                                  self.weight_ih_l0.transpose(1, 2))
+        projected = torch.baddbmm(
+            self.bias_ih_l0.unsqueeze(1), x.reshape(seeds, batch * steps, width), self.weight_ih_l0.transpose(1, 2)
+        )
         # (S, B, T, 4, H) -> (B, T, 4, S, H): gate-major, as the kernel orders an LSTM of S*H units.
-        inputs = projected.view(seeds, batch, steps, 4, units).permute(1, 2, 3, 0, 4).reshape(batch, steps, seeds * gates)
+        inputs = (
+            projected.view(seeds, batch, steps, 4, units).permute(1, 2, 3, 0, 4).reshape(batch, steps, seeds * gates)
+        )
         recurrent = self.weight_hh_l0.view(seeds, 4, units, units).permute(1, 0, 2, 3)
-        recurrent = torch.einsum("gsij,st->gsitj", recurrent, self._seed_eye.to(x.dtype)).reshape(seeds * gates, seeds * units)
+        recurrent = torch.einsum("gsij,st->gsitj", recurrent, self._seed_eye.to(x.dtype)).reshape(
+            seeds * gates, seeds * units
+        )
         bias_hh = self.bias_hh_l0.view(seeds, 4, units).transpose(0, 1).reshape(seeds * gates)
         h0 = x.new_zeros(1, batch, seeds * units)
         weights = [self._block_identity.to(x.dtype), recurrent, self._block_no_bias.to(x.dtype), bias_hh]
@@ -161,7 +172,9 @@ class FrozenFeatures(nn.Module):
         elif isinstance(model, EncoderLSTMClassifier):
             self.kind, self.pool, self.padding, self.layer = "cached", model.out_pool, "mask", None
         else:
-            raise TypeError(f"a seed group trains PooledLSTMClassifier or cached encoder features, not {type(model).__name__}")
+            raise TypeError(
+                f"a seed group trains PooledLSTMClassifier or cached encoder features, not {type(model).__name__}"
+            )
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.kind == "cached":
@@ -243,7 +256,9 @@ def can_group(config) -> bool:
     return config.mode != "reference" and not config.finetune and not getattr(config, "validation_fraction", 0)
 
 
-def build_group(prepared, seeds: Sequence[int], recurrence: str | None = None, device: torch.device | str = "cpu") -> SeedGroup:
+def build_group(
+    prepared, seeds: Sequence[int], recurrence: str | None = None, device: torch.device | str = "cpu"
+) -> SeedGroup:
     """S models built exactly as `fit.build_model` builds each seed's (seed_everything(seed), then construct),
     stacked into a SeedGroup on `device`. `recurrence` None: `default_recurrence(device)`."""
     if not can_group(prepared.config):
@@ -268,19 +283,29 @@ def seed_optimizer_state(optimizer: torch.optim.Optimizer, group: SeedGroup, s: 
     return {"state": state, "param_groups": groups}
 
 
-def seed_snapshot(group: SeedGroup, optimizer: torch.optim.Optimizer, s: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+def seed_snapshot(
+    group: SeedGroup, optimizer: torch.optim.Optimizer, s: int
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Seed s now, as `fit` alone would hold it: its model (trained weights written in) and an Adam over its head
     with its state: what `checkpoint.save` / a `Checkpointer.write` takes for that seed."""
     model = group.models[s]
     group.head.write_into(s, model.head)
     defaults = optimizer.defaults
-    seed_opt = torch.optim.Adam(model.head.parameters(), lr=defaults["lr"], eps=defaults["eps"], fused=defaults.get("fused"))
+    seed_opt = torch.optim.Adam(
+        model.head.parameters(), lr=defaults["lr"], eps=defaults["eps"], fused=defaults.get("fused")
+    )
     seed_opt.load_state_dict(seed_optimizer_state(optimizer, group, s))
     return model, seed_opt
 
 
-def make_optimizer(group: SeedGroup, lr: float, eps: float, device: torch.device, fused: bool | None = None,
-                   foreach: bool | None = None) -> torch.optim.Adam:
+def make_optimizer(
+    group: SeedGroup,
+    lr: float,
+    eps: float,
+    device: torch.device,
+    fused: bool | None = None,
+    foreach: bool | None = None,
+) -> torch.optim.Adam:
     """One Adam over the stacked head: S independent Adams, since Adam is elementwise. Fused by default, as `fit`."""
     if fused is None and not foreach:
         fused = torch.device(device).type in ("cpu", "cuda")
@@ -288,8 +313,14 @@ def make_optimizer(group: SeedGroup, lr: float, eps: float, device: torch.device
     return torch.optim.Adam(params, lr=lr, eps=eps, fused=fused, foreach=foreach)
 
 
-def group_step(group: SeedGroup, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, lengths: torch.Tensor,
-               labels: torch.Tensor, autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
+def group_step(
+    group: SeedGroup,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    labels: torch.Tensor,
+    autocast=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step of all seeds: inputs (S, batch, ...), lengths and labels (S, batch).
 
     The loss is the sum over seeds of each seed's mean BCE, so seed s's gradient is its own loss's gradient.
@@ -312,7 +343,7 @@ def fit_group(
     group: SeedGroup,
     prepared,
     device: torch.device,
-    on_epoch: Callable[[int, "object"], None] | None = None,
+    on_epoch: Callable[[int, object], None] | None = None,
     progress: bool | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     on_epoch_end: Callable[[int, torch.optim.Optimizer, list[torch.Generator]], None] | None = None,
@@ -353,8 +384,13 @@ def fit_group(
         perms = torch.stack([fit.epoch_order(n, cfg.shuffle_buffer, order, stored) for order in orders]).to(device)
         loss_sum = torch.zeros(seeds, device=device)
         correct = torch.zeros(seeds, device=device, dtype=torch.long)
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs} ({seeds} seeds)", unit="batch",
-                   leave=False, disable=None if progress is None else not progress)
+        bar = tqdm(
+            range(0, n, cfg.batch_size),
+            desc=f"epoch {epoch}/{cfg.epochs} ({seeds} seeds)",
+            unit="batch",
+            leave=False,
+            disable=None if progress is None else not progress,
+        )
         for begin in bar:
             idx = perms[:, begin : begin + cfg.batch_size]
             y = labels[idx]
@@ -381,6 +417,17 @@ def fit_group(
 
 
 __all__ = [
-    "RECURRENCES", "GroupedLSTMHead", "FrozenFeatures", "SeedGroup", "build_group", "can_group", "default_recurrence",
-    "fit_group", "group_step", "make_optimizer", "seed_optimizer_state", "seed_snapshot", "with_seed",
+    "RECURRENCES",
+    "FrozenFeatures",
+    "GroupedLSTMHead",
+    "SeedGroup",
+    "build_group",
+    "can_group",
+    "default_recurrence",
+    "fit_group",
+    "group_step",
+    "make_optimizer",
+    "seed_optimizer_state",
+    "seed_snapshot",
+    "with_seed",
 ]

@@ -20,21 +20,23 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.config import Config
+from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.run import fit, grouped, runtime
 from bertpooled.run.lstm import LSTMPipeline
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Trained
 
-NOTE = ("trained in one loop with the other seeds of its config (--group-seeds): time/train_s and time/epoch_s are "
-        "this seed's 1/S share of the group's training (time/group_train_s); checkpoints logged after training")
+NOTE = (
+    "trained in one loop with the other seeds of its config (--group-seeds): time/train_s and time/epoch_s are "
+    "this seed's 1/S share of the group's training (time/group_train_s); checkpoints logged after training"
+)
 
 
 @dataclass
@@ -101,8 +103,10 @@ def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) ->
     seconds = time.perf_counter() - start
     models = group.split()
     ahead = prepared.train_features_precomputed, prepared.phases.seconds.get("precompute", 0.0)
-    return {seed: TrainedSeed(models[s], histories[s], seconds, len(seeds), snapshots[s], *ahead)
-            for s, seed in enumerate(seeds)}
+    return {
+        seed: TrainedSeed(models[s], histories[s], seconds, len(seeds), snapshots[s], *ahead)
+        for s, seed in enumerate(seeds)
+    }
 
 
 class GroupedSeedPipeline(LSTMPipeline):
@@ -138,8 +142,15 @@ def enabled(group_seeds: bool | None, device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def schedule(todo: Sequence, resumable: dict[str, str], group_seeds: bool | None, shared, infos: dict,
-             progress: bool | None, log: Callable[[str], None]) -> list[tuple[object, Callable[[], tuple]]]:
+def schedule(
+    todo: Sequence,
+    resumable: dict[str, str],
+    group_seeds: bool | None,
+    shared,
+    infos: dict,
+    progress: bool | None,
+    log: Callable[[str], None],
+) -> list[tuple[object, Callable[[], tuple]]]:
     """The sweep's children (`todo`: .config, .key, .label) in run order, each with `start()` -> (pipeline or
     None, extra tags): a group's first `start()` trains the whole group; a lone child gets (None, {})."""
     configs = [child.config for child in todo]
@@ -170,8 +181,14 @@ def _train(children: Sequence, shared, infos: dict, progress: bool | None, log: 
     runtime.configure_threads(config)
     phases = Phases()
     device = runtime.resolve_device(config.device)
-    prepared = shared.prepare(config, infos[children[0].key], *shared.read_data(config, phases, progress=progress),
-                              phases, progress=progress, device=device)
+    prepared = shared.prepare(
+        config,
+        infos[children[0].key],
+        *shared.read_data(config, phases, progress=progress),
+        phases,
+        progress=progress,
+        device=device,
+    )
     seeds = [child.config.seed for child in children]
     log(f"training seeds {','.join(map(str, seeds))} of {children[0].label.rsplit('-s', 1)[0]} together on {device}")
     trained = train_group(prepared, seeds, progress)

@@ -7,13 +7,14 @@ KILLED then waits on this very process's lock until SQLite gives up ("database i
 RUNNING. So a signal that arrives during a store call is handed back to this process a moment later, until
 it arrives between store calls; there it raises KeyboardInterrupt as usual.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable, Optional
 
 # Modules whose frames mean "a database transaction of the tracking store may be open": MLflow's SQL stores
 # and the drivers under them. Not MLflow's REST client: a request cut short holds no lock here, and its
@@ -22,7 +23,7 @@ DATABASE_MODULES = ("sqlalchemy", "sqlite3", "alembic", "psycopg", "psycopg2", "
 REDELIVER_AFTER_S = 0.05
 
 
-def in_store_call(frame: Optional[FrameType]) -> bool:
+def in_store_call(frame: FrameType | None) -> bool:
     """Whether `frame` or any frame below it runs a tracking-store database call."""
     while frame is not None:
         name = str(frame.f_globals.get("__name__", ""))
@@ -42,7 +43,7 @@ def deferred_interrupt(on_interrupt: Callable[[int], bool] = lambda signum: True
     run KILLED.
     """
 
-    def handler(signum: int, frame: Optional[FrameType]) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         if in_store_call(frame):
             timer = threading.Timer(REDELIVER_AFTER_S, os.kill, (os.getpid(), signum))
             timer.daemon = True

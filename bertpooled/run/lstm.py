@@ -13,17 +13,23 @@ class LSTMPipeline:
 
     def describe(self, config: Config) -> str:
         if config.features == "encoder":
-            return (f"IMDB sentiment from {config.model} encoder hidden states "
-                    f"({'fine-tuned' if config.finetune else 'frozen'}), {config.pool} pooling at {config.pool_at}, "
-                    f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}")
+            return (
+                f"IMDB sentiment from {config.model} encoder hidden states "
+                f"({'fine-tuned' if config.finetune else 'frozen'}), {config.pool} pooling at {config.pool_at}, "
+                f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
+            )
         what = "embedding-layer outputs" if config.features == "embedding_layer" else "word embeddings"
-        return (f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} {what}, "
-                f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}")
+        return (
+            f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} {what}, "
+            f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
+        )
 
     def tags(self, config: Config) -> dict[str, str]:
         tags = {"features": config.features}
         if config.features == "encoder":
-            tags.update({"pool_at": config.pool_at, "finetune": str(config.finetune).lower(), "variant": config.variant})
+            tags.update(
+                {"pool_at": config.pool_at, "finetune": str(config.finetune).lower(), "variant": config.variant}
+            )
         return tags
 
     def warm(self, inputs: Inputs, progress: bool | None = None) -> None:
@@ -32,8 +38,17 @@ class LSTMPipeline:
 
     def _prepare(self, inputs: Inputs, progress: bool | None) -> prepare.Prepared:
         make = inputs.shared.prepare if inputs.shared is not None else prepare.prepare
-        return make(inputs.config, inputs.info, inputs.imdb, inputs.train, inputs.test, inputs.phases,
-                    progress=progress, device=inputs.device, val=inputs.val)
+        return make(
+            inputs.config,
+            inputs.info,
+            inputs.imdb,
+            inputs.train,
+            inputs.test,
+            inputs.phases,
+            progress=progress,
+            device=inputs.device,
+            val=inputs.val,
+        )
 
     def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
         prepared = self._prepare(inputs, progress)

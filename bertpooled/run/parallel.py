@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from bertpooled.config import Config
-from bertpooled.run.experiment import run_or_resume
 from bertpooled.contract import KILLED, SWEEP_CHILD_TAG, SWEEP_KEY_TAG, SWEEP_PARALLEL_TAG, SWEEP_SHARED_INPUTS_TAG
+from bertpooled.run.experiment import run_or_resume
 from bertpooled.tracking import sweeps
 
 # Worker-process state for `_run_parallel`: the sweep's stop flag, whether a child is running here now, and the
@@ -65,7 +65,7 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        PR_SET_PDEATHSIG = 1  # noqa: N806 - <linux/prctl.h>
+        PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
     def watch() -> None:
@@ -88,15 +88,20 @@ def _leave() -> None:
     if _sweep and _sweep[1]:
         try:
             sweeps.use_tracking_uri(_sweep[2])
-            sweeps.end_if_running(_sweep[1], KILLED, "the sweep's process died (killed or crashed); its workers "
-                                  "stopped with it: resume with --resume-parent")
-        except Exception:  # noqa: BLE001 - best effort: the store may be what failed
+            sweeps.end_if_running(
+                _sweep[1],
+                KILLED,
+                "the sweep's process died (killed or crashed); its workers "
+                "stopped with it: resume with --resume-parent",
+            )
+        except Exception:
             pass
     os._exit(1)
 
 
-def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], tracking_uri: str,
-                      resume_run_id: str | None = None):
+def _child_in_process(
+    config: Config, parent_id: str, tags: dict[str, str], tracking_uri: str, resume_run_id: str | None = None
+):
     """One child in a worker process: it reads the parent's on-disk caches instead of its memory.
 
     Returns None, creating no run, when the sweep was stopped before this child started.
@@ -110,8 +115,14 @@ def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], trac
         if _stop is not None and _stop.is_set():
             return None
         sweeps.use_tracking_uri(tracking_uri)
-        return run_or_resume(config, resume_run_id, progress=False, parent_run_id=parent_id, tags=tags,
-                          log=lambda line: print(f"[{label}] {line}", file=sys.stderr, flush=True))
+        return run_or_resume(
+            config,
+            resume_run_id,
+            progress=False,
+            parent_run_id=parent_id,
+            tags=tags,
+            log=lambda line: print(f"[{label}] {line}", file=sys.stderr, flush=True),
+        )
     except KeyboardInterrupt:
         if _stop is not None:
             with contextlib.suppress(Exception):
@@ -123,8 +134,14 @@ def _child_in_process(config: Config, parent_id: str, tags: dict[str, str], trac
             _leave()  # the child's run ended (KILLED with its checkpoint); no one is left to take its result
 
 
-def run_parallel(todo: Sequence, parent_id: str, parallel: int, log: Callable[[str], None],
-                  resumable: dict[str, str] | None = None, keep_threads: bool = False) -> list:
+def run_parallel(
+    todo: Sequence,
+    parent_id: str,
+    parallel: int,
+    log: Callable[[str], None],
+    resumable: dict[str, str] | None = None,
+    keep_threads: bool = False,
+) -> list:
     """Children side by side in `parallel` fresh processes, each with its share of the CPU threads.
 
     The first failure cancels the children not yet started, lets the running ones end, then propagates.
@@ -141,17 +158,28 @@ def run_parallel(todo: Sequence, parent_id: str, parallel: int, log: Callable[[s
     stop = context.Event()
     threads = max(1, (os.cpu_count() or 1) // parallel)
     ran, error, interrupted = [], None, False
-    with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_worker_init,
-                                initargs=(stop, os.getpid(), parent_id, sweeps.tracking_uri())) as pool:
+    with cf.ProcessPoolExecutor(
+        max_workers=parallel,
+        mp_context=context,
+        initializer=_worker_init,
+        initargs=(stop, os.getpid(), parent_id, sweeps.tracking_uri()),
+    ) as pool:
         futures = {}
         for child in todo:
             config = child.config
             if not config.num_threads and not keep_threads:  # kept: a resumed sweep's earlier children had auto
                 config = dataclasses.replace(config, num_threads=threads)
-            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_SHARED_INPUTS_TAG: "on-disk caches the parent filled",
-                    SWEEP_PARALLEL_TAG: str(parallel)}
-            futures[pool.submit(_child_in_process, config, parent_id, tags, sweeps.tracking_uri(),
-                                (resumable or {}).get(child.key))] = child
+            tags = {
+                SWEEP_KEY_TAG: child.key,
+                SWEEP_CHILD_TAG: child.label,
+                SWEEP_SHARED_INPUTS_TAG: "on-disk caches the parent filled",
+                SWEEP_PARALLEL_TAG: str(parallel),
+            }
+            futures[
+                pool.submit(
+                    _child_in_process, config, parent_id, tags, sweeps.tracking_uri(), (resumable or {}).get(child.key)
+                )
+            ] = child
         log(f"running {len(todo)} children, {parallel} at a time, {threads} thread(s) each")
         pending = set(futures)
         while pending:
@@ -166,7 +194,7 @@ def run_parallel(todo: Sequence, parent_id: str, parallel: int, log: Callable[[s
                         interrupted = True
                         log(f"{futures[future].label}: interrupted, its run marked KILLED")
                         continue
-                    except BaseException as exc:  # noqa: BLE001 - re-raised below, after the running children end
+                    except BaseException as exc:
                         error = error or exc
                         for other in futures:
                             other.cancel()

@@ -8,8 +8,9 @@ log a servable model; `bertpooled.run.experiment.pipeline_for` picks one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -60,8 +61,13 @@ class Pipeline(Protocol):
     def warm(self, inputs: Inputs, progress: bool | None = None) -> None:
         """Fill `inputs.shared` with what this config's runs will read, before a sweep's first child."""
 
-    def fit_and_evaluate(self, inputs: Inputs, on_epoch: Callable[[fit.EpochStats], None] | None = None,
-                         checkpoints: checkpoint.Checkpointer | None = None, progress: bool | None = None) -> Trained:
+    def fit_and_evaluate(
+        self,
+        inputs: Inputs,
+        on_epoch: Callable[[fit.EpochStats], None] | None = None,
+        checkpoints: checkpoint.Checkpointer | None = None,
+        progress: bool | None = None,
+    ) -> Trained:
         """Prepare, fit and evaluate, each phase timed in `inputs.phases`."""
 
     def log_model(self, config: Config, trained: Trained) -> str:

@@ -15,7 +15,7 @@ it (`bertpooled.contract.CACHED_PHASES`). The pass is timed inside `time/train_s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -35,8 +35,14 @@ Features = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def train_features(features: Features, ids: torch.Tensor, lengths: torch.Tensor, budget_mb: int, batch_size: int,
-                   progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def train_features(
+    features: Features,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    budget_mb: int,
+    batch_size: int,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`features(ids, lengths)` of every row, in row order, with their head lengths, when they fit `budget_mb`
     MiB (sized from one row's); else None. For a model where `applies`: its `features`.
 
@@ -49,24 +55,36 @@ def train_features(features: Features, ids: torch.Tensor, lengths: torch.Tensor,
         return None
     out = first.new_empty((len(lengths), *first.shape[1:]))
     out_lengths = first_lengths.new_empty(len(lengths))
-    bar = tqdm(range(0, len(lengths), batch_size), desc="precompute features", unit="batch", leave=False,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        range(0, len(lengths), batch_size),
+        desc="precompute features",
+        unit="batch",
+        leave=False,
+        disable=None if progress is None else not progress,
+    )
     for start in bar:
         end = start + batch_size
         out[start:end], out_lengths[start:end] = features(ids[start:end], lengths[start:end])
     return out, out_lengths
 
 
-def before_training(model: torch.nn.Module, features: Features, ids: torch.Tensor, lengths: torch.Tensor, prepared,
-                    progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def before_training(
+    model: torch.nn.Module,
+    features: Features,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    prepared,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """What a training loop calls first: the features when `model` `applies` and they fit the run's budget, timed
     as the run's `precompute` phase and recorded in `prepared.train_features_precomputed`; else None."""
     cfg = prepared.config
     ahead = None
     if applies(model, cfg.precompute_mb):
         with prepared.phases.timed("precompute"):
-            ahead = train_features(features, ids, lengths, cfg.precompute_mb,
-                                   runtime.eval_batch_size(cfg, prepared.device), progress)
+            ahead = train_features(
+                features, ids, lengths, cfg.precompute_mb, runtime.eval_batch_size(cfg, prepared.device), progress
+            )
     prepared.train_features_precomputed = ahead is not None
     return ahead
 

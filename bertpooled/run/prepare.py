@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,7 +98,10 @@ def read_training(config: Config, phases: Phases, progress: bool | None = None) 
     with phases.timed("data"):
         imdb = data.load_imdb(config.data, progress=progress)
         train_idx = data.balanced_subset(
-            imdb.train.labels, fraction=config.train_fraction, n=config.max_train_examples or None, seed=config.data_seed
+            imdb.train.labels,
+            fraction=config.train_fraction,
+            n=config.max_train_examples or None,
+            seed=config.data_seed,
         )
     train_split = imdb.train.take(train_idx)
     check_training_subset(config, train_split.labels)
@@ -133,9 +136,17 @@ def check_training_subset(config: Config, labels: np.ndarray) -> None:
         )
 
 
-def prepare(config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train: data.Split, test: data.Split | None,
-            phases: Phases, progress: bool | None = None, device: torch.device | None = None,
-            val: data.Split | None = None) -> Prepared:
+def prepare(
+    config: Config,
+    info: backbone.BackboneInfo,
+    imdb: data.Imdb,
+    train: data.Split,
+    test: data.Split | None,
+    phases: Phases,
+    progress: bool | None = None,
+    device: torch.device | None = None,
+    val: data.Split | None = None,
+) -> Prepared:
     """Token ids for the subsets (cached per tokenizer, data digest, split subset and max_len) and the features.
 
     `device`: the run's, resolved once by the caller (default: resolved from the config here). `test` None (a
@@ -152,13 +163,33 @@ def prepare(config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train:
             subset_digest = data_digest_of(imdb.digest, split.ids)
             key = tokens.cache_key(fingerprint, subset_digest, name, config.max_len)
             toks, hit = tokens.load_or_tokenize(
-                tokenizer, split.texts, config.max_len, key=key, cache_dir=cache, progress=progress, desc=f"tokenize {name}"
+                tokenizer,
+                split.texts,
+                config.max_len,
+                key=key,
+                cache_dir=cache,
+                progress=progress,
+                desc=f"tokenize {name}",
             )
             sets.append(toks)
             hits.append(hit)
     made = dict(zip(_splits(train, val, test), sets))
-    prepared = Prepared(config, info, imdb, train, test, made["train"], made.get("test"), tokenizer, None, all(hits), phases,
-                        device=device or runtime.resolve_device(config.device), val=val, val_tokens=made.get("val"))
+    prepared = Prepared(
+        config,
+        info,
+        imdb,
+        train,
+        test,
+        made["train"],
+        made.get("test"),
+        tokenizer,
+        None,
+        all(hits),
+        phases,
+        device=device or runtime.resolve_device(config.device),
+        val=val,
+        val_tokens=made.get("val"),
+    )
     with phases.timed("features"):
         if config.features == "encoder":
             prepare_encoder_features(prepared, lambda: backbone.load_model(info), progress=progress)
@@ -193,7 +224,9 @@ def features_key_part(config: Config, precision: str) -> str:
     return inside if precision == "fp32" else f"{inside}|{precision}"
 
 
-def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None) -> None:
+def prepare_encoder_features(
+    prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None
+) -> None:
     """Load the backbone; when frozen, fill in its features for both splits from the disk cache or by running it."""
     cfg = prepared.config
     prepared.backbone_model = load()
@@ -212,16 +245,32 @@ def prepare_encoder_features(prepared: Prepared, load: Callable[[], torch.nn.Mod
 
         def run_backbone(toks=toks, name=name):
             # The frozen backbone runs in the run's precision (bf16 on CUDA and on a bf16 CPU by default).
-            return features.compute(encoder, toks.ids, toks.lengths, runtime.eval_batch_size(cfg, device), device,
-                                    progress, desc=f"features {name}", autocast=lambda: runtime.autocast(device, precision))
+            return features.compute(
+                encoder,
+                toks.ids,
+                toks.lengths,
+                runtime.eval_batch_size(cfg, device),
+                device,
+                progress,
+                desc=f"features {name}",
+                autocast=lambda: runtime.autocast(device, precision),
+            )
 
         def make(key=key, name=name, run_backbone=run_backbone):
             encoder.to(device)
             try:
                 return features.load_or_compute(
-                    run_backbone, key=key, cache_dir=data.cache_dir(), rows=len(toks),
-                    meta={"backbone": cfg.model, "split": name, "max_len": str(cfg.max_len), "inside": inside_spec(cfg),
-                          "precision": precision},
+                    run_backbone,
+                    key=key,
+                    cache_dir=data.cache_dir(),
+                    rows=len(toks),
+                    meta={
+                        "backbone": cfg.model,
+                        "split": name,
+                        "max_len": str(cfg.max_len),
+                        "inside": inside_spec(cfg),
+                        "precision": precision,
+                    },
                 )
             finally:
                 encoder.cpu()

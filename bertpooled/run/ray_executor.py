@@ -15,12 +15,21 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG, FAILED, FINISHED, KILLED, RESUMED_TAG, SWEEP_CHILD_TAG, SWEEP_EXECUTOR_TAG, SWEEP_KEY_TAG,
-    SWEEP_NODE_IP_TAG, SWEEP_NODE_TAG, SWEEP_SHARED_INPUTS_TAG,
+    CHECKPOINT_EPOCH_TAG,
+    FAILED,
+    FINISHED,
+    KILLED,
+    RESUMED_TAG,
+    SWEEP_CHILD_TAG,
+    SWEEP_EXECUTOR_TAG,
+    SWEEP_KEY_TAG,
+    SWEEP_NODE_IP_TAG,
+    SWEEP_NODE_TAG,
+    SWEEP_SHARED_INPUTS_TAG,
 )
 from bertpooled.errors import BertpooledError
 from bertpooled.tracking import sweeps
@@ -56,7 +65,9 @@ class RayExecutor:
 
     def __post_init__(self) -> None:
         if not self.cpus_per_run > 0:
-            raise BertpooledError(f"--cpus-per-run {self.cpus_per_run} must be > 0 (CPUs Ray reserves per child), e.g. 1")
+            raise BertpooledError(
+                f"--cpus-per-run {self.cpus_per_run} must be > 0 (CPUs Ray reserves per child), e.g. 1"
+            )
         if self.gpus_per_run < 0:
             raise BertpooledError(f"--gpus-per-run {self.gpus_per_run} must be >= 0, e.g. 1 for one GPU per child")
         _import_ray()
@@ -65,8 +76,10 @@ class RayExecutor:
         """A child that asks for a GPU must reserve one: Ray would not keep two such children off the same GPU."""
         wants_gpu = sorted({c.config.device for c in children if c.config.device.startswith("cuda")})
         if wants_gpu and not self.gpus_per_run:
-            raise BertpooledError(f"device={wants_gpu[0]} with --gpus-per-run 0: pass --gpus-per-run 1 so that Ray "
-                                  "reserves a GPU for each child (or --device auto)")
+            raise BertpooledError(
+                f"device={wants_gpu[0]} with --gpus-per-run 0: pass --gpus-per-run 1 so that Ray "
+                "reserves a GPU for each child (or --device auto)"
+            )
 
     def connect(self) -> None:
         """Join the cluster (before the sweep's parent run exists, so a wrong address leaves no run behind)."""
@@ -86,7 +99,7 @@ class RayExecutor:
         try:
             # The children's own output stays in Ray's worker logs: the driver prints one line per start/finish.
             ray.init(address=self.address or None, log_to_driver=False, logging_level="WARNING")
-        except Exception as exc:  # noqa: BLE001 - Ray raises several kinds; all mean "no cluster there"
+        except Exception as exc:
             where = self.address or os.environ.get("RAY_ADDRESS") or "a new local Ray"
             first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise BertpooledError(
@@ -114,18 +127,27 @@ class RayExecutor:
         self.connect()
         threads = max(1, int(self.cpus_per_run))
         task = ray.remote(_run_child).options(
-            num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES, retry_exceptions=False,
+            num_cpus=self.cpus_per_run,
+            num_gpus=self.gpus_per_run,
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,
         )
         uri = sweeps.tracking_uri()
         refs = {}
         for child in todo:
             # Torch gets as many threads as Ray reserved CPUs, unless the config says otherwise.
-            config = child.config if child.config.num_threads else dataclasses.replace(child.config, num_threads=threads)
+            config = (
+                child.config if child.config.num_threads else dataclasses.replace(child.config, num_threads=threads)
+            )
             if config.device == "auto" and not self.gpus_per_run:
                 # Ray leaves a GPU visible to a task that reserved none: `auto` would use it unreserved.
                 config = dataclasses.replace(config, device="cpu")
-            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_EXECUTOR_TAG: "ray",
-                    SWEEP_SHARED_INPUTS_TAG: "each node's own caches"}
+            tags = {
+                SWEEP_KEY_TAG: child.key,
+                SWEEP_CHILD_TAG: child.label,
+                SWEEP_EXECUTOR_TAG: "ray",
+                SWEEP_SHARED_INPUTS_TAG: "each node's own caches",
+            }
             refs[task.remote(config, parent_id, tags, uri)] = child
         by_key = {child.key: child for child in todo}
         log(f"running {len(todo)} children as Ray tasks, {self.describe()}")
@@ -162,9 +184,11 @@ class RayExecutor:
                         resumed = sweeps.get_run(outcome.run_id).data.tags.get(RESUMED_TAG)
                         how = f"resumed after epoch {resumed}" if resumed else "started"
                         say(f"{child.label}: {how} on node {node_ip} {node[:8]} (run {outcome.run_id})")
-                    say(f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
+                    say(
+                        f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
                         f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f} "
-                        f"[{len(ran)}/{len(todo)}]")
+                        f"[{len(ran)}/{len(todo)}]"
+                    )
         except BaseException:
             self._cancel(ray, pending, experiment_id, parent_id, by_key, say)
             raise
@@ -198,7 +222,7 @@ class RayExecutor:
                 if run.data.tags.get(SWEEP_KEY_TAG) in by_key:
                     sweeps.end_child(run.info.run_id, KILLED, "the sweep was stopped while this child ran")
                     say(f"{by_key[run.data.tags[SWEEP_KEY_TAG]].label}: marked KILLED (run {run.info.run_id})")
-        except Exception as exc:  # noqa: BLE001 - best effort while the original exception propagates
+        except Exception as exc:
             say(f"could not mark the unfinished children KILLED ({exc}); a resume continues them all the same")
 
 
@@ -220,13 +244,15 @@ def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
     if finished:
         run = finished[0]
         return Outcome(run.info.run_id, run.info.experiment_id, dict(run.data.metrics), "", "", ""), node, node_ip
-    with_checkpoint = sorted((r for r in earlier if CHECKPOINT_EPOCH_TAG in r.data.tags),
-                             key=lambda r: int(r.data.tags[CHECKPOINT_EPOCH_TAG]))
+    with_checkpoint = sorted(
+        (r for r in earlier if CHECKPOINT_EPOCH_TAG in r.data.tags),
+        key=lambda r: int(r.data.tags[CHECKPOINT_EPOCH_TAG]),
+    )
     for run in earlier:
         # A run whose worker died before its first checkpoint cannot be continued; it must not stay RUNNING.
         if run.info.status == "RUNNING" and CHECKPOINT_EPOCH_TAG not in run.data.tags:
             sweeps.end_child(run.info.run_id, FAILED, "its worker was lost before the first checkpoint; run again")
-    log = lambda line: print(f"[{tags[SWEEP_CHILD_TAG]}] {line}", file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda line: print(f"[{tags[SWEEP_CHILD_TAG]}] {line}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     if with_checkpoint:
         config, resume = prepare_resume(with_checkpoint[-1].info.run_id, None)

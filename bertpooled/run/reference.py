@@ -18,9 +18,9 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from bertpooled.model import backbone
 from bertpooled import data
 from bertpooled.config import Config
+from bertpooled.model import backbone
 from bertpooled.run import cost
 from bertpooled.run.measure import Phases, evaluate
 from bertpooled.run.pipeline import Trained
@@ -30,8 +30,14 @@ SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "reference.py"
 # min_df=2 drops n-grams seen in one review only: they cannot generalise, and they would
 # multiply the stored vocabulary several times over. sublinear_tf damps repeated words.
 VECTORIZER = {
-    "ngram_range": [1, 2], "min_df": 2, "sublinear_tf": True, "lowercase": True,
-    "token_pattern": r"(?u)\b\w\w+\b", "norm": "l2", "use_idf": True, "smooth_idf": True,
+    "ngram_range": [1, 2],
+    "min_df": 2,
+    "sublinear_tf": True,
+    "lowercase": True,
+    "token_pattern": r"(?u)\b\w\w+\b",
+    "norm": "l2",
+    "use_idf": True,
+    "smooth_idf": True,
 }
 # C=4 won 5-fold cross-validation on the default protocol's training subset among 1, 4 and 16 (first 128
 # tokens: 0.810, 0.812, 0.809; full text: 0.880, 0.885, 0.886, where 16 costs twice the time).
@@ -59,8 +65,12 @@ class Result:
 
 def describe(config: Config) -> str:
     """The run's description (its MLflow note)."""
-    text = f"the first {config.max_len} {config.model} tokens" if config.reference_text == "tokens" else "the full review"
-    return f"IMDB sentiment, reference mode: TF-IDF (word 1-2 grams) + logistic regression on {text}, seed {config.seed}"
+    text = (
+        f"the first {config.max_len} {config.model} tokens" if config.reference_text == "tokens" else "the full review"
+    )
+    return (
+        f"IMDB sentiment, reference mode: TF-IDF (word 1-2 grams) + logistic regression on {text}, seed {config.seed}"
+    )
 
 
 def decode(tokenizer, rows: list[list[int]] | list[np.ndarray]) -> list[str]:
@@ -70,8 +80,14 @@ def decode(tokenizer, rows: list[list[int]] | list[np.ndarray]) -> list[str]:
 
 
 def texts(
-    config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split, test_split: data.Split,
-    phases: Phases, shared: Shared, progress: bool | None = None,
+    config: Config,
+    info: backbone.BackboneInfo,
+    imdb: data.Imdb,
+    train_split: data.Split,
+    test_split: data.Split,
+    phases: Phases,
+    shared: Shared,
+    progress: bool | None = None,
 ) -> tuple[list[str], list[str], object, bool]:
     """(train texts, test texts, tokenizer or None, tokens reused) as `reference_text` says; timed as `tokenize`."""
     with phases.timed("tokenize"):
@@ -84,20 +100,29 @@ def texts(
             toks = ids[name]
             # `toks` lives in the memo as long as this entry does, so its id names it uniquely.
             decoded, _ = shared.get(
-                ("decoded", id(toks)), lambda toks=toks: decode(tokenizer, [r[:n] for r, n in zip(toks.ids, toks.lengths)])
+                ("decoded", id(toks)),
+                lambda toks=toks: decode(tokenizer, [r[:n] for r, n in zip(toks.ids, toks.lengths)]),
             )
             out.append(decoded)
         return out[0], out[1], tokenizer, hit
 
 
 def fit_and_evaluate(
-    config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split, test_split: data.Split,
-    phases: Phases, shared: Shared | None = None, progress: bool | None = None,
+    config: Config,
+    info: backbone.BackboneInfo,
+    imdb: data.Imdb,
+    train_split: data.Split,
+    test_split: data.Split,
+    phases: Phases,
+    shared: Shared | None = None,
+    progress: bool | None = None,
 ) -> Result:
     """Fit TF-IDF (`features`) and logistic regression (`train`), evaluate (`eval`); the contract's metrics."""
     shared = shared or Shared()
     cost.reset_peak_memory(torch.device("cpu"))  # as the neural modes do before building their model
-    train_texts, test_texts, tokenizer, hit = texts(config, info, imdb, train_split, test_split, phases, shared, progress)
+    train_texts, test_texts, tokenizer, hit = texts(
+        config, info, imdb, train_split, test_split, phases, shared, progress
+    )
     with phases.timed("features"):
         vectorizer = _vectorizer()
         x_train = vectorizer.fit_transform(train_texts)
@@ -110,8 +135,11 @@ def fit_and_evaluate(
         metrics = evaluate(test_split.labels, probs)
     fitted = Fitted(vectorizer, classifier, config, tokenizer)
     # The serving path on raw reviews, timed as the neural modes' is (run/cost.py); FLOPs do not apply here.
-    metrics.update(cost.time_text_classifier(lambda batch: predict(fitted, batch), test_split.texts,
-                                             config.latency_texts, config.throughput_batches))
+    metrics.update(
+        cost.time_text_classifier(
+            lambda batch: predict(fitted, batch), test_split.texts, config.latency_texts, config.throughput_batches
+        )
+    )
     metrics.update(cost.peak_memory_metrics(torch.device("cpu")))
     n_params = int(classifier.coef_.size + classifier.intercept_.size)
     metrics.update(
@@ -160,8 +188,13 @@ def log_model(fitted: Fitted) -> str:
     from bertpooled.tracking.runs import log_params
 
     cfg = fitted.config
-    settings = {"vectorizer": VECTORIZER, "classifier": CLASSIFIER, "reference_text": cfg.reference_text,
-                "max_len": cfg.max_len, "backbone": cfg.model}
+    settings = {
+        "vectorizer": VECTORIZER,
+        "classifier": CLASSIFIER,
+        "reference_text": cfg.reference_text,
+        "max_len": cfg.max_len,
+        "backbone": cfg.model,
+    }
     log_params({f"reference/{k}": v for part in ("vectorizer", "classifier") for k, v in settings[part].items()})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -177,8 +210,14 @@ def log_model(fitted: Fitted) -> str:
             str(folder / "weights.safetensors"),
         )
         (folder / "model_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
-        artifacts = {name: str(folder / f) for name, f in
-                     (("vocabulary", "vocabulary.json"), ("weights", "weights.safetensors"), ("model_config", "model_config.json"))}
+        artifacts = {
+            name: str(folder / f)
+            for name, f in (
+                ("vocabulary", "vocabulary.json"),
+                ("weights", "weights.safetensors"),
+                ("model_config", "model_config.json"),
+            )
+        }
         if fitted.tokenizer is not None:
             fitted.tokenizer.save_pretrained(str(folder / "tokenizer"))
             artifacts["tokenizer"] = str(folder / "tokenizer")
@@ -198,11 +237,21 @@ class ReferencePipeline:
         return {}
 
     def warm(self, inputs, progress: bool | None = None) -> None:
-        texts(inputs.config, inputs.info, inputs.imdb, inputs.train, inputs.test, inputs.phases, inputs.shared, progress)
+        texts(
+            inputs.config, inputs.info, inputs.imdb, inputs.train, inputs.test, inputs.phases, inputs.shared, progress
+        )
 
     def fit_and_evaluate(self, inputs, on_epoch=None, checkpoints=None, progress: bool | None = None):
-        result = fit_and_evaluate(inputs.config, inputs.info, inputs.imdb, inputs.train, inputs.test, inputs.phases,
-                                  shared=inputs.shared, progress=progress)
+        result = fit_and_evaluate(
+            inputs.config,
+            inputs.info,
+            inputs.imdb,
+            inputs.train,
+            inputs.test,
+            inputs.phases,
+            shared=inputs.shared,
+            progress=progress,
+        )
         return Trained(result.metrics, result.probabilities, result.model)
 
     def log_model(self, config: Config, trained) -> str:

@@ -48,7 +48,9 @@ def resolve_precision(precision: str, device: torch.device, backbone_work: bool 
             "use precision=fp32 or auto"
         )
     if precision == "bf16" and device.type not in ("cpu", "cuda"):
-        raise BertpooledError(f"config: precision=bf16 runs on CUDA or a bf16-capable CPU, not {device}: use precision=fp32 or auto")
+        raise BertpooledError(
+            f"config: precision=bf16 runs on CUDA or a bf16-capable CPU, not {device}: use precision=fp32 or auto"
+        )
     return precision
 
 
@@ -78,6 +80,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
 
 # torch's own default, read once at import: one thread per physical core.
 ALL_THREADS = torch.get_num_threads()

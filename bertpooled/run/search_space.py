@@ -31,9 +31,13 @@ NOT_SEARCHABLE = {
     "max_test_examples": "the search never reads the test set",
     "eval_each_epoch": "the search never reads the test set",
     "seed": "a seed is no setting to choose: compare tuned configs over several seeds instead",
-    "device": "it changes no result", "eval_batch_size": "it changes no result", "precompute_mb": "it changes no result",
-    "num_threads": "it changes no result", "latency_texts": "it changes no result",
-    "throughput_batches": "it changes no result", "description": "it changes no result",
+    "device": "it changes no result",
+    "eval_batch_size": "it changes no result",
+    "precompute_mb": "it changes no result",
+    "num_threads": "it changes no result",
+    "latency_texts": "it changes no result",
+    "throughput_batches": "it changes no result",
+    "description": "it changes no result",
     "system_metrics": "it changes no result",
 }
 
@@ -87,29 +91,39 @@ def parse_space(text: str) -> SearchSpace:
     """`--space`: the text form, or a path to a YAML file (.yaml/.yml) holding the mapping form."""
     text = (text or "").strip()
     if not text:
-        raise BertpooledError("--space is empty: name what to search, e.g. --space lr=1e-4..1e-2:log,lstm_units=8|16|32")
+        raise BertpooledError(
+            "--space is empty: name what to search, e.g. --space lr=1e-4..1e-2:log,lstm_units=8|16|32"
+        )
     if text.lower().endswith((".yaml", ".yml")):
         path = Path(text).expanduser()
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise BertpooledError(f"search space file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file") from None
+            raise BertpooledError(
+                f"search space file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file"
+            ) from None
         except yaml.YAMLError:
             raise BertpooledError(f"search space file {path} is not valid YAML: fix the syntax") from None
         if not isinstance(raw, dict) or not raw:
-            raise BertpooledError(f"search space file {path} must map fields to ranges or choices, e.g. lr: 1e-4..1e-2:log")
+            raise BertpooledError(
+                f"search space file {path} must map fields to ranges or choices, e.g. lr: 1e-4..1e-2:log"
+            )
         return SearchSpace(tuple(_dimension(str(k), v, f"search space file {path}") for k, v in raw.items()))
     items = [item.strip() for item in text.split(",") if item.strip()]
     dims = []
     for item in items:
         name, sep, spec = item.partition("=")
         if not sep or not name.strip() or not spec.strip():
-            raise BertpooledError(f"--space item {item!r} is not field=LOW..HIGH or field=A|B: write e.g. lr=1e-4..1e-2:log")
+            raise BertpooledError(
+                f"--space item {item!r} is not field=LOW..HIGH or field=A|B: write e.g. lr=1e-4..1e-2:log"
+            )
         dims.append(_dimension(name.strip(), spec.strip(), "--space"))
     names = [d.name for d in dims]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise BertpooledError(f"--space names {', '.join(repeated)} more than once: give each field one range or choice")
+        raise BertpooledError(
+            f"--space names {', '.join(repeated)} more than once: give each field one range or choice"
+        )
     return SearchSpace(tuple(dims))
 
 
@@ -117,17 +131,26 @@ def _dimension(name: str, spec: Any, where: str) -> Dimension:
     if name not in FIELD_TYPES:
         raise BertpooledError(f"{where}: unknown field {name!r}; searchable fields: {', '.join(searchable())}")
     if name in NOT_SEARCHABLE:
-        raise BertpooledError(f"{where}: {name} cannot be searched ({NOT_SEARCHABLE[name]}); searchable fields: "
-                              f"{', '.join(searchable())}")
+        raise BertpooledError(
+            f"{where}: {name} cannot be searched ({NOT_SEARCHABLE[name]}); searchable fields: {', '.join(searchable())}"
+        )
     if isinstance(spec, list):
         return _choice(name, [str(v) for v in spec], where)
     if isinstance(spec, dict):
         unknown = set(spec) - {"low", "high", "log", "step"}
         if unknown or "low" not in spec or "high" not in spec:
-            raise BertpooledError(f"{where}: {name} needs low and high (and optionally log, step), e.g. "
-                                  f"{{low: 1e-4, high: 1e-2, log: true}}")
-        return _range(name, str(spec["low"]), str(spec["high"]), bool(spec.get("log")),
-                      None if spec.get("step") is None else str(spec["step"]), where)
+            raise BertpooledError(
+                f"{where}: {name} needs low and high (and optionally log, step), e.g. "
+                f"{{low: 1e-4, high: 1e-2, log: true}}"
+            )
+        return _range(
+            name,
+            str(spec["low"]),
+            str(spec["high"]),
+            bool(spec.get("log")),
+            None if spec.get("step") is None else str(spec["step"]),
+            where,
+        )
     text = str(spec).strip()
     if ".." in text:
         bounds, *flags = text.split(":")
@@ -150,7 +173,9 @@ def _number(name: str, text: str, where: str) -> float | int:
     try:
         value = int(text) if kind == "int" else float(text)
     except ValueError:
-        raise BertpooledError(f"{where}: {name} range bound {text!r} is not {'an integer' if kind == 'int' else 'a number'}") from None
+        raise BertpooledError(
+            f"{where}: {name} range bound {text!r} is not {'an integer' if kind == 'int' else 'a number'}"
+        ) from None
     if not math.isfinite(value):
         raise BertpooledError(f"{where}: {name} range bound {text!r} is not a finite number")
     return value
@@ -161,7 +186,9 @@ def _range(name: str, low_text: str, high_text: str, log: bool, step_text: str |
         raise BertpooledError(f"{where}: {name} is not a number: search it as a choice, e.g. {name}=A|B")
     low, high = _number(name, low_text, where), _number(name, high_text, where)
     if not low < high:
-        raise BertpooledError(f"{where}: {name} range {low_text}..{high_text} is empty: write LOW..HIGH with LOW < HIGH")
+        raise BertpooledError(
+            f"{where}: {name} range {low_text}..{high_text} is empty: write LOW..HIGH with LOW < HIGH"
+        )
     if log and low <= 0:
         raise BertpooledError(f"{where}: {name} range {low_text}..{high_text}:log needs LOW > 0 (a log scale has no 0)")
     step = _number(name, step_text, where) if step_text is not None else None
@@ -190,4 +217,6 @@ def check_space(space: SearchSpace, base: Config) -> None:
             try:
                 load_config(None, {**overrides, dim.name: value})
             except BertpooledError as exc:
-                raise BertpooledError(f"--space {dim}: {dim.name}={value} does not run with the base config ({exc})") from None
+                raise BertpooledError(
+                    f"--space {dim}: {dim.name}={value} does not run with the base config ({exc})"
+                ) from None

@@ -8,12 +8,13 @@ never see this module (`run_experiment` without `shared` behaves as before).
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from bertpooled.model import backbone
 from bertpooled import data
-from bertpooled.data import tokens
 from bertpooled.config import Config
+from bertpooled.data import tokens
+from bertpooled.model import backbone
 from bertpooled.run import prepare as preparing
 from bertpooled.run import runtime
 from bertpooled.run.measure import Phases, data_digest_of
@@ -40,8 +41,12 @@ class Shared:
     ) -> tuple[data.Imdb, data.Split, data.Split]:
         """`prepare.read_data`, once per source and subset settings; a reuse is timed as `data` like a read."""
         key = (
-            "data", data.resolve_source(config.data), config.train_fraction, config.max_train_examples,
-            config.max_test_examples, config.data_seed,
+            "data",
+            data.resolve_source(config.data),
+            config.train_fraction,
+            config.max_train_examples,
+            config.max_test_examples,
+            config.data_seed,
         )
         if key in self._memo:
             with phases.timed("data"):
@@ -60,11 +65,16 @@ class Shared:
 
     def embeddings(self, info: backbone.BackboneInfo, whole_layer: bool = False) -> backbone.WordEmbeddings:
         """The backbone's frozen word table (and embedding layer), loaded once (no run writes to them: they are buffers)."""
-        return self.get(("embeddings", info.path, whole_layer),
-                        lambda: backbone.load_word_embeddings(info, whole_layer=whole_layer))[0]
+        return self.get(
+            ("embeddings", info.path, whole_layer), lambda: backbone.load_word_embeddings(info, whole_layer=whole_layer)
+        )[0]
 
     def token_ids(
-        self, info: backbone.BackboneInfo, imdb: data.Imdb, splits: dict[str, data.Split], max_len: int,
+        self,
+        info: backbone.BackboneInfo,
+        imdb: data.Imdb,
+        splits: dict[str, data.Split],
+        max_len: int,
         progress: bool | None = None,
     ) -> tuple[dict[str, tokens.Tokens], bool]:
         """Token ids per split, as `prepare.prepare` makes them (same disk cache key); True when none was tokenized."""
@@ -76,7 +86,12 @@ class Shared:
             (toks, disk_hit), memo_hit = self.get(
                 ("tokens", key),
                 lambda split=split, key=key, name=name: tokens.load_or_tokenize(
-                    tokenizer, split.texts, max_len, key=key, cache_dir=data.cache_dir(), progress=progress,
+                    tokenizer,
+                    split.texts,
+                    max_len,
+                    key=key,
+                    cache_dir=data.cache_dir(),
+                    progress=progress,
                     desc=f"tokenize {name}",
                 ),
             )
@@ -91,21 +106,41 @@ class Shared:
         return getattr(config, "features", "embeddings") in ("embeddings", "embedding_layer")
 
     def prepare(
-        self, config: Config, info: backbone.BackboneInfo, imdb: data.Imdb, train_split: data.Split,
-        test_split: data.Split | None, phases: Phases, progress: bool | None = None, device=None,
+        self,
+        config: Config,
+        info: backbone.BackboneInfo,
+        imdb: data.Imdb,
+        train_split: data.Split,
+        test_split: data.Split | None,
+        phases: Phases,
+        progress: bool | None = None,
+        device=None,
         val: data.Split | None = None,
     ) -> preparing.Prepared:
         """`prepare.prepare` with every input shared: the same phases timed, the same token ids and features."""
         if not self.shares(config):
-            return preparing.prepare(config, info, imdb, train_split, test_split, phases, progress=progress, device=device,
-                                     val=val)
+            return preparing.prepare(
+                config, info, imdb, train_split, test_split, phases, progress=progress, device=device, val=val
+            )
         with phases.timed("tokenize"):
             tokenizer, _ = self.tokenizer(info)
             splits = {k: v for k, v in (("train", train_split), ("val", val), ("test", test_split)) if v is not None}
             ids, hit = self.token_ids(info, imdb, splits, config.max_len, progress)
         prepared = preparing.Prepared(
-            config, info, imdb, train_split, test_split, ids["train"], ids.get("test"), tokenizer, None, hit, phases,
-            device=device or runtime.resolve_device(config.device), val=val, val_tokens=ids.get("val"),
+            config,
+            info,
+            imdb,
+            train_split,
+            test_split,
+            ids["train"],
+            ids.get("test"),
+            tokenizer,
+            None,
+            hit,
+            phases,
+            device=device or runtime.resolve_device(config.device),
+            val=val,
+            val_tokens=ids.get("val"),
         )
         with phases.timed("features"):
             prepared.embeddings = self.embeddings(info, config.features == "embedding_layer")

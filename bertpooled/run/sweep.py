@@ -14,26 +14,38 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 from bertpooled.config import MODE_ALIASES, Config, load_config
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG, CONFIG_PARAM_PREFIX, FINISHED, KIND_SWEEP, KIND_TAG, MAX_TAG_VALUE, NOTE_TAG, RUN_NAME_TAG,
-    SWEEP_CHILD_TAG, SWEEP_CHILDREN_TAG, SWEEP_COMPARISON_RUN_TAG, SWEEP_KEY_TAG, SWEEP_MODES_TAG,
-    SWEEP_SEEDS_TAG, SWEEP_SHARED_INPUTS_TAG,
+    CHECKPOINT_EPOCH_TAG,
+    CONFIG_PARAM_PREFIX,
+    FINISHED,
+    KIND_SWEEP,
+    KIND_TAG,
+    MAX_TAG_VALUE,
+    NOTE_TAG,
+    RUN_NAME_TAG,
+    SWEEP_CHILD_TAG,
+    SWEEP_CHILDREN_TAG,
+    SWEEP_COMPARISON_RUN_TAG,
+    SWEEP_KEY_TAG,
+    SWEEP_MODES_TAG,
+    SWEEP_SEEDS_TAG,
+    SWEEP_SHARED_INPUTS_TAG,
 )
 from bertpooled.errors import BertpooledError, short_text
 from bertpooled.report import compare
 from bertpooled.report.records import Report
 from bertpooled.run import grouped_sweep, prepare, runtime
 from bertpooled.run.experiment import Outcome, pipeline_for, run_or_resume
-from bertpooled.run.parallel import run_parallel
 from bertpooled.run.measure import Phases
+from bertpooled.run.parallel import run_parallel
 from bertpooled.run.pipeline import Inputs
 from bertpooled.run.shared import Shared
-from bertpooled.tracking import runs as tracking
 from bertpooled.tracking import ownership, sweeps
+from bertpooled.tracking import runs as tracking
 from bertpooled.tracking.probe import check_tracking_reachable
 
 DEFAULT_MODES = ("basic", "pool")
@@ -82,9 +94,13 @@ def parse_seeds(count: str | None = None, seed_list: str | None = None) -> list[
         try:
             seeds = [int(s) for s in seed_list.split(",") if s.strip()]
         except ValueError:
-            raise BertpooledError(f"--seed-list {seed_list!r} is not a list of integers: write e.g. --seed-list 0,5") from None
+            raise BertpooledError(
+                f"--seed-list {seed_list!r} is not a list of integers: write e.g. --seed-list 0,5"
+            ) from None
         if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-            raise BertpooledError(f"--seed-list {short_text(repr(seed_list))} must list distinct integers >= 0, e.g. --seed-list 0,5")
+            raise BertpooledError(
+                f"--seed-list {short_text(repr(seed_list))} must list distinct integers >= 0, e.g. --seed-list 0,5"
+            )
         _check_grid_size(1, seeds)
         return seeds
     if not count:
@@ -96,8 +112,10 @@ def parse_seeds(count: str | None = None, seed_list: str | None = None) -> list[
     if n < 1:
         raise BertpooledError(f"--seeds {n} runs nothing: pass 1 or more, or --seed-list")
     if n > MAX_CHILDREN:  # before range(n) is built
-        raise BertpooledError(f"--seeds {n:,} is more than one sweep holds ({MAX_CHILDREN:,} children): split it into "
-                              "sweeps of --seed-list ranges")
+        raise BertpooledError(
+            f"--seeds {n:,} is more than one sweep holds ({MAX_CHILDREN:,} children): split it into "
+            "sweeps of --seed-list ranges"
+        )
     seeds = list(range(n))
     _check_grid_size(1, seeds)
     return seeds
@@ -106,12 +124,16 @@ def parse_seeds(count: str | None = None, seed_list: str | None = None) -> list[
 def _check_grid_size(n_modes: int, seeds: Sequence[int]) -> None:
     """A grid the parent run can hold: at most MAX_CHILDREN children and a seed list that fits in one tag."""
     if n_modes * len(seeds) > MAX_CHILDREN:
-        raise BertpooledError(f"{n_modes} mode(s) x {len(seeds):,} seeds is {n_modes * len(seeds):,} children, more than "
-                              f"one sweep holds ({MAX_CHILDREN:,}): split the seeds over several sweeps")
+        raise BertpooledError(
+            f"{n_modes} mode(s) x {len(seeds):,} seeds is {n_modes * len(seeds):,} children, more than "
+            f"one sweep holds ({MAX_CHILDREN:,}): split the seeds over several sweeps"
+        )
     # The parent's note lists the seeds with ", " (see _parent_tags); 200 characters for the rest of the note.
     if len(", ".join(map(str, seeds))) + 200 > MAX_TAG_VALUE:
-        raise BertpooledError(f"the {len(seeds):,} seeds do not fit in the sweep's tags ({MAX_TAG_VALUE:,} "
-                              "characters): pass fewer or smaller seeds")
+        raise BertpooledError(
+            f"the {len(seeds):,} seeds do not fit in the sweep's tags ({MAX_TAG_VALUE:,} "
+            "characters): pass fewer or smaller seeds"
+        )
 
 
 def child_key(config: Config) -> str:
@@ -145,8 +167,14 @@ def _check_children(children: Sequence[Child]) -> dict[str, object]:
 
 def _parent_tags(tags: dict[str, str], children: Sequence[Child], existing: dict[str, list]) -> dict[str, str]:
     """Kind, name, grid and note of the parent (`tags`: its tags so far); a resumed sweep's grid is the union."""
-    modes = list(dict.fromkeys([*filter(None, tags.get(SWEEP_MODES_TAG, "").split(",")), *(c.config.mode for c in children)]))
-    seeds = list(dict.fromkeys([*filter(None, tags.get(SWEEP_SEEDS_TAG, "").split(",")), *(str(c.config.seed) for c in children)]))
+    modes = list(
+        dict.fromkeys([*filter(None, tags.get(SWEEP_MODES_TAG, "").split(",")), *(c.config.mode for c in children)])
+    )
+    seeds = list(
+        dict.fromkeys(
+            [*filter(None, tags.get(SWEEP_SEEDS_TAG, "").split(",")), *(str(c.config.seed) for c in children)]
+        )
+    )
     n_children = len(set(existing) | {c.key for c in children})
     # A new parent (or the run `mlflow run` created, randomly named) gets a name; a resumed sweep keeps its own.
     name = tags[RUN_NAME_TAG] if tags.get(KIND_TAG) == KIND_SWEEP else f"sweep-{'+'.join(modes)}-{len(seeds)}seeds"
@@ -156,17 +184,21 @@ def _parent_tags(tags: dict[str, str], children: Sequence[Child], existing: dict
         SWEEP_MODES_TAG: ",".join(modes),
         SWEEP_SEEDS_TAG: ",".join(seeds),
         SWEEP_CHILDREN_TAG: str(n_children),
-        NOTE_TAG: (
-            f"Sweep of {', '.join(modes)} x seeds {', '.join(seeds)} ({n_children} child runs, nested below)."
-        ),
+        NOTE_TAG: (f"Sweep of {', '.join(modes)} x seeds {', '.join(seeds)} ({n_children} child runs, nested below)."),
     }
 
 
 def _check_same_base(parent, base: dict[str, object]) -> None:
-    logged = {k.removeprefix(CONFIG_PARAM_PREFIX): v for k, v in parent.data.params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
+    logged = {
+        k.removeprefix(CONFIG_PARAM_PREFIX): v
+        for k, v in parent.data.params.items()
+        if k.startswith(CONFIG_PARAM_PREFIX)
+    }
     if not logged:
         return
-    differ = [f"{k}={logged.get(k)!r} there, {str(v)!r} now" for k, v in base.items() if logged.get(k, str(v)) != str(v)]
+    differ = [
+        f"{k}={logged.get(k)!r} there, {str(v)!r} now" for k, v in base.items() if logged.get(k, str(v)) != str(v)
+    ]
     if differ:
         raise BertpooledError(
             f"sweep {parent.info.run_id} was started with other settings ({'; '.join(differ)}): pass the same "
@@ -209,8 +241,10 @@ def run_sweep(
     if not children:
         raise BertpooledError("the sweep has no children: pass --modes and --seeds")
     if group_seeds and (parallel > 1 or executor is not None):
-        raise BertpooledError("--group-seeds trains a config's seeds in this process, one child after another: "
-                              "leave out --parallel and --executor ray, or pass --no-group-seeds")
+        raise BertpooledError(
+            "--group-seeds trains a config's seeds in this process, one child after another: "
+            "leave out --parallel and --executor ray, or pass --no-group-seeds"
+        )
     check_tracking_reachable()
     if not resume_parent:
         tracking.check_experiment_name(experiment)
@@ -247,8 +281,19 @@ def run_sweep(
             if not logged_base:
                 tracking.log_params({f"{CONFIG_PARAM_PREFIX}{k}": v for k, v in base.items()})
             log(f"sweep {started}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
-            for current in _run_todo(todo, started, infos, resumable, outcome.ran, parallel=parallel, executor=executor,
-                                     progress=progress, log=log, group_seeds=group_seeds, keep_threads=keep_threads):
+            for current in _run_todo(
+                todo,
+                started,
+                infos,
+                resumable,
+                outcome.ran,
+                parallel=parallel,
+                executor=executor,
+                progress=progress,
+                log=log,
+                group_seeds=group_seeds,
+                keep_threads=keep_threads,
+            ):
                 pass
     except KeyboardInterrupt:
         log(f"sweep {started} interrupted at {current}; resume it with {resume_hint}")
@@ -263,9 +308,20 @@ def run_sweep(
     return outcome
 
 
-def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dict[str, str], ran: list, *,
-              parallel: int, executor, progress: bool | None, log: Callable[[str], None], group_seeds=None,
-              keep_threads: bool = False) -> Iterator[str]:
+def _run_todo(
+    todo: Sequence[Child],
+    parent_id: str,
+    infos: dict,
+    resumable: dict[str, str],
+    ran: list,
+    *,
+    parallel: int,
+    executor,
+    progress: bool | None,
+    log: Callable[[str], None],
+    group_seeds=None,
+    keep_threads: bool = False,
+) -> Iterator[str]:
     """Run the children, appending each Outcome to `ran`; yields what is running now (the parent's `error` tag names
     it if the sweep stops): elsewhere (`executor`), side by side (`parallel`), or here one by one (seed groups too)."""
     shared = None
@@ -282,17 +338,37 @@ def _run_todo(todo: Sequence[Child], parent_id: str, infos: dict, resumable: dic
         yield f"{len(todo)} children, {parallel} at a time"
         ran.extend(run_parallel(todo, parent_id, parallel, log, resumable, keep_threads=keep_threads))
     else:
-        for i, (child, start) in enumerate(grouped_sweep.schedule(todo, resumable, group_seeds, shared, infos, progress, log), 1):
+        for i, (child, start) in enumerate(
+            grouped_sweep.schedule(todo, resumable, group_seeds, shared, infos, progress, log), 1
+        ):
             yield child.label
             log(f"[{i}/{len(todo)}] {child.label}")
             pipeline, extra = start()
-            tags = {SWEEP_KEY_TAG: child.key, SWEEP_CHILD_TAG: child.label, SWEEP_SHARED_INPUTS_TAG: "prepared once by the parent run", **extra}
-            ran.append(run_or_resume(child.config, resumable.get(child.key), progress=progress, log=log,
-                                  shared=shared, parent_run_id=parent_id, tags=tags, pipeline=pipeline))
+            tags = {
+                SWEEP_KEY_TAG: child.key,
+                SWEEP_CHILD_TAG: child.label,
+                SWEEP_SHARED_INPUTS_TAG: "prepared once by the parent run",
+                **extra,
+            }
+            ran.append(
+                run_or_resume(
+                    child.config,
+                    resumable.get(child.key),
+                    progress=progress,
+                    log=log,
+                    shared=shared,
+                    parent_run_id=parent_id,
+                    tags=tags,
+                    pipeline=pipeline,
+                )
+            )
 
 
-def _what_to_run(children: Sequence[Child], existing: dict[str, list], log: Callable[[str], None],
-                 ) -> tuple[list[Child], list[Child], dict[str, str]]:
+def _what_to_run(
+    children: Sequence[Child],
+    existing: dict[str, list],
+    log: Callable[[str], None],
+) -> tuple[list[Child], list[Child], dict[str, str]]:
     """(done, to run, resumable run id by key): a child with a FINISHED run is done; one stopped with a checkpoint
     continues in its own run, from its last finished epoch; any other earlier run is run again."""
     done = [c for c in children if any(r.info.status == FINISHED for r in existing.get(c.key, []))]
@@ -302,15 +378,20 @@ def _what_to_run(children: Sequence[Child], existing: dict[str, list], log: Call
         for run in existing.get(child.key, []):
             if run.info.status != FINISHED and CHECKPOINT_EPOCH_TAG in run.data.tags and child.key not in resumable:
                 resumable[child.key] = run.info.run_id
-                log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status} after epoch "
-                    f"{run.data.tags['checkpoint/epoch']}; resuming it")
+                log(
+                    f"{child.label}: earlier run {run.info.run_id} ended {run.info.status} after epoch "
+                    f"{run.data.tags['checkpoint/epoch']}; resuming it"
+                )
             else:
                 log(f"{child.label}: earlier run {run.info.run_id} ended {run.info.status}; running it again")
     return done, todo, resumable
 
 
-def _threads_as_before(todo: Sequence[Child], existing: dict[str, list], log: Callable[[str], None],
-                       ) -> tuple[list[Child], bool]:
+def _threads_as_before(
+    todo: Sequence[Child],
+    existing: dict[str, list],
+    log: Callable[[str], None],
+) -> tuple[list[Child], bool]:
     """The children to run with the thread count the sweep's earlier children logged (where theirs is auto), and
     whether that count must be kept as it is (a parallel run otherwise gives auto children cores/N).
 
@@ -323,13 +404,15 @@ def _threads_as_before(todo: Sequence[Child], existing: dict[str, list], log: Ca
     if len(logged) != 1 or not todo:
         return list(todo), False  # a new sweep, or one already mixed: nothing single to keep
     threads = int(next(iter(logged)))
-    same = [c if c.config.num_threads else dataclasses.replace(c, config=dataclasses.replace(c.config, num_threads=threads))
-            for c in todo]
+    same = [
+        c if c.config.num_threads else dataclasses.replace(c, config=dataclasses.replace(c.config, num_threads=threads))
+        for c in todo
+    ]
     log(f"num_threads {threads or 'auto'} for the children to run, as the sweep's earlier children had it")
     return same, True
 
 
-def compare_children(outcome: SweepOutcome, *, format: str = "table", output: str | None = None) -> Report:  # noqa: A002
+def compare_children(outcome: SweepOutcome, *, format: str = "table", output: str | None = None) -> Report:
     """compare-runs over the parent's children, baseline `basic` when the grid has it; logged as a comparison
     run, whose id the parent gets as tag `sweep/comparison_run_id`."""
     modes = list(dict.fromkeys(c.config.mode for c in outcome.children))

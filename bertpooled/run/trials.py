@@ -8,11 +8,18 @@ import dataclasses
 import os
 import signal
 import warnings
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bertpooled.config import Config, load_config
 from bertpooled.contract import (
-    DATA_DIGEST_PARAM, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, TUNE_STUDY_TAG, TUNE_TRIAL_TAG, VAL_ACCURACY,
+    DATA_DIGEST_PARAM,
+    TIME_EPOCH,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    TUNE_STUDY_TAG,
+    TUNE_TRIAL_TAG,
+    VAL_ACCURACY,
 )
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.run import fit, prepare, runtime
@@ -35,15 +42,29 @@ def open_storage(url: str, engine_kwargs: dict):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs or None, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy's and the drivers' errors have no common base
-        raise BertpooledError(f"cannot open the study storage {redact_uri(url)} ({type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0][:200]}): pass --storage with a reachable database URL") from None
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs or None, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+            )
+    except Exception as exc:
+        raise BertpooledError(
+            f"cannot open the study storage {redact_uri(url)} ({type(exc).__name__}: "
+            f"{(str(exc).splitlines() or [''])[0][:200]}): pass --storage with a reachable database URL"
+        ) from None
 
 
-def optimize(plan: StudyPlan, url: str, engine_kwargs: dict, parent: str, tracking_uri: str, target: int,
-             timeout: float | None, sampler_seed: int, pruner, progress, log: Callable[[str], None] = print) -> None:
+def optimize(
+    plan: StudyPlan,
+    url: str,
+    engine_kwargs: dict,
+    parent: str,
+    tracking_uri: str,
+    target: int,
+    timeout: float | None,
+    sampler_seed: int,
+    pruner,
+    progress,
+    log: Callable[[str], None] = print,
+) -> None:
     """Run trials of the study until it holds `target` trials in all (every state, running ones included)."""
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -54,13 +75,22 @@ def optimize(plan: StudyPlan, url: str, engine_kwargs: dict, parent: str, tracki
     if held >= target:
         return
     # Seeded by what the study already holds as well: a resumed study must not draw its first trials again.
-    study = optuna.load_study(study_name=plan.name, storage=rdb, pruner=pruner,
-                              sampler=optuna.samplers.TPESampler(seed=sampler_seed + 7919 * held))
+    study = optuna.load_study(
+        study_name=plan.name,
+        storage=rdb,
+        pruner=pruner,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed + 7919 * held),
+    )
     objective = Objective(plan, parent, log, progress)
     # A failed trial (its settings diverged, say) is recorded as FAIL in both stores and the search goes on; it
     # counts toward `target`, so a search whose every trial fails still ends.
-    study.optimize(objective, timeout=timeout, catch=(Exception,), gc_after_trial=False,
-                   callbacks=[MaxTrialsCallback(target, states=None)])
+    study.optimize(
+        objective,
+        timeout=timeout,
+        catch=(Exception,),
+        gc_after_trial=False,
+        callbacks=[MaxTrialsCallback(target, states=None)],
+    )
 
 
 class Objective:
@@ -76,11 +106,17 @@ class Objective:
         values = self.plan.space.suggest(trial)
         config = load_config(None, {**{k: v for k, v in self.plan.base.to_dict().items() if v is not None}, **values})
         name = f"trial-{trial.number}-{config.mode}"
-        tags = {TUNE_STUDY_TAG: self.plan.name, TUNE_TRIAL_TAG: str(trial.number), "mode": config.mode,
-                "backbone": config.model, "pool": config.pool}
+        tags = {
+            TUNE_STUDY_TAG: self.plan.name,
+            TUNE_TRIAL_TAG: str(trial.number),
+            "mode": config.mode,
+            "backbone": config.model,
+            "pool": config.pool,
+        }
         shown = ", ".join(f"{k}={v}" for k, v in values.items())
-        with store.trial_run(self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}",
-                             pruned=(optuna.TrialPruned,)) as run_id:
+        with store.trial_run(
+            self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}", pruned=(optuna.TrialPruned,)
+        ) as run_id:
             trial.set_user_attr("mlflow_run_id", run_id)
             try:
                 value = self._train(trial, config)
@@ -100,24 +136,39 @@ class Objective:
         key = ("training", config.data, config.train_fraction, config.max_train_examples, config.data_seed)
         imdb, train = self.shared.get(key, lambda: prepare.read_training(config, phases))[0]
         rows, val = prepare.split_validation(config, train)
-        store.log_trial_inputs(config.to_dict(), {DATA_DIGEST_PARAM: imdb.digest, "data/source": redact_uri(imdb.source)})
+        store.log_trial_inputs(
+            config.to_dict(), {DATA_DIGEST_PARAM: imdb.digest, "data/source": redact_uri(imdb.source)}
+        )
         tracking.log_datasets(rows.to_frame(), None, imdb.source, imdb.digest, validation=val.to_frame())
-        prepared = self.shared.prepare(config, info, imdb, rows, None, phases, progress=self.progress, device=device, val=val)
+        prepared = self.shared.prepare(
+            config, info, imdb, rows, None, phases, progress=self.progress, device=device, val=val
+        )
         model = fit.build_model(prepared).to(device)
 
         def on_epoch(stats: fit.EpochStats) -> None:
             score = stats.val[VAL_ACCURACY]
-            store.log_metrics({TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds,
-                               **stats.val}, step=stats.epoch)
+            store.log_metrics(
+                {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds, **stats.val},
+                step=stats.epoch,
+            )
             trial.report(score, stats.epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {stats.epoch} of {config.epochs}: val/accuracy {score:.4f}")
+                raise optuna.TrialPruned(
+                    f"pruned after epoch {stats.epoch} of {config.epochs}: val/accuracy {score:.4f}"
+                )
 
         with phases.timed("train"):
             history = fit.fit(model, prepared, device, on_epoch=on_epoch, progress=self.progress)
         value = history[-1].val[VAL_ACCURACY]
-        store.log_metrics({"tune/value": value, "data/train_examples": len(rows), "data/val_examples": len(val),
-                           **{f"time/{k}_s": v for k, v in phases.seconds.items()}}, step=config.epochs)
+        store.log_metrics(
+            {
+                "tune/value": value,
+                "data/train_examples": len(rows),
+                "data/val_examples": len(val),
+                **{f"time/{k}_s": v for k, v in phases.seconds.items()},
+            },
+            step=config.epochs,
+        )
         return value
 
 
@@ -129,8 +180,19 @@ def _worker(args: tuple, index: int) -> None:
     interrupts.install()
     plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed, pruner, progress = args
     use_tracking_uri(tracking_uri)
-    optimize(plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed + 104729 * index, pruner, progress,
-              log=lambda line: print(f"[worker {index}] {line}", flush=True))
+    optimize(
+        plan,
+        url,
+        engine_kwargs,
+        parent,
+        tracking_uri,
+        target,
+        timeout,
+        sampler_seed + 104729 * index,
+        pruner,
+        progress,
+        log=lambda line: print(f"[worker {index}] {line}", flush=True),
+    )
 
 
 def run_workers(args: tuple, parallel: int, log: Callable[[str], None]) -> None:
@@ -159,8 +221,10 @@ def run_workers(args: tuple, parallel: int, log: Callable[[str], None]) -> None:
         raise
     failed = [f"{w.name} (exit {w.exitcode})" for w in workers if w.exitcode]
     if failed:
-        raise BertpooledError(f"tuning worker(s) {', '.join(failed)} stopped with an error (see its lines above): "
-                              "fix it, then continue the study with --resume")
+        raise BertpooledError(
+            f"tuning worker(s) {', '.join(failed)} stopped with an error (see its lines above): "
+            "fix it, then continue the study with --resume"
+        )
 
 
 def run_ray_workers(args: tuple, workers: int, executor, log: Callable[[str], None]) -> None:
@@ -177,7 +241,9 @@ def run_ray_workers(args: tuple, workers: int, executor, log: Callable[[str], No
     if base.device == "auto" and not executor.gpus_per_run:
         base = dataclasses.replace(base, device="cpu")  # Ray leaves a GPU visible to a task that reserved none
     args = (dataclasses.replace(plan, base=base), *args[1:])
-    task = ray.remote(_ray_worker).options(num_cpus=executor.cpus_per_run, num_gpus=executor.gpus_per_run, max_retries=0)
+    task = ray.remote(_ray_worker).options(
+        num_cpus=executor.cpus_per_run, num_gpus=executor.gpus_per_run, max_retries=0
+    )
     refs = [task.remote(args, i) for i in range(workers)]
     log(f"{workers} tuning worker(s) as Ray tasks, {executor.describe().removeprefix('Ray (').rstrip(')')}")
     try:
@@ -185,8 +251,10 @@ def run_ray_workers(args: tuple, workers: int, executor, log: Callable[[str], No
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
         _cancel(ray, refs, CANCEL_GRACE_S)
-        raise BertpooledError(f"a tuning worker failed on Ray ({(str(cause).splitlines() or [type(cause).__name__])[0]}): "
-                              "fix it, then continue the study with --resume") from None
+        raise BertpooledError(
+            f"a tuning worker failed on Ray ({(str(cause).splitlines() or [type(cause).__name__])[0]}): "
+            "fix it, then continue the study with --resume"
+        ) from None
     except BaseException:
         _cancel(ray, refs, CANCEL_GRACE_S)
         raise
@@ -204,5 +272,16 @@ def _ray_worker(args: tuple, index: int) -> None:
 
     plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed, pruner, progress = args
     use_tracking_uri(tracking_uri)
-    optimize(plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed + 104729 * index, pruner,
-              progress, log=lambda line: print(f"[worker {index}] {line}", flush=True))
+    optimize(
+        plan,
+        url,
+        engine_kwargs,
+        parent,
+        tracking_uri,
+        target,
+        timeout,
+        sampler_seed + 104729 * index,
+        pruner,
+        progress,
+        log=lambda line: print(f"[worker {index}] {line}", flush=True),
+    )

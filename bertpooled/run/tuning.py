@@ -16,15 +16,20 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import yaml
 
 from bertpooled.config import Config, load_config, read_yaml, resolve_config_path
 from bertpooled.contract import (
-    BEST_CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, TUNE_BEST_RUN_TAG, TUNE_BEST_TRIAL_TAG, TUNE_STORAGE_TAG, TUNE_STUDY_TAG,
+    BEST_CONFIG_ARTIFACT,
+    CONFIG_PARAM_PREFIX,
+    TUNE_BEST_RUN_TAG,
+    TUNE_BEST_TRIAL_TAG,
+    TUNE_STORAGE_TAG,
+    TUNE_STUDY_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.run import prepare
@@ -63,8 +68,9 @@ class StudyOutcome:
     best_config: str
 
 
-def plan_studies(config: str | None, overrides: dict[str, object], modes: Sequence[str], space_text: str,
-                 study: str) -> list[StudyPlan]:
+def plan_studies(
+    config: str | None, overrides: dict[str, object], modes: Sequence[str], space_text: str, study: str
+) -> list[StudyPlan]:
     """Every mode's study resolved and checked (config, backbone, data source, space): one-line errors, no run."""
     space = parse_space(space_text)
     if str(overrides.get("mode") or "").strip():
@@ -78,8 +84,10 @@ def plan_studies(config: str | None, overrides: dict[str, object], modes: Sequen
         if base.mode == "reference":
             raise BertpooledError("mode=reference has no epochs or head to tune: pass --modes basic,pool")
         if base.eval_each_epoch:
-            raise BertpooledError("eval_each_epoch=true scores the test set every epoch, which a search must never "
-                                  "see: leave it out (trials report val/accuracy)")
+            raise BertpooledError(
+                "eval_each_epoch=true scores the test set every epoch, which a search must never "
+                "see: leave it out (trials report val/accuracy)"
+            )
         if not base.validation_fraction:
             base = dataclasses.replace(base, validation_fraction=DEFAULT_VALIDATION_FRACTION)
         prepare.check(base)
@@ -104,10 +112,22 @@ def make_pruner(name: str):
     raise BertpooledError(f"unknown pruner {name!r}: pass --pruner {' or '.join(PRUNERS)}")
 
 
-def run_study(plan: StudyPlan, *, trials: int, timeout: float | None = None, resume: bool = False,
-              parallel: int = 1, storage: str | None = None, pruner=None, sampler_seed: int = 0,
-              experiment: str | None = None, output: str | None = None, log: Callable[[str], None] = print,
-              progress: bool | None = False, executor=None) -> StudyOutcome:
+def run_study(
+    plan: StudyPlan,
+    *,
+    trials: int,
+    timeout: float | None = None,
+    resume: bool = False,
+    parallel: int = 1,
+    storage: str | None = None,
+    pruner=None,
+    sampler_seed: int = 0,
+    experiment: str | None = None,
+    output: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool | None = False,
+    executor=None,
+) -> StudyOutcome:
     """Run (or with `resume`, continue) `plan`'s study until it holds `trials` complete or pruned trials, or
     `timeout` seconds pass; then log the best trial on the parent run. See the module doc. `executor` (a
     connected `ray_executor.RayExecutor`): the `parallel` workers run as Ray tasks instead of local processes."""
@@ -127,8 +147,9 @@ def run_study(plan: StudyPlan, *, trials: int, timeout: float | None = None, res
     # A study a crash left before its parent run was recorded (no trials, no run) is started afresh.
     started = study is not None and ("mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False))
     if started and not resume:
-        raise BertpooledError(f"study {plan.name} already exists in {shown}: pass --resume to continue it, or "
-                              "--study with a new name")
+        raise BertpooledError(
+            f"study {plan.name} already exists in {shown}: pass --resume to continue it, or --study with a new name"
+        )
     if resume and not started:
         raise BertpooledError(f"no study {plan.name} in {shown} to resume: leave out --resume to start it")
     parent_id, launcher = None, os.environ.get("MLFLOW_RUN_ID") or None
@@ -138,21 +159,44 @@ def run_study(plan: StudyPlan, *, trials: int, timeout: float | None = None, res
         _fail_stale(study, log)
     else:
         experiment_id = store.use_experiment(experiment)  # the tracking store answers before the study is made
-    tags = {TUNE_STUDY_TAG: plan.name, TUNE_STORAGE_TAG: shown, "mode": plan.mode, "tune/trials": str(trials),
-            "tune/space": str(plan.space)}
+    tags = {
+        TUNE_STUDY_TAG: plan.name,
+        TUNE_STORAGE_TAG: shown,
+        "mode": plan.mode,
+        "tune/trials": str(trials),
+        "tune/space": str(plan.space),
+    }
     with store.study_run(parent_id, experiment_id, f"tune-{plan.name}", tags, launcher) as parent:
         if not started:
             study = study or optuna.create_study(study_name=plan.name, storage=rdb, direction="maximize", pruner=pruner)
             for key, value in {**identity, "mlflow_parent_run_id": parent}.items():
                 study.set_user_attr(key, value)
-            store.log_params({**{f"{CONFIG_PARAM_PREFIX}{k}": ("" if v is None else v) for k, v in plan.base.to_dict().items()},
-                              "tune/pruner": type(pruner).__name__, "tune/sampler": f"TPESampler(seed={sampler_seed})"})
+            store.log_params(
+                {
+                    **{f"{CONFIG_PARAM_PREFIX}{k}": ("" if v is None else v) for k, v in plan.base.to_dict().items()},
+                    "tune/pruner": type(pruner).__name__,
+                    "tune/sampler": f"TPESampler(seed={sampler_seed})",
+                }
+            )
         done = _count(study, ("COMPLETE", "PRUNED"))
         target = len(study.get_trials(deepcopy=False)) + max(0, trials - done)
-        log(f"study {plan.name} ({parent}): {done} of {trials} trials done, {max(0, trials - done)} to run"
-            f"{f', {parallel} workers' if parallel > 1 else ''}; storage {shown}")
+        log(
+            f"study {plan.name} ({parent}): {done} of {trials} trials done, {max(0, trials - done)} to run"
+            f"{f', {parallel} workers' if parallel > 1 else ''}; storage {shown}"
+        )
         if done < trials:
-            args = (plan, url, engine_kwargs, parent, store.tracking_uri(), target, timeout, sampler_seed, pruner, progress)
+            args = (
+                plan,
+                url,
+                engine_kwargs,
+                parent,
+                store.tracking_uri(),
+                target,
+                timeout,
+                sampler_seed,
+                pruner,
+                progress,
+            )
             if executor is not None:
                 trial_runs.run_ray_workers(args, parallel, executor, log)
             elif parallel == 1:
@@ -175,11 +219,15 @@ def _load(name: str, rdb, pruner):
 def _check_resumable(study, identity: dict, shown: str) -> str:
     attrs = study.user_attrs
     if "mlflow_parent_run_id" not in attrs:
-        raise BertpooledError(f"study {study.study_name} in {shown} was not made by bertpooled tune: pick another --study")
+        raise BertpooledError(
+            f"study {study.study_name} in {shown} was not made by bertpooled tune: pick another --study"
+        )
     differs = [k for k in identity if attrs.get(k) != identity[k]]
     if differs:
-        raise BertpooledError(f"study {study.study_name} was started with another {' and '.join(differs)} "
-                              f"(space {attrs.get('space')}): pass the same --space and options to resume it, or a new --study")
+        raise BertpooledError(
+            f"study {study.study_name} was started with another {' and '.join(differs)} "
+            f"(space {attrs.get('space')}): pass the same --space and options to resume it, or a new --study"
+        )
     return attrs["mlflow_parent_run_id"]
 
 
@@ -190,8 +238,11 @@ def _fail_stale(study, log) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    failed = [t.user_attrs["mlflow_run_id"] for t in study.get_trials(deepcopy=False)
-              if t.state.name == "FAIL" and "mlflow_run_id" in t.user_attrs]
+    failed = [
+        t.user_attrs["mlflow_run_id"]
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "FAIL" and "mlflow_run_id" in t.user_attrs
+    ]
     ended = store.end_orphaned_trials(failed)
     if ended:
         log(f"ended FAILED {len(ended)} trial run(s) a stopped worker left RUNNING")
@@ -215,17 +266,26 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
     counts = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
     store.log_metrics({f"tune/trials_{state.lower()}": n for state, n in counts.items()})
     if not counts["COMPLETE"]:
-        raise BertpooledError(f"study {plan.name} has no complete trial ({counts['PRUNED']} pruned, {counts['FAIL']} "
-                              "failed: see their runs' error tags): fix the cause, then --resume it")
+        raise BertpooledError(
+            f"study {plan.name} has no complete trial ({counts['PRUNED']} pruned, {counts['FAIL']} "
+            "failed: see their runs' error tags): fix the cause, then --resume it"
+        )
     best = study.best_trial
     values = best_config(plan, best.params)
-    header = (f"# The best of study {plan.name}: trial {best.number}, val/accuracy {best.value:.4f} on "
-              f"{plan.base.validation_fraction:g} of the training subset (max_train_examples={plan.base.max_train_examples}).\n"
-              f"# Searched: {plan.space}. Run it: bertpooled train --config THIS_FILE (or sweep --config).\n")
+    header = (
+        f"# The best of study {plan.name}: trial {best.number}, val/accuracy {best.value:.4f} on "
+        f"{plan.base.validation_fraction:g} of the training subset (max_train_examples={plan.base.max_train_examples}).\n"
+        f"# Searched: {plan.space}. Run it: bertpooled train --config THIS_FILE (or sweep --config).\n"
+    )
     text = header + yaml.safe_dump(values, sort_keys=False)
     store.log_text(text, BEST_CONFIG_ARTIFACT)
-    store.set_tags({TUNE_BEST_TRIAL_TAG: str(best.number), TUNE_BEST_RUN_TAG: best.user_attrs.get("mlflow_run_id", ""),
-                    **{f"best/{k}": str(v) for k, v in best.params.items()}})
+    store.set_tags(
+        {
+            TUNE_BEST_TRIAL_TAG: str(best.number),
+            TUNE_BEST_RUN_TAG: best.user_attrs.get("mlflow_run_id", ""),
+            **{f"best/{k}": str(v) for k, v in best.params.items()},
+        }
+    )
     store.log_metrics({"best/val_accuracy": best.value, "best/trial": best.number})
     with tempfile.TemporaryDirectory() as tmp:
         study.trials_dataframe().to_csv(Path(tmp) / "trials.csv", index=False)
@@ -236,11 +296,14 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         log(f"best config: {path}")
-    log(f"study {plan.name}: best trial {best.number} val/accuracy {best.value:.4f} with "
+    log(
+        f"study {plan.name}: best trial {best.number} val/accuracy {best.value:.4f} with "
         f"{', '.join(f'{k}={v}' for k, v in best.params.items())}; {counts['COMPLETE']} complete, "
-        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed")
-    return StudyOutcome(plan, parent, best.value, dict(best.params), best.number,
-                        best.user_attrs.get("mlflow_run_id", ""), counts, text)
+        f"{counts['PRUNED']} pruned, {counts['FAIL']} failed"
+    )
+    return StudyOutcome(
+        plan, parent, best.value, dict(best.params), best.number, best.user_attrs.get("mlflow_run_id", ""), counts, text
+    )
 
 
 def _plots(study, folder: Path, log: Callable[[str], None]) -> None:
@@ -255,8 +318,10 @@ def _plots(study, folder: Path, log: Callable[[str], None]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for name, draw in (("optimization_history", plots.plot_optimization_history),
-                           ("param_importances", plots.plot_param_importances)):
+        for name, draw in (
+            ("optimization_history", plots.plot_optimization_history),
+            ("param_importances", plots.plot_param_importances),
+        ):
             try:
                 axes = draw(study)
             except (ValueError, RuntimeError) as exc:  # importances need 2+ complete trials that differ

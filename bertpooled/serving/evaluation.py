@@ -59,11 +59,22 @@ class ProbabilityEvaluator(ModelEvaluator):
             values["precision_recall_auc"] = float(sk.auc(recall, precision))  # as MLflow computes it
         values = {prefix + key: value for key, value in values.items()}
         timestamp = int(time.time() * 1000)
-        MlflowClient().log_batch(run_id, metrics=[
-            Metric(key, value, timestamp, 0, model_id=kwargs.get("model_id"), dataset_name=dataset.name,
-                   dataset_digest=dataset.digest, run_id=run_id)
-            for key, value in values.items()
-        ])
+        MlflowClient().log_batch(
+            run_id,
+            metrics=[
+                Metric(
+                    key,
+                    value,
+                    timestamp,
+                    0,
+                    model_id=kwargs.get("model_id"),
+                    dataset_name=dataset.name,
+                    dataset_digest=dataset.digest,
+                    run_id=run_id,
+                )
+                for key, value in values.items()
+            ],
+        )
         artifacts = _log_curves(labels, probs, prefix, run_id) if both_classes else {}
         return EvaluationResult(values, artifacts, run_id)
 
@@ -79,7 +90,10 @@ def _log_curves(labels: np.ndarray, probs: np.ndarray, prefix: str, run_id: str)
     artifact_uri = client.get_run(run_id).info.artifact_uri
     artifacts = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, display in (("roc_curve_plot", RocCurveDisplay), ("precision_recall_curve_plot", PrecisionRecallDisplay)):
+        for name, display in (
+            ("roc_curve_plot", RocCurveDisplay),
+            ("precision_recall_curve_plot", PrecisionRecallDisplay),
+        ):
             path = Path(tmp) / f"{prefix}{name}.png"
             fig = Figure(figsize=(5, 4))
             display.from_predictions(labels, probs, ax=fig.subplots(), pos_label=1)

@@ -46,8 +46,11 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None):
         texts = texts_of(model_input)
         # No texts, no predictions (the tokenizer fails on an empty batch).
-        probs = predict_texts(self.model, self.tokenizer, texts, self.config["max_len"],
-                              precision=self.precision) if texts else np.zeros(0)
+        probs = (
+            predict_texts(self.model, self.tokenizer, texts, self.config["max_len"], precision=self.precision)
+            if texts
+            else np.zeros(0)
+        )
         return output(probs, params)
 
 

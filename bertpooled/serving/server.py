@@ -71,19 +71,29 @@ class Limits:
                 continue  # read on without keeping, so that the client gets the answer, not a broken pipe
             chunks.append(message.get("body", b""))
         if too_large:
-            await _send_json(send, 413, {
-                "error_code": "REQUEST_LIMIT_EXCEEDED",
-                "message": f"the request body is over {self.limits.max_body_mb:g} MB: send the texts in several "
-                           "requests (or start the server with a larger --max-body-mb)"})
+            await _send_json(
+                send,
+                413,
+                {
+                    "error_code": "REQUEST_LIMIT_EXCEEDED",
+                    "message": f"the request body is over {self.limits.max_body_mb:g} MB: send the texts in several "
+                    "requests (or start the server with a larger --max-body-mb)",
+                },
+            )
             return
         body = b"".join(chunks)
         # In a thread: parsing a 50 MB body takes seconds, which would stall every other request's answer.
         longest = await asyncio.to_thread(_longest_text, body) if len(body) > self.limits.max_text_chars else 0
         if longest > self.limits.max_text_chars:
-            await _send_json(send, 413, {
-                "error_code": "REQUEST_LIMIT_EXCEEDED",
-                "message": f"a text has {longest:,} characters, over the limit of {self.limits.max_text_chars:,}: "
-                           "the model reads only its first tokens; send it shortened"})
+            await _send_json(
+                send,
+                413,
+                {
+                    "error_code": "REQUEST_LIMIT_EXCEEDED",
+                    "message": f"a text has {longest:,} characters, over the limit of {self.limits.max_text_chars:,}: "
+                    "the model reads only its first tokens; send it shortened",
+                },
+            )
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -173,7 +183,11 @@ class InBatches:
         for start in range(0, n, self._batch_size):
             if self._timeout_s and time.monotonic() - started > self._timeout_s:
                 raise RequestTimedOut(f"stopped after {start} of {n} rows: past the {self._timeout_s:g} s timeout")
-            rows = data.iloc[start:start + self._batch_size] if hasattr(data, "iloc") else data[start:start + self._batch_size]
+            rows = (
+                data.iloc[start : start + self._batch_size]
+                if hasattr(data, "iloc")
+                else data[start : start + self._batch_size]
+            )
             with self._lock:
                 parts.append(self._model.predict(rows, params=params))
         return _concat(parts)
@@ -211,10 +225,14 @@ class RejectTooDeepJson:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if await asyncio.to_thread(_too_deep, body):  # in a thread: a large body takes seconds to parse
-            await _send_json(send, 400, {
-                "error_code": "BAD_REQUEST",
-                "message": "the JSON body is nested too deeply to parse: send {\"inputs\": [\"text\", ...]}",
-            })
+            await _send_json(
+                send,
+                400,
+                {
+                    "error_code": "BAD_REQUEST",
+                    "message": 'the JSON body is nested too deeply to parse: send {"inputs": ["text", ...]}',
+                },
+            )
             return
         if len(body) <= EMPTY_BATCH_MAX_BYTES and _empty_batch(body):
             await _send_json(send, 200, {"predictions": []})
@@ -246,13 +264,22 @@ def _empty_batch(body: bytes) -> bool:
     if not isinstance(payload, dict):
         return False
     data = {key: value for key, value in payload.items() if key != "params"}
-    return len(data) == 1 and next(iter(data)) in ("inputs", "instances", "dataframe_records") and data[next(iter(data))] == []
+    return (
+        len(data) == 1
+        and next(iter(data)) in ("inputs", "instances", "dataframe_records")
+        and data[next(iter(data))] == []
+    )
 
 
 async def _send_json(send, status: int, payload: dict) -> None:
     data = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -269,8 +296,10 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
 
     limits = limits or ServeLimits()
     if limits.max_body_mb <= 0 or limits.max_text_chars < 1 or limits.batch_size < 1:
-        raise BertpooledError(f"serve limits must be positive, got {limits}: pass --max-body-mb, --max-text-chars "
-                              "and --batch-size above 0")
+        raise BertpooledError(
+            f"serve limits must be positive, got {limits}: pass --max-body-mb, --max-text-chars "
+            "and --batch-size above 0"
+        )
     if model_uri.startswith(("runs:/", "models:/")):
         check_tracking_reachable()  # such a URI is resolved through the tracking store
     try:
@@ -280,7 +309,7 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
             f"cannot load model {model_uri} ({str(exc).splitlines()[0][:200]}): pass a logged model's URI, "
             "e.g. runs:/<run id>/model, with MLFLOW_TRACKING_URI pointing at its store"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - a damaged model (truncated weights, an edited width): the model's fault
+    except Exception as exc:
         first = (str(exc).splitlines() or [""])[0][:200]
         raise BertpooledError(
             f"model {model_uri} is damaged ({type(exc).__name__}: {first}): its files do not load; log it again "
@@ -295,6 +324,8 @@ def serve(model_uri: str, host: str, port: int, limits: ServeLimits, echo=print)
     import uvicorn
 
     application = app_for(model_uri, limits)
-    echo(f"serving {model_uri} on http://{host}:{port}/invocations (bodies up to {limits.max_body_mb:g} MB, "
-         f"{limits.batch_size} texts per batch)")
+    echo(
+        f"serving {model_uri} on http://{host}:{port}/invocations (bodies up to {limits.max_body_mb:g} MB, "
+        f"{limits.batch_size} texts per batch)"
+    )
     uvicorn.run(application, host=host, port=port, log_level="warning")

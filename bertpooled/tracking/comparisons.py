@@ -41,8 +41,7 @@ def log_comparison_run(
         try:
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-            run = client.create_run(experiment_id, run_name=run_name,
-                                    tags={KIND_TAG: KIND_COMPARISON, NOTE_TAG: note})
+            run = client.create_run(experiment_id, run_name=run_name, tags={KIND_TAG: KIND_COMPARISON, NOTE_TAG: note})
         except MlflowException as error:
             raise mlflow_error(error, "creating the comparison run") from None
         run_id = run.info.run_id

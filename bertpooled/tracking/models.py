@@ -12,14 +12,24 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from bertpooled.errors import BertpooledError
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG, CHECKPOINT_PATH_TAG, CHECKPOINT_SHA256_TAG, CHECKPOINT_SLOTS, CONFIG_PARAM_PREFIX,
-    DATA_DIGEST_PARAM, FINISHED, INPUT_EXAMPLE, KIND_TAG, KIND_TRAIN, MODEL_NAME, PREDICT, PREDICT_METHOD,
+    CHECKPOINT_EPOCH_TAG,
+    CHECKPOINT_PATH_TAG,
+    CHECKPOINT_SHA256_TAG,
+    CHECKPOINT_SLOTS,
+    CONFIG_PARAM_PREFIX,
+    DATA_DIGEST_PARAM,
+    FINISHED,
+    INPUT_EXAMPLE,
+    KIND_TAG,
+    KIND_TRAIN,
+    MODEL_NAME,
+    PREDICT,
+    PREDICT_METHOD,
     PROBA_METADATA_KEY,
 )
+from bertpooled.errors import BertpooledError
 from bertpooled.tracking.runs import get_run_or_error
-
 
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "lstm.py"
 
@@ -32,7 +42,8 @@ def fail_unfinished_models(run_id: str) -> list[str]:
     client = MlflowClient()
     experiment_id = client.get_run(run_id).info.experiment_id
     pending = [
-        m.model_id for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        m.model_id
+        for m in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
         if m.status == LoggedModelStatus.PENDING
     ]
     for model_id in pending:
@@ -64,7 +75,9 @@ def log_model(state: dict, model_config: dict, tokenizer) -> str:
         )
 
 
-def log_pyfunc(code: Path, artifacts: dict[str, str], requirements: list[str], code_paths: list[str] | None = None) -> str:
+def log_pyfunc(
+    code: Path, artifacts: dict[str, str], requirements: list[str], code_paths: list[str] | None = None
+) -> str:
     """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) following MLflow's classifier
     convention (serving/classifier.py): one column of texts in, labels out, `predict_method` param; its URI."""
     with _routine_info_hidden("mlflow.pyfunc", "mlflow.models.signature"):
@@ -155,5 +168,5 @@ def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[st
     if slot not in CHECKPOINT_SLOTS:
         raise BertpooledError(f"run {run_id} names no valid checkpoint folder ({slot!r}): start a new run instead")
     local = client.download_artifacts(run_id, slot, str(dest))
-    config = {k[len(CONFIG_PARAM_PREFIX):]: v for k, v in run.data.params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
+    config = {k[len(CONFIG_PARAM_PREFIX) :]: v for k, v in run.data.params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
     return config, run.data.params.get(DATA_DIGEST_PARAM, ""), dict(run.data.tags), Path(local)

@@ -87,13 +87,15 @@ def claim(run_id: str, what: str, take_over: bool = False, client: MlflowClient 
     if alive and not take_over:
         raise BertpooledError(
             f"{what} {run_id} is still being driven by another process: {why}. Wait for it or stop it; if you know "
-            f"that process is gone, pass --take-over (or wait {STALE_AFTER_S:.0f} s without a heartbeat)")
+            f"that process is gone, pass --take-over (or wait {STALE_AFTER_S:.0f} s without a heartbeat)"
+        )
     _write(client, run_id)
     time.sleep(CLAIM_SETTLE_S)
     winner = client.get_run(run_id).data.tags.get(OWNER_TAG)
     if winner != me():
-        raise BertpooledError(f"{what} {run_id} was claimed by another process ({winner}) at the same moment: "
-                              "let that one drive it")
+        raise BertpooledError(
+            f"{what} {run_id} was claimed by another process ({winner}) at the same moment: let that one drive it"
+        )
     keep_alive(run_id)
 
 
@@ -113,7 +115,7 @@ def keep_alive(run_id: str) -> None:
         while not stop.wait(HEARTBEAT_S):
             try:
                 _write(client, run_id)
-            except Exception:  # noqa: BLE001 - a store that fails now and then: the next beat tries again
+            except Exception:
                 pass
 
     threading.Thread(target=beat, name=f"bertpooled-heartbeat-{run_id[:8]}", daemon=True).start()
@@ -131,7 +133,7 @@ def let_go(run_id: str) -> None:
     stop.set()
     try:
         MlflowClient().set_tag(run_id, HEARTBEAT_TAG, ENDED)
-    except Exception:  # noqa: BLE001 - the store may be what failed; the heartbeat then goes stale by itself
+    except Exception:
         pass
 
 

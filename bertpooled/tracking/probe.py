@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from bertpooled.errors import BertpooledError, redact_uri
-
 
 PROBE_TIMEOUT_S = 5.0
 # How long a process waits for another one's first contact with a new SQLite store (creating and migrating its
@@ -50,9 +49,13 @@ def _probe_server(uri: str) -> None:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
     elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
         headers["Authorization"] = "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]
-    for path, what in (("/health", f"cannot reach the MLflow tracking server at {base}"),
-                       ("/api/2.0/mlflow/experiments/search?max_results=1",
-                        f"the MLflow tracking server at {base} answers /health but its API does not answer")):
+    for path, what in (
+        ("/health", f"cannot reach the MLflow tracking server at {base}"),
+        (
+            "/api/2.0/mlflow/experiments/search?max_results=1",
+            f"the MLflow tracking server at {base} answers /health but its API does not answer",
+        ),
+    ):
         try:
             request = urllib.request.Request(base + path, headers=headers)
             with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S):
@@ -96,7 +99,7 @@ def check_store_opens(uri: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
     except BertpooledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, sqlite3 and MLflow errors alike: the store is unusable
+    except Exception as exc:
         raise store_error(uri, exc) from None
 
 
@@ -139,7 +142,8 @@ def first_contact(uri: str) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise BertpooledError(
                         f"another process has been opening the tracking store {redact_uri(uri)} for over "
-                        f"{FIRST_CONTACT_WAIT_S:.0f} s (it holds {path}-init.lock): stop it, then run again") from None
+                        f"{FIRST_CONTACT_WAIT_S:.0f} s (it holds {path}-init.lock): stop it, then run again"
+                    ) from None
                 time.sleep(0.05)
         yield
 
@@ -160,8 +164,10 @@ def _store_fix(cause: BaseException, text: str) -> str:
 
     low = text.lower()
     if "_alembic_tmp_" in low or "already exists" in low or "duplicate column" in low or "migration" in low:
-        return ("its tables were being created or migrated by another process at the same time (or such a migration "
-                "was cut short): run again; if it keeps failing, restore mlflow.db from a backup, or start a new store")
+        return (
+            "its tables were being created or migrated by another process at the same time (or such a migration "
+            "was cut short): run again; if it keeps failing, restore mlflow.db from a backup, or start a new store"
+        )
     if "readonly" in low or "read-only" in low or getattr(cause, "errno", None) == errno.EROFS:
         return "the database or its folder is read-only: make both writable, or point MLFLOW_TRACKING_URI elsewhere"
     if "disk is full" in low or "no space" in low or getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
@@ -174,8 +180,10 @@ def _store_fix(cause: BaseException, text: str) -> str:
         return "the database file or its folder cannot be opened: check the path and its permissions"
     if "out-of-date database schema" in low or "mlflow db upgrade" in low:
         return "its schema is older than this MLflow: back it up, then run `mlflow db upgrade <uri>`"
-    return ("check that the store is reachable and writable (or point MLFLOW_TRACKING_URI at another store); a run "
-            "it left RUNNING resumes with --resume")
+    return (
+        "check that the store is reachable and writable (or point MLFLOW_TRACKING_URI at another store); a run "
+        "it left RUNNING resumes with --resume"
+    )
 
 
 class _FirstLineOnly:
@@ -212,7 +220,7 @@ def is_store_failure(exc: BaseException) -> bool:
     try:
         from sqlalchemy.exc import SQLAlchemyError
     except ImportError:  # pragma: no cover - MLflow depends on SQLAlchemy
-        SQLAlchemyError = ()  # noqa: N806
+        SQLAlchemyError = ()
     seen = exc
     while seen is not None:
         if isinstance(seen, (sqlite3.Error, SQLAlchemyError)):

@@ -11,9 +11,9 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 import mlflow
@@ -23,13 +23,23 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from bertpooled.tracking import ownership, ui_view
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG, CONFIG_ARTIFACT, CONFIG_PARAM_PREFIX, DEFAULT_EXPERIMENT, ERROR_TAG, FINISHED, KIND_TAG, KIND_TRAIN, KILLED, NOTE_TAG,
-    PREDICTIONS_PATH, RUN_NAME_TAG, FAILED,
+    CHECKPOINT_EPOCH_TAG,
+    CONFIG_ARTIFACT,
+    CONFIG_PARAM_PREFIX,
+    DEFAULT_EXPERIMENT,
+    ERROR_TAG,
+    FAILED,
+    FINISHED,
+    KILLED,
+    KIND_TAG,
+    KIND_TRAIN,
+    NOTE_TAG,
+    PREDICTIONS_PATH,
+    RUN_NAME_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
-
+from bertpooled.tracking import ownership, ui_view
 
 
 def move_uri_credentials(uri: str | None = None) -> str | None:
@@ -68,8 +78,10 @@ def check_experiment_name(name: str | None = None, option: str = "--experiment")
         return
     where = option if name is not None else "MLFLOW_EXPERIMENT_NAME"
     if len(chosen) > MAX_EXPERIMENT_NAME_LENGTH:
-        raise BertpooledError(f"{where} {short_text(chosen, 40)} is too long: MLflow takes at most "
-                              f"{MAX_EXPERIMENT_NAME_LENGTH} characters")
+        raise BertpooledError(
+            f"{where} {short_text(chosen, 40)} is too long: MLflow takes at most "
+            f"{MAX_EXPERIMENT_NAME_LENGTH} characters"
+        )
     if name is not None and not chosen.strip():
         raise BertpooledError(f"{where} is blank: pass a name, or leave it out for {DEFAULT_EXPERIMENT}")
 
@@ -146,7 +158,11 @@ def run_name(mode: str, model: str, seed: int) -> str:
 
 @contextmanager
 def training_run(
-    name: str, tags: dict[str, str], description: str, parent_run_id: str | None = None, resume_run_id: str | None = None,
+    name: str,
+    tags: dict[str, str],
+    description: str,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
     system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, under `mlflow run`, continue) a run; an error ends it FAILED with the reason as tag `error`.
@@ -159,12 +175,18 @@ def training_run(
         # lines) then never sees it without this attempt's tags (resumed_after_epoch, the node).
         MlflowClient().log_batch(resume_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         # The same run, RUNNING again; nested when a sweep's parent run is active in this process.
-        run = mlflow.start_run(run_id=resume_run_id, nested=mlflow.active_run() is not None,
-                               log_system_metrics=system_metrics)
+        run = mlflow.start_run(
+            run_id=resume_run_id, nested=mlflow.active_run() is not None, log_system_metrics=system_metrics
+        )
     elif parent_run_id:
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
-        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_run_id,
-                               log_system_metrics=system_metrics)
+        run = mlflow.start_run(
+            run_name=name,
+            experiment_id=experiment_id,
+            nested=True,
+            parent_run_id=parent_run_id,
+            log_system_metrics=system_metrics,
+        )
     else:
         use_experiment()
         run = mlflow.start_run(run_name=name, log_system_metrics=system_metrics)
@@ -218,14 +240,14 @@ def _end_run(run_id: str, status: str, reason: str) -> None:
     try:
         mlflow.set_tag(ERROR_TAG, reason)
         mlflow.end_run(status)
-    except Exception:  # noqa: BLE001 - best effort while another exception propagates
+    except Exception:
         try:
             MlflowClient().set_terminated(run_id, status)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         try:
             mlflow.end_run(status)  # clear the fluent API's active run in this process
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
@@ -261,8 +283,14 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: s
         mlflow.log_metrics(values, step=step)
         return
     run = mlflow.get_run(mlflow.active_run().info.run_id)
-    test_set = next((i.dataset for i in run.inputs.dataset_inputs
-                     if any(t.key == MLFLOW_DATASET_CONTEXT and t.value == "testing" for t in i.tags)), None)
+    test_set = next(
+        (
+            i.dataset
+            for i in run.inputs.dataset_inputs
+            if any(t.key == MLFLOW_DATASET_CONTEXT and t.value == "testing" for t in i.tags)
+        ),
+        None,
+    )
     evaluation = {k: v for k, v in values.items() if k.startswith("test/")}
     if evaluation:
         mlflow.log_metrics(evaluation, step=step, model_id=model_id, dataset=test_set)
@@ -271,8 +299,9 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: s
         mlflow.log_metrics(rest, step=step, model_id=model_id)
 
 
-def log_datasets(train: pd.DataFrame, test: pd.DataFrame | None, source: str, digest: str,
-                 validation: pd.DataFrame | None = None) -> None:
+def log_datasets(
+    train: pd.DataFrame, test: pd.DataFrame | None, source: str, digest: str, validation: pd.DataFrame | None = None
+) -> None:
     """Training, validation and test subsets (those given) as MLflow dataset inputs (schema, profile, digest; not
     the data itself)."""
     import hashlib
@@ -344,7 +373,7 @@ def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
             key = ensure_training_view(exp)
             query += f"&{ui_view.SHARE_URL_PARAM}={key}"
             break
-        except Exception:  # noqa: BLE001 - runs finishing at once may race on inserting the same tag
+        except Exception:
             # A link without the view is worth less than the run: it never fails the run that computed it.
             time.sleep(0.2)
     return (
@@ -406,7 +435,7 @@ def last_run() -> tuple[str | None, bool]:
         return None, False
     try:
         return last.info.run_id, CHECKPOINT_EPOCH_TAG in MlflowClient().get_run(last.info.run_id).data.tags
-    except Exception:  # noqa: BLE001 - the store may be what failed
+    except Exception:
         return last.info.run_id, True
 
 

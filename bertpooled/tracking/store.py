@@ -29,8 +29,7 @@ from bertpooled.contract import (
     PREDICTIONS_PATH,
     counts_as_training,
 )
-from bertpooled.errors import BertpooledError
-from bertpooled.errors import redact_uri, short_text
+from bertpooled.errors import BertpooledError, redact_uri, short_text
 from bertpooled.tracking.probe import check_tracking_reachable
 
 __all__ = [
@@ -196,13 +195,16 @@ def _training_runs(
             excluded_kinds[kind] = excluded_kinds.get(kind, 0) + 1
             if run.info.run_id in explicit:
                 hint = " (pass it as --parent to compare its children)" if kind == KIND_SWEEP else ""
-                notes.append(f"left out {run.info.run_name} ({run.info.run_id}): a {kind} run, "
-                             f"not a training run{hint}")
+                notes.append(
+                    f"left out {run.info.run_name} ({run.info.run_id}): a {kind} run, not a training run{hint}"
+                )
             continue
         if run.info.status != FINISHED and not include_unfinished:
             unfinished.append(run)
-            notes.append(f"skipped {run.info.run_name} ({run.info.run_id}): status {run.info.status}, "
-                         f"not {FINISHED}; pass --include-unfinished to keep it")
+            notes.append(
+                f"skipped {run.info.run_name} ({run.info.run_id}): status {run.info.status}, "
+                f"not {FINISHED}; pass --include-unfinished to keep it"
+            )
             continue
         kept.append(run)
     if excluded_kinds:
@@ -260,8 +262,9 @@ def _find_candidates(
                 "e.g. \"params.`config/mode` = 'pool'\""
             )
         if parent_run_id:
-            raise BertpooledError(f"{scope}: none found; is {parent_run_id} a sweep parent? "
-                                  "pass --parent with a sweep run's id")
+            raise BertpooledError(
+                f"{scope}: none found; is {parent_run_id} a sweep parent? pass --parent with a sweep run's id"
+            )
         raise BertpooledError(f"no runs in {scope}: train first, or pass --experiment with another name")
     return runs, scope
 
@@ -296,8 +299,9 @@ def load_predictions(
                     continue
                 predictions[run_id] = frame
             except MlflowException as error:
-                notes.append(f"could not download {PREDICTIONS_PATH} of run {run_id}: "
-                             f"{str(error.message).splitlines()[0]}")
+                notes.append(
+                    f"could not download {PREDICTIONS_PATH} of run {run_id}: {str(error.message).splitlines()[0]}"
+                )
             except (OSError, ValueError, pd.errors.ParserError) as error:
                 notes.append(f"could not read {PREDICTIONS_PATH} of run {run_id}: {error}")
     return predictions, notes

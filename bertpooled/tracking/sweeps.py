@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import mlflow
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from bertpooled.errors import BertpooledError
 from bertpooled.contract import (
-    ERROR_TAG, KIND_SWEEP, KIND_TAG, PARENT_RUN_TAG, RUN_NAME_TAG, SWEEP_KEY_TAG,
+    ERROR_TAG,
+    KIND_SWEEP,
+    KIND_TAG,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    SWEEP_KEY_TAG,
 )
+from bertpooled.errors import BertpooledError
 from bertpooled.tracking import ownership
 from bertpooled.tracking.runs import ending, get_run_or_error
 
 
-
 def find_parent(run_id: str, from_mlflow_run: bool) -> Run:
     """The sweep parent `run_id` (or the run `mlflow run -e sweep` just created); one-line errors otherwise."""
-    run = get_run_or_error(run_id, "unknown sweep parent run {run_id!r} at {store}: pass --resume-parent with the "
-                                   "id a sweep printed, or leave it out to start a new sweep")
+    run = get_run_or_error(
+        run_id,
+        "unknown sweep parent run {run_id!r} at {store}: pass --resume-parent with the "
+        "id a sweep printed, or leave it out to start a new sweep",
+    )
     if run.info.lifecycle_stage == "deleted":
-        raise BertpooledError(f"sweep parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new sweep")
+        raise BertpooledError(
+            f"sweep parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new sweep"
+        )
     kind = run.data.tags.get(KIND_TAG)
     # A run `mlflow run -e sweep` just created has no kind yet; anything else must be a sweep parent.
     if kind != KIND_SWEEP and not (from_mlflow_run and kind is None):
@@ -34,8 +43,9 @@ def find_parent(run_id: str, from_mlflow_run: bool) -> Run:
     return run
 
 
-def children(parent_id: str, experiment_id: str | None = None, *, key: str | None = None,
-             running: bool = False) -> list[Run]:
+def children(
+    parent_id: str, experiment_id: str | None = None, *, key: str | None = None, running: bool = False
+) -> list[Run]:
     """The parent's child runs (all pages), optionally only those of one grid cell or only those RUNNING."""
     if experiment_id is None:
         experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
@@ -58,8 +68,9 @@ def children_by_key(parent: Run) -> dict[str, list[Run]]:
 
 
 @contextmanager
-def parent_run(parent_id: str | None, experiment_id: str, tags: dict[str, str],
-               where: Callable[[], str]) -> Iterator[str]:
+def parent_run(
+    parent_id: str | None, experiment_id: str, tags: dict[str, str], where: Callable[[], str]
+) -> Iterator[str]:
     """The sweep's parent run, new or resumed (its id is yielded), active for the block; it ends as a training
     run does (`runs.ending`), its `error` tag saying `where` (the child or phase) the sweep stopped."""
     # The parent's own run id stays out of the children's environment: start_run would resume it.

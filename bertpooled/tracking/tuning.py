@@ -4,17 +4,27 @@ best trial's config and the study's plots; and where the study's own Optuna stor
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from bertpooled.contract import (
-    ERROR_TAG, FAILED, FINISHED, KILLED, KIND_TAG, KIND_TRIAL, KIND_TUNE, NOTE_TAG, PARENT_RUN_TAG, RUN_NAME_TAG,
-    TUNE_EXPERIMENT, TUNE_STATE_TAG,
+    ERROR_TAG,
+    FAILED,
+    FINISHED,
+    KILLED,
+    KIND_TAG,
+    KIND_TRIAL,
+    KIND_TUNE,
+    NOTE_TAG,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    TUNE_EXPERIMENT,
+    TUNE_STATE_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.tracking.runs import _end_run, ending, get_run_or_error
@@ -36,7 +46,9 @@ def study_storage(storage: str | None = None) -> tuple[str, dict]:
     if scheme == "sqlite":
         path = uri.split(":///", 1)[1] if ":///" in uri else ""
         if not path or path == ":memory:":
-            raise BertpooledError("the tracking store is an in-memory SQLite database: pass --storage sqlite:///optuna.db")
+            raise BertpooledError(
+                "the tracking store is an in-memory SQLite database: pass --storage sqlite:///optuna.db"
+            )
         return f"sqlite:///{Path(path).expanduser().resolve().parent / OPTUNA_FILE}", {}
     if scheme in ("", "file"):
         folder = Path(uri.removeprefix("file://") if scheme else uri).expanduser().resolve()
@@ -46,7 +58,8 @@ def study_storage(storage: str | None = None) -> tuple[str, dict]:
         return uri, {"connect_args": {"options": f"-csearch_path={PG_SCHEMA}"}}
     raise BertpooledError(
         f"the tracking store {redact_uri(uri)} is a server: pass --storage with a database URL every worker reaches "
-        "(sqlite:///optuna.db on one machine, the team's postgresql://... otherwise)")
+        "(sqlite:///optuna.db on one machine, the team's postgresql://... otherwise)"
+    )
 
 
 def _ensure_schema(uri: str) -> None:
@@ -67,44 +80,58 @@ def use_experiment(name: str | None) -> str:
 
 def find_study_parent(run_id: str) -> str:
     """The experiment id of an earlier study's parent run, or a one-line error when it is gone."""
-    run = get_run_or_error(run_id, "the study's parent run {run_id!r} is not in {store}: resume against the tracking "
-                                   "store the study started in, or start a new study with another --study name")
+    run = get_run_or_error(
+        run_id,
+        "the study's parent run {run_id!r} is not in {store}: resume against the tracking "
+        "store the study started in, or start a new study with another --study name",
+    )
     if run.info.lifecycle_stage == "deleted":
-        raise BertpooledError(f"the study's parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new study")
+        raise BertpooledError(
+            f"the study's parent run {run_id} is deleted: restore it (mlflow runs restore) or start a new study"
+        )
     return run.info.experiment_id
 
 
 @contextmanager
-def study_run(parent_id: str | None, experiment_id: str, name: str, tags: dict[str, str],
-              launcher_id: str | None = None) -> Iterator[str]:
+def study_run(
+    parent_id: str | None, experiment_id: str, name: str, tags: dict[str, str], launcher_id: str | None = None
+) -> Iterator[str]:
     """A study's parent run, new or resumed (its id is yielded), active for the block; it ends as every run here
     does (`runs.ending`). `launcher_id`: the run `mlflow run -e tune` made, which the study nests under."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # start_run would otherwise continue the launcher's run
     mlflow.set_experiment(experiment_id=experiment_id)
     extra = {PARENT_RUN_TAG: launcher_id} if launcher_id and not parent_id else {}
-    run = mlflow.start_run(run_id=parent_id, run_name=None if parent_id else name,
-                           tags={KIND_TAG: KIND_TUNE, RUN_NAME_TAG: name, **tags, **extra})
+    run = mlflow.start_run(
+        run_id=parent_id,
+        run_name=None if parent_id else name,
+        tags={KIND_TAG: KIND_TUNE, RUN_NAME_TAG: name, **tags, **extra},
+    )
     with ending(run.info.run_id):
         yield run.info.run_id
 
 
 @contextmanager
-def trial_run(parent_id: str, name: str, tags: dict[str, str], description: str,
-              pruned: tuple[type[BaseException], ...]) -> Iterator[str]:
+def trial_run(
+    parent_id: str, name: str, tags: dict[str, str], description: str, pruned: tuple[type[BaseException], ...]
+) -> Iterator[str]:
     """One trial as a child run of the study's parent (its id is yielded), ending as its Optuna trial does:
     COMPLETE = FINISHED; PRUNED = KILLED, renamed `<name>-pruned`, the reason as its note; FAIL = FAILED (or
     KILLED on Ctrl-C) with the error as tag `error`. Tag `tune/state` holds Optuna's name for the state."""
     experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
     run = mlflow.start_run(run_name=name, experiment_id=experiment_id, nested=True, parent_run_id=parent_id)
     run_id = run.info.run_id
-    mlflow.set_tags({KIND_TAG: KIND_TRIAL, RUN_NAME_TAG: name, TUNE_STATE_TAG: "RUNNING", NOTE_TAG: description, **tags})
+    mlflow.set_tags(
+        {KIND_TAG: KIND_TRIAL, RUN_NAME_TAG: name, TUNE_STATE_TAG: "RUNNING", NOTE_TAG: description, **tags}
+    )
     try:
         yield run_id
     except pruned as exc:
         try:
-            mlflow.set_tags({TUNE_STATE_TAG: "PRUNED", RUN_NAME_TAG: f"{name}-pruned", NOTE_TAG: f"{description}; {exc}"})
+            mlflow.set_tags(
+                {TUNE_STATE_TAG: "PRUNED", RUN_NAME_TAG: f"{name}-pruned", NOTE_TAG: f"{description}; {exc}"}
+            )
             mlflow.end_run(KILLED)
-        except Exception:  # noqa: BLE001 - the trial is pruned whatever the store says; never leave it RUNNING
+        except Exception:
             _end_run(run_id, KILLED, str(exc))
         raise
     except KeyboardInterrupt:
@@ -123,7 +150,7 @@ def trial_run(parent_id: str, name: str, tags: dict[str, str], description: str,
 def _set_state(run_id: str, state: str) -> None:
     try:
         MlflowClient().set_tag(run_id, TUNE_STATE_TAG, state)
-    except Exception:  # noqa: BLE001 - ending the run matters more than the tag
+    except Exception:
         pass
 
 

@@ -14,8 +14,17 @@ import hashlib
 import json
 
 from bertpooled.contract import (
-    ACCURACY, CONFIG_PARAM_PREFIX, KIND_TAG, KIND_TRAIN, PARAMS_HEAD, QUALITY_METRICS, TIME_EPOCH, TIME_TOTAL, TIME_TRAIN,
-    TRAIN_ACCURACY, TRAIN_LOSS,
+    ACCURACY,
+    CONFIG_PARAM_PREFIX,
+    KIND_TAG,
+    KIND_TRAIN,
+    PARAMS_HEAD,
+    QUALITY_METRICS,
+    TIME_EPOCH,
+    TIME_TOTAL,
+    TIME_TRAIN,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
 )
 
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
@@ -41,22 +50,54 @@ TRAINING_RUNS_FILTER = f"tags.`{KIND_TAG}` = '{KIND_TRAIN}'"
 ORDER_BY = "attributes.end_time"
 
 # Chart sections in this order; any other metric prefix MLflow finds is appended after them.
-SECTIONS = ("train", "test", "time", "params", "throughput", "cost", "latency", "memory", "data", "tokens", "features",
-            "train_features", "runtime", "process")
+SECTIONS = (
+    "train",
+    "test",
+    "time",
+    "params",
+    "throughput",
+    "cost",
+    "latency",
+    "memory",
+    "data",
+    "tokens",
+    "features",
+    "train_features",
+    "runtime",
+    "process",
+)
 # Every final metric the runs log (once, at the last epoch's step): MLflow would draw each as a one-dot line
 # chart, so each gets a bar per run. Listed ahead of time because the view is one state for every run; a
 # metric a run did not log has no card (hideEmptyCharts).
 FINAL_METRICS = (
     *(metric.key for metric in QUALITY_METRICS),
-    TIME_TOTAL, TIME_TRAIN, *(f"time/{phase}_s" for phase in (
-        "data", "tokenize", "features", "precompute", "eval", "cost", "log_model", "group_train")),
-    PARAMS_HEAD, "params/head_trainable", "params/backbone", "params/backbone_trainable", "params/embeddings",
-    "throughput/train_examples_per_s", "throughput/infer_examples_per_s", "throughput/infer_examples_per_s_b256",
-    "cost/backbone_flops_per_example", "cost/head_flops_per_example",
-    "latency/p50_ms", "latency/p95_ms", "latency/batch256_p50_ms",
-    "memory/peak_mb", "process/peak_mb",
-    "data/train_examples", "data/test_examples", "tokens/cache_hit", "features/cache_hit",
-    "train_features/cache_hit", "runtime/threads",
+    TIME_TOTAL,
+    TIME_TRAIN,
+    *(
+        f"time/{phase}_s"
+        for phase in ("data", "tokenize", "features", "precompute", "eval", "cost", "log_model", "group_train")
+    ),
+    PARAMS_HEAD,
+    "params/head_trainable",
+    "params/backbone",
+    "params/backbone_trainable",
+    "params/embeddings",
+    "throughput/train_examples_per_s",
+    "throughput/infer_examples_per_s",
+    "throughput/infer_examples_per_s_b256",
+    "cost/backbone_flops_per_example",
+    "cost/head_flops_per_example",
+    "latency/p50_ms",
+    "latency/p95_ms",
+    "latency/batch256_p50_ms",
+    "memory/peak_mb",
+    "process/peak_mb",
+    "data/train_examples",
+    "data/test_examples",
+    "tokens/cache_hit",
+    "features/cache_hit",
+    "train_features/cache_hit",
+    "runtime/threads",
 )
 # (metric, chart): learning curves first, then the final figures as one bar per run.
 CHARTS = (
@@ -96,11 +137,22 @@ def _chart(metric: str, kind: str) -> dict:
         "metricKey": metric,
     }
     if kind == "LINE":
-        card.update({
-            "selectedMetricKeys": [metric], "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
-            "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric",
-            "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True,
-        })
+        card.update(
+            {
+                "selectedMetricKeys": [metric],
+                "lineSmoothness": 0,
+                "xAxisScaleType": "linear",
+                "scaleType": "linear",
+                "range": {},
+                "xAxisKey": "step",
+                "selectedXAxisMetricKey": "",
+                "yAxisKey": "metric",
+                "yAxisExpressions": [],
+                "ignoreOutliers": False,
+                "useGlobalXaxisKey": True,
+                "useGlobalLineSmoothing": True,
+            }
+        )
     return card
 
 
