@@ -1,0 +1,100 @@
+"""The README and docs/ pages: every relative link resolves and every #anchor names a heading.
+
+External (http, https, mailto) links are not checked: the tests run offline.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.M | re.S)
+CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+# [text](target) and ![alt](target), with an optional "title"; the text may hold one level of brackets.
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.M)
+EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)  # http:, https:, mailto:, ...
+
+
+def _prose(text: str) -> str:
+    """The text without fenced code blocks and code spans, where brackets and hashes are not markdown."""
+    return CODE_SPAN.sub("", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lowercase, punctuation but hyphens dropped, spaces to hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link in a heading keeps its text
+    text = text.replace("`", "").strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every anchor GitHub makes for the headings of a markdown file (repeats get -1, -2, ...)."""
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in HEADING.findall(FENCE.sub("", path.read_text())):
+        base = slug(heading)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def links(path: Path) -> list[str]:
+    return [target for target in LINK.findall(_prose(path.read_text())) if not EXTERNAL.match(target)]
+
+
+def broken_links(path: Path) -> list[str]:
+    """Each relative link of `path` that names no file or folder, or an anchor no heading of its target has."""
+    problems = []
+    for target in links(path):
+        file_part, _, anchor = target.partition("#")
+        resolved = (path.parent / file_part).resolve() if file_part else path
+        if not resolved.exists():
+            problems.append(f"{target}: no such file or folder")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            problems.append(f"{target}: no heading with anchor #{anchor} in {resolved.name}")
+        elif anchor and resolved.suffix != ".md":
+            problems.append(f"{target}: an anchor into a file that is not markdown")
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_relative_link_resolves(page):
+    assert broken_links(page) == []
+
+
+def test_the_checker_finds_a_missing_file_a_missing_anchor_and_ignores_code_and_external_links(tmp_path):
+    (tmp_path / "other.md").write_text("# Other page\n\n## Tuning each mode (Optuna)\n\n## `run/` and `sweep/`\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Page\n\n## A shared tracking server for a team\n\n"
+        "[fine](other.md) [fine](other.md#tuning-each-mode-optuna) [fine](other.md#run-and-sweep) "
+        "[fine](#a-shared-tracking-server-for-a-team) ![fine](other.md) [web](https://example.org/x.md#nowhere)\n"
+        "[gone](missing.md) ![gone](missing.png) [bad anchor](other.md#tuning) [bad anchor](#nowhere)\n\n"
+        "`[code](not-a-link.md)`\n\n```\n[code](not-a-link.md)\n```\n"
+    )
+    assert broken_links(page) == [
+        "missing.md: no such file or folder",
+        "missing.png: no such file or folder",
+        "other.md#tuning: no heading with anchor #tuning in other.md",
+        "#nowhere: no heading with anchor #nowhere in page.md",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("heading", "anchor"),
+    [
+        ("Tuning each mode (Optuna)", "tuning-each-mode-optuna"),
+        ("Beyond one machine: Ray and the GPU plan", "beyond-one-machine-ray-and-the-gpu-plan"),
+        ("Sweeps, comparisons and a reference", "sweeps-comparisons-and-a-reference"),
+        ("`run/`: one run", "run-one-run"),
+        ("Pooling inside the language model", "pooling-inside-the-language-model"),
+    ],
+)
+def test_slug_follows_githubs_rules(heading, anchor):
+    assert slug(heading) == anchor
