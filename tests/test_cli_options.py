@@ -1,5 +1,6 @@
 """One list of config fields: `Config` is the source of `train`'s and `sweep`'s options, the MLproject's `-P`
-parameters and the README's config table; a field added to Config is reachable everywhere with its docstring."""
+parameters and the config table of docs/configuration.md; a field added to Config is reachable everywhere with
+its docstring."""
 
 from __future__ import annotations
 
@@ -287,8 +288,8 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
         assert named and named <= accepted[entry], (entry, named - accepted[entry])
 
 
-def test_the_readme_config_table_lists_every_config_field_and_nothing_else():
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_config_table_lists_every_config_field_and_nothing_else():
+    text = (ROOT / "docs" / "configuration.md").read_text()
     table = text[text.index("| parameter | meaning | default |") :]
     table = table[: table.index("\n\n")]
     rows = [line.split("|")[1] for line in table.splitlines()[2:]]

@@ -1,4 +1,4 @@
-"""The README and docs/ pages: every relative link resolves and every #anchor names a heading.
+"""The README and docs/ pages: every relative link resolves, every #anchor names a heading, the README stays short.
 
 External (http, https, mailto) links are not checked: the tests run offline.
 """
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+README_MAX_LINES = 300
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.M | re.S)
@@ -66,6 +67,17 @@ def broken_links(path: Path) -> list[str]:
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_every_relative_link_resolves(page):
     assert broken_links(page) == []
+
+
+def test_the_readme_is_a_front_page_of_at_most_300_lines():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= README_MAX_LINES
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_links_back():
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in links(ROOT / "README.md")}
+    for page in PAGES[1:]:
+        assert page.resolve() in linked, f"{page.name} is not linked from the README"
+        assert "](../README.md)" in page.read_text().splitlines()[0], f"{page.name} does not start with a link back"
 
 
 def test_the_checker_finds_a_missing_file_a_missing_anchor_and_ignores_code_and_external_links(tmp_path):
