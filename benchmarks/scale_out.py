@@ -3,7 +3,7 @@
     python benchmarks/scale_out.py --data /path/to/aclImdb_v1.tar.gz     # -> benchmarks/scale_out.md
 
 Both sweeps log into one `mlflow server` with served artifacts on 127.0.0.1 (SQLite behind it here; a team
-uses PostgreSQL, see the README). The cluster is a head and a worker node, each `ray start` with 1 CPU and a
+uses PostgreSQL, see docs/team-server.md). The cluster is a head and a worker node, each `ray start` with 1 CPU and a
 100 MB object store, advertising loopback only. A warm-up run fills the token and feature caches first, so
 neither sweep pays for them. Every child gets one torch thread in both sweeps (the configs must be equal for
 the results to be), and the report checks that every child's numbers are equal across the two executors.
