@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -12,35 +10,30 @@ from typing import Any
 
 import yaml
 
+from bertpooled import config_rules as rules
+from bertpooled.config_files import read_yaml, resolve_config_path, safe_yaml
+from bertpooled.config_rules import (  # noqa: F401  (the settings' choices, importable from here as before)
+    FEATURES,
+    INITS,
+    LSTM_BIASES,
+    MAX_SEED,
+    MAX_TEXT,
+    MODE_ALIASES,
+    MODE_POOL,
+    MODES,
+    PADDINGS,
+    PRECISIONS,
+    REFERENCE_TEXTS,
+    TOKEN_FEATURES,
+    FeatureKind,
+    _bad,
+)
 from bertpooled.errors import BertpooledError, short_text
 
-MODES = ("basic", "pool", "reference")
-# The original code and write-up called the unpooled mode by both names.
-MODE_ALIASES = {"basic_lstm": "basic", "lstm_basic": "basic"}
-# What each mode means when the config does not spell out `pool` itself.
-MODE_POOL = {"basic": "none", "pool": "avg:2x2", "reference": "none"}
-PADDINGS = ("mask", "read")
-FEATURES = ("embedding_layer", "embeddings", "encoder")
-# Features read per token from the frozen embedding layer (no encoder run); the original's kind.
-TOKEN_FEATURES = ("embedding_layer", "embeddings")
-LSTM_BIASES = ("keras", "torch")
-INITS = ("keras", "torch")
-REFERENCE_TEXTS = ("tokens", "full")
-PRECISIONS = ("auto", "fp32", "bf16")
 # Settings older configs and logged runs still carry, mapped onto today's fields (see `load_config`).
 # amp=true was bf16 autocast on CUDA and nothing on CPU: precision=auto (which since also picks bf16 for encoder work
 # on a CPU with native bf16); amp=false was fp32 everywhere.
 LEGACY_SETTINGS = {"amp": lambda value: {"precision": "auto" if _coerce_bool("amp", value) else "fp32"}}
-EXPERIMENTS_DIR = Path("experiments")
-# The project's own experiment files, for a checkout or editable install run from another folder.
-PROJECT_EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
-MAX_SEED = 2**32 - 1
-MAX_TEXT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
-# A config file is a few dozen `key: value` lines. These bounds are checked before YAML builds anything: a
-# 700-byte file of nested anchors (a "billion laughs") otherwise expands to gigabytes once a value is printed.
-MAX_CONFIG_BYTES = 256 * 1024
-MAX_YAML_ALIASES = 32
-MAX_YAML_DEPTH = 20
 
 
 @dataclass
@@ -131,8 +124,8 @@ class Config:
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
             _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
-        self._check_numbers()
-        self._check_choices()
+        rules.check_numbers(self)
+        rules.check_choices(self)
         from bertpooled.model.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
 
         spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
@@ -142,146 +135,13 @@ class Config:
         self.pool_spec = spec
         self.position = PoolPosition.parse(self.pool_at)
         self.pool_at = str(self.position)
-        self._check_combinations(spec)
-        self._check_pooling_combination(spec, self.position)
-
-    def _check_numbers(self) -> None:
-        """Counts, seeds, rates and fractions in range (one line naming the field and what is valid)."""
-        for name in ("epochs", "batch_size", "max_len", "lstm_units", "latency_texts", "throughput_batches"):
-            if getattr(self, name) <= 0:
-                _bad(name, getattr(self, name), "a positive integer")
-        for name in (
-            "seed",
-            "data_seed",
-            "max_train_examples",
-            "max_test_examples",
-            "num_threads",
-            "shuffle_buffer",
-            "eval_batch_size",
-            "precompute_mb",
-        ):
-            if getattr(self, name) < 0:
-                _bad(name, getattr(self, name), "an integer >= 0")
-        for name in ("seed", "data_seed"):
-            # NumPy's seeds stop at 2**32 - 1: a larger one would pass here and fail inside the run.
-            if getattr(self, name) > MAX_SEED:
-                _bad(name, getattr(self, name), f"an integer from 0 to {MAX_SEED}")
-        if self.max_len < 2:
-            _bad("max_len", self.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            _bad("lr", self.lr, "a positive number such as 1e-3")
-        if not (math.isfinite(self.backbone_lr) and self.backbone_lr > 0):
-            _bad("backbone_lr", self.backbone_lr, "a positive number such as 2e-5")
-        if not (math.isfinite(self.adam_eps) and self.adam_eps > 0):
-            _bad("adam_eps", self.adam_eps, "a positive number such as 1e-7")
-        if not (0 < self.train_fraction <= 1):
-            _bad("train_fraction", self.train_fraction, "a number in (0, 1], e.g. 0.75")
-        if not (0 <= self.validation_fraction < 1):
-            _bad(
-                "validation_fraction",
-                self.validation_fraction,
-                "a number in [0, 1), e.g. 0.2 (0 = no validation split)",
-            )
-
-    def _check_choices(self) -> None:
-        """Text fields normalised and checked against their choices, and the combinations that cannot run."""
-        if not self.model or not str(self.model).strip():
-            _bad("model", self.model, "minilm, a Hugging Face name or a local folder")
-        self.model = str(self.model).strip()
-        self.data = str(self.data).strip() or None if self.data is not None else None
-        self.padding = str(self.padding).lower()
-        if self.padding not in PADDINGS:
-            _bad("padding", self.padding, " or ".join(PADDINGS))
-        self.init = str(self.init).lower()
-        if self.init not in INITS:
-            _bad("init", self.init, " or ".join(INITS))
-        self.lstm_bias = str(self.lstm_bias).strip().lower()
-        if self.lstm_bias not in LSTM_BIASES:
-            _bad("lstm_bias", self.lstm_bias, " or ".join(LSTM_BIASES))
-        self.device = str(self.device).strip().lower()
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
-            _bad("device", self.device, "auto, cpu, cuda, cuda:N or mps")
-        self.reference_text = str(self.reference_text).strip().lower()
-        if self.reference_text not in REFERENCE_TEXTS:
-            _bad("reference_text", self.reference_text, " or ".join(REFERENCE_TEXTS))
-        self.precision = str(self.precision).strip().lower()
-        if self.precision not in PRECISIONS:
-            _bad(
-                "precision",
-                self.precision,
-                " or ".join(PRECISIONS) + " (auto = bf16 on CUDA and for encoder work on a bf16 CPU, else fp32)",
-            )
-        if self.precision == "bf16" and self.device == "mps":
-            _bad(
-                "precision",
-                self.precision,
-                "fp32 or auto with device=mps (bf16 autocast runs on CUDA or a bf16-capable CPU)",
-            )
-        self.features = str(self.features).strip().lower()
-        if self.features not in FEATURES:
-            _bad("features", self.features, " or ".join(FEATURES))
-
-    def _check_combinations(self, spec) -> None:
-        """What the parsed pooling cannot run with: the mode, the features, the text limits."""
-        if self.mode == "reference":
-            if self.pool != "none":
-                _bad("pool", self.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
-            if self.features not in TOKEN_FEATURES or self.finetune or self.pool_at != "input":
-                _bad(
-                    "mode",
-                    self.mode,
-                    "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)",
-                )
-        if self.mode == "basic" and self.features in TOKEN_FEATURES and not spec.is_identity:
-            # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
-            _bad(
-                "pool", self.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool"
-            )
-        if self.mode == "pool" and self.features in TOKEN_FEATURES and spec.is_identity:
-            _bad("pool", self.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
-        for name in ("model", "data", "description"):
-            value = getattr(self, name)
-            if value is not None and len(str(value)) > MAX_TEXT:
-                # Logged as a param, it would fail inside the run: MLflow refuses values past its limit.
-                _bad(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
-
-    def _check_pooling_combination(self, spec, position) -> None:
-        """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
-        if self.features in TOKEN_FEATURES:
-            if position.where != "input":
-                _bad(
-                    "pool_at",
-                    self.pool_at,
-                    f"input with features={self.features} (output and layer:K need features=encoder)",
-                )
-            if self.finetune:
-                _bad(
-                    "finetune",
-                    self.finetune,
-                    f"false with features={self.features} (the input embeddings stay frozen), or features=encoder",
-                )
-            return
-        if self.padding != "mask":
-            _bad("padding", self.padding, "mask with features=encoder (the encoder always reads the attention mask)")
-        if spec.is_identity:
-            return
-        if position.where == "input":
-            _bad(
-                "pool_at",
-                self.pool_at,
-                "output or layer:K with features=encoder (layer:0 pools before the first encoder layer)",
-            )
-        if position.where == "layer" and spec.hidden != 1:
-            _bad(
-                "pool",
-                self.pool,
-                f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={self.pool_at} (encoder layers expect their hidden size)",
-            )
+        rules.check_combinations(self, spec)
+        rules.check_pooling_combination(self, spec, self.position)
 
     @property
     def variant(self) -> str:
         """A short name for the configuration: the mode for the original's word-embedding runs, else the encoder setup."""
-        if self.features in TOKEN_FEATURES:
+        if self.feature_kind.tokens:
             return self.mode
         where = "" if self.pool == "none" else f"-{self.pool}@{self.pool_at}"
         return f"encoder{'-ft' if self.finetune else ''}{where}"
@@ -289,10 +149,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain values, in field order."""
         return dataclasses.asdict(self)
-
-
-def _bad(name: str, value: Any, valid: str) -> None:
-    raise BertpooledError(f"config: {name}={value!r} is not valid: use {valid}")
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Config)}
@@ -355,71 +211,6 @@ def typed_value(name: str, value: Any) -> Any:
     """One field's value as its type (`lstm_units`, "16" -> 16), or the one-line error `load_config` would give."""
     _check_key(name, "setting")
     return _coerce(name, value)
-
-
-def resolve_config_path(config: str | Path) -> Path:
-    """A config argument as given, or a name in `experiments/` (`seed` -> experiments/seed.yaml).
-
-    Names are looked up in ./experiments, then in the project's own experiments/ beside the package, so
-    `--config smoke` works from any folder.
-    """
-    path = Path(config)
-    folders = list(dict.fromkeys([EXPERIMENTS_DIR, PROJECT_EXPERIMENTS_DIR]))
-    candidates = [path] + [c for folder in folders for c in (folder / path, folder / f"{path}.yaml")]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-    hint = f" (experiments here: {', '.join(known)})" if known else ""
-    raise BertpooledError(f"config file {config} not found: pass a YAML path or a name in experiments/{hint}")
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The mapping in a config YAML file (empty file = no settings)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(data) > MAX_CONFIG_BYTES:
-            raise BertpooledError(
-                f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB: a config is a few key: value lines; "
-                "pass the right file"
-            )
-        raw = safe_yaml(data.decode("utf-8"), f"config file {path}")
-    except UnicodeDecodeError as exc:
-        raise BertpooledError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
-    except OSError as exc:
-        raise BertpooledError(
-            f"config file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file"
-        ) from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise BertpooledError(f"config file {path}{where} is not valid YAML: fix the syntax") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise BertpooledError(f"config file {path} must hold a mapping of settings (key: value)")
-    return raw
-
-
-def safe_yaml(text: str, where: str) -> Any:
-    """`yaml.safe_load(text)`, after checking on YAML's event stream (linear in the text, building nothing) that
-    it has at most MAX_YAML_ALIASES aliases and nests at most MAX_YAML_DEPTH deep; a one-line error otherwise."""
-    aliases = depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.AliasEvent):
-            aliases += 1
-            if aliases > MAX_YAML_ALIASES:
-                raise BertpooledError(
-                    f"{where}: more than {MAX_YAML_ALIASES} YAML aliases (*name): write the values out"
-                )
-        elif isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                raise BertpooledError(f"{where}: YAML nested more than {MAX_YAML_DEPTH} deep: settings are key: value")
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-    return yaml.safe_load(text)
 
 
 def _default_text(name: str) -> str:

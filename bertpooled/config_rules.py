@@ -1,0 +1,196 @@
+"""What each setting may be: the choices, the ranges and the combinations a `Config` is checked against when it
+is made (one line naming the field, the value and what is valid), and `features` parsed into its kind."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bertpooled.errors import BertpooledError
+
+# The checks take the `Config` being made (typed Any: bertpooled.config imports this module, not the reverse).
+Config = Any
+
+MODES = ("basic", "pool", "reference")
+# The original code and write-up called the unpooled mode by both names.
+MODE_ALIASES = {"basic_lstm": "basic", "lstm_basic": "basic"}
+# What each mode means when the config does not spell out `pool` itself.
+MODE_POOL = {"basic": "none", "pool": "avg:2x2", "reference": "none"}
+PADDINGS = ("mask", "read")
+FEATURES = ("embedding_layer", "embeddings", "encoder")
+# Features read per token from the frozen embedding layer (no encoder run); the original's kind.
+TOKEN_FEATURES = ("embedding_layer", "embeddings")
+LSTM_BIASES = ("keras", "torch")
+INITS = ("keras", "torch")
+REFERENCE_TEXTS = ("tokens", "full")
+PRECISIONS = ("auto", "fp32", "bf16")
+MAX_SEED = 2**32 - 1
+MAX_TEXT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
+
+
+def _bad(name: str, value: Any, valid: str) -> None:
+    raise BertpooledError(f"config: {name}={value!r} is not valid: use {valid}")
+
+
+@dataclass(frozen=True)
+class FeatureKind:
+    """What a run reads its inputs from (`features`, parsed once): the questions code asks of it."""
+
+    name: str
+
+    @property
+    def encoder(self) -> bool:
+        """The backbone's encoder runs (frozen features or fine-tuning), not only its embedding layer."""
+        return self.name == "encoder"
+
+    @property
+    def whole_layer(self) -> bool:
+        """The input features are the whole embedding layer (word + position + type, LayerNorm), not the table."""
+        return self.name == "embedding_layer"
+
+    @property
+    def tokens(self) -> bool:
+        """Features read per token from the frozen embeddings, with no encoder run (the original's kind)."""
+        return self.name in TOKEN_FEATURES
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def check_numbers(cfg: Config) -> None:
+    """Counts, seeds, rates and fractions in range (one line naming the field and what is valid)."""
+    for name in ("epochs", "batch_size", "max_len", "lstm_units", "latency_texts", "throughput_batches"):
+        if getattr(cfg, name) <= 0:
+            _bad(name, getattr(cfg, name), "a positive integer")
+    for name in (
+        "seed",
+        "data_seed",
+        "max_train_examples",
+        "max_test_examples",
+        "num_threads",
+        "shuffle_buffer",
+        "eval_batch_size",
+        "precompute_mb",
+    ):
+        if getattr(cfg, name) < 0:
+            _bad(name, getattr(cfg, name), "an integer >= 0")
+    for name in ("seed", "data_seed"):
+        # NumPy's seeds stop at 2**32 - 1: a larger one would pass here and fail inside the run.
+        if getattr(cfg, name) > MAX_SEED:
+            _bad(name, getattr(cfg, name), f"an integer from 0 to {MAX_SEED}")
+    if cfg.max_len < 2:
+        _bad("max_len", cfg.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        _bad("lr", cfg.lr, "a positive number such as 1e-3")
+    if not (math.isfinite(cfg.backbone_lr) and cfg.backbone_lr > 0):
+        _bad("backbone_lr", cfg.backbone_lr, "a positive number such as 2e-5")
+    if not (math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0):
+        _bad("adam_eps", cfg.adam_eps, "a positive number such as 1e-7")
+    if not (0 < cfg.train_fraction <= 1):
+        _bad("train_fraction", cfg.train_fraction, "a number in (0, 1], e.g. 0.75")
+    if not (0 <= cfg.validation_fraction < 1):
+        _bad(
+            "validation_fraction",
+            cfg.validation_fraction,
+            "a number in [0, 1), e.g. 0.2 (0 = no validation split)",
+        )
+
+
+def check_choices(cfg: Config) -> None:
+    """Text fields normalised and checked against their choices, and the combinations that cannot run."""
+    if not cfg.model or not str(cfg.model).strip():
+        _bad("model", cfg.model, "minilm, a Hugging Face name or a local folder")
+    cfg.model = str(cfg.model).strip()
+    cfg.data = str(cfg.data).strip() or None if cfg.data is not None else None
+    cfg.padding = str(cfg.padding).lower()
+    if cfg.padding not in PADDINGS:
+        _bad("padding", cfg.padding, " or ".join(PADDINGS))
+    cfg.init = str(cfg.init).lower()
+    if cfg.init not in INITS:
+        _bad("init", cfg.init, " or ".join(INITS))
+    cfg.lstm_bias = str(cfg.lstm_bias).strip().lower()
+    if cfg.lstm_bias not in LSTM_BIASES:
+        _bad("lstm_bias", cfg.lstm_bias, " or ".join(LSTM_BIASES))
+    cfg.device = str(cfg.device).strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
+        _bad("device", cfg.device, "auto, cpu, cuda, cuda:N or mps")
+    cfg.reference_text = str(cfg.reference_text).strip().lower()
+    if cfg.reference_text not in REFERENCE_TEXTS:
+        _bad("reference_text", cfg.reference_text, " or ".join(REFERENCE_TEXTS))
+    cfg.precision = str(cfg.precision).strip().lower()
+    if cfg.precision not in PRECISIONS:
+        _bad(
+            "precision",
+            cfg.precision,
+            " or ".join(PRECISIONS) + " (auto = bf16 on CUDA and for encoder work on a bf16 CPU, else fp32)",
+        )
+    if cfg.precision == "bf16" and cfg.device == "mps":
+        _bad(
+            "precision",
+            cfg.precision,
+            "fp32 or auto with device=mps (bf16 autocast runs on CUDA or a bf16-capable CPU)",
+        )
+    cfg.features = str(cfg.features).strip().lower()
+    if cfg.features not in FEATURES:
+        _bad("features", cfg.features, " or ".join(FEATURES))
+    # Parsed once, like `pool_spec`: code asks the kind what it means instead of comparing strings.
+    cfg.feature_kind = FeatureKind(cfg.features)
+
+
+def check_combinations(cfg: Config, spec) -> None:
+    """What the parsed pooling cannot run with: the mode, the features, the text limits."""
+    if cfg.mode == "reference":
+        if cfg.pool != "none":
+            _bad("pool", cfg.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
+        if not cfg.feature_kind.tokens or cfg.finetune or cfg.pool_at != "input":
+            _bad(
+                "mode",
+                cfg.mode,
+                "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)",
+            )
+    if cfg.mode == "basic" and cfg.feature_kind.tokens and not spec.is_identity:
+        # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
+        _bad("pool", cfg.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
+    if cfg.mode == "pool" and cfg.feature_kind.tokens and spec.is_identity:
+        _bad("pool", cfg.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
+    for name in ("model", "data", "description"):
+        value = getattr(cfg, name)
+        if value is not None and len(str(value)) > MAX_TEXT:
+            # Logged as a param, it would fail inside the run: MLflow refuses values past its limit.
+            _bad(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
+
+
+def check_pooling_combination(cfg: Config, spec, position) -> None:
+    """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
+    if cfg.feature_kind.tokens:
+        if position.where != "input":
+            _bad(
+                "pool_at",
+                cfg.pool_at,
+                f"input with features={cfg.features} (output and layer:K need features=encoder)",
+            )
+        if cfg.finetune:
+            _bad(
+                "finetune",
+                cfg.finetune,
+                f"false with features={cfg.features} (the input embeddings stay frozen), or features=encoder",
+            )
+        return
+    if cfg.padding != "mask":
+        _bad("padding", cfg.padding, "mask with features=encoder (the encoder always reads the attention mask)")
+    if spec.is_identity:
+        return
+    if position.where == "input":
+        _bad(
+            "pool_at",
+            cfg.pool_at,
+            "output or layer:K with features=encoder (layer:0 pools before the first encoder layer)",
+        )
+    if position.where == "layer" and spec.hidden != 1:
+        _bad(
+            "pool",
+            cfg.pool,
+            f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={cfg.pool_at} (encoder layers expect their hidden size)",
+        )
