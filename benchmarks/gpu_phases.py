@@ -109,13 +109,13 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
                 None,
                 emb,
             )
-            fit.fit(fit.build_model(warm).to(device), warm, device, progress=False)
+            fit.fit(fit.build_model(warm).to(device), warm, progress=False)
             rows = []
             for _ in range(repeats):
                 model = fit.build_model(prep).to(device)
                 sync()
                 t0 = time.perf_counter()
-                fit.fit(model, prep, device, progress=False)
+                fit.fit(model, prep, progress=False)
                 sync()
                 t1 = time.perf_counter()
                 probs = fit.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)

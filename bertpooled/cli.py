@@ -82,7 +82,8 @@ def train(
     _hide_credentials()
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
-        from bertpooled.run.experiment import prepare_resume, run_experiment
+        from bertpooled.run.experiment import run_experiment
+        from bertpooled.run.resume import prepare_resume
 
         resume = _blank_to_none(resume)
         if resume:

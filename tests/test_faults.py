@@ -409,7 +409,7 @@ def test_an_unreachable_postgresql_uri_is_one_line_within_seconds(tiny_bert, tin
 
 def test_the_logged_commit_is_the_codes_not_the_current_folders(tmp_path, monkeypatch):
     import bertpooled
-    from bertpooled.tracking import runs as tracking
+    from bertpooled.tracking import provenance as tracking
 
     other = tmp_path / "elsewhere"
     other.mkdir()
@@ -431,13 +431,13 @@ def test_the_logged_commit_is_the_codes_not_the_current_folders(tmp_path, monkey
 def test_resuming_with_other_code_is_refused_unless_allowed_and_then_recorded(store, tiny_bert, tiny_imdb, monkeypatch):
     from test_resume import _killed_run_with_a_checkpoint
 
-    from bertpooled.tracking import runs as tracking
+    from bertpooled.tracking import provenance
 
     run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
-    logged = tracking.logged_code(run_id)
+    logged = provenance.logged_code(run_id)
     assert {"git/commit", "git/dirty", "code/version"} <= set(logged)
     changed = {**logged, "git/commit": "f" * 40}
-    monkeypatch.setattr(tracking, "code_provenance", lambda: changed)
+    monkeypatch.setattr(provenance, "code_provenance", lambda: changed)
     refused = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
     assert_user_error(refused, "other code", "--allow-code-change", "f" * 40)
     assert MlflowClient(store).get_run(run_id).info.status == "KILLED"  # left as it was
@@ -477,7 +477,7 @@ def test_a_resume_after_the_last_epoch_clears_the_error_tag_fails_orphan_models_
 def test_a_second_resume_of_a_run_being_resumed_is_one_line(store, tiny_bert, tiny_imdb, monkeypatch):
     from test_resume import _killed_run_with_a_checkpoint
 
-    from bertpooled.run.experiment import claim_run
+    from bertpooled.run.resume import claim_run
 
     run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
     first = claim_run(run_id)  # another resume of it holds the run

@@ -173,7 +173,7 @@ def test_fine_tuning_with_pooling_trains_the_backbone_and_the_head(store, tiny_b
     assert not prepared.cached  # fine-tuning reads token ids, never frozen features
     model = fit.build_model(prepared)
     before = {k: v.clone() for k, v in model.encoder.model.state_dict().items()}
-    history = fit.fit(model, prepared, torch.device("cpu"), progress=False)
+    history = fit.fit(model, prepared, progress=False).history
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h.loss)) for h in history)
     after = model.encoder.model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]

@@ -1,4 +1,4 @@
-"""The training rows' frozen features computed once (bertpooled.run.precompute) train exactly as per batch.
+"""The training rows' frozen features computed once (bertpooled.run.prepare.before_training) train exactly as per batch.
 
 Tiny synthetic data and a tiny random embedding table (from test_grouped): no IMDB, no backbone, no MLflow.
 """
@@ -15,7 +15,8 @@ from test_grouped import make_prepared
 from bertpooled.contract import CACHED_PHASES, TIME_TOTAL, TIME_TRAIN
 from bertpooled.report.verdict import _cost_sentence
 from bertpooled.run import fit as train
-from bertpooled.run import grouped, precompute
+from bertpooled.run import grouped
+from bertpooled.run import prepare as precompute
 from bertpooled.run.measure import Phases
 
 CPU = torch.device("cpu")
@@ -26,9 +27,9 @@ def run(prepared, budget_mb: int):
         prepared, config=dataclasses.replace(prepared.config, precompute_mb=budget_mb), phases=Phases()
     )
     model = train.build_model(prepared)
-    history = train.fit(model, prepared, CPU, progress=False)
+    fitted = train.fit(model, prepared, progress=False)
     probs = train.predict_proba(model, prepared.test_tokens, 64, CPU)
-    return prepared, history, model, probs
+    return prepared, fitted.history, model, probs, fitted.precomputed
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_training_on_precomputed_features_is_bitwise_training_per_batch(pool, pa
     base = make_prepared(pool, padding, layer=layer, epochs=2)
     per_batch = run(base, 0)
     ahead = run(base, 1024)
-    assert not per_batch[0].train_features_precomputed and ahead[0].train_features_precomputed
+    assert not per_batch[4] and ahead[4]
     assert [(h.loss, h.accuracy) for h in ahead[1]] == [(h.loss, h.accuracy) for h in per_batch[1]]
     for name, value in ahead[2].state_dict().items():
         assert torch.equal(value, per_batch[2].state_dict()[name]), name
@@ -72,10 +73,11 @@ def test_features_over_the_budget_are_computed_per_batch():
 def test_a_seed_group_shares_one_precomputed_copy_and_matches_its_seeds_alone():
     prepared = make_prepared("avg:2x2", epochs=2)
     group = grouped.build_group(prepared, [0, 1], "per_seed")
-    histories = grouped.fit_group(group, prepared, CPU, progress=False)
-    assert prepared.train_features_precomputed and group.features.kind == "precomputed"
+    fitted = grouped.fit_group(group, prepared, progress=False)
+    histories = fitted.histories
+    assert fitted.precomputed and group.features.kind == "precomputed"
     for s, model in enumerate(group.split()):
-        _, history, alone_model, alone_probs = run(grouped.with_seed(prepared, [0, 1][s]), 1024)
+        _, history, alone_model, alone_probs, _ = run(grouped.with_seed(prepared, [0, 1][s]), 1024)
         np.testing.assert_allclose([h.loss for h in histories[s]], [h.loss for h in history], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
             train.predict_proba(model, prepared.test_tokens, 64, CPU), alone_probs, rtol=1e-5, atol=1e-6

@@ -17,9 +17,9 @@ def test_an_explicit_thread_count_is_obeyed_and_set_on_torch():
     try:
         config = load_config(overrides={"num_threads": 2, "features": "embeddings"})
         assert runtime.threads_for(config) == 2
-        runtime.configure_threads(config)
+        runtime.Runtime.resolve(config).start()
         assert torch.get_num_threads() == 2
-        runtime.configure_threads(load_config())
+        runtime.Runtime.resolve(load_config()).start()
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

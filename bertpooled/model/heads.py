@@ -65,7 +65,6 @@ class LSTMHead(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch,) from inputs (batch, seq, in); with `lengths`, the state after each row's last real step."""
         batch = x.shape[0]
-        h0 = x.new_zeros(1, batch, self.units)
         if x.is_cuda or not torch.is_grad_enabled():
             # The slow part is oneDNN's backward: inference, and cuDNN, project the inputs themselves.
             weights = [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
@@ -73,13 +72,29 @@ class LSTMHead(nn.Module):
         else:
             inputs = F.linear(x, self.weight_ih_l0, self.bias_ih_l0)
             weights = [self._identity.to(x.dtype), self.weight_hh_l0, self._no_bias.to(x.dtype), self.bias_hh_l0]
-        out, h_n, _ = torch.lstm(inputs, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
-        if lengths is None:
-            last = h_n[0]
-        else:
-            # Right padding: the state after step len-1 has seen no padding, as a packed sequence would.
-            last = out[torch.arange(batch, device=x.device), (lengths - 1).clamp_min(0).long()]
-        return self.dense(last).squeeze(-1)
+        out, h_n = lstm_kernel(inputs, weights, x.new_zeros(1, batch, self.units), self.training)
+        return self.dense(last_states(out, h_n, lengths)).squeeze(-1)
+
+
+def lstm_kernel(
+    inputs: torch.Tensor, weights: list[torch.Tensor], h0: torch.Tensor, training: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one LSTM kernel call of the package: `torch.lstm` over batch-first `inputs` from the zero state `h0`
+    (1, batch, units), one layer, no dropout; (outputs (batch, seq, units), last state (1, batch, units)).
+
+    `weights` = [input weight, recurrent weight, input bias, recurrent bias] in nn.LSTM's layout: the heads pass
+    an identity input weight with inputs they projected themselves (see `LSTMHead`), or a seed group's
+    block-diagonal recurrence (bertpooled.model.grouped)."""
+    out, h_n, _ = torch.lstm(inputs, (h0, h0), weights, True, 1, 0.0, training, False, True)
+    return out, h_n
+
+
+def last_states(out: torch.Tensor, h_n: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Each row's state after its last real step: `h_n` without lengths; with right padding the state after step
+    len-1, which has seen no padding, as a packed sequence would."""
+    if lengths is None:
+        return h_n[0]
+    return out[torch.arange(out.shape[0], device=out.device), (lengths - 1).clamp_min(0).long()]
 
 
 class PooledLSTMClassifier(nn.Module):
@@ -123,7 +138,7 @@ class PooledLSTMClassifier(nn.Module):
         """The frozen part, a fixed function of the ids: (pooled features (batch, seq', hidden'), their lengths).
 
         Every operation acts on each token (or pooling window) alone, so the features of a row do not depend on
-        the batch it is computed in: computed once for the whole training set (`bertpooled.run.precompute`)
+        the batch it is computed in: computed once for the whole training set (`bertpooled.run.prepare.before_training`)
         they are bitwise those of each batch.
         """
         return frozen_features(ids, lengths, self.embeddings, self.layer, self.pool, self.padding)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,8 +25,8 @@ from bertpooled.contract import (
 from bertpooled.data import tokens
 from bertpooled.model.build import ModelSpec, build
 from bertpooled.model.heads import FeatureHead, count_parameters
-from bertpooled.run import checkpoint, precompute, runtime
-from bertpooled.run.measure import evaluate
+from bertpooled.run import checkpoint, prepare, runtime
+from bertpooled.run.measure import Trained, evaluate
 from bertpooled.run.prepare import Prepared, model_inputs
 
 
@@ -40,14 +41,40 @@ class EpochStats:
     """The validation split's quality metrics after this epoch (`val/accuracy`, ...), when the run has one."""
 
 
-@dataclass
-class Result:
-    """What a finished run reports: metrics (the MLflow contract's names), per-example test probabilities."""
+@dataclass(frozen=True)
+class Fitted:
+    """What training hands back: each seed's per-epoch history (one seed for a run alone, S for a seed group)
+    and whether it trained on the training rows' features computed once (`run.prepare.before_training`)."""
 
-    metrics: dict[str, float]
-    probabilities: np.ndarray
-    history: list[EpochStats]
-    model: torch.nn.Module
+    histories: list[list[EpochStats]]
+    precomputed: bool = False
+
+    @property
+    def history(self) -> list[EpochStats]:
+        """The history of a run alone (a group of one)."""
+        return self.histories[0]
+
+
+@dataclass
+class Trainee:
+    """What the training loop trains: S seeds' networks behind one forward, their optimizer and batch orders.
+
+    A run alone is a group of one: `forward` takes inputs (S, batch, ...) and lengths (S, batch) and returns
+    logits (S, batch); `orders` holds one generator per seed; `evaluating(s)` gives seed s's network as it is
+    now, for the per-epoch evaluations."""
+
+    module: torch.nn.Module
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    orders: list[torch.Generator]
+    evaluating: Callable[[int], contextlib.AbstractContextManager[torch.nn.Module]]
+    inputs: torch.Tensor
+    """Every training row as the network reads it (token ids or features), on the run's device."""
+    lengths: torch.Tensor
+    histories: list[list[EpochStats]] = field(default_factory=list)
+    """Earlier epochs' histories per seed (a resumed run)."""
+    first_epoch: int = 1
+    """The epoch training starts at (a resumed run: the one after its checkpoint's)."""
 
 
 def build_model(prepared: Prepared) -> torch.nn.Module:
@@ -55,7 +82,7 @@ def build_model(prepared: Prepared) -> torch.nn.Module:
     cfg = prepared.config
     runtime.seed_everything(cfg.seed)
     spec = spec_of(cfg)
-    if cfg.features != "encoder":
+    if not cfg.feature_kind.encoder:
         return build(spec, table=prepared.embeddings.table, layer=prepared.embeddings.layer)
     # Fine-tuning trains a copy: the loaded backbone stays frozen for whatever else shares it.
     return build(spec, backbone=prepared.backbone_model, trainable_backbone=cfg.finetune)
@@ -79,9 +106,9 @@ def spec_of(config, **extra) -> ModelSpec:
 
 def model_spec(config, model: torch.nn.Module) -> ModelSpec:
     """The spec the logged model stores: the config's, plus what only the built model knows."""
-    if config.features == "embedding_layer":
+    if config.feature_kind.whole_layer:
         return spec_of(config, layer_norm_eps=model.layer.eps)
-    if config.features == "encoder":
+    if config.feature_kind.encoder:
         # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
         return spec_of(config, backbone_config=model.encoder.model.config.to_dict(), precision=config.precision)
     return spec_of(config)
@@ -127,88 +154,147 @@ def predict_inputs(
 def fit(
     model: torch.nn.Module,
     prepared: Prepared,
-    device: torch.device,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
     checkpoints: checkpoint.Checkpointer | None = None,
-) -> list[EpochStats]:
-    """Train the head with Adam and BCE-with-logits; one visible loop, one callback per finished epoch.
+) -> Fitted:
+    """Train a run alone with Adam and BCE-with-logits: `train_epochs` with a group of one seed.
 
     With `checkpoints`, training starts after the epoch its state holds, and every finished epoch is saved.
-    Longer than most functions here on purpose: the whole training loop reads in one place.
     """
-    cfg = prepared.config
-    precision = runtime.precision_for(cfg, device)
+    cfg, rt = prepared.config, prepared.rt
     # The whole training set is a few MB of token ids (or the cached features): on a GPU it lives there, so a
     # step copies nothing.
     inputs, lengths = model_inputs(prepared, "train")
-    ids, lengths = inputs.to(device), lengths.to(device)
+    ids, lengths = inputs.to(rt.device), lengths.to(rt.device)
     net = eval_net = trained_network(model, prepared)
-    ahead = precompute.before_training(net, getattr(net, "features", None), ids, lengths, prepared, progress)
+    ahead = prepare.before_training(net, getattr(net, "features", None), ids, lengths, prepared, progress)
     if ahead is not None:
         # The frozen features of every training row, computed once: a step runs the head alone.
         (ids, lengths), net = ahead, FeatureHead(model)
-    test_inputs = model_inputs(prepared, "test") if cfg.eval_each_epoch else None
-    labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(device)
     params = [{"params": list(model.head.parameters())}]
     if cfg.finetune:
         params.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.backbone_lr})
     # The fused kernel updates all tensors at once: about 1 ms less per step than the per-tensor loop on CPU.
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=device.type in ("cpu", "cuda"))
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=rt.device.type in ("cpu", "cuda"))
     order = torch.Generator().manual_seed(cfg.seed)
-    n = len(labels)
-    # The order a shuffle buffer reads: fixed per data subset, like rows of a file (see `epoch_order`).
-    stored = np.random.default_rng(cfg.data_seed).permutation(n) if cfg.shuffle_buffer else None
     history: list[EpochStats] = []
     first = 1
     if checkpoints is not None and checkpoints.resume is not None:
         checkpoints.resume.restore(model, optimizer, order)
         history = [EpochStats(**h) for h in checkpoints.resume.history]
         first = checkpoints.resume.epoch + 1
-    for epoch in range(first, cfg.epochs + 1):
+    trainee = Trainee(
+        net,
+        lambda x, lens: net(x[0], lens[0]).unsqueeze(0),
+        optimizer,
+        [order],
+        lambda s: contextlib.nullcontext(eval_net),
+        ids,
+        lengths,
+        [history],
+        first,
+    )
+
+    def saved(epoch: int) -> None:
+        if checkpoints is not None:
+            checkpoints.write(epoch, model, optimizer, order, history)
+
+    histories = train_epochs(
+        trainee, prepared, (lambda s, stats: on_epoch(stats)) if on_epoch else None, saved, progress
+    )
+    return Fitted(histories, ahead is not None)
+
+
+def train_epochs(
+    trainee: Trainee,
+    prepared: Prepared,
+    on_epoch: Callable[[int, EpochStats], None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    progress: bool | None = None,
+) -> list[list[EpochStats]]:
+    """The one training loop: every epoch after the histories' last, each seed reading its own order of the rows.
+
+    Seed s draws its epoch orders from `trainee.orders[s]` (`epoch_order`); a step runs one forward over the S
+    batches, one backward of the sum of the S per-seed mean losses (so seed s's gradient is its own loss's) and
+    one optimizer step. `on_epoch(s, stats)` per seed and finished epoch (`seconds`: the epoch's time / S, the
+    seed's share), then `on_epoch_end(epoch)` once. Returns the histories, one per seed.
+    """
+    cfg, rt = prepared.config, prepared.rt
+    seeds = len(trainee.orders)
+    labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(rt.device)
+    n = len(labels)
+    # The order a shuffle buffer reads: fixed per data subset, like rows of a file (see `epoch_order`).
+    stored = np.random.default_rng(cfg.data_seed).permutation(n) if cfg.shuffle_buffer else None
+    histories = trainee.histories or [[] for _ in range(seeds)]
+    group = f" ({seeds} seeds)" if seeds > 1 else ""
+    for epoch in range(trainee.first_epoch, cfg.epochs + 1):
         start = time.perf_counter()
-        net.train()
-        perm = epoch_order(n, cfg.shuffle_buffer, order, stored).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        trainee.module.train()
+        orders = [epoch_order(n, cfg.shuffle_buffer, order, stored) for order in trainee.orders]
+        perms = torch.stack(orders).to(rt.device)
+        loss_sum = torch.zeros(seeds, device=rt.device)
+        correct = torch.zeros(seeds, device=rt.device, dtype=torch.long)
         bar = tqdm(
             range(0, n, cfg.batch_size),
-            desc=f"epoch {epoch}/{cfg.epochs}",
+            desc=f"epoch {epoch}/{cfg.epochs}{group}",
             unit="batch",
             leave=False,
             disable=None if progress is None else not progress,
         )
         for begin in bar:
-            idx = perm[begin : begin + cfg.batch_size]
-            x, lens, y = ids[idx], lengths[idx], labels[idx]
-            with runtime.autocast(device, precision):
-                logits = net(x, lens).float()
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            idx = perms[:, begin : begin + cfg.batch_size]
+            y = labels[idx]
+            losses, logits = step(trainee, trainee.inputs[idx], trainee.lengths[idx], y, rt)
             # Accumulate on the device: no host sync per batch.
-            loss_sum += loss.detach() * len(idx)
-            correct += ((logits.detach() > 0) == (y > 0.5)).sum()
-        stats = EpochStats(epoch, float(loss_sum) / n, float(correct) / n, time.perf_counter() - start)
-        if cfg.eval_each_epoch:
-            probs = predict_inputs(eval_net, *test_inputs, runtime.eval_batch_size(cfg, device), device, precision)
-            stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
-        if prepared.val is not None:
-            stats.val = validate(eval_net, prepared, device, precision)
-        history.append(stats)
-        if on_epoch:
-            on_epoch(stats)
-        if checkpoints is not None:
-            checkpoints.write(epoch, model, optimizer, order, history)
-    return history
+            loss_sum += losses * idx.shape[1]
+            correct += ((logits > 0) == (y > 0.5)).sum(1)
+        seconds = (time.perf_counter() - start) / seeds
+        losses_host, correct_host = loss_sum.cpu().tolist(), correct.cpu().tolist()
+        for s in range(seeds):
+            stats = EpochStats(epoch, losses_host[s] / n, correct_host[s] / n, seconds)
+            with trainee.evaluating(s) as net:
+                evaluate_epoch(stats, net, prepared)
+            histories[s].append(stats)
+            if on_epoch:
+                on_epoch(s, stats)
+        if on_epoch_end:
+            on_epoch_end(epoch)
+    return histories
 
 
-def validate(net: torch.nn.Module, prepared: Prepared, device: torch.device, precision: str) -> dict[str, float]:
+def step(
+    trainee: Trainee, inputs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, rt: runtime.Runtime
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step of all seeds: inputs (S, batch, ...), lengths and labels (S, batch).
+
+    The loss is the sum over seeds of each seed's mean BCE: one mean-reduced loss per seed, as a run alone computes
+    it, so the reduction's backward divides by the batch size the same way and the gradients are bitwise those of
+    a run alone. Returns (per-seed mean losses (S,), logits (S, batch)), detached.
+    """
+    with rt.autocast():
+        logits = trainee.forward(inputs, lengths).float()
+    losses = torch.stack([F.binary_cross_entropy_with_logits(logits[s], labels[s]) for s in range(len(logits))])
+    trainee.optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    trainee.optimizer.step()
+    return losses.detach(), logits.detach()
+
+
+def evaluate_epoch(stats: EpochStats, net: torch.nn.Module, prepared: Prepared) -> None:
+    """After an epoch: the test accuracy with `eval_each_epoch`, the validation metrics with a validation split."""
+    rt = prepared.rt
+    if prepared.config.eval_each_epoch:
+        probs = predict_inputs(net, *model_inputs(prepared, "test"), rt.eval_batch, rt.device, rt.precision)
+        stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
+    if prepared.val is not None:
+        stats.val = validate(net, prepared)
+
+
+def validate(net: torch.nn.Module, prepared: Prepared) -> dict[str, float]:
     """The validation split's quality metrics (`val/accuracy`, `val/f1`, `val/roc_auc`) of `net` as it is now."""
-    probs = predict_inputs(
-        net, *model_inputs(prepared, "val"), runtime.eval_batch_size(prepared.config, device), device, precision
-    )
+    rt = prepared.rt
+    probs = predict_inputs(net, *model_inputs(prepared, "val"), rt.eval_batch, rt.device, rt.precision)
     return {val_metric(metric): metric.score(prepared.val.labels, probs) for metric in QUALITY_METRICS if metric.score}
 
 
@@ -232,52 +318,65 @@ def epoch_order(n: int, buffer: int, generator: torch.Generator, stored: np.ndar
     return torch.tensor(out, dtype=torch.long)
 
 
-def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None = None, checkpoints=None) -> Result:
+def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None = None, checkpoints=None) -> Trained:
     """Build the model, fit, evaluate on the test subset, measure its inference cost; fill in the contract's metrics."""
     from bertpooled.run import cost
 
     cost.reset_peak_memory(prepared.device)
     model = build_model(prepared).to(prepared.device)
     with prepared.phases.timed("train"):
-        history = fit(model, prepared, prepared.device, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
+        fitted = fit(model, prepared, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
     resumed_epochs = checkpoints.resume.epoch if checkpoints is not None and checkpoints.resume is not None else 0
-    return evaluate_trained(prepared, model, history, resumed_epochs)
+    return evaluate_trained(prepared, model, fitted.history, fitted.precomputed, resumed_epochs)
 
 
 def evaluate_trained(
-    prepared: Prepared, model: torch.nn.Module, history: list[EpochStats], resumed_epochs: int = 0
-) -> Result:
-    """After training (here, or in a seed group: bertpooled.run.grouped): evaluate on the test subset, measure the
-    inference cost, fill in the contract's metrics. `model` is on the run's device; `phases` holds its train time."""
+    prepared: Prepared,
+    model: torch.nn.Module,
+    history: list[EpochStats],
+    precomputed: bool = False,
+    resumed_epochs: int = 0,
+) -> Trained:
+    """After training (alone, or in a seed group: bertpooled.run.grouped): evaluate on the test subset, measure the
+    inference cost, fill in the contract's metrics. `model` is on the run's device; `phases` holds its train time;
+    `precomputed`: whether training ran on precomputed training features (`Fitted.precomputed`)."""
     from bertpooled.run import cost
 
-    cfg, phases = prepared.config, prepared.phases
-    device = prepared.device
-    precision = runtime.precision_for(cfg, device)
+    cfg, phases, rt = prepared.config, prepared.phases, prepared.rt
     with phases.timed("eval"):
         net = trained_network(model, prepared)
-        probs = predict_inputs(
-            net, *model_inputs(prepared, "test"), runtime.eval_batch_size(cfg, device), device, precision
-        )
+        probs = predict_inputs(net, *model_inputs(prepared, "test"), rt.eval_batch, rt.device, rt.precision)
         metrics = evaluate(prepared.test.labels, probs)
     # Inference is timed in the precision the run trained and evaluated in (bf16 on a GPU by default).
-    with phases.timed("cost"), runtime.autocast(device, precision):
+    with phases.timed("cost"), rt.autocast():
         metrics.update(
             cost.measure(
                 model,
                 prepared.tokenizer,
                 prepared.test.texts,
                 cfg.max_len,
-                device,
+                rt.device,
                 latency_texts=cfg.latency_texts,
                 throughput_batches=cfg.throughput_batches,
             )
         )
-    head_total, head_trainable = count_parameters(model.head)
     # time/train_s of a resumed run covers every epoch: the earlier ones were timed by the process that ran them
     # (their seconds travel in the checkpoint). Otherwise a resume after the last epoch logs about 0 s.
     phases.seconds["train"] += sum(h.seconds for h in history[:resumed_epochs])
-    train_s = phases.seconds["train"]
+    metrics.update(size_metrics(prepared, model, phases.seconds["train"]))
+    metrics.update(cost.peak_memory_metrics(rt.device))
+    if prepared.cached:
+        metrics[cache_hit_metric("features")] = float(prepared.features_cache_hit)
+    metrics[cache_hit_metric("train_features")] = float(precomputed)
+    if prepared.val is not None:
+        metrics["data/val_examples"] = len(prepared.val)
+    return Trained(metrics, probs, model.cpu(), prepared.tokenizer, history)
+
+
+def size_metrics(prepared: Prepared, model: torch.nn.Module, train_s: float) -> dict[str, float]:
+    """Parameter counts, training throughput, data sizes and the token cache's hit of a trained run."""
+    cfg = prepared.config
+    head_total, head_trainable = count_parameters(model.head)
     if prepared.embeddings is not None:
         backbone_params, embedding_params, backbone_trainable = (
             prepared.embeddings.backbone_params,
@@ -287,23 +386,14 @@ def evaluate_trained(
     else:
         backbone_params, backbone_trainable = count_parameters(model.encoder)
         embedding_params = model.encoder.model.get_input_embeddings().weight.numel()
-    metrics.update(
-        {
-            PARAMS_HEAD: head_total,
-            PARAMS_HEAD_TRAINABLE: head_trainable,
-            PARAMS_BACKBONE: backbone_params,
-            "params/backbone_trainable": backbone_trainable,
-            "params/embeddings": embedding_params,
-            THROUGHPUT_TRAIN: len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
-            "data/train_examples": len(prepared.train),
-            "data/test_examples": len(prepared.test),
-            cache_hit_metric("tokens"): float(prepared.tokens_cache_hit),
-            **cost.peak_memory_metrics(device),
-        }
-    )
-    if prepared.cached:
-        metrics[cache_hit_metric("features")] = float(prepared.features_cache_hit)
-    metrics[cache_hit_metric("train_features")] = float(prepared.train_features_precomputed)
-    if prepared.val is not None:
-        metrics["data/val_examples"] = len(prepared.val)
-    return Result(metrics, probs, history, model.cpu())
+    return {
+        PARAMS_HEAD: head_total,
+        PARAMS_HEAD_TRAINABLE: head_trainable,
+        PARAMS_BACKBONE: backbone_params,
+        "params/backbone_trainable": backbone_trainable,
+        "params/embeddings": embedding_params,
+        THROUGHPUT_TRAIN: len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
+        "data/train_examples": len(prepared.train),
+        "data/test_examples": len(prepared.test),
+        cache_hit_metric("tokens"): float(prepared.tokens_cache_hit),
+    }

@@ -1,247 +1,26 @@
 """S seeds of one configuration trained together: one loop, one backward, one Adam step for all (issue 13).
 
-A `SeedGroup` holds S copies of a run's `LSTMHead` as stacked parameters (`weight_ih_l0` of shape
-[S, 4*units, in], ...), each copy initialised exactly as `fit.build_model` initialises a run alone with that
-seed (the per-seed models are built by `build_model` itself and their weights stacked). `fit_group` then trains
-them like `fit.fit` trains one: each seed draws its own batch order from its own generator
-(`torch.Generator().manual_seed(seed)`, `fit.epoch_order`), so at a step seed s reads its own rows; the
-frozen features of the S batches are computed in one call; the loss is the sum of the S per-seed mean losses,
-so seed s's gradient is exactly the gradient of its own loss; and one Adam over the stacked parameters is S
-independent Adams, because Adam is elementwise. `SeedGroup.split` writes the trained weights back into the S
-ordinary per-seed models, whose state dicts are those of a run trained alone.
-
-Two ways to run the recurrence (`recurrence=`):
-
-- `per_seed` (default on CPU): the input projection and the LSTM kernel are called per seed, with exactly the
-  shapes and kernels `LSTMHead.forward` uses alone, so a seed's forward pass is the same arithmetic as alone.
-  The group saves the fixed per-step cost (loss, backward bookkeeping, zero_grad, optimizer step, feature
-  lookup), not the FLOPs: on CPU the input projection is compute-bound and scales with S whatever is stacked.
-- `block` (default on CUDA): one batched matmul projects all seeds' inputs, and ONE LSTM kernel call runs all S
-  recurrences as one LSTM of S*units units whose recurrent weight is block-diagonal (seed s's units only see
-  seed s's units; batch row b carries seed s's b-th example in seed s's units). One launch sequence for S
-  seeds. On CPU its identity input weight costs (4*S*units)^2 per token, so it loses there.
+The network is bertpooled.model.grouped's `SeedGroup` (S heads stacked, the frozen part shared); this module
+builds it exactly as each seed alone is built (`fit.build_model`), gives it one Adam over the stacked
+parameters (S independent Adams, because Adam is elementwise) and trains it with `fit.train_epochs`, the loop a
+run alone trains with (a run alone is a group of one): each seed draws its own batch order from its own
+generator (`torch.Generator().manual_seed(seed)`), the frozen features of the S batches are computed in one
+call, and the loss is the sum of the S per-seed mean losses, so seed s's gradient is exactly its own.
+`seed_snapshot` gives a seed's model and Adam as a run alone holds them, for its checkpoints.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bertpooled.contract import ACCURACY
-from bertpooled.model.heads import EncoderLSTMClassifier, LSTMHead, PooledLSTMClassifier, frozen_features
-from bertpooled.model.pooling import lengths_mask, pool_hidden, pool_sequence
-from bertpooled.run import fit, precompute, runtime
+from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence
+from bertpooled.run import fit, prepare
 from bertpooled.run.prepare import model_inputs
-
-RECURRENCES = ("per_seed", "block")
-
-# The order LSTMHead registers its trainable parameters in (bias_hh_l0 only with bias="torch"): the per-seed
-# optimizer state is laid out in this order, as `torch.optim.Adam(model.head.parameters())` lays it out.
-HEAD_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "dense.weight", "dense.bias")
-
-
-def default_recurrence(device: torch.device | str) -> str:
-    return "block" if torch.device(device).type == "cuda" else "per_seed"
-
-
-class GroupedLSTMHead(nn.Module):
-    """S independent `LSTMHead`s as stacked parameters: forward (S, batch, seq, in) -> logits (S, batch)."""
-
-    def __init__(self, heads: Sequence[LSTMHead], recurrence: str = "per_seed") -> None:
-        super().__init__()
-        if recurrence not in RECURRENCES:
-            raise ValueError(f"recurrence={recurrence!r}: use one of {RECURRENCES}")
-        first = heads[0]
-        for head in heads:
-            if (head.in_features, head.units, head.bias) != (first.in_features, first.units, first.bias):
-                raise ValueError("a seed group needs heads of one shape and one bias layout")
-        self.seeds, self.in_features, self.units, self.bias = len(heads), first.in_features, first.units, first.bias
-        self.recurrence = recurrence
-
-        def stack(name: str) -> torch.Tensor:
-            return torch.stack([head.get_parameter(name).detach() for head in heads]).clone()
-
-        # Same names as LSTMHead's (with a leading seed axis); dense.* flattened to dense_weight/dense_bias.
-        self.weight_ih_l0 = nn.Parameter(stack("weight_ih_l0"))
-        self.weight_hh_l0 = nn.Parameter(stack("weight_hh_l0"))
-        self.bias_ih_l0 = nn.Parameter(stack("bias_ih_l0"))
-        if first.bias == "torch":
-            self.bias_hh_l0 = nn.Parameter(stack("bias_hh_l0"))
-        else:
-            self.register_buffer("bias_hh_l0", torch.zeros_like(self.bias_ih_l0), persistent=False)
-        self.dense_weight = nn.Parameter(stack("dense.weight"))
-        self.dense_bias = nn.Parameter(stack("dense.bias"))
-        gates = 4 * self.units
-        self.register_buffer("_identity", torch.eye(gates), persistent=False)
-        self.register_buffer("_no_bias", torch.zeros(gates), persistent=False)
-        self.register_buffer("_block_identity", torch.eye(self.seeds * gates), persistent=False)
-        self.register_buffer("_block_no_bias", torch.zeros(self.seeds * gates), persistent=False)
-        self.register_buffer("_seed_eye", torch.eye(self.seeds), persistent=False)
-
-    def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """(LSTMHead name, stacked parameter) in LSTMHead's registration order: what the per-seed Adam state follows."""
-        stacked = {
-            "weight_ih_l0": self.weight_ih_l0,
-            "weight_hh_l0": self.weight_hh_l0,
-            "bias_ih_l0": self.bias_ih_l0,
-            "bias_hh_l0": self.bias_hh_l0,
-            "dense.weight": self.dense_weight,
-            "dense.bias": self.dense_bias,
-        }
-        return [(name, stacked[name]) for name in HEAD_PARAMS if isinstance(stacked[name], nn.Parameter)]
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (S, batch) from inputs (S, batch, seq, in); `lengths` (S, batch): read each row's last real step."""
-        if x.shape[0] != self.seeds:
-            raise ValueError(f"inputs for {x.shape[0]} seeds given to a group of {self.seeds}")
-        if self.recurrence == "block":
-            last = self._block(x, lengths)
-            return torch.baddbmm(self.dense_bias.unsqueeze(1), last, self.dense_weight.transpose(1, 2)).squeeze(-1)
-        return torch.stack([self._one(s, x[s], None if lengths is None else lengths[s]) for s in range(self.seeds)])
-
-    def _one(self, s: int, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        """Seed s's logits: LSTMHead.forward's CPU training path, with seed s's weights (same kernels, same shapes)."""
-        batch = x.shape[0]
-        h0 = x.new_zeros(1, batch, self.units)
-        inputs = F.linear(x, self.weight_ih_l0[s], self.bias_ih_l0[s])
-        weights = [self._identity.to(x.dtype), self.weight_hh_l0[s], self._no_bias.to(x.dtype), self.bias_hh_l0[s]]
-        out, h_n, _ = torch.lstm(inputs, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
-        if lengths is None:
-            last = h_n[0]
-        else:
-            last = out[torch.arange(batch, device=x.device), (lengths - 1).clamp_min(0).long()]
-        return F.linear(last, self.dense_weight[s], self.dense_bias[s]).squeeze(-1)
-
-    def _block(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        """Last states (S, batch, units) of all seeds from one LSTM of S*units units with block-diagonal recurrence."""
-        seeds, batch, steps, width = x.shape
-        units, gates = self.units, 4 * self.units
-        projected = torch.baddbmm(
-            self.bias_ih_l0.unsqueeze(1), x.reshape(seeds, batch * steps, width), self.weight_ih_l0.transpose(1, 2)
-        )
-        # (S, B, T, 4, H) -> (B, T, 4, S, H): gate-major, as the kernel orders an LSTM of S*H units.
-        inputs = (
-            projected.view(seeds, batch, steps, 4, units).permute(1, 2, 3, 0, 4).reshape(batch, steps, seeds * gates)
-        )
-        recurrent = self.weight_hh_l0.view(seeds, 4, units, units).permute(1, 0, 2, 3)
-        recurrent = torch.einsum("gsij,st->gsitj", recurrent, self._seed_eye.to(x.dtype)).reshape(
-            seeds * gates, seeds * units
-        )
-        bias_hh = self.bias_hh_l0.view(seeds, 4, units).transpose(0, 1).reshape(seeds * gates)
-        h0 = x.new_zeros(1, batch, seeds * units)
-        weights = [self._block_identity.to(x.dtype), recurrent, self._block_no_bias.to(x.dtype), bias_hh]
-        out, h_n, _ = torch.lstm(inputs, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
-        if lengths is None:
-            return h_n[0].view(batch, seeds, units).transpose(0, 1)
-        out = out.view(batch, steps, seeds, units)
-        rows = torch.arange(batch, device=x.device).unsqueeze(0)
-        cols = torch.arange(seeds, device=x.device).unsqueeze(1)
-        return out[rows, (lengths - 1).clamp_min(0).long(), cols]
-
-    @torch.no_grad()
-    def write_into(self, s: int, head: LSTMHead) -> None:
-        """Copy seed s's trained weights into an ordinary LSTMHead (same names, shapes and dtypes as trained alone)."""
-        for name, stacked in self.head_parameters():
-            head.get_parameter(name).copy_(stacked[s])
-
-
-class FrozenFeatures(nn.Module):
-    """The frozen part of a seed's model, shared by the group: rows -> (features for the head, head lengths | None).
-
-    For a `PooledLSTMClassifier`: the word lookup (and embedding layer), hidden pooling, then sequence pooling,
-    masked (`padding=mask`, lengths after pooling) or reading padding like a token (`read`, None): exactly
-    `PooledLSTMClassifier.forward` before its head. For cached encoder features (`EncoderLSTMClassifier`): its
-    `classify` before the head. Rows of several seeds are passed flattened as one batch.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if isinstance(model, PooledLSTMClassifier):
-            self.kind, self.pool, self.padding = "tokens", model.pool, model.padding
-            # The same tensors as the per-seed models' buffers: nothing is copied.
-            self.register_buffer("embeddings", model.embeddings, persistent=False)
-            # A copy: Module.to() moves a module in place, and the seeds' models share one EmbeddingLayer.
-            self.layer = copy.deepcopy(model.layer)
-        elif isinstance(model, EncoderLSTMClassifier):
-            self.kind, self.pool, self.padding, self.layer = "cached", model.out_pool, "mask", None
-        else:
-            raise TypeError(
-                f"a seed group trains PooledLSTMClassifier or cached encoder features, not {type(model).__name__}"
-            )
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.kind == "cached":
-            hidden = pool_hidden(inputs.float(), self.pool)
-            pooled, mask = pool_sequence(hidden, lengths_mask(lengths, hidden.shape[1]), self.pool)
-            return pooled, mask.sum(1)
-        # Precomputed: `rows` of every row, computed once before training (`run.precompute`).
-        x, head_lengths = (inputs, lengths) if self.kind == "precomputed" else self.rows(inputs, lengths)
-        return x, head_lengths if self.padding == "mask" else None
-
-    def rows(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`PooledLSTMClassifier.features` of token-id rows: (features, head lengths)."""
-        return frozen_features(ids, lengths, self.embeddings, self.layer, self.pool, self.padding)
-
-    def precomputed(self) -> None:
-        """From now on the group is given precomputed features (`frozen_features` of its rows), not token ids."""
-        if self.kind != "tokens":
-            raise ValueError(f"only a group on token ids reads precomputed features, not one on {self.kind} inputs")
-        self.kind = "precomputed"
-
-
-class SeedGroup(nn.Module):
-    """S per-seed models of one configuration, trained as one: frozen features shared, heads stacked.
-
-    `models` are the ordinary per-seed models (what `fit.build_model` returns), kept as they are and not
-    registered as submodules (their own head parameters are not trained; `split` writes the trained weights
-    into them). `group(inputs, lengths)` with inputs (S, batch, ...) and lengths (S, batch) -> logits (S, batch).
-    """
-
-    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int], recurrence: str = "per_seed") -> None:
-        super().__init__()
-        if len(models) != len(seeds) or not models:
-            raise ValueError("a seed group needs one model per seed, and at least one")
-        _check_same_frozen(models)
-        self.seeds = list(seeds)
-        self.models = list(models)
-        self.features = FrozenFeatures(models[0])
-        self.head = GroupedLSTMHead([m.head for m in models], recurrence)
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        seeds, batch = lengths.shape
-        x, head_lengths = self.features(inputs.flatten(0, 1), lengths.flatten())
-        x = x.unflatten(0, (seeds, batch))
-        return self.head(x, None if head_lengths is None else head_lengths.view(seeds, batch))
-
-    def split(self) -> list[nn.Module]:
-        """The S per-seed models, each holding its seed's trained head: state dicts as a run trained alone has them."""
-        for s, model in enumerate(self.models):
-            self.head.write_into(s, model.head)
-        return self.models
-
-
-def _check_same_frozen(models: Sequence[nn.Module]) -> None:
-    """Seeds of one group differ only in their heads: same class, pooling, padding and frozen buffers."""
-    first = models[0]
-    for model in models[1:]:
-        if type(model) is not type(first):
-            raise ValueError("a seed group needs models of one kind")
-        for attr in ("pool", "padding", "out_pool"):
-            if getattr(model, attr, None) != getattr(first, attr, None):
-                raise ValueError(f"a seed group needs one {attr}: the seeds' configurations differ")
-        mine = dict(first.named_buffers())
-        for name, buf in model.named_buffers():
-            if name.startswith("head.") or name.startswith("encoder."):
-                continue
-            if buf is not mine[name] and not torch.equal(buf, mine[name]):
-                raise ValueError(f"a seed group needs one frozen input: buffer {name} differs between seeds")
 
 
 def with_seed(prepared, seed: int):
@@ -313,119 +92,53 @@ def make_optimizer(
     return torch.optim.Adam(params, lr=lr, eps=eps, fused=fused, foreach=foreach)
 
 
-def group_step(
-    group: SeedGroup,
-    optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
-    lengths: torch.Tensor,
-    labels: torch.Tensor,
-    autocast=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training step of all seeds: inputs (S, batch, ...), lengths and labels (S, batch).
-
-    The loss is the sum over seeds of each seed's mean BCE, so seed s's gradient is its own loss's gradient.
-    Returns (per-seed mean losses (S,), logits (S, batch)), detached.
-    """
-    import contextlib
-
-    with autocast if autocast is not None else contextlib.nullcontext():
-        logits = group(inputs, lengths).float()
-    # One mean-reduced loss per seed, as `fit` computes it alone: the reduction's backward divides by the batch
-    # size the same way, so the gradients are bitwise those of a run alone (a row mean would round differently).
-    losses = torch.stack([F.binary_cross_entropy_with_logits(logits[s], labels[s]) for s in range(len(logits))])
-    optimizer.zero_grad(set_to_none=True)
-    losses.sum().backward()
-    optimizer.step()
-    return losses.detach(), logits.detach()
-
-
 def fit_group(
     group: SeedGroup,
     prepared,
-    device: torch.device,
-    on_epoch: Callable[[int, object], None] | None = None,
+    on_epoch: Callable[[int, fit.EpochStats], None] | None = None,
     progress: bool | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     on_epoch_end: Callable[[int, torch.optim.Optimizer, list[torch.Generator]], None] | None = None,
-) -> list[list]:
-    """Train every seed of `group` for `config.epochs` epochs as `fit.fit` trains one; per-seed histories.
+) -> fit.Fitted:
+    """Train every seed of `group` for `config.epochs` epochs with `fit.train_epochs`, as `fit.fit` trains one.
 
-    Seed s (seed value `group.seeds[s]`) draws its epoch orders from `torch.Generator().manual_seed(seed)` with
-    `fit.epoch_order`, as `fit` does alone. `on_epoch(s, stats)` is called per seed and finished epoch with an
-    `EpochStats` as `fit` reports it (loss and accuracy over the epoch; `seconds` is the group's epoch time
-    divided by S, the seed's share; `test_accuracy` with `eval_each_epoch`). `on_epoch_end(epoch, optimizer,
-    generators)` is called once per epoch after the seeds' callbacks (for per-seed checkpoints: see
-    `seed_snapshot`). Returns one history per seed, in `group.seeds` order. One function on purpose: it is
-    `fit.fit`'s loop with a seed axis, and reads best beside it.
+    `on_epoch(s, stats)` is called per seed and finished epoch with an `EpochStats` as a run alone reports it
+    (`seconds` is the group's epoch time divided by S, the seed's share; `test_accuracy` with `eval_each_epoch`).
+    `on_epoch_end(epoch, optimizer, generators)` is called once per epoch after the seeds' callbacks (for per-seed
+    checkpoints: see `seed_snapshot`). Returns one history per seed, in `group.seeds` order.
     """
-    from tqdm.auto import tqdm
-
-    cfg = prepared.config
-    precision = runtime.precision_for(cfg, device)
+    cfg, rt = prepared.config, prepared.rt
     inputs, lengths = model_inputs(prepared, "train")
-    inputs, lengths = inputs.to(device), lengths.to(device)
-    ahead = precompute.before_training(group.models[0], group.features.rows, inputs, lengths, prepared, progress)
+    inputs, lengths = inputs.to(rt.device), lengths.to(rt.device)
+    ahead = prepare.before_training(group.models[0], group.features.rows, inputs, lengths, prepared, progress)
     if ahead is not None:
         # One copy of the frozen features serves every seed of the group.
         (inputs, lengths) = ahead
         group.features.precomputed()
-    labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(device)
-    test_inputs = model_inputs(prepared, "test") if cfg.eval_each_epoch else None
-    optimizer = optimizer or make_optimizer(group, cfg.lr, cfg.adam_eps, device)
-    seeds = len(group.seeds)
+    optimizer = optimizer or make_optimizer(group, cfg.lr, cfg.adam_eps, rt.device)
     orders = [torch.Generator().manual_seed(seed) for seed in group.seeds]
-    n = len(labels)
-    stored = np.random.default_rng(cfg.data_seed).permutation(n) if cfg.shuffle_buffer else None
-    histories: list[list] = [[] for _ in range(seeds)]
-    autocast = runtime.autocast(device, precision)
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        group.train()
-        perms = torch.stack([fit.epoch_order(n, cfg.shuffle_buffer, order, stored) for order in orders]).to(device)
-        loss_sum = torch.zeros(seeds, device=device)
-        correct = torch.zeros(seeds, device=device, dtype=torch.long)
-        bar = tqdm(
-            range(0, n, cfg.batch_size),
-            desc=f"epoch {epoch}/{cfg.epochs} ({seeds} seeds)",
-            unit="batch",
-            leave=False,
-            disable=None if progress is None else not progress,
-        )
-        for begin in bar:
-            idx = perms[:, begin : begin + cfg.batch_size]
-            y = labels[idx]
-            losses, logits = group_step(group, optimizer, inputs[idx], lengths[idx], y, autocast)
-            loss_sum += losses * idx.shape[1]
-            correct += ((logits > 0) == (y > 0.5)).sum(1)
-        seconds = (time.perf_counter() - start) / seeds
-        losses_host, correct_host = loss_sum.cpu().tolist(), correct.cpu().tolist()
-        for s in range(seeds):
-            stats = fit.EpochStats(epoch, losses_host[s] / n, correct_host[s] / n, seconds)
-            if cfg.eval_each_epoch:
-                model = group.models[s]
-                group.head.write_into(s, model.head)
-                net = fit.trained_network(model.to(device), prepared)
-                probs = fit.predict_inputs(net, *test_inputs, runtime.eval_batch_size(cfg, device), device, precision)
-                model.cpu()
-                stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
-            histories[s].append(stats)
-            if on_epoch:
-                on_epoch(s, stats)
-        if on_epoch_end:
-            on_epoch_end(epoch, optimizer, orders)
-    return histories
+
+    @contextlib.contextmanager
+    def evaluating(s: int) -> Iterator[nn.Module]:
+        # Seed s's model as it is now: its trained weights written in, on the device for the evaluation only.
+        model = group.models[s]
+        group.head.write_into(s, model.head)
+        yield fit.trained_network(model.to(rt.device), prepared)
+        model.cpu()
+
+    trainee = fit.Trainee(group, group, optimizer, orders, evaluating, inputs, lengths)
+    end = (lambda epoch: on_epoch_end(epoch, optimizer, orders)) if on_epoch_end else None
+    return fit.Fitted(fit.train_epochs(trainee, prepared, on_epoch, end, progress), ahead is not None)
 
 
 __all__ = [
     "RECURRENCES",
     "FrozenFeatures",
-    "GroupedLSTMHead",
     "SeedGroup",
     "build_group",
     "can_group",
     "default_recurrence",
     "fit_group",
-    "group_step",
     "make_optimizer",
     "seed_optimizer_state",
     "seed_snapshot",

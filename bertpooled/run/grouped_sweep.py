@@ -29,9 +29,8 @@ from torch import nn
 from bertpooled.config import Config
 from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.run import fit, grouped, runtime
-from bertpooled.run.lstm import LSTMPipeline
-from bertpooled.run.measure import Phases
-from bertpooled.run.pipeline import Inputs, Trained
+from bertpooled.run.measure import Phases, Trained
+from bertpooled.run.pipeline import Inputs, LSTMPipeline
 
 NOTE = (
     "trained in one loop with the other seeds of its config (--group-seeds): time/train_s and time/epoch_s are "
@@ -50,7 +49,7 @@ class TrainedSeed:
     checkpoints: list[tuple] = field(default_factory=list)
     """Per finished epoch: (model holding that epoch's head, its Adam, its order generator), as `fit` writes them."""
     precomputed: bool = False
-    """Whether the group trained on precomputed frozen features (`run.precompute`), as a lone run would log it."""
+    """Whether the group trained on precomputed frozen features (`run.prepare.before_training`), as a lone run would log it."""
     precompute_seconds: float = 0.0
 
 
@@ -99,12 +98,12 @@ def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) ->
             snapshots[s].append((holder, seed_optimizer, order))
 
     start = time.perf_counter()
-    histories = grouped.fit_group(group, prepared, device, progress=progress, on_epoch_end=keep)
+    fitted = grouped.fit_group(group, prepared, progress=progress, on_epoch_end=keep)
     seconds = time.perf_counter() - start
     models = group.split()
-    ahead = prepared.train_features_precomputed, prepared.phases.seconds.get("precompute", 0.0)
+    ahead = fitted.precomputed, prepared.phases.seconds.get("precompute", 0.0)
     return {
-        seed: TrainedSeed(models[s], histories[s], seconds, len(seeds), snapshots[s], *ahead)
+        seed: TrainedSeed(models[s], fitted.histories[s], seconds, len(seeds), snapshots[s], *ahead)
         for s, seed in enumerate(seeds)
     }
 
@@ -127,12 +126,11 @@ class GroupedSeedPipeline(LSTMPipeline):
                 checkpoints.write(epoch, *seed.checkpoints[epoch - 1], seed.history[:epoch])
         # The seed's share of the group's training, as its time/train_s (throughput/train follows from it).
         inputs.phases.seconds["train"] = self.trained_ahead_s
-        prepared.train_features_precomputed = seed.precomputed
         if seed.precomputed:
             inputs.phases.seconds["precompute"] = seed.precompute_seconds / seed.group_size
-        result = fit.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history)
-        result.metrics[TIME_GROUP_TRAIN] = seed.group_seconds
-        return Trained(result.metrics, result.probabilities, (result.model, prepared.tokenizer), result.history)
+        trained = fit.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history, seed.precomputed)
+        trained.metrics[TIME_GROUP_TRAIN] = seed.group_seconds
+        return trained
 
 
 def enabled(group_seeds: bool | None, device: torch.device) -> bool:
@@ -178,16 +176,16 @@ def schedule(
 def _train(children: Sequence, shared, infos: dict, progress: bool | None, log: Callable[[str], None]) -> dict:
     """Prepare the group's shared inputs (the sweep's memo: nothing read twice) and train its seeds together."""
     config = children[0].config
-    runtime.configure_threads(config)
+    rt = runtime.Runtime.resolve(config).start()
+    device = rt.device
     phases = Phases()
-    device = runtime.resolve_device(config.device)
     prepared = shared.prepare(
         config,
         infos[children[0].key],
         *shared.read_data(config, phases, progress=progress),
         phases,
         progress=progress,
-        device=device,
+        rt=rt,
     )
     seeds = [child.config.seed for child in children]
     log(f"training seeds {','.join(map(str, seeds))} of {children[0].label.rsplit('-s', 1)[0]} together on {device}")

@@ -1,4 +1,5 @@
-"""What a run measures besides training: time per phase, quality metrics, the digest of the data it read."""
+"""What a run measures and hands back: time per phase, quality metrics, the digest of the data it read, and
+`Trained`, the one type a run's pipeline returns."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,3 +42,16 @@ def data_digest_of(digest: str, ids: list[str]) -> str:
         h.update(i.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+@dataclass
+class Trained:
+    """What a pipeline hands back for a run: the contract's metrics, per-example test probabilities, the trained
+    model (on the CPU) with the tokenizer it reads through (None for the reference's TF-IDF pipeline, which
+    carries its own), and the per-epoch history where there are epochs."""
+
+    metrics: dict[str, float]
+    probabilities: np.ndarray
+    model: Any
+    tokenizer: object = None
+    history: list = field(default_factory=list)

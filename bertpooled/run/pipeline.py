@@ -1,7 +1,7 @@
 """The pipelines a run can be: one protocol, one result type.
 
 `run_experiment` and the sweep talk to a `Pipeline` and never branch on the mode: the LSTM pipeline
-(bertpooled.run.lstm: frozen input features or an encoder -> LSTM head) and the reference pipeline
+(`LSTMPipeline`, here: frozen input features or an encoder -> LSTM head) and the reference pipeline
 (bertpooled.run.reference: TF-IDF -> logistic regression) both prepare their inputs, fit and evaluate, and
 log a servable model; `bertpooled.run.experiment.pipeline_for` picks one.
 """
@@ -9,23 +9,20 @@ log a servable model; `bertpooled.run.experiment.pipeline_for` picks one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
-import torch
+from dataclasses import dataclass
+from typing import Protocol
 
 from bertpooled import data
 from bertpooled.config import Config
 from bertpooled.model import backbone
-from bertpooled.run import checkpoint, fit
-from bertpooled.run.measure import Phases
+from bertpooled.run import checkpoint, fit, prepare, runtime
+from bertpooled.run.measure import Phases, Trained
 from bertpooled.run.shared import Shared
 
 
 @dataclass
 class Inputs:
-    """What every pipeline starts from: the checked config, its backbone, the data subsets, the run's device."""
+    """What every pipeline starts from: the checked config, its backbone, the data subsets, the run's runtime."""
 
     config: Config
     info: backbone.BackboneInfo
@@ -33,22 +30,12 @@ class Inputs:
     train: data.Split
     test: data.Split
     phases: Phases
-    device: torch.device
+    rt: runtime.Runtime
+    """Device, precision, threads and evaluation batch, resolved once when the run starts."""
     shared: Shared | None = None
     """A sweep's memo of inputs shared between its children (None for a run on its own)."""
     val: data.Split | None = None
     """The validation split carved from the training subset (`validation_fraction`); `train` excludes it."""
-
-
-@dataclass
-class Trained:
-    """What a pipeline hands back: the contract's metrics, per-example test probabilities and what `log_model`
-    logs; `history` holds per-epoch stats where there are epochs."""
-
-    metrics: dict[str, float]
-    probabilities: np.ndarray
-    model: Any
-    history: list = field(default_factory=list)
 
 
 class Pipeline(Protocol):
@@ -72,3 +59,56 @@ class Pipeline(Protocol):
 
     def log_model(self, config: Config, trained: Trained) -> str:
         """Log the servable model to the active run; returns its URI."""
+
+
+class LSTMPipeline:
+    """Frozen input features (word table or embedding layer) or an encoder, pooled as configured, -> LSTM head."""
+
+    def describe(self, config: Config) -> str:
+        if config.feature_kind.encoder:
+            return (
+                f"IMDB sentiment from {config.model} encoder hidden states "
+                f"({'fine-tuned' if config.finetune else 'frozen'}), {config.pool} pooling at {config.pool_at}, "
+                f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
+            )
+        what = "embedding-layer outputs" if config.feature_kind.whole_layer else "word embeddings"
+        return (
+            f"IMDB sentiment, {config.mode} mode ({config.pool} pooling) on {config.model} {what}, "
+            f"LSTM({config.lstm_units}), {config.epochs} epochs, seed {config.seed}"
+        )
+
+    def tags(self, config: Config) -> dict[str, str]:
+        tags = {"features": config.features}
+        if config.feature_kind.encoder:
+            tags.update(
+                {"pool_at": config.pool_at, "finetune": str(config.finetune).lower(), "variant": config.variant}
+            )
+        return tags
+
+    def warm(self, inputs: Inputs, progress: bool | None = None) -> None:
+        if inputs.shared is not None and inputs.shared.shares(inputs.config):
+            self._prepare(inputs, progress)
+
+    def _prepare(self, inputs: Inputs, progress: bool | None) -> prepare.Prepared:
+        make = inputs.shared.prepare if inputs.shared is not None else prepare.prepare
+        return make(
+            inputs.config,
+            inputs.info,
+            inputs.imdb,
+            inputs.train,
+            inputs.test,
+            inputs.phases,
+            progress=progress,
+            rt=inputs.rt,
+            val=inputs.val,
+        )
+
+    def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
+        prepared = self._prepare(inputs, progress)
+        return fit.train_and_evaluate(prepared, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
+
+    def log_model(self, config: Config, trained: Trained) -> str:
+        from bertpooled.tracking.models import log_model
+
+        model = trained.model
+        return log_model(model.state_dict(), fit.model_spec(config, model).to_json(), trained.tokenizer)

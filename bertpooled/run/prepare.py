@@ -7,20 +7,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from bertpooled import data
 from bertpooled.config import Config
 from bertpooled.data import features, tokens
 from bertpooled.errors import BertpooledError
 from bertpooled.model import backbone
+from bertpooled.model.heads import PooledLSTMClassifier
 from bertpooled.model.pooling import pooled_length
 from bertpooled.run import runtime
 from bertpooled.run.measure import Phases, data_digest_of
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
-    """Everything the run needs before training: subsets, their token ids and the frozen features."""
+    """Everything a run trains and evaluates from, made once before training and never written afterwards:
+    the subsets, their token ids, the frozen embeddings or backbone and its features, the resolved runtime.
+    What training finds out (e.g. whether it precomputed the training features) comes back in its result."""
 
     config: Config
     info: backbone.BackboneInfo
@@ -33,20 +37,27 @@ class Prepared:
     embeddings: backbone.WordEmbeddings | None = None
     tokens_cache_hit: bool = False
     phases: Phases = field(default_factory=Phases)
+    """Where each phase's time is summed (a measurement sink: timed into, never replaced)."""
     backbone_model: torch.nn.Module | None = None
     """features=encoder: the loaded backbone (frozen; a fine-tuned run trains a copy)."""
     train_features: features.Features | None = None
     test_features: features.Features | None = None
     """Frozen encoder features (cached on disk); None when the run computes them itself (embeddings, finetune)."""
     features_cache_hit: bool = False
-    train_features_precomputed: bool = False
-    """Whether training ran on the training rows' frozen features computed once (`run.precompute`)."""
-    device: torch.device = torch.device("cpu")
-    """Where the run computes, resolved once when it starts (`runtime.resolve_device`)."""
+    rt: runtime.Runtime | None = None
+    """Where and how the run computes, resolved once when it starts (`runtime.Runtime.resolve`)."""
     val: data.Split | None = None
     """The validation split carved from the training subset (`validation_fraction`), evaluated after every epoch."""
     val_tokens: tokens.Tokens | None = None
     val_features: features.Features | None = None
+
+    def __post_init__(self) -> None:
+        if self.rt is None:
+            object.__setattr__(self, "rt", runtime.Runtime.resolve(self.config))
+
+    @property
+    def device(self) -> torch.device:
+        return self.rt.device
 
     @property
     def cached(self) -> bool:
@@ -62,12 +73,12 @@ def check(config: Config) -> backbone.BackboneInfo:
             f"{config.model!r}: use --max-len {info.max_positions} or less"
         )
     spec = config.pool_spec
-    if config.features == "embedding_layer" and info.model_type != "bert":
+    if config.feature_kind.whole_layer and info.model_type != "bert":
         raise BertpooledError(
             f"config: features=embedding_layer needs a BERT-family backbone (model_type bert: minilm, bert-base-uncased), "
             f"and {config.model!r} is {info.model_type!r}: use features=embeddings, or a BERT backbone"
         )
-    if config.features == "encoder" and not spec.is_identity:
+    if config.feature_kind.encoder and not spec.is_identity:
         from bertpooled.model.encoder import check_layer_pooling
 
         check_layer_pooling(info.model_type, info.num_layers, config.position, config.model)
@@ -81,7 +92,7 @@ def check(config: Config) -> backbone.BackboneInfo:
     if spec.out_hidden(info.hidden_size) < 1:
         raise BertpooledError(f"config: pool={spec} pools away all {info.hidden_size} features of {config.model!r}")
     data.check_source(config.data)
-    runtime.precision_for(config, runtime.resolve_device(config.device))
+    runtime.Runtime.resolve(config)
     return info
 
 
@@ -144,25 +155,26 @@ def prepare(
     test: data.Split | None,
     phases: Phases,
     progress: bool | None = None,
-    device: torch.device | None = None,
+    rt: runtime.Runtime | None = None,
     val: data.Split | None = None,
 ) -> Prepared:
     """Token ids for the subsets (cached per tokenizer, data digest, split subset and max_len) and the features.
 
-    `device`: the run's, resolved once by the caller (default: resolved from the config here). `test` None (a
+    `rt`: the run's runtime, resolved once by the caller (default: resolved from the config here). `test` None (a
     tuning trial): the test set is neither tokenized nor featurized. `val`: the validation split, if any.
     """
+    rt = rt or runtime.Runtime.resolve(config)
+    splits = _splits(train, val, test)
     cache = data.cache_dir()
     with phases.timed("tokenize"):
         tokenizer = backbone.load_tokenizer(info)
         fingerprint = backbone.tokenizer_fingerprint(tokenizer)
-        hits = []
-        sets = []
-        for name, split in _splits(train, val, test).items():
+        made, hits = {}, []
+        for name, split in splits.items():
             # The subset's ids are part of the key: a cache entry holds exactly the rows this run uses.
             subset_digest = data_digest_of(imdb.digest, split.ids)
             key = tokens.cache_key(fingerprint, subset_digest, name, config.max_len)
-            toks, hit = tokens.load_or_tokenize(
+            made[name], hit = tokens.load_or_tokenize(
                 tokenizer,
                 split.texts,
                 config.max_len,
@@ -171,10 +183,13 @@ def prepare(
                 progress=progress,
                 desc=f"tokenize {name}",
             )
-            sets.append(toks)
             hits.append(hit)
-    made = dict(zip(_splits(train, val, test), sets))
-    prepared = Prepared(
+    with phases.timed("features"):
+        if config.feature_kind.encoder:
+            inputs = encoder_inputs(config, imdb, splits, made, rt, lambda: backbone.load_model(info), progress)
+        else:
+            inputs = {"embeddings": backbone.load_word_embeddings(info, whole_layer=config.feature_kind.whole_layer)}
+    return Prepared(
         config,
         info,
         imdb,
@@ -183,19 +198,13 @@ def prepare(
         made["train"],
         made.get("test"),
         tokenizer,
-        None,
-        all(hits),
-        phases,
-        device=device or runtime.resolve_device(config.device),
+        tokens_cache_hit=all(hits),
+        phases=phases,
+        rt=rt,
         val=val,
         val_tokens=made.get("val"),
+        **inputs,
     )
-    with phases.timed("features"):
-        if config.features == "encoder":
-            prepare_encoder_features(prepared, lambda: backbone.load_model(info), progress=progress)
-        else:
-            prepared.embeddings = backbone.load_word_embeddings(info, whole_layer=config.features == "embedding_layer")
-    return prepared
 
 
 def _splits(train: data.Split, val: data.Split | None, test: data.Split | None) -> dict[str, data.Split]:
@@ -224,62 +233,65 @@ def features_key_part(config: Config, precision: str) -> str:
     return inside if precision == "fp32" else f"{inside}|{precision}"
 
 
-def prepare_encoder_features(
-    prepared: Prepared, load: Callable[[], torch.nn.Module], progress: bool | None = None
-) -> None:
-    """Load the backbone; when frozen, fill in its features for both splits from the disk cache or by running it."""
-    cfg = prepared.config
-    prepared.backbone_model = load()
-    if cfg.finetune:
-        return
-    device = prepared.device
-    precision = runtime.precision_for(cfg, device)
-    encoder = encoder_for(cfg, prepared.backbone_model)
-    print_key = backbone.fingerprint(prepared.backbone_model)
+def encoder_inputs(
+    config: Config,
+    imdb: data.Imdb,
+    splits: dict[str, data.Split],
+    toks_of: dict[str, tokens.Tokens],
+    rt: runtime.Runtime,
+    load: Callable[[], torch.nn.Module],
+    progress: bool | None = None,
+) -> dict[str, object]:
+    """`Prepared`'s encoder fields: the loaded backbone and, when frozen, its features of every split from the disk
+    cache or by running it (`train_features`, `val_features`, `test_features`, `features_cache_hit`)."""
+    model = load()
+    if config.finetune:
+        return {"backbone_model": model}
+    encoder = encoder_for(config, model)
+    print_key = backbone.fingerprint(model)
     hits, made = [], {}
-    splits = _splits(prepared.train, prepared.val, prepared.test)
-    toks_of = {"train": prepared.train_tokens, "val": prepared.val_tokens, "test": prepared.test_tokens}
-    for name, split, toks in ((name, split, toks_of[name]) for name, split in splits.items()):
-        subset = data_digest_of(prepared.imdb.digest, split.ids)
-        key = features.cache_key(print_key, subset, name, cfg.max_len, features_key_part(cfg, precision))
-
-        def run_backbone(toks=toks, name=name):
-            # The frozen backbone runs in the run's precision (bf16 on CUDA and on a bf16 CPU by default).
-            return features.compute(
-                encoder,
-                toks.ids,
-                toks.lengths,
-                runtime.eval_batch_size(cfg, device),
-                device,
-                progress,
-                desc=f"features {name}",
-                autocast=lambda: runtime.autocast(device, precision),
-            )
-
-        def make(key=key, name=name, run_backbone=run_backbone):
-            encoder.to(device)
-            try:
-                return features.load_or_compute(
-                    run_backbone,
-                    key=key,
-                    cache_dir=data.cache_dir(),
-                    rows=len(toks),
-                    meta={
-                        "backbone": cfg.model,
-                        "split": name,
-                        "max_len": str(cfg.max_len),
-                        "inside": inside_spec(cfg),
-                        "precision": precision,
-                    },
-                )
-            finally:
-                encoder.cpu()
-
-        made[name], hit = make()
+    for name, split in splits.items():
+        subset = data_digest_of(imdb.digest, split.ids)
+        key = features.cache_key(print_key, subset, name, config.max_len, features_key_part(config, rt.precision))
+        made[name], hit = _load_or_compute_features(config, encoder, toks_of[name], name, key, rt, progress)
         hits.append(hit)
-    prepared.train_features, prepared.test_features = made["train"], made.get("test")
-    prepared.val_features = made.get("val")
-    prepared.features_cache_hit = all(hits)
+    return {
+        "backbone_model": model,
+        "train_features": made["train"],
+        "test_features": made.get("test"),
+        "val_features": made.get("val"),
+        "features_cache_hit": all(hits),
+    }
+
+
+def _load_or_compute_features(config, encoder, toks, name, key, rt, progress) -> tuple[features.Features, bool]:
+    """One split's frozen features: from the disk cache, or by running the backbone in the run's precision
+    (bf16 on CUDA and on a bf16 CPU by default), on the run's device and back."""
+
+    def run_backbone():
+        return features.compute(
+            encoder,
+            toks.ids,
+            toks.lengths,
+            rt.eval_batch,
+            rt.device,
+            progress,
+            desc=f"features {name}",
+            autocast=rt.autocast,
+        )
+
+    meta = {
+        "backbone": config.model,
+        "split": name,
+        "max_len": str(config.max_len),
+        "inside": inside_spec(config),
+        "precision": rt.precision,
+    }
+    encoder.to(rt.device)
+    try:
+        return features.load_or_compute(run_backbone, key=key, cache_dir=data.cache_dir(), rows=len(toks), meta=meta)
+    finally:
+        encoder.cpu()
 
 
 def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,3 +301,81 @@ def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Te
         return feats.hidden, feats.lengths.long()
     toks = {"train": prepared.train_tokens, "val": prepared.val_tokens, "test": prepared.test_tokens}[split]
     return torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths)
+
+
+# --- The training rows' frozen features, computed once per run (issue 13) ------------------------------------
+#
+# The training rows' frozen features computed once per run, when they fit `precompute_mb` (issue 13).
+#
+# A head on frozen inputs recomputes the same features for every row in every epoch: the word lookup, the
+# embedding layer's LayerNorm over all `max_len` tokens, pooling. They are a fixed function of the token ids
+# (`PooledLSTMClassifier.features`), so one pass before the first epoch gives, bitwise, what every batch would
+# compute, and a step then gathers rows of them and runs the head alone. They live in memory in float32 (no
+# rounding: the run's numbers do not change), so the budget decides: at the default protocol the pooled
+# features of 18,750 rows take 879 MiB and the unpooled ones 3,516 MiB (`benchmarks/seed_protocol.md`).
+#
+# Pooling is what makes them fit, so a pool run can train on precomputed features where a basic run cannot:
+# runs log `train_features/cache_hit`, and the report marks training-time ratios between runs that differ in
+# it (`bertpooled.contract.CACHED_PHASES`). The pass is timed inside `time/train_s` (and alone as
+# `time/precompute_s`): training time stays "token ids to trained head" for every run.
+
+MIB = 2**20
+
+
+def applies(model: torch.nn.Module, budget_mb: int) -> bool:
+    """Models whose frozen part is computed per batch from token ids, with a non-zero budget."""
+    return budget_mb > 0 and isinstance(model, PooledLSTMClassifier)
+
+
+FeatureFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def train_features(
+    features: FeatureFn,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    budget_mb: int,
+    batch_size: int,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`features(ids, lengths)` of every row, in row order, with their head lengths, when they fit `budget_mb`
+    MiB (sized from one row's); else None. For a model where `applies`: its `features`.
+
+    Written into one preallocated tensor, batch by batch, so the peak is the features plus one batch.
+    """
+    if not len(lengths):
+        return None
+    first, first_lengths = features(ids[:1], lengths[:1])
+    if first.numel() * first.element_size() * len(lengths) / MIB > budget_mb:
+        return None
+    out = first.new_empty((len(lengths), *first.shape[1:]))
+    out_lengths = first_lengths.new_empty(len(lengths))
+    bar = tqdm(
+        range(0, len(lengths), batch_size),
+        desc="precompute features",
+        unit="batch",
+        leave=False,
+        disable=None if progress is None else not progress,
+    )
+    for start in bar:
+        end = start + batch_size
+        out[start:end], out_lengths[start:end] = features(ids[start:end], lengths[start:end])
+    return out, out_lengths
+
+
+def before_training(
+    model: torch.nn.Module,
+    features: FeatureFn,
+    ids: torch.Tensor,
+    lengths: torch.Tensor,
+    prepared,
+    progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What a training loop calls first: the features when `model` `applies` and they fit the run's budget, timed
+    as the run's `precompute` phase; else None (the loop reports which in `fit.Fitted.precomputed`)."""
+    cfg = prepared.config
+    if not applies(model, cfg.precompute_mb):
+        return None
+    with prepared.phases.timed("precompute"):
+        return train_features(features, ids, lengths, cfg.precompute_mb, prepared.rt.eval_batch, progress)

@@ -234,7 +234,8 @@ def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
     """
     import ray
 
-    from bertpooled.run.experiment import Outcome, prepare_resume, run_experiment
+    from bertpooled.run.experiment import Outcome, run_experiment
+    from bertpooled.run.resume import prepare_resume
 
     sweeps.use_tracking_uri(tracking_uri)
     node, node_ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()

@@ -22,8 +22,7 @@ from bertpooled import data
 from bertpooled.config import Config
 from bertpooled.model import backbone
 from bertpooled.run import cost
-from bertpooled.run.measure import Phases, evaluate
-from bertpooled.run.pipeline import Trained
+from bertpooled.run.measure import Phases, Trained, evaluate
 from bertpooled.run.shared import Shared
 
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "reference.py"
@@ -52,15 +51,6 @@ class Fitted:
     classifier: LogisticRegression
     config: Config
     tokenizer: object = None
-
-
-@dataclass
-class Result:
-    """Metrics, test probabilities and the fitted model (see `fit_and_evaluate`)."""
-
-    metrics: dict[str, float]
-    probabilities: np.ndarray
-    model: Fitted
 
 
 def describe(config: Config) -> str:
@@ -116,7 +106,7 @@ def fit_and_evaluate(
     phases: Phases,
     shared: Shared | None = None,
     progress: bool | None = None,
-) -> Result:
+) -> Trained:
     """Fit TF-IDF (`features`) and logistic regression (`train`), evaluate (`eval`); the contract's metrics."""
     shared = shared or Shared()
     cost.reset_peak_memory(torch.device("cpu"))  # as the neural modes do before building their model
@@ -153,7 +143,7 @@ def fit_and_evaluate(
             "tokens/cache_hit": float(hit),
         }
     )
-    return Result(metrics, probs, fitted)
+    return Trained(metrics, probs, fitted)
 
 
 def predict(fitted: Fitted, raw_texts: list[str]) -> np.ndarray:
@@ -242,7 +232,7 @@ class ReferencePipeline:
         )
 
     def fit_and_evaluate(self, inputs, on_epoch=None, checkpoints=None, progress: bool | None = None):
-        result = fit_and_evaluate(
+        return fit_and_evaluate(
             inputs.config,
             inputs.info,
             inputs.imdb,
@@ -252,7 +242,6 @@ class ReferencePipeline:
             shared=inputs.shared,
             progress=progress,
         )
-        return Trained(result.metrics, result.probabilities, result.model)
 
     def log_model(self, config: Config, trained) -> str:
         return log_model(trained.model)

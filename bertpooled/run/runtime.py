@@ -6,6 +6,7 @@ import ctypes
 import os
 import platform
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ def resolve_device(name: str) -> torch.device:
 
 def uses_backbone(config: Config) -> bool:
     """Whether the run computes through the backbone's encoder (frozen features or fine-tuning), not only the head."""
-    return config.features == "encoder"
+    return config.feature_kind.encoder
 
 
 def resolve_precision(precision: str, device: torch.device, backbone_work: bool = False) -> str:
@@ -95,12 +96,36 @@ def threads_for(config: Config) -> int:
     """
     if config.num_threads:
         return config.num_threads
-    return ALL_THREADS if config.features == "encoder" else 1
+    return ALL_THREADS if config.feature_kind.encoder else 1
 
 
-def configure_threads(config: Config) -> None:
-    torch.set_num_threads(threads_for(config))
-    keep_freed_memory()
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes, resolved once from its config when it starts, then carried with its inputs:
+    every phase reads these values instead of resolving them again."""
+
+    device: torch.device
+    precision: str
+    """The resolved autocast, `fp32` or `bf16` (`precision_for`)."""
+    threads: int
+    eval_batch: int
+    """Rows per batch for evaluation and feature extraction (`eval_batch_size`)."""
+
+    @classmethod
+    def resolve(cls, config: Config) -> Runtime:
+        """The run's runtime, or a one-line error (a missing device, bf16 on a CPU without it) before any work."""
+        device = resolve_device(config.device)
+        return cls(device, precision_for(config, device), threads_for(config), eval_batch_size(config, device))
+
+    def start(self) -> Runtime:
+        """Apply what is process-wide: torch's thread count and the allocator's reuse of freed memory."""
+        torch.set_num_threads(self.threads)
+        keep_freed_memory()
+        return self
+
+    def autocast(self):
+        """The run's autocast context (a no-op in fp32)."""
+        return autocast(self.device, self.precision)
 
 
 # glibc's mallopt parameters (malloc.h) and the values set: every size a run allocates per batch stays on the

@@ -103,7 +103,7 @@ class Shared:
     def shares(config: Config) -> bool:
         """Whether `prepare` can share this config's inputs: today's `prepare.prepare` features (token ids and
         frozen word embeddings). Other features go through `prepare.prepare` itself: unshared, but right."""
-        return getattr(config, "features", "embeddings") in ("embeddings", "embedding_layer")
+        return config.feature_kind.tokens
 
     def prepare(
         self,
@@ -114,19 +114,21 @@ class Shared:
         test_split: data.Split | None,
         phases: Phases,
         progress: bool | None = None,
-        device=None,
+        rt: runtime.Runtime | None = None,
         val: data.Split | None = None,
     ) -> preparing.Prepared:
         """`prepare.prepare` with every input shared: the same phases timed, the same token ids and features."""
         if not self.shares(config):
             return preparing.prepare(
-                config, info, imdb, train_split, test_split, phases, progress=progress, device=device, val=val
+                config, info, imdb, train_split, test_split, phases, progress=progress, rt=rt, val=val
             )
         with phases.timed("tokenize"):
             tokenizer, _ = self.tokenizer(info)
             splits = {k: v for k, v in (("train", train_split), ("val", val), ("test", test_split)) if v is not None}
             ids, hit = self.token_ids(info, imdb, splits, config.max_len, progress)
-        prepared = preparing.Prepared(
+        with phases.timed("features"):
+            embeddings = self.embeddings(info, config.feature_kind.whole_layer)
+        return preparing.Prepared(
             config,
             info,
             imdb,
@@ -135,13 +137,10 @@ class Shared:
             ids["train"],
             ids.get("test"),
             tokenizer,
-            None,
+            embeddings,
             hit,
             phases,
-            device=device or runtime.resolve_device(config.device),
+            rt=rt,
             val=val,
             val_tokens=ids.get("val"),
         )
-        with phases.timed("features"):
-            prepared.embeddings = self.embeddings(info, config.features == "embedding_layer")
-        return prepared

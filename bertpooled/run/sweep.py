@@ -211,9 +211,9 @@ def _prepare_shared(shared: Shared, todo: Sequence[Child], infos: dict, progress
     phases = Phases()
     first = todo[0].config
     imdb, train_split, test_split = shared.read_data(first, phases, progress=progress)
-    device = runtime.resolve_device(first.device)
     for child in todo:  # each pipeline fills the memo once; a child whose inputs are there already adds nothing
-        inputs = Inputs(child.config, infos[child.key], imdb, train_split, test_split, phases, device, shared)
+        rt = runtime.Runtime.resolve(child.config)
+        inputs = Inputs(child.config, infos[child.key], imdb, train_split, test_split, phases, rt, shared)
         pipeline_for(child.config).warm(inputs, progress)
     return phases.seconds
 

@@ -130,8 +130,7 @@ class Objective:
         import optuna
 
         info = prepare.check(config)
-        runtime.configure_threads(config)
-        device = runtime.resolve_device(config.device)
+        rt = runtime.Runtime.resolve(config).start()
         phases = Phases()
         key = ("training", config.data, config.train_fraction, config.max_train_examples, config.data_seed)
         imdb, train = self.shared.get(key, lambda: prepare.read_training(config, phases))[0]
@@ -140,10 +139,8 @@ class Objective:
             config.to_dict(), {DATA_DIGEST_PARAM: imdb.digest, "data/source": redact_uri(imdb.source)}
         )
         tracking.log_datasets(rows.to_frame(), None, imdb.source, imdb.digest, validation=val.to_frame())
-        prepared = self.shared.prepare(
-            config, info, imdb, rows, None, phases, progress=self.progress, device=device, val=val
-        )
-        model = fit.build_model(prepared).to(device)
+        prepared = self.shared.prepare(config, info, imdb, rows, None, phases, progress=self.progress, rt=rt, val=val)
+        model = fit.build_model(prepared).to(rt.device)
 
         def on_epoch(stats: fit.EpochStats) -> None:
             score = stats.val[VAL_ACCURACY]
@@ -158,7 +155,7 @@ class Objective:
                 )
 
         with phases.timed("train"):
-            history = fit.fit(model, prepared, device, on_epoch=on_epoch, progress=self.progress)
+            history = fit.fit(model, prepared, on_epoch=on_epoch, progress=self.progress).history
         value = history[-1].val[VAL_ACCURACY]
         store.log_metrics(
             {

@@ -7,6 +7,7 @@ import json
 import logging
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -29,6 +30,7 @@ from bertpooled.contract import (
     PROBA_METADATA_KEY,
 )
 from bertpooled.errors import BertpooledError
+from bertpooled.tracking.provenance import code_of
 from bertpooled.tracking.runs import get_run_or_error
 
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "lstm.py"
@@ -156,8 +158,22 @@ def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
     mlflow.set_tags({CHECKPOINT_PATH_TAG: slot, CHECKPOINT_EPOCH_TAG: str(epoch), CHECKPOINT_SHA256_TAG: sha256})
 
 
-def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[str, str], Path]:
-    """(config params, data digest, tags, local checkpoint folder) of a run to resume; one-line errors otherwise."""
+@dataclass(frozen=True)
+class ResumeRecord:
+    """What a resume reads of the run it continues, in one read of the store."""
+
+    config: dict[str, str]
+    """The run's config params (without the `config/` prefix)."""
+    data_digest: str
+    tags: dict[str, str]
+    checkpoint: Path
+    """The local copy of the run's last checkpoint folder."""
+    code: dict[str, str]
+    """The code provenance it logged (`provenance.code_of`)."""
+
+
+def run_to_resume(run_id: str, dest: Path) -> ResumeRecord:
+    """The record of a run to resume, its checkpoint downloaded under `dest`; one-line errors otherwise."""
     client = MlflowClient()
     run = get_run_or_error(run_id, "no run {run_id} in {store}: check the id, or MLFLOW_TRACKING_URI")
     if run.info.status == FINISHED:
@@ -168,5 +184,6 @@ def run_to_resume(run_id: str, dest: Path) -> tuple[dict[str, str], str, dict[st
     if slot not in CHECKPOINT_SLOTS:
         raise BertpooledError(f"run {run_id} names no valid checkpoint folder ({slot!r}): start a new run instead")
     local = client.download_artifacts(run_id, slot, str(dest))
-    config = {k[len(CONFIG_PARAM_PREFIX) :]: v for k, v in run.data.params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
-    return config, run.data.params.get(DATA_DIGEST_PARAM, ""), dict(run.data.tags), Path(local)
+    params = run.data.params
+    config = {k[len(CONFIG_PARAM_PREFIX) :]: v for k, v in params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
+    return ResumeRecord(config, params.get(DATA_DIGEST_PARAM, ""), dict(run.data.tags), Path(local), code_of(params))
