@@ -33,7 +33,8 @@ def resolve(name: str) -> str:
     expanded = os.path.expanduser(name)
     if name.startswith((".", "/", "~")) and not Path(expanded).is_dir():
         raise BertpooledError(
-            f"backbone folder {name} does not exist: pass an existing folder saved with save_pretrained, or use --model minilm"
+            f"backbone folder {name} does not exist: pass an existing folder saved with save_pretrained, or use "
+            "--model minilm"
         )
     return expanded if name.startswith("~") else name
 

@@ -1,9 +1,9 @@
 """The backbone as a feature extractor: hidden states of the encoder, with sequence pooling between its layers.
 
-`PoolingEncoder` runs a BERT-family encoder itself, module by module (embeddings -> layers[:K] -> pooling of
-the hidden states *and* the attention mask -> layers[K:], again before each further stage's layer), with the attention mask built by the same
-transformers helper BertModel uses, so with a window of 1 it computes exactly what `BertModel` computes. Other
-architectures run whole (`AutoModel`), which serves `features=encoder` with no pooling or pooling at the output.
+`PoolingEncoder` runs a BERT-family encoder itself, module by module (embeddings -> layers[:K] -> pooling of the hidden
+states *and* the attention mask -> layers[K:], again before each further stage's layer), with the attention mask built
+by the same transformers helper BertModel uses, so with a window of 1 it computes exactly what `BertModel` computes.
+Other architectures run whole (`AutoModel`), which serves `features=encoder` with no pooling or pooling at the output.
 """
 
 from __future__ import annotations
