@@ -126,7 +126,8 @@ def first_contact(uri: str) -> Iterator[None]:
 
     path = sqlite_file(uri)
     try:
-        handle = open(f"{path}-init.lock", "a+") if path else None
+        # Entered by the `with handle:` below; opened here so that only the open's OSError is caught.
+        handle = open(f"{path}-init.lock", "a+") if path else None  # noqa: SIM115
     except OSError:
         handle = None
     if handle is None:

@@ -12,7 +12,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -241,14 +241,10 @@ def _end_run(run_id: str, status: str, reason: str) -> None:
         mlflow.set_tag(ERROR_TAG, reason)
         mlflow.end_run(status)
     except Exception:
-        try:
+        with suppress(Exception):
             MlflowClient().set_terminated(run_id, status)
-        except Exception:
-            pass
-        try:
+        with suppress(Exception):
             mlflow.end_run(status)  # clear the fluent API's active run in this process
-        except Exception:
-            pass
 
 
 def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
@@ -368,7 +364,7 @@ def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
     base = ui_base()
     exp = run.info.experiment_id
     query = "workflowType=machine_learning"
-    for attempt in range(2):
+    for _ in range(2):
         try:
             key = ensure_training_view(exp)
             query += f"&{ui_view.SHARE_URL_PARAM}={key}"
