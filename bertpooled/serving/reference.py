@@ -49,7 +49,8 @@ class ReferenceModel(mlflow.pyfunc.PythonModel):
         if not texts:
             return output(np.zeros(0), params)
         if self.tokenizer is not None:
-            # The same text the model was trained on: the first max_len tokens, decoded (bertpooled.run.reference.decode).
+            # The same text the model was trained on: the first max_len tokens, decoded
+            # (bertpooled.run.reference.decode).
             ids = self.tokenizer(texts, truncation=True, max_length=self.config["max_len"])["input_ids"]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         column = list(self.classifier.classes_).index(1)
