@@ -79,11 +79,13 @@ def run_experiment(
     train_split, val_split = prepare.split_validation(config, train_split)
     held = f" / {len(val_split):,} validation" if val_split is not None else ""
     log(
-        f"data: {len(train_split):,} train{held} / {len(test_split):,} test reviews from {tracking.redact_uri(imdb.source)}"
+        f"data: {len(train_split):,} train{held} / {len(test_split):,} test reviews from "
+        f"{tracking.redact_uri(imdb.source)}"
     )
     if resume and resume.data_digest != imdb.digest:
         raise BertpooledError(
-            f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is {imdb.digest[:12]}): "
+            f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is "
+            f"{imdb.digest[:12]}): "
             "point --data or BERTPOOLED_IMDB at the same IMDB copy"
         )
     pipeline = pipeline or pipeline_for(config)
@@ -115,7 +117,8 @@ def run_experiment(
             extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
             extra += f" val_acc={stats.val[VAL_ACCURACY]:.4f}" if stats.val else ""
             log(
-                f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)"
+                f"epoch {stats.epoch}/{config.epochs}: loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} "
+                f"({stats.seconds:.1f}s)"
             )
 
         owner = checkpoint.identity(run.info.run_id, config.to_dict())
@@ -244,7 +247,8 @@ def claim_run(run_id: str):
     folder = cache_dir() / "locks"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / f"resume-{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.lock", "a+")
+        # The open handle is the lock: returned to the caller, who holds it for the run and closes it.
+        handle = open(folder / f"resume-{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.lock", "a+")  # noqa: SIM115
     except OSError:
         return None
     try:
@@ -300,7 +304,8 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
         differs = [f"{k}={v!r} there, {wanted[k]!r} now" for k, v in config.to_dict().items() if wanted[k] != v]
         if differs:
             raise BertpooledError(
-                f"run {run_id} had another config ({'; '.join(differs[:3])}): resume it as it was, without those options"
+                f"run {run_id} had another config ({'; '.join(differs[:3])}): resume it as it was, without those "
+                "options"
             )
     return config, Resume(run_id, digest, state, _code_change(run_id, allow_code_change))
 

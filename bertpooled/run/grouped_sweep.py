@@ -81,7 +81,10 @@ def plan_groups(configs: Sequence[Config], alone: set[int] = frozenset()) -> lis
 
 
 def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) -> dict[int, TrainedSeed]:
-    """Train `seeds` of `prepared.config` in one loop on `prepared.device`; each seed's model, history and checkpoints."""
+    """Train `seeds` of `prepared.config` in one loop on `prepared.device`.
+
+    Returns each seed's model, history and checkpoints.
+    """
     from bertpooled.run import cost
 
     device = prepared.device

@@ -64,7 +64,8 @@ def check(config: Config) -> backbone.BackboneInfo:
     spec = config.pool_spec
     if config.features == "embedding_layer" and info.model_type != "bert":
         raise BertpooledError(
-            f"config: features=embedding_layer needs a BERT-family backbone (model_type bert: minilm, bert-base-uncased), "
+            "config: features=embedding_layer needs a BERT-family backbone (model_type bert: minilm, "
+            "bert-base-uncased), "
             f"and {config.model!r} is {info.model_type!r}: use features=embeddings, or a BERT backbone"
         )
     if config.features == "encoder" and not spec.is_identity:
@@ -127,7 +128,7 @@ def split_validation(config: Config, train: data.Split) -> tuple[data.Split, dat
 
 def check_training_subset(config: Config, labels: np.ndarray) -> None:
     """A training subset needs both labels: none or one class would fail (or train a constant) inside the run."""
-    counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}
+    counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)}
     if len(counts) < 2:
         raise BertpooledError(
             f"config: train_fraction={config.train_fraction} and max_train_examples={config.max_train_examples} "
@@ -173,7 +174,7 @@ def prepare(
             )
             sets.append(toks)
             hits.append(hit)
-    made = dict(zip(_splits(train, val, test), sets))
+    made = dict(zip(_splits(train, val, test), sets, strict=True))
     prepared = Prepared(
         config,
         info,
@@ -256,7 +257,7 @@ def prepare_encoder_features(
                 autocast=lambda: runtime.autocast(device, precision),
             )
 
-        def make(key=key, name=name, run_backbone=run_backbone):
+        def make(key=key, name=name, toks=toks, run_backbone=run_backbone):
             encoder.to(device)
             try:
                 return features.load_or_compute(

@@ -274,7 +274,8 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
     values = best_config(plan, best.params)
     header = (
         f"# The best of study {plan.name}: trial {best.number}, val/accuracy {best.value:.4f} on "
-        f"{plan.base.validation_fraction:g} of the training subset (max_train_examples={plan.base.max_train_examples}).\n"
+        f"{plan.base.validation_fraction:g} of the training subset "
+        f"(max_train_examples={plan.base.max_train_examples}).\n"
         f"# Searched: {plan.space}. Run it: bertpooled train --config THIS_FILE (or sweep --config).\n"
     )
     text = header + yaml.safe_dump(values, sort_keys=False)
