@@ -133,7 +133,7 @@ class PoolPosition:
                 f"config: pool_at={text!r} is not valid: use input, output, layer:K (K encoder layers before pooling, "
                 "e.g. layer:2) or several stages as layer:K1,layer:K2 (e.g. layer:2,layer:4)"
             )
-        layers = tuple(int(m[1]) for m in matches)
+        layers = tuple(int(m[1]) for m in matches if m)  # all match (checked above)
         if any(b <= a for a, b in itertools.pairwise(layers)):
             raise BertpooledError(
                 f"config: pool_at={text!r} is not valid: list each pooling stage once, in increasing layer order, "
