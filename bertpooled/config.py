@@ -310,7 +310,8 @@ def _bad(name: str, value: Any, valid: str) -> None:
     raise BertpooledError(f"config: {name}={value!r} is not valid: use {valid}")
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+# The annotations' source text (`from __future__ import annotations`): "int", "str | None", ...
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Config)}
 
 
 def _coerce_bool(name: str, value: Any) -> bool:

@@ -298,10 +298,13 @@ def _read_archive(path: Path, progress: bool | None) -> _Found:
                 match = _MEMBER.search(member.name)
                 if match is None or not member.isfile():
                     continue
-                data = tar.extractfile(member).read()
+                file = tar.extractfile(member)
+                assert file is not None  # a regular file (checked above)
+                data = file.read()
                 if len(data) != member.size:
                     raise EOFError(f"{member.name} ends early")
-                _add(found, *match.groups(), data, where=f"{member.name} in {path}")
+                split, label, stem = match.groups()
+                _add(found, split, label, stem, data, where=f"{member.name} in {path}")
                 if i % 512 == 0:
                     bar.update(raw.tell() - bar.n)
             # tarfile takes a cut-off header for the end of the archive; reading to the end makes the
