@@ -218,13 +218,16 @@ def is_store_failure(exc: BaseException) -> bool:
     import errno
     import sqlite3
 
+    store_errors: tuple[type[BaseException], ...]
     try:
         from sqlalchemy.exc import SQLAlchemyError
+
+        store_errors = (sqlite3.Error, SQLAlchemyError)
     except ImportError:  # pragma: no cover - MLflow depends on SQLAlchemy
-        SQLAlchemyError = ()
-    seen = exc
+        store_errors = (sqlite3.Error,)
+    seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (sqlite3.Error, SQLAlchemyError)):
+        if isinstance(seen, store_errors):
             return True
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
             return True

@@ -278,7 +278,10 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: s
     if model_id is None:
         mlflow.log_metrics(values, step=step)
         return
-    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    active = mlflow.active_run()
+    assert active is not None, "metrics are logged inside a run"
+    run = mlflow.get_run(active.info.run_id)
+    assert run.inputs is not None, "a run read back from the store has its inputs"
     test_set = next(
         (
             i.dataset

@@ -187,7 +187,7 @@ def _training_runs(
     """The candidates that count (``contract.counts_as_training``, FINISHED unless asked), with notes on the rest."""
     notes: list[str] = []
     kept: list[Run] = []
-    excluded_kinds: dict[str, int] = {}
+    excluded_kinds: dict[str | None, int] = {}  # by kind tag (None: untagged)
     unfinished: list[Run] = []
     for run in candidates:
         kind = run.data.tags.get(KIND_TAG)
