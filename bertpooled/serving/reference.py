@@ -14,9 +14,10 @@ import json
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 
-class ReferenceModel(mlflow.pyfunc.PythonModel):
+class ReferenceModel(PythonModel):
     """P(positive review) from raw text: (first max_len tokens, decoded) -> TF-IDF -> logistic regression."""
 
     def load_context(self, context) -> None:

@@ -317,7 +317,8 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
             "(train a new run) or serve another version"
         ) from None
     batched = InBatches(model, limits.batch_size, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
-    return Limits(RejectTooDeepJson(scoring_server.init(batched)), limits)
+    # InBatches is a PyFuncModel in all the scoring server uses (predict, metadata), not by class.
+    return Limits(RejectTooDeepJson(scoring_server.init(batched)), limits)  # type: ignore[arg-type]
 
 
 def serve(model_uri: str, host: str, port: int, limits: ServeLimits, echo=print) -> None:
