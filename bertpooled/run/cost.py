@@ -30,6 +30,7 @@ import resource
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,9 @@ FLOP_EXAMPLES = 8
 def _countable(model: torch.nn.Module):
     """Run the ops FlopCounterMode has formulas for: native LSTM (not oneDNN's or cuDNN's), eager attention (not
     SDPA)."""
-    backbones = [m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
+    backbones: list[Any] = [
+        m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")
+    ]
     before = [m.config._attn_implementation for m in backbones]
     try:
         for m in backbones:
