@@ -93,8 +93,22 @@ def main() -> None:
     for threads in sorted({1, all_threads}):
         torch.set_num_threads(threads)
         for precision in ("fp32", "bf16"):
-            rows.append(("encoder forward", precision, threads, median_ms(lambda: forward(precision), args.repeats, 2)))
-            rows.append(("fine-tuning step", precision, threads, median_ms(lambda: step(precision), args.repeats, 1)))
+            rows.append(
+                (
+                    "encoder forward",
+                    precision,
+                    threads,
+                    median_ms(lambda precision=precision: forward(precision), args.repeats, 2),
+                )
+            )
+            rows.append(
+                (
+                    "fine-tuning step",
+                    precision,
+                    threads,
+                    median_ms(lambda precision=precision: step(precision), args.repeats, 1),
+                )
+            )
     torch.set_num_threads(all_threads)
     eager = PoolingEncoder(backbone.load_model(info), PoolPosition.parse("output"), PoolSpec())
     eager.model.set_attn_implementation("eager")
@@ -104,7 +118,7 @@ def main() -> None:
                 "encoder forward, eager attention",
                 precision,
                 all_threads,
-                median_ms(lambda: forward(precision, eager), args.repeats, 2),
+                median_ms(lambda precision=precision: forward(precision, eager), args.repeats, 2),
             )
         )
     if args.compile:
@@ -116,7 +130,7 @@ def main() -> None:
                     "encoder forward, torch.compile",
                     precision,
                     all_threads,
-                    median_ms(lambda: forward(precision, compiled), args.repeats, 2),
+                    median_ms(lambda precision=precision: forward(precision, compiled), args.repeats, 2),
                 )
             )
 

@@ -50,7 +50,8 @@ def main() -> None:
                 best = min(best, time.perf_counter() - start)
             first = logits if first is None else first
             print(
-                f"| {mode} | {size} | {best / args.rows * 1e6:.0f} | {'bitwise' if torch.equal(logits, first) else 'no'} |"
+                f"| {mode} | {size} | {best / args.rows * 1e6:.0f} | "
+                f"{'bitwise' if torch.equal(logits, first) else 'no'} |"
             )
 
 

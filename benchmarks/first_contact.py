@@ -90,7 +90,12 @@ def main() -> None:
             seconds = time.perf_counter() - start
             ok = sum(p.returncode == 0 for p in procs)
             first_errors = sorted(
-                {(e.strip().splitlines() or ["?"])[-1][:120] for e, p in zip(errors, procs) if p.returncode} or {"-"}
+                {
+                    (e.strip().splitlines() or ["?"])[-1][:120]
+                    for e, p in zip(errors, procs, strict=True)
+                    if p.returncode
+                }
+                or {"-"}
             )
             try:
                 client = MlflowClient(env["MLFLOW_TRACKING_URI"])

@@ -81,7 +81,8 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     extra = {"epochs": epochs} if epochs else {}
     lines = [
         f"- GPU: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}",
-        f"- data: {len(tr):,} train / {len(te):,} test reviews, the default protocol's token ids (max_len 128), 10 epochs, batch 32",
+        f"- data: {len(tr):,} train / {len(te):,} test reviews, the default protocol's token ids (max_len 128), "
+        "10 epochs, batch 32",
         f"- medians of {repeats} repeats, each a fresh model; warm-up: one untimed 1-epoch fit per setting",
         "",
         "| mode | autocast | time/train_s | time/eval_s | s per epoch | test accuracy |",
@@ -124,7 +125,8 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
             med = [statistics.median(r[i] for r in rows) for i in range(3)]
             results[(mode, amp)] = med
             lines.append(
-                f"| {mode} | {'bf16' if amp else 'off (fp32)'} | {med[0]:.2f} | {med[1]:.2f} | {med[0] / cfg.epochs:.2f} | {med[2]:.4f} |"
+                f"| {mode} | {'bf16' if amp else 'off (fp32)'} | {med[0]:.2f} | {med[1]:.2f} | "
+                f"{med[0] / cfg.epochs:.2f} | {med[2]:.4f} |"
             )
             print(lines[-1], flush=True)
     for amp in (False, True):

@@ -235,19 +235,34 @@ def main() -> None:
         for mode, pool in MODES.items():
             key = (mode, t)
             cache = cache_for(d, d.model(pool, 0))
-            cell("alone, fused Adam (current fit)", key, lambda: alone_step(d, pool))
-            cell("alone, foreach Adam", key, lambda: alone_step(d, pool, "foreach"))
-            cell("alone, cached features", key, lambda: alone_cached_step(d, pool, cache))
-            cell(f"group S={S}, per_seed, fused Adam", key, lambda: group_step(d, pool, S), S)
-            cell(f"group S={S}, per_seed, foreach Adam", key, lambda: group_step(d, pool, S, optimizer="foreach"), S)
-            cell(f"group S={S}, per_seed, cached features", key, lambda: group_cached_step(d, pool, S, cache), S)
+            cell("alone, fused Adam (current fit)", key, lambda pool=pool: alone_step(d, pool))
+            cell("alone, foreach Adam", key, lambda pool=pool: alone_step(d, pool, "foreach"))
+            cell("alone, cached features", key, lambda pool=pool, cache=cache: alone_cached_step(d, pool, cache))
+            cell(f"group S={S}, per_seed, fused Adam", key, lambda pool=pool: group_step(d, pool, S), S)
+            cell(
+                f"group S={S}, per_seed, foreach Adam",
+                key,
+                lambda pool=pool: group_step(d, pool, S, optimizer="foreach"),
+                S,
+            )
+            cell(
+                f"group S={S}, per_seed, cached features",
+                key,
+                lambda pool=pool, cache=cache: group_cached_step(d, pool, S, cache),
+                S,
+            )
             if not args.skip_block:
-                cell(f"group S={S}, block recurrence", key, lambda: group_step(d, pool, S, "block"), S)
+                cell(f"group S={S}, block recurrence", key, lambda pool=pool: group_step(d, pool, S, "block"), S)
             if args.compile and t == threads[0]:
-                cell("alone, torch.compile(model)", key, lambda: alone_step(d, pool, compiled=True))
-                cell(f"group S={S}, torch.compile(group)", key, lambda: group_step(d, pool, S, compiled=True), S)
-            cell("features of one batch (no grad)", key, lambda: features_step(d, pool))
-            cell("gather one batch from the cache", key, lambda: gather_step(d, cache))
+                cell("alone, torch.compile(model)", key, lambda pool=pool: alone_step(d, pool, compiled=True))
+                cell(
+                    f"group S={S}, torch.compile(group)",
+                    key,
+                    lambda pool=pool: group_step(d, pool, S, compiled=True),
+                    S,
+                )
+            cell("features of one batch (no grad)", key, lambda pool=pool: features_step(d, pool))
+            cell("gather one batch from the cache", key, lambda cache=cache: gather_step(d, cache))
             cache = None  # free it before the next configuration builds its own
 
     load_after = os.getloadavg()

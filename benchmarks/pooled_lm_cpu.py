@@ -1,6 +1,6 @@
 """The fine-tuned pooling study on this CPU (issue 20): the report from its runs, plus inference cost in turns.
 
-    BERTPOOLED_IMDB=... STORE=... benchmarks/pooled_lm_cpu.sh          # the runs (hours): one sweep per seed and variant
+    BERTPOOLED_IMDB=... STORE=... benchmarks/pooled_lm_cpu.sh      # the runs (hours): one sweep per seed and variant
     python benchmarks/pooled_lm_cpu.py --store STORE --data $BERTPOOLED_IMDB [--rounds 8]   # -> pooled_lm_cpu.md
 
 The accuracy side comes from the runs as logged (`bertpooled compare-runs --group-by variant --baseline encoder-ft`
@@ -125,11 +125,14 @@ def summarise(store: str, runs) -> tuple[list[dict], list[str]]:
         if group.empty:
             notes.append(f"{label}: no finished runs yet")
             continue
-        acc = dict(zip(group["params.config/seed"], group["metrics.test/accuracy"].astype(float)))
+        acc = dict(zip(group["params.config/seed"], group["metrics.test/accuracy"].astype(float), strict=True))
         base = runs[runs["tags.variant"] == BASELINE]
-        base_acc = dict(zip(base["params.config/seed"], base["metrics.test/accuracy"].astype(float)))
+        base_acc = dict(zip(base["params.config/seed"], base["metrics.test/accuracy"].astype(float), strict=True))
         paired = sorted(set(acc) & set(base_acc))
-        metric = lambda name: group[f"metrics.{name}"].astype(float)
+
+        def metric(name: str, group=group):
+            return group[f"metrics.{name}"].astype(float)
+
         row = {
             "variant": variant,
             "label": label,
@@ -154,7 +157,7 @@ def summarise(store: str, runs) -> tuple[list[dict], list[str]]:
     # Holm over every (variant, seed) McNemar test in the table.
     flat = [(i, j) for i, r in enumerate(rows) for j, _ in enumerate(r.get("mcnemar", []))]
     adjusted = holm([rows[i]["mcnemar"][j].p_value for i, j in flat]) if flat else []
-    for (i, j), p in zip(flat, adjusted):
+    for (i, _), p in zip(flat, adjusted, strict=True):
         rows[i].setdefault("holm", []).append(p)
     return rows, notes
 
@@ -175,14 +178,17 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
     planned = 3
     if notes or any(len(r["seeds"]) < planned for r in rows):
         lines += [
-            f"**Partial: the study plans {planned} seeds per variant; the table holds the runs finished so far (see the "
+            f"**Partial: the study plans {planned} seeds per variant; the table holds the runs finished so far "
+            "(see the "
             "seeds column and the notes), so intervals across seeds are missing where a variant has one seed, "
             "and the verdict is provisional.**",
             "",
         ]
     lines += [
-        "| variant | seeds | train / test | accuracy (95% CI) | vs unpooled, paired (95% CI) | McNemar p per seed (Holm) | "
-        "backbone FLOPs | throughput b32 ex/s (in turns) | vs unpooled | latency p50 ms (in turns) | train s / epoch | peak MB |",
+        "| variant | seeds | train / test | accuracy (95% CI) | vs unpooled, paired (95% CI) | McNemar p per seed "
+        "(Holm) | "
+        "backbone FLOPs | throughput b32 ex/s (in turns) | vs unpooled | latency p50 ms (in turns) | train s / "
+        "epoch | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -199,7 +205,10 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
         mcn = (
             "-"
             if r["variant"] == BASELINE
-            else ", ".join(f"{t.p_value:.3f} ({h:.3f})" for t, h in zip(r.get("mcnemar", []), r.get("holm", []))) or "-"
+            else ", ".join(
+                f"{t.p_value:.3f} ({h:.3f})" for t, h in zip(r.get("mcnemar", []), r.get("holm", []), strict=True)
+            )
+            or "-"
         )
         t = (turns or {}).get(r["variant"])
         tb = (turns or {}).get(BASELINE)
@@ -276,7 +285,8 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
         "    # this report (the measurement in turns takes a few minutes; run it on a quiet machine):",
         "    python benchmarks/pooled_lm_cpu.py --store /path/to/store --data /path/to/aclImdb_v1.tar.gz",
         "    # the same runs as compare-runs reports them:",
-        "    MLFLOW_TRACKING_URI=sqlite:////path/to/store/mlflow.db bertpooled compare-runs --experiment pooled-lm-cpu \\",
+        "    MLFLOW_TRACKING_URI=sqlite:////path/to/store/mlflow.db bertpooled compare-runs --experiment "
+        "pooled-lm-cpu \\",
         "        --group-by variant --baseline encoder-ft --format markdown",
     ]
     return "\n".join(lines) + "\n"

@@ -201,7 +201,10 @@ def summarise(runs) -> dict[str, dict]:
 
     out = {}
     for key, group in runs.groupby("row"):
-        m = lambda name: group[f"metrics.{name}"].astype(float)
+
+        def m(name: str, group=group):
+            return group[f"metrics.{name}"].astype(float)
+
         ci = mean_ci(m("test/accuracy").to_numpy())
         out[key] = {
             "n": len(group),
@@ -282,7 +285,8 @@ def report(
         "",
         f"Measured on this project's CPU machine: {describe()}; no GPU. Backbone `minilm` (all-MiniLM-L6-v2:",
         "6 layers, hidden 384); IMDB, label-balanced subsets of the official train and test splits (`data_seed` 0,",
-        f"the same reviews in every row); max_len {max_len}; LSTM(16) head, Adam 1e-3, batch 32. Accuracy is the mean over",
+        f"the same reviews in every row); max_len {max_len}; LSTM(16) head, Adam 1e-3, batch 32. Accuracy is the "
+        "mean over",
         "seeds with a 95% Student-t interval (compare-runs' `mean_ci`); costs are medians over the row's seeds",
         "(peak memory: the maximum). Produced by `python benchmarks/pooling.py` (one `bertpooled sweep` per row,",
         "commands below); every number is a logged MLflow metric of a run in the benchmark's tracking store.",
@@ -311,7 +315,8 @@ def report(
         lines.append(
             f"| {row.label} | {s['train_n']:,}/{s['test_n']:,}, {s['epochs']} | {s['n']} | "
             f"{s['acc']:.4f} ± {half:.4f} | {fmt_flops(s['backbone'])} | {fmt_flops(s['head'])} | "
-            f"{s['p50']:.1f} / {s['p95']:.1f} | {s['thr']:.1f} | {s['mem']:,.0f} | {s['features_s']:.1f} | {s['train_s']:.1f} |"
+            f"{s['p50']:.1f} / {s['p95']:.1f} | {s['thr']:.1f} | {s['mem']:,.0f} | {s['features_s']:.1f} | "
+            f"{s['train_s']:.1f} |"
         )
     threads = sorted({s["threads"] for s in summary.values()})
     lines += [
@@ -351,7 +356,8 @@ def report(
             "Interference only adds time, so the best round is the",
             "least disturbed measurement and is the one compared; the median round is shown beside it.",
             "",
-            "| configuration | latency p50 ms, best (median) | throughput ex/s, best (median) | throughput vs unpooled encoder |",
+            "| configuration | latency p50 ms, best (median) | throughput ex/s, best (median) | throughput vs "
+            "unpooled encoder |",
             "|---|---|---|---|",
         ]
         for row in ROWS:
@@ -363,7 +369,8 @@ def report(
             )
             lines.append(
                 f"| {row.label} | {t['latency/p50_ms']:.1f} ({t['median latency/p50_ms']:.1f}) | "
-                f"{t['throughput/infer_examples_per_s']:.1f} ({t['median throughput/infer_examples_per_s']:.1f}) | {ratio:.2f}x |"
+                f"{t['throughput/infer_examples_per_s']:.1f} ({t['median throughput/infer_examples_per_s']:.1f}) "
+                f"| {ratio:.2f}x |"
             )
     lines += [
         "",
@@ -389,7 +396,8 @@ def report(
         if row.key in summary:
             took = f" ({seconds[row.key]:.0f} s)" if row.key in seconds else ""
             lines.append(
-                f"- {row.label}{took}: `{shlex.join(command(row, '$IMDB', max_len)).replace(chr(39) + '$IMDB' + chr(39), '$IMDB')}`"
+                f"- {row.label}{took}: "
+                f"`{shlex.join(command(row, '$IMDB', max_len)).replace(chr(39) + '$IMDB' + chr(39), '$IMDB')}`"
             )
     lines += [
         "",
@@ -408,7 +416,8 @@ def main() -> None:
     parser.add_argument(
         "--rows",
         default="",
-        help=f"comma-separated rows to (re)run: {', '.join(r.key for r in ROWS)} (default: all; none: only the measurement in turns)",
+        help=f"comma-separated rows to (re)run: {', '.join(r.key for r in ROWS)} (default: all; none: only the "
+        "measurement in turns)",
     )
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--store", default=str(ROOT / "outputs" / "pooling-bench"), help="folder of the tracking store")

@@ -36,7 +36,8 @@ SCENARIOS = [
         "tests/test_sweep.py::test_parallel_children_run_side_by_side_and_none_is_lost",
     ),
     (
-        "mlflow server on PostgreSQL stopped and restarted in the middle of a run: the run FINISHED, every epoch logged",
+        "mlflow server on PostgreSQL stopped and restarted in the middle of a run: the run FINISHED, every epoch "
+        "logged",
         "tests/test_server.py::test_a_run_survives_the_server_restarting_in_its_middle",
     ),
     (
@@ -279,9 +280,11 @@ def main() -> None:
         [
             "# Reliability",
             "",
-            f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; commit {commit}; "
+            f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; commit "
+            f"{commit}; "
             f"{time.strftime('%Y-%m-%d')}",
-            f"- command: `python benchmarks/reliability.py --repeats {args.repeats}` (each row is a test that asserts its outcome)",
+            f"- command: `python benchmarks/reliability.py --repeats {args.repeats}` (each row is a test that "
+            "asserts its outcome)",
             "",
             "| scenario | held | median s | test |",
             "|---|---:|---:|---|",

@@ -12,6 +12,7 @@ the results to be), and the report checks that every child's numbers are equal a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -48,10 +49,8 @@ def stop(proc: subprocess.Popen) -> None:
                     os.kill(int(entry.name), sig)
             except OSError:
                 pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def sweep(args, env: dict, experiment: str, *extra: str) -> float:
@@ -219,12 +218,16 @@ def main() -> None:
 
     from bertpooled.run.ray_executor import POLL_S as POLL
 
-    command = f"python benchmarks/scale_out.py --data $BERTPOOLED_IMDB --config {args.config} --modes {args.modes} --seeds {args.seeds}"
+    command = (
+        f"python benchmarks/scale_out.py --data $BERTPOOLED_IMDB --config {args.config} --modes "
+        f"{args.modes} --seeds {args.seeds}"
+    )
     rows = "\n".join(
         f"| {k} | {results['local'][k][0]['test/accuracy']:.4f} | {results['ray'][k][0]['test/accuracy']:.4f} | "
         f"{results['local'][k][1]:.1f} | {results['ray'][k][1]:.1f} | {results['ray'][k][2]} |"
         for k in labels
     )
+    gap = outside["ray"] - outside["local"]
     text = f"""# Scale-out: the same sweep as local processes and as Ray tasks on a 2-node cluster
 
 Measured with
@@ -247,7 +250,7 @@ warm-up run that filled the caches. {n} children ({args.modes} x {args.seeds} se
 - Ray used {len(nodes)} node(s): {", ".join(nodes)}.
 - Wall time of the sweep command (start to closing comparison): local {local_wall:.1f} s, Ray {ray_wall:.1f} s.
 - Time outside the children's runs, per child ((wall x children at once - sum of time/total_s) / {n}): local
-  {outside["local"]:.1f} s, Ray {outside["ray"]:.1f} s. The difference, {outside["ray"] - outside["local"]:.1f} s per child, is the Ray
+  {outside["local"]:.1f} s, Ray {outside["ray"]:.1f} s. The difference, {gap:.1f} s per child, is the Ray
   executor's overhead on a sweep this small (joining the cluster, starting worker processes that import
   torch, transformers and mlflow, scheduling, the driver polling every {POLL}s; not broken down further here).
 - Inside the runs, the first child on each Ray worker took longer than later ones (time/total_s above): a

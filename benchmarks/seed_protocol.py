@@ -114,7 +114,8 @@ def main() -> None:
                 )
                 rows[mode].append(row)
                 print(
-                    f"repeat {rep + 1} {mode}: wall {wall:.1f}s train {row['train']:.1f}s acc {row['acc']:.4f} rss {rss} MiB",
+                    f"repeat {rep + 1} {mode}: wall {wall:.1f}s train {row['train']:.1f}s acc {row['acc']:.4f} "
+                    f"rss {rss} MiB",
                     flush=True,
                 )
             both.append(total)
@@ -146,7 +147,8 @@ def main() -> None:
         f"- machine: {describe()}",
         f"- device: {rows['basic'][0]['device']}, torch threads: {rows['basic'][0]['threads']}",
         f"- commit: {commit}; date: {time.strftime('%Y-%m-%d')}",
-        f"- protocol: `{args.config}` ({int(b['n_train']):,} train / {int(b['n_test']):,} test reviews), each mode as one "
+        f"- protocol: `{args.config}` ({int(b['n_train']):,} train / {int(b['n_test']):,} test reviews), each "
+        "mode as one "
         "`mlflow run . --env-manager local` call, the two one after the other",
         f"- command: `BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz {command}`",
         f"- medians of {args.repeats} repeats; each repeat starts with empty caches, so basic reads and tokenizes, "
@@ -160,7 +162,8 @@ def main() -> None:
         ratio = f"{p[key] / b[key]:.2f}" if b[key] == b[key] and b[key] > 0.05 else ""
         lines.append(f"| time/{key}_s | {b[key]:.2f} | {p[key]:.2f} | {ratio} |".replace("nan", "-"))
     lines += [
-        f"| `mlflow run` wall, process start included | {b['wall']:.1f} | {p['wall']:.1f} | {p['wall'] / b['wall']:.2f} |",
+        f"| `mlflow run` wall, process start included | {b['wall']:.1f} | {p['wall']:.1f} | "
+        f"{p['wall'] / b['wall']:.2f} |",
         f"| peak RSS (MiB) | {b['rss']:.0f} | {p['rss']:.0f} | |",
         f"| trained on precomputed features (train_features/cache_hit) | {b['ahead']:.0f} | {p['ahead']:.0f} | |",
         f"| test accuracy | {b['acc']:.4f} | {p['acc']:.4f} | |",

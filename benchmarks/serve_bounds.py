@@ -222,7 +222,8 @@ def main() -> None:
     print(
         "\n".join(
             [
-                "| server | large request | idle MB | peak MB | MB 5 s after | small requests answered 200 | small p50 alone s | "
+                "| server | large request | idle MB | peak MB | MB 5 s after | small requests answered 200 | "
+                "small p50 alone s | "
                 "small p50 s | small p99 s | small max s | small p50 after s |",
                 "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
                 *rows,

@@ -100,7 +100,8 @@ def main() -> None:
         print("| operator | self CPU ms per step | calls per step |\n|---|---:|---:|")
         for event in ops:
             print(
-                f"| `{event.key}` | {event.self_cpu_time_total / 1e3 / args.steps:.2f} | {event.count / args.steps:.0f} |"
+                f"| `{event.key}` | {event.self_cpu_time_total / 1e3 / args.steps:.2f} | "
+                f"{event.count / args.steps:.0f} |"
             )
         print()
 

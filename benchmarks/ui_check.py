@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import write_imdb_archive, write_imdb_tree
+from tests.conftest import write_imdb_archive, write_imdb_tree  # noqa: E402 - after the sys.path line above
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -120,7 +120,7 @@ def main() -> int:
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
         cwd=work,
         stdout=subprocess.DEVNULL,
-        stderr=open(work / "ui.log", "w"),
+        stderr=open(work / "ui.log", "w"),  # noqa: SIM115 - the server's log for as long as it runs
     )
     failures: list[str] = []
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import typer
@@ -19,11 +18,13 @@ from bertpooled.cli_support import (
     _progress,
     fail,
 )
+from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
     cls=OneLineErrors,
-    help="Does a pooling layer cut the compute of a language model without costing accuracy? MLflow-tracked experiments.",
+    help="Does a pooling layer cut the compute of a language model without costing accuracy? MLflow-tracked "
+    "experiments.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,7 +53,8 @@ def train(
         None,
         "--config",
         "-c",
-        help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the defaults below).",
+        help="YAML experiment (path, or a name in experiments/); unset options come from it (default: the "
+        "defaults below).",
     ),
     fields: dict[str, Any] | None = None,
     set_: list[str] | None = typer.Option(
@@ -69,7 +71,8 @@ def train(
     take_over: bool = typer.Option(
         False,
         "--take-over",
-        help="With --resume: continue a run that looks driven by another process (its heartbeat fresh) that you know is gone.",
+        help="With --resume: continue a run that looks driven by another process (its heartbeat fresh) that you "
+        "know is gone.",
     ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."
@@ -350,7 +353,8 @@ def sweep_command(
     set_: list[str] | None = typer.Option(
         None,
         "--set",
-        help="Any config field but mode/seed as key=value, for every child (repeatable); the option of the same name wins.",
+        help="Any config field but mode/seed as key=value, for every child (repeatable); the option of the same "
+        "name wins.",
     ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."
@@ -435,9 +439,9 @@ def _sweep_executor(name: str, address: str | None, parallel: int, cpus: float, 
 def mlproject_sweep(ctx: typer.Context) -> None:
     """`sweep` for the MLproject's sweep entry point, which declares no parameters (see `mlproject-train`).
 
-    The sweep's own options (modes, seeds, seed_list, config, format, output, parallel, executor, address,
-    cpus_per_run, gpus_per_run, group_seeds: true | false | auto) keep their meaning; every other `-P key=value` is a config field for every child,
-    the same fields as `sweep`'s options (mode and seed are the grid's: -P modes=, -P seeds=).
+    The sweep's own options (modes, seeds, seed_list, config, format, output, parallel, executor, address, cpus_per_run,
+    gpus_per_run, group_seeds: true | false | auto) keep their meaning; every other `-P key=value` is a config field for
+    every child, the same fields as `sweep`'s options (mode and seed are the grid's: -P modes=, -P seeds=).
     """
     pairs = _mlproject_pairs(ctx.args)
     own = {k: pairs.pop(k) for k in MLPROJECT_SWEEP_OWN if k in pairs}
@@ -492,8 +496,6 @@ def serve_command(
 
 
 # `tune` and its MLproject form: bertpooled.cli_tune (kept apart: this module stays readable in one sitting).
-from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command
-
 config_command("tune", exclude=TUNE_AXES)(tune_command)
 app.command("mlproject-tune", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     mlproject_tune
@@ -505,4 +507,4 @@ def main() -> None:  # pragma: no cover - console entry point for `python -m ber
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

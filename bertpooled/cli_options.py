@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import functools
 import inspect
+import itertools
 import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ def field_docs(cls: type) -> dict[str, str]:
         except (OSError, TypeError):  # no source (a builtin base, or a frozen build): no help, still an option
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for stmt, after in zip(body, body[1:]):
+        for stmt, after in itertools.pairwise(body):
             if (
                 isinstance(stmt, ast.AnnAssign)
                 and isinstance(stmt.target, ast.Name)
@@ -80,7 +81,8 @@ def field_docs(cls: type) -> dict[str, str]:
                 and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)
             ):
-                docs[stmt.target.id] = inspect.cleandoc(after.value.value)
+                # One paragraph: a docstring wrapped over several lines is still one line of --help.
+                docs[stmt.target.id] = " ".join(inspect.cleandoc(after.value.value).splitlines())
     return docs
 
 
@@ -120,7 +122,7 @@ def fields_but(exclude: Iterable[str] = ()) -> tuple[ConfigField, ...]:
 def _option(field: ConfigField) -> inspect.Parameter:
     # None when not given, never the dataclass default: an option left out must not override the YAML file.
     info = typer.Option(None, *field.decls, help=field.help, show_default=False)
-    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=Optional[field.kind])
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=Optional[field.kind])  # noqa: UP045 - typing.Union at runtime: typer reads it
 
 
 def with_config_options(command: Callable[..., Any], *, exclude: Iterable[str] = ()) -> Callable[..., Any]:

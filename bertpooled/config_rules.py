@@ -192,5 +192,6 @@ def check_pooling_combination(cfg: Config, spec, position) -> None:
         _bad(
             "pool",
             cfg.pool,
-            f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={cfg.pool_at} (encoder layers expect their hidden size)",
+            f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={cfg.pool_at} (encoder layers "
+            "expect their hidden size)",
         )

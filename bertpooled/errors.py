@@ -33,7 +33,7 @@ def short_text(value: object, limit: int = 80) -> str:
 
 
 # What to do about an OS error on a path the user gave, by errno; anything else: check the path.
-_OS_FIXES = {
+_OS_FIXES: dict[int | None, str] = {  # looked up with OSError.errno, which may be None
     errno.ENAMETOOLONG: "use a shorter path (the system allows at most 255 characters per name, 4,096 in all)",
     errno.ELOOP: "a symbolic link there points back at itself: remove the loop or pass another path",
     errno.ENOENT: "check the path",

@@ -97,7 +97,7 @@ def test_bf16_on_a_cpu_without_it_exits_2_before_any_run_exists(store, tiny_bert
 
 def test_bf16_with_device_cpu_is_a_valid_config_now_and_mps_is_still_refused():
     assert load_config(overrides={"precision": "bf16", "device": "cpu"}).precision == "bf16"
-    with pytest.raises(BertpooledError, match="precision='bf16' is not valid.*device=mps"):
+    with pytest.raises(BertpooledError, match=r"precision='bf16' is not valid.*device=mps"):
         load_config(overrides={"precision": "bf16", "device": "mps"})
 
 

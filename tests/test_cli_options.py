@@ -266,7 +266,7 @@ def test_mistakes_in_config_options_are_still_one_line(args, words):
     assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None))), result.output
     text = " ".join(result.output.split())
     assert all(word in text for word in words), result.output
-    if not args[0] == "sweep":  # typer's own usage errors come as its box, not as our one line
+    if args[0] != "sweep":  # typer's own usage errors come as its box, not as our one line
         assert len([line for line in result.output.splitlines() if line.startswith("error: ")]) == 1, result.output
 
 
@@ -281,7 +281,7 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
     }
     assert set(project["entry_points"]) == set(accepted)
     sections = re.split(r"^  (\w+):$", text, flags=re.M)[1:]
-    for entry, body in zip(sections[::2], sections[1::2]):
+    for entry, body in zip(sections[::2], sections[1::2], strict=True):
         declared = set(project["entry_points"][entry].get("parameters") or {})
         assert declared <= accepted[entry], entry
         named = set(re.findall(r"-P (\w+)=", body)) - {"key"}  # `-P key=value` is the pattern, no parameter

@@ -199,7 +199,7 @@ def test_load_predictions_notes_nothing_for_missing_artifacts(sweep_store):
 
 
 def test_user_errors(sweep_store):
-    with pytest.raises(BertpooledError, match="unknown experiment 'nope'.*--experiment"):
+    with pytest.raises(BertpooledError, match=r"unknown experiment 'nope'.*--experiment"):
         compare_runs(tracking_uri=sweep_store["uri"], experiment="nope", no_log=True)
     with pytest.raises(BertpooledError, match="matched no runs"):
         compare_runs(tracking_uri=sweep_store["uri"], filter="params.`config/mode` = 'hourglass'", no_log=True)

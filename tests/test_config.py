@@ -143,6 +143,6 @@ def test_system_metrics_without_psutil_is_a_one_line_error(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psutil" else real(name, *a))
-    with pytest.raises(BertpooledError, match="system_metrics.*install psutil"):
+    with pytest.raises(BertpooledError, match=r"system_metrics.*install psutil"):
         load_config(None, {"system_metrics": "true"})
     assert load_config(None, {}).system_metrics is False

@@ -294,7 +294,7 @@ def test_every_encoder_variant_trains_logs_its_cost_and_serves_without_pickle(st
         from bertpooled import data
 
         imdb = data.load_imdb(str(tiny_imdb))
-        texts = {i: t for i, t in zip(imdb.test.ids, imdb.test.texts)}
+        texts = dict(zip(imdb.test.ids, imdb.test.texts, strict=True))
         ids = [line.split(",")[0] for line in logged]
         served = model.predict([texts[i] for i in ids], params={"predict_method": "predict_proba"})[:, 1]
         expected = np.array([float(line.split(",")[2]) for line in logged])
@@ -350,7 +350,7 @@ def test_layer_k_past_the_encoder_and_other_architectures_fail_in_check(tiny_ber
         vocab_size=40, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64
     ).save_pretrained(folder)
     other = {**base, "model": str(folder), "max_len": 16}
-    with pytest.raises(BertpooledError, match="needs a BERT-family backbone .* 'distilbert'") as err:
+    with pytest.raises(BertpooledError, match=r"needs a BERT-family backbone .* 'distilbert'") as err:
         prepare.check(load_config(overrides={**other, "pool_at": "layer:1"}))
     assert "\n" not in str(err.value)
     prepare.check(load_config(overrides={**other, "pool_at": "output"}))  # output pooling works on any architecture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import typer
 from mlflow.tracking import MlflowClient
-from test_faults import hanging_server
+from test_faults import hanging_server  # noqa: F401 - a pytest fixture, used by name below
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
@@ -263,7 +263,7 @@ def test_a_store_failure_names_the_fix_that_fits_its_cause_and_no_other(message,
 def test_mlflows_own_log_lines_keep_their_first_line_and_lose_their_traceback():
     import logging
 
-    import mlflow
+    import mlflow  # noqa: F401 - importing it sets up the 'mlflow' logger's handlers
 
     from bertpooled.tracking.probe import keep_tracebacks_out
 
@@ -517,7 +517,7 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
         ]
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-        gone, alive = psutil.wait_procs(workers, timeout=120)
+        _gone, alive = psutil.wait_procs(workers, timeout=120)
         assert alive == [], [p.cmdline() for p in alive]  # they stayed under PID 1 for good before
     finally:
         if proc.poll() is None:
@@ -883,7 +883,7 @@ def _edit_width(spec):
     return spec
 
 
-def test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tmp_path, monkeypatch):
+def test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tmp_path, monkeypatch):  # noqa: F811
     import time
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", hanging_server)

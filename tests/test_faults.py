@@ -62,7 +62,7 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on a SQLite store with served artifacts, on loopback; its URI."""
     folder = tmp_path_factory.mktemp("server")
     port = free_port()
-    log = open(folder / "server.log", "ab")
+    log = open(folder / "server.log", "ab")  # noqa: SIM115 - the server's log for its lifetime, closed in the finally below
     proc = subprocess.Popen(
         [
             sys.executable,

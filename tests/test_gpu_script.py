@@ -96,7 +96,8 @@ def test_the_device_script_runs_every_stage_on_cpu_and_brings_back_store_and_rep
         .execute(
             "select e.name, r.status, t.value from runs r join experiments e on r.experiment_id = e.experiment_id "
             "left join tags t on t.run_uuid = r.run_uuid and t.key = 'variant' "
-            "where r.run_uuid not in (select run_uuid from tags where key = 'bertpooled.kind' and value in ('sweep', 'comparison'))"
+            "where r.run_uuid not in (select run_uuid from tags where key = 'bertpooled.kind' and value in "
+            "('sweep', 'comparison'))"
         )
         .fetchall()
     )

@@ -171,7 +171,7 @@ def test_per_seed_step_is_bitwise_the_step_alone(padding):
             alone_logits = model(ids[idx[s]], lengths[idx[s]])
             F.binary_cross_entropy_with_logits(alone_logits, labels[idx[s]]).backward()
             assert torch.equal(logits[s], alone_logits)
-            for (name, stacked), param in zip(group.head.head_parameters(), model.head.parameters()):
+            for (name, stacked), param in zip(group.head.head_parameters(), model.head.parameters(), strict=True):
                 assert torch.equal(stacked.grad[s], param.grad), name
 
 

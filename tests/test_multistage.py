@@ -1,4 +1,5 @@
-"""Multi-stage pooling inside the encoder (`layer:2,layer:4`), fine-tuning at every position, precision, GPU cost guards."""
+"""Multi-stage pooling inside the encoder (`layer:2,layer:4`), fine-tuning at every position, precision, GPU cost
+guards."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def test_masked_average_excludes_padding_exactly():
 def test_masked_max_ignores_padding_even_when_padding_is_larger():
     x = torch.tensor([[[1.0], [2.0], [100.0], [100.0]]])
     mask = lengths_mask(torch.tensor([3]), 4)
-    y, m = pool_sequence(x, mask, PoolSpec.parse("max:2x1"))
+    y, _ = pool_sequence(x, mask, PoolSpec.parse("max:2x1"))
     assert y.flatten().tolist() == [2.0, 100.0]
     x[0, 2, 0] = -5.0
     y, _ = pool_sequence(x, mask, PoolSpec.parse("max:2x1"))

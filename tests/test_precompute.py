@@ -77,7 +77,7 @@ def test_a_seed_group_shares_one_precomputed_copy_and_matches_its_seeds_alone():
     histories = fitted.histories
     assert fitted.precomputed and group.features.kind == "precomputed"
     for s, model in enumerate(group.split()):
-        _, history, alone_model, alone_probs, _ = run(grouped.with_seed(prepared, [0, 1][s]), 1024)
+        _, history, _alone_model, alone_probs, _ = run(grouped.with_seed(prepared, [0, 1][s]), 1024)
         np.testing.assert_allclose([h.loss for h in histories[s]], [h.loss for h in history], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
             train.predict_proba(model, prepared.test_tokens, 64, CPU), alone_probs, rtol=1e-5, atol=1e-6

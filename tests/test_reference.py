@@ -49,14 +49,14 @@ def _inputs(tiny_bert, tiny_imdb, **overrides):
 
 def test_the_reference_reads_the_decoded_tokens_the_lstm_reads_or_the_full_review(store, tiny_bert, tiny_imdb):
     cfg, info, imdb, train_split, test_split, phases = _inputs(tiny_bert, tiny_imdb, max_len=6)
-    train_texts, test_texts, tokenizer, _ = reference.texts(cfg, info, imdb, train_split, test_split, phases, Shared())
+    _train_texts, test_texts, tokenizer, _ = reference.texts(cfg, info, imdb, train_split, test_split, phases, Shared())
     # max_len 6 = [CLS] + 4 words + [SEP]: every review is cut to its first four (lower-cased) words.
     assert [len(t.split()) for t in test_texts] == [min(4, len(r.split())) for r in test_split.texts]
     assert test_texts[0].split() == test_split.texts[0].lower().split()[:4]
     assert tokenizer is not None and "tokenize" in phases.seconds
 
     full = load_config(SMOKE, {**cfg.to_dict(), "reference_text": "full"})
-    full_train, full_test, no_tokenizer, _ = reference.texts(
+    _full_train, full_test, no_tokenizer, _ = reference.texts(
         full, info, imdb, train_split, test_split, phases, Shared()
     )
     assert full_test == test_split.texts and no_tokenizer is None
@@ -120,7 +120,7 @@ def test_a_reference_run_logs_the_contract_and_a_pickle_free_pyfunc(text, store,
     assert model.predict(pd.DataFrame({"text": pd.Series([], dtype=str)})).shape == (0,)
     # The served model reads raw reviews exactly as training read them: same probability per test review.
     test = data.load_imdb(str(tiny_imdb)).test
-    texts = dict(zip(test.ids, test.texts))
+    texts = dict(zip(test.ids, test.texts, strict=True))
     served = model.predict([texts[i] for i in preds["id"]], params={"predict_method": "predict_proba"})
     np.testing.assert_allclose(served[:, 1], preds["probability"].to_numpy(), rtol=1e-6)
     labels = model.predict([texts[i] for i in preds["id"]])
@@ -153,7 +153,9 @@ def test_the_reference_tokenizes_through_the_same_cache_as_the_neural_modes(stor
     cfg, info, imdb, train_split, test_split, phases = _inputs(tiny_bert, tiny_imdb)
     neural = load_config(SMOKE, {**cfg.to_dict(), "mode": "basic"})
     prepared = prepare.prepare(neural, info, imdb, train_split, test_split, measure.Phases())
-    _, test_texts, tokenizer, hit = reference.texts(cfg, info, imdb, train_split, test_split, phases, Shared())
+    _, test_texts, _tokenizer, hit = reference.texts(cfg, info, imdb, train_split, test_split, phases, Shared())
     assert hit  # prepare.prepare wrote the disk cache entry the reference read
     ids = prepared.test_tokens
-    assert test_texts == reference.decode(backbone.load_tokenizer(info), [r[:n] for r, n in zip(ids.ids, ids.lengths)])
+    assert test_texts == reference.decode(
+        backbone.load_tokenizer(info), [r[:n] for r, n in zip(ids.ids, ids.lengths, strict=True)]
+    )

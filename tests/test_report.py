@@ -63,7 +63,7 @@ def run_row(
 
 def study(pool_correct, basic_correct=(850, 860, 855), extra_rows=(), pool_extra=None):
     rows, preds = [], {}
-    for seed, (b, p) in enumerate(zip(basic_correct, pool_correct)):
+    for seed, (b, p) in enumerate(zip(basic_correct, pool_correct, strict=True)):
         rows.append(run_row(f"basic{seed}", "basic", seed, b, total_s=100.0 + seed, train_s=80.0))
         preds[f"basic{seed}"] = predictions(b)
         rows.append(
@@ -230,7 +230,7 @@ def test_group_by_two_keys_compares_within_the_other_key():
 
 def test_unknown_group_key_is_a_user_error():
     runs, preds = study(SAME)
-    with pytest.raises(BertpooledError, match="cannot group by 'optimizer'.*--group-by"):
+    with pytest.raises(BertpooledError, match=r"cannot group by 'optimizer'.*--group-by"):
         build_report(runs, preds, group_by="optimizer")
 
 
@@ -580,7 +580,7 @@ def test_no_ratio_of_a_phase_that_took_under_ten_milliseconds_on_either_side():
 
 def test_no_parameter_ratio_between_model_families():
     rows, preds = [], {}
-    for seed, (b, r) in enumerate(zip((850, 860, 855), SAME)):
+    for seed, (b, r) in enumerate(zip((850, 860, 855), SAME, strict=True)):
         rows.append(run_row(f"basic{seed}", "basic", seed, b, total_s=100.0, train_s=80.0))
         rows.append(run_row(f"reference{seed}", "reference", seed, r, total_s=20.0, train_s=5.0, head=8_000))
         preds[f"basic{seed}"], preds[f"reference{seed}"] = predictions(b), predictions(r)

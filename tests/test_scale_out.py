@@ -4,6 +4,7 @@ and a sweep that loses its worker node mid-run still ends with every child FINIS
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
-from test_server import PG_BIN, free_port, postgres, server
+from test_server import PG_BIN, free_port, postgres, server  # noqa: F401 - postgres, server: pytest fixtures
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
@@ -71,10 +72,8 @@ def session_pids(sid: int) -> list[int]:
 
 def kill_session(proc: subprocess.Popen, sig: int) -> None:
     for pid in session_pids(proc.pid):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, sig)
-        except OSError:
-            pass
 
 
 class Cluster:
@@ -103,7 +102,7 @@ class Cluster:
                 *args,
             ],
             env=self.env,
-            stdout=open(self.logs / f"{name}.log", "ab"),
+            stdout=open(self.logs / f"{name}.log", "ab"),  # noqa: SIM115 - the node's log for its lifetime
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -123,7 +122,8 @@ class Cluster:
     def _wait_for_worker(self, proc: subprocess.Popen, timeout: float = 120) -> str:
         script = (
             f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR');"
-            f"print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and {WORKER_RESOURCE!r} in n['Resources']]))"
+            f"print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and {WORKER_RESOURCE!r} in "
+            "n['Resources']]))"
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -143,10 +143,8 @@ class Cluster:
 
     def stop(self, proc: subprocess.Popen) -> None:
         kill_session(proc, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
         kill_session(proc, signal.SIGKILL)  # whatever ignored SIGTERM: no node outlives its test
 
     def stop_all(self) -> None:
@@ -188,7 +186,7 @@ def cluster(tmp_path_factory):
         nodes.stop_all()
 
 
-def sweep(server, cluster, experiment: str, *args: str, executor: str = "ray", timeout: float = 480, wait: bool = True):
+def sweep(server, cluster, experiment: str, *args: str, executor: str = "ray", timeout: float = 480, wait: bool = True):  # noqa: F811 - the server fixture
     cmd = [
         sys.executable,
         "-m",
@@ -284,7 +282,7 @@ def test_bad_ray_sweeps_fail_in_one_line_before_joining_a_cluster(
 
 
 @on_a_cluster
-def test_a_sweep_on_two_nodes_computes_what_the_local_executor_does(server, cluster, tiny_bert, tiny_imdb):
+def test_a_sweep_on_two_nodes_computes_what_the_local_executor_does(server, cluster, tiny_bert, tiny_imdb):  # noqa: F811 - the server fixture
     worker, worker_id = cluster.add_worker()
     try:
         grid = (
@@ -328,7 +326,7 @@ def test_a_sweep_on_two_nodes_computes_what_the_local_executor_does(server, clus
 
 
 @on_a_cluster
-def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(server, cluster, tiny_bert, tmp_path):
+def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(server, cluster, tiny_bert, tmp_path):  # noqa: F811 - the server fixture
     data = write_imdb_archive(write_imdb_tree(tmp_path / "imdb", per_label=100), tmp_path / "aclImdb_v1.tar.gz")
     grid = (
         "--model",
@@ -360,7 +358,7 @@ def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(serv
                     break
             time.sleep(0.2)
         assert killed is not None, "no child reached a checkpoint on the worker node before the sweep ended"
-        out, err = proc.communicate(timeout=420)
+        _out, err = proc.communicate(timeout=420)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -391,7 +389,10 @@ def test_a_sweep_that_loses_its_worker_node_still_finishes_every_child_once(serv
 
 @on_a_cluster
 def test_ctrl_c_on_the_driver_marks_the_sweep_killed_and_a_resume_continues_from_the_checkpoint(
-    server, cluster, tiny_bert, tmp_path
+    server,  # noqa: F811 - the server fixture
+    cluster,
+    tiny_bert,
+    tmp_path,
 ):
     data = write_imdb_archive(write_imdb_tree(tmp_path / "imdb", per_label=100), tmp_path / "aclImdb_v1.tar.gz")
     grid = (
@@ -421,7 +422,7 @@ def test_ctrl_c_on_the_driver_marks_the_sweep_killed_and_a_resume_continues_from
                     break
             time.sleep(0.2)
         assert stopped is not None, "the child reached no checkpoint before the sweep ended"
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

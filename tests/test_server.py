@@ -113,7 +113,7 @@ class Server:
                 "1",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.artifacts.parent / "server.log", "ab"),
+            stderr=open(self.artifacts.parent / "server.log", "ab"),  # noqa: SIM115 - the server's log for its lifetime
             start_new_session=True,
         )
         log = self.artifacts.parent / "server.log"

@@ -39,7 +39,7 @@ def _long_texts(n=60, seed=0):
         "isn't",
     ]
     texts = []
-    for i in range(n):
+    for _ in range(n):
         k = rng.choice([3, 50, 120, 400, 2000])
         texts.append(" ".join(rng.choice(words) for _ in range(k)))
     texts.append("x" * 5000)  # one huge 'word': the cut finds no space and keeps the whole review
@@ -52,7 +52,7 @@ def test_cutting_long_reviews_before_tokenizing_gives_exactly_the_full_tokenizat
     texts = _long_texts()
     fast = tokens.tokenize(minilm_tokenizer, texts, max_len, progress=False)
     full = minilm_tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]
-    for row, ref, n in zip(fast.ids, full, fast.lengths):
+    for row, ref, n in zip(fast.ids, full, fast.lengths, strict=True):
         assert row[:n].tolist() == ref
         assert (row[n:] == minilm_tokenizer.pad_token_id).all()
 

@@ -173,7 +173,7 @@ def test_resume_continues_a_stopped_study_in_the_same_parent_run(tiny, store, mo
     stopped = next(r for r in runs if r.data.tags.get("tune/trial") == "1")
     assert (stopped.info.status, stopped.data.tags["tune/state"]) == ("KILLED", "FAIL")
 
-    with pytest.raises(BertpooledError, match="already exists.*--resume"):
+    with pytest.raises(BertpooledError, match=r"already exists.*--resume"):
         tuning.run_study(study_plan, trials=3, log=quiet)
     outcome = tuning.run_study(study_plan, trials=3, resume=True, pruner=optuna.pruners.NopPruner(), log=quiet)
     assert outcome.parent_run_id == parent.info.run_id

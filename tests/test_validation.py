@@ -40,7 +40,7 @@ def test_validation_fraction_out_of_range_is_a_config_error(value):
 
 def test_runs_split_validation_from_training_rows_never_test_rows(tiny_imdb):
     cfg = load_config(SMOKE, {"data": str(tiny_imdb), "max_train_examples": 32, "validation_fraction": 0.25})
-    imdb, train, test = prepare.read_data(cfg, Phases())
+    _imdb, train, test = prepare.read_data(cfg, Phases())
     fit_rows, val = prepare.split_validation(cfg, train)
     assert set(fit_rows.ids) | set(val.ids) == set(train.ids)
     assert not set(fit_rows.ids) & set(val.ids)
@@ -56,7 +56,7 @@ def test_runs_split_validation_from_training_rows_never_test_rows(tiny_imdb):
 def test_a_split_that_leaves_a_label_out_is_one_line_error(tiny_imdb):
     cfg = load_config(SMOKE, {"data": str(tiny_imdb), "max_train_examples": 4, "validation_fraction": 0.1})
     _, train, _ = prepare.read_data(cfg, Phases())
-    with pytest.raises(BertpooledError, match="validation_fraction=0.1 of 4 training reviews"):
+    with pytest.raises(BertpooledError, match=r"validation_fraction=0.1 of 4 training reviews"):
         prepare.split_validation(cfg, train)
 
 

@@ -27,7 +27,8 @@ def main(experiment: str, output: str) -> None:
         "",
         f"From {len(runs)} runs of experiment `{experiment}` (`benchmarks/gpu/run_on_device.sh seeds`).",
         "",
-        "| mode | seeds (S) | device | precision | steps | group training s | a seed's share of a step (ms) | test accuracy, mean |",
+        "| mode | seeds (S) | device | precision | steps | group training s | a seed's share of a step (ms) | "
+        "test accuracy, mean |",
         "|---|---:|---|---|---:|---:|---:|---:|",
     ]
     total = 0.0
@@ -43,7 +44,8 @@ def main(experiment: str, output: str) -> None:
         accuracy = sum(r.data.metrics["test/accuracy"] for r in mine) / len(mine)
         total += group_s
         lines.append(
-            f"| {mode} | {seeds} | {first.params.get('runtime/device', '?')} | {first.params.get('runtime/precision', '?')} "
+            f"| {mode} | {seeds} | {first.params.get('runtime/device', '?')} | "
+            f"{first.params.get('runtime/precision', '?')} "
             f"| {steps:,} | {group_s:.1f} | {share_ms:.3f} | {accuracy:.4f} |"
         )
     lines += [

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def compute(
 
 
 def load_or_compute(
-    make: callable, *, key: str, cache_dir: Path | None, rows: int, meta: dict[str, str]
+    make: Callable[[], Features], *, key: str, cache_dir: Path | None, rows: int, meta: dict[str, str]
 ) -> tuple[Features, bool]:
     """(features, hit): from `cache_dir/features/<key>.safetensors` when present and whole, else `make()` and store."""
     from safetensors import SafetensorError

@@ -189,15 +189,17 @@ def _load_parsed(file: Path, source: str) -> Imdb | None:
         ends = list(itertools.accumulate(head["sizes"]))
         if head["version"] != _PARSED_VERSION or (ends[-1] if ends else 0) != len(blob):
             return None
-        raws = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+        raws = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         texts = [str(raw, "utf-8") for raw in raws]
         n = len(head["train"])
-        train, test = (Split(head[s], t, _labels(head[s], s)) for s, t in zip(SPLITS, (texts[:n], texts[n:])))
+        train, test = (
+            Split(head[s], t, _labels(head[s], s)) for s, t in zip(SPLITS, (texts[:n], texts[n:]), strict=True)
+        )
         # The digest the run logs as data/digest is recomputed from the bytes read here, not trusted from the
         # header: an altered entry would otherwise train on other text under the original's digest.
         digest = hashlib.sha256()
         for split in (train, test):
-            for rid, label, raw in zip(split.ids, split.labels, raws[:n] if split is train else raws[n:]):
+            for rid, label, raw in zip(split.ids, split.labels, raws[:n] if split is train else raws[n:], strict=True):
                 digest.update(f"{rid}\0{label}\0".encode())
                 digest.update(raw)
                 digest.update(b"\0")
@@ -296,10 +298,13 @@ def _read_archive(path: Path, progress: bool | None) -> _Found:
                 match = _MEMBER.search(member.name)
                 if match is None or not member.isfile():
                     continue
-                data = tar.extractfile(member).read()
+                file = tar.extractfile(member)
+                assert file is not None  # a regular file (checked above)
+                data = file.read()
                 if len(data) != member.size:
                     raise EOFError(f"{member.name} ends early")
-                _add(found, *match.groups(), data, where=f"{member.name} in {path}")
+                split, label, stem = match.groups()
+                _add(found, split, label, stem, data, where=f"{member.name} in {path}")
                 if i % 512 == 0:
                     bar.update(raw.tell() - bar.n)
             # tarfile takes a cut-off header for the end of the archive; reading to the end makes the
@@ -354,7 +359,7 @@ def _assemble(found: _Found, source: str, path: Path) -> Imdb:
         rows = {**found[(s, "neg")], **found[(s, "pos")]}
         ids = sorted(rows)
         labels, texts = _labels(ids, s), []
-        for rid, label in zip(ids, labels):
+        for rid, label in zip(ids, labels, strict=True):
             text, raw = rows[rid]
             texts.append(text)
             digest.update(f"{rid}\0{label}\0".encode())
@@ -391,7 +396,7 @@ def balanced_subset(
         base, extra = divmod(int(n), len(classes))
         # the remainder goes to the highest labels (for 0/1 labels: the odd row is a 1)
         quotas = [base + (i >= len(classes) - extra) for i in range(len(classes))]
-        picks = [p[:q] for p, q in zip(picks, quotas)]
+        picks = [p[:q] for p, q in zip(picks, quotas, strict=True)]
     if not picks:
         return np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate(picks)).astype(np.int64)

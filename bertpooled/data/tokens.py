@@ -1,4 +1,5 @@
-"""Token ids for a split, cached on disk per (tokenizer, data digest, split, max_len) so a second run skips tokenizing."""
+"""Token ids for a split, cached on disk per (tokenizer, data digest, split, max_len): a second run skips
+tokenizing."""
 
 from __future__ import annotations
 
@@ -90,7 +91,9 @@ def load_or_tokenize(
     progress: bool | None = None,
     desc: str = "tokenize",
 ) -> tuple[Tokens, bool]:
-    """Tokens from `cache_dir/tokens/<key>.npz` when present and intact, else tokenize and store them. Returns (tokens, hit).
+    """Tokens from `cache_dir/tokens/<key>.npz` when present and intact, else tokenize and store them.
+
+    Returns (tokens, hit).
 
     An entry holds the sha256 of its arrays and is used only when they still match it and the request's shape: a
     truncated, bit-flipped or replaced entry is rebuilt, with one warning line. A cache that cannot be written

@@ -7,13 +7,15 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from bertpooled.errors import BertpooledError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from bertpooled.model.heads import EmbeddingLayer
 
 DEFAULT = "minilm"
@@ -33,7 +35,8 @@ def resolve(name: str) -> str:
     expanded = os.path.expanduser(name)
     if name.startswith((".", "/", "~")) and not Path(expanded).is_dir():
         raise BertpooledError(
-            f"backbone folder {name} does not exist: pass an existing folder saved with save_pretrained, or use --model minilm"
+            f"backbone folder {name} does not exist: pass an existing folder saved with save_pretrained, or use "
+            "--model minilm"
         )
     return expanded if name.startswith("~") else name
 
@@ -113,7 +116,7 @@ class WordEmbeddings:
     layer: EmbeddingLayer | None = None
 
 
-def load_model(info: BackboneInfo) -> torch.nn.Module:
+def load_model(info: BackboneInfo) -> PreTrainedModel:
     """The backbone's base model (`AutoModel`), frozen (no gradients), in eval mode, on CPU; a one-line error if it
     cannot load. The one place a backbone's weights are read."""
     from transformers import AutoModel
@@ -125,7 +128,7 @@ def load_model(info: BackboneInfo) -> torch.nn.Module:
     return model.requires_grad_(False).eval()
 
 
-def from_json_config(values: dict) -> torch.nn.Module:
+def from_json_config(values: dict) -> PreTrainedModel:
     """A backbone of the architecture `values` describes (its `config.to_dict()`), randomly initialised: a logged
     model's weights are loaded over it, so serving needs neither a download nor the original folder."""
     from transformers import AutoConfig, AutoModel
@@ -139,13 +142,13 @@ def load_word_embeddings(info: BackboneInfo, whole_layer: bool = False) -> WordE
     """Load the backbone once and keep its word table (`get_input_embeddings()`), and with `whole_layer` the rest
     of its embedding layer, checked to give what the backbone's own embedding module gives."""
     model = load_model(info)
-    table = model.get_input_embeddings().weight.detach().float().contiguous().clone()
+    table = cast(torch.Tensor, model.get_input_embeddings().weight).detach().float().contiguous().clone()
     total = sum(p.numel() for p in model.parameters())
     layer = embedding_layer_of(model, info.name) if whole_layer else None
     return WordEmbeddings(table=table, backbone_params=total, layer=layer)
 
 
-def embedding_layer_of(model: torch.nn.Module, name: str) -> EmbeddingLayer:
+def embedding_layer_of(model: PreTrainedModel, name: str) -> EmbeddingLayer:
     """The frozen rest of `model.embeddings` (BERT layout: absolute positions, token types, LayerNorm).
 
     Checked on a probe of token ids against the module itself in eval mode, so a backbone whose embedding
@@ -154,7 +157,7 @@ def embedding_layer_of(model: torch.nn.Module, name: str) -> EmbeddingLayer:
     from bertpooled.model.heads import EmbeddingLayer
 
     module = getattr(model, "embeddings", None)
-    parts = [
+    parts: list[Any] = [  # the modules, or None where this architecture has none
         getattr(module, a, None)
         for a in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm")
     ]
@@ -190,7 +193,7 @@ def embedding_layer_of(model: torch.nn.Module, name: str) -> EmbeddingLayer:
     return layer
 
 
-def fingerprint(model: torch.nn.Module) -> str:
+def fingerprint(model: PreTrainedModel) -> str:
     """sha256 of the backbone's config and every weight: any change to either misses the feature cache."""
     import json
 

@@ -1,20 +1,24 @@
 """One model spec, one builder: training and serving build the classifier from the same `ModelSpec`.
 
-The spec is what the logged model stores as `model_config.json`; the model layer never reads the experiment
-`Config` (`bertpooled.run.fit.spec_of` makes a spec from one). Building a model draws its initial weights from torch's generator as it stands: the caller seeds
-it (a run seeds right before building, so the head's initialisation is the run's seed alone).
+The spec is what the logged model stores as `model_config.json`; the model layer never reads the experiment `Config`
+(`bertpooled.run.fit.spec_of` makes a spec from one). Building a model draws its initial weights from torch's generator
+as it stands: the caller seeds it (a run seeds right before building, so the head's initialisation is the run's seed
+alone).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bertpooled.model.heads import EmbeddingLayer, EncoderLSTMClassifier, PooledLSTMClassifier
+from bertpooled.model.heads import Classifier, EmbeddingLayer, EncoderLSTMClassifier, PooledLSTMClassifier
 from bertpooled.model.pooling import PoolPosition, PoolSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,10 @@ def build(
     *,
     table: torch.Tensor | None = None,
     layer: EmbeddingLayer | None = None,
-    backbone: torch.nn.Module | None = None,
+    backbone: PreTrainedModel | None = None,
     table_pooled: bool = False,
     trainable_backbone: bool = False,
-) -> torch.nn.Module:
+) -> Classifier:
     """The classifier: frozen input features (`table`, `layer`) + head, or `backbone` + head.
 
     `table_pooled`: the word table is already pooled on its hidden axis (what a logged features=embeddings model
@@ -74,10 +78,12 @@ def build(
     from bertpooled.model.encoder import PoolingEncoder
 
     if spec.features != "encoder":
+        assert table is not None, "a head on input features needs the word table"
         pool = PoolSpec(spec.pool.kind, spec.pool.seq, 1) if table_pooled else spec.pool
         return PooledLSTMClassifier(
             table, pool, units=spec.lstm_units, padding=spec.padding, init=spec.init, layer=layer, bias=spec.lstm_bias
         )
+    assert backbone is not None, "features=encoder needs a backbone"
     if trainable_backbone:
         backbone = copy.deepcopy(backbone).requires_grad_(True)
     out_pool = spec.pool if spec.pool_at.where == "output" else PoolSpec()
@@ -87,13 +93,15 @@ def build(
     )
 
 
-def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> Classifier:
     """A logged model rebuilt from its spec and its safetensors weights, in eval mode (no download, no pickle)."""
     if spec.features == "encoder":
         from bertpooled.model.backbone import from_json_config
 
+        assert spec.backbone_config is not None, "an encoder model's spec stores its backbone's config"
         model = build(spec, backbone=from_json_config(spec.backbone_config).eval())
     elif spec.features == "embedding_layer":
+        assert spec.layer_norm_eps is not None, "an embedding_layer model's spec stores its LayerNorm's eps"
         layer = EmbeddingLayer(
             state["layer.positions"],
             state["layer.token_type"],

@@ -1,18 +1,23 @@
 """The backbone as a feature extractor: hidden states of the encoder, with sequence pooling between its layers.
 
-`PoolingEncoder` runs a BERT-family encoder itself, module by module (embeddings -> layers[:K] -> pooling of
-the hidden states *and* the attention mask -> layers[K:], again before each further stage's layer), with the attention mask built by the same
-transformers helper BertModel uses, so with a window of 1 it computes exactly what `BertModel` computes. Other
-architectures run whole (`AutoModel`), which serves `features=encoder` with no pooling or pooling at the output.
+`PoolingEncoder` runs a BERT-family encoder itself, module by module (embeddings -> layers[:K] -> pooling of the hidden
+states *and* the attention mask -> layers[K:], again before each further stage's layer), with the attention mask built
+by the same transformers helper BertModel uses, so with a window of 1 it computes exactly what `BertModel` computes.
+Other architectures run whole (`AutoModel`), which serves `features=encoder` with no pooling or pooling at the output.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from bertpooled.errors import BertpooledError
 from bertpooled.model.pooling import PoolPosition, PoolSpec, pool_sequence
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Model types whose AutoModel is transformers' BertModel (embeddings, encoder.layer[i]): layer:K runs on these.
 LAYER_POOLING_TYPES = ("bert",)
@@ -42,7 +47,7 @@ class PoolingEncoder(nn.Module):
     so a cache of this module's output serves every output pooling.
     """
 
-    def __init__(self, model: nn.Module, position: PoolPosition, spec: PoolSpec) -> None:
+    def __init__(self, model: PreTrainedModel, position: PoolPosition, spec: PoolSpec) -> None:
         super().__init__()
         self.model = model
         # A 1x1 window at layer:K still takes the pooling path (pool, rebuild the mask): the test that it equals
@@ -58,11 +63,11 @@ class PoolingEncoder(nn.Module):
             return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state, mask
         from transformers.masking_utils import create_bidirectional_mask
 
-        bert = self.model
+        bert: Any = self.model  # BERT's layout (embeddings, encoder.layer), which transformers does not type
         hidden = bert.embeddings(input_ids=ids)
         attention = create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=mask.long())
         for i, layer in enumerate(bert.encoder.layer):
-            if i in self.at_layers:
+            if i in self.at_layers and self.inside is not None:  # at_layers is empty when inside is None
                 # The attention mask is pooled with the sequence at every stage: a window is real when any of its
                 # tokens is, so padding never becomes real however many stages pool it.
                 hidden, mask = pool_sequence(hidden, mask, self.inside)

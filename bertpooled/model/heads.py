@@ -24,6 +24,11 @@ class LSTMHead(nn.Module):
     47 ms per step fused, 6.3 ms factored). The arithmetic is the same LSTM.
     """
 
+    # Buffers (register_buffer), declared for the type checker: nn.Module's __getattr__ says Tensor | Module.
+    bias_hh_l0: torch.Tensor  # a Parameter with bias=torch, a zero buffer with bias=keras
+    _identity: torch.Tensor
+    _no_bias: torch.Tensor
+
     def __init__(self, in_features: int, units: int = 16, init: str = "keras", bias: str = "keras") -> None:
         super().__init__()
         self.in_features, self.units, self.bias = in_features, units, bias
@@ -104,6 +109,8 @@ class PooledLSTMClassifier(nn.Module):
     backbone's whole embedding layer (`layer`: what the original's TensorFlow `get_input_embeddings()(ids)`
     gave): LayerNorm(word + position + token type 0) per token, computed per batch from frozen buffers.
     """
+
+    embeddings: torch.Tensor  # a buffer (register_buffer)
 
     def __init__(
         self,
@@ -190,6 +197,12 @@ class EmbeddingLayer(nn.Module):
     backbone's own module.
     """
 
+    # Buffers (register_buffer).
+    positions: torch.Tensor
+    token_type: torch.Tensor
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+
     def __init__(
         self,
         positions: torch.Tensor,
@@ -270,3 +283,7 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return total, trainable
+
+
+# What `model.build` makes: a head on frozen input features, or a backbone and a head.
+Classifier = PooledLSTMClassifier | EncoderLSTMClassifier

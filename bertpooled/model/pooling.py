@@ -7,6 +7,7 @@ or on the encoder's last hidden state (`output`).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,7 +119,8 @@ class PoolPosition:
 
     @classmethod
     def parse(cls, text: str | PoolPosition | None) -> PoolPosition:
-        """`input`, `output`, `layer:K` or `layer:K1,layer:K2,...` (K increasing) -> PoolPosition; else a one-line error."""
+        """`input`, `output`, `layer:K` or `layer:K1,layer:K2,...` (K increasing) -> PoolPosition; else a one-line
+        error."""
         if isinstance(text, PoolPosition):
             return text
         text = re.sub(r"\s+", "", (text or "input").lower())
@@ -131,8 +133,8 @@ class PoolPosition:
                 f"config: pool_at={text!r} is not valid: use input, output, layer:K (K encoder layers before pooling, "
                 "e.g. layer:2) or several stages as layer:K1,layer:K2 (e.g. layer:2,layer:4)"
             )
-        layers = tuple(int(m[1]) for m in matches)
-        if any(b <= a for a, b in zip(layers, layers[1:])):
+        layers = tuple(int(m[1]) for m in matches if m)  # all match (checked above)
+        if any(b <= a for a, b in itertools.pairwise(layers)):
             raise BertpooledError(
                 f"config: pool_at={text!r} is not valid: list each pooling stage once, in increasing layer order, "
                 "e.g. layer:2,layer:4"

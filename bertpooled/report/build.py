@@ -236,7 +236,8 @@ def _screen_runs(
         run_id = str(row["run_id"])
         name = _run_name(row)
 
-        def skip(category: str, reason: str) -> None:
+        # run_id and name bound now (B023), though skip is only called within this iteration.
+        def skip(category: str, reason: str, run_id: str = run_id, name: str = name) -> None:
             skipped.append({"run_id": run_id, "run_name": name, "reason": reason, "category": category})
 
         kind = row.get(f"tags.{KIND_TAG}")

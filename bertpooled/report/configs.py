@@ -55,7 +55,7 @@ def shared_configs(
     configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
     logged = [set(config) for config in configs.values()]
     # A field some runs never logged (runs from before it existed) cannot be compared; it is named in the notes.
-    unknown = sorted(set().union(*logged) - set.intersection(*logged) - set(group_keys))
+    unknown = sorted(set().union(*logged) - logged[0].intersection(*logged[1:]) - set(group_keys))
     if unknown:
         notes.append(f"config field(s) {', '.join(unknown)} not logged by every run (older runs?); not compared")
     fields = sorted(set.intersection(*logged) - set(group_keys))

@@ -108,7 +108,7 @@ def _holm_adjusted(
                 cache_differs=c.cache_differs,
             ),
         )
-        for c, p in zip(comparisons, adjusted)
+        for c, p in zip(comparisons, adjusted, strict=True)
     ]
     notes.append(
         f"{len(comparisons)} groups are compared with the baseline; the paired t-tests' p-values are "

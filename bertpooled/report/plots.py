@@ -84,7 +84,7 @@ def learning_curves(
     curves = source.learning_curves if isinstance(source, Report) else _mean_curves(source, run_groups)
     figure, axes = plt.subplots(1, len(_CURVE_KEYS), figsize=(10, 4))
     try:
-        for axis, (key, label) in zip(axes, _CURVE_KEYS):
+        for axis, (key, label) in zip(axes, _CURVE_KEYS, strict=True):
             plotted = False
             for group, by_key in curves.items():
                 points = by_key.get(key)
@@ -121,7 +121,7 @@ def _mean_curves(
     curves: dict[str, dict[str, list[dict[str, float]]]] = {}
     for (group, key), part in summary.groupby(["group", "key"]):
         curves.setdefault(str(group), {})[str(key)] = [
-            {"step": int(step), "mean": float(value)} for step, value in zip(part["step"], part["value"])
+            {"step": int(step), "mean": float(value)} for step, value in zip(part["step"], part["value"], strict=True)
         ]
     return curves
 

@@ -30,6 +30,7 @@ import resource
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +47,11 @@ FLOP_EXAMPLES = 8
 
 @contextlib.contextmanager
 def _countable(model: torch.nn.Module):
-    """Run the ops FlopCounterMode has formulas for: native LSTM (not oneDNN's or cuDNN's), eager attention (not SDPA)."""
-    backbones = [m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
+    """Run the ops FlopCounterMode has formulas for: native LSTM (not oneDNN's or cuDNN's), eager attention (not
+    SDPA)."""
+    backbones: list[Any] = [
+        m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")
+    ]
     before = [m.config._attn_implementation for m in backbones]
     try:
         for m in backbones:
@@ -60,7 +64,7 @@ def _countable(model: torch.nn.Module):
             with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
                 yield
     finally:
-        for m, impl in zip(backbones, before):
+        for m, impl in zip(backbones, before, strict=True):
             m.set_attn_implementation(impl)
 
 
@@ -79,7 +83,8 @@ def flops_per_example(model: torch.nn.Module, ids: torch.Tensor, lengths: torch.
 
 
 def extra_batch_sizes(device: torch.device) -> tuple[int, ...]:
-    """Batch sizes timed besides THROUGHPUT_BATCH: (GPU_BATCH,) on CUDA; none on CPU, whose metrics stay as they were."""
+    """Batch sizes timed besides THROUGHPUT_BATCH: (GPU_BATCH,) on CUDA; none on CPU, whose metrics stay as they
+    were."""
     return (GPU_BATCH,) if device.type == "cuda" else ()
 
 

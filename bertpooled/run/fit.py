@@ -310,7 +310,7 @@ def epoch_order(n: int, buffer: int, generator: torch.Generator, stored: np.ndar
     rows = stored.tolist() if stored is not None else list(range(n))
     picks = torch.randint(buffer, (n - buffer,), generator=generator).tolist()
     slots, out = rows[:buffer], []
-    for pick, incoming in zip(picks, rows[buffer:]):
+    for pick, incoming in zip(picks, rows[buffer:], strict=True):
         out.append(slots[pick])
         slots[pick] = incoming
     drain = torch.randperm(buffer, generator=generator).tolist()

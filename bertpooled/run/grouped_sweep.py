@@ -21,7 +21,9 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +51,8 @@ class TrainedSeed:
     checkpoints: list[tuple] = field(default_factory=list)
     """Per finished epoch: (model holding that epoch's head, its Adam, its order generator), as `fit` writes them."""
     precomputed: bool = False
-    """Whether the group trained on precomputed frozen features (`run.prepare.before_training`), as a lone run would log it."""
+    """Whether the group trained on precomputed frozen features (`run.prepare.before_training`), as a lone run would
+    log it."""
     precompute_seconds: float = 0.0
 
 
@@ -60,7 +63,7 @@ def group_key(config: Config) -> str | None:
     return json.dumps({k: v for k, v in config.to_dict().items() if k != "seed"}, sort_keys=True, default=str)
 
 
-def plan_groups(configs: Sequence[Config], alone: set[int] = frozenset()) -> list[list[int]]:
+def plan_groups(configs: Sequence[Config], alone: AbstractSet[int] = frozenset()) -> list[list[int]]:
     """Indices of `configs` in run order: one list per seed group (2 or more seeds) or per lone config.
 
     A group runs where its first member stood; `alone` are indices that must not group (e.g. a run to resume).
@@ -80,7 +83,10 @@ def plan_groups(configs: Sequence[Config], alone: set[int] = frozenset()) -> lis
 
 
 def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) -> dict[int, TrainedSeed]:
-    """Train `seeds` of `prepared.config` in one loop on `prepared.device`; each seed's model, history and checkpoints."""
+    """Train `seeds` of `prepared.config` in one loop on `prepared.device`.
+
+    Returns each seed's model, history and checkpoints.
+    """
     from bertpooled.run import cost
 
     device = prepared.device
@@ -148,14 +154,14 @@ def schedule(
     infos: dict,
     progress: bool | None,
     log: Callable[[str], None],
-) -> list[tuple[object, Callable[[], tuple]]]:
+) -> list[tuple[Any, Callable[[], tuple]]]:
     """The sweep's children (`todo`: .config, .key, .label) in run order, each with `start()` -> (pipeline or
     None, extra tags): a group's first `start()` trains the whole group; a lone child gets (None, {})."""
     configs = [child.config for child in todo]
     if not todo or not enabled(group_seeds, runtime.resolve_device(configs[0].device)):
         return [(child, lambda: (None, {})) for child in todo]
     plan = plan_groups(configs, {i for i, child in enumerate(todo) if child.key in resumable})
-    out = []
+    out: list[tuple[Any, Callable[[], tuple]]] = []
     for members in plan:
         children = [todo[i] for i in members]
         if len(children) == 1:

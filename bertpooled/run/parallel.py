@@ -210,8 +210,9 @@ def run_parallel(
                 for future in futures:
                     future.cancel()
                 for process in multiprocessing.active_children():
-                    with contextlib.suppress(OSError):
-                        os.kill(process.pid, signal.SIGTERM)
+                    if process.pid is not None:  # always, for an active child
+                        with contextlib.suppress(OSError):
+                            os.kill(process.pid, signal.SIGTERM)
             if interrupted or error is not None:
                 stop.set()
     if interrupted:

@@ -75,7 +75,8 @@ def check(config: Config) -> backbone.BackboneInfo:
     spec = config.pool_spec
     if config.feature_kind.whole_layer and info.model_type != "bert":
         raise BertpooledError(
-            f"config: features=embedding_layer needs a BERT-family backbone (model_type bert: minilm, bert-base-uncased), "
+            "config: features=embedding_layer needs a BERT-family backbone (model_type bert: minilm, "
+            "bert-base-uncased), "
             f"and {config.model!r} is {info.model_type!r}: use features=embeddings, or a BERT backbone"
         )
     if config.feature_kind.encoder and not spec.is_identity:
@@ -138,7 +139,7 @@ def split_validation(config: Config, train: data.Split) -> tuple[data.Split, dat
 
 def check_training_subset(config: Config, labels: np.ndarray) -> None:
     """A training subset needs both labels: none or one class would fail (or train a constant) inside the run."""
-    counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))}
+    counts = {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)}
     if len(counts) < 2:
         raise BertpooledError(
             f"config: train_fraction={config.train_fraction} and max_train_examples={config.max_train_examples} "

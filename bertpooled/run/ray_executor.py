@@ -113,7 +113,10 @@ class RayExecutor:
             ray.shutdown()
 
     def describe(self) -> str:
-        return f"Ray ({self.cpus_per_run:g} CPU{'' if self.cpus_per_run == 1 else 's'}, {self.gpus_per_run:g} GPU per child)"
+        return (
+            f"Ray ({self.cpus_per_run:g} CPU{'' if self.cpus_per_run == 1 else 's'}, {self.gpus_per_run:g} GPU "
+            "per child)"
+        )
 
     def run(self, todo: Sequence, parent_id: str, log: Callable[[str], None], progress: bool | None = None) -> list:
         """Run `todo` (sweep.Child) as tasks; one line per child start/finish with its node, a bar of children done.
@@ -253,7 +256,10 @@ def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
         # A run whose worker died before its first checkpoint cannot be continued; it must not stay RUNNING.
         if run.info.status == "RUNNING" and CHECKPOINT_EPOCH_TAG not in run.data.tags:
             sweeps.end_child(run.info.run_id, FAILED, "its worker was lost before the first checkpoint; run again")
-    log = lambda line: print(f"[{tags[SWEEP_CHILD_TAG]}] {line}", file=sys.stderr, flush=True)
+
+    def log(line: str) -> None:
+        print(f"[{tags[SWEEP_CHILD_TAG]}] {line}", file=sys.stderr, flush=True)
+
     started = time.perf_counter()
     if with_checkpoint:
         config, resume = prepare_resume(with_checkpoint[-1].info.run_id, None)

@@ -64,7 +64,8 @@ def describe(config: Config) -> str:
 
 
 def decode(tokenizer, rows: list[list[int]] | list[np.ndarray]) -> list[str]:
-    """Token ids back to text without [CLS]/[SEP]/[PAD]: what the LSTM saw, as words (serving/reference.py does the same)."""
+    """Token ids back to text without [CLS]/[SEP]/[PAD]: what the LSTM saw, as words (serving/reference.py does the
+    same)."""
     rows = [r.tolist() if isinstance(r, np.ndarray) else list(r) for r in rows]
     return tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
@@ -91,7 +92,7 @@ def texts(
             # `toks` lives in the memo as long as this entry does, so its id names it uniquely.
             decoded, _ = shared.get(
                 ("decoded", id(toks)),
-                lambda toks=toks: decode(tokenizer, [r[:n] for r, n in zip(toks.ids, toks.lengths)]),
+                lambda toks=toks: decode(tokenizer, [r[:n] for r, n in zip(toks.ids, toks.lengths, strict=True)]),
             )
             out.append(decoded)
         return out[0], out[1], tokenizer, hit

@@ -54,7 +54,8 @@ def claim_run(run_id: str):
     folder = cache_dir() / "locks"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / f"resume-{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.lock", "a+")
+        # The open handle is the lock: returned to the caller, who holds it for the run and closes it.
+        handle = open(folder / f"resume-{hashlib.sha256(run_id.encode()).hexdigest()[:32]}.lock", "a+")  # noqa: SIM115
     except OSError:
         return None
     try:
@@ -112,7 +113,8 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
         differs = [f"{k}={v!r} there, {wanted[k]!r} now" for k, v in config.to_dict().items() if wanted[k] != v]
         if differs:
             raise BertpooledError(
-                f"run {run_id} had another config ({'; '.join(differs[:3])}): resume it as it was, without those options"
+                f"run {run_id} had another config ({'; '.join(differs[:3])}): resume it as it was, without those "
+                "options"
             )
     return config, Resume(run_id, record.data_digest, state, _code_change(run_id, record.code, allow_code_change))
 

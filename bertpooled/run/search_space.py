@@ -57,6 +57,7 @@ class Dimension:
         """This field's value for an Optuna trial."""
         if self.choices:
             return trial.suggest_categorical(self.name, list(self.choices))
+        assert self.low is not None and self.high is not None, "a range has both ends (parse_space checks)"
         if FIELD_TYPES[self.name] == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)

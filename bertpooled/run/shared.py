@@ -64,7 +64,8 @@ class Shared:
         return self.get(("tokenizer", info.path), load)[0]
 
     def embeddings(self, info: backbone.BackboneInfo, whole_layer: bool = False) -> backbone.WordEmbeddings:
-        """The backbone's frozen word table (and embedding layer), loaded once (no run writes to them: they are buffers)."""
+        """The backbone's frozen word table (and embedding layer), loaded once (no run writes to them: they are
+        buffers)."""
         return self.get(
             ("embeddings", info.path, whole_layer), lambda: backbone.load_word_embeddings(info, whole_layer=whole_layer)
         )[0]

@@ -281,7 +281,8 @@ def run_sweep(
             if not logged_base:
                 tracking.log_params({f"{CONFIG_PARAM_PREFIX}{k}": v for k, v in base.items()})
             log(f"sweep {started}: {len(children)} children, {len(done)} already finished, {len(todo)} to run")
-            for current in _run_todo(
+            # `current` is read after the loop (where= and the handlers below), not in it.
+            for current in _run_todo(  # noqa: B007
                 todo,
                 started,
                 infos,

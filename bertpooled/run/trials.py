@@ -210,7 +210,7 @@ def run_workers(args: tuple, parallel: int, log: Callable[[str], None]) -> None:
             worker.join()
     except KeyboardInterrupt:
         for worker in workers:
-            if worker.is_alive():
+            if worker.is_alive() and worker.pid is not None:  # a live worker always has a pid
                 with contextlib.suppress(OSError):
                     os.kill(worker.pid, signal.SIGTERM)
         for worker in workers:

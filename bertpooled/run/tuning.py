@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import yaml
 
@@ -36,6 +37,9 @@ from bertpooled.run import prepare
 from bertpooled.run import trials as trial_runs
 from bertpooled.run.search_space import SearchSpace, check_space, parse_space
 from bertpooled.tracking import tuning as store
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_VALIDATION_FRACTION = 0.2
 # How the search shrinks its data: left out of the best config, which runs the --config protocol on its data.
@@ -274,7 +278,8 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
     values = best_config(plan, best.params)
     header = (
         f"# The best of study {plan.name}: trial {best.number}, val/accuracy {best.value:.4f} on "
-        f"{plan.base.validation_fraction:g} of the training subset (max_train_examples={plan.base.max_train_examples}).\n"
+        f"{plan.base.validation_fraction:g} of the training subset "
+        f"(max_train_examples={plan.base.max_train_examples}).\n"
         f"# Searched: {plan.space}. Run it: bertpooled train --config THIS_FILE (or sweep --config).\n"
     )
     text = header + yaml.safe_dump(values, sort_keys=False)
@@ -327,5 +332,6 @@ def _plots(study, folder: Path, log: Callable[[str], None]) -> None:
             except (ValueError, RuntimeError) as exc:  # importances need 2+ complete trials that differ
                 log(f"no {name} plot: {(str(exc).splitlines() or [''])[0]}")
                 continue
-            axes.figure.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
-            plt.close(axes.figure)
+            figure = cast("Figure", axes.figure)  # the plot's own figure, not a subfigure
+            figure.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+            plt.close(figure)

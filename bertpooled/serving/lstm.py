@@ -17,6 +17,7 @@ import json
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 # Imported when MLflow loads the model, not at the first prediction: the copy of bertpooled stored with the model
 # is read from a temporary folder that may be gone by then.
@@ -24,7 +25,7 @@ from bertpooled.model.inference import predict_texts, serving_precision
 from bertpooled.serving.classifier import output, texts_of
 
 
-class SentimentModel(mlflow.pyfunc.PythonModel):
+class SentimentModel(PythonModel):
     """Sentiment of raw text: tokenize -> word embeddings or encoder (pooled as trained) -> LSTM head."""
 
     def load_context(self, context) -> None:

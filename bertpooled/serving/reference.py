@@ -14,9 +14,10 @@ import json
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 
-class ReferenceModel(mlflow.pyfunc.PythonModel):
+class ReferenceModel(PythonModel):
     """P(positive review) from raw text: (first max_len tokens, decoded) -> TF-IDF -> logistic regression."""
 
     def load_context(self, context) -> None:
@@ -49,7 +50,8 @@ class ReferenceModel(mlflow.pyfunc.PythonModel):
         if not texts:
             return output(np.zeros(0), params)
         if self.tokenizer is not None:
-            # The same text the model was trained on: the first max_len tokens, decoded (bertpooled.run.reference.decode).
+            # The same text the model was trained on: the first max_len tokens, decoded
+            # (bertpooled.run.reference.decode).
             ids = self.tokenizer(texts, truncation=True, max_length=self.config["max_len"])["input_ids"]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         column = list(self.classifier.classes_).index(1)

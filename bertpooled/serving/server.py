@@ -162,8 +162,8 @@ class InBatches:
     """A pyfunc model whose `predict` runs `batch_size` rows at a time, holding the model for one batch at a time.
 
     MLflow's server predicts each request in a thread of its own; the requests take turns by batch, first come
-    first served, so a small request waits for the batches queued before it, not for a whole large request. Everything else
-    (metadata, signature) is the wrapped model's.
+    first served, so a small request waits for the batches queued before it, not for a whole large request.
+    Everything else (metadata, signature) is the wrapped model's.
     """
 
     def __init__(self, model, batch_size: int, timeout_s: float | None = None) -> None:
@@ -250,7 +250,8 @@ def _too_deep(body: bytes) -> bool:
     return False
 
 
-# `{"inputs": [], "params": {"predict_method": "predict_proba"}}` and the like are short; longer bodies are not parsed twice.
+# `{"inputs": [], "params": {"predict_method": "predict_proba"}}` and the like are short; longer bodies are not
+# parsed twice.
 EMPTY_BATCH_MAX_BYTES = 256
 
 
@@ -316,7 +317,8 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
             "(train a new run) or serve another version"
         ) from None
     batched = InBatches(model, limits.batch_size, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
-    return Limits(RejectTooDeepJson(scoring_server.init(batched)), limits)
+    # InBatches is a PyFuncModel in all the scoring server uses (predict, metadata), not by class.
+    return Limits(RejectTooDeepJson(scoring_server.init(batched)), limits)  # type: ignore[arg-type]
 
 
 def serve(model_uri: str, host: str, port: int, limits: ServeLimits, echo=print) -> None:

@@ -152,7 +152,9 @@ def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
     Epochs alternate between two artifact folders, and the tags (slot, epoch, sha256) change in one batch
     only after the files are complete: a process killed mid-write leaves the previous checkpoint valid.
     """
-    current = MlflowClient().get_run(mlflow.active_run().info.run_id).data.tags.get(CHECKPOINT_PATH_TAG)
+    active = mlflow.active_run()
+    assert active is not None, "a checkpoint is saved inside its run"
+    current = MlflowClient().get_run(active.info.run_id).data.tags.get(CHECKPOINT_PATH_TAG)
     slot = CHECKPOINT_SLOTS[1] if current == CHECKPOINT_SLOTS[0] else CHECKPOINT_SLOTS[0]
     mlflow.log_artifacts(str(folder), artifact_path=slot)
     mlflow.set_tags({CHECKPOINT_PATH_TAG: slot, CHECKPOINT_EPOCH_TAG: str(epoch), CHECKPOINT_SHA256_TAG: sha256})

@@ -14,6 +14,7 @@ a tracking server need synchronised clocks (NTP) to within the stale window.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -113,10 +114,8 @@ def keep_alive(run_id: str) -> None:
     def beat() -> None:
         client = MlflowClient()
         while not stop.wait(HEARTBEAT_S):
-            try:
+            with contextlib.suppress(Exception):
                 _write(client, run_id)
-            except Exception:
-                pass
 
     threading.Thread(target=beat, name=f"bertpooled-heartbeat-{run_id[:8]}", daemon=True).start()
 
@@ -131,10 +130,8 @@ def let_go(run_id: str) -> None:
             _beats[run_id] = (stop, users - 1)
             return
     stop.set()
-    try:
+    with contextlib.suppress(Exception):
         MlflowClient().set_tag(run_id, HEARTBEAT_TAG, ENDED)
-    except Exception:
-        pass
 
 
 def _write(client: MlflowClient, run_id: str) -> None:

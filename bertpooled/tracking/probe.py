@@ -126,7 +126,8 @@ def first_contact(uri: str) -> Iterator[None]:
 
     path = sqlite_file(uri)
     try:
-        handle = open(f"{path}-init.lock", "a+") if path else None
+        # Entered by the `with handle:` below; opened here so that only the open's OSError is caught.
+        handle = open(f"{path}-init.lock", "a+") if path else None  # noqa: SIM115
     except OSError:
         handle = None
     if handle is None:
@@ -217,13 +218,16 @@ def is_store_failure(exc: BaseException) -> bool:
     import errno
     import sqlite3
 
+    store_errors: tuple[type[BaseException], ...]
     try:
         from sqlalchemy.exc import SQLAlchemyError
+
+        store_errors = (sqlite3.Error, SQLAlchemyError)
     except ImportError:  # pragma: no cover - MLflow depends on SQLAlchemy
-        SQLAlchemyError = ()
-    seen = exc
+        store_errors = (sqlite3.Error,)
+    seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (sqlite3.Error, SQLAlchemyError)):
+        if isinstance(seen, store_errors):
             return True
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
             return True

@@ -11,7 +11,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -192,14 +192,10 @@ def _end_run(run_id: str, status: str, reason: str) -> None:
         mlflow.set_tag(ERROR_TAG, reason)
         mlflow.end_run(status)
     except Exception:
-        try:
+        with suppress(Exception):
             MlflowClient().set_terminated(run_id, status)
-        except Exception:
-            pass
-        try:
+        with suppress(Exception):
             mlflow.end_run(status)  # clear the fluent API's active run in this process
-        except Exception:
-            pass
 
 
 def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
@@ -233,7 +229,10 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: s
     if model_id is None:
         mlflow.log_metrics(values, step=step)
         return
-    run = mlflow.get_run(mlflow.active_run().info.run_id)
+    active = mlflow.active_run()
+    assert active is not None, "metrics are logged inside a run"
+    run = mlflow.get_run(active.info.run_id)
+    assert run.inputs is not None, "a run read back from the store has its inputs"
     test_set = next(
         (
             i.dataset
@@ -319,7 +318,7 @@ def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
     base = ui_base()
     exp = run.info.experiment_id
     query = "workflowType=machine_learning"
-    for attempt in range(2):
+    for _ in range(2):
         try:
             key = ensure_training_view(exp)
             query += f"&{ui_view.SHARE_URL_PARAM}={key}"

@@ -187,7 +187,7 @@ def _training_runs(
     """The candidates that count (``contract.counts_as_training``, FINISHED unless asked), with notes on the rest."""
     notes: list[str] = []
     kept: list[Run] = []
-    excluded_kinds: dict[str, int] = {}
+    excluded_kinds: dict[str | None, int] = {}  # by kind tag (None: untagged)
     unfinished: list[Run] = []
     for run in candidates:
         kind = run.data.tags.get(KIND_TAG)
@@ -246,7 +246,8 @@ def _find_candidates(
         if found is None:
             known = [e.name for e in client.search_experiments(max_results=20)]
             raise BertpooledError(
-                f"unknown experiment {short_text(repr(experiment))} at {redact_uri(client.tracking_uri)}: pass --experiment one of "
+                f"unknown experiment {short_text(repr(experiment))} at {redact_uri(client.tracking_uri)}: pass "
+                "--experiment one of "
                 f"{', '.join(known) or '(none yet: train first)'}"
             )
         experiment_ids.append(found.experiment_id)
@@ -316,7 +317,10 @@ def unusable_predictions(frame: pd.DataFrame) -> str:
     probability = pd.to_numeric(frame["probability"], errors="coerce")
     bad = frame["probability"][probability.isna() | ~probability.between(0.0, 1.0)]
     if len(bad):
-        return f"{len(bad)} probabilit{'y' if len(bad) == 1 else 'ies'} not a number in [0, 1], e.g. {str(bad.iloc[0])[:20]!r}"
+        return (
+            f"{len(bad)} probabilit{'y' if len(bad) == 1 else 'ies'} not a number in [0, 1], e.g. "
+            f"{str(bad.iloc[0])[:20]!r}"
+        )
     label = pd.to_numeric(frame["label"], errors="coerce")
     if not label.isin([0, 1]).all():
         return "labels other than 0 and 1"

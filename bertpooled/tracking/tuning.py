@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -148,10 +148,8 @@ def trial_run(
 
 
 def _set_state(run_id: str, state: str) -> None:
-    try:
+    with suppress(Exception):
         MlflowClient().set_tag(run_id, TUNE_STATE_TAG, state)
-    except Exception:
-        pass
 
 
 def end_orphaned_trials(run_ids: list[str]) -> list[str]:
