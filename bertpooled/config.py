@@ -139,6 +139,8 @@ class Config:
             _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
         rules.check_numbers(self)
         rules.check_choices(self)
+        # Parsed once, like `pool_spec`: code asks the kind what it means instead of comparing strings.
+        self.feature_kind = FeatureKind(self.features)
         from bertpooled.model.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
 
         spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
@@ -165,7 +167,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(Config)}
+# The annotations' source text (`from __future__ import annotations`): "int", "str | None", ...
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Config)}
 
 
 def _coerce_bool(name: str, value: Any) -> bool:

@@ -135,8 +135,6 @@ def check_choices(cfg: Config) -> None:
     cfg.features = str(cfg.features).strip().lower()
     if cfg.features not in FEATURES:
         _bad("features", cfg.features, " or ".join(FEATURES))
-    # Parsed once, like `pool_spec`: code asks the kind what it means instead of comparing strings.
-    cfg.feature_kind = FeatureKind(cfg.features)
 
 
 def check_combinations(cfg: Config, spec) -> None:

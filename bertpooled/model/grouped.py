@@ -52,6 +52,13 @@ def default_recurrence(device: torch.device | str) -> str:
 class GroupedLSTMHead(nn.Module):
     """S independent `LSTMHead`s as stacked parameters: forward (S, batch, seq, in) -> logits (S, batch)."""
 
+    bias_hh_l0: torch.Tensor
+    _identity: torch.Tensor
+    _no_bias: torch.Tensor
+    _block_identity: torch.Tensor
+    _block_no_bias: torch.Tensor
+    _seed_eye: torch.Tensor
+
     def __init__(self, heads: Sequence[LSTMHead], recurrence: str = "per_seed") -> None:
         super().__init__()
         if recurrence not in RECURRENCES:
@@ -93,7 +100,12 @@ class GroupedLSTMHead(nn.Module):
             "dense.weight": self.dense_weight,
             "dense.bias": self.dense_bias,
         }
-        return [(name, stacked[name]) for name in HEAD_PARAMS if isinstance(stacked[name], nn.Parameter)]
+        out = []
+        for name in HEAD_PARAMS:
+            param = stacked[name]
+            if isinstance(param, nn.Parameter):  # bias_hh_l0 is a fixed buffer with bias="keras"
+                out.append((name, param))
+        return out
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (S, batch) from inputs (S, batch, seq, in); `lengths` (S, batch): read each row's last real step."""
@@ -176,6 +188,8 @@ class FrozenFeatures(nn.Module):
         x, head_lengths = (inputs, lengths) if self.kind == "precomputed" else self.rows(inputs, lengths)
         return x, head_lengths if self.padding == "mask" else None
 
+    embeddings: torch.Tensor
+
     def rows(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`PooledLSTMClassifier.features` of token-id rows: (features, head lengths)."""
         return frozen_features(ids, lengths, self.embeddings, self.layer, self.pool, self.padding)
@@ -203,7 +217,7 @@ class SeedGroup(nn.Module):
         self.seeds = list(seeds)
         self.models = list(models)
         self.features = FrozenFeatures(models[0])
-        self.head = GroupedLSTMHead([m.head for m in models], recurrence)
+        self.head = GroupedLSTMHead([head_of(m) for m in models], recurrence)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         seeds, batch = lengths.shape
@@ -214,8 +228,16 @@ class SeedGroup(nn.Module):
     def split(self) -> list[nn.Module]:
         """The S per-seed models, each holding its seed's trained head: state dicts as a run trained alone has them."""
         for s, model in enumerate(self.models):
-            self.head.write_into(s, model.head)
+            self.head.write_into(s, head_of(model))
         return self.models
+
+
+def head_of(model: nn.Module) -> LSTMHead:
+    """A per-seed model's LSTM head (what the group stacks and writes back into)."""
+    head = model.head
+    if not isinstance(head, LSTMHead):
+        raise TypeError(f"a seed group stacks LSTMHead heads, not {type(head).__name__}")
+    return head
 
 
 def _check_same_frozen(models: Sequence[nn.Module]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import tempfile
 import time
@@ -91,7 +92,7 @@ def run_experiment(
             _log_inputs(inputs, code)
         owner = checkpoint.identity(run.info.run_id, config.to_dict())
         checkpoints = checkpoint.Checkpointer(
-            lambda *state: _save_checkpoint(*state, owner=owner), resume.state if resume else None
+            functools.partial(_save_checkpoint, owner=owner), resume.state if resume else None
         )
         on_epoch = _epoch_logger(config, log)
         trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)

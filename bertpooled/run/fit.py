@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,8 +24,8 @@ from bertpooled.contract import (
     val_metric,
 )
 from bertpooled.data import tokens
-from bertpooled.model.build import ModelSpec, build
-from bertpooled.model.heads import FeatureHead, count_parameters
+from bertpooled.model.build import Classifier, ModelSpec, build
+from bertpooled.model.heads import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
 from bertpooled.run import checkpoint, prepare, runtime
 from bertpooled.run.measure import Trained, evaluate
 from bertpooled.run.prepare import Prepared, model_inputs
@@ -77,12 +78,13 @@ class Trainee:
     """The epoch training starts at (a resumed run: the one after its checkpoint's)."""
 
 
-def build_model(prepared: Prepared) -> torch.nn.Module:
+def build_model(prepared: Prepared) -> Classifier:
     """The run's classifier, built from its ModelSpec and initialised from the run's seed alone."""
     cfg = prepared.config
     runtime.seed_everything(cfg.seed)
     spec = spec_of(cfg)
     if not cfg.feature_kind.encoder:
+        assert prepared.embeddings is not None, "a head on input features is prepared with the embeddings"
         return build(spec, table=prepared.embeddings.table, layer=prepared.embeddings.layer)
     # Fine-tuning trains a copy: the loaded backbone stays frozen for whatever else shares it.
     return build(spec, backbone=prepared.backbone_model, trainable_backbone=cfg.finetune)
@@ -104,17 +106,24 @@ def spec_of(config, **extra) -> ModelSpec:
     )
 
 
-def model_spec(config, model: torch.nn.Module) -> ModelSpec:
+def model_spec(config, model: Classifier) -> ModelSpec:
     """The spec the logged model stores: the config's, plus what only the built model knows."""
     if config.feature_kind.whole_layer:
+        assert isinstance(model, PooledLSTMClassifier) and model.layer is not None
         return spec_of(config, layer_norm_eps=model.layer.eps)
     if config.feature_kind.encoder:
         # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
-        return spec_of(config, backbone_config=model.encoder.model.config.to_dict(), precision=config.precision)
+        assert isinstance(model, EncoderLSTMClassifier)
+        return spec_of(config, backbone_config=backbone_of(model).config.to_dict(), precision=config.precision)
     return spec_of(config)
 
 
-def trained_network(model: torch.nn.Module, prepared: Prepared) -> torch.nn.Module:
+def backbone_of(model: EncoderLSTMClassifier) -> Any:
+    """The Hugging Face model inside an encoder classifier's pooling wrapper (`model.encoder.PoolingEncoder`)."""
+    return cast(Any, model.encoder).model
+
+
+def trained_network(model: Classifier, prepared: Prepared) -> torch.nn.Module:
     """The part of `model` a step runs: the head alone on cached features, else the whole model."""
     return FeatureHead(model) if prepared.cached else model
 
@@ -152,7 +161,7 @@ def predict_inputs(
 
 
 def fit(
-    model: torch.nn.Module,
+    model: Classifier,
     prepared: Prepared,
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
@@ -172,8 +181,8 @@ def fit(
     if ahead is not None:
         # The frozen features of every training row, computed once: a step runs the head alone.
         (ids, lengths), net = ahead, FeatureHead(model)
-    params = [{"params": list(model.head.parameters())}]
-    if cfg.finetune:
+    params: list[dict[str, Any]] = [{"params": list(model.head.parameters())}]
+    if cfg.finetune and isinstance(model, EncoderLSTMClassifier):
         params.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.backbone_lr})
     # The fused kernel updates all tensors at once: about 1 ms less per step than the per-tensor loop on CPU.
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, fused=rt.device.type in ("cpu", "cuda"))
@@ -286,16 +295,23 @@ def evaluate_epoch(stats: EpochStats, net: torch.nn.Module, prepared: Prepared) 
     rt = prepared.rt
     if prepared.config.eval_each_epoch:
         probs = predict_inputs(net, *model_inputs(prepared, "test"), rt.eval_batch, rt.device, rt.precision)
-        stats.test_accuracy = ACCURACY.score(prepared.test.labels, probs)
+        stats.test_accuracy = accuracy(prepared.split("test").labels, probs)
     if prepared.val is not None:
         stats.val = validate(net, prepared)
+
+
+def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The contract's accuracy of probabilities against labels (at its decision threshold)."""
+    assert ACCURACY.score is not None
+    return ACCURACY.score(labels, probabilities)
 
 
 def validate(net: torch.nn.Module, prepared: Prepared) -> dict[str, float]:
     """The validation split's quality metrics (`val/accuracy`, `val/f1`, `val/roc_auc`) of `net` as it is now."""
     rt = prepared.rt
     probs = predict_inputs(net, *model_inputs(prepared, "val"), rt.eval_batch, rt.device, rt.precision)
-    return {val_metric(metric): metric.score(prepared.val.labels, probs) for metric in QUALITY_METRICS if metric.score}
+    labels = prepared.split("val").labels
+    return {val_metric(metric): metric.score(labels, probs) for metric in QUALITY_METRICS if metric.score}
 
 
 def epoch_order(n: int, buffer: int, generator: torch.Generator, stored: np.ndarray | None = None) -> torch.Tensor:
@@ -332,7 +348,7 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
 
 def evaluate_trained(
     prepared: Prepared,
-    model: torch.nn.Module,
+    model: Classifier,
     history: list[EpochStats],
     precomputed: bool = False,
     resumed_epochs: int = 0,
@@ -346,14 +362,14 @@ def evaluate_trained(
     with phases.timed("eval"):
         net = trained_network(model, prepared)
         probs = predict_inputs(net, *model_inputs(prepared, "test"), rt.eval_batch, rt.device, rt.precision)
-        metrics = evaluate(prepared.test.labels, probs)
+        metrics = evaluate(prepared.split("test").labels, probs)
     # Inference is timed in the precision the run trained and evaluated in (bf16 on a GPU by default).
     with phases.timed("cost"), rt.autocast():
         metrics.update(
             cost.measure(
                 model,
                 prepared.tokenizer,
-                prepared.test.texts,
+                prepared.split("test").texts,
                 cfg.max_len,
                 rt.device,
                 latency_texts=cfg.latency_texts,
@@ -373,7 +389,7 @@ def evaluate_trained(
     return Trained(metrics, probs, model.cpu(), prepared.tokenizer, history)
 
 
-def size_metrics(prepared: Prepared, model: torch.nn.Module, train_s: float) -> dict[str, float]:
+def size_metrics(prepared: Prepared, model: Classifier, train_s: float) -> dict[str, float]:
     """Parameter counts, training throughput, data sizes and the token cache's hit of a trained run."""
     cfg = prepared.config
     head_total, head_trainable = count_parameters(model.head)
@@ -384,8 +400,9 @@ def size_metrics(prepared: Prepared, model: torch.nn.Module, train_s: float) -> 
             0,
         )
     else:
+        assert isinstance(model, EncoderLSTMClassifier), "a run without input embeddings has an encoder"
         backbone_params, backbone_trainable = count_parameters(model.encoder)
-        embedding_params = model.encoder.model.get_input_embeddings().weight.numel()
+        embedding_params = backbone_of(model).get_input_embeddings().weight.numel()
     return {
         PARAMS_HEAD: head_total,
         PARAMS_HEAD_TRAINABLE: head_trainable,
@@ -394,6 +411,6 @@ def size_metrics(prepared: Prepared, model: torch.nn.Module, train_s: float) -> 
         "params/embeddings": embedding_params,
         THROUGHPUT_TRAIN: len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
         "data/train_examples": len(prepared.train),
-        "data/test_examples": len(prepared.test),
+        "data/test_examples": len(prepared.split("test")),
         cache_hit_metric("tokens"): float(prepared.tokens_cache_hit),
     }

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence
+from bertpooled.model.build import Classifier
+from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence, head_of
 from bertpooled.run import fit, prepare
 from bertpooled.run.prepare import model_inputs
 
@@ -68,11 +70,10 @@ def seed_snapshot(
     """Seed s now, as `fit` alone would hold it: its model (trained weights written in) and an Adam over its head
     with its state: what `checkpoint.save` / a `Checkpointer.write` takes for that seed."""
     model = group.models[s]
-    group.head.write_into(s, model.head)
+    head = head_of(model)
+    group.head.write_into(s, head)
     defaults = optimizer.defaults
-    seed_opt = torch.optim.Adam(
-        model.head.parameters(), lr=defaults["lr"], eps=defaults["eps"], fused=defaults.get("fused")
-    )
+    seed_opt = torch.optim.Adam(head.parameters(), lr=defaults["lr"], eps=defaults["eps"], fused=defaults.get("fused"))
     seed_opt.load_state_dict(seed_optimizer_state(optimizer, group, s))
     return model, seed_opt
 
@@ -122,8 +123,8 @@ def fit_group(
     def evaluating(s: int) -> Iterator[nn.Module]:
         # Seed s's model as it is now: its trained weights written in, on the device for the evaluation only.
         model = group.models[s]
-        group.head.write_into(s, model.head)
-        yield fit.trained_network(model.to(rt.device), prepared)
+        group.head.write_into(s, head_of(model))
+        yield fit.trained_network(cast(Classifier, model.to(rt.device)), prepared)
         model.cpu()
 
     trainee = fit.Trainee(group, group, optimizer, orders, evaluating, inputs, lengths)

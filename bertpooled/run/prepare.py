@@ -1,9 +1,11 @@
-"""Before training: check the config against the backbone, read the data subsets, tokenize, load the features."""
+"""Before training: check the config against the backbone, read the data subsets, tokenize, load the features,
+and (`before_training`) compute the training rows' frozen features once when they fit the run's budget."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,6 +21,9 @@ from bertpooled.model.pooling import pooled_length
 from bertpooled.run import runtime
 from bertpooled.run.measure import Phases, data_digest_of
 
+# `Prepared.rt` left out: resolved from its config in __post_init__ (typed as given, None only until then).
+_RESOLVED_WHEN_MADE = cast(runtime.Runtime, None)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -30,22 +35,24 @@ class Prepared:
     info: backbone.BackboneInfo
     imdb: data.Imdb
     train: data.Split
-    test: data.Split
+    test: data.Split | None
+    """None in a tuning trial: it never reads the test set."""
     train_tokens: tokens.Tokens
-    test_tokens: tokens.Tokens
-    tokenizer: object = None
+    test_tokens: tokens.Tokens | None
+    tokenizer: Any = None
     embeddings: backbone.WordEmbeddings | None = None
     tokens_cache_hit: bool = False
     phases: Phases = field(default_factory=Phases)
     """Where each phase's time is summed (a measurement sink: timed into, never replaced)."""
-    backbone_model: torch.nn.Module | None = None
+    backbone_model: Any = None
     """features=encoder: the loaded backbone (frozen; a fine-tuned run trains a copy)."""
     train_features: features.Features | None = None
     test_features: features.Features | None = None
     """Frozen encoder features (cached on disk); None when the run computes them itself (embeddings, finetune)."""
     features_cache_hit: bool = False
-    rt: runtime.Runtime | None = None
-    """Where and how the run computes, resolved once when it starts (`runtime.Runtime.resolve`)."""
+    rt: runtime.Runtime = _RESOLVED_WHEN_MADE
+    """Where and how the run computes, resolved once when it starts (`runtime.Runtime.resolve`); not given (a test's
+    or benchmark's hand-made inputs): resolved from the config when made."""
     val: data.Split | None = None
     """The validation split carved from the training subset (`validation_fraction`), evaluated after every epoch."""
     val_tokens: tokens.Tokens | None = None
@@ -62,6 +69,13 @@ class Prepared:
     @property
     def cached(self) -> bool:
         return self.train_features is not None
+
+    def split(self, name: str) -> data.Split:
+        """The `train`, `val` or `test` split; a run without it (no validation split, a trial's test) asks wrongly."""
+        split = {"train": self.train, "val": self.val, "test": self.test}[name]
+        if split is None:
+            raise ValueError(f"this run has no {name} split")
+        return split
 
 
 def check(config: Config) -> backbone.BackboneInfo:
@@ -213,7 +227,7 @@ def _splits(train: data.Split, val: data.Split | None, test: data.Split | None) 
     return {name: split for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
 
 
-def encoder_for(config: Config, model: torch.nn.Module):
+def encoder_for(config: Config, model: Any):
     """The backbone wrapped with the pooling inside it that `config` asks for (none unless pool_at=layer:K)."""
     from bertpooled.model.encoder import PoolingEncoder
 
@@ -240,9 +254,9 @@ def encoder_inputs(
     splits: dict[str, data.Split],
     toks_of: dict[str, tokens.Tokens],
     rt: runtime.Runtime,
-    load: Callable[[], torch.nn.Module],
+    load: Callable[[], Any],
     progress: bool | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """`Prepared`'s encoder fields: the loaded backbone and, when frozen, its features of every split from the disk
     cache or by running it (`train_features`, `val_features`, `test_features`, `features_cache_hit`)."""
     model = load()
@@ -299,8 +313,12 @@ def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Te
     """What the trained network reads for a split: cached frozen features, else token ids; and real lengths."""
     if prepared.cached:
         feats = {"train": prepared.train_features, "val": prepared.val_features, "test": prepared.test_features}[split]
+        if feats is None:
+            raise ValueError(f"this run has no {split} split")
         return feats.hidden, feats.lengths.long()
     toks = {"train": prepared.train_tokens, "val": prepared.val_tokens, "test": prepared.test_tokens}[split]
+    if toks is None:
+        raise ValueError(f"this run has no {split} split")
     return torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths)
 
 
@@ -367,7 +385,7 @@ def train_features(
 
 def before_training(
     model: torch.nn.Module,
-    features: FeatureFn,
+    features: FeatureFn | None,
     ids: torch.Tensor,
     lengths: torch.Tensor,
     prepared,
@@ -376,7 +394,7 @@ def before_training(
     """What a training loop calls first: the features when `model` `applies` and they fit the run's budget, timed
     as the run's `precompute` phase; else None (the loop reports which in `fit.Fitted.precomputed`)."""
     cfg = prepared.config
-    if not applies(model, cfg.precompute_mb):
+    if features is None or not applies(model, cfg.precompute_mb):
         return None
     with prepared.phases.timed("precompute"):
         return train_features(features, ids, lengths, cfg.precompute_mb, prepared.rt.eval_batch, progress)

@@ -12,6 +12,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from bertpooled import data
 from bertpooled.config import Config
+from bertpooled.data import tokens
 from bertpooled.model import backbone
 from bertpooled.run import cost
 from bertpooled.run.measure import Phases, Trained, evaluate
@@ -28,7 +30,7 @@ from bertpooled.run.shared import Shared
 SERVING_CODE = Path(__file__).resolve().parents[1] / "serving" / "reference.py"
 # min_df=2 drops n-grams seen in one review only: they cannot generalise, and they would
 # multiply the stored vocabulary several times over. sublinear_tf damps repeated words.
-VECTORIZER = {
+VECTORIZER: dict[str, Any] = {
     "ngram_range": [1, 2],
     "min_df": 2,
     "sublinear_tf": True,
@@ -40,7 +42,7 @@ VECTORIZER = {
 }
 # C=4 won 5-fold cross-validation on the default protocol's training subset among 1, 4 and 16 (first 128
 # tokens: 0.810, 0.812, 0.809; full text: 0.880, 0.885, 0.886, where 16 costs twice the time).
-CLASSIFIER = {"C": 4.0, "solver": "liblinear", "max_iter": 1000}
+CLASSIFIER: dict[str, Any] = {"C": 4.0, "solver": "liblinear", "max_iter": 1000}
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Fitted:
     vectorizer: TfidfVectorizer
     classifier: LogisticRegression
     config: Config
-    tokenizer: object = None
+    tokenizer: Any = None
 
 
 def describe(config: Config) -> str:
@@ -89,11 +91,12 @@ def texts(
         out = []
         for name in ("train", "test"):
             toks = ids[name]
+
+            def decoded_rows(toks: tokens.Tokens = toks) -> list[str]:
+                return decode(tokenizer, [r[:n] for r, n in zip(toks.ids, toks.lengths, strict=True)])
+
             # `toks` lives in the memo as long as this entry does, so its id names it uniquely.
-            decoded, _ = shared.get(
-                ("decoded", id(toks)),
-                lambda toks=toks: decode(tokenizer, [r[:n] for r, n in zip(toks.ids, toks.lengths, strict=True)]),
-            )
+            decoded, _ = shared.get(("decoded", id(toks)), decoded_rows)
             out.append(decoded)
         return out[0], out[1], tokenizer, hit
 
@@ -179,7 +182,7 @@ def log_model(fitted: Fitted) -> str:
     from bertpooled.tracking.runs import log_params
 
     cfg = fitted.config
-    settings = {
+    settings: dict[str, Any] = {
         "vectorizer": VECTORIZER,
         "classifier": CLASSIFIER,
         "reference_text": cfg.reference_text,

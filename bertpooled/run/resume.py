@@ -8,6 +8,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bertpooled.config import Config
 from bertpooled.contract import CHECKPOINT_SHA256_TAG
@@ -28,7 +29,7 @@ class Resume:
     state: checkpoint.State
     code_change: str = ""
     """With --allow-code-change: how the code differs from the run's ("" when it does not)."""
-    lock: object = None
+    lock: IO[str] | None = None
     """The open lock file that makes this process the run's only resumer on this machine (see `claim_run`)."""
 
     def release(self) -> None:
@@ -107,7 +108,7 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
         # Options given now are compared one by one with the run's own; only the data's location may change
         # (its content is checked against the run's digest before training).
         file = requested.pop("config", None)
-        given = {**(read_yaml(resolve_config_path(file)) if file else {}), **requested}
+        given = {**(read_yaml(resolve_config_path(str(file))) if file else {}), **requested}
         wanted = load_config(None, {**config.to_dict(), **given}).to_dict()
         config.data = wanted["data"]
         differs = [f"{k}={v!r} there, {wanted[k]!r} now" for k, v in config.to_dict().items() if wanted[k] != v]

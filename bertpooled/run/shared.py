@@ -84,9 +84,9 @@ class Shared:
         for name, split in splits.items():
             # The same key as prepare.prepare's, so sweeps and single runs share the disk cache too.
             key = tokens.cache_key(fingerprint, data_digest_of(imdb.digest, split.ids), name, max_len)
-            (toks, disk_hit), memo_hit = self.get(
-                ("tokens", key),
-                lambda split=split, key=key, name=name: tokens.load_or_tokenize(
+
+            def load(split: data.Split = split, key: str = key, name: str = name) -> tuple[tokens.Tokens, bool]:
+                return tokens.load_or_tokenize(
                     tokenizer,
                     split.texts,
                     max_len,
@@ -94,8 +94,9 @@ class Shared:
                     cache_dir=data.cache_dir(),
                     progress=progress,
                     desc=f"tokenize {name}",
-                ),
-            )
+                )
+
+            (toks, disk_hit), memo_hit = self.get(("tokens", key), load)
             out[name] = toks
             hits.append(memo_hit or disk_hit)
         return out, all(hits)
@@ -141,7 +142,7 @@ class Shared:
             embeddings,
             hit,
             phases,
-            rt=rt,
+            rt=rt or runtime.Runtime.resolve(config),
             val=val,
             val_tokens=ids.get("val"),
         )
