@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.run import fit, measure, prepare, sweep
+from bertpooled.run import fit, measure, prepare
+from bertpooled.sweep import plan as sweep
 from bertpooled.run.experiment import run_experiment
 from bertpooled.run.shared import Shared
 
