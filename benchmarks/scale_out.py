@@ -216,7 +216,7 @@ def main() -> None:
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
-    from bertpooled.run.ray_executor import POLL_S as POLL
+    from bertpooled.sweep.ray_executor import POLL_S as POLL
 
     command = (
         f"python benchmarks/scale_out.py --data $BERTPOOLED_IMDB --config {args.config} --modes "

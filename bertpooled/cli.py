@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import typer
@@ -15,6 +14,7 @@ from bertpooled.cli_support import (
     _hide_credentials,
     _interrupt_as_keyboard_interrupt,
     _mlproject_pairs,
+    _print_report,
     _progress,
     fail,
 )
@@ -79,23 +79,15 @@ def train(
     ),
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
-    from bertpooled.config import load_config, parse_sets
+    from bertpooled.config import parse_sets
 
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         from bertpooled.run.experiment import run_experiment
-        from bertpooled.run.resume import prepare_resume
 
-        resume = _blank_to_none(resume)
-        if resume:
-            given = {k: v for k, v in overrides.items() if str(v).strip()}
-            if config:
-                given["config"] = config
-            cfg, target = prepare_resume(resume, given, allow_code_change=allow_code_change, take_over=take_over)
-        else:
-            cfg, target = load_config(config or None, overrides), None
+        cfg, target = _config_to_train(config, overrides, _blank_to_none(resume), allow_code_change, take_over)
         try:
             outcome = run_experiment(
                 cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target
@@ -113,6 +105,25 @@ def train(
         if not is_store_failure(exc):
             raise  # a bug: its traceback is what a report needs
         fail(str(store_error(None, exc)))
+    _print_trained(cfg, outcome)
+
+
+def _config_to_train(config: str | None, overrides: dict, resume: str | None, allow_code_change: bool, take_over: bool):
+    """(config, None) for a new run; for `--resume`, the run's own config (checked against the options given)
+    and the claimed run to continue."""
+    from bertpooled.config import load_config
+    from bertpooled.run.resume import prepare_resume
+
+    if not resume:
+        return load_config(config or None, overrides), None
+    given = {k: v for k, v in overrides.items() if str(v).strip()}
+    if config:
+        given["config"] = config
+    return prepare_resume(resume, given, allow_code_change=allow_code_change, take_over=take_over)
+
+
+def _print_trained(cfg, outcome) -> None:
+    """What a finished `train` says: its headline numbers, where the run and its model are."""
     m = outcome.metrics
     typer.echo(
         f"{cfg.mode} {cfg.model} seed {cfg.seed}: test accuracy {m['test/accuracy']:.4f}, "
@@ -131,20 +142,6 @@ def train(
 
 # The MLproject parameters that are no config field, per entry point (every other one is a config field).
 MLPROJECT_TRAIN_OWN = ("config", "resume", "allow_code_change")
-MLPROJECT_SWEEP_OWN = (
-    "modes",
-    "seeds",
-    "seed_list",
-    "config",
-    "format",
-    "output",
-    "parallel",
-    "executor",
-    "address",
-    "cpus_per_run",
-    "gpus_per_run",
-    "group_seeds",
-)
 MLPROJECT_COMPARE = (
     "experiment",
     "parent",
@@ -256,28 +253,6 @@ def compare_runs_command(
     )
 
 
-def _print_report(report, format: str, output: str | None, tracking_uri: str | None = None) -> None:
-    """The report on stdout, where its files and comparison run went on stderr; no runs left = exit 2."""
-    typer.echo(report.render(format).rstrip("\n"))
-    if output:
-        typer.echo(f"report files: {output}", err=True)
-    if report.comparison_run_id:
-        typer.echo(f"comparison run: {report.comparison_run_id}", err=True)
-        _point_mlflow_run_at(report.comparison_run_id, tracking_uri)
-    if not report.runs:
-        fail("nothing to compare: no selected run has the contract's metrics and predictions (see the notes above)")
-
-
-def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: str | None) -> None:
-    # Under `mlflow run -e compare` MLflow made a run for this command; the report lives in its own
-    # comparison run, so this one is tagged as a comparison (compare-runs leaves it out) and points there.
-    run = os.environ.get("MLFLOW_RUN_ID")
-    if run and run != comparison_run_id:
-        from bertpooled.tracking.comparisons import point_launcher_at
-
-        point_launcher_at(tracking_uri, run, comparison_run_id)
-
-
 @app.command(
     "mlproject-compare", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
@@ -303,180 +278,6 @@ def mlproject_compare(ctx: typer.Context) -> None:
     )
 
 
-# A sweep's grid: `--modes` and `--seeds`/`--seed-list` take the place of these fields' options.
-SWEEP_AXES = ("mode", "seed")
-
-
-@config_command("sweep", exclude=SWEEP_AXES)
-def sweep_command(
-    modes: str | None = typer.Option(
-        None, help="Modes, comma-separated: basic, pool, reference (default: basic,pool)."
-    ),
-    seeds: str | None = typer.Option(None, help="How many seeds: 3 means seeds 0,1,2 (default: 3)."),
-    seed_list: str | None = typer.Option(None, help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5."),
-    resume_parent: str | None = typer.Option(
-        None, help="A sweep's parent run id: run only its missing or unfinished children."
-    ),
-    take_over: bool = typer.Option(
-        False,
-        "--take-over",
-        help="With --resume-parent: continue a sweep that looks driven by another process you know is gone.",
-    ),
-    parallel: int = typer.Option(
-        1, min=1, help="Children run side by side in this many processes (threads split between them)."
-    ),
-    executor: str = typer.Option(
-        "local", help="Where children run: local (processes here) | ray (tasks on a Ray cluster)."
-    ),
-    address: str | None = typer.Option(
-        None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."
-    ),
-    cpus_per_run: float = typer.Option(1.0, help="CPUs Ray reserves for each child (--executor ray)."),
-    gpus_per_run: float = typer.Option(
-        0.0, help="GPUs Ray reserves for each child; a GPU child lands only where one is."
-    ),
-    experiment: str | None = typer.Option(None, help="Experiment for a new sweep (default: bertpooled)."),
-    group_seeds: bool | None = typer.Option(
-        None,
-        "--group-seeds/--no-group-seeds",
-        help="Train the seeds of each config together in one loop, each still its own child run (local sweeps one "
-        "child at a time). Default: on for CUDA, off on CPU, where it measured slower (README, 'Seeds for free').",
-    ),
-    format: str = typer.Option(
-        "table", "--format", "-f", help="The closing comparison: table | markdown | json | csv."
-    ),
-    output: str | None = typer.Option(None, help="Also write the comparison's report files to this folder."),
-    config: str | None = typer.Option(
-        None, "--config", "-c", help="YAML experiment (path, or a name in experiments/)."
-    ),
-    fields: dict[str, Any] | None = None,
-    set_: list[str] | None = typer.Option(
-        None,
-        "--set",
-        help="Any config field but mode/seed as key=value, for every child (repeatable); the option of the same "
-        "name wins.",
-    ),
-    progress: bool | None = typer.Option(
-        None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."
-    ),
-) -> None:
-    """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
-    from bertpooled.config import parse_sets
-    from bertpooled.report.render import FORMATS
-    from bertpooled.run import sweep as sweeping
-
-    _interrupt_as_keyboard_interrupt()
-    _hide_credentials()
-    fmt, said = _blank_to_none(format) or "table", []
-
-    def log(line: str) -> None:
-        said.append(line)  # "sweep <id>: ..." comes once the parent run exists
-        typer.echo(line, err=True)
-
-    try:
-        if fmt not in FORMATS:
-            raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
-        overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
-        seed_values = sweeping.parse_seeds(seeds, seed_list)
-        children = sweeping.plan(_blank_to_none(config), overrides, sweeping.parse_modes(modes), seed_values)
-        runner = _sweep_executor(
-            _blank_to_none(executor) or "local", _blank_to_none(address), parallel, cpus_per_run, gpus_per_run, children
-        )
-        try:
-            outcome = sweeping.run_sweep(
-                children,
-                experiment=_blank_to_none(experiment),
-                resume_parent=_blank_to_none(resume_parent),
-                progress=_progress(progress),
-                log=log,
-                parallel=parallel,
-                executor=runner,
-                group_seeds=group_seeds,
-                take_over=take_over,
-            )
-        finally:
-            if runner is not None:
-                runner.close()
-        typer.echo(
-            f"sweep {outcome.parent_run_id}: ran {len(outcome.ran)}, "
-            f"{len(outcome.already_finished)} already finished; comparing its children",
-            err=True,
-        )
-        report = sweeping.compare_children(outcome, format=fmt, output=_blank_to_none(output))
-    except BertpooledError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        if not any(line.startswith("sweep ") for line in said):
-            fail("interrupted before the sweep's parent run was created; nothing to resume", code=130)
-        fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
-    _print_report(report, fmt, _blank_to_none(output))
-
-
-def _sweep_executor(name: str, address: str | None, parallel: int, cpus: float, gpus: float, children):
-    """None for local processes, else a connected Ray executor; every mistake is a one-line error before any run."""
-    if name == "local":
-        if address:
-            raise BertpooledError("--address names a Ray cluster: pass --executor ray with it, or leave it out")
-        return None
-    if name != "ray":
-        raise BertpooledError(f"unknown executor {name!r}: pass --executor local or --executor ray")
-    if parallel > 1:
-        raise BertpooledError(
-            "--parallel is for --executor local; with ray, the cluster's CPUs and --cpus-per-run "
-            "decide how many children run at once"
-        )
-    from bertpooled.run.ray_executor import RayExecutor
-
-    runner = RayExecutor(address, cpus, gpus)
-    runner.check(children)
-    runner.connect()
-    return runner
-
-
-@app.command(
-    "mlproject-sweep", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def mlproject_sweep(ctx: typer.Context) -> None:
-    """`sweep` for the MLproject's sweep entry point, which declares no parameters (see `mlproject-train`).
-
-    The sweep's own options (modes, seeds, seed_list, config, format, output, parallel, executor, address, cpus_per_run,
-    gpus_per_run, group_seeds: true | false | auto) keep their meaning; every other `-P key=value` is a config field for
-    every child, the same fields as `sweep`'s options (mode and seed are the grid's: -P modes=, -P seeds=).
-    """
-    pairs = _mlproject_pairs(ctx.args)
-    own = {k: pairs.pop(k) for k in MLPROJECT_SWEEP_OWN if k in pairs}
-    try:
-        parallel = int(own.get("parallel", "1"))
-        cpus, gpus = float(own.get("cpus_per_run", "1")), float(own.get("gpus_per_run", "0"))
-        group = {"": None, "auto": None, "true": True, "false": False}[own.get("group_seeds", "").strip().lower()]
-    except (ValueError, KeyError):
-        fail(
-            "parallel, cpus_per_run and gpus_per_run take numbers, group_seeds true, false or auto: pass e.g. "
-            "-P parallel=2 or -P group_seeds=true"
-        )
-    fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
-    sweep_command(
-        modes=own.get("modes"),
-        seeds=own.get("seeds"),
-        seed_list=own.get("seed_list"),
-        resume_parent=None,
-        take_over=False,
-        parallel=parallel,
-        executor=own.get("executor", "local"),
-        address=own.get("address"),
-        cpus_per_run=cpus,
-        gpus_per_run=gpus,
-        experiment=None,
-        group_seeds=group,
-        format=own.get("format", "table"),
-        output=own.get("output"),
-        config=own.get("config"),
-        fields=fields,
-        set_=sets,
-        progress=None,
-    )
-
-
 @app.command("serve")
 def serve_command(
     model_uri: str = typer.Argument(
@@ -495,11 +296,15 @@ def serve_command(
     serve(model_uri, host, port, ServeLimits(max_body_mb, max_text_chars, batch_size), echo=typer.echo)
 
 
-# `tune` and its MLproject form: bertpooled.cli_tune (kept apart: this module stays readable in one sitting).
+# `sweep` and `tune`, and their MLproject forms: bertpooled.cli_sweep and bertpooled.cli_tune (kept apart: this
+# module stays readable in one sitting; the options both take are in bertpooled.cli_support).
+from bertpooled.cli_sweep import SWEEP_AXES, mlproject_sweep, sweep_command  # noqa: E402
+
+MLPROJECT = {"hidden": True, "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
+config_command("sweep", exclude=SWEEP_AXES)(sweep_command)
+app.command("mlproject-sweep", **MLPROJECT)(mlproject_sweep)
 config_command("tune", exclude=TUNE_AXES)(tune_command)
-app.command("mlproject-tune", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-    mlproject_tune
-)
+app.command("mlproject-tune", **MLPROJECT)(mlproject_tune)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

@@ -134,7 +134,7 @@ def with_config_options(command: Callable[..., Any], *, exclude: Iterable[str] =
     other commands (the MLproject's) call with a `fields` mapping.
     """
     options = fields_but(exclude)
-    own = inspect.signature(command).parameters
+    own = inspect.signature(command, eval_str=True).parameters  # typer reads Annotated options as objects
     if "fields" not in own:
         raise TypeError(f"{command.__name__} needs a `fields` parameter where the config options go")
     clash = {f.name for f in options} & set(own)

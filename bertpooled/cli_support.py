@@ -1,12 +1,96 @@
-"""What the command modules share: one-line failures, MLproject arguments, interrupts, credentials, progress bars."""
+"""What the command modules share: the options sweep and tune both take, one-line failures, MLproject arguments,
+interrupts, credentials, progress bars, the printed report."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
+
+import typer
 
 from bertpooled.cli_errors import fail
 from bertpooled.cli_options import fields_but
+
+# The options `sweep` and `tune` share (typer reads the Annotated option; the default is the parameter's own).
+Modes = Annotated[
+    str | None,
+    typer.Option(
+        help="Modes, comma-separated: basic, pool, reference (default: basic,pool); tune: one study each, no reference."
+    ),
+]
+ConfigFile = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML experiment every run starts from, and tune's best config keeps (path, or a name in experiments/).",
+    ),
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Any config field but the grid's (mode, and a sweep's seed) as key=value, for every run (repeatable); "
+        "the option of the same name wins.",
+    ),
+]
+Experiment = Annotated[
+    str | None,
+    typer.Option(help="Experiment for a new sweep (default: bertpooled) or study (default: bertpooled-tuning)."),
+]
+Progress = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bars (default: sweep on a terminal, tune off)."),
+]
+ExecutorName = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="Where the runs go: local (processes here) | ray (tasks on a Ray cluster; tune's study storage must "
+        "be a database every node reaches).",
+    ),
+]
+Address = Annotated[
+    str | None, typer.Option(help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray).")
+]
+CpusPerRun = Annotated[
+    float, typer.Option(help="CPUs Ray reserves for each sweep child or tuning worker (--executor ray).")
+]
+GpusPerRun = Annotated[
+    float,
+    typer.Option(
+        help="GPUs Ray reserves for each sweep child or tuning worker; one that asks lands only where one is."
+    ),
+]
+
+
+def _start_executor(name: str | None, children=(), **options):
+    """The executor `--executor` names (`sweep.runner.executor_for`), started: checked and connected before any
+    run exists, so a mistake is one line and leaves nothing behind."""
+    from bertpooled.sweep.runner import executor_for
+
+    runner = executor_for(_blank_to_none(name), **options)
+    runner.start(children)
+    return runner
+
+
+# MLproject spellings of a flag: `-P group_seeds=auto` (None: the default), `-P resume=true`.
+TRI_STATE = {"": None, "auto": None, "true": True, "false": False}
+ON_OFF = {"": False, "false": False, "true": True}
+
+
+def _mlproject_values(own: dict[str, str], kinds: dict[str, object], error: str) -> dict[str, object]:
+    """The MLproject parameters named in `kinds` that were given, parsed by their kind (a type such as int, or a
+    dict of spellings such as TRI_STATE); a malformed one is the one-line `error`."""
+    try:
+        return {
+            k: kind[own[k].strip().lower()] if isinstance(kind, dict) else kind(own[k])
+            for k, kind in kinds.items()
+            if k in own
+        }
+    except (ValueError, KeyError):
+        fail(error)
 
 
 def _progress(flag: bool | None) -> bool | None:
@@ -34,8 +118,8 @@ def _hide_credentials(tracking_uri: str | None = None) -> str | None:
 
 def _interrupt_as_keyboard_interrupt() -> None:
     """Ctrl-C and SIGTERM (a scheduler or `kill`) unwind as KeyboardInterrupt, so the run is ended KILLED, not
-    left RUNNING; never inside a tracking-store write (see bertpooled.run.interrupts)."""
-    from bertpooled.run import interrupts
+    left RUNNING; never inside a tracking-store write (see bertpooled.sweep.interrupts)."""
+    from bertpooled.sweep import interrupts
 
     interrupts.install()
 
@@ -63,3 +147,25 @@ def _mlproject_pairs(tokens: list[str]) -> dict[str, str]:
 def _blank_to_none(value: str | None) -> str | None:
     """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
     return value if value is None or value.strip() else None
+
+
+def _print_report(report, format: str, output: str | None, tracking_uri: str | None = None) -> None:
+    """The report on stdout, where its files and comparison run went on stderr; no runs left = exit 2."""
+    typer.echo(report.render(format).rstrip("\n"))
+    if output:
+        typer.echo(f"report files: {output}", err=True)
+    if report.comparison_run_id:
+        typer.echo(f"comparison run: {report.comparison_run_id}", err=True)
+        _point_mlflow_run_at(report.comparison_run_id, tracking_uri)
+    if not report.runs:
+        fail("nothing to compare: no selected run has the contract's metrics and predictions (see the notes above)")
+
+
+def _point_mlflow_run_at(comparison_run_id: str, tracking_uri: str | None) -> None:
+    # Under `mlflow run -e compare` MLflow made a run for this command; the report lives in its own
+    # comparison run, so this one is tagged as a comparison (compare-runs leaves it out) and points there.
+    run = os.environ.get("MLFLOW_RUN_ID")
+    if run and run != comparison_run_id:
+        from bertpooled.tracking.comparisons import point_launcher_at
+
+        point_launcher_at(tracking_uri, run, comparison_run_id)

@@ -1,145 +1,131 @@
-"""`bertpooled tune` and the MLproject's tune entry point: thin typer functions over bertpooled.run.tuning."""
+"""`bertpooled tune` and the MLproject's tune entry point: thin typer functions over bertpooled.tune."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from bertpooled.cli_support import (
+    ON_OFF,
+    Address,
+    ConfigFile,
+    CpusPerRun,
+    ExecutorName,
+    Experiment,
+    GpusPerRun,
+    Modes,
+    Progress,
+    Sets,
     _blank_to_none,
     _fields_and_sets,
     _hide_credentials,
     _interrupt_as_keyboard_interrupt,
     _mlproject_pairs,
+    _mlproject_values,
     _progress,
+    _start_executor,
     fail,
 )
 from bertpooled.errors import BertpooledError
 
 # A study searches one mode at a time: `--modes` takes the place of the mode's option.
 TUNE_AXES = ("mode",)
-MLPROJECT_TUNE_OWN = (
-    "modes",
-    "space",
-    "trials",
-    "timeout",
-    "parallel",
-    "resume",
-    "study",
-    "storage",
-    "pruner",
-    "sampler_seed",
-    "experiment",
-    "output",
-    "config",
-    "executor",
-    "address",
-    "cpus_per_run",
-    "gpus_per_run",
-)
+# The MLproject parameters that are no config field, and how each is parsed (text when no kind is given).
+MLPROJECT_TUNE_KINDS = {
+    "trials": int,
+    "parallel": int,
+    "sampler_seed": int,
+    "cpus_per_run": float,
+    "gpus_per_run": float,
+    "timeout": lambda text: float(text) if text.strip() else None,
+    "resume": ON_OFF,
+}
+MLPROJECT_TUNE_OWN = ("modes", "space", "study", "storage", "pruner", "experiment", "output", "config", "executor")
+MLPROJECT_TUNE_OWN += ("address", *MLPROJECT_TUNE_KINDS)
 
-
-def tune_command(
-    space: str = typer.Option(
-        ...,
-        help="What to search: field=LOW..HIGH[:log] or field=A|B|C, comma-separated (e.g. "
-        "lr=1e-4..1e-2:log,lstm_units=8|16|32,batch_size=16|32|64,epochs=3..15), or a YAML file.",
+Space = Annotated[
+    str,
+    typer.Option(
+        help="What to search: field=LOW..HIGH[:log] or field=A|B|C, comma-separated (e.g. lr=1e-4..1e-2:log,"
+        "lstm_units=8|16|32,batch_size=16|32|64,epochs=3..15), or a YAML file."
     ),
-    modes: str | None = typer.Option(None, help="Modes, comma-separated, one study each (default: basic,pool)."),
-    trials: int = typer.Option(
-        30, help="Trials per study (complete or pruned; a resumed study runs up to this many in all)."
-    ),
-    timeout: float | None = typer.Option(
-        None, help="Stop starting trials after this many seconds (per study and worker)."
-    ),
-    parallel: int = typer.Option(
-        1,
+]
+Trials = Annotated[
+    int, typer.Option(help="Trials per study (complete or pruned; a resumed study runs up to this many in all).")
+]
+Timeout = Annotated[
+    float | None, typer.Option(help="Stop starting trials after this many seconds (per study and worker).")
+]
+Workers = Annotated[
+    int,
+    typer.Option(
         min=1,
         help="Workers sharing each study: processes here (threads split between them), or Ray tasks with "
         "--executor ray.",
     ),
-    executor: str = typer.Option(
-        "local",
-        help="Where the workers run: local (processes here) | ray (tasks on a Ray cluster; the storage must be a "
-        "database every node reaches).",
+]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the studies of this --study name where they stopped.")]
+Study = Annotated[str, typer.Option(help="Study name; each mode's study is NAME-MODE in the storage.")]
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        help="Optuna storage URL (default: optuna.db beside an SQLite or file tracking store, the same PostgreSQL as "
+        "a PostgreSQL one)."
     ),
-    address: str | None = typer.Option(
-        None, help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray)."
+]
+Pruner = Annotated[
+    str,
+    typer.Option(
+        help="median (stop a trial below the median val/accuracy of earlier trials at the same epoch) | none."
     ),
-    cpus_per_run: float = typer.Option(1.0, help="CPUs Ray reserves for each worker (--executor ray)."),
-    gpus_per_run: float = typer.Option(0.0, help="GPUs Ray reserves for each worker (--executor ray)."),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the studies of this --study name where they stopped."
-    ),
-    study: str = typer.Option("tune", help="Study name; each mode's study is NAME-MODE in the storage."),
-    storage: str | None = typer.Option(
-        None,
-        help="Optuna storage URL (default: optuna.db beside an SQLite or file tracking store, the same PostgreSQL "
-        "as a PostgreSQL one).",
-    ),
-    pruner: str = typer.Option(
-        "median", help="median (stop a trial below the median val/accuracy of earlier trials at the same epoch) | none."
-    ),
-    sampler_seed: int = typer.Option(
-        0, help="Seed of the TPE sampler (each worker and each resume draws its own stream from it)."
-    ),
-    experiment: str | None = typer.Option(None, help="Experiment for new studies (default: bertpooled-tuning)."),
-    output: str | None = typer.Option(None, help="Also write each mode's best config to OUTPUT/best-MODE.yaml."),
-    config: str | None = typer.Option(
-        None,
-        "--config",
-        "-c",
-        help="YAML experiment the trials start from and the best config keeps (path, or a name in experiments/).",
-    ),
+]
+SamplerSeed = Annotated[
+    int, typer.Option(help="Seed of the TPE sampler (each worker and each resume draws its own stream from it).")
+]
+Output = Annotated[str | None, typer.Option(help="Also write each mode's best config to OUTPUT/best-MODE.yaml.")]
+
+
+def tune_command(
+    space: Space,
+    modes: Modes = None,
+    trials: Trials = 30,
+    timeout: Timeout = None,
+    parallel: Workers = 1,
+    executor: ExecutorName = "local",
+    address: Address = None,
+    cpus_per_run: CpusPerRun = 1.0,
+    gpus_per_run: GpusPerRun = 0.0,
+    resume: Resume = False,
+    study: Study = "tune",
+    storage: Storage = None,
+    pruner: Pruner = "median",
+    sampler_seed: SamplerSeed = 0,
+    experiment: Experiment = None,
+    output: Output = None,
+    config: ConfigFile = None,
     fields: dict[str, Any] | None = None,
-    set_: list[str] | None = typer.Option(
-        None,
-        "--set",
-        help="Any config field but mode as key=value, for every trial (repeatable); the option of the same name wins.",
-    ),
-    progress: bool | None = typer.Option(
-        False, "--progress/--no-progress", help="Progress bars within trials (default: off)."
-    ),
+    set_: Sets = None,
+    progress: Progress = False,
 ) -> None:
     """Search each mode's settings with Optuna on a validation split (never the test set); each trial a child run."""
     from bertpooled.config import parse_sets
-    from bertpooled.run import sweep as sweeping
-    from bertpooled.run import tuning
+    from bertpooled.sweep.plan import parse_modes
+    from bertpooled.tune import plan as planning
+    from bertpooled.tune import study as tuning
 
     _interrupt_as_keyboard_interrupt()
     _hide_credentials()
-
-    def log(line: str) -> None:
-        typer.echo(line, err=True)
-
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
-        plans = tuning.plan_studies(_blank_to_none(config), overrides, sweeping.parse_modes(modes), space, study)
+        plans = planning.plan_studies(_blank_to_none(config), overrides, parse_modes(modes), space, study)
         chosen = tuning.make_pruner(pruner)
-        runner = _ray(_blank_to_none(executor) or "local", _blank_to_none(address), cpus_per_run, gpus_per_run)
-        try:
-            outcomes = [
-                tuning.run_study(
-                    plan,
-                    trials=trials,
-                    timeout=timeout,
-                    resume=resume,
-                    parallel=parallel,
-                    storage=_blank_to_none(storage),
-                    pruner=chosen,
-                    sampler_seed=sampler_seed,
-                    experiment=_blank_to_none(experiment),
-                    output=_blank_to_none(output),
-                    log=log,
-                    progress=_progress(progress),
-                    executor=runner,
-                )
-                for plan in plans
-            ]
-        finally:
-            if runner is not None:
-                runner.close()
+        runner = _start_executor(
+            executor, address=_blank_to_none(address), cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
+        )
+        options = dict(trials=trials, timeout=timeout, resume=resume, parallel=parallel, sampler_seed=sampler_seed)
+        options.update(storage=_blank_to_none(storage), experiment=_blank_to_none(experiment))
+        outcomes = _run_studies(plans, runner, chosen, _blank_to_none(output), _progress(progress), **options)
     except BertpooledError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -152,63 +138,40 @@ def tune_command(
         )
 
 
-def _ray(name: str, address: str | None, cpus: float, gpus: float):
-    """None for local workers, else a connected Ray executor; a mistake is one line before any run."""
-    if name == "local":
-        if address:
-            raise BertpooledError("--address names a Ray cluster: pass --executor ray with it, or leave it out")
-        return None
-    if name != "ray":
-        raise BertpooledError(f"unknown executor {name!r}: pass --executor local or --executor ray")
-    from bertpooled.run.ray_executor import RayExecutor
+def _run_studies(plans, runner, pruner, output, progress, **options) -> list:
+    """Each mode's study in turn, on the started executor (closed after)."""
+    from bertpooled.tune import study as tuning
 
-    runner = RayExecutor(address, cpus, gpus)
-    runner.connect()
-    return runner
+    ray = runner if runner.name == "ray" else None  # local workers are this machine's processes
+    try:
+        return [
+            tuning.run_study(plan, pruner=pruner, output=output, log=_say, progress=progress, executor=ray, **options)
+            for plan in plans
+        ]
+    finally:
+        runner.close()
 
 
 def mlproject_tune(ctx: typer.Context) -> None:
     """`tune` for the MLproject's tune entry point, which declares no parameters (see `mlproject-train`): its own
     options (modes, space, trials, timeout, parallel, resume: true | false, study, storage, pruner, sampler_seed,
-    experiment, output, config) keep their meaning; every other `-P key=value` is a config field for every trial."""
+    experiment, output, config, executor, address, cpus_per_run, gpus_per_run) keep their meaning; every other
+    `-P key=value` is a config field for every trial."""
     pairs = _mlproject_pairs(ctx.args)
     own = {k: pairs.pop(k) for k in MLPROJECT_TUNE_OWN if k in pairs}
-    if not own.get("space", "").strip():
+    space = own.pop("space", "")
+    if not space.strip():
         fail("the tune entry point needs -P space=...: e.g. -P space=lr=1e-4..1e-2:log,lstm_units=8|16|32")
-    try:
-        trials, parallel, seed = (
-            int(own.get("trials", "30")),
-            int(own.get("parallel", "1")),
-            int(own.get("sampler_seed", "0")),
-        )
-        cpus, gpus = float(own.get("cpus_per_run", "1")), float(own.get("gpus_per_run", "0"))
-        timeout = float(own["timeout"]) if own.get("timeout", "").strip() else None
-        resume = {"": False, "false": False, "true": True}[own.get("resume", "").strip().lower()]
-    except (ValueError, KeyError):
-        fail(
-            "trials, parallel and sampler_seed take integers, timeout seconds, resume true or false: pass e.g. "
-            "-P trials=30 -P resume=true"
-        )
-    fields, sets = _fields_and_sets(pairs, exclude=TUNE_AXES)
-    tune_command(
-        space=own["space"],
-        modes=own.get("modes"),
-        trials=trials,
-        timeout=timeout,
-        parallel=parallel,
-        executor=own.get("executor", "local"),
-        address=own.get("address"),
-        cpus_per_run=cpus,
-        gpus_per_run=gpus,
-        resume=resume,
-        study=own.get("study", "tune"),
-        storage=own.get("storage"),
-        pruner=own.get("pruner", "median"),
-        sampler_seed=seed,
-        experiment=own.get("experiment"),
-        output=own.get("output"),
-        config=own.get("config"),
-        fields=fields,
-        set_=sets,
-        progress=False,
+    values = _mlproject_values(
+        own,
+        MLPROJECT_TUNE_KINDS,
+        "trials, parallel and sampler_seed take integers, timeout seconds, resume true or false: pass e.g. "
+        "-P trials=30 -P resume=true",
     )
+    fields, sets = _fields_and_sets(pairs, exclude=TUNE_AXES)
+    text = {k: v for k, v in own.items() if k not in MLPROJECT_TUNE_KINDS}
+    tune_command(space=space, **text, **values, fields=fields, set_=sets, progress=False)
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)

@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 import bertpooled.cli as cli
+import bertpooled.cli_sweep as cli_sweep
 import bertpooled.cli_tune as cli_tune
 from bertpooled.cli import app
 from bertpooled.cli_options import config_fields, field_docs
@@ -217,7 +218,7 @@ def test_an_option_wins_over_set(captured):
 @pytest.fixture()
 def planned(monkeypatch):
     """The overrides and the children's configs each `sweep` plans, stopped right there."""
-    from bertpooled.run import sweep
+    from bertpooled.sweep import plan as sweep
 
     seen = {}
     real = sweep.plan
@@ -275,7 +276,7 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
     text = (ROOT / "MLproject").read_text()
     accepted = {
         "main": set(FIELDS) | set(cli.MLPROJECT_TRAIN_OWN),
-        "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli.MLPROJECT_SWEEP_OWN),
+        "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli_sweep.MLPROJECT_SWEEP_OWN),
         "compare": set(cli.MLPROJECT_COMPARE),
         "tune": (set(FIELDS) - {"mode"}) | set(cli_tune.MLPROJECT_TUNE_OWN),
     }

@@ -17,13 +17,13 @@ from bertpooled.data.imdb import (
     ENV_VAR,
     Imdb,
     Split,
-    balanced_subset,
     cache_dir,
     check_source,
     download_imdb,
     load_imdb,
     resolve_source,
 )
+from bertpooled.data.subsets import balanced_subset
 from bertpooled.errors import BertpooledError
 
 REVIEWS = {

@@ -554,7 +554,8 @@ def _logged_run(threads: str):
 )
 def test_a_resumed_sweep_runs_its_children_on_the_thread_count_its_earlier_children_had(earlier, given, expected, kept):
     from bertpooled.config import load_config
-    from bertpooled.run.sweep import _threads_as_before, plan
+    from bertpooled.sweep.plan import plan
+    from bertpooled.sweep.resume import threads_as_before as _threads_as_before
 
     children = plan(SMOKE, {"num_threads": given}, ["basic", "pool"], [0])
     existing = {} if earlier is None else {"some-key": [_logged_run(earlier)]}
@@ -569,8 +570,8 @@ def test_parallel_workers_keep_a_kept_auto_thread_count(monkeypatch):
     """run_parallel gives auto children cores/N unless the sweep keeps its earlier count (auto)."""
     import concurrent.futures as cf
 
-    from bertpooled.run import parallel
-    from bertpooled.run.sweep import plan
+    from bertpooled.sweep import parallel
+    from bertpooled.sweep.plan import plan
 
     seen = []
 
@@ -895,7 +896,7 @@ def test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds(hang
 
 
 def test_a_sweep_interrupted_before_its_parent_existed_says_so_and_claims_no_killed_run(store, monkeypatch):
-    from bertpooled.run import sweep as sweeping
+    from bertpooled.sweep import plan as sweeping
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bertpooled.run import interrupts
+from bertpooled.sweep import interrupts
 
 
 def _code_of(module_name: str):

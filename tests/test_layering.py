@@ -60,6 +60,12 @@ def _under(name: str, *packages: str) -> bool:
     return any(name == f"bertpooled.{p}" or name.startswith(f"bertpooled.{p}.") for p in packages)
 
 
+def test_run_keeps_only_one_run_modules():
+    """Sweeps, tuning and their signal handling moved out of run/ (issue 22): nothing of them is left there."""
+    moved = ("sweep", "parallel", "ray_executor", "grouped_sweep", "interrupts", "tuning", "trials", "search_space")
+    assert sorted(m for m in MODULES if m.removeprefix("bertpooled.run.") in moved) == []
+
+
 def test_only_tracking_and_the_served_model_code_import_mlflow():
     offenders = {
         name: sorted(m for m in imports_of(name) if m.split(".")[0] == "mlflow")
@@ -72,9 +78,14 @@ def test_only_tracking_and_the_served_model_code_import_mlflow():
 @pytest.mark.parametrize(
     "lower, forbidden",
     [
-        ("data", ("model", "run", "tracking", "report", "serving", "cli")),
-        ("model", ("run", "tracking", "report", "serving", "cli")),
-        ("tracking", ("run", "report", "serving", "cli")),
+        ("data", ("model", "run", "sweep", "tune", "tracking", "report", "serving", "cli")),
+        ("model", ("run", "sweep", "tune", "tracking", "report", "serving", "cli")),
+        ("tracking", ("run", "sweep", "tune", "report", "serving", "cli")),
+        # One run's modules stand below the sweeps and the tuning that drive many runs.
+        ("run", ("sweep", "tune")),
+        # Sweeps (above run/, below the CLI) know nothing of tuning; tuning may use sweep's executors.
+        ("sweep", ("tune", "cli")),
+        ("tune", ("cli",)),
     ],
 )
 def test_lower_layers_do_not_import_upper_ones(lower, forbidden):
@@ -106,7 +117,8 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             # A package's __init__ is imported with any of its modules; it re-exports, it is no layer of its own.
-            if nxt.endswith(tuple(f".{p}" for p in ("data", "model", "run", "tracking", "report", "serving"))):
+            packages = ("data", "model", "run", "sweep", "tune", "tracking", "report", "serving")
+            if nxt.endswith(tuple(f".{p}" for p in packages)):
                 continue
             if state.get(nxt) == "open":
                 cycles.append([*stack[stack.index(nxt) :], nxt])

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.run import fit, measure, prepare, sweep
+from bertpooled.run import fit, measure, prepare
 from bertpooled.run.experiment import run_experiment
 from bertpooled.run.shared import Shared
+from bertpooled.sweep import plan as sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")

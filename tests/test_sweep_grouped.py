@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
-from bertpooled.run import grouped_sweep
+from bertpooled.sweep import groups as grouped_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -200,7 +200,7 @@ def test_a_group_that_fails_leaves_no_child_and_a_resume_trains_it_again(store, 
 )
 def test_the_mlproject_sweep_entry_point_takes_group_seeds(given, expected, monkeypatch):
     from bertpooled.errors import BertpooledError
-    from bertpooled.run import sweep
+    from bertpooled.sweep import runner
 
     seen = {}
 
@@ -208,9 +208,9 @@ def test_the_mlproject_sweep_entry_point_takes_group_seeds(given, expected, monk
         seen.update(kwargs)
         raise BertpooledError("captured")
 
-    monkeypatch.setattr(sweep, "run_sweep", capture)
+    monkeypatch.setattr(runner, "run_sweep", capture)
     result = CliRunner().invoke(app, ["mlproject-sweep", "--modes", "basic", "--seeds", "2", *given])
-    assert "captured" in result.output and seen["group_seeds"] is expected
+    assert "captured" in result.output and seen["executor"].group_seeds is expected
 
 
 def test_a_bad_group_seeds_parameter_is_one_line():

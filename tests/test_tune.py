@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.run import tuning
-from bertpooled.run.search_space import parse_space
+from bertpooled.tune import plan as planning
+from bertpooled.tune import study as tuning
+from bertpooled.tune.space import parse_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
@@ -37,7 +38,7 @@ def tiny(tiny_imdb, tiny_bert, store):
 
 
 def plan(tiny, mode="pool", study="t", space=SPACE):
-    return tuning.plan_studies(SMOKE, tiny, [mode], space, study)[0]
+    return planning.plan_studies(SMOKE, tiny, [mode], space, study)[0]
 
 
 def runs_of(store: str, experiment: str = "bertpooled-tuning") -> list:
@@ -247,9 +248,9 @@ def test_a_search_space_reads_text_and_yaml_alike(tmp_path):
 
 def test_the_search_never_sees_the_test_set_by_config(tiny, store):
     with pytest.raises(BertpooledError, match="eval_each_epoch"):
-        tuning.plan_studies(SMOKE, {**tiny, "eval_each_epoch": True}, ["pool"], SPACE, "t")
+        planning.plan_studies(SMOKE, {**tiny, "eval_each_epoch": True}, ["pool"], SPACE, "t")
     with pytest.raises(BertpooledError, match="reference"):
-        tuning.plan_studies(SMOKE, tiny, ["reference"], SPACE, "t")
+        planning.plan_studies(SMOKE, tiny, ["reference"], SPACE, "t")
 
 
 @pytest.mark.parametrize(
@@ -274,7 +275,7 @@ def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store
     __import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'"
 )
 def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path):
-    from bertpooled.run.ray_executor import RayExecutor
+    from bertpooled.sweep.ray_executor import RayExecutor
 
     monkeypatch.setenv("RAY_ADDRESS", "")  # a local Ray of this test's own, never a cluster the machine has
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ray.init writes ~/.ray/auth_token: not into the user's home

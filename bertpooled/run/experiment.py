@@ -62,7 +62,7 @@ def run_experiment(
     under `mlflow run`, which creates the run itself: there it ends FAILED with the reason as a tag.
     A sweep passes `shared` (inputs an earlier child already read, loaded or tokenized: the same values,
     not read again), `parent_run_id` (the run is nested under it) and `tags` (added to the run's own); a seed
-    group passes `pipeline` (one that hands back its seed's already-trained model: bertpooled.run.grouped_sweep).
+    group passes `pipeline` (one that hands back its seed's already-trained model: bertpooled.sweep.groups).
     The orchestration of a run, read top to bottom: each step is one call.
     """
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""A sweep's seeds trained together (`bertpooled sweep --group-seeds`, issue 13), each still its own ordinary run.
+"""A sweep's seeds trained together (`sweep --group-seeds`, issue 13), each still its own ordinary run.
 
 The children to run whose configs differ only in `seed` (and that `grouped.can_group` allows, and that do not
 continue a checkpointed run) form a group. The group is trained in one loop (`grouped.fit_group`) before any of

@@ -1,15 +1,19 @@
-"""`sweep --parallel N`: children side by side in N fresh processes, stopped cleanly by Ctrl-C or SIGTERM."""
+"""`sweep --parallel N` (`ParallelExecutor`): children side by side in N fresh processes, stopped cleanly by
+Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from bertpooled.config import Config
 from bertpooled.contract import KILLED, SWEEP_CHILD_TAG, SWEEP_KEY_TAG, SWEEP_PARALLEL_TAG, SWEEP_SHARED_INPUTS_TAG
 from bertpooled.run.experiment import run_or_resume
+from bertpooled.sweep.executor import Work
+from bertpooled.sweep.local import LocalExecutor
 from bertpooled.tracking import sweeps
 
 # Worker-process state for `_run_parallel`: the sweep's stop flag, whether a child is running here now, and the
@@ -28,7 +32,7 @@ def _worker_init(stop, parent_pid: int | None = None, parent_run_id: str = "", t
     (PR_SET_PDEATHSIG; SIGKILL included), elsewhere a thread watches for it. Without this, a SIGKILLed sweep
     left its workers (and their queued children) running under PID 1, holding their memory for good.
     """
-    from bertpooled.run import interrupts
+    from bertpooled.sweep import interrupts
 
     global _stop, _sweep
     _stop = stop
@@ -134,6 +138,35 @@ def _child_in_process(
             _leave()  # the child's run ended (KILLED with its checkpoint); no one is left to take its result
 
 
+@dataclass
+class ParallelExecutor:
+    """`--parallel N`: the children side by side in N fresh processes, on the on-disk caches the parent filled; a
+    single child runs here (`LocalExecutor`), as N processes would not speed it up."""
+
+    parallel: int
+    group_seeds: bool | None = None
+    name = "local"
+    shares_inputs = True
+
+    def start(self, children: Sequence) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"{self.parallel} processes"
+
+    def run(self, work: Work) -> Iterator[str]:
+        if len(work.todo) <= 1:
+            yield from LocalExecutor(self.group_seeds).run(work)
+            return
+        yield f"{len(work.todo)} children, {self.parallel} at a time"
+        work.ran.extend(
+            run_parallel(work.todo, work.parent_id, self.parallel, work.log, work.resumable, work.keep_threads)
+        )
+
+    def close(self) -> None:
+        pass
+
+
 def run_parallel(
     todo: Sequence,
     parent_id: str,
@@ -147,17 +180,14 @@ def run_parallel(
     The first failure cancels the children not yet started, lets the running ones end, then propagates.
     Ctrl-C or SIGTERM (to this process, or to the whole process group) stops the sweep: no child starts
     after it, each running child ends KILLED with its last checkpoint (a resume of the sweep continues it),
-    then KeyboardInterrupt propagates. Kept in one function: the pool, its futures and the interrupt handling
-    only make sense together.
+    then KeyboardInterrupt propagates.
     """
     import concurrent.futures as cf
     import multiprocessing
-    import signal
 
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    ran, error, interrupted = [], None, False
     with cf.ProcessPoolExecutor(
         max_workers=parallel,
         mp_context=context,
@@ -175,48 +205,58 @@ def run_parallel(
                 SWEEP_SHARED_INPUTS_TAG: "on-disk caches the parent filled",
                 SWEEP_PARALLEL_TAG: str(parallel),
             }
-            futures[
-                pool.submit(
-                    _child_in_process, config, parent_id, tags, sweeps.tracking_uri(), (resumable or {}).get(child.key)
-                )
-            ] = child
+            args = (config, parent_id, tags, sweeps.tracking_uri(), (resumable or {}).get(child.key))
+            futures[pool.submit(_child_in_process, *args)] = child
         log(f"running {len(todo)} children, {parallel} at a time, {threads} thread(s) each")
-        pending = set(futures)
-        while pending:
-            try:
-                for future in cf.as_completed(pending):
-                    pending.discard(future)
-                    try:
-                        outcome = future.result()
-                    except cf.CancelledError:
-                        continue
-                    except KeyboardInterrupt:
-                        interrupted = True
-                        log(f"{futures[future].label}: interrupted, its run marked KILLED")
-                        continue
-                    except BaseException as exc:
-                        error = error or exc
-                        for other in futures:
-                            other.cancel()
-                        continue
-                    if outcome is not None:
-                        ran.append(outcome)
-                        log(f"{futures[future].label}: finished")
-            except KeyboardInterrupt:
-                # Here, not in a worker: a signal to this process alone (or to the group, which the workers got
-                # as well). Start nothing more, and pass the interrupt on to the children still running.
-                interrupted = True
-                stop.set()
-                for future in futures:
-                    future.cancel()
-                for process in multiprocessing.active_children():
-                    if process.pid is not None:  # always, for an active child
-                        with contextlib.suppress(OSError):
-                            os.kill(process.pid, signal.SIGTERM)
-            if interrupted or error is not None:
-                stop.set()
+        ran, error, interrupted = _collect(futures, stop, log)
     if interrupted:
         raise KeyboardInterrupt
     if error is not None:
         raise error
     return ran
+
+
+def _collect(futures: dict, stop, log: Callable[[str], None]) -> tuple[list, BaseException | None, bool]:
+    """Wait for the children's futures: (their Outcomes, the first error, whether the sweep was interrupted).
+
+    An error cancels the children not yet started; Ctrl-C here (not in a worker: a signal to this process alone,
+    or to the group, which the workers got as well) starts nothing more and passes the interrupt on to the
+    children still running."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import signal
+
+    ran, error, interrupted = [], None, False
+    pending = set(futures)
+    while pending:
+        try:
+            for future in cf.as_completed(pending):
+                pending.discard(future)
+                try:
+                    outcome = future.result()
+                except cf.CancelledError:
+                    continue
+                except KeyboardInterrupt:
+                    interrupted = True
+                    log(f"{futures[future].label}: interrupted, its run marked KILLED")
+                    continue
+                except BaseException as exc:
+                    error = error or exc
+                    for other in futures:
+                        other.cancel()
+                    continue
+                if outcome is not None:
+                    ran.append(outcome)
+                    log(f"{futures[future].label}: finished")
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.set()
+            for future in futures:
+                future.cancel()
+            for process in multiprocessing.active_children():
+                if process.pid is not None:  # always, for an active child
+                    with contextlib.suppress(OSError):
+                        os.kill(process.pid, signal.SIGTERM)
+        if interrupted or error is not None:
+            stop.set()
+    return ran, error, interrupted

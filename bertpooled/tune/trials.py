@@ -1,5 +1,5 @@
 """The trials of a tuning study: one trial's training (`Objective`), a worker's loop over trials (`optimize`), and
-the workers (local processes or Ray tasks) that share one study through its storage. See bertpooled.run.tuning."""
+the workers (local processes or Ray tasks) that share one study through its storage. See bertpooled.tune.study."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from bertpooled.tracking import runs as tracking
 from bertpooled.tracking import tuning as store
 
 if TYPE_CHECKING:
-    from bertpooled.run.tuning import StudyPlan
+    from bertpooled.tune.plan import StudyPlan
 
 # A worker killed outright stops beating: after GRACE_S its RUNNING trial is failed by the next worker or resume.
 HEARTBEAT_S, GRACE_S = 20, 60
@@ -171,25 +171,10 @@ class Objective:
 
 def _worker(args: tuple, index: int) -> None:
     """One worker process of `--parallel`: its own sampler seed, its share of the CPU threads, the study's trials."""
-    from bertpooled.run import interrupts
-    from bertpooled.tracking.sweeps import use_tracking_uri
+    from bertpooled.sweep import interrupts
 
     interrupts.install()
-    plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed, pruner, progress = args
-    use_tracking_uri(tracking_uri)
-    optimize(
-        plan,
-        url,
-        engine_kwargs,
-        parent,
-        tracking_uri,
-        target,
-        timeout,
-        sampler_seed + 104729 * index,
-        pruner,
-        progress,
-        log=lambda line: print(f"[worker {index}] {line}", flush=True),
-    )
+    _ray_worker(args, index)
 
 
 def run_workers(args: tuple, parallel: int, log: Callable[[str], None]) -> None:
@@ -228,7 +213,7 @@ def run_ray_workers(args: tuple, workers: int, executor, log: Callable[[str], No
     """The workers as Ray tasks with the executor's resources (every node must reach the study's storage and the
     tracking store: a shared database, not a local SQLite file, beyond one machine). A worker's error stops the
     study; Ctrl-C cancels the tasks, whose running trials then end (FAIL in Optuna, KILLED in MLflow)."""
-    from bertpooled.run.ray_executor import CANCEL_GRACE_S, _import_ray
+    from bertpooled.sweep.ray_executor import CANCEL_GRACE_S, _import_ray
 
     ray = _import_ray()
     executor.connect()
@@ -264,7 +249,8 @@ def _cancel(ray, refs: list, grace: float) -> None:
 
 
 def _ray_worker(args: tuple, index: int) -> None:
-    """One worker inside a Ray task (Ray delivers cancellation as KeyboardInterrupt itself)."""
+    """One worker inside a Ray task (Ray delivers cancellation as KeyboardInterrupt itself), or a local worker
+    process (`_worker`): the study's trials with the worker's own sampler seed."""
     from bertpooled.tracking.sweeps import use_tracking_uri
 
     plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed, pruner, progress = args

@@ -1,11 +1,11 @@
 """The sweep's Ray executor: each child run is a Ray task with declared resources, on whatever node Ray picks.
 
-`sweep.run_sweep` stays the one sweep (parent run, naming, tags, resume by config key, closing comparison);
-this module only decides where its children run. Every node logs into the tracking server named by
+`runner.run_sweep` stays the one sweep (parent run, naming, tags, resume by config key, closing comparison);
+this `executor.Executor` only decides where its children run. Every node logs into the tracking server named by
 `MLFLOW_TRACKING_URI`, with artifacts (checkpoints included) through that server (`mlflow server
 --serve-artifacts`), so the nodes share no filesystem. A task that Ray retries after its worker or node died
-finds its child's run under the parent by tag `sweep/key` and continues it from the run's last checkpoint
-(the same run, RUNNING again), so a child ends FINISHED exactly once. Ray is an optional extra.
+finds its child's runs under the parent by tag `sweep/key` and continues the one `resume.earlier_runs` picks
+from its last checkpoint (the same run, RUNNING again), so a child ends FINISHED exactly once. Ray is an optional extra.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from bertpooled.contract import (
-    CHECKPOINT_EPOCH_TAG,
-    FAILED,
-    FINISHED,
     KILLED,
     RESUMED_TAG,
     SWEEP_CHILD_TAG,
@@ -32,6 +29,8 @@ from bertpooled.contract import (
     SWEEP_SHARED_INPUTS_TAG,
 )
 from bertpooled.errors import BertpooledError
+from bertpooled.sweep import resume
+from bertpooled.sweep.executor import Work
 from bertpooled.tracking import sweeps
 
 INSTALL_HINT = "pip install 'bertpooled[ray]'"
@@ -62,6 +61,7 @@ class RayExecutor:
     gpus_per_run: float = 0.0
 
     name = "ray"
+    shares_inputs = False  # children on other machines read their own inputs: the driver need not hold the data
 
     def __post_init__(self) -> None:
         if not self.cpus_per_run > 0:
@@ -113,21 +113,61 @@ class RayExecutor:
             ray.shutdown()
 
     def describe(self) -> str:
-        return (
-            f"Ray ({self.cpus_per_run:g} CPU{'' if self.cpus_per_run == 1 else 's'}, {self.gpus_per_run:g} GPU "
-            "per child)"
-        )
+        cpus = f"{self.cpus_per_run:g} CPU{'' if self.cpus_per_run == 1 else 's'}"
+        return f"Ray ({cpus}, {self.gpus_per_run:g} GPU per child)"
 
-    def run(self, todo: Sequence, parent_id: str, log: Callable[[str], None], progress: bool | None = None) -> list:
-        """Run `todo` (sweep.Child) as tasks; one line per child start/finish with its node, a bar of children done.
+    def start(self, children: Sequence) -> None:
+        """Check the children's resources, then join the cluster: before the sweep's parent run exists."""
+        self.check(children)
+        self.connect()
+
+    def run(self, work: Work) -> Iterator[str]:
+        if work.todo:
+            yield f"{len(work.todo)} children on {self.describe()}"
+            work.ran.extend(self.run_children(work.todo, work.parent_id, work.log, work.progress))
+
+    def run_children(
+        self, todo: Sequence, parent_id: str, log: Callable[[str], None], progress: bool | None = None
+    ) -> list:
+        """Run `todo` (sweep Children) as tasks; one line per child start/finish with its node, a bar of children done.
 
         The first child that fails stops the sweep (the others are cancelled and end KILLED); Ctrl-C does the same.
-        One function: the tasks, the polling loop and its cancellation share their state.
         """
         from tqdm.auto import tqdm
 
         ray = _import_ray()
         self.connect()
+        refs = self._submit(ray, todo, parent_id)
+        by_key = {child.key: child for child in todo}
+        log(f"running {len(todo)} children as Ray tasks, {self.describe()}")
+
+        disable = progress is False or (progress is None and not sys.stderr.isatty())
+        bar = tqdm(total=len(todo), desc="children done", unit="run", disable=disable, file=sys.stderr)
+
+        def say(line: str) -> None:
+            with tqdm.external_write_mode(file=sys.stderr):
+                log(line)
+
+        experiment_id = sweeps.get_run(parent_id).info.experiment_id
+        seen: set[tuple[str, str]] = set()
+        pending, ran = list(refs), []
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+                self._report_starts(experiment_id, parent_id, by_key, seen, say)
+                for ref in ready:
+                    ran.append(self._finished(ray, ref, refs[ref], seen, say))
+                    bar.update(1)
+                    say(f"{ran[-1][1]} [{len(ran)}/{len(todo)}]")
+        except BaseException:
+            self._cancel(ray, pending, experiment_id, parent_id, by_key, say)
+            raise
+        finally:
+            bar.close()
+        return [outcome for outcome, _ in ran]
+
+    def _submit(self, ray, todo: Sequence, parent_id: str) -> dict:
+        """One task per child, with its resources; {task ref: child}."""
         threads = max(1, int(self.cpus_per_run))
         task = ray.remote(_run_child).options(
             num_cpus=self.cpus_per_run,
@@ -152,52 +192,29 @@ class RayExecutor:
                 SWEEP_SHARED_INPUTS_TAG: "each node's own caches",
             }
             refs[task.remote(config, parent_id, tags, uri)] = child
-        by_key = {child.key: child for child in todo}
-        log(f"running {len(todo)} children as Ray tasks, {self.describe()}")
+        return refs
 
-        disable = progress is False or (progress is None and not sys.stderr.isatty())
-        bar = tqdm(total=len(todo), desc="children done", unit="run", disable=disable, file=sys.stderr)
-
-        def say(line: str) -> None:
-            with tqdm.external_write_mode(file=sys.stderr):
-                log(line)
-
-        experiment_id = sweeps.get_run(parent_id).info.experiment_id
-        seen: set[tuple[str, str]] = set()
-        pending, ran = list(refs), []
+    @staticmethod
+    def _finished(ray, ref, child, seen: set, say) -> tuple:
+        """(the child's Outcome, its closing line); its start line first if no look saw it start."""
         try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
-                self._report_starts(experiment_id, parent_id, by_key, seen, say)
-                for ref in ready:
-                    child = refs[ref]
-                    try:
-                        outcome, node, node_ip = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        # The child's own error (its run already ended FAILED), not Ray's wrapper around it.
-                        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                        say(f"{child.label}: failed ({(str(cause).splitlines() or [type(cause).__name__])[0]})")
-                        raise cause from None
-                    ran.append(outcome)
-                    bar.update(1)
-                    if (outcome.run_id, node) not in seen:
-                        # It started (or, after a retry, continued) and ended between two looks: that line still
-                        # comes first.
-                        seen.add((outcome.run_id, node))
-                        resumed = sweeps.get_run(outcome.run_id).data.tags.get(RESUMED_TAG)
-                        how = f"resumed after epoch {resumed}" if resumed else "started"
-                        say(f"{child.label}: {how} on node {node_ip} {node[:8]} (run {outcome.run_id})")
-                    say(
-                        f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
-                        f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f} "
-                        f"[{len(ran)}/{len(todo)}]"
-                    )
-        except BaseException:
-            self._cancel(ray, pending, experiment_id, parent_id, by_key, say)
-            raise
-        finally:
-            bar.close()
-        return ran
+            outcome, node, node_ip = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            # The child's own error (its run already ended FAILED), not Ray's wrapper around it.
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+            say(f"{child.label}: failed ({(str(cause).splitlines() or [type(cause).__name__])[0]})")
+            raise cause from None
+        if (outcome.run_id, node) not in seen:
+            # It started (or, after a retry, continued) and ended between two looks: that line still comes first.
+            seen.add((outcome.run_id, node))
+            resumed = sweeps.get_run(outcome.run_id).data.tags.get(RESUMED_TAG)
+            how = f"resumed after epoch {resumed}" if resumed else "started"
+            say(f"{child.label}: {how} on node {node_ip} {node[:8]} (run {outcome.run_id})")
+        line = (
+            f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
+            f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f}"
+        )
+        return outcome, line
 
     @staticmethod
     def _report_starts(experiment_id, parent_id, by_key, seen, say) -> None:
@@ -230,41 +247,30 @@ class RayExecutor:
 
 
 def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):
-    """One child, inside a Ray task on some node: continue its unfinished run from the last checkpoint, or start it.
+    """One child, inside a Ray task on some node: what `resume.earlier_runs` says of its earlier runs under the
+    parent (a retry finds those its lost worker left), then continue the chosen one or start a new run.
 
     Returns (Outcome, node id, node IP). Runs again only what has no FINISHED run: a retry that finds the child
     already FINISHED (its node died after the run ended) returns that run instead of training it twice.
     """
     import ray
 
-    from bertpooled.run.experiment import Outcome, run_experiment
-    from bertpooled.run.resume import prepare_resume
+    from bertpooled.run.experiment import Outcome, run_or_resume
 
     sweeps.use_tracking_uri(tracking_uri)
     node, node_ip = ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
     tags = {**tags, NODE_TAG: node, NODE_IP_TAG: node_ip}
-    earlier = sweeps.children(parent_id, key=tags[SWEEP_KEY_TAG])
-    finished = [r for r in earlier if r.info.status == FINISHED]
-    if finished:
-        run = finished[0]
+    earlier = resume.earlier_runs(sweeps.children(parent_id, key=tags[SWEEP_KEY_TAG]))
+    if earlier.finished is not None:
+        run = earlier.finished
         return Outcome(run.info.run_id, run.info.experiment_id, dict(run.data.metrics), "", "", ""), node, node_ip
-    with_checkpoint = sorted(
-        (r for r in earlier if CHECKPOINT_EPOCH_TAG in r.data.tags),
-        key=lambda r: int(r.data.tags[CHECKPOINT_EPOCH_TAG]),
-    )
-    for run in earlier:
-        # A run whose worker died before its first checkpoint cannot be continued; it must not stay RUNNING.
-        if run.info.status == "RUNNING" and CHECKPOINT_EPOCH_TAG not in run.data.tags:
-            sweeps.end_child(run.info.run_id, FAILED, "its worker was lost before the first checkpoint; run again")
+    resume.end_orphans(earlier)
 
     def log(line: str) -> None:
         print(f"[{tags[SWEEP_CHILD_TAG]}] {line}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    if with_checkpoint:
-        config, resume = prepare_resume(with_checkpoint[-1].info.run_id, None)
-        outcome = run_experiment(config, progress=False, log=log, parent_run_id=parent_id, tags=tags, resume=resume)
-    else:
-        outcome = run_experiment(config, progress=False, log=log, parent_run_id=parent_id, tags=tags)
+    resume_id = earlier.resume.info.run_id if earlier.resume is not None else None
+    outcome = run_or_resume(config, resume_id, progress=False, log=log, parent_run_id=parent_id, tags=tags)
     log(f"done in {time.perf_counter() - started:.1f}s on node {node_ip} {node[:8]}")
     return outcome, node, node_ip

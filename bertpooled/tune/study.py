@@ -11,7 +11,6 @@ config as YAML (`train --config` and `sweep --config` take it as it is) and Optu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import yaml
 
-from bertpooled.config import Config, load_config, read_yaml, resolve_config_path
+from bertpooled.config import load_config
 from bertpooled.contract import (
     BEST_CONFIG_ARTIFACT,
     CONFIG_PARAM_PREFIX,
@@ -33,31 +32,14 @@ from bertpooled.contract import (
     TUNE_STUDY_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.run import prepare
-from bertpooled.run import trials as trial_runs
-from bertpooled.run.search_space import SearchSpace, check_space, parse_space
 from bertpooled.tracking import tuning as store
+from bertpooled.tune import trials as trial_runs
+from bertpooled.tune.plan import StudyPlan
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DEFAULT_VALIDATION_FRACTION = 0.2
-# How the search shrinks its data: left out of the best config, which runs the --config protocol on its data.
-SEARCH_ONLY = ("max_train_examples", "validation_fraction", "data")
 PRUNERS = ("median", "none")
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    """One mode's study, resolved and checked before any run: its name, the trials' base config, the space."""
-
-    mode: str
-    name: str
-    base: Config
-    """Every trial's config before the trial's own values: the --config file, the options, the validation split."""
-    protocol: dict
-    """What the best config YAML starts from: the --config file's settings and the options, less SEARCH_ONLY."""
-    space: SearchSpace
 
 
 @dataclass
@@ -70,37 +52,6 @@ class StudyOutcome:
     best_run_id: str
     counts: dict[str, int]
     best_config: str
-
-
-def plan_studies(
-    config: str | None, overrides: dict[str, object], modes: Sequence[str], space_text: str, study: str
-) -> list[StudyPlan]:
-    """Every mode's study resolved and checked (config, backbone, data source, space): one-line errors, no run."""
-    space = parse_space(space_text)
-    if str(overrides.get("mode") or "").strip():
-        raise BertpooledError("--set mode=... does not apply to tune: pass --modes (one study per mode)")
-    if not str(study or "").strip():
-        raise BertpooledError("--study is empty: name the study, e.g. --study tune")
-    file_values = read_yaml(resolve_config_path(config)) if config else {}
-    plans = []
-    for mode in modes:
-        base = load_config(config or None, {**overrides, "mode": mode})
-        if base.mode == "reference":
-            raise BertpooledError("mode=reference has no epochs or head to tune: pass --modes basic,pool")
-        if base.eval_each_epoch:
-            raise BertpooledError(
-                "eval_each_epoch=true scores the test set every epoch, which a search must never "
-                "see: leave it out (trials report val/accuracy)"
-            )
-        if not base.validation_fraction:
-            base = dataclasses.replace(base, validation_fraction=DEFAULT_VALIDATION_FRACTION)
-        prepare.check(base)
-        check_space(space, base)
-        # The file is the protocol; an option that only shrinks the search (SEARCH_ONLY) stays out of it.
-        given = {k: v for k, v in overrides.items() if k not in SEARCH_ONLY and v not in (None, "")}
-        protocol = {**file_values, **given}
-        plans.append(StudyPlan(base.mode, f"{study.strip()}-{base.mode}", base, protocol, space))
-    return plans
 
 
 def make_pruner(name: str):
@@ -137,51 +88,22 @@ def run_study(
     connected `ray_executor.RayExecutor`): the `parallel` workers run as Ray tasks instead of local processes."""
     import optuna
 
-    if trials < 1:
-        raise BertpooledError(f"--trials {trials} runs nothing: pass 1 or more")
-    if parallel < 1:
-        raise BertpooledError(f"--parallel {parallel} runs nothing: pass 1 or more")
+    for option, n in (("trials", trials), ("parallel", parallel)):
+        if n < 1:
+            raise BertpooledError(f"--{option} {n} runs nothing: pass 1 or more")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from here instead
     url, engine_kwargs = store.study_storage(storage)
     rdb = trial_runs.open_storage(url, engine_kwargs)
     pruner = pruner if pruner is not None else make_pruner("median")
     shown = redact_uri(url)
     identity = {"space": str(plan.space), "base": json.dumps(plan.base.to_dict(), sort_keys=True, default=str)}
-    study = _load(plan.name, rdb, pruner)
-    # A study a crash left before its parent run was recorded (no trials, no run) is started afresh.
-    started = study is not None and ("mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False))
-    if started and not resume:
-        raise BertpooledError(
-            f"study {plan.name} already exists in {shown}: pass --resume to continue it, or --study with a new name"
-        )
-    if resume and not started:
-        raise BertpooledError(f"no study {plan.name} in {shown} to resume: leave out --resume to start it")
-    parent_id, launcher = None, os.environ.get("MLFLOW_RUN_ID") or None
-    if started:
-        parent_id = _check_resumable(study, identity, shown)
-        experiment_id = store.find_study_parent(parent_id)
-        _fail_stale(study, log)
-    else:
-        experiment_id = store.use_experiment(experiment)  # the tracking store answers before the study is made
-    tags = {
-        TUNE_STUDY_TAG: plan.name,
-        TUNE_STORAGE_TAG: shown,
-        "mode": plan.mode,
-        "tune/trials": str(trials),
-        "tune/space": str(plan.space),
-    }
+    study, started, parent_id, experiment_id = _open(plan, rdb, pruner, resume, identity, shown, experiment, log)
+    launcher = os.environ.get("MLFLOW_RUN_ID") or None
+    tags = {TUNE_STUDY_TAG: plan.name, TUNE_STORAGE_TAG: shown, "mode": plan.mode, "tune/trials": str(trials)}
+    tags["tune/space"] = str(plan.space)
     with store.study_run(parent_id, experiment_id, f"tune-{plan.name}", tags, launcher) as parent:
         if not started:
-            study = study or optuna.create_study(study_name=plan.name, storage=rdb, direction="maximize", pruner=pruner)
-            for key, value in {**identity, "mlflow_parent_run_id": parent}.items():
-                study.set_user_attr(key, value)
-            store.log_params(
-                {
-                    **{f"{CONFIG_PARAM_PREFIX}{k}": ("" if v is None else v) for k, v in plan.base.to_dict().items()},
-                    "tune/pruner": type(pruner).__name__,
-                    "tune/sampler": f"TPESampler(seed={sampler_seed})",
-                }
-            )
+            study = _create(study, plan, rdb, pruner, {**identity, "mlflow_parent_run_id": parent}, sampler_seed)
         done = _count(study, ("COMPLETE", "PRUNED"))
         target = len(study.get_trials(deepcopy=False)) + max(0, trials - done)
         log(
@@ -201,13 +123,57 @@ def run_study(
                 pruner,
                 progress,
             )
-            if executor is not None:
-                trial_runs.run_ray_workers(args, parallel, executor, log)
-            elif parallel == 1:
-                trial_runs.optimize(*args, log=log)
-            else:
-                trial_runs.run_workers(args, parallel, log)
+            _run_trials(args, parallel, executor, log)
         return _conclude(study, plan, parent, output, log)
+
+
+def _create(study, plan: StudyPlan, rdb, pruner, attrs: dict, sampler_seed: int):
+    """The new study (or the one a crash left empty), its identity and parent run as user attributes, and the
+    trials' base config, pruner and sampler as the parent run's params."""
+    import optuna
+
+    study = study or optuna.create_study(study_name=plan.name, storage=rdb, direction="maximize", pruner=pruner)
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    store.log_params(
+        {
+            **{f"{CONFIG_PARAM_PREFIX}{k}": ("" if v is None else v) for k, v in plan.base.to_dict().items()},
+            "tune/pruner": type(pruner).__name__,
+            "tune/sampler": f"TPESampler(seed={sampler_seed})",
+        }
+    )
+    return study
+
+
+def _run_trials(args: tuple, parallel: int, executor, log: Callable[[str], None]) -> None:
+    """The study's workers: Ray tasks (`executor`), this process alone, or `parallel` local processes."""
+    if executor is not None:
+        trial_runs.run_ray_workers(args, parallel, executor, log)
+    elif parallel == 1:
+        trial_runs.optimize(*args, log=log)
+    else:
+        trial_runs.run_workers(args, parallel, log)
+
+
+def _open(plan: StudyPlan, rdb, pruner, resume: bool, identity: dict, shown: str, experiment, log):
+    """(the study or None, whether it started before, its parent run id, the experiment id): a started study
+    only with --resume and the same identity (its stale trials failed), a new one only without."""
+    study = _load(plan.name, rdb, pruner)
+    # A study a crash left before its parent run was recorded (no trials, no run) is started afresh.
+    started = study is not None and ("mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False))
+    if started and not resume:
+        raise BertpooledError(
+            f"study {plan.name} already exists in {shown}: pass --resume to continue it, or --study with a new name"
+        )
+    if resume and not started:
+        raise BertpooledError(f"no study {plan.name} in {shown} to resume: leave out --resume to start it")
+    if not started:
+        # The tracking store answers before the study is made.
+        return study, False, None, store.use_experiment(experiment)
+    parent_id = _check_resumable(study, identity, shown)
+    experiment_id = store.find_study_parent(parent_id)
+    _fail_stale(study, log)
+    return study, True, parent_id, experiment_id
 
 
 def _load(name: str, rdb, pruner):
