@@ -66,6 +66,24 @@ def test_run_keeps_only_one_run_modules():
     assert sorted(m for m in MODULES if m.removeprefix("bertpooled.run.") in moved) == []
 
 
+def test_run_is_at_most_twelve_modules():
+    """One run's concerns in at most 12 modules (issue 22: it had 18 doing four jobs)."""
+    run = [m for m in MODULES if m.startswith("bertpooled.run.")]
+    assert len(run) <= 12, sorted(run)
+
+
+def test_no_function_is_over_60_lines():
+    """A function reads in one screen (issue 22); the long ones were split where their steps part."""
+    long = {}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long[f"{name}.{node.name}"] = length
+    assert long == {}
+
+
 def test_only_tracking_and_the_served_model_code_import_mlflow():
     offenders = {
         name: sorted(m for m in imports_of(name) if m.split(".")[0] == "mlflow")
