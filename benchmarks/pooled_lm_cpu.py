@@ -265,9 +265,10 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
     lines += [
         "",
         "Training seconds per epoch and peak memory are the runs' own (`time/train_s`, `memory/peak_mb`); the runs "
-        "shared the machine with other work (load average 9-14 on its 2 cores while seed 0 trained), so the "
-        "seconds per epoch are not comparable between rows. Throughput and latency are measured in turns for "
-        "that reason.",
+        "shared the machine with other work (load average 9-14 on its 2 cores while seeds 0 and 1 trained, 4-6 "
+        "while seed 2 did), so the seconds per epoch are not comparable between rows. Throughput and latency are "
+        "measured in turns for that reason. The runs were trained by the code at commits 91c5e24 and b27b293 (the "
+        "same training code; the second adds two benchmark scripts), as their `git/commit` params say.",
     ]
     if turns:
         first = next(iter(turns.values()))
