@@ -19,10 +19,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bertpooled.contract import CHECKPOINT_EPOCH_TAG, CONFIG_PARAM_PREFIX, FAILED, FINISHED
 from bertpooled.sweep.plan import Child
 from bertpooled.tracking import sweeps
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 RUNNING = "RUNNING"
 ORPHAN_NO_CHECKPOINT = "its process was lost before its first checkpoint: the child runs again"
@@ -33,24 +37,24 @@ ORPHAN_LESS_PROGRESS = "its process was lost; run {run_id} continues this child 
 class Earlier:
     """One child's earlier runs, read by the rule in the module doc."""
 
-    finished: object | None = None
+    finished: Run | None = None
     """A FINISHED run (the child is done), else None."""
-    resume: object | None = None
+    resume: Run | None = None
     """The unfinished run to continue from its checkpoint, else None (the child starts a new run)."""
-    orphans: list = field(default_factory=list)
+    orphans: list[Run] = field(default_factory=list)
     """Runs left RUNNING by a process that is gone: to end FAILED (`end_orphans`)."""
-    others: list = field(default_factory=list)
+    others: list[Run] = field(default_factory=list)
     """Earlier runs that ended (KILLED, FAILED) and are not continued."""
 
 
-def _epoch(run) -> int:
+def _epoch(run: Run) -> int:
     try:
         return int(run.data.tags[CHECKPOINT_EPOCH_TAG])
     except (KeyError, ValueError):
         return -1
 
 
-def earlier_runs(runs: Sequence) -> Earlier:
+def earlier_runs(runs: Sequence[Run]) -> Earlier:
     """The rule (see the module doc) over one child's earlier runs (MLflow `Run`s, in any order)."""
     finished = [r for r in runs if r.info.status == FINISHED]
     if finished:
@@ -68,15 +72,18 @@ def earlier_runs(runs: Sequence) -> Earlier:
 def end_orphans(earlier: Earlier) -> list[str]:
     """End the child's orphaned runs FAILED (tag `error` says why); their ids."""
     for run in earlier.orphans:
-        reason = (
-            ORPHAN_NO_CHECKPOINT if _epoch(run) < 0 else ORPHAN_LESS_PROGRESS.format(run_id=earlier.resume.info.run_id)
-        )
+        # An orphan with a checkpoint means `resume` is set: the rule continues the run with the most progress.
+        resume = earlier.resume
+        if _epoch(run) < 0 or resume is None:
+            reason = ORPHAN_NO_CHECKPOINT
+        else:
+            reason = ORPHAN_LESS_PROGRESS.format(run_id=resume.info.run_id)
         sweeps.end_child(run.info.run_id, FAILED, reason)
     return [run.info.run_id for run in earlier.orphans]
 
 
 def what_to_run(
-    children: Sequence[Child], existing: dict[str, list], log: Callable[[str], None]
+    children: Sequence[Child], existing: dict[str, list[Run]], log: Callable[[str], None]
 ) -> tuple[list[Child], list[Child], dict[str, str]]:
     """(done, to run, the run id to continue by key), by `earlier_runs`; the orphans of the children to run are
     ended FAILED here, before any of them runs."""
@@ -102,7 +109,7 @@ def what_to_run(
 
 
 def threads_as_before(
-    todo: Sequence[Child], existing: dict[str, list], log: Callable[[str], None]
+    todo: Sequence[Child], existing: dict[str, list[Run]], log: Callable[[str], None]
 ) -> tuple[list[Child], bool]:
     """The children to run with the thread count the sweep's earlier children logged (where theirs is auto), and
     whether that count must be kept as it is (a parallel run otherwise gives auto children cores/N).
@@ -111,8 +118,8 @@ def threads_as_before(
     resumed another way would mix the two, and compare-runs rightly refuses to compare times measured on other
     thread counts. So a resumed sweep keeps the count its children already have, however it runs now.
     """
-    logged = {r.data.params.get(f"{CONFIG_PARAM_PREFIX}num_threads") for runs in existing.values() for r in runs}
-    logged.discard(None)
+    param = f"{CONFIG_PARAM_PREFIX}num_threads"
+    logged = {r.data.params[param] for runs in existing.values() for r in runs if param in r.data.params}
     if len(logged) != 1 or not todo:
         return list(todo), False  # a new sweep, or one already mixed: nothing single to keep
     threads = int(next(iter(logged)))
