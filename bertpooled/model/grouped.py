@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertpooled.model.heads import (
+    Classifier,
     EncoderLSTMClassifier,
     LSTMHead,
     PooledLSTMClassifier,
@@ -209,7 +210,7 @@ class SeedGroup(nn.Module):
     into them). `group(inputs, lengths)` with inputs (S, batch, ...) and lengths (S, batch) -> logits (S, batch).
     """
 
-    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int], recurrence: str = "per_seed") -> None:
+    def __init__(self, models: Sequence[Classifier], seeds: Sequence[int], recurrence: str = "per_seed") -> None:
         super().__init__()
         if len(models) != len(seeds) or not models:
             raise ValueError("a seed group needs one model per seed, and at least one")
@@ -225,7 +226,7 @@ class SeedGroup(nn.Module):
         x = x.unflatten(0, (seeds, batch))
         return self.head(x, None if head_lengths is None else head_lengths.view(seeds, batch))
 
-    def split(self) -> list[nn.Module]:
+    def split(self) -> list[Classifier]:
         """The S per-seed models, each holding its seed's trained head: state dicts as a run trained alone has them."""
         for s, model in enumerate(self.models):
             self.head.write_into(s, head_of(model))

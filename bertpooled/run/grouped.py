@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
 
 import torch
 from torch import nn
 
-from bertpooled.model.build import Classifier
 from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence, head_of
 from bertpooled.run import fit, prepare
 from bertpooled.run.prepare import model_inputs
@@ -124,7 +122,7 @@ def fit_group(
         # Seed s's model as it is now: its trained weights written in, on the device for the evaluation only.
         model = group.models[s]
         group.head.write_into(s, head_of(model))
-        yield fit.trained_network(cast(Classifier, model.to(rt.device)), prepared)
+        yield fit.trained_network(model.to(rt.device), prepared)
         model.cpu()
 
     trainee = fit.Trainee(group, group, optimizer, orders, evaluating, inputs, lengths)

@@ -18,6 +18,7 @@ resumed sweep trains its unfinished children again (as a group).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from torch import nn
 
 from bertpooled.config import Config
 from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
+from bertpooled.model.heads import Classifier
 from bertpooled.run import fit, grouped, runtime
 from bertpooled.run.measure import Phases, Trained
 from bertpooled.run.pipeline import Inputs, LSTMPipeline
@@ -44,7 +46,7 @@ NOTE = (
 class TrainedSeed:
     """One seed of a trained group: what `fit` would have returned and checkpointed for it alone."""
 
-    model: nn.Module
+    model: Classifier
     history: list[fit.EpochStats]
     group_seconds: float
     group_size: int
@@ -175,7 +177,7 @@ def schedule(
             seed = trained.pop(child.config.seed)
             return GroupedSeedPipeline(seed), {SWEEP_GROUP_SIZE_TAG: str(seed.group_size), SWEEP_GROUP_NOTE_TAG: NOTE}
 
-        out.extend((child, lambda child=child, start=start: start(child)) for child in children)
+        out.extend((child, functools.partial(start, child)) for child in children)
     return out
 
 
