@@ -145,7 +145,7 @@ def _create(study, plan: StudyPlan, rdb, pruner, attrs: dict, sampler_seed: int)
     return study
 
 
-def _run_trials(args: tuple, parallel: int, executor, log: Callable[[str], None]) -> None:
+def _run_trials(args: trial_runs.OptimizeArgs, parallel: int, executor, log: Callable[[str], None]) -> None:
     """The study's workers: Ray tasks (`executor`), this process alone, or `parallel` local processes."""
     if executor is not None:
         trial_runs.run_ray_workers(args, parallel, executor, log)

@@ -9,7 +9,7 @@ import os
 import signal
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bertpooled.config import Config, load_config
 from bertpooled.contract import (
@@ -30,6 +30,9 @@ from bertpooled.tracking import tuning as store
 
 if TYPE_CHECKING:
     from bertpooled.tune.plan import StudyPlan
+
+    # `optimize`'s arguments but `log`, as the study hands them to each worker (picklable: no callables).
+    OptimizeArgs = tuple[StudyPlan, str, dict, str, str, int, float | None, int, Any, bool | None]
 
 # A worker killed outright stops beating: after GRACE_S its RUNNING trial is failed by the next worker or resume.
 HEARTBEAT_S, GRACE_S = 20, 60
@@ -135,6 +138,7 @@ class Objective:
         key = ("training", config.data, config.train_fraction, config.max_train_examples, config.data_seed)
         imdb, train = self.shared.get(key, lambda: prepare.read_training(config, phases))[0]
         rows, val = prepare.split_validation(config, train)
+        assert val is not None, "a study's plan always holds out a validation split (validation_fraction > 0)"
         store.log_trial_inputs(
             config.to_dict(), {DATA_DIGEST_PARAM: imdb.digest, "data/source": redact_uri(imdb.source)}
         )
@@ -143,6 +147,7 @@ class Objective:
         model = fit.build_model(prepared).to(rt.device)
 
         def on_epoch(stats: fit.EpochStats) -> None:
+            assert stats.val is not None, "a run with a validation split scores it every epoch"
             score = stats.val[VAL_ACCURACY]
             store.log_metrics(
                 {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds, **stats.val},
@@ -156,7 +161,9 @@ class Objective:
 
         with phases.timed("train"):
             history = fit.fit(model, prepared, on_epoch=on_epoch, progress=self.progress).history
-        value = history[-1].val[VAL_ACCURACY]
+        last = history[-1].val
+        assert last is not None, "a run with a validation split scores it every epoch"
+        value = last[VAL_ACCURACY]
         store.log_metrics(
             {
                 "tune/value": value,
@@ -169,7 +176,7 @@ class Objective:
         return value
 
 
-def _worker(args: tuple, index: int) -> None:
+def _worker(args: OptimizeArgs, index: int) -> None:
     """One worker process of `--parallel`: its own sampler seed, its share of the CPU threads, the study's trials."""
     from bertpooled.sweep import interrupts
 
@@ -177,7 +184,7 @@ def _worker(args: tuple, index: int) -> None:
     _ray_worker(args, index)
 
 
-def run_workers(args: tuple, parallel: int, log: Callable[[str], None]) -> None:
+def run_workers(args: OptimizeArgs, parallel: int, log: Callable[[str], None]) -> None:
     """`parallel` fresh processes sharing the study through its storage; Ctrl-C or SIGTERM ends them all (each
     running trial FAIL in Optuna, KILLED in MLflow), then propagates."""
     import multiprocessing
@@ -209,7 +216,7 @@ def run_workers(args: tuple, parallel: int, log: Callable[[str], None]) -> None:
         )
 
 
-def run_ray_workers(args: tuple, workers: int, executor, log: Callable[[str], None]) -> None:
+def run_ray_workers(args: OptimizeArgs, workers: int, executor, log: Callable[[str], None]) -> None:
     """The workers as Ray tasks with the executor's resources (every node must reach the study's storage and the
     tracking store: a shared database, not a local SQLite file, beyond one machine). A worker's error stops the
     study; Ctrl-C cancels the tasks, whose running trials then end (FAIL in Optuna, KILLED in MLflow)."""
@@ -248,7 +255,7 @@ def _cancel(ray, refs: list, grace: float) -> None:
     ray.wait(refs, num_returns=len(refs), timeout=grace)
 
 
-def _ray_worker(args: tuple, index: int) -> None:
+def _ray_worker(args: OptimizeArgs, index: int) -> None:
     """One worker inside a Ray task (Ray delivers cancellation as KeyboardInterrupt itself), or a local worker
     process (`_worker`): the study's trials with the worker's own sampler seed."""
     from bertpooled.tracking.sweeps import use_tracking_uri
