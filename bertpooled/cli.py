@@ -300,7 +300,10 @@ def serve_command(
 # module stays readable in one sitting; the options both take are in bertpooled.cli_support).
 from bertpooled.cli_sweep import SWEEP_AXES, mlproject_sweep, sweep_command  # noqa: E402
 
-MLPROJECT = {"hidden": True, "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}}
+MLPROJECT: dict[str, Any] = {
+    "hidden": True,
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+}
 config_command("sweep", exclude=SWEEP_AXES)(sweep_command)
 app.command("mlproject-sweep", **MLPROJECT)(mlproject_sweep)
 config_command("tune", exclude=TUNE_AXES)(tune_command)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
 
 import typer
 
@@ -78,14 +79,16 @@ def _start_executor(name: str | None, children=(), **options):
 # MLproject spellings of a flag: `-P group_seeds=auto` (None: the default), `-P resume=true`.
 TRI_STATE = {"": None, "auto": None, "true": True, "false": False}
 ON_OFF = {"": False, "false": False, "true": True}
+# How an MLproject parameter's text is parsed: a function of the text (int, float, ...) or a dict of spellings.
+MlprojectKind = Callable[[str], Any] | Mapping[str, Any]
 
 
-def _mlproject_values(own: dict[str, str], kinds: dict[str, object], error: str) -> dict[str, object]:
+def _mlproject_values(own: dict[str, str], kinds: Mapping[str, MlprojectKind], error: str) -> dict[str, Any]:
     """The MLproject parameters named in `kinds` that were given, parsed by their kind (a type such as int, or a
     dict of spellings such as TRI_STATE); a malformed one is the one-line `error`."""
     try:
         return {
-            k: kind[own[k].strip().lower()] if isinstance(kind, dict) else kind(own[k])
+            k: kind[own[k].strip().lower()] if isinstance(kind, Mapping) else kind(own[k])
             for k, kind in kinds.items()
             if k in own
         }

@@ -14,6 +14,7 @@ from bertpooled.cli_support import (
     ExecutorName,
     Experiment,
     GpusPerRun,
+    MlprojectKind,
     Modes,
     Progress,
     Sets,
@@ -33,8 +34,22 @@ from bertpooled.errors import BertpooledError
 # A sweep's grid: `--modes` and `--seeds`/`--seed-list` take the place of these fields' options.
 SWEEP_AXES = ("mode", "seed")
 # The MLproject parameters that are no config field, and how each is parsed (text when no kind is given).
-MLPROJECT_SWEEP_KINDS = {"parallel": int, "cpus_per_run": float, "gpus_per_run": float, "group_seeds": TRI_STATE}
-MLPROJECT_SWEEP_OWN = ("modes", "seeds", "seed_list", "config", "format", "output", "executor", "address")
+MLPROJECT_SWEEP_KINDS: dict[str, MlprojectKind] = {
+    "parallel": int,
+    "cpus_per_run": float,
+    "gpus_per_run": float,
+    "group_seeds": TRI_STATE,
+}
+MLPROJECT_SWEEP_OWN: tuple[str, ...] = (
+    "modes",
+    "seeds",
+    "seed_list",
+    "config",
+    "format",
+    "output",
+    "executor",
+    "address",
+)
 MLPROJECT_SWEEP_OWN += tuple(MLPROJECT_SWEEP_KINDS)
 
 Seeds = Annotated[str | None, typer.Option(help="How many seeds: 3 means seeds 0,1,2 (default: 3).")]
@@ -157,5 +172,6 @@ def mlproject_sweep(ctx: typer.Context) -> None:
         "-P parallel=2 or -P group_seeds=true",
     )
     fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
-    text = {k: v for k, v in own.items() if k not in MLPROJECT_SWEEP_KINDS}
+    # The parameters without a kind are sweep_command's text options.
+    text: dict[str, Any] = {k: v for k, v in own.items() if k not in MLPROJECT_SWEEP_KINDS}
     sweep_command(**text, **values, fields=fields, set_=sets)

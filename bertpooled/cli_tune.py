@@ -14,6 +14,7 @@ from bertpooled.cli_support import (
     ExecutorName,
     Experiment,
     GpusPerRun,
+    MlprojectKind,
     Modes,
     Progress,
     Sets,
@@ -32,7 +33,7 @@ from bertpooled.errors import BertpooledError
 # A study searches one mode at a time: `--modes` takes the place of the mode's option.
 TUNE_AXES = ("mode",)
 # The MLproject parameters that are no config field, and how each is parsed (text when no kind is given).
-MLPROJECT_TUNE_KINDS = {
+MLPROJECT_TUNE_KINDS: dict[str, MlprojectKind] = {
     "trials": int,
     "parallel": int,
     "sampler_seed": int,
@@ -41,7 +42,17 @@ MLPROJECT_TUNE_KINDS = {
     "timeout": lambda text: float(text) if text.strip() else None,
     "resume": ON_OFF,
 }
-MLPROJECT_TUNE_OWN = ("modes", "space", "study", "storage", "pruner", "experiment", "output", "config", "executor")
+MLPROJECT_TUNE_OWN: tuple[str, ...] = (
+    "modes",
+    "space",
+    "study",
+    "storage",
+    "pruner",
+    "experiment",
+    "output",
+    "config",
+    "executor",
+)
 MLPROJECT_TUNE_OWN += ("address", *MLPROJECT_TUNE_KINDS)
 
 Space = Annotated[
@@ -123,7 +134,9 @@ def tune_command(
         runner = _start_executor(
             executor, address=_blank_to_none(address), cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
         )
-        options = dict(trials=trials, timeout=timeout, resume=resume, parallel=parallel, sampler_seed=sampler_seed)
+        options: dict[str, Any] = dict(
+            trials=trials, timeout=timeout, resume=resume, parallel=parallel, sampler_seed=sampler_seed
+        )
         options.update(storage=_blank_to_none(storage), experiment=_blank_to_none(experiment))
         outcomes = _run_studies(plans, runner, chosen, _blank_to_none(output), _progress(progress), **options)
     except BertpooledError as exc:
@@ -169,7 +182,8 @@ def mlproject_tune(ctx: typer.Context) -> None:
         "-P trials=30 -P resume=true",
     )
     fields, sets = _fields_and_sets(pairs, exclude=TUNE_AXES)
-    text = {k: v for k, v in own.items() if k not in MLPROJECT_TUNE_KINDS}
+    # The parameters without a kind are tune_command's text options.
+    text: dict[str, Any] = {k: v for k, v in own.items() if k not in MLPROJECT_TUNE_KINDS}
     tune_command(space=space, **text, **values, fields=fields, set_=sets, progress=False)
 
 
