@@ -154,7 +154,9 @@ def _blank_to_none(value: str | None) -> str | None:
 
 def _print_report(report, format: str, output: str | None, tracking_uri: str | None = None) -> None:
     """The report on stdout, where its files and comparison run went on stderr; no runs left = exit 2."""
-    typer.echo(report.render(format).rstrip("\n"))
+    from bertpooled.report.render import render
+
+    typer.echo(render(report, format).rstrip("\n"))
     if output:
         typer.echo(f"report files: {output}", err=True)
     if report.comparison_run_id:

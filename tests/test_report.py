@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 
 from bertpooled.errors import BertpooledError
+from bertpooled.report import render
 from bertpooled.report.build import build_report
 from bertpooled.report.original import ORIGINAL_STUDY
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
 from bertpooled.report.records import Report
+from bertpooled.report.sections import sections
 
 N_TEST = 1000
 LABELS = np.arange(N_TEST) % 2
@@ -235,7 +237,7 @@ def test_unknown_group_key_is_a_user_error():
 
 
 def test_json_structure(full_report):
-    payload = json.loads(full_report.to_json())
+    payload = json.loads(render.to_json(full_report))
     assert set(payload) >= {
         "schema",
         "settings",
@@ -268,13 +270,13 @@ def test_json_structure(full_report):
 
 def test_json_turns_nan_into_null():
     runs, preds = study(SAME[:1], basic_correct=(850,))
-    payload = json.loads(build_report(runs, preds).to_json())
+    payload = json.loads(render.to_json(build_report(runs, preds)))
     assert payload["groups"][0]["accuracy"]["low"] is None
     assert payload["comparisons"][0]["accuracy_difference_points"]["p_value"] is None
 
 
 def test_markdown_render(full_report):
-    text = full_report.to_markdown()
+    text = render.to_markdown(full_report)
     for heading in (
         "## Verdicts",
         "## Groups",
@@ -290,7 +292,7 @@ def test_markdown_render(full_report):
 
 
 def test_table_render_is_aligned(full_report):
-    text = full_report.to_table()
+    text = render.to_table(full_report)
     assert "Verdicts\n========" in text
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("group  "))
@@ -302,7 +304,7 @@ def test_table_render_is_aligned(full_report):
 
 
 def test_csv_has_one_row_per_group(full_report):
-    frame = pd.read_csv(io.StringIO(full_report.to_csv()))
+    frame = pd.read_csv(io.StringIO(render.to_csv(full_report)))
     assert list(frame["group"]) == ["basic", "pool"]
     assert frame.loc[0, "accuracy_mean"] == pytest.approx(0.855)
     assert pd.isna(frame.loc[0, "verdict"])
@@ -311,9 +313,9 @@ def test_csv_has_one_row_per_group(full_report):
 
 
 def test_render_dispatches_and_rejects_unknown_formats(full_report):
-    assert full_report.render("csv") == full_report.to_csv()
+    assert render.render(full_report, "csv") == render.to_csv(full_report)
     with pytest.raises(BertpooledError, match="--format"):
-        full_report.render("html")
+        render.render(full_report, "html")
 
 
 def test_new_cost_metric_is_picked_up_without_code_changes():
@@ -331,8 +333,8 @@ def test_new_cost_metric_is_picked_up_without_code_changes():
     (comparison,) = report.comparisons
     assert comparison.ratios["latency/p50_ms"] == pytest.approx(0.5)
     assert comparison.ratios["memory/peak_mb"] == pytest.approx(0.6)
-    assert "latency/p50_ms" in report.to_markdown()
-    assert "ratio:latency/p50_ms" in report.to_csv()
+    assert "latency/p50_ms" in render.to_markdown(report)
+    assert "ratio:latency/p50_ms" in render.to_csv(report)
 
 
 def test_original_study_section(full_report):
@@ -346,7 +348,7 @@ def test_original_study_section(full_report):
     assert reproduced["basic"].total_time_min == pytest.approx(101.0 / 60.0)
     assert reproduced["pool"].head_params == 25_745
     assert reproduced["pool"].backbones == "minilm"
-    text = full_report.to_markdown()
+    text = render.to_markdown(full_report)
     assert "original run 2 (basic_lstm)" in text and "50,321" in text
 
 
@@ -376,7 +378,7 @@ def test_empty_selection_gives_an_empty_report():
     report = build_report(pd.DataFrame(), {})
     assert report.groups == [] and report.comparisons == []
     assert any("no runs left" in note for note in report.notes)
-    assert "Original study" in report.to_table()
+    assert "Original study" in render.to_table(report)
 
 
 def test_duplicate_seeds_pair_the_first_listed_run_and_say_so():
@@ -429,7 +431,7 @@ def test_with_no_selection_a_mixed_experiment_reports_its_newest_comparable_set_
     assert sorted(r.run_id for r in report.runs) == sorted(f"{m}{s}" for m in ("basic", "pool") for s in range(3))
     assert len(report.comparisons) == 1
     assert "bertpooled compare-runs --run-id quick" in report.notes[0] and "2 sets" in report.notes[0]
-    assert "bertpooled compare-runs --run-id quick" in report.to_markdown()
+    assert "bertpooled compare-runs --run-id quick" in render.to_markdown(report)
 
 
 def test_with_no_selection_comparable_runs_are_all_compared_as_before():
@@ -463,7 +465,7 @@ def test_a_seed_a_data_path_and_the_mode_preset_may_differ_and_each_group_config
     report = build_report(runs, preds)
     assert report.group_configs["pool"]["pool"] == "avg:2x2" and report.group_configs["basic"]["pool"] == "none"
     assert "seed" not in report.group_configs["pool"]
-    markdown = report.to_markdown()
+    markdown = render.to_markdown(report)
     assert "## Config" in markdown and "epochs=4" in markdown and "| pool | none | avg:2x2 |" in markdown
 
 
@@ -485,7 +487,7 @@ def test_several_comparisons_are_holm_corrected_and_verdicts_use_the_corrected_p
     assert [c.p_holm for c in report.comparisons] == pytest.approx(holm(raw))
     assert all("Holm-adjusted" in c.verdict for c in report.comparisons)
     assert any("Holm-corrected" in note for note in report.notes)
-    assert "Holm p" in report.to_markdown()
+    assert "Holm p" in render.to_markdown(report)
 
 
 def test_cache_hits_are_shown_and_not_sold_as_a_modes_speed():
@@ -499,7 +501,7 @@ def test_cache_hits_are_shown_and_not_sold_as_a_modes_speed():
     (comparison,) = report.comparisons
     assert comparison.cache_differs == ["tokens"]
     assert "differ in tokens cache hits, so total time compares cache states" in comparison.verdict
-    text = report.to_table()
+    text = render.to_table(report)
     assert "tokens 3/3" in text and "(cache)" in text
     assert "time/epoch_s" not in report.cost_metrics  # the last epoch's time; the table shows the mean per epoch
     assert "s0,s1,s2" in text and "mean s/epoch" in text
@@ -543,15 +545,15 @@ def test_a_new_quality_metric_is_one_contract_entry(monkeypatch):
     basic, pool = report.groups
     assert basic.precision_mean == pytest.approx(0.9) and pool.quality_means["precision"] == pytest.approx(0.7)
     assert report.runs[0].quality["precision"] in (0.7, 0.9)
-    header = next(line for line in report.to_markdown().splitlines() if line.startswith("| group | runs"))
+    header = next(line for line in render.to_markdown(report).splitlines() if line.startswith("| group | runs"))
     assert "| ROC AUC | precision | mean s/epoch |" in header
-    assert "0.9000" in report.to_table()
-    frame = pd.read_csv(io.StringIO(report.to_csv()))
+    assert "0.9000" in render.to_table(report)
+    frame = pd.read_csv(io.StringIO(render.to_csv(report)))
     assert list(frame["precision_mean"]) == pytest.approx([0.9, 0.7])
-    payload = json.loads(report.to_json())
+    payload = json.loads(render.to_json(report))
     assert payload["groups"][1]["precision_mean"] == pytest.approx(0.7)
     assert {"accuracy", "f1", "roc_auc", "precision"} <= set(payload["runs"][0])
-    assert "precision" in report.sections()[1].tables[0][0]  # the HTML page reads the same sections
+    assert "precision" in sections(report)[1].tables[0][0]  # the HTML page reads the same sections
 
 
 def test_quality_metrics_score_predictions_at_the_contract_threshold():
@@ -574,7 +576,7 @@ def test_no_ratio_of_a_phase_that_took_under_ten_milliseconds_on_either_side():
     (comparison,) = build_report(runs, preds).comparisons
     assert math.isnan(comparison.ratios["time/features_s"])
     assert comparison.ratios["time/tokenize_s"] == pytest.approx(2.0)
-    markdown = build_report(runs, preds).to_markdown()
+    markdown = render.to_markdown(build_report(runs, preds))
     assert "82651" not in markdown and "under 10 ms" in markdown
 
 

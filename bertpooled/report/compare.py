@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bertpooled.contract import COMPARISON_EXPERIMENT, DEFAULT_EXPERIMENT, HEADLINE_COSTS
 from bertpooled.errors import BertpooledError, short_text
+from bertpooled.report import render
 from bertpooled.report.build import build_report
 from bertpooled.report.html import render_html
 from bertpooled.report.plots import accuracy_vs_time, learning_curves
@@ -42,9 +43,9 @@ def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
         "json": output_dir / "report.json",
         "csv": output_dir / "report.csv",
     }
-    paths["markdown"].write_text(report.to_markdown(), encoding="utf-8")
-    paths["json"].write_text(report.to_json() + "\n", encoding="utf-8")
-    paths["csv"].write_text(report.to_csv(), encoding="utf-8")
+    paths["markdown"].write_text(render.to_markdown(report), encoding="utf-8")
+    paths["json"].write_text(render.to_json(report) + "\n", encoding="utf-8")
+    paths["csv"].write_text(render.to_csv(report), encoding="utf-8")
     paths["accuracy_vs_time"] = accuracy_vs_time(report, output_dir / "accuracy_vs_time.png")
     paths["learning_curves"] = learning_curves(report, output_dir / "learning_curves.png")
     paths["html"] = output_dir / "report.html"
@@ -123,19 +124,13 @@ def compare_runs(
     """Select runs, fetch predictions and histories, build the report, write and log it.
 
     Keyword arguments mirror ``bertpooled compare-runs`` options one to one.
-    ``format`` is only validated here (render with ``report.render(format)``).
+    ``format`` is only validated here (render with ``bertpooled.report.render.render(report, format)``).
     With ``output`` the report files go there; unless ``no_log``, they are
     also logged as a comparison run in ``comparison_experiment`` (default
     `bertpooled-comparisons`, so that training experiments hold training runs
     only) whose id the returned report carries.
     """
-    if format not in FORMATS:
-        raise BertpooledError(f"unknown report format {format!r}: pass --format one of {', '.join(FORMATS)}")
-    if output is not None and Path(output).exists() and not Path(output).is_dir():
-        # Checked before the runs are fetched: the report files go into a folder.
-        raise BertpooledError(f"--output {short_text(output)} exists and is not a folder: pass a folder's path")
-    if not no_log and comparison_experiment is not None:
-        check_experiment_name(comparison_experiment, "--comparison-experiment")
+    _check_arguments(format, output, None if no_log else comparison_experiment)
     client = store.client_for(tracking_uri)
     runs, notes = store.select_runs(
         client,
@@ -163,13 +158,29 @@ def compare_runs(
         write_report(report, output)
     if no_log:
         return report
+    return _logged(report, output, comparison_experiment or COMPARISON_EXPERIMENT, client)
+
+
+def _check_arguments(format: str, output: str | Path | None, comparison_experiment: str | None) -> None:
+    """The options that can be refused before any run is fetched."""
+    if format not in FORMATS:
+        raise BertpooledError(f"unknown report format {format!r}: pass --format one of {', '.join(FORMATS)}")
+    if output is not None and Path(output).exists() and not Path(output).is_dir():
+        # Checked before the runs are fetched: the report files go into a folder.
+        raise BertpooledError(f"--output {short_text(output)} exists and is not a folder: pass a folder's path")
+    if comparison_experiment is not None:
+        check_experiment_name(comparison_experiment, "--comparison-experiment")
+
+
+def _logged(report: Report, output: str | Path | None, experiment: str, client) -> Report:
+    """``report`` logged as a comparison run (its files from ``output``, else written to a temporary folder),
+    carrying the run's id; a report with no runs is not logged and says so."""
     if not report.runs:
         return replace(report, notes=[*report.notes, "not logged as a comparison run: no runs to compare"])
-    log_experiment = comparison_experiment or COMPARISON_EXPERIMENT
     if output is not None:
-        comparison_id = log_report(report, output, log_experiment, client=client)
+        comparison_id = log_report(report, output, experiment, client=client)
     else:
         with tempfile.TemporaryDirectory(prefix="bertpooled-report-") as tmp:
             write_report(report, tmp)
-            comparison_id = log_report(report, tmp, log_experiment, client=client)
+            comparison_id = log_report(report, tmp, experiment, client=client)
     return replace(report, comparison_run_id=comparison_id)

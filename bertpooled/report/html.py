@@ -15,6 +15,7 @@ from pathlib import Path
 from string import Template
 
 from bertpooled.report.records import Report
+from bertpooled.report.sections import sections as report_sections
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 _NUMBER = re.compile(r"^[-+−]?[\d.,]+(×|%)?( \(cache\))?$|^<?0\.\d+$|^—$")
@@ -23,7 +24,7 @@ _NUMBER = re.compile(r"^[-+−]?[\d.,]+(×|%)?( \(cache\))?$|^<?0\.\d+$|^—$")
 def render_html(report: Report, images: Mapping[str, Path]) -> str:
     """The report as HTML; `images` maps a caption to a PNG file to embed."""
     sections = []
-    for section in report.sections():
+    for section in report_sections(report):
         parts = [f"<h2>{html.escape(section.title)}</h2>"]
         parts += [f"<p>{html.escape(paragraph)}</p>" for paragraph in section.paragraphs]
         for headers, rows in section.tables:

@@ -1,18 +1,15 @@
 """The report's record and result types: what ``build_report`` returns and the renderers read.
 
-Plain frozen dataclasses; :class:`Report` renders itself through ``bertpooled.report.render`` (which
-imports this module for type annotations only, so the import runs one way).
+Plain frozen dataclasses that know nothing of how they are presented: ``bertpooled.report.render``
+(text, Markdown, JSON, CSV), ``bertpooled.report.sections`` and ``bertpooled.report.html`` take a
+:class:`Report`, so the imports run one way.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
-from bertpooled.report import render
-from bertpooled.report.sections import Section
-from bertpooled.report.sections import sections as report_sections
 from bertpooled.report.stats import MeanCI, PairedDifference
 
 
@@ -121,7 +118,7 @@ class OriginalStudyRow:
 
 @dataclass(frozen=True)
 class Report:
-    """The outcome of ``build_report``; render it with ``to_*`` or :meth:`render`."""
+    """The outcome of ``build_report``; render it with ``bertpooled.report.render.render(report, format)``."""
 
     group_by: tuple[str, ...]
     baseline: str | None
@@ -138,31 +135,3 @@ class Report:
     comparison_run_id: str | None = None
     #: Per group, the config its runs share (seed excluded); the same for every group but the group keys.
     group_configs: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (NaN and infinities become ``None``)."""
-        return render.to_dict(self)
-
-    def to_json(self) -> str:
-        """:meth:`to_dict` as indented JSON text."""
-        return render.to_json(self)
-
-    def to_csv(self) -> str:
-        """One CSV row per group: accuracy, cost medians and, for non-baseline groups, the comparison."""
-        return render.to_csv(self)
-
-    def to_markdown(self) -> str:
-        """The report as a Markdown document."""
-        return render.to_markdown(self)
-
-    def to_table(self) -> str:
-        """The report as plain terminal text with aligned columns."""
-        return render.to_table(self)
-
-    def render(self, format: str) -> str:
-        """The report in one of ``render.FORMATS`` (``table``, ``markdown``, ``json``, ``csv``)."""
-        return render.render(self, format)
-
-    def sections(self) -> list[Section]:
-        """The report's sections in order (title, paragraphs, tables, bullets), for renderers such as HTML."""
-        return report_sections(self)

@@ -9,7 +9,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,10 +18,8 @@ from bertpooled import contract
 from bertpooled.errors import BertpooledError
 from bertpooled.report.numbers import MISSING
 from bertpooled.report.original import ORIGINAL_STUDY_CAVEAT
+from bertpooled.report.records import Report
 from bertpooled.report.sections import sections
-
-if TYPE_CHECKING:  # records imports this module for Report's to_* methods; the types are only annotations here
-    from bertpooled.report.records import Report
 
 FORMATS = ("table", "markdown", "json", "csv")
 #: The JSON document's schema name and version.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from bertpooled import contract
 from bertpooled.contract import CACHED_PHASES, PARAMS_HEAD, TIME_PER_EPOCH, TIME_TOTAL
@@ -24,9 +23,7 @@ from bertpooled.report.numbers import (
     percent,
 )
 from bertpooled.report.original import ORIGINAL_STUDY_CAVEAT
-
-if TYPE_CHECKING:  # records imports this package's renderers; the types are only annotations here
-    from bertpooled.report.records import Comparison, Report
+from bertpooled.report.records import Comparison, Report
 
 #: A table as (headers, rows of cells).
 Table = tuple[list[str], list[list[str]]]
