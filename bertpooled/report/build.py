@@ -26,14 +26,12 @@ from bertpooled.contract import (
     KIND_TAG,
     KNOWN_COST_ORDER,
     NOT_COSTS,
-    PARAMS_HEAD,
     PREDICTION_COLUMNS,
     PREDICTIONS_PATH,
     REQUIRED_METRICS,
     RUN_NAME_TAG,
     THRESHOLD,
     TIME_PER_EPOCH,
-    TIME_TOTAL,
     TIME_TRAIN,
     cache_hit_metric,
     counts_as_training,
@@ -42,9 +40,9 @@ from bertpooled.errors import BertpooledError
 from bertpooled.report import configs
 from bertpooled.report.configs import shared_configs
 from bertpooled.report.numbers import finite, mean, median, seed_order
-from bertpooled.report.original import ORIGINAL_BACKBONE, ORIGINAL_STUDY
+from bertpooled.report.original import original_study_rows
 from bertpooled.report.pairing import compare_groups
-from bertpooled.report.records import GroupSummary, OriginalStudyRow, Report, RunRecord
+from bertpooled.report.records import GroupSummary, Report, RunRecord
 from bertpooled.report.stats import mean_ci
 
 __all__ = ["build_report"]
@@ -87,12 +85,9 @@ def build_report(
     if baseline == "":
         baseline = None
     report_notes = list(notes)
-    records, skipped, pred_notes = _screen_runs(
-        runs, predictions, group_keys, _cost_metric_columns(runs), include_unfinished
+    records, skipped = _kept_runs(
+        runs, predictions, group_keys, include_unfinished, newest_comparable_set, report_notes
     )
-    report_notes += pred_notes + _skip_notes(len(runs), records, skipped)
-    if newest_comparable_set:
-        records = configs.newest_comparable_set(runs, records, group_keys, report_notes)
     group_configs = shared_configs(runs, records, group_keys, report_notes)
 
     cost_metrics = _ordered_cost_metrics(
@@ -111,13 +106,31 @@ def build_report(
         runs=records,
         groups=groups,
         comparisons=comparisons,
-        original_study=_original_study_rows(records, confidence),
+        original_study=original_study_rows(records, confidence),
         learning_curves=_learning_curves(records, histories),
         skipped=[{k: v for k, v in entry.items() if k != "category"} for entry in skipped],
         notes=report_notes,
         cost_metrics=cost_metrics,
         group_configs=group_configs,
     )
+
+
+def _kept_runs(
+    runs: pd.DataFrame,
+    predictions: Mapping[str, pd.DataFrame],
+    group_keys: Sequence[str],
+    include_unfinished: bool,
+    newest_comparable_set: bool,
+    notes: list[str],
+) -> tuple[list[RunRecord], list[dict[str, str]]]:
+    """The runs the report keeps and those it skips; what it noticed on the way is appended to ``notes``."""
+    records, skipped, prediction_notes = _screen_runs(
+        runs, predictions, group_keys, _cost_metric_columns(runs), include_unfinished
+    )
+    notes += prediction_notes + _skip_notes(len(runs), records, skipped)
+    if newest_comparable_set:
+        records = configs.newest_comparable_set(runs, records, group_keys, notes)
+    return records, skipped
 
 
 def _check_settings(runs: pd.DataFrame, group_keys: Sequence[str], alpha: float, confidence: float) -> None:
@@ -349,47 +362,6 @@ def _summarise_groups(
             )
         )
     return groups
-
-
-def _original_study_rows(records: Sequence[RunRecord], confidence: float) -> list[OriginalStudyRow]:
-    rows = []
-    for original in ORIGINAL_STUDY:
-        rows.append(
-            OriginalStudyRow(
-                source=f"original run {original.run} ({original.original_name})",
-                mode=original.mode,
-                n_runs=1,
-                accuracy=original.accuracy,
-                accuracy_low=math.nan,
-                accuracy_high=math.nan,
-                total_time_min=original.wall_time_min,
-                head_params=float(original.head_params_keras),
-                backbones=ORIGINAL_BACKBONE,
-            )
-        )
-    by_mode: dict[str, list[RunRecord]] = {}
-    # Grouping need not use mode, but the original study is organised by it.
-    for record in records:
-        by_mode.setdefault(record.mode or "?", []).append(record)
-    original_modes = [original.mode for original in ORIGINAL_STUDY]
-    for mode in sorted(by_mode, key=lambda m: (m not in original_modes, m)):
-        members = by_mode[mode]
-        accuracy = mean_ci([m.accuracy for m in members], confidence)
-        rows.append(
-            OriginalStudyRow(
-                source="reproduced",
-                mode=mode,
-                n_runs=len(members),
-                accuracy=accuracy.mean,
-                accuracy_low=accuracy.low,
-                accuracy_high=accuracy.high,
-                total_time_min=median(m.costs.get(TIME_TOTAL, math.nan) for m in members) / 60.0,
-                head_params=median(m.costs.get(PARAMS_HEAD, math.nan) for m in members),
-                # A local folder's path is long and machine-specific; its last part names it.
-                backbones=", ".join(sorted({(m.backbone or "?").rstrip("/").rsplit("/", 1)[-1] for m in members})),
-            )
-        )
-    return rows
 
 
 def _learning_curves(

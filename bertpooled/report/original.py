@@ -1,12 +1,19 @@
 """The original study's published results (docs/original.md), kept in one place.
 
 "The original" is the TensorFlow/Keras study this project reproduces; the report sets its numbers beside
-the reproduced ones (see ``bertpooled.report.build``).
+the reproduced ones (:func:`original_study_rows`, called by ``bertpooled.report.build``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from bertpooled.contract import PARAMS_HEAD, TIME_TOTAL
+from bertpooled.report.numbers import median
+from bertpooled.report.records import OriginalStudyRow, RunRecord
+from bertpooled.report.stats import mean_ci
 
 
 @dataclass(frozen=True)
@@ -44,3 +51,46 @@ ORIGINAL_STUDY_CAVEAT = (
     "lstm_bias=keras) and the same counts at the same width; runs with lstm_bias=torch train nn.LSTM's second "
     "bias vector and count 64 more (50,321 and 25,745 at width 768)."
 )
+
+
+def original_study_rows(records: Sequence[RunRecord], confidence: float) -> list[OriginalStudyRow]:
+    """The original study's runs, then one reproduced row per mode of ``records`` (mean accuracy with its
+    interval, median total time and head parameters)."""
+    rows = []
+    for original in ORIGINAL_STUDY:
+        rows.append(
+            OriginalStudyRow(
+                source=f"original run {original.run} ({original.original_name})",
+                mode=original.mode,
+                n_runs=1,
+                accuracy=original.accuracy,
+                accuracy_low=math.nan,
+                accuracy_high=math.nan,
+                total_time_min=original.wall_time_min,
+                head_params=float(original.head_params_keras),
+                backbones=ORIGINAL_BACKBONE,
+            )
+        )
+    by_mode: dict[str, list[RunRecord]] = {}
+    # Grouping need not use mode, but the original study is organised by it.
+    for record in records:
+        by_mode.setdefault(record.mode or "?", []).append(record)
+    original_modes = [original.mode for original in ORIGINAL_STUDY]
+    for mode in sorted(by_mode, key=lambda m: (m not in original_modes, m)):
+        members = by_mode[mode]
+        accuracy = mean_ci([m.accuracy for m in members], confidence)
+        rows.append(
+            OriginalStudyRow(
+                source="reproduced",
+                mode=mode,
+                n_runs=len(members),
+                accuracy=accuracy.mean,
+                accuracy_low=accuracy.low,
+                accuracy_high=accuracy.high,
+                total_time_min=median(m.costs.get(TIME_TOTAL, math.nan) for m in members) / 60.0,
+                head_params=median(m.costs.get(PARAMS_HEAD, math.nan) for m in members),
+                # A local folder's path is long and machine-specific; its last part names it.
+                backbones=", ".join(sorted({(m.backbone or "?").rstrip("/").rsplit("/", 1)[-1] for m in members})),
+            )
+        )
+    return rows

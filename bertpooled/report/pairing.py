@@ -38,17 +38,7 @@ def compare_groups(
         notes.append("no baseline chosen, so no comparison section; pass --baseline basic to compare")
         return [], notes
     first_key = group_keys[0]
-    baselines = {
-        tuple(group.values[key] for key in group_keys[1:]): group
-        for group in groups
-        if group.values[first_key] == baseline
-    }
-    if not baselines:
-        values = sorted({group.values[first_key] for group in groups})
-        raise BertpooledError(
-            f"baseline {first_key}={baseline!r} is not among the groups: pass --baseline one of {', '.join(values)}"
-        )
-
+    baselines = _baseline_groups(groups, group_keys, baseline)
     members: dict[str, list[RunRecord]] = {}
     for record in records:
         members.setdefault(record.group, []).append(record)
@@ -79,6 +69,24 @@ def compare_groups(
             )
         )
     return _holm_adjusted(comparisons, groups, alpha, confidence, notes), notes
+
+
+def _baseline_groups(
+    groups: Sequence[GroupSummary], group_keys: Sequence[str], baseline: str
+) -> dict[tuple[str, ...], GroupSummary]:
+    """The baseline groups by the values of their other keys; a baseline no group has is the user's error."""
+    first_key = group_keys[0]
+    baselines = {
+        tuple(group.values[key] for key in group_keys[1:]): group
+        for group in groups
+        if group.values[first_key] == baseline
+    }
+    if not baselines:
+        values = sorted({group.values[first_key] for group in groups})
+        raise BertpooledError(
+            f"baseline {first_key}={baseline!r} is not among the groups: pass --baseline one of {', '.join(values)}"
+        )
+    return baselines
 
 
 def _holm_adjusted(
