@@ -1,4 +1,5 @@
-"""The package's layering, read from its source: which module may import what (function-level imports included)."""
+"""The package's layering, read from its source: which module may import what (function-level, TYPE_CHECKING and
+importlib imports included)."""
 
 import ast
 from pathlib import Path
@@ -18,26 +19,24 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node but those under `if TYPE_CHECKING:` (annotations only: never imported at run time)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        for child in ast.iter_child_nodes(node):
-            test = getattr(child, "test", None)
-            if isinstance(child, ast.If) and getattr(test, "id", getattr(test, "attr", None)) == "TYPE_CHECKING":
-                stack.extend(child.orelse)
-                continue
-            stack.append(child)
+def _dynamic_import(node: ast.AST) -> str | None:
+    """The module an `importlib.import_module("x")` or `__import__("x")` call names, if it is a literal."""
+    if (
+        isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) in ("import_module", "__import__")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    ):
+        return str(node.args[0].value)
+    return None
 
 
-def imports_of(name: str) -> set[str]:
-    """Every module `name` imports, anywhere in its body, as absolute dotted names."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def imported_modules(path: Path, package: str = "") -> set[str]:
+    """Every module a file imports, as absolute dotted names: at any depth (function-level imports), under
+    `if TYPE_CHECKING:` too (an annotation import still ties two modules together), and through
+    `importlib.import_module` / `__import__` with a literal name. ``package`` resolves relative imports."""
     found = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -47,9 +46,18 @@ def imports_of(name: str) -> set[str]:
                     package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
                 )
             found.add(base)
-            # `from bertpooled.run import fit` imports the module bertpooled.run.fit.
-            found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in MODULES)
+            # `from bertpooled.run import fit` imports the module bertpooled.run.fit; `from x import name` is
+            # kept as x.name too, so a scan for a module finds `from mlflow import tracking`.
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+        elif (name := _dynamic_import(node)) is not None:
+            found.add(name)
     return found
+
+
+def imports_of(name: str) -> set[str]:
+    """Every module `name` imports (see `imported_modules`)."""
+    path = MODULES[name]
+    return imported_modules(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
 
 
 def _internal(name: str) -> set[str]:
@@ -127,7 +135,21 @@ def test_nothing_imports_the_cli():
     assert sorted(n for n in MODULES if "bertpooled.cli" in _internal(n) and n != "bertpooled.__main__") == []
 
 
+def test_the_scanner_sees_function_level_type_checking_and_importlib_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from bertpooled.report.records import Report\n"
+        "def f():\n    from mlflow.tracking import MlflowClient\n    import mlflow.entities\n"
+        "    importlib.import_module('mlflow.pyfunc')\n"
+    )
+    found = imported_modules(sample)
+    assert {"bertpooled.report.records", "mlflow.tracking", "mlflow.entities", "mlflow.pyfunc"} <= found
+
+
 def test_no_import_cycles():
+    """No module reaches itself through imports, counting those under `if TYPE_CHECKING:`: a type-only import
+    back still means the lower module knows the upper one."""
     graph = {name: _internal(name) for name in MODULES}
     cycles, state = [], {}
 
