@@ -102,7 +102,12 @@ CHECKPOINT_SHA256_TAG = "checkpoint/sha256"
 CONFIG_PARAM_PREFIX = "config/"
 #: The digest of the data read; runs on other data are never paired.
 DATA_DIGEST_PARAM = "data/digest"
-CODE_PARAMS = ("git/commit", "git/dirty", "git/diff_sha256", "code/version")
+#: Which code trained a run (tracking.runs.code_provenance); a resume compares them.
+GIT_COMMIT_PARAM = "git/commit"
+GIT_DIRTY_PARAM = "git/dirty"
+GIT_DIFF_PARAM = "git/diff_sha256"
+CODE_VERSION_PARAM = "code/version"
+CODE_PARAMS = (GIT_COMMIT_PARAM, GIT_DIRTY_PARAM, GIT_DIFF_PARAM, CODE_VERSION_PARAM)
 
 # --- Artifacts ----------------------------------------------------------------------------
 
@@ -110,6 +115,7 @@ CODE_PARAMS = ("git/commit", "git/dirty", "git/diff_sha256", "code/version")
 PREDICTIONS_PATH = "predictions/test.csv"
 PREDICTION_COLUMNS = ("id", "label", "probability")
 CONFIG_ARTIFACT = "config.yaml"
+#: The test predictions' confusion matrix, ROC and precision-recall curves; a tuning study's Optuna plots.
 PLOTS_DIR = "plots"
 MODEL_NAME = "model"
 #: Checkpoints alternate between these artifact folders; `checkpoint/path` names the valid one.

@@ -15,6 +15,7 @@ from bertpooled.config import Config
 from bertpooled.contract import (
     ACCURACY,
     DATA_DIGEST_PARAM,
+    PLOTS_DIR,
     RESUMED_TAG,
     TIME_EPOCH,
     TRAIN_ACCURACY,
@@ -213,7 +214,7 @@ def _log_plots(labels, probabilities) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier_plots(labels, probabilities, tmp)
-        tracking.log_artifacts(tmp, "plots")
+        tracking.log_artifacts(tmp, PLOTS_DIR)
 
 
 def _save_checkpoint(epoch: int, model, optimizer, order, history, owner: dict) -> None:

@@ -7,13 +7,13 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-CODE_KEYS = ("git/commit", "git/dirty", "git/diff_sha256", "code/version")
+from bertpooled.contract import CODE_PARAMS, CODE_VERSION_PARAM, GIT_COMMIT_PARAM, GIT_DIFF_PARAM, GIT_DIRTY_PARAM
 
 
 def git_commit() -> tuple[str, bool]:
     """(commit, dirty) of the project's own code (the package's folder), or ("unknown", False) outside git."""
     code = code_provenance()
-    return code["git/commit"], code["git/dirty"] == "true"
+    return code[GIT_COMMIT_PARAM], code[GIT_DIRTY_PARAM] == "true"
 
 
 def code_provenance() -> dict[str, str]:
@@ -33,7 +33,7 @@ def code_provenance() -> dict[str, str]:
         installed = version("bertpooled")
     except PackageNotFoundError:
         installed = "unknown"
-    out = {"git/commit": "unknown", "git/dirty": "false", "git/diff_sha256": "", "code/version": installed}
+    out = {GIT_COMMIT_PARAM: "unknown", GIT_DIRTY_PARAM: "false", GIT_DIFF_PARAM: "", CODE_VERSION_PARAM: installed}
 
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(package), *args], capture_output=True, timeout=10)
@@ -46,15 +46,15 @@ def code_provenance() -> dict[str, str]:
         diff = git("diff", "HEAD", "--", ".").stdout
     except (OSError, subprocess.SubprocessError):
         return out
-    out["git/commit"] = commit.stdout.decode().strip()
-    out["git/dirty"] = "true" if diff else "false"
-    out["git/diff_sha256"] = hashlib.sha256(diff).hexdigest() if diff else ""
+    out[GIT_COMMIT_PARAM] = commit.stdout.decode().strip()
+    out[GIT_DIRTY_PARAM] = "true" if diff else "false"
+    out[GIT_DIFF_PARAM] = hashlib.sha256(diff).hexdigest() if diff else ""
     return out
 
 
 def code_of(params: Mapping[str, str]) -> dict[str, str]:
     """The code provenance among a run's logged params; keys missing in older runs are absent."""
-    return {k: params[k] for k in CODE_KEYS if k in params}
+    return {k: params[k] for k in CODE_PARAMS if k in params}
 
 
 def logged_code(run_id: str) -> dict[str, str]:

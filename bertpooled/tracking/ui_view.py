@@ -18,13 +18,19 @@ from bertpooled.contract import (
     CONFIG_PARAM_PREFIX,
     KIND_TAG,
     KIND_TRAIN,
+    PARAMS_BACKBONE,
     PARAMS_HEAD,
+    PARAMS_HEAD_TRAINABLE,
+    PHASES,
     QUALITY_METRICS,
+    THROUGHPUT_TRAIN,
     TIME_EPOCH,
+    TIME_GROUP_TRAIN,
     TIME_TOTAL,
     TIME_TRAIN,
     TRAIN_ACCURACY,
     TRAIN_LOSS,
+    time_metric,
 )
 
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
@@ -73,16 +79,14 @@ FINAL_METRICS = (
     *(metric.key for metric in QUALITY_METRICS),
     TIME_TOTAL,
     TIME_TRAIN,
-    *(
-        f"time/{phase}_s"
-        for phase in ("data", "tokenize", "features", "precompute", "eval", "cost", "log_model", "group_train")
-    ),
+    *(time_metric(phase) for phase in PHASES if phase not in ("train", "total")),
+    TIME_GROUP_TRAIN,
     PARAMS_HEAD,
-    "params/head_trainable",
-    "params/backbone",
+    PARAMS_HEAD_TRAINABLE,
+    PARAMS_BACKBONE,
     "params/backbone_trainable",
     "params/embeddings",
-    "throughput/train_examples_per_s",
+    THROUGHPUT_TRAIN,
     "throughput/infer_examples_per_s",
     "throughput/infer_examples_per_s_b256",
     "cost/backbone_flops_per_example",

@@ -26,6 +26,7 @@ from bertpooled.config import load_config
 from bertpooled.contract import (
     BEST_CONFIG_ARTIFACT,
     CONFIG_PARAM_PREFIX,
+    PLOTS_DIR,
     TUNE_BEST_RUN_TAG,
     TUNE_BEST_TRIAL_TAG,
     TUNE_STORAGE_TAG,
@@ -260,7 +261,7 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
     store.log_metrics({"best/val_accuracy": best.value, "best/trial": best.number})
     with tempfile.TemporaryDirectory() as tmp:
         study.trials_dataframe().to_csv(Path(tmp) / "trials.csv", index=False)
-        _plots(study, Path(tmp) / "plots", log)
+        _plots(study, Path(tmp) / PLOTS_DIR, log)
         store.log_artifacts(tmp)
     if output:
         path = Path(output) / f"best-{plan.mode}.yaml"

@@ -20,6 +20,7 @@ from bertpooled.contract import (
     TUNE_STUDY_TAG,
     TUNE_TRIAL_TAG,
     VAL_ACCURACY,
+    time_metric,
 )
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.run import fit, prepare, runtime
@@ -169,7 +170,7 @@ class Objective:
                 "tune/value": value,
                 "data/train_examples": len(rows),
                 "data/val_examples": len(val),
-                **{f"time/{k}_s": v for k, v in phases.seconds.items()},
+                **{time_metric(k): v for k, v in phases.seconds.items()},
             },
             step=config.epochs,
         )
