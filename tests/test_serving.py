@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from test_faults import free_port
 from typer.testing import CliRunner
 
+from bertpooled import contract
 from bertpooled.cli import app
 from bertpooled.serving import classifier
 
@@ -64,6 +65,7 @@ def test_the_reference_models_copy_of_the_convention_behaves_as_the_packages():
     for params in (None, {}, {"predict_method": "predict"}, {"predict_method": "predict_proba"}):
         np.testing.assert_array_equal(reference.output(probs, params), classifier.output(probs, params))
     assert classifier.output(probs, None).tolist() == [0, 1, 1]
+    assert reference.THRESHOLD == contract.THRESHOLD
     np.testing.assert_allclose(
         classifier.output(probs, {"predict_method": "predict_proba"}), [[0.8, 0.2], [0.5, 0.5], [0.1, 0.9]]
     )

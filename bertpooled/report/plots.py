@@ -130,7 +130,7 @@ def classifier_plots(labels, probabilities, folder: str | Path) -> list[Path]:
     """One run's test predictions as confusion_matrix.png, roc_curve.png and precision_recall.png in ``folder``.
 
     The figures MLflow's classifier evaluation would log, made with scikit-learn's displays from the
-    predictions the run already has (threshold 0.5, as test/accuracy uses).
+    predictions the run already has (at contract.THRESHOLD, as test/accuracy uses).
     """
     import numpy as np
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay

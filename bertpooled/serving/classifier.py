@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertpooled.contract import PREDICT, PREDICT_METHOD, PREDICT_METHODS, PREDICT_PROBA
+from bertpooled.contract import PREDICT, PREDICT_METHOD, PREDICT_METHODS, PREDICT_PROBA, THRESHOLD
 
 
 def texts_of(model_input) -> list[str]:
@@ -30,7 +30,7 @@ def output(probs: np.ndarray, params: dict | None):
 
     method = (params or {}).get(PREDICT_METHOD) or PREDICT
     if method == PREDICT:
-        return (probs >= 0.5).astype(np.int64)
+        return (probs >= THRESHOLD).astype(np.int64)
     if method == PREDICT_PROBA:
         return np.column_stack([1.0 - probs, probs]).reshape(len(probs), 2)
     # MLflow's scoring server answers an invalid parameter value with a 400 carrying this line.

@@ -16,6 +16,10 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+#: bertpooled.contract.THRESHOLD, copied (this file imports nothing from bertpooled); tests/test_serving.py
+#: checks that the two agree.
+THRESHOLD = 0.5
+
 
 class ReferenceModel(PythonModel):
     """P(positive review) from raw text: (first max_len tokens, decoded) -> TF-IDF -> logistic regression."""
@@ -70,7 +74,7 @@ def output(probs: np.ndarray, params: dict | None):
 
     method = (params or {}).get("predict_method") or "predict"
     if method == "predict":
-        return (probs >= 0.5).astype(np.int64)
+        return (probs >= THRESHOLD).astype(np.int64)
     if method == "predict_proba":
         return np.column_stack([1.0 - probs, probs]).reshape(len(probs), 2)
     raise MlflowException.invalid_parameter_value(
