@@ -193,7 +193,7 @@ class EmbeddingLayer(nn.Module):
     """The rest of a BERT embedding layer after the word lookup: + position + token type 0, then LayerNorm.
 
     Frozen buffers (no parameters), in eval mode by construction (BERT's embedding dropout is off at inference,
-    as it was in the original's call). `bertpooled.model.backbone.load_embedding_layer` checks it against the
+    as it was in the original's call). `bertpooled.model.backbone.embedding_layer_of` checks it against the
     backbone's own module.
     """
 
