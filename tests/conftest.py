@@ -1,13 +1,20 @@
-"""Fixtures: a tiny BERT saved like a real checkpoint, a tiny IMDB archive, a private tracking store."""
+"""Fixtures: a tiny BERT saved like a real checkpoint, a tiny IMDB archive, a private tracking store; and the
+helpers several test files share (the smoke config's command line, a sweep in a subprocess, waiting for a server)."""
 
 from __future__ import annotations
 
+import socket
+import sys
 import tarfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The smoke protocol (experiments/smoke.yaml) most command-line tests start from.
+SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
 POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "loved"]
 NEGATIVE = ["awful", "boring", "dull", "terrible", "waste", "hated"]
@@ -48,6 +55,13 @@ def tiny_imdb(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("imdb")
     tree = write_imdb_tree(root)
     return write_imdb_archive(tree, root / "aclImdb_v1.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def bigger_imdb(tmp_path_factory) -> Path:
+    """100 reviews per split and label: enough that an epoch of the tiny BERT takes a while (to interrupt it)."""
+    root = tmp_path_factory.mktemp("imdb-bigger")
+    return write_imdb_archive(write_imdb_tree(root, per_label=100), root / "aclImdb_v1.tar.gz")
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +162,141 @@ def wait_for_http(url: str, proc, timeout: float, log=lambda: "") -> None:
             assert proc.poll() is None, f"server exited: {log()}"
             assert time.time() < deadline, f"{url} did not come up"
             time.sleep(0.5)
+
+
+def tiny_args(tiny_bert, data, *extra: str) -> list[str]:
+    """A command's options for the smoke config on the tiny BERT and `data`, 16 tokens a review, then `extra`."""
+    return ["--config", SMOKE, "--model", str(tiny_bert), "--data", str(data), "--max-len", "16", *extra]
+
+
+def invoke_tiny(command: str, tiny_bert, data, *extra: str):
+    """`bertpooled <command>` in this process on `tiny_args`; typer's result (exit code, output)."""
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+
+    return CliRunner().invoke(app, [command, *tiny_args(tiny_bert, data, *extra)])
+
+
+def sweep_args(tiny_bert, data, *extra: str) -> list[str]:
+    """A long parallel sweep (2 modes x 2 seeds, 2 workers, 150 epochs) as a `python -m bertpooled` command line."""
+    return [
+        sys.executable,
+        "-m",
+        "bertpooled",
+        "sweep",
+        *tiny_args(tiny_bert, data),
+        *("--epochs", "150", "--max-train-examples", "0", "--max-test-examples", "16"),
+        *("--modes", "basic,pool", "--seeds", "2", "--parallel", "2", "--no-progress", "--format", "json"),
+        *extra,
+    ]
+
+
+def two_children_training(client, proc, timeout: float) -> list:
+    """Wait until two of a sweep's children run with a checkpoint logged (both past their first epoch), while
+    `proc` lives; returns them, or fails after `timeout` seconds."""
+    deadline, started = time.time() + timeout, []
+    while time.time() < deadline and proc.poll() is None:
+        exp = client.get_experiment_by_name("bertpooled")
+        runs = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''") if exp else []
+        started = [r for r in runs if r.info.status == "RUNNING" and "checkpoint/epoch" in r.data.tags]
+        if len(started) == 2:
+            return started
+        time.sleep(0.2)
+    pytest.fail("two children never trained side by side")
+
+
+def invoke_train(*args: str):
+    """`bertpooled train` in this process on the smoke config, 16 tokens a review, then `args`."""
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+
+    return CliRunner().invoke(app, ["train", "--config", SMOKE, "--max-len", "16", *args])
+
+
+def one_error_line(result, *words: str) -> str:
+    """A user error as the CLI reports one: exit 2, no traceback, exactly one `error: ` line, naming each of
+    `words`; returns that line."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def runs_in(uri: str) -> list:
+    """Every run of every experiment in the tracking store at `uri`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments) if experiments else []
+
+
+def killed_run_with_a_checkpoint(store: str, tiny_bert, data, monkeypatch, *extra: str) -> str:
+    """A 2-epoch smoke run stopped as if by Ctrl-C right after its last checkpoint (KILLED, checkpoint/epoch 2);
+    `extra` options go to `train`. Returns the run's id."""
+    from mlflow.tracking import MlflowClient
+
+    from bertpooled.run import fit
+
+    real_fit = fit.fit
+
+    def fit_then_interrupt(*args, **kwargs):
+        real_fit(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit, "fit", fit_then_interrupt)
+    result = invoke_tiny("train", tiny_bert, data, "--epochs", "2", *extra)
+    monkeypatch.setattr(fit, "fit", real_fit)
+    assert result.exit_code == 130, result.output
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("bertpooled").experiment_id
+    (run,) = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)
+    assert run.info.status == "KILLED" and run.data.tags["checkpoint/epoch"] == "2"
+    return run.info.run_id
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def hanging_server():
+    """An HTTP server on 127.0.0.1 whose /health answers and whose every other path hangs for 60 s."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/health":
+                release.wait(60)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # the client gave up on a hanging request on purpose: its broken pipe is expected, not news
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    release.set()
+    server.shutdown()
+    server.server_close()

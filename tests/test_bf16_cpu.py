@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import SMOKE, invoke_tiny
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -17,8 +18,6 @@ from bertpooled.errors import BertpooledError
 from bertpooled.model import inference
 from bertpooled.run import prepare, runtime
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not inference.cpu_has_bf16(), reason="this CPU has neither AVX512-BF16 nor AMX")
 
@@ -123,23 +122,7 @@ def test_frozen_features_computed_in_bf16_are_their_own_cache_entry_and_fp32_kee
 )
 def test_a_tiny_bert_trains_evaluates_measures_and_serves_in_bf16_on_this_cpu(store, tiny_bert, tiny_imdb, sets):
     args = [a for s in ["features=encoder", "latency_texts=3", "throughput_batches=1", *sets] for a in ("--set", s)]
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            SMOKE,
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--epochs",
-            "2",
-            *args,
-        ],
-    )
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, "--epochs", "2", *args)
     assert result.exit_code == 0, result.output
     client = MlflowClient(store)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from pathlib import Path
 
 import pytest
 import typer.main
 import yaml
+from conftest import ROOT
 from typer.testing import CliRunner
 
 import bertpooled.cli as cli
@@ -22,7 +22,6 @@ from bertpooled.cli_options import config_fields, field_docs
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
 
-ROOT = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(Config) if f.init]  # a derived field (init=False) is no setting
 
 # Two valid configs that between them set every field to a value that is not its default (features=encoder is

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import ROOT
 from mlflow.tracking import MlflowClient
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

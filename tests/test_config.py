@@ -1,11 +1,9 @@
-from pathlib import Path
-
 import pytest
+from conftest import ROOT
 
 from bertpooled.config import Config, load_config, parse_sets
 from bertpooled.errors import BertpooledError
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 
 

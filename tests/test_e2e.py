@@ -13,10 +13,9 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import wait_for_http
+from conftest import ROOT, invoke_tiny, wait_for_http
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_METRICS = {
     "test/accuracy",
     "test/f1",
@@ -130,26 +129,8 @@ def test_mlflow_run_trains_and_logs_the_whole_contract(mode, store, experiment, 
 
 
 def test_the_logged_model_stores_no_pickle(store, experiment, tiny_bert, tiny_imdb, recwarn):
-    from typer.testing import CliRunner
 
-    from bertpooled.cli import app
-
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(ROOT / "experiments/smoke.yaml"),
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--epochs",
-            "1",
-        ],
-    )
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, "--epochs", "1")
     assert result.exit_code == 0, result.output
     run = _only_run(MlflowClient())
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model"))
@@ -186,28 +167,8 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_over_http(store, experiment, tiny_bert, tiny_imdb, tmp_path):
-    from typer.testing import CliRunner
 
-    from bertpooled.cli import app
-
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(ROOT / "experiments/smoke.yaml"),
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--epochs",
-            "1",
-            "--mode",
-            "pool",
-        ],
-    )
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, "--epochs", "1", "--mode", "pool")
     assert result.exit_code == 0, result.output
     run = _only_run(MlflowClient())
     port = _free_port()
@@ -251,33 +212,13 @@ def test_mlflow_models_serve_answers_over_http(store, experiment, tiny_bert, tin
 
 
 def test_system_metrics_are_one_setting_away(store, experiment, tiny_bert, tiny_imdb, monkeypatch):
-    from typer.testing import CliRunner
-
-    from bertpooled.cli import app
 
     pytest.importorskip("psutil")
     # Five samples a second, each logged at once: MLflow's monitor logs only after its first interval, and on a
     # quiet machine the tiny run can end within a second.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(ROOT / "experiments/smoke.yaml"),
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--epochs",
-            "1",
-            "--set",
-            "system_metrics=true",
-        ],
-    )
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, "--epochs", "1", "--set", "system_metrics=true")
     assert result.exit_code == 0, result.output
     run = _only_run(MlflowClient())
     assert run.data.params["config/system_metrics"] == "True"

@@ -9,8 +9,8 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, SMOKE, tiny_bert_model
 from conftest import id_batch as batch
-from conftest import tiny_bert_model
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -21,10 +21,6 @@ from bertpooled.errors import BertpooledError
 from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask, pool, pooled_lengths
 from bertpooled.run import cost, measure, prepare
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
-
 
 # --- masked pooling against a direct computation -----------------------------------------------------------
 

@@ -9,33 +9,20 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import ROOT, SMOKE, invoke_tiny, killed_run_with_a_checkpoint, one_error_line, runs_in
 from mlflow.tracking import MlflowClient
-from test_faults import hanging_server  # noqa: F401 - a pytest fixture, used by name below
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
 from bertpooled.cli_errors import OneLineErrors
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 LONG = "a" * 5000
 
 
 def assert_one_line(result, *words: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    assert len(errors[0]) < 400, errors[0]
-    for word in words:
-        assert word in errors[0], errors[0]
-    return errors[0]
-
-
-def no_runs(uri: str) -> bool:
-    client = MlflowClient(uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    return not (client.search_runs(exps) if exps else [])
+    line = one_error_line(result, *words)
+    assert len(line) < 400, line
+    return line
 
 
 # --- 1. any OS error on a user-given path is one line: path, reason, fix ------------------------------------
@@ -48,7 +35,7 @@ def test_a_path_too_long_for_the_system_is_one_line_whichever_option_gives_it(st
     result = CliRunner().invoke(app, ["train", *args, "--max-len", "16", "--epochs", "1"])
     line = assert_one_line(result, "File name too long", "5,000 characters")
     assert LONG not in line
-    assert no_runs(store)
+    assert runs_in(store) == []
 
 
 def test_a_symlink_loop_in_the_data_folder_is_one_line(store, tiny_bert, tmp_path):
@@ -56,24 +43,9 @@ def test_a_symlink_loop_in_the_data_folder_is_one_line(store, tiny_bert, tmp_pat
 
     tree = write_imdb_tree(tmp_path / "loop")
     (tree / "train" / "pos" / "0_9x.txt").symlink_to("0_9x.txt")  # points at itself
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            SMOKE,
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tree),
-            "--max-len",
-            "16",
-            "--epochs",
-            "1",
-        ],
-    )
+    result = invoke_tiny("train", tiny_bert, tree, "--epochs", "1")
     assert_one_line(result, "0_9x.txt", "symbolic links")
-    assert no_runs(store)
+    assert runs_in(store) == []
 
 
 @pytest.mark.parametrize(
@@ -138,7 +110,7 @@ def test_a_config_file_sized_to_hurt_is_one_line_before_yaml_builds_it(store, tm
     path.write_text(text)
     result = CliRunner().invoke(app, ["train", "--config", str(path)])
     assert_one_line(result, *words)
-    assert no_runs(store)
+    assert runs_in(store) == []
 
 
 def test_a_set_value_sized_to_hurt_is_one_line_and_a_plain_anchor_still_works(store, tmp_path):
@@ -162,7 +134,7 @@ def test_an_experiment_name_past_mlflows_limit_is_one_line_before_the_data_is_re
         result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, "--data", missing, "--experiment", "e" * 10_000])
         words = ["--experiment", "too long"]
     assert_one_line(result, *words)
-    assert no_runs(store)
+    assert runs_in(store) == []
 
 
 @pytest.mark.parametrize(
@@ -176,7 +148,7 @@ def test_an_experiment_name_past_mlflows_limit_is_one_line_before_the_data_is_re
 def test_a_sweep_grid_larger_than_a_parent_run_holds_is_one_line_at_once(store, args, words):
     result = CliRunner().invoke(app, ["sweep", "--config", SMOKE, *args])
     assert_one_line(result, *words)
-    assert no_runs(store)
+    assert runs_in(store) == []
 
 
 # --- 3. the tracking store: probed first by every command, its failures one truthful line --------------------
@@ -478,22 +450,16 @@ def test_small_requests_are_answered_between_the_batches_of_a_large_one():
 
 
 @pytest.mark.slow
-def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_marked(store, tiny_bert):
+def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_marked(store, tiny_bert, bigger_imdb):
     import signal
     import subprocess
-    import time
 
     import psutil
-    from conftest import write_imdb_archive, write_imdb_tree
-    from test_faults import sweep_args
+    from conftest import sweep_args, two_children_training
 
-    data = write_imdb_archive(
-        write_imdb_tree(Path(store.split("///")[1]).parent / "imdb", per_label=100),
-        Path(store.split("///")[1]).parent / "imdb.tar.gz",
-    )
     client = MlflowClient(store)
     proc = subprocess.Popen(
-        sweep_args(tiny_bert, data),
+        sweep_args(tiny_bert, bigger_imdb),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -501,15 +467,7 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
     )
     workers = []
     try:
-        deadline, started = time.time() + 300, []
-        while time.time() < deadline and proc.poll() is None:
-            exp = client.get_experiment_by_name("bertpooled")
-            runs = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''") if exp else []
-            started = [r for r in runs if r.info.status == "RUNNING" and "checkpoint/epoch" in r.data.tags]
-            if len(started) == 2:
-                break
-            time.sleep(0.2)
-        assert len(started) == 2, "two children never trained side by side"
+        started = two_children_training(client, proc, 300)
         workers = [
             p
             for p in psutil.Process(proc.pid).children(recursive=True)
@@ -602,44 +560,6 @@ def test_parallel_workers_keep_a_kept_auto_thread_count(monkeypatch):
 # --- 7. checkpoints that verify themselves, whatever the run's tags say -------------------------------------------
 
 
-def _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed: int) -> str:
-    from bertpooled.run import fit
-
-    real_fit = fit.fit
-
-    def fit_then_interrupt(*args, **kwargs):
-        real_fit(*args, **kwargs)
-        raise KeyboardInterrupt  # as if Ctrl-C came right after the last checkpoint
-
-    monkeypatch.setattr(fit, "fit", fit_then_interrupt)
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            SMOKE,
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--epochs",
-            "2",
-            "--seed",
-            str(seed),
-        ],
-    )
-    monkeypatch.setattr(fit, "fit", real_fit)
-    assert result.exit_code == 130, result.output
-    client = MlflowClient(store)
-    runs = client.search_runs(
-        [client.get_experiment_by_name("bertpooled").experiment_id], f"params.`config/seed` = '{seed}'"
-    )
-    assert runs[0].info.status == "KILLED" and runs[0].data.tags["checkpoint/epoch"] == "2"
-    return runs[0].info.run_id
-
-
 def _checkpoint_folder(client, run_id: str) -> Path:
     from urllib.parse import urlparse
 
@@ -670,7 +590,7 @@ def test_a_checkpoint_altered_or_copied_with_its_tag_deleted_or_copied_is_refuse
     store, tiny_bert, tiny_imdb, monkeypatch, tamper, words
 ):
     client = MlflowClient(store)
-    run_id = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=0)
+    run_id = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, "--seed", "0")
     folder = _checkpoint_folder(client, run_id)
     if tamper == "weights":
         _alter_a_weight(folder)
@@ -680,7 +600,7 @@ def test_a_checkpoint_altered_or_copied_with_its_tag_deleted_or_copied_is_refuse
         meta.write_text(meta.read_text().replace('"epoch": 2', '"epoch": 1'))
         client.delete_tag(run_id, "checkpoint/sha256")
     else:
-        other = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=1)
+        other = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, "--seed", "1")
         import shutil
 
         shutil.rmtree(folder)
@@ -693,7 +613,7 @@ def test_a_checkpoint_altered_or_copied_with_its_tag_deleted_or_copied_is_refuse
 
 def test_an_untouched_checkpoint_whose_tag_was_deleted_still_resumes(store, tiny_bert, tiny_imdb, monkeypatch):
     client = MlflowClient(store)
-    run_id = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=0)
+    run_id = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, "--seed", "0")
     client.delete_tag(run_id, "checkpoint/sha256")
     result = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
     assert result.exit_code == 0, result.output
@@ -742,7 +662,7 @@ def test_a_run_driven_by_a_live_process_is_refused_by_resume_and_taken_over_only
     from bertpooled.tracking import ownership
 
     client = MlflowClient(store)
-    run_id = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=0)
+    run_id = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, "--seed", "0")
     assert client.get_run(run_id).data.tags["bertpooled.heartbeat"] == ownership.ENDED  # let go when it ended
     # Another machine drives it (the reported case: a resume while it still trains; or a resume elsewhere).
     for key, value in _tags("another-host:4242:abc", f"{time.time():.0f}").items():
@@ -761,7 +681,7 @@ def test_a_resume_in_another_process_holds_the_run_whatever_its_cache_folder(sto
     """The resume lock file lives in the cache folder; the claim lives in the store, which both processes share."""
     from bertpooled.tracking import ownership
 
-    run_id = _killed_run(store, tiny_bert, tiny_imdb, monkeypatch, seed=0)
+    run_id = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, "--seed", "0")
     ownership.claim(run_id, "run")  # a resume elsewhere, preparing its data: the run still shows KILLED
     try:
         monkeypatch.setenv("BERTPOOLED_CACHE", str(Path(store.split("///")[1]).parent / "other-cache"))
@@ -837,22 +757,7 @@ def test_serving_a_damaged_logged_model_is_one_line(store, tiny_bert, tiny_imdb,
     import json
     from urllib.parse import urlparse
 
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            SMOKE,
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--epochs",
-            "1",
-        ],
-    )
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, "--epochs", "1")
     assert result.exit_code == 0, result.output
     client = MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])
@@ -884,7 +789,7 @@ def _edit_width(spec):
     return spec
 
 
-def test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_against_a_server_whose_api_hangs_is_one_line_within_seconds(hanging_server, tmp_path, monkeypatch):
     import time
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", hanging_server)

@@ -13,40 +13,26 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import wait_for_http
+from conftest import (
+    free_port,
+    killed_run_with_a_checkpoint,
+    one_error_line,
+    runs_in,
+    sweep_args,
+    two_children_training,
+    wait_for_http,
+)
+from conftest import (
+    invoke_train as invoke,
+)
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
+#: The options of test_resume.py's interrupted run.
+RESUMABLE = ("--max-train-examples", "0", "--seed", "1")
 SECRET = "s3cret-pw"
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, ["train", "--config", SMOKE, "--max-len", "16", *args])
-
-
-def assert_user_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in errors[0], errors[0]
-
-
-def runs_in(uri: str) -> list:
-    client = MlflowClient(uri)
-    exps = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(exps) if exps else []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -135,7 +121,7 @@ def test_a_password_in_the_tracking_uri_never_reaches_the_terminal_or_the_run(
 
 def test_a_data_uri_with_credentials_is_not_echoed_in_the_error(store, tiny_bert):
     result = invoke("--model", str(tiny_bert), "--data", f"https://alice:{SECRET}@127.0.0.1:9/aclImdb_v1.tar.gz")
-    assert_user_error(result, "127.0.0.1:9/aclImdb_v1.tar.gz")
+    one_error_line(result, "127.0.0.1:9/aclImdb_v1.tar.gz")
     assert SECRET not in result.output and "alice" not in result.output
 
 
@@ -275,7 +261,7 @@ def test_an_altered_parsed_archive_cache_is_not_used_under_the_original_digest(t
 )
 def test_bad_input_found_inside_the_run_now_fails_before_any_run(store, tiny_bert, tiny_imdb, args, words):
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), *args)
-    assert_user_error(result, *words)
+    one_error_line(result, *words)
     assert runs_in(store) == []
 
 
@@ -283,7 +269,7 @@ def test_a_config_file_that_is_not_utf8_is_one_line(store, tiny_bert, tiny_imdb,
     bad = tmp_path / "latin.yaml"
     bad.write_bytes("description: caf\xe9\n".encode("latin-1"))
     result = CliRunner().invoke(app, ["train", "--config", str(bad), "--model", str(tiny_bert)])
-    assert_user_error(result, "latin.yaml", "UTF-8")
+    one_error_line(result, "latin.yaml", "UTF-8")
     assert runs_in(store) == []
 
 
@@ -299,7 +285,7 @@ def test_a_damaged_mlflow_db_is_one_line_before_any_work(tiny_bert, tiny_imdb, t
         "bertpooled.run.prepare.read_data", lambda *a, **k: pytest.fail("data read with a broken store")
     )
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
-    assert_user_error(result, "mlflow.db", "malformed", "backup")
+    one_error_line(result, "mlflow.db", "malformed", "backup")
     assert len(result.output.splitlines()) == 1
 
 
@@ -315,7 +301,7 @@ def test_a_store_that_fails_mid_run_is_one_line_not_pages(store, tiny_bert, tiny
 
     monkeypatch.setattr(tracking, "log_predictions", full)
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
-    assert_user_error(result, "disk is full", "--resume")
+    one_error_line(result, "disk is full", "--resume")
     (run,) = runs_in(store)
     assert run.info.status == "FAILED"  # not left RUNNING
 
@@ -342,41 +328,6 @@ def test_ctrl_c_before_the_first_checkpoint_offers_no_resume_that_would_be_refus
 # --- 6. bounded waits on a bad server --------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def hanging_server():
-    """An HTTP server on 127.0.0.1 whose /health answers and whose every other path hangs for 60 s."""
-    import http.server
-    import threading
-
-    release = threading.Event()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path != "/health":
-                release.wait(60)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        do_POST = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    class Server(http.server.ThreadingHTTPServer):
-        def handle_error(self, request, client_address):
-            pass  # the client gave up on a hanging request on purpose: its broken pipe is expected, not news
-
-    server = Server(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    release.set()
-    server.shutdown()
-    server.server_close()
-
-
 def test_a_server_whose_api_hangs_is_one_line_within_seconds(
     hanging_server, tiny_bert, tiny_imdb, tmp_path, monkeypatch
 ):
@@ -385,7 +336,7 @@ def test_a_server_whose_api_hangs_is_one_line_within_seconds(
     start = time.perf_counter()
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert time.perf_counter() - start < 20
-    assert_user_error(result, "answers /health but its API does not answer")
+    one_error_line(result, "answers /health but its API does not answer")
     assert "KILLED" not in result.output
 
 
@@ -399,7 +350,7 @@ def test_an_unreachable_postgresql_uri_is_one_line_within_seconds(tiny_bert, tin
     start = time.perf_counter()
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert time.perf_counter() - start < 20
-    assert_user_error(result, "tracking database", "unreachable")
+    one_error_line(result, "tracking database", "unreachable")
     assert len(result.output.splitlines()) == 1 and SECRET not in result.output
     closed.close()
 
@@ -429,17 +380,15 @@ def test_the_logged_commit_is_the_codes_not_the_current_folders(tmp_path, monkey
 
 
 def test_resuming_with_other_code_is_refused_unless_allowed_and_then_recorded(store, tiny_bert, tiny_imdb, monkeypatch):
-    from test_resume import _killed_run_with_a_checkpoint
-
     from bertpooled.tracking import provenance
 
-    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    run_id = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, *RESUMABLE)
     logged = provenance.logged_code(run_id)
     assert {"git/commit", "git/dirty", "code/version"} <= set(logged)
     changed = {**logged, "git/commit": "f" * 40}
     monkeypatch.setattr(provenance, "code_provenance", lambda: changed)
     refused = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
-    assert_user_error(refused, "other code", "--allow-code-change", "f" * 40)
+    one_error_line(refused, "other code", "--allow-code-change", "f" * 40)
     assert MlflowClient(store).get_run(run_id).info.status == "KILLED"  # left as it was
     allowed = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb), "--allow-code-change"])
     assert allowed.exit_code == 0, allowed.output
@@ -454,9 +403,8 @@ def test_a_resume_after_the_last_epoch_clears_the_error_tag_fails_orphan_models_
     store, tiny_bert, tiny_imdb, monkeypatch
 ):
     from mlflow.entities import LoggedModelStatus
-    from test_resume import _killed_run_with_a_checkpoint
 
-    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    run_id = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, *RESUMABLE)
     client = MlflowClient(store)
     run = client.get_run(run_id)
     assert run.data.tags["error"]
@@ -475,65 +423,21 @@ def test_a_resume_after_the_last_epoch_clears_the_error_tag_fails_orphan_models_
 
 
 def test_a_second_resume_of_a_run_being_resumed_is_one_line(store, tiny_bert, tiny_imdb, monkeypatch):
-    from test_resume import _killed_run_with_a_checkpoint
-
     from bertpooled.run.resume import claim_run
 
-    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    run_id = killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch, *RESUMABLE)
     first = claim_run(run_id)  # another resume of it holds the run
     try:
         second = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
     finally:
         first.close()
-    assert_user_error(second, "being resumed by another process")
+    one_error_line(second, "being resumed by another process")
     assert MlflowClient(store).get_run(run_id).info.status == "KILLED"
     third = CliRunner().invoke(app, ["train", "--resume", run_id, "--data", str(tiny_imdb)])
     assert third.exit_code == 0, third.output  # once the first is gone, a resume goes ahead
 
 
 # --- 2. a parallel sweep stops -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bigger_imdb(tmp_path_factory) -> Path:
-    """Enough reviews that each child trains for a while."""
-    from conftest import write_imdb_archive, write_imdb_tree
-
-    root = tmp_path_factory.mktemp("imdb-sweep")
-    return write_imdb_archive(write_imdb_tree(root, per_label=100), root / "aclImdb_v1.tar.gz")
-
-
-def sweep_args(tiny_bert, data, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bertpooled",
-        "sweep",
-        "--config",
-        SMOKE,
-        "--model",
-        str(tiny_bert),
-        "--data",
-        str(data),
-        "--max-len",
-        "16",
-        "--epochs",
-        "150",
-        "--max-train-examples",
-        "0",
-        "--max-test-examples",
-        "16",
-        "--modes",
-        "basic,pool",
-        "--seeds",
-        "2",
-        "--parallel",
-        "2",
-        "--no-progress",
-        "--format",
-        "json",
-        *extra,
-    ]
 
 
 @pytest.mark.slow
@@ -550,15 +454,7 @@ def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_th
         start_new_session=True,
     )
     try:
-        deadline, started = time.time() + 240, []
-        while time.time() < deadline and proc.poll() is None:
-            exp = client.get_experiment_by_name("bertpooled")
-            runs = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''") if exp else []
-            started = [r for r in runs if r.info.status == "RUNNING" and "checkpoint/epoch" in r.data.tags]
-            if len(started) == 2:
-                break
-            time.sleep(0.2)
-        assert len(started) == 2, "two children never trained side by side"
+        started = two_children_training(client, proc, 240)
         if target == "parent":
             proc.send_signal(signal.SIGTERM)
         else:

@@ -12,9 +12,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import VOCAB
+from conftest import ROOT, VOCAB
 
-ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "benchmarks" / "gpu"
 
 

@@ -3,12 +3,10 @@ guards."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import SMOKE, tiny_bert_model
 from conftest import id_batch as batch
-from conftest import tiny_bert_model
 
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
@@ -16,9 +14,6 @@ from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.model.heads import EncoderLSTMClassifier
 from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask, pooled_length, pooled_lengths
 from bertpooled.run import cost, fit, measure, prepare, runtime
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
 
 def layer_flops(tokens: int, hidden: int = 32, intermediate: int = 64) -> int:

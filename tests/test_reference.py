@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMOKE, invoke_tiny
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -18,8 +19,6 @@ from bertpooled.model import backbone
 from bertpooled.run import measure, prepare, reference
 from bertpooled.run.shared import Shared
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 CONTRACT_METRICS = {
     "test/accuracy",
     "test/f1",
@@ -74,24 +73,7 @@ def test_the_reference_is_deterministic_for_a_seed(store, tiny_bert, tiny_imdb):
 
 @pytest.mark.parametrize("text", ["tokens", "full"])
 def test_a_reference_run_logs_the_contract_and_a_pickle_free_pyfunc(text, store, tiny_bert, tiny_imdb):
-    result = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--config",
-            SMOKE,
-            "--mode",
-            "reference",
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--set",
-            f"reference_text={text}",
-        ],
-    )
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, "--mode", "reference", "--set", f"reference_text={text}")
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])

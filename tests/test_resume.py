@@ -13,34 +13,19 @@ from urllib.parse import urlparse
 import mlflow
 import pandas as pd
 import pytest
-from conftest import write_imdb_archive, write_imdb_tree
+from conftest import killed_run_with_a_checkpoint, tiny_args
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = "20"
-
-
-@pytest.fixture(scope="module")
-def bigger_imdb(tmp_path_factory) -> Path:
-    """Enough reviews that an epoch takes long enough to be interrupted in the middle of a run."""
-    root = tmp_path_factory.mktemp("imdb-bigger")
-    return write_imdb_archive(write_imdb_tree(root, per_label=100), root / "aclImdb_v1.tar.gz")
 
 
 def train_args(tiny_bert, data) -> list[str]:
     return [
         "train",
-        "--config",
-        str(ROOT / "experiments" / "smoke.yaml"),
-        "--model",
-        str(tiny_bert),
-        "--data",
-        str(data),
-        "--max-len",
-        "16",
+        *tiny_args(tiny_bert, data),
         "--epochs",
         EPOCHS,
         "--max-train-examples",
@@ -113,33 +98,18 @@ def test_an_interrupted_run_resumes_to_exactly_the_uninterrupted_result(store, t
     pd.testing.assert_frame_equal(a, b)
 
 
-def _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch) -> str:
-    from bertpooled.run import fit
-
-    real_fit = fit.fit
-
-    def fit_then_interrupt(*args, **kwargs):
-        real_fit(*args, **kwargs)
-        raise KeyboardInterrupt  # as if Ctrl-C came right after the last checkpoint
-
-    monkeypatch.setattr(fit, "fit", fit_then_interrupt)
-    result = CliRunner().invoke(app, [*train_args(tiny_bert, tiny_imdb)[:-4], "--epochs", "2", "--seed", "1"])
-    monkeypatch.setattr(fit, "fit", real_fit)
-    assert result.exit_code == 130, result.output
-    client = MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])
-    assert run.info.status == "KILLED" and run.data.tags["checkpoint/epoch"] == "2"
-    return run.info.run_id
-
-
 def test_resuming_with_another_config_is_refused(store, tiny_bert, tiny_imdb, monkeypatch):
-    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    run_id = killed_run_with_a_checkpoint(
+        store, tiny_bert, tiny_imdb, monkeypatch, "--max-train-examples", "0", "--seed", "1"
+    )
     result = CliRunner().invoke(app, ["train", "--resume", run_id, "--epochs", "5"])
     assert result.exit_code == 2 and "another config" in result.output and "epochs" in result.output
 
 
 def test_a_tampered_checkpoint_is_refused(store, tiny_bert, tiny_imdb, monkeypatch):
-    run_id = _killed_run_with_a_checkpoint(store, tiny_bert, tiny_imdb, monkeypatch)
+    run_id = killed_run_with_a_checkpoint(
+        store, tiny_bert, tiny_imdb, monkeypatch, "--max-train-examples", "0", "--seed", "1"
+    )
     run = MlflowClient(store).get_run(run_id)
     folder = Path(urlparse(run.info.artifact_uri).path) / run.data.tags["checkpoint/path"]
     meta = folder / "meta.json"

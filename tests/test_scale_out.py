@@ -16,15 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_imdb_archive, write_imdb_tree
+from conftest import ROOT, SMOKE, free_port, write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
-from test_server import PG_BIN, free_port, postgres, server  # noqa: F401 - postgres, server: pytest fixtures
+from test_server import PG_BIN, postgres, server  # noqa: F401 - postgres, server: pytest fixtures
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
 
 def on_a_cluster(test):

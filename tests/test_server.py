@@ -7,7 +7,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,24 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for_http, write_imdb_archive, write_imdb_tree
+from conftest import ROOT, free_port, invoke_tiny, wait_for_http, write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not PG_BIN, reason="PostgreSQL is not installed (.ci/run installs Debian's postgresql)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def as_postgres(cmd: list[str]) -> list[str]:
@@ -143,22 +135,7 @@ def via_server(server, monkeypatch, tmp_path):
 
 def test_training_logs_through_the_server_and_compare_runs_reads_it_back(via_server, tiny_bert, tiny_imdb):
     for mode in ("basic", "pool"):
-        result = CliRunner().invoke(
-            app,
-            [
-                "train",
-                "--config",
-                str(ROOT / "experiments" / "smoke.yaml"),
-                "--model",
-                str(tiny_bert),
-                "--data",
-                str(tiny_imdb),
-                "--max-len",
-                "16",
-                "--mode",
-                mode,
-            ],
-        )
+        result = invoke_tiny("train", tiny_bert, tiny_imdb, "--mode", mode)
         assert result.exit_code == 0, result.output
         assert via_server.uri in result.output  # the UI links point at the server
     client = MlflowClient(via_server.uri)

@@ -19,24 +19,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import tomllib
-from conftest import NEGATIVE, POSITIVE, make_review, wait_for_http
+from conftest import NEGATIVE, POSITIVE, ROOT, free_port, invoke_tiny, make_review, wait_for_http
 from mlflow.tracking import MlflowClient
-from test_faults import free_port
-from typer.testing import CliRunner
 
 from bertpooled import contract
-from bertpooled.cli import app
 from bertpooled.serving import classifier
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 TEXTS = ["great wonderful superb film", "awful boring dull waste"]
 
 
 def train(tiny_bert, tiny_imdb, *args: str) -> str:
-    result = CliRunner().invoke(
-        app, ["train", "--config", SMOKE, "--model", str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "16", *args]
-    )
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, *args)
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id], max_results=1)

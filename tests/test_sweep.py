@@ -8,10 +8,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from conftest import ROOT, SMOKE, invoke_tiny
 from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
 
-from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.run import fit, measure, prepare
@@ -19,28 +18,9 @@ from bertpooled.run.experiment import run_experiment
 from bertpooled.run.shared import Shared
 from bertpooled.sweep import plan as sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
-
 
 def invoke(tiny_bert, tiny_imdb, *args: str):
-    return CliRunner().invoke(
-        app,
-        [
-            "sweep",
-            "--config",
-            SMOKE,
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--epochs",
-            "1",
-            *args,
-        ],
-    )
+    return invoke_tiny("sweep", tiny_bert, tiny_imdb, "--epochs", "1", *args)
 
 
 def all_runs() -> list:

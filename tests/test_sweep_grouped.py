@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMOKE, invoke_tiny
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -15,8 +16,6 @@ from bertpooled.config import load_config
 from bertpooled.contract import SWEEP_GROUP_NOTE_TAG, SWEEP_GROUP_SIZE_TAG, TIME_GROUP_TRAIN
 from bertpooled.sweep import groups as grouped_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 # A grouped child's test probabilities against the same child trained alone (per_seed recurrence on CPU: the same
 # kernels on the same shapes; only fused Adam's rounding of short tensors differs: see tests/test_grouped.py).
 PROBABILITY_TOLERANCE = dict(rtol=1e-5, atol=1e-6)
@@ -26,26 +25,7 @@ PER_RUN_TAGS = {"mlflow.parentRunId", "mlflow.log-model.history", "checkpoint/sh
 
 
 def invoke(tiny_bert, tiny_imdb, *args: str):
-    return CliRunner().invoke(
-        app,
-        [
-            "sweep",
-            "--config",
-            SMOKE,
-            "--model",
-            str(tiny_bert),
-            "--data",
-            str(tiny_imdb),
-            "--max-len",
-            "16",
-            "--modes",
-            "basic,pool",
-            "--seeds",
-            "2",
-            "--no-progress",
-            *args,
-        ],
-    )
+    return invoke_tiny("sweep", tiny_bert, tiny_imdb, "--modes", "basic,pool", "--seeds", "2", "--no-progress", *args)
 
 
 def children(experiment: str) -> dict[str, object]:

@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import mlflow
 import pytest
-from conftest import write_imdb_archive, write_imdb_tree
+from conftest import invoke_train as invoke
+from conftest import one_error_line, runs_in, write_imdb_archive, write_imdb_tree
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, ["train", "--config", SMOKE, "--max-len", "16", *args])
-
-
-def assert_user_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in errors[0], errors[0]
-
-
-def runs_in(store: str) -> list:
-    mlflow.set_tracking_uri(store)
-    try:
-        client = MlflowClient()
-        exps = [e.experiment_id for e in client.search_experiments()]
-        return client.search_runs(exps) if exps else []
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture()
@@ -82,13 +53,13 @@ def bad_trees(tmp_path):
 )
 def test_bad_options_fail_before_any_run_is_created(store, tiny_bert, tiny_imdb, args, words):
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), *args)
-    assert_user_error(result, *words)
+    one_error_line(result, *words)
     assert runs_in(store) == []
 
 
 def test_max_len_beyond_the_backbone_positions_names_the_limit(store, tiny_bert, tiny_imdb):
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--max-len", "100")
-    assert_user_error(result, "max_len=100", "64 positions", "--max-len 64")
+    one_error_line(result, "max_len=100", "64 positions", "--max-len 64")
     assert runs_in(store) == []
 
 
@@ -104,7 +75,7 @@ def test_max_len_beyond_the_backbone_positions_names_the_limit(store, tiny_bert,
 )
 def test_unusable_data_is_a_one_line_error_and_leaves_no_run(store, tiny_bert, bad_trees, case, words):
     result = invoke("--model", str(tiny_bert), "--data", str(bad_trees[case]))
-    assert_user_error(result, *words)
+    one_error_line(result, *words)
     assert runs_in(store) == []
 
 
@@ -114,7 +85,7 @@ def test_offline_without_a_local_copy_says_how_to_provide_one(store, tiny_bert, 
     monkeypatch.delenv("BERTPOOLED_IMDB", raising=False)
     monkeypatch.setattr(imdb, "IMDB_URL", "http://127.0.0.1:9/aclImdb_v1.tar.gz")
     result = invoke("--model", str(tiny_bert))
-    assert_user_error(result, "BERTPOOLED_IMDB", "--data")
+    one_error_line(result, "BERTPOOLED_IMDB", "--data")
     assert runs_in(store) == []
 
 
@@ -163,7 +134,7 @@ def test_an_unreachable_tracking_server_fails_fast_and_never_shows_the_password(
     start = time.perf_counter()
     result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb))
     assert time.perf_counter() - start < 15
-    assert_user_error(result, "unreachable", "MLFLOW_TRACKING_URI")
+    one_error_line(result, "unreachable", "MLFLOW_TRACKING_URI")
     assert "s3cret" not in result.output and "alice" not in result.output
 
 
@@ -176,9 +147,6 @@ def test_credentials_are_removed_from_uris_before_they_are_shown_or_logged():
 
 
 def test_mlproject_parameters_that_are_not_key_value_pairs_are_one_line_errors():
-    from typer.testing import CliRunner
-
-    from bertpooled.cli import app
 
     result = CliRunner().invoke(app, ["mlproject-train", "--epochs"])
     assert result.exit_code == 2 and "error: MLproject parameters arrive as --key value" in result.output
@@ -187,9 +155,7 @@ def test_mlproject_parameters_that_are_not_key_value_pairs_are_one_line_errors()
 
 
 def test_train_help_names_the_data_variable_and_the_config_defaults():
-    from typer.testing import CliRunner
 
-    from bertpooled.cli import app
     from bertpooled.config import Config
 
     result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
@@ -200,9 +166,6 @@ def test_train_help_names_the_data_variable_and_the_config_defaults():
 
 
 def test_an_unknown_compare_parameter_is_a_one_line_error():
-    from typer.testing import CliRunner
-
-    from bertpooled.cli import app
 
     result = CliRunner().invoke(app, ["mlproject-compare", "--baseline", "basic", "--groupby", "mode"])
     assert result.exit_code == 2 and "unknown compare parameter(s) groupby" in result.output

@@ -9,6 +9,7 @@ import mlflow
 import optuna
 import pytest
 import yaml
+from conftest import SMOKE
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -19,8 +20,6 @@ from bertpooled.tune import plan as planning
 from bertpooled.tune import study as tuning
 from bertpooled.tune.space import parse_space
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 SPACE = "lr=1e-3..1e-1:log,lstm_units=4|8"
 
 

@@ -3,11 +3,10 @@ runs with it log val/* per epoch, and runs without it keep every number they had
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import numpy as np
 import pytest
+from conftest import SMOKE
 from mlflow.tracking import MlflowClient
 
 from bertpooled import data
@@ -15,9 +14,6 @@ from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.run import prepare
 from bertpooled.run.measure import Phases
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
 
 def test_validation_split_is_balanced_disjoint_seeded_and_covers_every_row():
