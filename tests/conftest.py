@@ -3,7 +3,9 @@ helpers several test files share (the smoke config's command line, a sweep in a 
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import tarfile
 import time
@@ -108,16 +110,23 @@ def _no_user_imdb(request, monkeypatch):
         monkeypatch.delenv("BERTPOOLED_IMDB", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch):
+    """Every test runs in its own tmp_path, so whatever it writes to a relative path (MLflow puts a new
+    experiment's artifacts under ./mlruns) lands there, not in the checkout (`make test` leaves it as it was)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture()
 def store(tmp_path, monkeypatch) -> str:
-    """A private SQLite tracking store and token cache under tmp_path; returns the tracking URI."""
+    """A private SQLite tracking store and token cache under tmp_path (the test's working folder); returns the
+    tracking URI."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.chdir(tmp_path)
     return uri
 
 
@@ -176,6 +185,33 @@ def invoke_tiny(command: str, tiny_bert, data, *extra: str):
     from bertpooled.cli import app
 
     return CliRunner().invoke(app, [command, *tiny_args(tiny_bert, data, *extra)])
+
+
+def mlflow_run(params: dict[str, str], store: str, *extra: str, entry: str | None = None, experiment="bertpooled"):
+    """`mlflow run` of this project (`--env-manager local`, entry point `entry` or main) against the SQLite `store`.
+
+    MLflow runs the entry point in the project's folder, where an experiment the run creates would keep its
+    artifacts (./mlruns, MLflow's default): the run's experiment and the comparison runs' are made first, their
+    artifacts beside the store, so the checkout stays as it was."""
+    from mlflow.tracking import MlflowClient
+
+    from bertpooled.contract import COMPARISON_EXPERIMENT
+
+    client, folder = MlflowClient(store), Path(store.removeprefix("sqlite:///")).parent
+    for name in (experiment, COMPARISON_EXPERIMENT):
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=(folder / "mlruns" / name).as_uri())
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment]
+    cmd += [*(["-e", entry] if entry else []), *extra]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    # The project's commands are `python -m bertpooled`: the `python` of this test's environment.
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def sweep_args(tiny_bert, data, *extra: str) -> list[str]:

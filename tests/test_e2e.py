@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from conftest import ROOT, invoke_tiny, wait_for_http
+from conftest import invoke_tiny, mlflow_run, wait_for_http
 from mlflow.tracking import MlflowClient
 
 CONTRACT_METRICS = {
@@ -40,19 +40,6 @@ CONTRACT_METRICS = {
 # LSTM(16) + Dense(1) on the tiny BERT's 32-wide embeddings (basic) or 16-wide after 2x2 pooling (pool).
 # One gate bias vector per LSTM, as Keras (lstm_bias=keras, the default).
 HEAD_PARAMS = {"basic": 4 * ((32 + 16) * 16 + 16) + 17, "pool": 4 * ((16 + 16) * 16 + 16) + 17}
-
-
-def mlflow_run(params: dict[str, str], store: str, experiment: str = "bertpooled") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", experiment]
-    for key, value in params.items():
-        cmd += ["-P", f"{key}={value}"]
-    # The project's command is `python -m bertpooled`: the `python` of this test's environment.
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": store,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture()

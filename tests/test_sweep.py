@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT, SMOKE, invoke_tiny
+from conftest import SMOKE, invoke_tiny, mlflow_run
 from mlflow.tracking import MlflowClient
 
 from bertpooled.config import load_config
@@ -187,36 +187,6 @@ def test_resuming_a_run_that_is_not_a_sweep_is_refused(store, tiny_bert, tiny_im
     assert len(all_runs()) == 1
 
 
-def mlflow_run(entry: str, params: dict[str, str], store: str, *extra: str):
-    import os
-    import subprocess
-    import sys
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "run",
-        str(ROOT),
-        "--env-manager",
-        "local",
-        "--experiment-name",
-        "bertpooled",
-        "-e",
-        entry,
-        *extra,
-    ]
-    for key, value in params.items():
-        cmd += ["-P", f"{key}={value}"]
-    # The project's commands are `python -m bertpooled`: the `python` of this test's environment.
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": store,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, tiny_imdb):
     params = {
@@ -228,7 +198,7 @@ def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, t
         "max_len": "16",
         "epochs": "1",
     }
-    first = mlflow_run("sweep", params, store)
+    first = mlflow_run(params, store, entry="sweep")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "reference vs basic" in first.stdout or "reference is" in first.stdout, first.stdout
     client = MlflowClient()
@@ -241,12 +211,12 @@ def test_the_sweep_and_compare_entry_points_under_mlflow_run(store, tiny_bert, t
 
     # Running it again as the same run (`mlflow run --run-id`) resumes it: only the deleted child runs.
     client.delete_run(children["reference-s0"].info.run_id)
-    again = mlflow_run("sweep", params, store, "--run-id", parent.info.run_id)
+    again = mlflow_run(params, store, "--run-id", parent.info.run_id, entry="sweep")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 children, 1 already finished, 1 to run" in again.stderr
     assert {c.data.tags["sweep/child"] for c in children_of(parent.info.run_id)} == {"basic-s0", "reference-s0"}
 
-    compared = mlflow_run("compare", {"parent": parent.info.run_id, "format": "json"}, store)
+    compared = mlflow_run({"parent": parent.info.run_id, "format": "json"}, store, entry="compare")
     assert compared.returncode == 0, compared.stderr[-3000:]
     report = json.loads(compared.stdout[compared.stdout.index("{") :])
     assert sorted(g["label"] for g in report["groups"]) == ["basic", "reference"]
