@@ -28,8 +28,10 @@ setup: $(STAMP)
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_LOGGING_LEVEL=WARNING mlflow run . --env-manager local --experiment-name bertpooled -P mode=$(MODE)
 
+# The tests leave the checkout as they found it (.ci/run checks): bytecode and pytest's cache go into the venv.
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" PYTHONPYCACHEPREFIX="$(abspath $(VENV))/pycache" \
+	  $(BIN)/python -m pytest -o cache_dir="$(abspath $(VENV))/pytest-cache"
 
 # MLflow's UI on http://127.0.0.1:5000 (loopback only unless you pass --host yourself).
 ui: setup
