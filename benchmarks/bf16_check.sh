@@ -4,13 +4,9 @@
 # on the same test reviews, bf16 against fp32.
 #
 #   BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/bf16_check.sh
-set -euo pipefail
-: "${BERTPOOLED_IMDB:?set BERTPOOLED_IMDB to the IMDB archive}"
-STORE=${STORE:-$PWD/studies/bf16_check}
-mkdir -p "$STORE"
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$STORE/mlflow.db} HF_HUB_OFFLINE=1
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BP=${BERTPOOLED:-bertpooled}
+STUDY=bf16_check
+# shellcheck source=benchmarks/study_env.sh
+. "$(dirname "$0")/study_env.sh"
 for precision in bf16 fp32; do
   echo "== $(date -u +%FT%TZ) $precision"
   $BP sweep --config "$ROOT/experiments/encoder_finetune.yaml" --modes basic --seeds 3 --epochs 1 \

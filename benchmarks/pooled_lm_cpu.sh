@@ -7,13 +7,9 @@
 #   BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/pooled_lm_cpu.sh [SEEDS...]
 #
 # Then the report: benchmarks/pooled_lm_cpu.py (compare-runs grouped by variant + inference cost in turns).
-set -euo pipefail
-: "${BERTPOOLED_IMDB:?set BERTPOOLED_IMDB to the IMDB archive}"
-STORE=${STORE:-$PWD/studies/pooled_lm_cpu}
-mkdir -p "$STORE"
-export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$STORE/mlflow.db} HF_HUB_OFFLINE=1
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BP=${BERTPOOLED:-bertpooled}
+STUDY=pooled_lm_cpu
+# shellcheck source=benchmarks/study_env.sh
+. "$(dirname "$0")/study_env.sh"
 COMMON=(--modes basic --epochs 1 --max-train-examples 4000 --max-test-examples 5000 --max-len 128
         --experiment pooled-lm-cpu --no-progress)
 declare -A VARIANT=(
