@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
-from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
+from machine import describe, median_ms  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -35,18 +33,6 @@ from bertpooled.model.inference import cpu_has_bf16
 from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask
 
 BATCH, LENGTH = 32, 128
-
-
-def median_ms(step, repeats: int, warmup: int) -> tuple[float, float, float]:
-    """(median, min, max) milliseconds of `step` over `repeats` timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), min(times), max(times)
 
 
 def autocast(precision: str):

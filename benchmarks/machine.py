@@ -1,9 +1,12 @@
-"""The machine a benchmark ran on, in one line, for the reports in this folder."""
+"""The machine a benchmark ran on, in one line, for the reports in this folder; and the timing loop the CPU
+benchmarks share (`median_ms`)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
 
 
@@ -37,3 +40,15 @@ def describe() -> str:
     except ImportError:
         pass
     return f"{cpu}, {os.cpu_count()} cores{mem}{extra}, Python {platform.python_version()}"
+
+
+def median_ms(step, repeats: int, warmup: int) -> tuple[float, float, float]:
+    """(median, min, max) milliseconds of `step` over `repeats` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times), min(times), max(times)

@@ -13,31 +13,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
+from machine import describe, median_ms  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bertpooled.model import backbone
 from bertpooled.model.heads import PooledLSTMClassifier
 from bertpooled.model.pooling import PoolSpec, lengths_mask
-
-
-def median_ms(step, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def head_step(embeddings, pool: str, batch: int = 32, max_len: int = 128):
@@ -91,7 +79,7 @@ def main() -> None:
             for threads in sorted({1, cores}):
                 torch.set_num_threads(threads)
                 for name, (step, repeats, warmup) in cases.items():
-                    rows[name][(load, threads)] = median_ms(step, repeats, warmup)
+                    rows[name][(load, threads)] = median_ms(step, repeats, warmup)[0]
         finally:
             if spinner is not None:
                 spinner.kill()
