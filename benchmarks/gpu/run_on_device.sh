@@ -98,7 +98,9 @@ EOF
 import sys
 import mlflow
 work = sys.argv[1]
-for name in ("gpu-original", "gpu-study", "gpu-check", "gpu-seeds"):
+# bertpooled-comparisons too: the sweeps' and compare-runs' comparison runs would otherwise make it with its
+# artifacts in ./mlruns of the repository copy, where the steps run.
+for name in ("gpu-original", "gpu-study", "gpu-check", "gpu-seeds", "bertpooled-comparisons"):
     if mlflow.get_experiment_by_name(name) is None:
         # Artifacts under $WORK too, not in the repository copy: collect() packs them from there.
         mlflow.create_experiment(name, artifact_location=f"{work}/artifacts/{name}")
