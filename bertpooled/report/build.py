@@ -82,17 +82,13 @@ def build_report(
     """
     group_keys = _normalise_group_by(group_by)
     _check_settings(runs, group_keys, alpha, confidence)
-    if baseline == "":
-        baseline = None
+    baseline = baseline or None  # "" (an empty option) is no baseline
     report_notes = list(notes)
     records, skipped = _kept_runs(
         runs, predictions, group_keys, include_unfinished, newest_comparable_set, report_notes
     )
     group_configs = shared_configs(runs, records, group_keys, report_notes)
-
-    cost_metrics = _ordered_cost_metrics(
-        metric for record in records for metric, value in record.costs.items() if finite(value)
-    )
+    cost_metrics = _ordered_cost_metrics(m for record in records for m, value in record.costs.items() if finite(value))
     groups = _summarise_groups(records, group_keys, baseline, cost_metrics, confidence)
     comparisons, comparison_notes = compare_groups(
         groups, records, predictions, group_keys, baseline, alpha, confidence, cost_metrics
