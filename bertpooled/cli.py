@@ -124,11 +124,13 @@ def _config_to_train(config: str | None, overrides: dict, resume: str | None, al
 
 def _print_trained(cfg, outcome) -> None:
     """What a finished `train` says: its headline numbers, where the run and its model are."""
+    from bertpooled.contract import ACCURACY, PARAMS_HEAD, TIME_TOTAL, TIME_TRAIN
+
     m = outcome.metrics
     typer.echo(
-        f"{cfg.mode} {cfg.model} seed {cfg.seed}: test accuracy {m['test/accuracy']:.4f}, "
-        f"total {m['time/total_s']:.1f}s (train {m['time/train_s']:.1f}s), "
-        f"head params {int(m['params/head']):,}, run {outcome.run_id}"
+        f"{cfg.mode} {cfg.model} seed {cfg.seed}: test accuracy {m[ACCURACY.key]:.4f}, "
+        f"total {m[TIME_TOTAL]:.1f}s (train {m[TIME_TRAIN]:.1f}s), "
+        f"head params {int(m[PARAMS_HEAD]):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
     from bertpooled.tracking.runs import tracking_uri, ui_hint

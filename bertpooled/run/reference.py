@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 
 from bertpooled import data
 from bertpooled.config import Config
+from bertpooled.contract import PARAMS_BACKBONE, PARAMS_HEAD, PARAMS_HEAD_TRAINABLE, THROUGHPUT_TRAIN
 from bertpooled.data import tokens
 from bertpooled.model import backbone
 from bertpooled.run import cost
@@ -138,10 +139,10 @@ def fit_and_evaluate(
     n_params = int(classifier.coef_.size + classifier.intercept_.size)
     metrics.update(
         {
-            "params/head": n_params,
-            "params/head_trainable": n_params,
-            "params/backbone": 0,
-            "throughput/train_examples_per_s": len(train_split) / max(phases.seconds["train"], 1e-9),
+            PARAMS_HEAD: n_params,
+            PARAMS_HEAD_TRAINABLE: n_params,
+            PARAMS_BACKBONE: 0,
+            THROUGHPUT_TRAIN: len(train_split) / max(phases.seconds["train"], 1e-9),
             "data/train_examples": len(train_split),
             "data/test_examples": len(test_split),
             "tokens/cache_hit": float(hit),

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from bertpooled.contract import (
+    ACCURACY,
     KILLED,
     RESUMED_TAG,
     SWEEP_CHILD_TAG,
@@ -212,7 +213,7 @@ class RayExecutor:
             say(f"{child.label}: {how} on node {node_ip} {node[:8]} (run {outcome.run_id})")
         line = (
             f"{child.label}: finished on node {node_ip} {node[:8]} (run {outcome.run_id}), "
-            f"test accuracy {outcome.metrics.get('test/accuracy', float('nan')):.4f}"
+            f"test accuracy {outcome.metrics.get(ACCURACY.key, float('nan')):.4f}"
         )
         return outcome, line
 
