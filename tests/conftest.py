@@ -110,6 +110,16 @@ def _no_user_imdb(request, monkeypatch):
         monkeypatch.delenv("BERTPOOLED_IMDB", raising=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_in_a_tmp_folder(tmp_path_factory):
+    """Module- and session-scoped fixtures run before a test's own folder is its working folder: they run in a
+    folder of the session's, so a store one of them makes keeps its artifacts out of the checkout too (MLflow
+    resolves a SQLite store's default artifact root, ./mlruns, once, when it first opens the store)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("session-cwd"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp_path(tmp_path, monkeypatch):
     """Every test runs in its own tmp_path, so whatever it writes to a relative path (MLflow puts a new
