@@ -35,11 +35,11 @@ def can_group(config) -> bool:
     return config.mode != "reference" and not config.finetune and not getattr(config, "validation_fraction", 0)
 
 
-def build_group(
-    prepared, seeds: Sequence[int], recurrence: str | None = None, device: torch.device | str = "cpu"
-) -> SeedGroup:
+def build_group(prepared, seeds: Sequence[int], recurrence: str | None = None) -> SeedGroup:
     """S models built exactly as `fit.build_model` builds each seed's (seed_everything(seed), then construct),
-    stacked into a SeedGroup on `device`. `recurrence` None: `default_recurrence(device)`."""
+    stacked into a SeedGroup on the run's device (`prepared.rt`), where `fit_group` trains it. `recurrence` None:
+    `default_recurrence(device)`."""
+    device = prepared.rt.device
     if not can_group(prepared.config):
         raise ValueError("a seed group trains heads on frozen inputs: encoder fine-tuning trains seeds one by one")
     models = [fit.build_model(with_seed(prepared, seed)) for seed in seeds]
@@ -122,8 +122,10 @@ def fit_group(
         # Seed s's model as it is now: its trained weights written in, on the device for the evaluation only.
         model = group.models[s]
         group.head.write_into(s, head_of(model))
-        yield fit.trained_network(model.to(rt.device), prepared)
-        model.cpu()
+        try:
+            yield fit.trained_network(model.to(rt.device), prepared)
+        finally:
+            model.cpu()
 
     trainee = fit.Trainee(group, group, optimizer, orders, evaluating, inputs, lengths)
     end = (lambda epoch: on_epoch_end(epoch, optimizer, orders)) if on_epoch_end else None

@@ -93,7 +93,7 @@ def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) ->
 
     device = prepared.device
     cost.reset_peak_memory(device)  # as a lone run does before building its model: memory/peak_mb covers the group
-    group = grouped.build_group(prepared, seeds, device=device)
+    group = grouped.build_group(prepared, seeds)
     snapshots: dict[int, list[tuple]] = {s: [] for s in range(len(seeds))}
 
     def keep(epoch: int, optimizer, orders) -> None:
