@@ -82,6 +82,26 @@ class Config:
     cached."""
     backbone_lr: float = 2e-5
     """Adam learning rate of the backbone when `finetune` is true (the head keeps `lr`)."""
+    keep_layers: int = 0
+    """features=encoder: run only the first K encoder layers (layer truncation, the control pooling must beat at
+    equal FLOPs); 0 = all."""
+    separate_cls: bool = False
+    """Window pooling inside the encoder (avg/max at layer:K) keeps [CLS] out of the windows, as
+    Funnel-Transformer's `separate_cls`."""
+    init_from: str = ""
+    """Start from a tracked model: a run id, `runs:/<id>/model` or `models:/<name>@<alias>`; its backbone and head
+    weights are loaded and this run's own pooling is inserted into them (features=encoder)."""
+    distill_from: str = ""
+    """Learn from a tracked teacher (same URI forms): the loss becomes `distill_alpha * BCE + (1 - distill_alpha)
+    * T^2 * KL(teacher || student)` at T = `distill_temperature`, the teacher's outputs on the training rows
+    computed once and cached."""
+    distill_alpha: float = 0.5
+    """With `distill_from`: the weight of the labels' loss (1 = plain training; 0 = the teacher's alone)."""
+    distill_temperature: float = 2.0
+    """With `distill_from`: the softmax temperature T of the distillation term."""
+    distill_hidden: float = 0.0
+    """With `distill_from`: the weight of an MSE between the student's last hidden states and the teacher's,
+    pooled to the student's length (window pooling only); 0 = logits alone."""
     padding: str = "mask"
     """`mask`: padding never reaches the LSTM or the pooled values; `read`: the LSTM reads it, as the original did."""
     lstm_units: int = 16
@@ -160,6 +180,11 @@ class Config:
         if self.feature_kind.tokens:
             return self.mode
         where = "" if self.pool == "none" else f"-{self.pool}@{self.pool_at}"
+        where += "-sepcls" if self.separate_cls and self.pool != "none" else ""
+        where += f"-first{self.keep_layers}" if self.keep_layers else ""
+        # A chain of runs is a recipe, not a seed's detail: the source run's id stays out of the variant.
+        where += "+init" if self.init_from else ""
+        where += "+kd" if self.distill_from else ""
         return f"encoder{'-ft' if self.finetune else ''}{where}"
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,6 +88,14 @@ def check_numbers(cfg: Config) -> None:
         _bad("backbone_lr", cfg.backbone_lr, "a positive number such as 2e-5")
     if not (math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0):
         _bad("adam_eps", cfg.adam_eps, "a positive number such as 1e-7")
+    if cfg.keep_layers < 0:
+        _bad("keep_layers", cfg.keep_layers, "an integer >= 0 (0 = every encoder layer)")
+    if not (math.isfinite(cfg.distill_alpha) and 0 <= cfg.distill_alpha <= 1):
+        _bad("distill_alpha", cfg.distill_alpha, "a number in [0, 1] (1 = the labels alone)")
+    if not (math.isfinite(cfg.distill_temperature) and cfg.distill_temperature > 0):
+        _bad("distill_temperature", cfg.distill_temperature, "a positive number such as 2")
+    if not (math.isfinite(cfg.distill_hidden) and cfg.distill_hidden >= 0):
+        _bad("distill_hidden", cfg.distill_hidden, "a number >= 0 (0 = no hidden-state term)")
     if not (0 < cfg.train_fraction <= 1):
         _bad("train_fraction", cfg.train_fraction, "a number in (0, 1], e.g. 0.75")
     if not (0 <= cfg.validation_fraction < 1):
@@ -135,6 +143,13 @@ def check_choices(cfg: Config) -> None:
     cfg.features = str(cfg.features).strip().lower()
     if cfg.features not in FEATURES:
         _bad("features", cfg.features, " or ".join(FEATURES))
+    for name in ("init_from", "distill_from"):
+        setattr(cfg, name, str(getattr(cfg, name) or "").strip())
+        value = getattr(cfg, name)
+        if value and not re.fullmatch(
+            r"[0-9a-fA-F]{32}|runs:/[0-9a-fA-F]{32}/\S+|models:/[^\s/@]+(@[^\s/]+|/\d+)", value
+        ):
+            _bad(name, value, "a run id, runs:/<run id>/model or models:/<name>@<alias> (or models:/<name>/<version>)")
 
 
 def check_combinations(cfg: Config, spec) -> None:
@@ -160,8 +175,40 @@ def check_combinations(cfg: Config, spec) -> None:
             _bad(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
 
 
+def check_recipe(cfg: Config, spec, position) -> None:
+    """The recipes that start from or learn from another run, layer truncation and [CLS] kept apart: what they
+    need of features, finetune and pooling (one line each)."""
+    encoder_only = {
+        "keep_layers": cfg.keep_layers != 0,
+        "separate_cls": cfg.separate_cls,
+        "init_from": bool(cfg.init_from),
+        "distill_from": bool(cfg.distill_from),
+    }
+    for name, given in encoder_only.items():
+        if given and not cfg.feature_kind.encoder:
+            _bad(name, getattr(cfg, name), f"its default with features={cfg.features} (it needs features=encoder)")
+    for name in ("init_from", "distill_from"):
+        if getattr(cfg, name) and not cfg.finetune:
+            _bad(name, getattr(cfg, name), "a model with finetune=true (the recipe trains the backbone on from it)")
+    if cfg.distill_hidden and not cfg.distill_from:
+        _bad("distill_hidden", cfg.distill_hidden, "0 without distill_from (there is no teacher to match)")
+    if cfg.distill_hidden and spec.is_topk:
+        _bad("distill_hidden", cfg.distill_hidden, "0 with a topk pool (the teacher's states pool by windows only)")
+    if cfg.separate_cls and (position.where != "layer" or spec.is_topk or spec.is_identity):
+        _bad("separate_cls", cfg.separate_cls, "false unless an avg or max pool sits at layer:K (topk keeps [CLS])")
+    if spec.is_topk and (position.where != "layer" or 0 in position.layers):
+        _bad(
+            "pool_at",
+            cfg.pool_at,
+            f"layer:K with K >= 1 for pool={spec} (tokens are chosen by the attention of the layer before)",
+        )
+    if cfg.keep_layers and position.where == "layer" and max(position.layers) >= cfg.keep_layers:
+        _bad("pool_at", cfg.pool_at, f"layers before keep_layers={cfg.keep_layers} (pooling after layer K < K kept)")
+
+
 def check_pooling_combination(cfg: Config, spec, position) -> None:
     """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
+    check_recipe(cfg, spec, position)
     if cfg.feature_kind.tokens:
         if position.where != "input":
             _bad(

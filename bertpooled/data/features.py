@@ -84,30 +84,49 @@ def load_or_compute(
     make: Callable[[], Features], *, key: str, cache_dir: Path | None, rows: int, meta: dict[str, str]
 ) -> tuple[Features, bool]:
     """(features, hit): from `cache_dir/features/<key>.safetensors` when present and whole, else `make()` and store."""
+    path = Path(cache_dir) / "features" / f"{key}.safetensors" if cache_dir else None
+    stored, hit = load_or_store(
+        lambda: _as_tensors(make()), path=path, rows=rows, rows_of=lambda t: len(t["lengths"]), meta=meta
+    )
+    return Features(stored["hidden"], stored["lengths"]), hit
+
+
+def _as_tensors(features: Features) -> dict[str, torch.Tensor]:
+    return {"hidden": features.hidden, "lengths": features.lengths}
+
+
+def load_or_store(
+    make: Callable[[], dict[str, torch.Tensor]],
+    *,
+    path: Path | None,
+    rows: int,
+    rows_of: Callable[[dict[str, torch.Tensor]], int],
+    meta: dict[str, str],
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """(tensors, hit): a safetensors cache entry at `path` when present and whole (`rows_of(entry) == rows`), else
+    `make()`, stored there. The one disk cache of tensors (encoder features, a teacher's outputs)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    path = Path(cache_dir) / "features" / f"{key}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
         try:
             stored = load_file(str(path))
-            features = Features(stored["hidden"], stored["lengths"])
-            if len(features) == rows:
-                return features, True
+            if rows_of(stored) == rows:
+                return stored, True
         except (OSError, KeyError, SafetensorError):
             pass  # unreadable or stale entry: rebuild it below
-    features = make()
+    made = make()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a concurrent or killed run never leaves a half-written entry.
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
         save_file(
-            {"hidden": features.hidden.contiguous(), "lengths": features.lengths.contiguous()},
+            {k: v.contiguous() for k, v in made.items()},
             str(tmp),
             metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()},
         )
         os.replace(tmp, path)
-    return features, False
+    return made, False
 
 
-__all__ = ["STORED_DTYPE", "Features", "cache_key", "compute", "load_or_compute"]
+__all__ = ["STORED_DTYPE", "Features", "cache_key", "compute", "load_or_compute", "load_or_store"]

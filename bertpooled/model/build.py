@@ -43,10 +43,19 @@ class ModelSpec:
     precision: str | None = None
     """features=encoder: the run's `precision` setting (`auto`, `fp32`, `bf16`), which serving resolves on its own
     machine (`inference.serving_precision`); None for the head-only modes and models logged before it existed."""
+    keep_layers: int = 0
+    """features=encoder: the first K encoder layers only (layer truncation); 0 = all."""
+    separate_cls: bool = False
+    """Window pooling inside the encoder keeps [CLS] apart (Funnel-Transformer's `separate_cls`)."""
 
     def to_json(self) -> dict[str, Any]:
-        """`model_config.json`: plain values, pooling in its canonical spelling; unset extras left out."""
-        out = {k: v for k, v in asdict(self).items() if v is not None}
+        """`model_config.json`: plain values, pooling in its canonical spelling; unset extras (None, or a field
+        added later at its default) left out, so a model without them stores what it always stored."""
+        out = {
+            k: v
+            for k, v in asdict(self).items()
+            if v is not None and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+        }
         out.update(pool=str(self.pool), pool_at=str(self.pool_at))
         return out
 
@@ -59,6 +68,10 @@ class ModelSpec:
         kept = {k: v for k, v in values.items() if k in known}
         kept.update(pool=PoolSpec.parse(values["pool"]), pool_at=PoolPosition.parse(values["pool_at"]))
         return cls(**kept)
+
+
+# Fields added after models were first logged, at their defaults: left out of model_config.json.
+_LATER_DEFAULTS: dict[str, Any] = {"keep_layers": 0, "separate_cls": False}
 
 
 def build(
@@ -75,7 +88,7 @@ def build(
     `table_pooled`: the word table is already pooled on its hidden axis (what a logged features=embeddings model
     stores). `trainable_backbone`: fine-tuning trains a copy of `backbone`, leaving the shared frozen one as is.
     """
-    from bertpooled.model.encoder import PoolingEncoder
+    from bertpooled.model.encoder import PoolingEncoder, truncated
 
     if spec.features != "encoder":
         assert table is not None, "a head on input features needs the word table"
@@ -84,10 +97,13 @@ def build(
             table, pool, units=spec.lstm_units, padding=spec.padding, init=spec.init, layer=layer, bias=spec.lstm_bias
         )
     assert backbone is not None, "features=encoder needs a backbone"
+    shallow = truncated(backbone, spec.keep_layers)  # a copy when it drops layers
     if trainable_backbone:
-        backbone = copy.deepcopy(backbone).requires_grad_(True)
+        backbone = (shallow if shallow is not backbone else copy.deepcopy(backbone)).requires_grad_(True)
+    else:
+        backbone = shallow
     out_pool = spec.pool if spec.pool_at.where == "output" else PoolSpec()
-    encoder = PoolingEncoder(backbone, spec.pool_at, spec.pool)
+    encoder = PoolingEncoder(backbone, spec.pool_at, spec.pool, separate_cls=spec.separate_cls)
     return EncoderLSTMClassifier(
         encoder, backbone.config.hidden_size, out_pool, units=spec.lstm_units, init=spec.init, bias=spec.lstm_bias
     )

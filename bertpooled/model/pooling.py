@@ -8,6 +8,7 @@ or on the encoder's last hidden state (`output`).
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,9 +62,15 @@ REDUCERS: dict[str, Reducer] = {
 }
 
 
+# The kind that keeps tokens by the attention they receive (PoWER-BERT's significance score) instead of pooling
+# windows: `topk:R` keeps [CLS] and the top share R of the positions, in their order.
+TOPK = "topk"
+
+
 @dataclass(frozen=True)
 class PoolSpec:
-    """Pooling of kind `avg` or `max` with window = stride `seq` on the sequence and `hidden` on the hidden axis.
+    """Pooling of kind `avg` or `max` with window = stride `seq` on the sequence and `hidden` on the hidden axis,
+    or `topk` keeping the share `keep` of the sequence's positions chosen by the attention they receive.
 
     Windows are 'valid' as in Keras: a trailing part shorter than the window is dropped.
     """
@@ -71,30 +78,49 @@ class PoolSpec:
     kind: str = "avg"
     seq: int = 1
     hidden: int = 1
+    keep: float = 1.0
+    """topk: the share of positions kept (of the padded length, [CLS] included); 1.0 for the window kinds."""
 
     @classmethod
     def parse(cls, text: str | None) -> PoolSpec:
-        """`avg:2x2`, `max:2x1`, `none` (= window 1x1) -> PoolSpec; anything else is a one-line error."""
+        """`avg:2x2`, `max:2x1`, `topk:0.5`, `none` (= window 1x1) -> PoolSpec; anything else is a one-line error."""
         text = (text or "none").strip().lower()
         if text in ("none", "off", ""):
             return cls("avg", 1, 1)
+        topk = re.fullmatch(rf"{TOPK}:(\d*\.?\d+)", text)
+        if topk:
+            keep = float(topk[1])
+            if not 0 < keep <= 1:
+                raise BertpooledError(
+                    f"pool={text!r} is not valid: topk keeps a share of the tokens in (0, 1], e.g. topk:0.5"
+                )
+            return cls(TOPK, 1, 1, keep)
         match = re.fullmatch(r"(\w+):(\d+)x(\d+)", text)
         if not match or match[1] not in REDUCERS or int(match[2]) < 1 or int(match[3]) < 1:
             raise BertpooledError(
-                f"pool={text!r} is not valid: write KIND:SxH with KIND {' or '.join(REDUCERS)} and windows >= 1, "
-                "e.g. avg:2x2, or none"
+                f"pool={text!r} is not valid: write KIND:SxH with KIND {' or '.join(REDUCERS)} and windows >= 1 "
+                f"(e.g. avg:2x2), {TOPK}:R with a share R in (0, 1] of the tokens kept by attention (e.g. "
+                f"{TOPK}:0.5), or none"
             )
         return cls(match[1], int(match[2]), int(match[3]))
 
     @property
+    def is_topk(self) -> bool:
+        return self.kind == TOPK
+
+    @property
     def is_identity(self) -> bool:
-        return self.seq == 1 and self.hidden == 1
+        return not self.is_topk and self.seq == 1 and self.hidden == 1
 
     def __str__(self) -> str:
+        if self.is_topk:
+            return f"{TOPK}:{self.keep:g}"
         return "none" if self.is_identity else f"{self.kind}:{self.seq}x{self.hidden}"
 
     def out_len(self, length: int) -> int:
-        """Sequence length after pooling."""
+        """Sequence length after pooling (topk: the share kept, rounded up, at least [CLS])."""
+        if self.is_topk:
+            return max(1, math.ceil(length * self.keep - 1e-9))
         return length // self.seq
 
     def out_hidden(self, hidden: int) -> int:
@@ -150,6 +176,31 @@ class PoolPosition:
         return ",".join(f"layer:{k}" for k in self.layers) if self.where == "layer" else self.where
 
 
+def pool_sequence_cls(
+    x: torch.Tensor, mask: torch.Tensor, spec: PoolSpec, separate_cls: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pool_sequence`, or with `separate_cls` (Funnel-Transformer's `separate_cls`) [CLS] kept apart: position 0
+    passes unpooled and the windows start at position 1, so [CLS] is never averaged with its neighbours."""
+    if not separate_cls or spec.seq == 1:
+        return pool_sequence(x, mask, spec)
+    rest, rest_mask = pool_sequence(x[:, 1:], mask[:, 1:], spec)
+    return torch.cat([x[:, :1], rest], 1), torch.cat([mask[:, :1], rest_mask], 1)
+
+
+def keep_top(x: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep [CLS] (position 0) and the real positions with the highest `scores`, `keep` in all, in their order.
+
+    Padding is never chosen over a real position; a row with fewer real positions than `keep` keeps them all and
+    fills up with padding, which stays masked and (right padding) at the end, so lengths still describe the rows.
+    Returns the kept values and their mask.
+    """
+    keep = min(keep, x.shape[1])
+    ranked = scores.float().masked_fill(~mask, float("-inf"))
+    ranked[:, 0] = float("inf")
+    idx = ranked.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])), mask.gather(1, idx)
+
+
 def pool_hidden(x: torch.Tensor, spec: PoolSpec) -> torch.Tensor:
     """Pool the last axis of `x` in windows of `spec.hidden` (no masking: every feature is real)."""
     if spec.hidden == 1:
@@ -185,10 +236,11 @@ def lengths_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def pooled_length(length: int, spec: PoolSpec, stages: int = 1) -> int:
-    """Sequence length after `stages` successive sequence poolings by `spec` (each drops its trailing part)."""
+def pooled_length(length: int, spec: PoolSpec, stages: int = 1, separate_cls: bool = False) -> int:
+    """Sequence length after `stages` successive sequence poolings by `spec` (each drops its trailing part; with
+    `separate_cls` the windows pool the positions after [CLS])."""
     for _ in range(stages):
-        length = spec.out_len(length)
+        length = 1 + spec.out_len(length - 1) if separate_cls and not spec.is_topk else spec.out_len(length)
     return length
 
 
@@ -200,13 +252,16 @@ def pooled_lengths(lengths: torch.Tensor, spec: PoolSpec, max_len: int) -> torch
 __all__ = [
     "POSITIONS",
     "REDUCERS",
+    "TOPK",
     "PoolPosition",
     "PoolSpec",
     "Reducer",
+    "keep_top",
     "lengths_mask",
     "pool",
     "pool_hidden",
     "pool_sequence",
+    "pool_sequence_cls",
     "pooled_length",
     "pooled_lengths",
 ]

@@ -30,6 +30,7 @@ from bertpooled.run.fit import EpochStats
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
+from bertpooled.run.sources import ROLES
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking.models import log_checkpoint
 from bertpooled.tracking.probe import check_tracking_reachable
@@ -126,7 +127,18 @@ def read_inputs(
             f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is "
             f"{imdb.digest[:12]}): point --data or BERTPOOLED_IMDB at the same IMDB copy"
         )
-    return Inputs(config, info, imdb, train_split, test_split, phases, rt, shared, val=val_split)
+    return Inputs(
+        config,
+        info,
+        imdb,
+        train_split,
+        test_split,
+        phases,
+        rt,
+        shared,
+        val=val_split,
+        sources=prepare.fetch_sources(config),
+    )
 
 
 def _epoch_logger(config: Config, log):
@@ -195,6 +207,12 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
             "runtime/precision": rt.precision,
             **cost.runtime_params(rt.device),
             "runtime/machine": platform.machine(),
+            # The chain of runs: which model this one started from and which taught it (URI, run, weights).
+            **{
+                k: v
+                for option, source in (inputs.sources or {}).items()
+                for k, v in source.params(ROLES[option]).items()
+            },
         },
     )
     tracking.log_datasets(

@@ -76,6 +76,10 @@ class Trainee:
     """Earlier epochs' histories per seed (a resumed run)."""
     first_epoch: int = 1
     """The epoch training starts at (a resumed run: the one after its checkpoint's)."""
+    distillation: Any = None
+    """A run alone with a teacher: its `run.sources.Distillation` (the loss), else the plain BCE."""
+    tap: Any = None
+    """The student's forward that keeps its last hidden states (`run.sources.HiddenTap`), for the hidden term."""
 
 
 def build_model(prepared: Prepared) -> Classifier:
@@ -87,7 +91,14 @@ def build_model(prepared: Prepared) -> Classifier:
         assert prepared.embeddings is not None, "a head on input features is prepared with the embeddings"
         return build(spec, table=prepared.embeddings.table, layer=prepared.embeddings.layer)
     # Fine-tuning trains a copy: the loaded backbone stays frozen for whatever else shares it.
-    return build(spec, backbone=prepared.backbone_model, trainable_backbone=cfg.finetune)
+    model = build(spec, backbone=prepared.backbone_model, trainable_backbone=cfg.finetune)
+    source = prepared.sources.get("init_from")
+    if source is not None:
+        # The two-stage recipe: the source run's backbone and head, with this run's pooling inserted.
+        from bertpooled.run.sources import initial_state
+
+        model.load_state_dict(initial_state(source, model))
+    return model
 
 
 def spec_of(config, **extra) -> ModelSpec:
@@ -102,6 +113,8 @@ def spec_of(config, **extra) -> ModelSpec:
         config.max_len,
         config.model,
         config.init,
+        keep_layers=config.keep_layers,
+        separate_cls=config.separate_cls,
         **extra,
     )
 
@@ -148,6 +161,20 @@ def predict_inputs(
     precision: str = "fp32",
 ) -> np.ndarray:
     """P(positive) per row, in order, from what `net` reads (token ids or cached features); `precision` resolved."""
+    logits = predict_logits(net, inputs, lengths, batch_size, device, precision)
+    return torch.sigmoid(logits).double().numpy() if len(logits) else np.empty(0)
+
+
+@torch.no_grad()
+def predict_logits(
+    net: torch.nn.Module,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """The logit per row (float32, on the CPU), in order, from what `net` reads; `precision` resolved."""
     net.eval()
     ids = inputs.to(device)
     lengths = lengths.to(device)
@@ -155,9 +182,9 @@ def predict_inputs(
     for start in range(0, len(lengths), batch_size):
         with runtime.autocast(device, precision):
             logits = net(ids[start : start + batch_size], lengths[start : start + batch_size])
-        out.append(torch.sigmoid(logits.float()))
+        out.append(logits.float())
     # One copy back at the end instead of a device sync per batch.
-    return torch.cat(out).double().cpu().numpy() if out else np.empty(0)
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 def fit(
@@ -166,8 +193,10 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
     checkpoints: checkpoint.Checkpointer | None = None,
+    distillation: Any = None,
 ) -> Fitted:
-    """Train a run alone with Adam and BCE-with-logits: `train_epochs` with a group of one seed.
+    """Train a run alone with Adam and BCE-with-logits (or `distillation`'s loss): `train_epochs` with a group of
+    one seed.
 
     With `checkpoints`, training starts after the epoch its state holds, and every finished epoch is saved.
     """
@@ -177,6 +206,11 @@ def fit(
     inputs, lengths = model_inputs(prepared, "train")
     ids, lengths = inputs.to(rt.device), lengths.to(rt.device)
     net = eval_net = trained_network(model, prepared)
+    tap = None
+    if distillation is not None and distillation.hidden_weight:
+        from bertpooled.run.sources import HiddenTap
+
+        net = tap = HiddenTap(model)
     ahead = prepare.before_training(net, getattr(net, "features", None), ids, lengths, prepared, progress)
     if ahead is not None:
         # The frozen features of every training row, computed once: a step runs the head alone.
@@ -203,6 +237,8 @@ def fit(
         lengths,
         [history],
         first,
+        distillation,
+        tap,
     )
 
     def saved(epoch: int) -> None:
@@ -254,7 +290,7 @@ def train_epochs(
         for begin in bar:
             idx = perms[:, begin : begin + cfg.batch_size]
             y = labels[idx]
-            losses, logits = step(trainee, trainee.inputs[idx], trainee.lengths[idx], y, rt)
+            losses, logits = step(trainee, trainee.inputs[idx], trainee.lengths[idx], y, rt, idx)
             # Accumulate on the device: no host sync per batch.
             loss_sum += losses * idx.shape[1]
             correct += ((logits > 0) == (y > 0.5)).sum(1)
@@ -273,17 +309,27 @@ def train_epochs(
 
 
 def step(
-    trainee: Trainee, inputs: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, rt: runtime.Runtime
+    trainee: Trainee,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    labels: torch.Tensor,
+    rt: runtime.Runtime,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training step of all seeds: inputs (S, batch, ...), lengths and labels (S, batch).
+    """One training step of all seeds: inputs (S, batch, ...), lengths, labels and training `rows` (S, batch).
 
     The loss is the sum over seeds of each seed's mean BCE: one mean-reduced loss per seed, as a run alone computes
     it, so the reduction's backward divides by the batch size the same way and the gradients are bitwise those of
-    a run alone. Returns (per-seed mean losses (S,), logits (S, batch)), detached.
+    a run alone. A run with a teacher (a group of one) takes the distillation loss instead. Returns (per-seed mean
+    losses (S,), logits (S, batch)), detached.
     """
     with rt.autocast():
         logits = trainee.forward(inputs, lengths).float()
-    losses = torch.stack([F.binary_cross_entropy_with_logits(logits[s], labels[s]) for s in range(len(logits))])
+    if trainee.distillation is not None:
+        assert rows is not None and len(logits) == 1, "distillation trains a run alone, given its rows"
+        losses = trainee.distillation.loss(logits[0], labels[0], rows[0], trainee.tap).unsqueeze(0)
+    else:
+        losses = torch.stack([F.binary_cross_entropy_with_logits(logits[s], labels[s]) for s in range(len(logits))])
     trainee.optimizer.zero_grad(set_to_none=True)
     losses.sum().backward()
     trainee.optimizer.step()
@@ -339,11 +385,36 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
     from bertpooled.run import cost
 
     cost.reset_peak_memory(prepared.device)
+    # The teacher first: rebuilding it draws from torch's generator, which build_model then seeds for the student
+    # (so a student with a teacher at alpha 1 trains bitwise as one without).
+    distillation, teacher_hit = distillation_of(prepared, progress)
     model = build_model(prepared).to(prepared.device)
     with prepared.phases.timed("train"):
-        fitted = fit(model, prepared, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints)
+        fitted = fit(model, prepared, on_epoch, progress, checkpoints, distillation)
     resumed_epochs = checkpoints.resume.epoch if checkpoints is not None and checkpoints.resume is not None else 0
-    return evaluate_trained(prepared, model, fitted.history, fitted.precomputed, resumed_epochs)
+    trained = evaluate_trained(prepared, model, fitted.history, fitted.precomputed, resumed_epochs)
+    if distillation is not None:
+        trained.metrics[cache_hit_metric("teacher")] = float(teacher_hit)
+    return trained
+
+
+def distillation_of(prepared: Prepared, progress: bool | None = None) -> tuple[Any, bool]:
+    """(the distillation loss, teacher cache hit) of a run with `distill_from`, else (None, False). The teacher's
+    outputs on the training rows are computed (or read from the cache) here, timed as the `teacher` phase so
+    training time can be read with and without the teacher's share."""
+    source = prepared.sources.get("distill_from")
+    if source is None:
+        return None, False
+    from bertpooled.run import sources
+
+    cfg, rt = prepared.config, prepared.rt
+    with prepared.phases.timed("teacher"):
+        outputs, hit = sources.teacher_outputs(source, prepared, progress)
+        hidden = sources.pooled_teacher_states(outputs, cfg).to(rt.device) if cfg.distill_hidden else None
+    loss = sources.Distillation(
+        outputs.logits.to(rt.device), cfg.distill_alpha, cfg.distill_temperature, cfg.distill_hidden, hidden
+    )
+    return loss, hit
 
 
 def evaluate_trained(

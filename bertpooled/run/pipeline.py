@@ -36,6 +36,9 @@ class Inputs:
     """A sweep's memo of inputs shared between its children (None for a run on its own)."""
     val: data.Split | None = None
     """The validation split carved from the training subset (`validation_fraction`); `train` excludes it."""
+    sources: dict | None = None
+    """The tracked models the config builds on (`init_from`, `distill_from`), fetched once before the run
+    (`prepare.fetch_sources`); None: fetched when prepared."""
 
 
 class Pipeline(Protocol):
@@ -61,6 +64,11 @@ class Pipeline(Protocol):
         """Log the servable model to the active run; returns its URI."""
 
 
+def source_tags(config: Config) -> dict[str, str]:
+    """The chain of runs as tags (a column in the UI): `init_from` and `distill_from` as the config names them."""
+    return {option: getattr(config, option) for option in ("init_from", "distill_from") if getattr(config, option)}
+
+
 class LSTMPipeline:
     """Frozen input features (word table or embedding layer) or an encoder, pooled as configured, -> LSTM head."""
 
@@ -83,7 +91,7 @@ class LSTMPipeline:
             tags.update(
                 {"pool_at": config.pool_at, "finetune": str(config.finetune).lower(), "variant": config.variant}
             )
-        return tags
+        return tags | source_tags(config)
 
     def warm(self, inputs: Inputs, progress: bool | None = None) -> None:
         if inputs.shared is not None and inputs.shared.shares(inputs.config):
@@ -101,6 +109,7 @@ class LSTMPipeline:
             progress=progress,
             rt=inputs.rt,
             val=inputs.val,
+            sources=inputs.sources,
         )
 
     def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:

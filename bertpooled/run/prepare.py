@@ -57,6 +57,9 @@ class Prepared:
     """The validation split carved from the training subset (`validation_fraction`), evaluated after every epoch."""
     val_tokens: tokens.Tokens | None = None
     val_features: features.Features | None = None
+    sources: dict[str, Any] = field(default_factory=dict)
+    """The tracked models the run builds on, by option (`init_from`, `distill_from`): `tracking.models.SourceModel`s
+    with their weights in memory (bertpooled.run.sources)."""
 
     def __post_init__(self) -> None:
         if self.rt is None:
@@ -93,12 +96,14 @@ def check(config: Config) -> backbone.BackboneInfo:
             "bert-base-uncased), "
             f"and {config.model!r} is {info.model_type!r}: use features=embeddings, or a BERT backbone"
         )
-    if config.feature_kind.encoder and not spec.is_identity:
-        from bertpooled.model.encoder import check_layer_pooling
+    if config.feature_kind.encoder:
+        from bertpooled.model.encoder import check_keep_layers, check_layer_pooling
 
-        check_layer_pooling(info.model_type, info.num_layers, config.position, config.model)
+        check_keep_layers(info.model_type, info.num_layers, config.keep_layers, config.model)
+        if not spec.is_identity:
+            check_layer_pooling(info.model_type, info.num_layers, config.position, config.model)
     stages = max(config.position.stages, 1)
-    if pooled_length(config.max_len, spec, stages) < 1:
+    if pooled_length(config.max_len, spec, stages, config.separate_cls) < 1:
         times = f" pooled {stages} times (pool_at={config.pool_at})" if stages > 1 else ""
         raise BertpooledError(
             f"config: max_len={config.max_len} is shorter than the pooling window of pool={spec}{times}: "
@@ -108,6 +113,9 @@ def check(config: Config) -> backbone.BackboneInfo:
         raise BertpooledError(f"config: pool={spec} pools away all {info.hidden_size} features of {config.model!r}")
     data.check_source(config.data)
     runtime.Runtime.resolve(config)
+    from bertpooled.run import sources
+
+    sources.check(config, info)
     return info
 
 
@@ -172,11 +180,13 @@ def prepare(
     progress: bool | None = None,
     rt: runtime.Runtime | None = None,
     val: data.Split | None = None,
+    sources: dict[str, Any] | None = None,
 ) -> Prepared:
     """Token ids for the subsets (cached per tokenizer, data digest, split subset and max_len) and the features.
 
     `rt`: the run's runtime, resolved once by the caller (default: resolved from the config here). `test` None (a
     tuning trial): the test set is neither tokenized nor featurized. `val`: the validation split, if any.
+    `sources`: the tracked models the config builds on, as the caller fetched them (default: fetched here).
     """
     rt = rt or runtime.Runtime.resolve(config)
     splits = _splits(train, val, test)
@@ -204,6 +214,7 @@ def prepare(
             inputs = encoder_inputs(config, imdb, splits, made, rt, lambda: backbone.load_model(info), progress)
         else:
             inputs = {"embeddings": backbone.load_word_embeddings(info, whole_layer=config.feature_kind.whole_layer)}
+    inputs["sources"] = fetch_sources(config) if sources is None else sources
     return Prepared(
         config,
         info,
@@ -227,18 +238,39 @@ def _splits(train: data.Split, val: data.Split | None, test: data.Split | None) 
     return {name: split for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
 
 
-def encoder_for(config: Config, model: Any):
-    """The backbone wrapped with the pooling inside it that `config` asks for (none unless pool_at=layer:K)."""
-    from bertpooled.model.encoder import PoolingEncoder
+def fetch_sources(config: Config) -> dict[str, Any]:
+    """The tracked models the config builds on (`init_from`, `distill_from`), their weights read into memory."""
+    import tempfile
+    from pathlib import Path
 
-    return PoolingEncoder(model, config.position, config.pool_spec)
+    from bertpooled.run import sources
+
+    found = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for option in sources.ROLES:
+            source = sources.fetch(config, option, Path(tmp) / option)
+            if source is not None:
+                found[option] = source.loaded()
+    return found
+
+
+def encoder_for(config: Config, model: Any):
+    """The backbone wrapped with the pooling inside it that `config` asks for (none unless pool_at=layer:K), its
+    first `keep_layers` layers only when set."""
+    from bertpooled.model.encoder import PoolingEncoder, truncated
+
+    return PoolingEncoder(
+        truncated(model, config.keep_layers), config.position, config.pool_spec, separate_cls=config.separate_cls
+    )
 
 
 def inside_spec(config: Config) -> str:
     """The pooling that happens inside the backbone (part of the feature cache key): `none`, `SPEC@layer:K` or
     `SPEC@layer:K1,layer:K2` (one stage keeps the key it always had, so existing cache entries still hit)."""
     spec = config.pool_spec
-    return f"{spec}@{config.position}" if config.position.where == "layer" and not spec.is_identity else "none"
+    inside = f"{spec}@{config.position}" if config.position.where == "layer" and not spec.is_identity else "none"
+    inside += "|sepcls" if config.separate_cls else ""
+    return inside + (f"|first{config.keep_layers}" if config.keep_layers else "")
 
 
 def features_key_part(config: Config, precision: str) -> str:

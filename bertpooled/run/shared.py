@@ -118,11 +118,12 @@ class Shared:
         progress: bool | None = None,
         rt: runtime.Runtime | None = None,
         val: data.Split | None = None,
+        sources: dict | None = None,
     ) -> preparing.Prepared:
         """`prepare.prepare` with every input shared: the same phases timed, the same token ids and features."""
         if not self.shares(config):
             return preparing.prepare(
-                config, info, imdb, train_split, test_split, phases, progress=progress, rt=rt, val=val
+                config, info, imdb, train_split, test_split, phases, progress=progress, rt=rt, val=val, sources=sources
             )
         with phases.timed("tokenize"):
             tokenizer, _ = self.tokenizer(info)

@@ -189,3 +189,98 @@ def run_to_resume(run_id: str, dest: Path) -> ResumeRecord:
     params = run.data.params
     config = {k[len(CONFIG_PARAM_PREFIX) :]: v for k, v in params.items() if k.startswith(CONFIG_PARAM_PREFIX)}
     return ResumeRecord(config, params.get(DATA_DIGEST_PARAM, ""), dict(run.data.tags), Path(local), code_of(params))
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A tracked model another run builds on (`init_from`) or learns from (`distill_from`): where it came from,
+    the digest of its weights, its spec (`model_config.json`) and, once loaded, its weights."""
+
+    uri: str
+    """The model URI as resolved (`runs:/<id>/model` for a bare run id)."""
+    run_id: str
+    """The run that logged it."""
+    sha256: str
+    """sha256 of its safetensors weights file: the chain's fingerprint and the teacher cache's key."""
+    spec: dict
+    """Its `model_config.json`."""
+    weights: Path
+    """The downloaded safetensors file."""
+    tensors: dict | None = None
+    """Its weights once read (`loaded`), for a run that outlives the download folder."""
+
+    def state(self) -> dict:
+        """Its weights, read without unpickling."""
+        from safetensors.torch import load_file
+
+        return self.tensors if self.tensors is not None else load_file(str(self.weights))
+
+    def loaded(self) -> SourceModel:
+        """This source with its weights read into memory."""
+        import dataclasses
+
+        return dataclasses.replace(self, tensors=self.state())
+
+    def params(self, role: str) -> dict[str, str]:
+        """What a run logs of it under `role/` (`init`, `teacher`): URI, run id and weights digest."""
+        return {f"{role}/uri": self.uri, f"{role}/run_id": self.run_id, f"{role}/weights_sha256": self.sha256}
+
+
+def model_uri_of(ref: str) -> str:
+    """A run id as its logged model's URI (`runs:/<id>/model`); a `runs:/` or `models:/` URI as given."""
+    ref = ref.strip()
+    return f"runs:/{ref}/{MODEL_NAME}" if "/" not in ref else ref
+
+
+def fetch_model(ref: str, dest: Path, option: str) -> SourceModel:
+    """A tracked bertpooled model, downloaded under `dest`: a run id, `runs:/<id>/model`, `models:/<name>@<alias>`
+    or `models:/<name>/<version>`. One-line errors naming `option` when it does not exist or is no model of
+    this project."""
+    import hashlib
+
+    from mlflow.exceptions import MlflowException
+
+    uri = model_uri_of(ref)
+    try:
+        run_id = _source_run_id(uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BertpooledError(
+            f"{option}={ref}: no model found there ({first[:160]}): pass the run id of a finished training run, "
+            "runs:/<run id>/model or models:/<name>@<alias> in this tracking store"
+        ) from None
+    weights, spec_file = next(local.rglob("weights.safetensors"), None), next(local.rglob("model_config.json"), None)
+    if weights is None or spec_file is None:
+        raise BertpooledError(
+            f"{option}={ref}: {uri} is not a model logged by bertpooled (no weights.safetensors and "
+            "model_config.json): pass a bertpooled training run's model"
+        )
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BertpooledError(
+            f"{option}={ref}: its model_config.json cannot be read ({exc}): log the model again"
+        ) from None
+    if not isinstance(spec, dict):
+        raise BertpooledError(f"{option}={ref}: its model_config.json is not a mapping: log the model again")
+    digest = hashlib.sha256()
+    with weights.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return SourceModel(uri, run_id, digest.hexdigest(), spec, weights)
+
+
+def _source_run_id(uri: str) -> str:
+    """The run that logged the model at `uri` (a registered version knows its run)."""
+    client = MlflowClient()
+    if uri.startswith("runs:/"):
+        run_id = uri[len("runs:/") :].split("/", 1)[0]
+        client.get_run(run_id)  # raises when there is no such run
+        return run_id
+    target = uri[len("models:/") :]
+    if "@" in target:
+        name, _, alias = target.partition("@")
+        return client.get_model_version_by_alias(name, alias).run_id or ""
+    name, _, version = target.partition("/")
+    return client.get_model_version(name, version).run_id or ""
