@@ -3,7 +3,7 @@
     python benchmarks/eval_batch.py                 # basic and pool, batches 512, 128, 32 -> Markdown on stdout
 
 Synthetic data shaped like the default protocol (`grouped_seeds.Data`: MiniLM's embedding layer, max_len 128,
-LSTM(16)), the model in eval mode as `run.fit.predict_inputs` runs it, 1 thread. Each cell is the best of
+LSTM(16)), the model in eval mode as `run.measure.predict_inputs` runs it, 1 thread. Each cell is the best of
 `--repeats` passes over `--rows` rows, in ms per 1,000 rows; the last column says whether the logits are bitwise
 those of the first size (512). This is why `eval_batch_size: 0` (auto) means 128 rows on CPU.
 """

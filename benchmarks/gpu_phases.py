@@ -4,7 +4,7 @@
     python benchmarks/gpu_phases.py run --bundle .gpu        # there: both modes, fp32 and bf16 autocast, 3 repeats
 
 The bundle holds exactly what the training loop consumes (the default protocol's cached token ids and the
-frozen embedding table), so the GPU runs the same `fit.fit` and `fit.predict_proba` as the CPU runs.
+frozen embedding table), so the GPU runs the same `fit.fit` and `measure.predict_proba` as the CPU runs.
 Reading, tokenizing and MLflow logging are CPU work and are timed by benchmarks/seed_protocol.py.
 """
 
@@ -119,7 +119,7 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
                 fit.fit(model, prep, progress=False)
                 sync()
                 t1 = time.perf_counter()
-                probs = fit.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)
+                probs = measure.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)
                 t2 = time.perf_counter()
                 rows.append((t1 - t0, t2 - t1, measure.evaluate(te.labels, probs)["test/accuracy"]))
             med = [statistics.median(r[i] for r in rows) for i in range(3)]

@@ -194,7 +194,7 @@ VAL_ACCURACY = val_metric(ACCURACY)
 
 #: Timed phases, each logged as `time/<phase>_s` (see time_metric); `total` covers the whole process, and
 #: `precompute` (the training rows' frozen features computed once, `run.prepare.before_training`) is part of `train`.
-PHASES = ("data", "tokenize", "features", "precompute", "train", "eval", "cost", "log_model", "total")
+PHASES = ("data", "tokenize", "features", "teacher", "precompute", "train", "eval", "cost", "log_model", "total")
 
 
 def time_metric(phase: str) -> str:

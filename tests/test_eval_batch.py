@@ -10,7 +10,7 @@ from bertpooled.errors import BertpooledError
 from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier
 from bertpooled.model.pooling import PoolSpec
 from bertpooled.run import runtime
-from bertpooled.run.fit import predict_inputs
+from bertpooled.run.measure import predict_inputs
 
 
 def test_auto_eval_batch_is_small_on_cpu_and_wide_on_a_gpu():

@@ -93,10 +93,11 @@ def test_run_keeps_only_one_run_modules():
     assert sorted(m for m in MODULES if m.removeprefix("bertpooled.run.") in moved) == []
 
 
-def test_run_is_at_most_twelve_modules():
+def test_run_is_at_most_thirteen_modules():
     """One run's concerns in at most 12 modules (issue 22: it had 18 doing four jobs)."""
     run = [m for m in MODULES if m.startswith("bertpooled.run.")]
-    assert len(run) <= 12, sorted(run)
+    # 13 since issue 29 (sources.py: runs that build on runs); issue 30 replaces this cap by ownership rules.
+    assert len(run) <= 13, sorted(run)
 
 
 def test_no_function_is_over_60_lines():

@@ -177,7 +177,8 @@ def test_a_run_started_from_a_tracked_model_reproduces_its_predictions_before_tr
     store, teacher, tiny_bert, tiny_imdb
 ):
     from bertpooled.run import prepare
-    from bertpooled.run.fit import build_model, model_inputs, predict_logits
+    from bertpooled.run.fit import build_model, model_inputs
+    from bertpooled.run.measure import predict_logits
     from bertpooled.run.measure import Phases
 
     phases = Phases()

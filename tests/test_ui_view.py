@@ -22,6 +22,8 @@ def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():
         "metrics.`test/accuracy`",
         "metrics.`time/total_s`",
         "metrics.`params/head`",
+        "tags.`init_from`",
+        "tags.`distill_from`",
     ]
     charts = [(c["metricKey"], c["type"]) for c in state["compareRunCharts"]]
     assert charts[:3] == [("train/loss", "LINE"), ("train/accuracy", "LINE"), ("test/accuracy", "BAR")]

@@ -21,7 +21,22 @@ from bertpooled.report.records import RunRecord
 _FREE_CONFIG_FIELDS = ("seed", "data", "description", "eval_batch_size", "precompute_mb")
 #: Config fields a group-by key decides: `mode` sets the pooling preset unless `pool` is given; `variant` (the
 #: encoder runs' tag) spells out its features, fine-tuning, pooling and where the pooling sits.
-_DERIVED_CONFIG_FIELDS = {"mode": ("pool",), "variant": ("features", "finetune", "pool", "pool_at")}
+_DERIVED_CONFIG_FIELDS = {
+    "mode": ("pool",),
+    "variant": (
+        "features",
+        "finetune",
+        "pool",
+        "pool_at",
+        "keep_layers",
+        "separate_cls",
+        "init_from",
+        "distill_from",
+    ),
+}
+#: Config fields that name another run (the chain of runs, issue 29): each seed's student names its own seed's
+#: teacher, so the ids differ by seed; they are compared as what they point at (`_chain_described`).
+CHAIN_FIELDS = ("init_from", "distill_from")
 #: Group keys that decide the whole config: a sweep's parent (`--group-by mlflow.parentRunId`). A sweep's
 #: children share their config but the seed, so two sweeps may differ in anything, each keeping one config:
 #: how each mode at its own tuned settings (`bertpooled tune`'s best configs) is compared with the other.
@@ -41,6 +56,26 @@ def _config_of(row: pd.Series) -> dict[str, str]:
     return config
 
 
+def _chain_described(configs: dict[str, dict[str, str]], records: Sequence[RunRecord]) -> None:
+    """Replace the run ids of the chain fields by what they point at: "<group> run, same seed" when the source
+    run is in the comparison with the student's seed, "<group> run, seed S" when another, else "a run outside
+    this comparison" (its id is in the run's params)."""
+    where = {record.run_id: record for record in records}
+    for record in records:
+        config = configs[record.run_id]
+        for name in CHAIN_FIELDS:
+            value = config.get(name)
+            if not value:
+                continue
+            run_id = value.removeprefix("runs:/").split("/")[0]
+            source = where.get(run_id)
+            if source is None:
+                config[name] = "a run outside this comparison"
+            else:
+                seed = "same seed" if source.seed == record.seed else f"seed {source.seed}"
+                config[name] = f"{source.group} run, {seed}"
+
+
 def shared_configs(
     runs: pd.DataFrame, records: Sequence[RunRecord], group_keys: Sequence[str], notes: list[str]
 ) -> dict[str, dict[str, str]]:
@@ -53,6 +88,7 @@ def shared_configs(
         return {}
     rows = {str(row["run_id"]): row for _, row in runs.iterrows()}
     configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
+    _chain_described(configs, records)
     logged = [set(config) for config in configs.values()]
     # A field some runs never logged (runs from before it existed) cannot be compared; it is named in the notes.
     unknown = sorted(set().union(*logged) - logged[0].intersection(*logged[1:]) - set(group_keys))
@@ -97,6 +133,7 @@ def comparable_sets(
     rows = {str(row["run_id"]): row for _, row in runs.iterrows()}
     derived = {name for key in group_keys for name in _DERIVED_CONFIG_FIELDS.get(key, ())}
     configs = {record.run_id: _config_of(rows[record.run_id]) for record in records}
+    _chain_described(configs, records)
     # Fields some runs never logged (older runs) do not split sets, as shared_configs does not compare them.
     common = set.intersection(*(set(config) for config in configs.values())) - set(group_keys) - derived
     sets: dict[tuple, list[RunRecord]] = {}

@@ -30,7 +30,7 @@ from bertpooled.run.fit import EpochStats
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
-from bertpooled.run.sources import ROLES
+from bertpooled.run.sources import ROLES, fetch_sources
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking.models import log_checkpoint
 from bertpooled.tracking.probe import check_tracking_reachable
@@ -137,7 +137,7 @@ def read_inputs(
         rt,
         shared,
         val=val_split,
-        sources=prepare.fetch_sources(config),
+        sources=fetch_sources(config),
     )
 
 

@@ -23,11 +23,10 @@ from bertpooled.contract import (
     cache_hit_metric,
     val_metric,
 )
-from bertpooled.data import tokens
 from bertpooled.model.build import Classifier, ModelSpec, build
 from bertpooled.model.heads import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
-from bertpooled.run import checkpoint, prepare, runtime
-from bertpooled.run.measure import Trained, evaluate
+from bertpooled.run import checkpoint, prepare, runtime, sources
+from bertpooled.run.measure import Trained, evaluate, predict_inputs
 from bertpooled.run.prepare import Prepared, model_inputs
 
 
@@ -95,9 +94,7 @@ def build_model(prepared: Prepared) -> Classifier:
     source = prepared.sources.get("init_from")
     if source is not None:
         # The two-stage recipe: the source run's backbone and head, with this run's pooling inserted.
-        from bertpooled.run.sources import initial_state
-
-        model.load_state_dict(initial_state(source, model))
+        model.load_state_dict(sources.initial_state(source, model))
     return model
 
 
@@ -141,52 +138,6 @@ def trained_network(model: Classifier, prepared: Prepared) -> torch.nn.Module:
     return FeatureHead(model) if prepared.cached else model
 
 
-@torch.no_grad()
-def predict_proba(
-    model: torch.nn.Module, toks: tokens.Tokens, batch_size: int, device: torch.device, precision: str = "fp32"
-) -> np.ndarray:
-    """P(positive) per row, in order, from token ids."""
-    return predict_inputs(
-        model, torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths), batch_size, device, precision
-    )
-
-
-@torch.no_grad()
-def predict_inputs(
-    net: torch.nn.Module,
-    inputs: torch.Tensor,
-    lengths: torch.Tensor,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """P(positive) per row, in order, from what `net` reads (token ids or cached features); `precision` resolved."""
-    logits = predict_logits(net, inputs, lengths, batch_size, device, precision)
-    return torch.sigmoid(logits).double().numpy() if len(logits) else np.empty(0)
-
-
-@torch.no_grad()
-def predict_logits(
-    net: torch.nn.Module,
-    inputs: torch.Tensor,
-    lengths: torch.Tensor,
-    batch_size: int,
-    device: torch.device,
-    precision: str = "fp32",
-) -> torch.Tensor:
-    """The logit per row (float32, on the CPU), in order, from what `net` reads; `precision` resolved."""
-    net.eval()
-    ids = inputs.to(device)
-    lengths = lengths.to(device)
-    out = []
-    for start in range(0, len(lengths), batch_size):
-        with runtime.autocast(device, precision):
-            logits = net(ids[start : start + batch_size], lengths[start : start + batch_size])
-        out.append(logits.float())
-    # One copy back at the end instead of a device sync per batch.
-    return torch.cat(out).cpu() if out else torch.empty(0)
-
-
 def fit(
     model: Classifier,
     prepared: Prepared,
@@ -208,9 +159,7 @@ def fit(
     net = eval_net = trained_network(model, prepared)
     tap = None
     if distillation is not None and distillation.hidden_weight:
-        from bertpooled.run.sources import HiddenTap
-
-        net = tap = HiddenTap(model)
+        net = tap = sources.HiddenTap(model)
     ahead = prepare.before_training(net, getattr(net, "features", None), ids, lengths, prepared, progress)
     if ahead is not None:
         # The frozen features of every training row, computed once: a step runs the head alone.
@@ -387,7 +336,7 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
     cost.reset_peak_memory(prepared.device)
     # The teacher first: rebuilding it draws from torch's generator, which build_model then seeds for the student
     # (so a student with a teacher at alpha 1 trains bitwise as one without).
-    distillation, teacher_hit = distillation_of(prepared, progress)
+    distillation, teacher_hit = sources.distillation_of(prepared, progress)
     model = build_model(prepared).to(prepared.device)
     with prepared.phases.timed("train"):
         fitted = fit(model, prepared, on_epoch, progress, checkpoints, distillation)
@@ -396,25 +345,6 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
     if distillation is not None:
         trained.metrics[cache_hit_metric("teacher")] = float(teacher_hit)
     return trained
-
-
-def distillation_of(prepared: Prepared, progress: bool | None = None) -> tuple[Any, bool]:
-    """(the distillation loss, teacher cache hit) of a run with `distill_from`, else (None, False). The teacher's
-    outputs on the training rows are computed (or read from the cache) here, timed as the `teacher` phase so
-    training time can be read with and without the teacher's share."""
-    source = prepared.sources.get("distill_from")
-    if source is None:
-        return None, False
-    from bertpooled.run import sources
-
-    cfg, rt = prepared.config, prepared.rt
-    with prepared.phases.timed("teacher"):
-        outputs, hit = sources.teacher_outputs(source, prepared, progress)
-        hidden = sources.pooled_teacher_states(outputs, cfg).to(rt.device) if cfg.distill_hidden else None
-    loss = sources.Distillation(
-        outputs.logits.to(rt.device), cfg.distill_alpha, cfg.distill_temperature, cfg.distill_hidden, hidden
-    )
-    return loss, hit
 
 
 def evaluate_trained(

@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from bertpooled.contract import QUALITY_METRICS
+from bertpooled.data import tokens
+from bertpooled.run.runtime import autocast
 
 
 @dataclass
@@ -55,3 +58,49 @@ class Trained:
     model: Any
     tokenizer: object = None
     history: list = field(default_factory=list)
+
+
+@torch.no_grad()
+def predict_proba(
+    model: torch.nn.Module, toks: tokens.Tokens, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> np.ndarray:
+    """P(positive) per row, in order, from token ids."""
+    return predict_inputs(
+        model, torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths), batch_size, device, precision
+    )
+
+
+@torch.no_grad()
+def predict_inputs(
+    net: torch.nn.Module,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """P(positive) per row, in order, from what `net` reads (token ids or cached features); `precision` resolved."""
+    logits = predict_logits(net, inputs, lengths, batch_size, device, precision)
+    return torch.sigmoid(logits).double().numpy() if len(logits) else np.empty(0)
+
+
+@torch.no_grad()
+def predict_logits(
+    net: torch.nn.Module,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """The logit per row (float32, on the CPU), in order, from what `net` reads; `precision` resolved."""
+    net.eval()
+    ids = inputs.to(device)
+    lengths = lengths.to(device)
+    out = []
+    for start in range(0, len(lengths), batch_size):
+        with autocast(device, precision):
+            logits = net(ids[start : start + batch_size], lengths[start : start + batch_size])
+        out.append(logits.float())
+    # One copy back at the end instead of a device sync per batch.
+    return torch.cat(out).cpu() if out else torch.empty(0)

@@ -19,6 +19,7 @@ from bertpooled.model import backbone
 from bertpooled.model.heads import PooledLSTMClassifier
 from bertpooled.model.pooling import pooled_length
 from bertpooled.run import runtime
+from bertpooled.run import sources as sources_
 from bertpooled.run.measure import Phases, data_digest_of
 
 # `Prepared.rt` left out: resolved from its config in __post_init__ (typed as given, None only until then).
@@ -113,9 +114,7 @@ def check(config: Config) -> backbone.BackboneInfo:
         raise BertpooledError(f"config: pool={spec} pools away all {info.hidden_size} features of {config.model!r}")
     data.check_source(config.data)
     runtime.Runtime.resolve(config)
-    from bertpooled.run import sources
-
-    sources.check(config, info)
+    sources_.check(config, info)
     return info
 
 
@@ -186,8 +185,7 @@ def prepare(
 
     `rt`: the run's runtime, resolved once by the caller (default: resolved from the config here). `test` None (a
     tuning trial): the test set is neither tokenized nor featurized. `val`: the validation split, if any.
-    `sources`: the tracked models the config builds on, as the caller fetched them (default: fetched here).
-    """
+    `sources`: the tracked models the config builds on, as the caller fetched them (default: fetched here)."""
     rt = rt or runtime.Runtime.resolve(config)
     splits = _splits(train, val, test)
     cache = data.cache_dir()
@@ -214,7 +212,7 @@ def prepare(
             inputs = encoder_inputs(config, imdb, splits, made, rt, lambda: backbone.load_model(info), progress)
         else:
             inputs = {"embeddings": backbone.load_word_embeddings(info, whole_layer=config.feature_kind.whole_layer)}
-    inputs["sources"] = fetch_sources(config) if sources is None else sources
+    inputs["sources"] = sources_.fetch_sources(config) if sources is None else sources
     return Prepared(
         config,
         info,
@@ -236,22 +234,6 @@ def prepare(
 def _splits(train: data.Split, val: data.Split | None, test: data.Split | None) -> dict[str, data.Split]:
     """The splits a run tokenizes and featurizes, by name: train, then val and test where given."""
     return {name: split for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
-
-
-def fetch_sources(config: Config) -> dict[str, Any]:
-    """The tracked models the config builds on (`init_from`, `distill_from`), their weights read into memory."""
-    import tempfile
-    from pathlib import Path
-
-    from bertpooled.run import sources
-
-    found = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for option in sources.ROLES:
-            source = sources.fetch(config, option, Path(tmp) / option)
-            if source is not None:
-                found[option] = source.loaded()
-    return found
 
 
 def encoder_for(config: Config, model: Any):

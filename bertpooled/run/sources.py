@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from bertpooled import data
 from bertpooled.errors import BertpooledError
 from bertpooled.model.pooling import PoolSpec, lengths_mask, pool_sequence_cls
-from bertpooled.run.measure import data_digest_of
+from bertpooled.run.measure import data_digest_of, predict_logits
 
 ROLES = {"init_from": "init", "distill_from": "teacher"}
 TEACHER_CACHE_VERSION = "1"
@@ -139,8 +139,6 @@ def teacher_outputs(source, prepared, progress: bool | None = None) -> tuple[Tea
 
     def make() -> dict[str, torch.Tensor]:
         teacher = from_state(ModelSpec.from_json(source.spec), source.state()).to(rt.device)
-        from bertpooled.run.fit import predict_logits
-
         out = {
             "logits": predict_logits(
                 teacher,
@@ -234,6 +232,34 @@ class HiddenTap(torch.nn.Module):
         return self.model.classify(hidden, mask.sum(1))
 
 
+def fetch_sources(config) -> dict[str, Any]:
+    """The tracked models the config builds on (`init_from`, `distill_from`), their weights read into memory."""
+    found = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for option in ROLES:
+            source = fetch(config, option, Path(tmp) / option)
+            if source is not None:
+                found[option] = source.loaded()
+    return found
+
+
+def distillation_of(prepared, progress: bool | None = None) -> tuple[Any, bool]:
+    """(the distillation loss, teacher cache hit) of a run with `distill_from`, else (None, False). The teacher's
+    outputs on the training rows are computed (or read from the cache) here, timed as the `teacher` phase so
+    training time can be read with and without the teacher's share."""
+    source = prepared.sources.get("distill_from")
+    if source is None:
+        return None, False
+    cfg, rt = prepared.config, prepared.rt
+    with prepared.phases.timed("teacher"):
+        outputs, hit = teacher_outputs(source, prepared, progress)
+        hidden = pooled_teacher_states(outputs, cfg).to(rt.device) if cfg.distill_hidden else None
+    loss = Distillation(
+        outputs.logits.to(rt.device), cfg.distill_alpha, cfg.distill_temperature, cfg.distill_hidden, hidden
+    )
+    return loss, hit
+
+
 __all__ = [
     "ROLES",
     "Distillation",
@@ -241,7 +267,9 @@ __all__ = [
     "TeacherOutputs",
     "check",
     "check_compatible",
+    "distillation_of",
     "fetch",
+    "fetch_sources",
     "initial_state",
     "pooled_teacher_states",
     "teacher_key",

@@ -47,6 +47,9 @@ COLUMNS = (
     ("metrics", ACCURACY.key),
     ("metrics", TIME_TOTAL),
     ("metrics", PARAMS_HEAD),
+    # The chain of runs (issue 29): which run a student started from and which taught it (empty otherwise).
+    ("tags", "init_from"),
+    ("tags", "distill_from"),
 )
 TRAINING_RUNS_FILTER = f"tags.`{KIND_TAG}` = '{KIND_TRAIN}'"
 # Newest first by end time, not start time: MLflow's runs table nests children under their parent only when
@@ -69,6 +72,7 @@ SECTIONS = (
     "tokens",
     "features",
     "train_features",
+    "teacher",
     "runtime",
     "process",
 )
@@ -101,6 +105,7 @@ FINAL_METRICS = (
     "tokens/cache_hit",
     "features/cache_hit",
     "train_features/cache_hit",
+    "teacher/cache_hit",
     "runtime/threads",
 )
 # (metric, chart): learning curves first, then the final figures as one bar per run.
