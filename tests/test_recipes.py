@@ -178,8 +178,7 @@ def test_a_run_started_from_a_tracked_model_reproduces_its_predictions_before_tr
 ):
     from bertpooled.run import prepare
     from bertpooled.run.fit import build_model, model_inputs
-    from bertpooled.run.measure import predict_logits
-    from bertpooled.run.measure import Phases
+    from bertpooled.run.measure import Phases, predict_logits
 
     phases = Phases()
     for ref in (teacher, f"runs:/{teacher}/model"):

@@ -131,9 +131,9 @@ def summarise(runs) -> tuple[list[dict], dict]:
 
     from bertpooled.report.stats import holm, mcnemar_exact, mean_ci, paired_difference
 
-    by = {(row.recipe, int(row.seed)): row for row in runs.itertuples()}
-    correct = {key: correct_of(row.run_id) for key, row in by.items()}
-    acc = {key: float(row._asdict()["metrics.test/accuracy"]) for key, row in by.items()}
+    by = {(row["recipe"], int(row["seed"])): row for _, row in runs.iterrows()}
+    correct = {key: correct_of(row["run_id"]) for key, row in by.items()}
+    acc = {key: float(row["metrics.test/accuracy"]) for key, row in by.items()}
 
     def seeds_of(recipe: str) -> list[int]:
         return sorted(s for r, s in by if r == recipe)
@@ -149,7 +149,7 @@ def summarise(runs) -> tuple[list[dict], dict]:
         return diff, tests
 
     def metric(recipe: str, name: str) -> list[float]:
-        return [float(by[(recipe, s)]._asdict()[f"metrics.{name}"]) for s in seeds_of(recipe)]
+        return [float(by[(recipe, s)][f"metrics.{name}"]) for s in seeds_of(recipe)]
 
     rows = []
     for recipe in RECIPES:
@@ -238,8 +238,8 @@ def verdicts(rows: list[dict], extra: dict, turns: dict | None) -> list[str]:
         ]
         out.append(
             f"- {row['recipe'].label}: throughput {speed:.2f}x the teacher's (goal {GOAL_SPEEDUP}x); accuracy "
-            f"{loss * 100:+.2f} points below the reference (goal at most {GOAL_LOSS * 100:.1f}), upper end of the "
-            f"loss's 95% interval {upper * 100:+.2f} (goal within {GOAL_LOSS_UPPER * 100:.0f}){ahead}: "
+            f"{loss * 100:.2f} points below the reference (goal at most {GOAL_LOSS * 100:.1f}), upper end of the "
+            f"loss's 95% interval {upper * 100:.2f} (goal within {GOAL_LOSS_UPPER * 100:.0f}){ahead}: "
             f"**{'meets' if met else 'misses'} the goal**"
             + ("" if met else " (" + ", ".join(m for m in misses if m) + ")")
         )
