@@ -1,0 +1,329 @@
+"""Faults by class, second round (issue 33): each guard the last round put on one door now stands at every door
+of its class (every worker pool, every YAML read, every logged model, every store opened, every file written,
+every numeric option and payload, every size that costs memory). Everything tiny, on 127.0.0.1, bounded in
+time; processes are found by their pid and parent, never by words in a command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import one_error_line, tiny_args
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from bertpooled.cli import app
+
+
+def assert_one_line(result, *words: str) -> str:
+    line = one_error_line(result, *words)
+    assert len(line) < 400, line
+    return line
+
+
+def wait_until(check, timeout: float, what: str, proc=None):
+    """Poll `check()` until it returns something truthy (returned), failing after `timeout` seconds or when
+    `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: the process exited first ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {timeout} s")
+
+
+# --- 1. every worker pool dies with its parent ----------------------------------------------------------------
+
+
+def _kill_parent_and_expect_its_workers_gone(proc) -> list:
+    """SIGKILL `proc` once its workers are up; every process under it must be gone within a deadline (none left
+    under PID 1). Returns the workers that were found."""
+    import psutil
+
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "the pool started no process"
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        _gone, alive = psutil.wait_procs(workers, timeout=120)
+        assert alive == [], [(p.pid, p.status()) for p in alive]
+    finally:
+        for p in workers:
+            if p.is_running():
+                p.kill()
+    return workers
+
+
+@pytest.mark.slow
+def test_a_sigkilled_tune_parallel_takes_its_workers_with_it_and_marks_its_runs(store, tiny_bert, bigger_imdb):
+    client = MlflowClient(store)
+    cmd = [sys.executable, "-m", "bertpooled", "tune", *tiny_args(tiny_bert, bigger_imdb)]
+    cmd += ["--epochs", "150", "--max-train-examples", "0", "--modes", "basic", "--trials", "4", "--parallel", "2"]
+    cmd += ["--space", "lr=1e-3..1e-1:log", "--pruner", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def two_trials_training() -> list:
+        exp = client.get_experiment_by_name("bertpooled-tuning")
+        runs = client.search_runs([exp.experiment_id], "tags.`tune/trial` != ''") if exp else []
+        running = [r for r in runs if r.info.status == "RUNNING" and "train/loss" in r.data.metrics]
+        return running if len(running) == 2 else []
+
+    try:
+        wait_until(two_trials_training, 300, "two trials training side by side", proc)
+        _kill_parent_and_expect_its_workers_gone(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    exp = client.get_experiment_by_name("bertpooled-tuning")
+    runs = client.search_runs([exp.experiment_id])
+    left = [(r.info.run_name, r.data.tags.get("error")) for r in runs if r.info.status == "RUNNING"]
+    assert left == []  # the parent was left RUNNING before
+    (parent,) = [r for r in runs if "tune/trial" not in r.data.tags]
+    assert parent.info.status == "KILLED" and "died" in parent.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_a_sigkilled_sweep_parallel_takes_every_process_under_it(store, tiny_bert, bigger_imdb):
+    from conftest import sweep_args, two_children_training
+
+    client = MlflowClient(store)
+    proc = subprocess.Popen(
+        sweep_args(tiny_bert, bigger_imdb),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        two_children_training(client, proc, 300)
+        _kill_parent_and_expect_its_workers_gone(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    runs = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])
+    assert [r for r in runs if r.info.status == "RUNNING"] == []
+
+
+def test_every_pool_starts_its_processes_through_the_one_worker_module():
+    """No module but sweep/workers.py picks a multiprocessing context or starts a process itself."""
+    import bertpooled
+
+    package = Path(bertpooled.__file__).parent
+    words = ("get_context(", "multiprocessing.Process(", "os.fork(", "subprocess.Popen(")
+    offenders = {
+        str(p.relative_to(package)): [w for w in words if w in p.read_text()]
+        for p in package.rglob("*.py")
+        if p.name != "workers.py"
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_an_idle_orphaned_worker_marks_the_parent_run_and_exits(store):
+    """A worker whose parent is gone and which runs nothing leaves at once, ending the parent run KILLED."""
+    from bertpooled.sweep import workers
+
+    client = MlflowClient(store)
+    exp = client.create_experiment("pool")
+    run = client.create_run(exp)
+    code = (
+        "import sys, time; from bertpooled.sweep import workers\n"
+        f"workers.init(None, workers.Owner({os.getpid()} + 10**6, {run.info.run_id!r}, {store!r}, 'resume it'))\n"
+        "time.sleep(60); sys.exit(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(workers.__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    ended = client.get_run(run.info.run_id)
+    assert (
+        ended.info.status == "KILLED" and "died" in ended.data.tags["error"] and "resume it" in ended.data.tags["error"]
+    )
+
+
+# --- 2. every YAML the project reads goes through the one bounded reader ----------------------------------------
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (_alias_bomb(), ["aliases"]),
+        ("lr: " + "[" * 5000 + "]" * 5000 + "\n", ["nested"]),
+        ("lr:\n" + "".join(f"{' ' * (2 * i)}- \n" for i in range(1, 400)), ["nested"]),
+        ("lr: [1, 2\n", ["not valid YAML"]),
+        ("# " + "x" * 300_000 + "\n", ["KiB"]),
+        (b"lr: \xff\xfe\n", ["UTF-8"]),
+        ("- lr\n- 3\n", ["mapping"]),
+    ],
+    ids=["alias bomb", "5000 deep flow", "400 deep block", "syntax", "300 KB", "not utf-8", "a list"],
+)
+def test_a_space_file_sized_to_hurt_is_one_line_before_yaml_builds_it(store, tmp_path, text, words):
+    space = tmp_path / "space.yaml"
+    space.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = CliRunner().invoke(app, ["tune", "--config", "smoke", "--space", str(space), "--trials", "1"])
+    assert_one_line(result, "search space file", *words)
+
+
+def test_no_module_but_the_bounded_reader_loads_yaml():
+    """yaml.load, safe_load, full_load, unsafe_load and their *_all forms, or a yaml Loader's get_data, appear only
+    in config_files.py (the reader that checks size, aliases and depth before building anything)."""
+    import ast
+
+    import bertpooled
+
+    package = Path(bertpooled.__file__).parent
+    loaders = {"load", "safe_load", "full_load", "unsafe_load", "load_all", "safe_load_all", "full_load_all"}
+    loaders |= {"unsafe_load_all", "compose", "compose_all", "SafeLoader", "FullLoader", "Loader", "UnsafeLoader"}
+    loaders |= {"CSafeLoader", "CLoader", "CFullLoader", "CUnsafeLoader"}
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.name == "config_files.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in loaders and getattr(node.value, "id", "") == "yaml":
+                offenders.append(f"{path.relative_to(package)}:{node.lineno} yaml.{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "yaml":
+                offenders += [
+                    f"{path.relative_to(package)}:{node.lineno} from yaml import {a.name}" for a in node.names
+                ]
+    assert offenders == []
+
+
+# --- 3. a logged model is validated before it is built, wherever it is loaded -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def logged_model(tmp_path_factory, tiny_bert, tiny_imdb):
+    """A tiny logged model (features=embeddings) in a store of this module's: (its store, its pyfunc folder)."""
+    from conftest import invoke_tiny
+
+    folder = tmp_path_factory.mktemp("logged-model")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("BERTPOOLED_CACHE", str(folder / "cache"))
+        result = invoke_tiny("train", tiny_bert, tiny_imdb, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    from urllib.parse import urlparse
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("bertpooled").experiment_id])
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    return uri, Path(urlparse(model.artifact_location).path), run.info.run_id
+
+
+@pytest.fixture()
+def damaged(logged_model):
+    """The logged model's files, restored after the test damaged them."""
+    folder = logged_model[1]
+    files = {p: p.read_bytes() for p in (folder / "artifacts").iterdir() if p.is_file()}
+    yield folder
+    for path, data in files.items():
+        path.write_bytes(data)
+
+
+def _edit_spec(folder: Path, **changes) -> None:
+    import json
+
+    path = folder / "artifacts" / "model_config.json"
+    spec = json.loads(path.read_text())
+    spec.update(changes)
+    path.write_text(json.dumps({k: v for k, v in spec.items() if v is not ...}))
+
+
+DAMAGES = [
+    ({"max_len": 10**8}, ["max_len=100000000", "from 2 to 64"]),
+    ({"max_len": "16"}, ["max_len='16'"]),
+    ({"max_len": 1}, ["max_len=1"]),
+    ({"lstm_units": 10**6}, ["lstm_units=1000000"]),
+    ({"lstm_units": 0}, ["lstm_units=0"]),
+    ({"lstm_units": True}, ["lstm_units=True"]),
+    ({"lstm_units": 19}, ["lstm_units=19", "does not match the weights"]),
+    ({"pool": "avg:0x0"}, ["pool='avg:0x0'"]),
+    ({"pool": ["avg"]}, ["pool=['avg']"]),
+    ({"pool_at": "nowhere"}, ["pool_at='nowhere'"]),
+    ({"padding": "sideways"}, ["padding='sideways'"]),
+    ({"features": "video"}, ["features='video'"]),
+    ({"features": "encoder"}, ["backbone_config"]),
+    ({"lstm_bias": 3}, ["lstm_bias=3"]),
+    ({"precision": "fp8"}, ["precision='fp8'"]),
+    ({"pool": ...}, ["pool=None"]),
+]
+
+
+@pytest.mark.parametrize("changes, words", DAMAGES, ids=[str(c) for c, _ in DAMAGES])
+def test_every_field_of_a_logged_models_spec_is_checked_before_it_is_built(damaged, changes, words):
+    import mlflow.pyfunc
+
+    from bertpooled.model.spec_checks import DamagedModel
+
+    _edit_spec(damaged, **changes)
+    with pytest.raises(DamagedModel) as caught:
+        mlflow.pyfunc.load_model(str(damaged))
+    line = str(caught.value)
+    assert "\n" not in line and "model_config.json" in line, line
+    assert all(w in line for w in words), line
+    # One line from the check, not a traceback from inside torch or the loader chained to it.
+    exc = caught.value
+    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ("truncated weights", ["weights.safetensors does not load"]),
+        ("config not json", ["model_config.json is not JSON"]),
+        ("config a list", ["not a mapping"]),
+        ("weights of another width", ["weights.safetensors", "lstm_units"]),
+    ],
+)
+def test_damaged_model_files_are_one_line_at_load_model_and_at_serve(damaged, logged_model, damage, words):
+    import json
+
+    import mlflow.pyfunc
+
+    from bertpooled.model.spec_checks import DamagedModel
+
+    artifacts = damaged / "artifacts"
+    if damage == "truncated weights":
+        weights = artifacts / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "config not json":
+        (artifacts / "model_config.json").write_text("{nope")
+    elif damage == "config a list":
+        (artifacts / "model_config.json").write_text("[1, 2]")
+    else:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(artifacts / "weights.safetensors")
+        units = json.loads((artifacts / "model_config.json").read_text())["lstm_units"]
+        state["head.weight_hh_l0"] = state["head.weight_hh_l0"][: 4 * (units - 1), : units - 1].contiguous()
+        save_file(state, artifacts / "weights.safetensors")
+    with pytest.raises(DamagedModel) as caught:
+        mlflow.pyfunc.load_model(str(damaged))
+    assert "\n" not in str(caught.value) and all(w in str(caught.value) for w in words), str(caught.value)
+    served = CliRunner().invoke(app, ["serve", str(damaged), "--port", "1"])
+    assert_one_line(served, "damaged", *words)
+
+
+def test_a_spec_with_fields_this_code_does_not_know_still_loads(damaged):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    _edit_spec(damaged, keep_layers=2, some_later_field={"a": 1})
+    model = mlflow.pyfunc.load_model(str(damaged))
+    assert len(model.predict(pd.DataFrame({"text": ["great film"]}))) == 1
