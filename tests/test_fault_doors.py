@@ -327,3 +327,68 @@ def test_a_spec_with_fields_this_code_does_not_know_still_loads(damaged):
     _edit_spec(damaged, keep_layers=2, some_later_field={"a": 1})
     model = mlflow.pyfunc.load_model(str(damaged))
     assert len(model.predict(pd.DataFrame({"text": ["great film"]}))) == 1
+
+
+# --- 4. a store is never created over something that is there; read-only commands create nothing ----------------
+
+
+def _foreign_sqlite(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+    db.close()
+
+
+def _real_store(path: Path) -> None:
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+
+
+STORE_FILES = {
+    "empty": (lambda p: p.write_bytes(b""), ["empty file (0 bytes)"]),
+    "text": (lambda p: p.write_text("these are my notes\n" * 10), ["not a SQLite database"]),
+    "foreign sqlite": (_foreign_sqlite, ["holds the tables notes", "not MLflow's"]),
+    "header only": (lambda p: (_real_store(p), p.write_bytes(p.read_bytes()[:100])), ["tracking store"]),
+}
+COMMANDS = {
+    "train": lambda bert, data: ["train", *tiny_args(bert, data)],
+    "compare-runs": lambda bert, data: ["compare-runs"],
+    "compare-runs --no-log": lambda bert, data: ["compare-runs", "--no-log"],
+    "sweep": lambda bert, data: ["sweep", *tiny_args(bert, data), "--modes", "basic"],
+    "tune": lambda bert, data: ["tune", *tiny_args(bert, data), "--space", "lr=1e-3..1e-1", "--trials", "1"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("kind", list(STORE_FILES))
+def test_a_file_that_is_not_an_mlflow_store_is_refused_and_left_as_it_was(
+    store, tmp_path, tiny_bert, tiny_imdb, kind, command
+):
+    path = tmp_path / "mlflow.db"
+    make, words = STORE_FILES[kind]
+    make(path)
+    before = path.read_bytes()
+    result = CliRunner().invoke(app, COMMANDS[command](tiny_bert, tiny_imdb))
+    assert_one_line(result, str(path), *words)
+    assert path.read_bytes() == before  # a 0-byte store got a schema written over it before
+
+
+def test_a_read_only_command_creates_no_store_and_writes_nothing_to_one_that_is_there(store, tmp_path):
+    path = tmp_path / "mlflow.db"
+    result = CliRunner().invoke(app, ["compare-runs", "--no-log"])
+    assert_one_line(result, "no tracking store", str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, no lock file
+    _real_store(path)
+    before, stamp = path.read_bytes(), path.stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["compare-runs", "--no-log"])
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == stamp, result.output
+    assert not (tmp_path / "mlflow.db-init.lock").exists()
+
+
+def test_a_new_store_is_still_created_where_there_was_none(store, tmp_path):
+    from bertpooled.tracking.probe import check_tracking_reachable
+
+    check_tracking_reachable(store)
+    assert (tmp_path / "mlflow.db").stat().st_size > 0
+    check_tracking_reachable(store)  # and opened again as the MLflow store it now is

@@ -131,9 +131,11 @@ def compare_runs(
     only) whose id the returned report carries.
     """
     _check_arguments(format, output, None if no_log else comparison_experiment)
-    client = store.client_for(tracking_uri)
+    # A report that is not logged only reads: the store is opened as it is, never created (nor its lock file).
+    client = store.client_for(tracking_uri, read_only=no_log)
     runs, notes = store.select_runs(
         client,
+        read_only=no_log,
         experiment=experiment,
         parent_run_id=parent,
         run_ids=list(run_id) if run_id else None,

@@ -302,7 +302,7 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
             "and --batch-size above 0"
         )
     if model_uri.startswith(("runs:/", "models:/")):
-        check_tracking_reachable()  # such a URI is resolved through the tracking store
+        check_tracking_reachable(read_only=True)  # such a URI is resolved through the store, which serving only reads
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as exc:
