@@ -392,3 +392,94 @@ def test_a_new_store_is_still_created_where_there_was_none(store, tmp_path):
     check_tracking_reachable(store)
     assert (tmp_path / "mlflow.db").stat().st_size > 0
     check_tracking_reachable(store)  # and opened again as the MLflow store it now is
+
+
+# --- 5. every file the project writes goes to a new temporary file and is renamed over its target ---------------
+
+
+def _plant_link(target: Path, victim: Path) -> None:
+    victim.write_text("the user's own file\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(victim)
+
+
+def test_the_one_writer_replaces_a_planted_link_and_never_writes_through_it(tmp_path):
+    from bertpooled import files
+
+    victim, target = tmp_path / "victim.txt", tmp_path / "out" / "report.md"
+    _plant_link(target, victim)
+    files.write_text(target, "report\n")
+    assert victim.read_text() == "the user's own file\n"
+    assert not target.is_symlink() and target.read_text() == "report\n"
+    with pytest.raises(RuntimeError), files.replacing(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert target.read_text() == "report\n" and sorted(p.name for p in target.parent.iterdir()) == ["report.md"]
+
+
+def test_compare_runs_output_never_writes_through_a_link_planted_in_its_folder(store, tmp_path):
+    client = MlflowClient(store)
+    client.create_run(client.create_experiment("bertpooled"), tags={"mode": "basic"})
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    names = ["report.md", "report.json", "report.csv", "report.html", "accuracy_vs_time.png", "learning_curves.png"]
+    for name in names:
+        _plant_link(out / name, victim)
+    result = CliRunner().invoke(app, ["compare-runs", "--no-log", "--output", str(out), "--include-unfinished"])
+    assert victim.read_text() == "the user's own file\n", result.output
+    written = [n for n in names if (out / n).exists() and not (out / n).is_symlink()]
+    assert "report.md" in written, result.output
+
+
+def test_tune_output_never_writes_through_a_link_planted_in_its_folder(store, tmp_path, tiny_bert, tiny_imdb):
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    _plant_link(out / "best-basic.yaml", victim)
+    args = ["tune", *tiny_args(tiny_bert, tiny_imdb), "--modes", "basic", "--space", "lr=1e-3..1e-1"]
+    result = CliRunner().invoke(app, [*args, "--trials", "1", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "the user's own file\n"
+    assert not (out / "best-basic.yaml").is_symlink() and "lr:" in (out / "best-basic.yaml").read_text()
+
+
+def test_every_write_goes_through_the_one_writer_or_into_a_private_temporary_folder():
+    """A call that writes a file (write_text, write_bytes, savefig, to_csv, np.savez, safetensors' save_file, open
+    for writing) appears only in files.py, inside `files.replacing`, or in a function that writes into a fresh
+    `tempfile.TemporaryDirectory` (or is handed one: the list below, each with its reason). Lock files, opened
+    to append ("a+") and never written, are not writes."""
+    import ast
+
+    import bertpooled
+
+    handed_a_temporary_folder = {
+        "run/checkpoint.py:save",  # run/experiment.py passes a TemporaryDirectory; the files are logged from there
+        "tune/study.py:_plots",  # _conclude passes a TemporaryDirectory, logged as the study's artifacts
+        "report/render.py:to_csv",  # into an in-memory buffer
+        "run/cost.py:reset_peak_memory",  # /proc/self/clear_refs: a kernel control file, no data
+    }
+    package = Path(bertpooled.__file__).parent
+    writers = {"write_text", "write_bytes", "savefig", "to_csv", "savez", "save_file", "dump"}
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.name == "files.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            source = ast.get_source_segment(path.read_text(), func) or ""
+            where = f"{path.relative_to(package)}:{func.name}"
+            private = (
+                "TemporaryDirectory" in source or "files.replacing" in source or where in handed_a_temporary_folder
+            )
+            for node in ast.walk(func):
+                if not isinstance(node, ast.Call) or private:
+                    continue
+                name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                if getattr(getattr(node.func, "value", None), "id", "") in ("files", "render"):
+                    continue  # the one writer; a renderer returning text
+                opened_for_writing = name == "open" and any(
+                    isinstance(a, ast.Constant) and isinstance(a.value, str) and set(a.value) & set("wx")
+                    for a in node.args[1:2]
+                )
+                if (name in writers and node.args and name != "dump") or opened_for_writing:
+                    offenders.append(f"{where}:{node.lineno} {name}")
+    assert sorted(set(offenders)) == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from bertpooled import files
 from bertpooled.errors import BertpooledError, redact_uri
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -235,19 +235,16 @@ def _save_parsed(file: Path, imdb: Imdb) -> None:
         "test": imdb.test.ids,
         "sizes": [len(r) for r in raw],
     }
-    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with files.replacing(file) as tmp, open(tmp, "wb") as f:  # a concurrent or killed run never sees half a file
             f.write(json.dumps(head).encode("ascii") + b"\n")
             f.write(b"".join(raw))
-        os.replace(tmp, file)  # atomic: a concurrent or killed run never sees half a file
         for stale in file.parent.glob(file.name.rsplit("-", 1)[0] + "-*"):
             if stale != file and not stale.name.endswith(".tmp"):  # older versions of the same archive
                 stale.unlink(missing_ok=True)
-    except OSError:  # a read-only or full cache only costs speed
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    except OSError:  # a read-only or full cache only costs speed (the temporary file is gone with its error)
+        pass
 
 
 def _labels(ids: list[str], split: str) -> np.ndarray:

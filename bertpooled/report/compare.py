@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bertpooled import files
 from bertpooled.contract import COMPARISON_EXPERIMENT, DEFAULT_EXPERIMENT, HEADLINE_COSTS
 from bertpooled.errors import BertpooledError, short_text
 from bertpooled.report import render
@@ -43,18 +44,18 @@ def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
         "json": output_dir / "report.json",
         "csv": output_dir / "report.csv",
     }
-    paths["markdown"].write_text(render.to_markdown(report), encoding="utf-8")
-    paths["json"].write_text(render.to_json(report) + "\n", encoding="utf-8")
-    paths["csv"].write_text(render.to_csv(report), encoding="utf-8")
+    files.write_text(paths["markdown"], render.to_markdown(report))
+    files.write_text(paths["json"], render.to_json(report) + "\n")
+    files.write_text(paths["csv"], render.to_csv(report))
     paths["accuracy_vs_time"] = accuracy_vs_time(report, output_dir / "accuracy_vs_time.png")
     paths["learning_curves"] = learning_curves(report, output_dir / "learning_curves.png")
     paths["html"] = output_dir / "report.html"
-    paths["html"].write_text(
+    files.write_text(
+        paths["html"],
         render_html(
             report,
             {"Accuracy against total time": paths["accuracy_vs_time"], "Learning curves": paths["learning_curves"]},
         ),
-        encoding="utf-8",
     )
     return paths
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import yaml
 
+from bertpooled import files
 from bertpooled.config import load_config
 from bertpooled.contract import (
     BEST_CONFIG_ARTIFACT,
@@ -268,7 +269,7 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
     if output:
         path = Path(output) / f"best-{plan.mode}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        files.write_text(path, text)
         log(f"best config: {path}")
     log(
         f"study {plan.name}: best trial {best.number} val/accuracy {best.value:.4f} with "
