@@ -483,3 +483,128 @@ def test_every_write_goes_through_the_one_writer_or_into_a_private_temporary_fol
                 if (name in writers and node.args and name != "dump") or opened_for_writing:
                     offenders.append(f"{where}:{node.lineno} {name}")
     assert sorted(set(offenders)) == []
+
+
+# --- 6. every number, every payload, every experiment name validated at its door --------------------------------
+
+
+def _numeric_options() -> list[tuple[str, str, str]]:
+    """(command, option, type) of every int or float option of every command (config fields excepted: the config
+    checks those), read from the commands themselves, so that an option added later is tried too."""
+    import inspect
+    import typing
+
+    from bertpooled.cli import app
+
+    found = []
+    for info in app.registered_commands:
+        callback = info.callback
+        hints = typing.get_type_hints(inspect.unwrap(callback), include_extras=False)
+        for name, hint in hints.items():
+            kinds = set(typing.get_args(hint)) or {hint}
+            kind = "float" if float in kinds else "int" if int in kinds and bool not in kinds else None
+            if kind and name != "return":
+                found.append((info.name, f"--{name.rstrip('_').replace('_', '-')}", kind))
+    return found
+
+
+NUMERIC = _numeric_options()
+
+
+def test_the_commands_have_numeric_options_and_every_command_checks_its_numbers():
+    from bertpooled.cli import app
+
+    assert {("serve", "--max-body-mb", "float"), ("tune", "--timeout", "float"), ("sweep", "--parallel", "int")} <= set(
+        NUMERIC
+    )
+    commands = [i for i in app.registered_commands if not (i.name or "").startswith("mlproject-")]
+    unchecked = [i.name for i in commands if not _checked(i.callback)]
+    assert unchecked == []
+
+
+def _checked(callback) -> bool:
+    while callback is not None:
+        if getattr(callback, "numbers_checked", False):
+            return True
+        callback = getattr(callback, "__wrapped__", None)
+    return False
+
+
+REQUIRED = {"serve": ["runs:/0123456789abcdef0123456789abcdef/model"], "tune": ["--space", "lr=1e-3..1e-1"]}
+
+
+@pytest.mark.parametrize("command, option, kind", NUMERIC, ids=[f"{c} {o}" for c, o, _ in NUMERIC])
+def test_every_numeric_option_refuses_non_finite_and_negative_numbers_in_one_line(store, command, option, kind):
+    for value in ["nan", "inf", "-inf", "-1.5"] if kind == "float" else ["-1"]:
+        result = CliRunner().invoke(app, [command, *REQUIRED.get(command, []), option, value])
+        if result.exit_code == 2 and "Traceback" not in result.output and "Usage:" in result.output:
+            continue  # click refused it itself (a range such as --port 1..65535)
+        assert_one_line(result, option)
+
+
+@pytest.mark.parametrize(
+    "payload, content_type, words",
+    [
+        ({"inputs": ["fine", None]}, "application/json", ["text 1", "NoneType"]),
+        ({"inputs": ["fine", "also fine", 3.5]}, "application/json", ["text 2", "float"]),
+        ({"inputs": [{"a": 1}]}, "application/json", ["text 0"]),
+        ({"dataframe_split": {"columns": ["text"], "data": [["ok"], [None]]}}, "application/json", ["text 1"]),
+        ({"dataframe_records": [{"text": "ok"}, {"text": ["x"]}]}, "application/json", ["text 1"]),
+        ("text\nfine\n\n", "text/csv", []),
+    ],
+    ids=["null", "a number", "an object", "split with null", "records with a list", "csv"],
+)
+def test_a_text_that_is_not_a_string_is_a_400_naming_its_position(damaged, payload, content_type, words):
+    import json
+
+    from starlette.testclient import TestClient
+
+    from bertpooled.serving.server import app_for
+
+    client = TestClient(app_for(str(damaged)))  # the logged model, undamaged here
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    answer = client.post("/invocations", content=body, headers={"Content-Type": content_type})
+    if content_type == "text/csv":
+        assert answer.status_code in (200, 400), answer.text  # a blank CSV line is no row, or a null text
+        return
+    assert answer.status_code == 400, answer.text
+    assert all(w in answer.json()["message"] for w in words), answer.text
+
+
+def test_a_csv_body_is_held_to_the_same_text_limit_as_json(damaged):
+    from starlette.testclient import TestClient
+
+    from bertpooled.serving.server import ServeLimits, app_for
+
+    client = TestClient(app_for(str(damaged), ServeLimits(max_text_chars=50)))
+    for body, kind in (
+        ("text\n" + "great " * 20 + "\n", "text/csv"),
+        ('text\n"' + "great, film " * 10 + '"\n', "text/csv"),
+        ('{"inputs": ["' + "great " * 20 + '"]}', "application/json"),
+    ):
+        answer = client.post("/invocations", content=body, headers={"Content-Type": kind})
+        assert answer.status_code == 413 and "over the limit of 50" in answer.text, (kind, answer.text)
+    ok = client.post("/invocations", content="text\ngreat film\n", headers={"Content-Type": "text/csv"})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("where", ["option", "env"])
+@pytest.mark.parametrize("command", ["train", "sweep", "tune", "compare-runs"])
+def test_one_experiment_name_check_for_every_command(store, monkeypatch, tiny_bert, tiny_imdb, command, where):
+    long = "e" * 10_000
+    args = {
+        "train": ["train", *tiny_args(tiny_bert, tiny_imdb)],
+        "sweep": ["sweep", *tiny_args(tiny_bert, tiny_imdb), "--modes", "basic"],
+        "tune": ["tune", *tiny_args(tiny_bert, tiny_imdb), "--space", "lr=1e-3..1e-1", "--trials", "1"],
+        "compare-runs": ["compare-runs", "--no-log"],
+    }[command]
+    if where == "env":
+        if command == "compare-runs":
+            pytest.skip("compare-runs reads --experiment only (default bertpooled), not MLFLOW_EXPERIMENT_NAME")
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", long)
+    else:
+        if command == "train":
+            pytest.skip("train takes its experiment from MLFLOW_EXPERIMENT_NAME (or mlflow run's)")
+        args = [*args, "--experiment", long]
+    result = CliRunner().invoke(app, args)
+    assert_one_line(result, "too long")

@@ -131,7 +131,7 @@ def compare_runs(
     `bertpooled-comparisons`, so that training experiments hold training runs
     only) whose id the returned report carries.
     """
-    _check_arguments(format, output, None if no_log else comparison_experiment)
+    _check_arguments(format, output, experiment, None if no_log else comparison_experiment)
     # A report that is not logged only reads: the store is opened as it is, never created (nor its lock file).
     client = store.client_for(tracking_uri, read_only=no_log)
     runs, notes = store.select_runs(
@@ -164,13 +164,16 @@ def compare_runs(
     return _logged(report, output, comparison_experiment or COMPARISON_EXPERIMENT, client)
 
 
-def _check_arguments(format: str, output: str | Path | None, comparison_experiment: str | None) -> None:
+def _check_arguments(
+    format: str, output: str | Path | None, experiment: str, comparison_experiment: str | None
+) -> None:
     """The options that can be refused before any run is fetched."""
     if format not in FORMATS:
         raise BertpooledError(f"unknown report format {format!r}: pass --format one of {', '.join(FORMATS)}")
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         # Checked before the runs are fetched: the report files go into a folder.
         raise BertpooledError(f"--output {short_text(output)} exists and is not a folder: pass a folder's path")
+    check_experiment_name(experiment, "--experiment")
     if comparison_experiment is not None:
         check_experiment_name(comparison_experiment, "--comparison-experiment")
 

@@ -36,6 +36,7 @@ from bertpooled.contract import (
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.tracking import tuning as store
 from bertpooled.tracking.probe import check_tracking_reachable
+from bertpooled.tracking.runs import check_experiment_name
 from bertpooled.tune import trials as trial_runs
 from bertpooled.tune.plan import StudyPlan
 
@@ -95,6 +96,7 @@ def run_study(
         if n < 1:
             raise BertpooledError(f"--{option} {n} runs nothing: pass 1 or more")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from here instead
+    check_experiment_name(experiment)  # the check train and sweep make: one line, not a 67-line traceback
     check_tracking_reachable()  # seconds, not minutes; and a file that is no MLflow store is never written over
     url, engine_kwargs = store.study_storage(storage)
     rdb = trial_runs.open_storage(url, engine_kwargs)
