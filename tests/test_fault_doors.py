@@ -608,3 +608,85 @@ def test_one_experiment_name_check_for_every_command(store, monkeypatch, tiny_be
         args = [*args, "--experiment", long]
     result = CliRunner().invoke(app, args)
     assert_one_line(result, "too long")
+
+
+# --- 7. budgets before work: workers against cores, a run's memory against the machine, reviews against a cap ----
+
+
+@pytest.mark.parametrize("command", ["sweep", "tune"])
+def test_more_workers_than_cores_is_one_line_before_any_run(store, tiny_bert, tiny_imdb, command):
+    too_many = str((os.cpu_count() or 1) + 1)
+    extra = ["--modes", "basic,pool"] if command == "sweep" else ["--space", "lr=1e-3..1e-1", "--trials", "2"]
+    result = CliRunner().invoke(app, [command, *tiny_args(tiny_bert, tiny_imdb), *extra, "--parallel", too_many])
+    assert_one_line(result, f"--parallel {too_many}", "cores")
+    assert not (Path(store.removeprefix("sqlite:///")).exists() and runs_of_store(store))
+
+
+def runs_of_store(store: str) -> list:
+    from conftest import runs_in
+
+    return runs_in(store)
+
+
+@pytest.mark.parametrize(
+    "command, extra, words",
+    [
+        ("train", ["--lstm-units", "6000"], ["lstm_units=6000"]),
+        ("sweep", ["--modes", "basic,pool", "--parallel", "2"], ["2 workers"]),
+        ("tune", ["--space", "lstm_units=8|6000", "--trials", "1"], ["lstm_units=6000", "largest trial"]),
+    ],
+)
+def test_a_run_too_large_for_the_machines_memory_is_one_line_with_the_override(
+    store, tiny_bert, tiny_imdb, monkeypatch, command, extra, words
+):
+    from bertpooled import budget
+
+    if command == "sweep" and (os.cpu_count() or 1) < 2:
+        pytest.skip("two workers need two cores")
+    # As on a machine with 700 MB free: one small run fits, two worker processes or a 6000-unit head do not.
+    monkeypatch.setattr(budget, "available_bytes", lambda: 700 * budget.MIB)
+    result = CliRunner().invoke(app, [command, *tiny_args(tiny_bert, tiny_imdb), *extra])
+    assert_one_line(result, "GiB", budget.OVERRIDE_ENV, *words)
+    assert runs_of_store(store) == [] if Path(store.removeprefix("sqlite:///")).exists() else True
+
+
+def test_the_memory_estimate_grows_with_width_batch_length_and_the_override_skips_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from bertpooled import budget
+    from bertpooled.errors import BertpooledError
+
+    base = dict(lstm_units=16, batch_size=32, max_len=128, features="embeddings", finetune=False, mode="pool")
+    small = budget.run_bytes(SimpleNamespace(**base), 384)
+    for field, value in (("lstm_units", 6000), ("batch_size", 4096), ("max_len", 512)):
+        assert budget.run_bytes(SimpleNamespace(**{**base, field: value}), 384) > small, field
+    wide = SimpleNamespace(**{**base, "lstm_units": 6000})
+    assert budget.run_bytes(wide, 384) > 2 * 2**30  # the 3.5 GB model
+    monkeypatch.setattr(budget, "available_bytes", lambda: 2**30)
+    with pytest.raises(BertpooledError, match="lstm_units=6000"):
+        budget.check_memory(wide, 384)
+    budget.check_memory(SimpleNamespace(**base), 384)  # the seed's head fits
+    monkeypatch.setenv(budget.OVERRIDE_ENV, "1")
+    budget.check_memory(wide, 384)
+
+
+@pytest.mark.parametrize("layout", ["archive", "folder"])
+def test_a_review_past_the_size_cap_is_refused_before_it_is_read(tmp_path, monkeypatch, layout):
+    from conftest import write_imdb_archive, write_imdb_tree
+
+    from bertpooled.data import imdb
+    from bertpooled.errors import BertpooledError
+
+    tree = write_imdb_tree(tmp_path / "data", per_label=2)
+    (tree / "train" / "pos" / "9_10.txt").write_bytes(b"great " * 200_000)  # 1.2 MB: one "review"
+    source = write_imdb_archive(tree, tmp_path / "aclImdb_v1.tar.gz") if layout == "archive" else tree
+    reads = []
+    real = imdb._add
+    monkeypatch.setattr(
+        imdb,
+        "_add",
+        lambda found, s, lab, stem, raw, where: reads.append(len(raw)) or real(found, s, lab, stem, raw, where),
+    )
+    with pytest.raises(BertpooledError, match=r"9_10\.txt.*over the 1,024 KiB"):
+        imdb.load_imdb(str(source), cache_dir=tmp_path / "cache")
+    assert max(reads, default=0) <= imdb.MAX_REVIEW_BYTES
