@@ -690,3 +690,36 @@ def test_a_review_past_the_size_cap_is_refused_before_it_is_read(tmp_path, monke
     with pytest.raises(BertpooledError, match=r"9_10\.txt.*over the 1,024 KiB"):
         imdb.load_imdb(str(source), cache_dir=tmp_path / "cache")
     assert max(reads, default=0) <= imdb.MAX_REVIEW_BYTES
+
+
+# --- 8. every wait has a deadline -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+@pytest.mark.parametrize("command", [["compare-runs", "--no-log"], ["train", "--resume", "0" * 32]])
+def test_a_database_port_that_accepts_but_never_answers_is_one_line_within_seconds(
+    monkeypatch, tmp_path, kind, command
+):
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the kernel's backlog; nothing ever answers them
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{kind}://mlflow:pw@127.0.0.1:{silent.getsockname()[1]}/mlflow")
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    start = time.monotonic()
+    try:
+        result = CliRunner().invoke(app, command)
+    finally:
+        silent.close()
+    assert time.monotonic() - start < 30  # over 300 s before
+    line = assert_one_line(result, "accepts connections but does not answer")
+    assert "pw" not in line
+
+
+def test_a_sqlite_store_in_a_folder_that_does_not_exist_is_one_line_at_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/mlflow.db")
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["compare-runs"])
+    assert time.monotonic() - start < 20  # MLflow retried for about 100 s
+    assert_one_line(result, "does not exist")

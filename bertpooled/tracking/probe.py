@@ -77,10 +77,27 @@ def _probe_database(uri: str) -> None:
     import socket
 
     parts = urlsplit(uri)
-    default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[parts.scheme.split("+")[0]]
+    kind = parts.scheme.split("+")[0]
+    default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[kind]
+    # libpq's own deadline for every later connection (psycopg 2 and 3 read it): without one, a server that
+    # accepts a connection and never answers held a command for over 300 s.
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(int(PROBE_TIMEOUT_S * 2)))
     try:
-        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=PROBE_TIMEOUT_S):
-            pass
+        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=PROBE_TIMEOUT_S) as conn:
+            if kind == "postgresql":
+                # An SSLRequest (8 bytes, no credentials): a PostgreSQL server answers it with one byte, S or N.
+                conn.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+            if kind in ("postgresql", "mysql"):  # a MySQL server greets first
+                try:
+                    answered = conn.recv(1)
+                except TimeoutError:
+                    answered = b""
+                if not answered:
+                    raise BertpooledError(
+                        f"tracking database {redact_uri(uri)} accepts connections but does not answer (waited "
+                        f"{PROBE_TIMEOUT_S:.0f} s): check that a database server listens there, or fix "
+                        "MLFLOW_TRACKING_URI"
+                    )
     except OSError as exc:
         raise BertpooledError(
             f"tracking database {redact_uri(uri)} is unreachable ({exc.strerror or exc}, waited "
@@ -134,6 +151,18 @@ def check_sqlite_file(path: str, read_only: bool = False) -> None:
             raise BertpooledError(
                 f"no tracking store at {path}: this command only reads and creates none; point "
                 "MLFLOW_TRACKING_URI at the store that holds your runs (e.g. sqlite:///path/to/mlflow.db)"
+            )
+        # Said now: MLflow retries a store it cannot create for about 100 s before its own 10-line error.
+        folder = file.parent
+        if not folder.is_dir():
+            raise BertpooledError(
+                f"tracking store {path} cannot be made: its folder {folder} does not exist; create it, or fix "
+                "MLFLOW_TRACKING_URI"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BertpooledError(
+                f"tracking store {path} cannot be made: its folder {folder} is not writable; make it writable, or "
+                "fix MLFLOW_TRACKING_URI"
             )
         return
     if not file.is_file():
