@@ -723,3 +723,22 @@ def test_a_sqlite_store_in_a_folder_that_does_not_exist_is_one_line_at_once(monk
     result = CliRunner().invoke(app, ["compare-runs"])
     assert time.monotonic() - start < 20  # MLflow retried for about 100 s
     assert_one_line(result, "does not exist")
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_refuses_a_damaged_model_with_the_checks_line(damaged):
+    from conftest import free_port
+
+    _edit_spec(damaged, max_len=10**8)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(damaged), "--env-manager", "local"]
+    proc = subprocess.Popen(
+        [*cmd, "-h", "127.0.0.1", "-p", str(free_port())], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _out, err = proc.communicate(timeout=180)  # it exits: the model never loads, no request is answered
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert b"DamagedModel: model_config.json: max_len=100000000 is out of bounds" in err, err[-3000:]

@@ -147,23 +147,7 @@ def check_sqlite_file(path: str, read_only: bool = False) -> None:
     file = Path(path)
     aside = "move it aside (a new store is made where none is)"
     if not file.exists():
-        if read_only:
-            raise BertpooledError(
-                f"no tracking store at {path}: this command only reads and creates none; point "
-                "MLFLOW_TRACKING_URI at the store that holds your runs (e.g. sqlite:///path/to/mlflow.db)"
-            )
-        # Said now: MLflow retries a store it cannot create for about 100 s before its own 10-line error.
-        folder = file.parent
-        if not folder.is_dir():
-            raise BertpooledError(
-                f"tracking store {path} cannot be made: its folder {folder} does not exist; create it, or fix "
-                "MLFLOW_TRACKING_URI"
-            )
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise BertpooledError(
-                f"tracking store {path} cannot be made: its folder {folder} is not writable; make it writable, or "
-                "fix MLFLOW_TRACKING_URI"
-            )
+        _check_new_store(path, read_only)
         return
     if not file.is_file():
         raise BertpooledError(f"tracking store {path} is not a file: point MLFLOW_TRACKING_URI at an mlflow.db")
@@ -201,6 +185,30 @@ def check_sqlite_file(path: str, read_only: bool = False) -> None:
         raise BertpooledError(
             f"tracking store {path} is a SQLite database that {held}, not MLflow's, and it is not written over: "
             f"restore it from a backup, or {aside}"
+        )
+
+
+def _check_new_store(path: str, read_only: bool) -> None:
+    """Where no store file is: refused for a command that only reads; else its folder must take a new one."""
+    from pathlib import Path
+
+    file = Path(path)
+    if read_only:
+        raise BertpooledError(
+            f"no tracking store at {path}: this command only reads and creates none; point "
+            "MLFLOW_TRACKING_URI at the store that holds your runs (e.g. sqlite:///path/to/mlflow.db)"
+        )
+    # Said now: MLflow retries a store it cannot create for about 100 s before its own 10-line error.
+    folder = file.parent
+    if not folder.is_dir():
+        raise BertpooledError(
+            f"tracking store {path} cannot be made: its folder {folder} does not exist; create it, or fix "
+            "MLFLOW_TRACKING_URI"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BertpooledError(
+            f"tracking store {path} cannot be made: its folder {folder} is not writable; make it writable, or "
+            "fix MLFLOW_TRACKING_URI"
         )
 
 
