@@ -262,6 +262,8 @@ DAMAGES = [
     ({"lstm_bias": 3}, ["lstm_bias=3"]),
     ({"precision": "fp8"}, ["precision='fp8'"]),
     ({"pool": ...}, ["pool=None"]),
+    ({"keep_layers": 500}, ["keep_layers=500"]),
+    ({"separate_cls": "yes"}, ["separate_cls='yes'"]),
 ]
 
 
@@ -318,6 +320,21 @@ def test_damaged_model_files_are_one_line_at_load_model_and_at_serve(damaged, lo
     assert "\n" not in str(caught.value) and all(w in str(caught.value) for w in words), str(caught.value)
     served = CliRunner().invoke(app, ["serve", str(damaged), "--port", "1"])
     assert_one_line(served, "damaged", *words)
+
+
+def test_a_damaged_model_named_by_init_from_or_distill_from_is_one_line_before_any_run(
+    damaged, logged_model, tiny_bert, tiny_imdb, monkeypatch, tmp_path
+):
+    uri, _folder, run_id = logged_model
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BERTPOOLED_CACHE", str(tmp_path / "cache"))
+    _edit_spec(damaged, max_len=10**8)
+    before = len(runs_of_store(uri))
+    for option in ("--init-from", "--distill-from"):
+        encoder = ["--mode", "basic", "--features", "encoder", "--finetune"]
+        result = CliRunner().invoke(app, ["train", *tiny_args(tiny_bert, tiny_imdb), *encoder, option, run_id])
+        assert_one_line(result, option.removeprefix("--").replace("-", "_"), "max_len=100000000")
+    assert len(runs_of_store(uri)) == before
 
 
 def test_a_spec_with_fields_this_code_does_not_know_still_loads(damaged):

@@ -83,7 +83,14 @@ def check_values(values: Any, state: Mapping[str, Any], tokenizer_limit: int | N
         except Exception as exc:
             raise _bad(field, text, (str(exc).splitlines() or ["a valid spelling"])[0][:160]) from None
     _int(values, "lstm_units", 1, MAX_LSTM_UNITS)
+    if not isinstance(values.get("separate_cls", False), bool):
+        raise _bad("separate_cls", values.get("separate_cls"), "true or false")
     features = values.get("features", "embeddings")
+    if "keep_layers" in values:
+        config = values.get("backbone_config")
+        layers = config.get("num_hidden_layers", 96) if isinstance(config, dict) else 96
+        layers = layers if isinstance(layers, int) and not isinstance(layers, bool) else 96
+        _int(values, "keep_layers", 0, layers, " (0 = every layer of the backbone)")
     positions, where = _positions(values, state, features, tokenizer_limit)
     _int(values, "max_len", 2, positions, f" ({where})")
     if features == "embedding_layer":
