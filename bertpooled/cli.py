@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from bertpooled.cli_errors import OneLineErrors
+from bertpooled.cli_errors import OneLineErrors, numbers_checked
 from bertpooled.cli_options import with_config_options
 from bertpooled.cli_support import (
     _blank_to_none,
@@ -48,6 +48,7 @@ def config_command(name: str, *, exclude: tuple[str, ...] = ()):
 
 
 @config_command("train")
+@numbers_checked
 def train(
     config: str | None = typer.Option(
         None,
@@ -202,6 +203,7 @@ def _interrupted_line() -> str:
 
 
 @app.command("compare-runs")
+@numbers_checked
 def compare_runs_command(
     format: str = typer.Option("table", "--format", "-f", help="table | markdown | json | csv."),
     output: str | None = typer.Option(
@@ -281,6 +283,7 @@ def mlproject_compare(ctx: typer.Context) -> None:
 
 
 @app.command("serve")
+@numbers_checked
 def serve_command(
     model_uri: str = typer.Argument(
         ..., help="The logged model, e.g. runs:/<run id>/model or models:/<name>/<version>."

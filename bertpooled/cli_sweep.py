@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bertpooled.cli_errors import numbers_checked
 from bertpooled.cli_support import (
     TRI_STATE,
     Address,
@@ -79,6 +80,7 @@ Format = Annotated[str, typer.Option("--format", "-f", help="The closing compari
 Output = Annotated[str | None, typer.Option(help="Also write the comparison's report files to this folder.")]
 
 
+@numbers_checked
 def sweep_command(
     modes: Modes = None,
     seeds: Seeds = None,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bertpooled.cli_errors import numbers_checked
 from bertpooled.cli_support import (
     ON_OFF,
     Address,
@@ -97,6 +98,7 @@ SamplerSeed = Annotated[
 Output = Annotated[str | None, typer.Option(help="Also write each mode's best config to OUTPUT/best-MODE.yaml.")]
 
 
+@numbers_checked
 def tune_command(
     space: Space,
     modes: Modes = None,

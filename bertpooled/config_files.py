@@ -38,31 +38,33 @@ def resolve_config_path(config: str | Path) -> Path:
     raise BertpooledError(f"config file {config} not found: pass a YAML path or a name in experiments/{hint}")
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The mapping in a config YAML file (empty file = no settings)."""
+def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping in a YAML file the user hands in (empty file = no settings): the project's one way to read a
+    YAML file (`--config`, `--space`, any later one), bounded in size, aliases and depth. `what` names the file
+    in its errors."""
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_CONFIG_BYTES + 1)
         if len(data) > MAX_CONFIG_BYTES:
             raise BertpooledError(
-                f"config file {path} is over {MAX_CONFIG_BYTES // 1024} KiB: a config is a few key: value lines; "
+                f"{what} {path} is over {MAX_CONFIG_BYTES // 1024} KiB: a config is a few key: value lines; "
                 "pass the right file"
             )
-        raw = safe_yaml(data.decode("utf-8"), f"config file {path}")
+        raw = safe_yaml(data.decode("utf-8"), f"{what} {path}")
     except UnicodeDecodeError as exc:
-        raise BertpooledError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+        raise BertpooledError(f"{what} {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:
         raise BertpooledError(
-            f"config file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file"
+            f"{what} {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file"
         ) from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
-        raise BertpooledError(f"config file {path}{where} is not valid YAML: fix the syntax") from None
+        raise BertpooledError(f"{what} {path}{where} is not valid YAML: fix the syntax") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise BertpooledError(f"config file {path} must hold a mapping of settings (key: value)")
+        raise BertpooledError(f"{what} {path} must hold a mapping of settings (key: value)")
     return raw
 
 

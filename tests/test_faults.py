@@ -489,11 +489,11 @@ def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_th
 
 
 def test_json_nested_too_deeply_is_told_apart_from_json_that_is_merely_deep():
-    from bertpooled.serving.server import _too_deep
+    from bertpooled.serving.server import _json_problem
 
-    assert _too_deep(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
-    assert not _too_deep(b'{"inputs": [[["a film"]]]}')
-    assert not _too_deep(b'{"inputs": [')  # malformed, not deep: MLflow's own parser answers it
+    assert "nested too deeply" in _json_problem(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert "nested too deeply" not in _json_problem(b'{"inputs": [[["a film"]]]}')
+    assert not _json_problem(b'{"inputs": [')  # malformed, not deep: MLflow's own parser answers it
 
 
 def test_the_served_model_answers_deeply_nested_json_with_a_400_and_still_serves(store, tiny_bert, tiny_imdb):

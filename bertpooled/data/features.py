@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from bertpooled import files
 
 CACHE_VERSION = "1"
 STORED_DTYPE = torch.float16
@@ -119,13 +120,12 @@ def load_or_store(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a concurrent or killed run never leaves a half-written entry.
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        save_file(
-            {k: v.contiguous() for k, v in made.items()},
-            str(tmp),
-            metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()},
-        )
-        os.replace(tmp, path)
+        with files.replacing(path) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in made.items()},
+                str(tmp),
+                metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()},
+            )
     return made, False
 
 

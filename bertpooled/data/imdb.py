@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from bertpooled import files
 from bertpooled.errors import BertpooledError, redact_uri
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -235,19 +235,16 @@ def _save_parsed(file: Path, imdb: Imdb) -> None:
         "test": imdb.test.ids,
         "sizes": [len(r) for r in raw],
     }
-    tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with files.replacing(file) as tmp, open(tmp, "wb") as f:  # a concurrent or killed run never sees half a file
             f.write(json.dumps(head).encode("ascii") + b"\n")
             f.write(b"".join(raw))
-        os.replace(tmp, file)  # atomic: a concurrent or killed run never sees half a file
         for stale in file.parent.glob(file.name.rsplit("-", 1)[0] + "-*"):
             if stale != file and not stale.name.endswith(".tmp"):  # older versions of the same archive
                 stale.unlink(missing_ok=True)
-    except OSError:  # a read-only or full cache only costs speed
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    except OSError:  # a read-only or full cache only costs speed (the temporary file is gone with its error)
+        pass
 
 
 def _labels(ids: list[str], split: str) -> np.ndarray:
@@ -283,8 +280,29 @@ def _bar(total: int, unit: str, desc: str, progress: bool | None):
     return tqdm(total=total, unit=unit, unit_scale=True, desc=desc, disable=disable, delay=1.0, leave=False)
 
 
+# IMDB's longest review is about 14 KB and all 100,000 hold about 130 MB: a member past these caps is refused
+# before it is read (a 14 MB tar.gz holding one 3 GiB review was read whole into memory).
+MAX_REVIEW_BYTES = 1024 * 1024
+MAX_TOTAL_BYTES = 2 * 1024**3
+
+
+def _check_size(size: int, total: int, where: str) -> None:
+    """A review's declared size within the per-review cap, and all read so far within the total one."""
+    if size > MAX_REVIEW_BYTES:
+        raise BertpooledError(
+            f"IMDB review {where} holds {size:,} bytes, over the {MAX_REVIEW_BYTES // 1024:,} KiB a review may have "
+            f"(the longest real one has about 14 KB): it is not IMDB data; re-download it or {_FIX}"
+        )
+    if total + size > MAX_TOTAL_BYTES:
+        raise BertpooledError(
+            f"IMDB data at {where} goes past {MAX_TOTAL_BYTES // 1024**3} GiB of reviews (the real set holds about "
+            f"130 MB): it is not IMDB data; re-download it or {_FIX}"
+        )
+
+
 def _read_archive(path: Path, progress: bool | None) -> _Found:
     found: _Found = {}
+    total = 0
     try:
         # One forward pass through the compressed bytes, nothing extracted to disk.
         with (
@@ -296,9 +314,11 @@ def _read_archive(path: Path, progress: bool | None) -> _Found:
                 match = _MEMBER.search(member.name)
                 if match is None or not member.isfile():
                     continue
+                _check_size(member.size, total, f"{member.name} in {path}")  # from its header, before reading
                 file = tar.extractfile(member)
                 assert file is not None  # a regular file (checked above)
-                data = file.read()
+                data = file.read(MAX_REVIEW_BYTES + 1)
+                total += len(data)
                 if len(data) != member.size:
                     raise EOFError(f"{member.name} ends early")
                 split, label, stem = match.groups()
@@ -336,10 +356,14 @@ def _read_folder(path: Path, progress: bool | None) -> _Found:
         if entry.name.endswith(".txt") and not entry.name.startswith(".") and entry.is_file()
     ]
     found: _Found = {}
+    total = 0
     with _bar(len(files), "reviews", "reading IMDB", progress) as bar:
         for s, lab, entry in files:
+            _check_size(entry.stat().st_size, total, entry.path)
             with open(entry.path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_REVIEW_BYTES + 1)
+            _check_size(len(data), total, entry.path)  # a file that grew since, or a device
+            total += len(data)
             _add(found, s, lab, entry.name[:-4], data, where=entry.path)
             bar.update()
     return found

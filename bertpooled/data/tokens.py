@@ -3,15 +3,15 @@ tokenizing."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from bertpooled import files
 
 CACHE_VERSION = "2"  # 2: each entry carries the sha256 of its arrays, checked on read
 CHUNK = 2048
@@ -138,14 +138,11 @@ def _read_entry(path: Path, rows: int, max_len: int) -> Tokens | None:
 
 def _write_entry(path: Path, tokens: Tokens) -> None:
     """Store an entry: write then rename, so a concurrent or killed run never leaves a half-written one."""
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, ids=tokens.ids, lengths=tokens.lengths, sha256=np.array(_digest(tokens.ids, tokens.lengths)))
-        os.replace(tmp, path)
+        with files.replacing(path, ".npz") as tmp:
+            np.savez(tmp, ids=tokens.ids, lengths=tokens.lengths, sha256=np.array(_digest(tokens.ids, tokens.lengths)))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         print(
             f"warning: cannot write the token cache in {path.parent} ({exc.strerror or exc}): running without it; "
             "set BERTPOOLED_CACHE to a writable folder to keep token ids between runs",

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from bertpooled import files
 from bertpooled.contract import COMPARISON_EXPERIMENT, DEFAULT_EXPERIMENT, HEADLINE_COSTS
 from bertpooled.errors import BertpooledError, short_text
 from bertpooled.report import render
@@ -43,18 +44,18 @@ def write_report(report: Report, output_dir: str | Path) -> dict[str, Path]:
         "json": output_dir / "report.json",
         "csv": output_dir / "report.csv",
     }
-    paths["markdown"].write_text(render.to_markdown(report), encoding="utf-8")
-    paths["json"].write_text(render.to_json(report) + "\n", encoding="utf-8")
-    paths["csv"].write_text(render.to_csv(report), encoding="utf-8")
+    files.write_text(paths["markdown"], render.to_markdown(report))
+    files.write_text(paths["json"], render.to_json(report) + "\n")
+    files.write_text(paths["csv"], render.to_csv(report))
     paths["accuracy_vs_time"] = accuracy_vs_time(report, output_dir / "accuracy_vs_time.png")
     paths["learning_curves"] = learning_curves(report, output_dir / "learning_curves.png")
     paths["html"] = output_dir / "report.html"
-    paths["html"].write_text(
+    files.write_text(
+        paths["html"],
         render_html(
             report,
             {"Accuracy against total time": paths["accuracy_vs_time"], "Learning curves": paths["learning_curves"]},
         ),
-        encoding="utf-8",
     )
     return paths
 
@@ -130,10 +131,12 @@ def compare_runs(
     `bertpooled-comparisons`, so that training experiments hold training runs
     only) whose id the returned report carries.
     """
-    _check_arguments(format, output, None if no_log else comparison_experiment)
-    client = store.client_for(tracking_uri)
+    _check_arguments(format, output, experiment, None if no_log else comparison_experiment)
+    # A report that is not logged only reads: the store is opened as it is, never created (nor its lock file).
+    client = store.client_for(tracking_uri, read_only=no_log)
     runs, notes = store.select_runs(
         client,
+        read_only=no_log,
         experiment=experiment,
         parent_run_id=parent,
         run_ids=list(run_id) if run_id else None,
@@ -161,13 +164,16 @@ def compare_runs(
     return _logged(report, output, comparison_experiment or COMPARISON_EXPERIMENT, client)
 
 
-def _check_arguments(format: str, output: str | Path | None, comparison_experiment: str | None) -> None:
+def _check_arguments(
+    format: str, output: str | Path | None, experiment: str, comparison_experiment: str | None
+) -> None:
     """The options that can be refused before any run is fetched."""
     if format not in FORMATS:
         raise BertpooledError(f"unknown report format {format!r}: pass --format one of {', '.join(FORMATS)}")
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         # Checked before the runs are fetched: the report files go into a folder.
         raise BertpooledError(f"--output {short_text(output)} exists and is not a folder: pass a folder's path")
+    check_experiment_name(experiment, "--experiment")
     if comparison_experiment is not None:
         check_experiment_name(comparison_experiment, "--comparison-experiment")
 

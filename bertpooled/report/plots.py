@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from bertpooled import files
 from bertpooled.contract import THRESHOLD, TIME_TOTAL, TRAIN_ACCURACY, TRAIN_LOSS
 from bertpooled.report.records import Report
 
@@ -173,4 +174,5 @@ def classifier_plots(labels, probabilities, folder: str | Path) -> list[Path]:
 def _save(figure, path: Path) -> None:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    with files.replacing(path, ".png") as tmp:
+        figure.savefig(tmp, dpi=120)

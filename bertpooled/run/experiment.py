@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from bertpooled import budget
 from bertpooled.config import Config
 from bertpooled.contract import (
     ACCURACY,
@@ -72,6 +73,7 @@ def run_experiment(
     if parent_run_id is None and resume is None:
         tracking.check_experiment_name()
     info = prepare.check(config)
+    budget.check_memory(config, info.hidden_size, info.num_layers)  # before any run exists or data is read
     rt = runtime.Runtime.resolve(config).start()  # resolved once: everything below receives it
     inputs = read_inputs(config, info, rt, shared, resume, log, progress)
     pipeline = pipeline or pipeline_for(config)

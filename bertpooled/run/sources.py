@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from bertpooled import data
 from bertpooled.errors import BertpooledError
+from bertpooled.model import spec_checks
 from bertpooled.model.pooling import PoolSpec, lengths_mask, pool_sequence_cls
 from bertpooled.run.measure import data_digest_of, predict_logits
 
@@ -48,6 +49,10 @@ def check(config, info) -> None:
         for option in ROLES:
             source = fetch(config, option, Path(tmp) / option)
             if source is not None:
+                try:  # the file is input: every field within a training config's bounds (as at serving)
+                    spec_checks.check_values(source.spec, {})
+                except spec_checks.DamagedModel as exc:
+                    raise BertpooledError(f"config: {option}={getattr(config, option)}: {exc}") from None
                 check_compatible(config, info, source.spec, option)
 
 

@@ -16,12 +16,23 @@ from bertpooled.contract import PREDICT, PREDICT_METHOD, PREDICT_METHODS, PREDIC
 
 def texts_of(model_input) -> list[str]:
     """The texts of whatever MLflow hands `predict`: a one-column DataFrame (what the signature makes of every
-    payload), a Series, an array or a list."""
+    payload), a Series, an array or a list. A text that is not a string (null, a number, NaN from an empty CSV
+    field, an object) is refused naming its position: it was predicted as the text "None" or "nan" before."""
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
         model_input = model_input.iloc[:, 0] if model_input.shape[1] else []
-    return [str(text) for text in model_input]
+    texts = list(model_input)
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            from mlflow.exceptions import MlflowException
+
+            # MLflow's scoring server answers this with a 400 carrying the line, for every content type.
+            shown = repr(text)[:40]
+            raise MlflowException.invalid_parameter_value(
+                f"text {position} is {type(text).__name__} {shown}, not a string: send every text as a string"
+            )
+    return texts
 
 
 def output(probs: np.ndarray, params: dict | None):

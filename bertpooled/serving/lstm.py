@@ -12,8 +12,6 @@ one column of texts under a signature (not a type hint), so every scoring payloa
 
 from __future__ import annotations
 
-import json
-
 import mlflow
 import numpy as np
 import pandas as pd
@@ -29,17 +27,21 @@ class SentimentModel(PythonModel):
     """Sentiment of raw text: tokenize -> word embeddings or encoder (pooled as trained) -> LSTM head."""
 
     def load_context(self, context) -> None:
-        from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
-        from bertpooled.model.build import ModelSpec, from_state
+        from bertpooled.model.spec_checks import DamagedModel, load_checked
 
-        with open(context.artifacts["model_config"], encoding="utf-8") as fh:
-            self.config = json.load(fh)
-        self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
-        # The same spec and builder training used (models logged before a field existed get its old default).
-        spec = ModelSpec.from_json(self.config)
-        self.model = from_state(spec, load_file(context.artifacts["weights"]))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(context.artifacts["tokenizer"])
+        except Exception as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise DamagedModel(f"the tokenizer files do not load ({first}): log the model again") from None
+        # The same spec and builder training used (models logged before a field existed get its old default),
+        # every field and the weights' shapes checked first: the files are input, anyone may have edited them.
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        self.config, spec, self.model = load_checked(
+            context.artifacts["model_config"], context.artifacts["weights"], limit if isinstance(limit, int) else None
+        )
         # An encoder predicts in bf16 where its run asked for it (or for `auto`) and this machine has it natively.
         self.precision = serving_precision(spec.precision, spec.features == "encoder")
 

@@ -66,7 +66,17 @@ class ReferenceModel(PythonModel):
 def texts_of(model_input) -> list[str]:
     if isinstance(model_input, pd.DataFrame):
         model_input = model_input.iloc[:, 0] if model_input.shape[1] else []
-    return [str(text) for text in model_input]
+    texts = list(model_input)
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            from mlflow.exceptions import MlflowException
+
+            # MLflow's scoring server answers this with a 400 carrying the line, for every content type.
+            shown = repr(text)[:40]
+            raise MlflowException.invalid_parameter_value(
+                f"text {position} is {type(text).__name__} {shown}, not a string: send every text as a string"
+            )
+    return texts
 
 
 def output(probs: np.ndarray, params: dict | None):

@@ -4,7 +4,8 @@ The app is MLflow's (`mlflow.pyfunc.scoring_server.init`: the same /invocations,
 `mlflow models serve`); what this adds:
 
 - bounds (`Limits`): a body over `max_body_mb` is answered 413 without being kept (MLflow reads any body whole:
-  one 50 MB request took a server to 15 GB), and so is a body holding one text over `max_text_chars`;
+  one 50 MB request took a server to 15 GB), and so is a body holding one text over `max_text_chars`, JSON or
+  CSV alike; a text that is not a string is a 400 naming its position (serving/classifier.py);
 - batches (`InBatches`): a request's texts are predicted `batch_size` at a time, one batch of one request at
   a time, so memory follows the batch, not the request, and small requests are answered between the batches
   of a large one; a request past MLflow's timeout (answered 504) stops at its next batch instead of running on;
@@ -24,6 +25,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 INVOCATIONS = "/invocations"
 
@@ -82,8 +84,13 @@ class Limits:
             )
             return
         body = b"".join(chunks)
+        csv = b"csv" in dict(scope.get("headers") or []).get(b"content-type", b"").lower()
         # In a thread: parsing a 50 MB body takes seconds, which would stall every other request's answer.
-        longest = await asyncio.to_thread(_longest_text, body) if len(body) > self.limits.max_text_chars else 0
+        longest = (
+            await asyncio.to_thread(_longest_csv_field if csv else _longest_text, body)
+            if len(body) > self.limits.max_text_chars
+            else 0
+        )
         if longest > self.limits.max_text_chars:
             await _send_json(
                 send,
@@ -128,6 +135,20 @@ def _longest_text(body: bytes) -> int:
         elif isinstance(value, list):
             stack.extend(value)
     return longest
+
+
+def _longest_csv_field(body: bytes) -> int:
+    """The longest field of a CSV body (text/csv: the same text limit as a JSON body's), read row by row."""
+    import csv
+    import io
+    import sys
+
+    csv.field_size_limit(sys.maxsize)  # the limit is checked here, on the field's length, not by the reader
+    try:
+        rows = csv.reader(io.StringIO(body.decode("utf-8", errors="replace"), newline=""))
+        return max((len(field) for row in rows for field in row), default=0)
+    except csv.Error:
+        return 0  # not CSV after all: MLflow's own parser answers it
 
 
 class RequestTimedOut(Exception):
@@ -209,7 +230,8 @@ def _concat(parts: list):
 
 
 class RejectTooDeepJson:
-    """ASGI middleware: a POST to /invocations whose JSON body nests too deeply for the parser gets a 400."""
+    """ASGI middleware: a POST to /invocations whose JSON body nests too deeply for the parser, or holds a text
+    that is not a string, gets a 400 (`_json_problem`)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -224,15 +246,9 @@ class RejectTooDeepJson:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if await asyncio.to_thread(_too_deep, body):  # in a thread: a large body takes seconds to parse
-            await _send_json(
-                send,
-                400,
-                {
-                    "error_code": "BAD_REQUEST",
-                    "message": 'the JSON body is nested too deeply to parse: send {"inputs": ["text", ...]}',
-                },
-            )
+        problem = await asyncio.to_thread(_json_problem, body)  # in a thread: a large body takes seconds to parse
+        if problem:
+            await _send_json(send, 400, {"error_code": "BAD_REQUEST", "message": problem})
             return
         if len(body) <= EMPTY_BATCH_MAX_BYTES and _empty_batch(body):
             await _send_json(send, 200, {"predictions": []})
@@ -240,14 +256,52 @@ class RejectTooDeepJson:
         await self.app(scope, _replay(body, receive), send)
 
 
-def _too_deep(body: bytes) -> bool:
+def _json_problem(body: bytes) -> str:
+    """Why a JSON body cannot be predicted, in one line ("" when it can, or is no JSON: MLflow answers that):
+    nested too deeply to parse, or a text that is not a string (MLflow turned `null` and numbers into the texts
+    "None" and "3.5" and predicted them). The model checks its texts too, for `mlflow models serve`."""
     try:
-        json.loads(body)
+        payload = json.loads(body)
     except RecursionError:
-        return True
+        return 'the JSON body is nested too deeply to parse: send {"inputs": ["text", ...]}'
     except ValueError:
-        return False  # malformed JSON: MLflow's own parser answers it with a 400
-    return False
+        return ""  # malformed JSON: MLflow's own parser answers it with a 400
+    for position, text in enumerate(_texts_in(payload)):
+        if not isinstance(text, str):
+            return (
+                f"text {position} is {type(text).__name__} {json.dumps(text)[:40]}, not a string: send every text "
+                "as a JSON string"
+            )
+    return ""
+
+
+def _texts_in(payload) -> list:
+    """The texts of a scoring payload, as the model reads them (the first column): `inputs`/`instances` (a list,
+    of texts or of records, or a mapping of columns), `dataframe_split` or `dataframe_records`."""
+    if not isinstance(payload, dict):
+        return []
+    data = payload.get("inputs", payload.get("instances"))
+    if isinstance(data, dict):
+        first: Any = next(iter(data.values()), [])
+        return first if isinstance(first, list) else [first]
+    if isinstance(data, list):
+        return [_first_column(row) for row in data]
+    split = payload.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        return [row[0] if isinstance(row, list) and row else row for row in split["data"]]
+    records = payload.get("dataframe_records")
+    if isinstance(records, list):
+        return [_first_column(row) for row in records]
+    return []
+
+
+def _first_column(row):
+    """A row's text: itself, or the first value of a record or of a row of columns."""
+    if isinstance(row, dict) and row:
+        return next(iter(row.values()))
+    if isinstance(row, list) and row:
+        return row[0]
+    return row
 
 
 # `{"inputs": [], "params": {"predict_method": "predict_proba"}}` and the like are short; longer bodies are not
@@ -302,7 +356,7 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
             "and --batch-size above 0"
         )
     if model_uri.startswith(("runs:/", "models:/")):
-        check_tracking_reachable()  # such a URI is resolved through the tracking store
+        check_tracking_reachable(read_only=True)  # such a URI is resolved through the store, which serving only reads
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as exc:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from bertpooled import budget
 from bertpooled.contract import (
     CONFIG_PARAM_PREFIX,
     KIND_SWEEP,
@@ -27,6 +28,7 @@ from bertpooled.contract import (
     SWEEP_SEEDS_TAG,
 )
 from bertpooled.errors import BertpooledError
+from bertpooled.model.backbone import BackboneInfo
 from bertpooled.report import compare
 from bertpooled.report.records import Report
 from bertpooled.run import prepare, runtime
@@ -52,7 +54,7 @@ class SweepOutcome:
     already_finished: list[Child] = field(default_factory=list)
 
 
-def _check_children(children: Sequence[Child]) -> dict[str, object]:
+def _check_children(children: Sequence[Child]) -> dict[str, BackboneInfo]:
     """prepare.check for every child (it reads config files only); returns each child's BackboneInfo by key."""
     return {child.key: prepare.check(child.config) for child in children}
 
@@ -133,6 +135,10 @@ def run_sweep(
     if not resume_parent:
         tracking.check_experiment_name(experiment)
     infos = _check_children(children)
+    workers = getattr(executor, "parallel", 1) if executor.name == "local" else 1  # a Ray cluster has its own
+    for child in children:
+        info = infos[child.key]
+        budget.check_memory(child.config, info.hidden_size, info.num_layers, workers, f"child {child.label}")
     env_run = os.environ.get("MLFLOW_RUN_ID") or None
     parent_id, parent, existing, experiment_id = _find_parent(resume_parent, env_run, experiment, children, take_over)
     resume_hint = f"mlflow run --run-id {parent_id} -e sweep" if env_run else "--resume-parent <parent id>"
@@ -217,6 +223,8 @@ def executor_for(
             raise BertpooledError("--address names a Ray cluster: pass --executor ray with it, or leave it out")
         if parallel > 1:
             from bertpooled.sweep.parallel import ParallelExecutor
+
+            budget.check_parallel(parallel)
 
             return ParallelExecutor(parallel)
         return LocalExecutor(group_seeds)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from urllib.parse import urlsplit
 
 import mlflow
@@ -20,12 +20,14 @@ PROBE_TIMEOUT_S = 5.0
 FIRST_CONTACT_WAIT_S = 120.0
 
 
-def check_tracking_reachable(uri: str | None = None) -> None:
+def check_tracking_reachable(uri: str | None = None, *, read_only: bool = False) -> None:
     """Fail within seconds, in one line, when the tracking store (`uri`, default MLflow's) cannot be used.
 
     A server must answer `/health` *and* its REST API (a server whose API hangs would otherwise block the
     first MLflow call for minutes of retries); a database server must accept a connection; a local store
-    must open (a damaged `mlflow.db` otherwise fails with pages of SQLAlchemy traceback).
+    must open (a damaged `mlflow.db` otherwise fails with pages of SQLAlchemy traceback), and a file that is
+    there but is not an MLflow store is never taken for a new one. `read_only` (a command that only reads,
+    such as `compare-runs --no-log`): a local store must exist already; none is created, no lock file made.
     """
     uri = uri or mlflow.get_tracking_uri()
     parts = urlsplit(uri)
@@ -34,7 +36,7 @@ def check_tracking_reachable(uri: str | None = None) -> None:
     elif parts.scheme.split("+")[0] in ("postgresql", "mysql", "mssql") and parts.hostname:
         _probe_database(uri)
     else:
-        check_store_opens(uri)
+        check_store_opens(uri, read_only=read_only)
 
 
 def _probe_server(uri: str) -> None:
@@ -75,10 +77,27 @@ def _probe_database(uri: str) -> None:
     import socket
 
     parts = urlsplit(uri)
-    default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[parts.scheme.split("+")[0]]
+    kind = parts.scheme.split("+")[0]
+    default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[kind]
+    # libpq's own deadline for every later connection (psycopg 2 and 3 read it): without one, a server that
+    # accepts a connection and never answers held a command for over 300 s.
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(int(PROBE_TIMEOUT_S * 2)))
     try:
-        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=PROBE_TIMEOUT_S):
-            pass
+        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=PROBE_TIMEOUT_S) as conn:
+            if kind == "postgresql":
+                # An SSLRequest (8 bytes, no credentials): a PostgreSQL server answers it with one byte, S or N.
+                conn.sendall((8).to_bytes(4, "big") + (80877103).to_bytes(4, "big"))
+            if kind in ("postgresql", "mysql"):  # a MySQL server greets first
+                try:
+                    answered = conn.recv(1)
+                except TimeoutError:
+                    answered = b""
+                if not answered:
+                    raise BertpooledError(
+                        f"tracking database {redact_uri(uri)} accepts connections but does not answer (waited "
+                        f"{PROBE_TIMEOUT_S:.0f} s): check that a database server listens there, or fix "
+                        "MLFLOW_TRACKING_URI"
+                    )
     except OSError as exc:
         raise BertpooledError(
             f"tracking database {redact_uri(uri)} is unreachable ({exc.strerror or exc}, waited "
@@ -86,21 +105,111 @@ def _probe_database(uri: str) -> None:
         ) from None
 
 
-def check_store_opens(uri: str) -> None:
+def check_store_opens(uri: str, read_only: bool = False) -> None:
     """Open a local store and read from it; a damaged or unreadable one is a one-line error.
 
     The first contact with a SQLite file creates and migrates its tables: done by several processes at once
     (six `train` on a fresh mlflow.db), the migrations collide and most of them fail, sometimes leaving the file
     broken for good. So every process opens the store under one lock, a file beside the database: the first
-    creates the tables, the others then find them made.
+    creates the tables, the others then find them made. Under that lock the file is looked at first
+    (`check_sqlite_file`): MLflow takes any file without its tables for a new store and writes them over it.
     """
+    path = sqlite_file(uri)
     try:
-        with first_contact(uri):
-            MlflowClient(uri).search_experiments(max_results=1)
+        if read_only:
+            if path:
+                check_sqlite_file(path, read_only=True)
+        else:
+            with first_contact(uri):
+                if path:
+                    check_sqlite_file(path)
+                MlflowClient(uri).search_experiments(max_results=1)
+            return
+        MlflowClient(uri).search_experiments(max_results=1)
     except BertpooledError:
         raise
     except Exception as exc:
         raise store_error(uri, exc) from None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Tables every MLflow SQL store has, whatever its schema version.
+MLFLOW_TABLES = {"alembic_version", "experiments", "runs"}
+
+
+def check_sqlite_file(path: str, read_only: bool = False) -> None:
+    """An existing SQLite store file is an MLflow store, read without writing a byte; a one-line error naming
+    the file and how to recover when it is empty (a crash, a bad copy), not SQLite at all, SQLite without
+    MLflow's tables, or damaged. A missing file is fine (it is created), unless `read_only`."""
+    import sqlite3
+    from pathlib import Path
+
+    file = Path(path)
+    aside = "move it aside (a new store is made where none is)"
+    if not file.exists():
+        _check_new_store(path, read_only)
+        return
+    if not file.is_file():
+        raise BertpooledError(f"tracking store {path} is not a file: point MLFLOW_TRACKING_URI at an mlflow.db")
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise BertpooledError(
+            f"tracking store {path} cannot be read ({exc.strerror or exc}): check the file and its permissions"
+        ) from None
+    if not head:
+        raise BertpooledError(
+            f"tracking store {path} is an empty file (0 bytes), not an MLflow store (a crash or a bad copy leaves "
+            f"one), and it is not written over: restore it from a backup, or {aside}"
+        )
+    if head != SQLITE_HEADER:
+        raise BertpooledError(
+            f"tracking store {path} is not a SQLite database (so not an MLflow store), and it is not written over: "
+            f"restore it from a backup, or {aside}"
+        )
+    try:
+        with closing(sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise BertpooledError(
+            f"tracking store {path} is damaged ({type(exc).__name__}: {str(exc)[:120]}): restore it from a "
+            f"backup, or {aside}"
+        ) from None
+    if not MLFLOW_TABLES.issubset(tables):
+        held = (
+            f"holds the tables {', '.join(sorted(tables)[:3])}{', ...' if len(tables) > 3 else ''}"
+            if tables
+            else "holds no tables"
+        )
+        raise BertpooledError(
+            f"tracking store {path} is a SQLite database that {held}, not MLflow's, and it is not written over: "
+            f"restore it from a backup, or {aside}"
+        )
+
+
+def _check_new_store(path: str, read_only: bool) -> None:
+    """Where no store file is: refused for a command that only reads; else its folder must take a new one."""
+    from pathlib import Path
+
+    file = Path(path)
+    if read_only:
+        raise BertpooledError(
+            f"no tracking store at {path}: this command only reads and creates none; point "
+            "MLFLOW_TRACKING_URI at the store that holds your runs (e.g. sqlite:///path/to/mlflow.db)"
+        )
+    # Said now: MLflow retries a store it cannot create for about 100 s before its own 10-line error.
+    folder = file.parent
+    if not folder.is_dir():
+        raise BertpooledError(
+            f"tracking store {path} cannot be made: its folder {folder} does not exist; create it, or fix "
+            "MLFLOW_TRACKING_URI"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BertpooledError(
+            f"tracking store {path} cannot be made: its folder {folder} is not writable; make it writable, or "
+            "fix MLFLOW_TRACKING_URI"
+        )
 
 
 def sqlite_file(uri: str) -> str | None:

@@ -56,12 +56,13 @@ _PAGE_SIZE = 1000
 # --- Connection -----------------------------------------------------------------------------
 
 
-def client_for(client_or_uri: MlflowClient | str | None) -> MlflowClient:
-    """An ``MlflowClient`` as given, or one bound to the tracking URI (``None``: MLflow's default)."""
+def client_for(client_or_uri: MlflowClient | str | None, read_only: bool = False) -> MlflowClient:
+    """An ``MlflowClient`` as given, or one bound to the tracking URI (``None``: MLflow's default). ``read_only``:
+    for a command that only reads, a local store must exist already (none is created; see the probe)."""
     if isinstance(client_or_uri, MlflowClient):
         return client_or_uri
     # Probed first: MLflow's client opens its store when it is made, and retries a dead database for minutes.
-    check_tracking_reachable(client_or_uri or None)
+    check_tracking_reachable(client_or_uri or None, read_only=read_only)
     return MlflowClient(tracking_uri=client_or_uri or None)
 
 
@@ -151,6 +152,7 @@ def select_runs(
     run_ids: Sequence[str] | None = None,
     filter_string: str | None = None,
     include_unfinished: bool = False,
+    read_only: bool = False,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Find the training runs to compare; return them as a ``search_runs``-shaped frame and notes.
 
@@ -165,8 +167,8 @@ def select_runs(
     Raises BertpooledError for an unknown experiment or run id, a filter that
     matches nothing, invalid filter syntax, or an unreachable tracking server.
     """
-    client = client_for(client)
-    check_tracking_reachable(client.tracking_uri)
+    client = client_for(client, read_only)
+    check_tracking_reachable(client.tracking_uri, read_only=read_only)
     with bounded_http():
         try:
             candidates, scope = _find_candidates(client, experiment, parent_run_id, run_ids, filter_string)

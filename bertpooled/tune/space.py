@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bertpooled.config import FIELD_TYPES, Config, load_config, typed_value
+from bertpooled.config_files import read_yaml
 from bertpooled.errors import BertpooledError
 
 # Fields a study may not search: the data every trial is scored on must stay the same (a trial on another
@@ -97,15 +96,8 @@ def parse_space(text: str) -> SearchSpace:
         )
     if text.lower().endswith((".yaml", ".yml")):
         path = Path(text).expanduser()
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise BertpooledError(
-                f"search space file {path} cannot be read ({exc.strerror or exc}): pass a readable YAML file"
-            ) from None
-        except yaml.YAMLError:
-            raise BertpooledError(f"search space file {path} is not valid YAML: fix the syntax") from None
-        if not isinstance(raw, dict) or not raw:
+        raw = read_yaml(path, "search space file")  # bounded: a space file is user input like a config file
+        if not raw:
             raise BertpooledError(
                 f"search space file {path} must map fields to ranges or choices, e.g. lr: 1e-4..1e-2:log"
             )

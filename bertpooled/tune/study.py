@@ -11,6 +11,7 @@ config as YAML (`train --config` and `sweep --config` take it as it is) and Optu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 import yaml
 
+from bertpooled import files
 from bertpooled.config import load_config
 from bertpooled.contract import (
     BEST_CONFIG_ARTIFACT,
@@ -34,6 +36,8 @@ from bertpooled.contract import (
 )
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.tracking import tuning as store
+from bertpooled.tracking.probe import check_tracking_reachable
+from bertpooled.tracking.runs import check_experiment_name
 from bertpooled.tune import trials as trial_runs
 from bertpooled.tune.plan import StudyPlan
 
@@ -93,6 +97,7 @@ def run_study(
         if n < 1:
             raise BertpooledError(f"--{option} {n} runs nothing: pass 1 or more")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from here instead
+    _check_before_work(plan, experiment, parallel, local=executor is None)
     url, engine_kwargs = store.study_storage(storage)
     rdb = trial_runs.open_storage(url, engine_kwargs)
     pruner = pruner if pruner is not None else make_pruner("median")
@@ -126,6 +131,29 @@ def run_study(
             )
             _run_trials(args, parallel, executor, log)
         return _conclude(study, plan, parent, output, log)
+
+
+def _check_before_work(plan: StudyPlan, experiment: str | None, parallel: int, local: bool) -> None:
+    """The experiment's name and the store (as every command checks them); `parallel` local workers against this
+    machine's cores, and their trials' memory at the space's largest width, batch and length against its free
+    memory (a Ray cluster's workers are the cluster's to place)."""
+    from bertpooled import budget
+    from bertpooled.model.backbone import inspect
+
+    check_experiment_name(experiment)  # the check train and sweep make: one line, not a 67-line traceback
+    check_tracking_reachable()  # seconds, not minutes; and a file that is no MLflow store is never written over
+    if not local:
+        return
+    if parallel > 1:
+        budget.check_parallel(parallel)
+    largest = {
+        d.name: max(d.corners())
+        for d in plan.space.dimensions
+        if d.name in ("lstm_units", "batch_size", "max_len") and d.corners()
+    }
+    info = inspect(plan.base.model)
+    config = dataclasses.replace(plan.base, **largest)
+    budget.check_memory(config, info.hidden_size, info.num_layers, parallel, f"study {plan.name}'s largest trial")
 
 
 def _create(study, plan: StudyPlan, rdb, pruner, attrs: dict, sampler_seed: int):
@@ -266,7 +294,7 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
     if output:
         path = Path(output) / f"best-{plan.mode}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        files.write_text(path, text)
         log(f"best config: {path}")
     log(
         f"study {plan.name}: best trial {best.number} val/accuracy {best.value:.4f} with "

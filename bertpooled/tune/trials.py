@@ -3,10 +3,8 @@ the workers (local processes or Ray tasks) that share one study through its stor
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +24,7 @@ from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.run import fit, prepare, runtime
 from bertpooled.run.measure import Phases
 from bertpooled.run.shared import Shared
+from bertpooled.sweep import workers
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking import tuning as store
 
@@ -177,39 +176,40 @@ class Objective:
         return value
 
 
-def _worker(args: OptimizeArgs, index: int) -> None:
-    """One worker process of `--parallel`: its own sampler seed, its share of the CPU threads, the study's trials."""
-    from bertpooled.sweep import interrupts
-
-    interrupts.install()
-    _ray_worker(args, index)
+def _worker(args: OptimizeArgs, index: int, stop, owned_by: workers.Owner) -> None:
+    """One worker process of `--parallel` (started as every pool's are: `sweep.workers`, so it dies with the
+    study's process): its own sampler seed, its share of the CPU threads, the study's trials."""
+    workers.init(stop, owned_by)
+    with workers.busy():  # a signal interrupts the running trial (FAIL in Optuna, KILLED in MLflow)
+        _ray_worker(args, index)
 
 
 def run_workers(args: OptimizeArgs, parallel: int, log: Callable[[str], None]) -> None:
     """`parallel` fresh processes sharing the study through its storage; Ctrl-C or SIGTERM ends them all (each
-    running trial FAIL in Optuna, KILLED in MLflow), then propagates."""
-    import multiprocessing
-
-    plan = args[0]
+    running trial FAIL in Optuna, KILLED in MLflow), then propagates. A SIGKILLed study takes its workers with
+    it, and they mark its parent run KILLED."""
+    plan, parent = args[0], args[3]
     if not plan.base.num_threads:
         threads = max(1, (os.cpu_count() or 1) // parallel)
         args = (dataclasses.replace(plan, base=dataclasses.replace(plan.base, num_threads=threads)), *args[1:])
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(args, i), name=f"tune-worker-{i}") for i in range(parallel)]
-    for worker in workers:
+    context = workers.context()
+    stop, owned_by = context.Event(), workers.owner(parent, "continue the study with --resume")
+    started = [
+        context.Process(target=_worker, args=(args, i, stop, owned_by), name=f"tune-worker-{i}")
+        for i in range(parallel)
+    ]
+    for worker in started:
         worker.start()
     try:
-        for worker in workers:
+        for worker in started:
             worker.join()
     except KeyboardInterrupt:
-        for worker in workers:
-            if worker.is_alive() and worker.pid is not None:  # a live worker always has a pid
-                with contextlib.suppress(OSError):
-                    os.kill(worker.pid, signal.SIGTERM)
-        for worker in workers:
+        stop.set()
+        workers.terminate([w.pid for w in started if w.is_alive()])
+        for worker in started:
             worker.join()
         raise
-    failed = [f"{w.name} (exit {w.exitcode})" for w in workers if w.exitcode]
+    failed = [f"{w.name} (exit {w.exitcode})" for w in started if w.exitcode]
     if failed:
         raise BertpooledError(
             f"tuning worker(s) {', '.join(failed)} stopped with an error (see its lines above): "
