@@ -157,6 +157,8 @@ def _print_report(report, format: str, output: str | None, tracking_uri: str | N
     from bertpooled.report.render import render
 
     typer.echo(render(report, format).rstrip("\n"))
+    if report.next_step:
+        typer.echo(report.next_step, err=True)
     if output:
         typer.echo(f"report files: {output}", err=True)
     if report.comparison_run_id:

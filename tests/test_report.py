@@ -223,6 +223,29 @@ def test_a_baseline_that_is_no_group_is_an_error_naming_the_groups():
         build_report(runs, preds, baseline="reference")
 
 
+def test_one_group_without_its_baseline_is_that_groups_report_with_how_to_train_a_baseline():
+    runs, preds = study(SAME)
+    pool_only = runs[runs["params.config/mode"] == "pool"]
+    report = build_report(pool_only, preds)
+    assert [g.label for g in report.groups] == ["pool"] and report.comparisons == []
+    assert report.groups[0].accuracy.mean == pytest.approx(0.855)
+    assert "make run MODE=basic" in report.next_step and report.next_step in report.notes
+    assert "make run MODE=basic" in render.to_markdown(report)
+    # With its baseline there, nothing to suggest.
+    assert build_report(runs, preds).next_step == ""
+
+
+def test_a_suggested_selection_of_groups_without_the_baseline_names_a_baseline_it_has():
+    from bertpooled.report.configs import selection_command
+
+    runs, preds = study(SAME)
+    report = build_report(runs, preds)
+    pool, basic = [r for r in report.runs if r.mode == "pool"], [r for r in report.runs if r.mode == "basic"]
+    assert "--baseline" not in selection_command(runs, pool + basic, ["mode"])
+    assert "--baseline" not in selection_command(runs, pool, ["mode"])  # one group: its report, no error
+    assert selection_command(runs, pool + basic, ["mode"], baseline="reference").endswith(" --baseline basic")
+
+
 def test_group_by_two_keys_compares_within_the_other_key():
     runs, preds = study(SAME)
     report = build_report(runs, preds, group_by=("mode", "model"))
