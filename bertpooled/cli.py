@@ -133,13 +133,16 @@ def _print_trained(cfg, outcome) -> None:
         f"head params {int(m[PARAMS_HEAD]):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
-    from bertpooled.tracking.runs import tracking_uri, ui_hint
+    from bertpooled.tracking.runs import experiment_line, tracking_uri, ui_hint
 
     typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
     typer.echo(
         f"model: runs:/{outcome.run_id}/model   (from another folder, set MLFLOW_TRACKING_URI={tracking_uri()} "
         "to load or serve it)"
     )
+    where = experiment_line(outcome.experiment_id)
+    if where:
+        typer.echo(where)
 
 
 # The MLproject parameters that are no config field, per entry point (every other one is a config field).
@@ -211,7 +214,11 @@ def compare_runs_command(
     baseline: str | None = typer.Option(
         "basic", help="Group (a value of the first group key) the others are compared with."
     ),
-    experiment: str | None = typer.Option(None, help="Experiment whose runs to compare (default: bertpooled)."),
+    experiment: str | None = typer.Option(
+        None,
+        help="Experiment whose runs to compare (default: bertpooled, or where the newest training runs are when "
+        "it has none).",
+    ),
     parent: str | None = typer.Option(None, help="A sweep's parent run id: compare its children."),
     run_id: list[str] | None = typer.Option(
         None, "--run-id", help="Compare these runs (repeatable, or comma-separated)."
@@ -239,7 +246,7 @@ def compare_runs_command(
             output=_blank_to_none(output),
             group_by=_blank_to_none(group_by) or ("mode",),
             baseline=baseline,
-            experiment=_blank_to_none(experiment) or compare.DEFAULT_EXPERIMENT,
+            experiment=_blank_to_none(experiment),
             parent=_blank_to_none(parent),
             run_id=ids or None,
             filter=_blank_to_none(filter),

@@ -169,3 +169,35 @@ def test_an_unknown_compare_parameter_is_a_one_line_error():
 
     result = CliRunner().invoke(app, ["mlproject-compare", "--baseline", "basic", "--groupby", "mode"])
     assert result.exit_code == 2 and "unknown compare parameter(s) groupby" in result.output
+
+
+def test_a_run_in_mlflows_default_experiment_says_so_and_bare_compare_runs_finds_it(
+    store, tiny_bert, tiny_imdb, monkeypatch
+):
+    # Issue 31: `mlflow run . -P mode=pool` without --experiment-name logs into Default, silently before.
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "Default")
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool")
+    assert result.exit_code == 0, result.output
+    closing = result.output.strip().splitlines()[-1]
+    assert closing.startswith("experiment: Default") and "`bertpooled compare-runs --experiment Default`" in closing
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # mlflow.set_experiment leaves the id behind
+        monkeypatch.delenv(name, raising=False)
+    # No `bertpooled` experiment: bare compare-runs reads the experiment holding the newest training run.
+    report = CliRunner().invoke(app, ["compare-runs", "--no-log"])
+    assert report.exit_code == 0, report.output
+    assert "compares experiment 'Default'" in report.stdout and "make run MODE=basic" in report.stderr
+    # Once `bertpooled` has training runs too, it is read, and the note says where the newer run is.
+    assert invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "basic").exit_code == 0
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "Default")
+    assert invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "basic").exit_code == 0
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # mlflow.set_experiment leaves the id behind
+        monkeypatch.delenv(name, raising=False)
+    report = CliRunner().invoke(app, ["compare-runs", "--no-log"])
+    assert report.exit_code == 0, report.output
+    assert "is in experiment 'Default', not 'bertpooled'" in report.stdout
+
+
+def test_a_run_in_the_projects_experiment_ends_without_an_experiment_line(store, tiny_bert, tiny_imdb):
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("model: runs:/")

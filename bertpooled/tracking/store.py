@@ -9,6 +9,7 @@ are used, on a client bound to the given tracking URI (no global ``mlflow.set_tr
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
 
 from bertpooled.contract import (
+    COMPARISON_EXPERIMENT,
     DEFAULT_EXPERIMENT,
     FINISHED,
     HISTORY_KEYS,
@@ -27,6 +29,7 @@ from bertpooled.contract import (
     KIND_TAG,
     PARENT_RUN_TAG,
     PREDICTIONS_PATH,
+    TUNE_EXPERIMENT,
     counts_as_training,
 )
 from bertpooled.errors import BertpooledError, redact_uri, short_text
@@ -146,7 +149,7 @@ def _quote(value: str) -> str:
 
 def select_runs(
     client: MlflowClient | str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
     parent_run_id: str | None = None,
     run_ids: Sequence[str] | None = None,
     filter_string: str | None = None,
@@ -156,7 +159,9 @@ def select_runs(
 
     ``client`` is an ``MlflowClient`` or a tracking URI (``None``: MLflow's
     default). Without ``run_ids`` or ``parent_run_id`` every active run of
-    ``experiment`` is a candidate; ``run_ids`` and ``parent_run_id`` (a sweep
+    ``experiment`` is a candidate; with no ``experiment`` either, those of
+    ``bertpooled``, unless the newest training runs are elsewhere (see
+    :func:`_experiment_to_read`); ``run_ids`` and ``parent_run_id`` (a sweep
     parent's children) narrow the candidates and are looked up wherever they
     live; ``filter_string`` (MLflow search syntax) narrows them further.
     Sweep parents and comparison runs are left out, as are runs not FINISHED
@@ -169,7 +174,7 @@ def select_runs(
     check_tracking_reachable(client.tracking_uri)
     with bounded_http():
         try:
-            candidates, scope = _find_candidates(client, experiment, parent_run_id, run_ids, filter_string)
+            candidates, scope, found_notes = _find_candidates(client, experiment, parent_run_id, run_ids, filter_string)
         except MlflowException as error:
             if error.error_code == "INVALID_PARAMETER_VALUE" and filter_string:
                 raise BertpooledError(
@@ -178,7 +183,7 @@ def select_runs(
                 ) from None
             raise mlflow_error(error, "searching runs") from None
     kept, notes = _training_runs(candidates, set(run_ids or ()), include_unfinished, scope)
-    return runs_frame(kept), notes
+    return runs_frame(kept), found_notes + notes
 
 
 def _training_runs(
@@ -219,16 +224,57 @@ def _training_runs(
     return kept, notes
 
 
+def _newest_training_run(client: MlflowClient, filter_string: str | None) -> Run | None:
+    """The newest finished training run of any experiment but the comparisons' and the studies' (one page of the
+    newest runs is read: older ones cannot be the newest)."""
+    experiments = get_results_from_paginated_fn(
+        lambda max_results, page_token: client.search_experiments(max_results=max_results, page_token=page_token),
+        _PAGE_SIZE,
+    )
+    ids = [e.experiment_id for e in experiments if e.name not in (COMPARISON_EXPERIMENT, TUNE_EXPERIMENT)]
+    if not ids:
+        return None
+    clauses = [f"attributes.status = '{FINISHED}'", *([filter_string] if filter_string else [])]
+    runs = client.search_runs(ids, " AND ".join(clauses), max_results=200, order_by=["attributes.start_time DESC"])
+    return next((run for run in runs if counts_as_training(run.data.tags.get(KIND_TAG))), None)
+
+
+def _experiment_to_read(client: MlflowClient, filter_string: str | None) -> tuple[str, list[str]]:
+    """Bare compare-runs: `bertpooled`, unless it has no finished training run and another experiment has (a run
+    `mlflow run` put into `Default` without --experiment-name): then the experiment of the newest one. The notes
+    name the experiment read when it is not `bertpooled`, or where newer training runs are."""
+    newest = _newest_training_run(client, filter_string)
+    if newest is None:
+        return DEFAULT_EXPERIMENT, []
+    elsewhere = client.get_experiment(newest.info.experiment_id).name
+    if elsewhere == DEFAULT_EXPERIMENT:
+        return DEFAULT_EXPERIMENT, []
+    command = f"bertpooled compare-runs --experiment {shlex.quote(elsewhere)}"
+    named = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
+    clauses = [f"attributes.status = '{FINISHED}'", *([filter_string] if filter_string else [])]
+    ours = client.search_runs([named.experiment_id], " AND ".join(clauses), max_results=200) if named else []
+    if any(counts_as_training(r.data.tags.get(KIND_TAG)) for r in ours):
+        return DEFAULT_EXPERIMENT, [
+            f"the newest training run, {newest.info.run_name}, is in experiment {elsewhere!r}, not "
+            f"{DEFAULT_EXPERIMENT!r}: `{command}` compares the runs there"
+        ]
+    return elsewhere, [
+        f"experiment {DEFAULT_EXPERIMENT!r} has no finished training run: this report compares experiment "
+        f"{elsewhere!r}, which holds the newest ({command}; pass --experiment to choose another)"
+    ]
+
+
 def _find_candidates(
     client: MlflowClient,
-    experiment: str,
+    experiment: str | None,
     parent_run_id: str | None,
     run_ids: Sequence[str] | None,
     filter_string: str | None,
-) -> tuple[list[Run], str]:
+) -> tuple[list[Run], str, list[str]]:
     clauses: list[str] = []
     experiment_ids: list[str] = []
     scopes: list[str] = []
+    notes: list[str] = []
     if run_ids:
         unique_ids = list(dict.fromkeys(run_ids))
         for run_id in unique_ids:
@@ -242,6 +288,8 @@ def _find_candidates(
         clauses.append(f"tags.`{PARENT_RUN_TAG}` = {_quote(parent_run_id)}")
         scopes.append(f"the children of run {parent.info.run_name} ({parent_run_id})")
     if not experiment_ids:
+        if experiment is None:
+            experiment, notes = _experiment_to_read(client, filter_string)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             known = [e.name for e in client.search_experiments(max_results=20)]
@@ -267,7 +315,7 @@ def _find_candidates(
                 f"{scope}: none found; is {parent_run_id} a sweep parent? pass --parent with a sweep run's id"
             )
         raise BertpooledError(f"no runs in {scope}: train first, or pass --experiment with another name")
-    return runs, scope
+    return runs, scope, notes
 
 
 # --- Artifacts and histories ----------------------------------------------------------------------
