@@ -133,7 +133,8 @@ def _print_trained(cfg, outcome) -> None:
         f"head params {int(m[PARAMS_HEAD]):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
-    from bertpooled.tracking.runs import experiment_line, tracking_uri, ui_hint
+    from bertpooled.tracking.experiments import experiment_line
+    from bertpooled.tracking.runs import tracking_uri, ui_hint
 
     typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
     typer.echo(

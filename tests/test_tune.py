@@ -271,7 +271,7 @@ def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    __import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'"
+    __import__("importlib").util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[ray]"'
 )
 def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path):
     from bertpooled.sweep.ray_executor import RayExecutor

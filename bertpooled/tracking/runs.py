@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import tempfile
 import time
 import warnings
@@ -19,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Experiment, RunTag
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -351,25 +350,6 @@ def ui_hint() -> str:
     if uri.startswith(("http://", "https://")):
         return "served by the tracking server"
     return f"start the UI with `mlflow ui --backend-store-uri {redact_uri(uri)}`"
-
-
-def experiment_line(experiment_id: str) -> str:
-    """A closing line for a run outside the experiment compare-runs reads by default ("" inside it): where the
-    run is, and the compare-runs command that finds it. MLflow's `Default` is named as such: `mlflow run`
-    without --experiment-name puts runs there, and nothing else would say so."""
-    try:
-        name = MlflowClient().get_experiment(experiment_id).name
-    except Exception:
-        return ""  # a closing line is worth less than the run: it never fails the run that finished
-    if name == DEFAULT_EXPERIMENT:
-        return ""
-    command = f"bertpooled compare-runs --experiment {shlex.quote(name)}"
-    if name == Experiment.DEFAULT_EXPERIMENT_NAME:
-        return (
-            f"experiment: Default (MLflow's own: `mlflow run` without --experiment-name, or no experiment chosen), "
-            f"not {DEFAULT_EXPERIMENT}: compare its runs with `{command}`"
-        )
-    return f"experiment: {name}: compare its runs with `{command}`"
 
 
 def ensure_training_view(experiment_id: str) -> str:

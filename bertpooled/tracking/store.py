@@ -9,7 +9,6 @@ are used, on a client bound to the given tracking URI (no global ``mlflow.set_tr
 from __future__ import annotations
 
 import os
-import shlex
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,18 +20,16 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
 
 from bertpooled.contract import (
-    COMPARISON_EXPERIMENT,
-    DEFAULT_EXPERIMENT,
     FINISHED,
     HISTORY_KEYS,
     KIND_SWEEP,
     KIND_TAG,
     PARENT_RUN_TAG,
     PREDICTIONS_PATH,
-    TUNE_EXPERIMENT,
     counts_as_training,
 )
 from bertpooled.errors import BertpooledError, redact_uri, short_text
+from bertpooled.tracking.experiments import experiment_to_read
 from bertpooled.tracking.probe import check_tracking_reachable
 
 __all__ = [
@@ -161,7 +158,7 @@ def select_runs(
     default). Without ``run_ids`` or ``parent_run_id`` every active run of
     ``experiment`` is a candidate; with no ``experiment`` either, those of
     ``bertpooled``, unless the newest training runs are elsewhere (see
-    :func:`_experiment_to_read`); ``run_ids`` and ``parent_run_id`` (a sweep
+    :func:`bertpooled.tracking.experiments.experiment_to_read`); ``run_ids`` and ``parent_run_id`` (a sweep
     parent's children) narrow the candidates and are looked up wherever they
     live; ``filter_string`` (MLflow search syntax) narrows them further.
     Sweep parents and comparison runs are left out, as are runs not FINISHED
@@ -224,46 +221,6 @@ def _training_runs(
     return kept, notes
 
 
-def _newest_training_run(client: MlflowClient, filter_string: str | None) -> Run | None:
-    """The newest finished training run of any experiment but the comparisons' and the studies' (one page of the
-    newest runs is read: older ones cannot be the newest)."""
-    experiments = get_results_from_paginated_fn(
-        lambda max_results, page_token: client.search_experiments(max_results=max_results, page_token=page_token),
-        _PAGE_SIZE,
-    )
-    ids = [e.experiment_id for e in experiments if e.name not in (COMPARISON_EXPERIMENT, TUNE_EXPERIMENT)]
-    if not ids:
-        return None
-    clauses = [f"attributes.status = '{FINISHED}'", *([filter_string] if filter_string else [])]
-    runs = client.search_runs(ids, " AND ".join(clauses), max_results=200, order_by=["attributes.start_time DESC"])
-    return next((run for run in runs if counts_as_training(run.data.tags.get(KIND_TAG))), None)
-
-
-def _experiment_to_read(client: MlflowClient, filter_string: str | None) -> tuple[str, list[str]]:
-    """Bare compare-runs: `bertpooled`, unless it has no finished training run and another experiment has (a run
-    `mlflow run` put into `Default` without --experiment-name): then the experiment of the newest one. The notes
-    name the experiment read when it is not `bertpooled`, or where newer training runs are."""
-    newest = _newest_training_run(client, filter_string)
-    if newest is None:
-        return DEFAULT_EXPERIMENT, []
-    elsewhere = client.get_experiment(newest.info.experiment_id).name
-    if elsewhere == DEFAULT_EXPERIMENT:
-        return DEFAULT_EXPERIMENT, []
-    command = f"bertpooled compare-runs --experiment {shlex.quote(elsewhere)}"
-    named = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
-    clauses = [f"attributes.status = '{FINISHED}'", *([filter_string] if filter_string else [])]
-    ours = client.search_runs([named.experiment_id], " AND ".join(clauses), max_results=200) if named else []
-    if any(counts_as_training(r.data.tags.get(KIND_TAG)) for r in ours):
-        return DEFAULT_EXPERIMENT, [
-            f"the newest training run, {newest.info.run_name}, is in experiment {elsewhere!r}, not "
-            f"{DEFAULT_EXPERIMENT!r}: `{command}` compares the runs there"
-        ]
-    return elsewhere, [
-        f"experiment {DEFAULT_EXPERIMENT!r} has no finished training run: this report compares experiment "
-        f"{elsewhere!r}, which holds the newest ({command}; pass --experiment to choose another)"
-    ]
-
-
 def _find_candidates(
     client: MlflowClient,
     experiment: str | None,
@@ -289,7 +246,7 @@ def _find_candidates(
         scopes.append(f"the children of run {parent.info.run_name} ({parent_run_id})")
     if not experiment_ids:
         if experiment is None:
-            experiment, notes = _experiment_to_read(client, filter_string)
+            experiment, notes = experiment_to_read(client, filter_string)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             known = [e.name for e in client.search_experiments(max_results=20)]
