@@ -17,6 +17,7 @@ from bertpooled.cli_support import (
     _print_report,
     _progress,
     fail,
+    local_config,
 )
 from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command
 from bertpooled.errors import BertpooledError
@@ -87,6 +88,7 @@ def train(
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         from bertpooled.run.experiment import run_experiment
 
+        config = local_config(_blank_to_none(config))
         cfg, target = _config_to_train(config, overrides, _blank_to_none(resume), allow_code_change, take_over)
         try:
             outcome = run_experiment(
