@@ -613,3 +613,21 @@ def test_no_parameter_ratio_between_model_families():
     (comparison,) = build_report(runs, preds).comparisons
     assert math.isnan(comparison.ratios["params/head"]) and comparison.ratios["time/total_s"] == pytest.approx(0.2)
     assert "head parameters" not in comparison.verdict
+
+
+def test_the_cost_table_writes_small_numbers_out_instead_of_in_exponent_form():
+    # Issue 31: 1.75e-06 beside plain numbers in one column.
+    from bertpooled.report.numbers import fmt_number
+
+    assert fmt_number(1.75e-06) == "0.00000175" and fmt_number(0.000451) == "0.000451"
+    assert [fmt_number(v) for v in (0.5, 3.14159, 250.5, 12345.6, 0.0)] == ["0.5", "3.14", "250.5", "12,346", "0"]
+    assert not [v for v in (1e-9, 2.5e-7, 3e-5) if "e" in fmt_number(v)]
+
+
+def test_the_original_study_table_says_when_the_reproduction_followed_another_protocol():
+    runs, preds = study(SAME)  # 4 epochs, not the original's 10
+    text = render.to_markdown(build_report(runs, preds))
+    assert "did not follow the original's protocol (epochs=4;" in text
+    runs["params.config/epochs"] = "10"
+    runs["params.config/max_train_examples"] = "0"
+    assert "did not follow the original's protocol" not in render.to_markdown(build_report(runs, preds))
