@@ -10,7 +10,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test ui bench clean
+.PHONY: setup run compare test ui bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ setup: $(STAMP)
 # before the run's own lines; its warnings and errors still show. Drop it to see them.
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_LOGGING_LEVEL=WARNING mlflow run . --env-manager local --experiment-name bertpooled -P mode=$(MODE)
+
+# The report on the runs `make run` made: pool against basic (one mode alone: its report and how to train the other).
+compare: setup
+	MLFLOW_LOGGING_LEVEL=WARNING $(BIN)/bertpooled compare-runs
 
 # The tests leave the checkout as they found it (.ci/run checks): no bytecode is written (the package's and the
 # tests' own compile in a moment; site-packages keeps the bytecode pip wrote, which PYTHONPYCACHEPREFIX would

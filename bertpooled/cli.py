@@ -17,6 +17,7 @@ from bertpooled.cli_support import (
     _print_report,
     _progress,
     fail,
+    local_config,
 )
 from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command
 from bertpooled.errors import BertpooledError
@@ -88,6 +89,7 @@ def train(
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         from bertpooled.run.experiment import run_experiment
 
+        config = local_config(_blank_to_none(config))
         cfg, target = _config_to_train(config, overrides, _blank_to_none(resume), allow_code_change, take_over)
         try:
             outcome = run_experiment(
@@ -134,6 +136,7 @@ def _print_trained(cfg, outcome) -> None:
         f"head params {int(m[PARAMS_HEAD]):,}, run {outcome.run_id}"
     )
     typer.echo(f"runs: {outcome.runs_link}")
+    from bertpooled.tracking.experiments import experiment_line
     from bertpooled.tracking.runs import tracking_uri, ui_hint
 
     typer.echo(f"run:  {outcome.run_link}   ({ui_hint()})")
@@ -141,6 +144,9 @@ def _print_trained(cfg, outcome) -> None:
         f"model: runs:/{outcome.run_id}/model   (from another folder, set MLFLOW_TRACKING_URI={tracking_uri()} "
         "to load or serve it)"
     )
+    where = experiment_line(outcome.experiment_id)
+    if where:
+        typer.echo(where)
 
 
 # The MLproject parameters that are no config field, per entry point (every other one is a config field).
@@ -213,7 +219,11 @@ def compare_runs_command(
     baseline: str | None = typer.Option(
         "basic", help="Group (a value of the first group key) the others are compared with."
     ),
-    experiment: str | None = typer.Option(None, help="Experiment whose runs to compare (default: bertpooled)."),
+    experiment: str | None = typer.Option(
+        None,
+        help="Experiment whose runs to compare (default: bertpooled, or where the newest training runs are when "
+        "it has none).",
+    ),
     parent: str | None = typer.Option(None, help="A sweep's parent run id: compare its children."),
     run_id: list[str] | None = typer.Option(
         None, "--run-id", help="Compare these runs (repeatable, or comma-separated)."
@@ -241,7 +251,7 @@ def compare_runs_command(
             output=_blank_to_none(output),
             group_by=_blank_to_none(group_by) or ("mode",),
             baseline=baseline,
-            experiment=_blank_to_none(experiment) or compare.DEFAULT_EXPERIMENT,
+            experiment=_blank_to_none(experiment),
             parent=_blank_to_none(parent),
             run_id=ids or None,
             filter=_blank_to_none(filter),

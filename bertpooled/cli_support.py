@@ -66,6 +66,16 @@ GpusPerRun = Annotated[
 ]
 
 
+def local_config(config: str | None) -> str | None:
+    """`--config` as a file load_config reads: a `runs:/<run id>/best_config.yaml` (a study's best config, as
+    `bertpooled tune` prints it) is downloaded through MLflow first; a path or experiment name stays as given."""
+    if not config or not config.startswith("runs:/"):
+        return config
+    from bertpooled.tracking.tuning import download_config
+
+    return str(download_config(config))
+
+
 def _start_executor(name: str | None, children=(), **options):
     """The executor `--executor` names (`sweep.runner.executor_for`), started: checked and connected before any
     run exists, so a mistake is one line and leaves nothing behind."""
@@ -157,6 +167,8 @@ def _print_report(report, format: str, output: str | None, tracking_uri: str | N
     from bertpooled.report.render import render
 
     typer.echo(render(report, format).rstrip("\n"))
+    if report.next_step:
+        typer.echo(report.next_step, err=True)
     if output:
         typer.echo(f"report files: {output}", err=True)
     if report.comparison_run_id:

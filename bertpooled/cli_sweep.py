@@ -29,6 +29,7 @@ from bertpooled.cli_support import (
     _progress,
     _start_executor,
     fail,
+    local_config,
 )
 from bertpooled.errors import BertpooledError
 
@@ -119,7 +120,9 @@ def sweep_command(
             raise BertpooledError(f"unknown report format {fmt!r}: pass --format one of {', '.join(FORMATS)}")
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         seed_values = planning.parse_seeds(seeds, seed_list)
-        children = planning.plan(_blank_to_none(config), overrides, planning.parse_modes(modes), seed_values)
+        children = planning.plan(
+            local_config(_blank_to_none(config)), overrides, planning.parse_modes(modes), seed_values
+        )
         where = dict(parallel=parallel, address=_blank_to_none(address), group_seeds=group_seeds)
         runner = _start_executor(executor, children, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, **where)
         resume_parent, experiment = _blank_to_none(resume_parent), _blank_to_none(experiment)

@@ -28,6 +28,7 @@ from bertpooled.cli_support import (
     _progress,
     _start_executor,
     fail,
+    local_config,
 )
 from bertpooled.errors import BertpooledError
 
@@ -131,7 +132,7 @@ def tune_command(
     _hide_credentials()
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
-        plans = planning.plan_studies(_blank_to_none(config), overrides, parse_modes(modes), space, study)
+        plans = planning.plan_studies(local_config(_blank_to_none(config)), overrides, parse_modes(modes), space, study)
         chosen = tuning.make_pruner(pruner)
         runner = _start_executor(
             executor, address=_blank_to_none(address), cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
@@ -149,7 +150,8 @@ def tune_command(
         params = ", ".join(f"{k}={v}" for k, v in outcome.best_params.items())
         typer.echo(
             f"{outcome.plan.mode}: best val/accuracy {outcome.best_value:.4f} (trial {outcome.best_trial}: {params}); "
-            f"study run {outcome.parent_run_id}, best config: runs:/{outcome.parent_run_id}/best_config.yaml"
+            f"study run {outcome.parent_run_id}; train it: bertpooled train --config "
+            f"runs:/{outcome.parent_run_id}/best_config.yaml"
         )
 
 

@@ -37,6 +37,8 @@ MAX_TAG_VALUE = 8000
 #: What a failed or interrupted run ended with (the error's first line).
 ERROR_TAG = "error"
 
+#: On a training run: `default`, or the settings where it differs from the default protocol (`epochs=2 ...`).
+PROTOCOL_TAG = "protocol"
 #: What a run is: a training run, a sweep's parent, or a comparison (compare-runs' report).
 KIND_TAG = "bertpooled.kind"
 KIND_TRAIN = "train"

@@ -183,6 +183,19 @@ def wait_for_http(url: str, proc, timeout: float, log=lambda: "") -> None:
             time.sleep(0.5)
 
 
+def wait_until(check, timeout: float, what: str, every: float = 0.2):
+    """Poll `check()` until it returns something truthy (returned) or `timeout` seconds pass (the test fails
+    naming `what`): the state decides, not a guess at how long the machine takes."""
+    deadline = time.time() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.time() >= deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+
+
 def tiny_args(tiny_bert, data, *extra: str) -> list[str]:
     """A command's options for the smoke config on the tiny BERT and `data`, 16 tokens a review, then `extra`."""
     return ["--config", SMOKE, "--model", str(tiny_bert), "--data", str(data), "--max-len", "16", *extra]

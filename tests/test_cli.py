@@ -218,8 +218,47 @@ def test_compare_runs_with_no_options_reports_the_newest_sweep_of_a_mixed_experi
     assert len(report["comparisons"]) == 1
     note = report["notes"][0]
     assert f"bertpooled compare-runs --run-id {quick}" in note and "2 sets" in note
+    # The note's command works as copied: the quick-start run alone is a one-group report, not an error.
+    command = note.split("run(s): ", 1)[1].split()
+    assert command[:2] == ["bertpooled", "compare-runs"]
+    result = CliRunner().invoke(app, [*command[1:], "--tracking-uri", uri, "--no-log"])
+    assert result.exit_code == 0, result.output
+    assert "make run MODE=basic" in result.output
     # Selecting the other set is the command the note gives; a refusal names every differing field.
     result = CliRunner().invoke(
         app, ["compare-runs", "--tracking-uri", uri, "--filter", "params.`config/seed` = '0'", "--no-log"]
     )
     assert result.exit_code == 2 and "--group-by mode,epochs" in result.output
+
+
+def test_compare_runs_on_one_group_gives_its_report_and_how_to_train_a_baseline(tmp_path, monkeypatch):
+    # Issue 31: the stated flow (`make run`, pool only, then compare-runs) ends in a report, not in exit 2.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("bertpooled")
+        for seed, n in enumerate((30, 32)):
+            _run(tmp_path, "pool", seed, n)
+    finally:
+        mlflow.set_tracking_uri(None)
+    result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--no-log"])
+    assert result.exit_code == 0, result.output
+    assert "pool" in result.stdout and "0.7750" in result.stdout  # the group's accuracy (31/40 on average)
+    hint = [line for line in result.stderr.splitlines() if "make run MODE=basic" in line]
+    assert len(hint) == 1 and "mlflow run . --env-manager local --experiment-name bertpooled -P mode=basic" in hint[0]
+    report = json.loads(
+        CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--no-log", "--format", "json"]).stdout
+    )
+    assert [g["label"] for g in report["groups"]] == ["pool"] and report["comparisons"] == []
+    # A baseline that is no group among several groups is still the user's mistake, in one line.
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment("bertpooled")
+        _run(tmp_path, "reference", 0, 30)
+        _run(tmp_path, "reference", 1, 30)
+    finally:
+        mlflow.set_tracking_uri(None)
+    result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--no-log"])
+    assert result.exit_code == 2 and "pass --baseline one of pool, reference" in result.output

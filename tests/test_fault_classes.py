@@ -455,7 +455,7 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
     import subprocess
 
     import psutil
-    from conftest import sweep_args, two_children_training
+    from conftest import sweep_args, two_children_training, wait_until
 
     client = MlflowClient(store)
     proc = subprocess.Popen(
@@ -468,11 +468,10 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
     workers = []
     try:
         started = two_children_training(client, proc, 300)
-        workers = [
-            p
-            for p in psutil.Process(proc.pid).children(recursive=True)
-            if "bertpooled" not in " ".join(p.cmdline()[:3])
-        ]
+        # Known by their relation to the sweep's pid, not by words in their command line (a checkout's path can
+        # hold any word): every process under it, its spawned workers and multiprocessing's resource tracker,
+        # must go with it.
+        workers = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         _gone, alive = psutil.wait_procs(workers, timeout=120)
@@ -484,6 +483,12 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
             if p.is_running():
                 p.kill()
     exp = client.get_experiment_by_name("bertpooled")
+
+    def ended() -> list | None:  # the workers mark the runs on their way out: read them once none is RUNNING
+        runs = client.search_runs([exp.experiment_id])
+        return None if any(r.info.status == "RUNNING" for r in runs) else runs
+
+    wait_until(ended, 60, "the sweep's runs still RUNNING after its workers exited")
     (parent,) = client.search_runs([exp.experiment_id], "tags.`bertpooled.kind` = 'sweep'")
     assert parent.info.status == "KILLED" and "died" in parent.data.tags["error"]
     children = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''")

@@ -223,6 +223,29 @@ def test_a_baseline_that_is_no_group_is_an_error_naming_the_groups():
         build_report(runs, preds, baseline="reference")
 
 
+def test_one_group_without_its_baseline_is_that_groups_report_with_how_to_train_a_baseline():
+    runs, preds = study(SAME)
+    pool_only = runs[runs["params.config/mode"] == "pool"]
+    report = build_report(pool_only, preds)
+    assert [g.label for g in report.groups] == ["pool"] and report.comparisons == []
+    assert report.groups[0].accuracy.mean == pytest.approx(0.855)
+    assert "make run MODE=basic" in report.next_step and report.next_step in report.notes
+    assert "make run MODE=basic" in render.to_markdown(report)
+    # With its baseline there, nothing to suggest.
+    assert build_report(runs, preds).next_step == ""
+
+
+def test_a_suggested_selection_of_groups_without_the_baseline_names_a_baseline_it_has():
+    from bertpooled.report.configs import selection_command
+
+    runs, preds = study(SAME)
+    report = build_report(runs, preds)
+    pool, basic = [r for r in report.runs if r.mode == "pool"], [r for r in report.runs if r.mode == "basic"]
+    assert "--baseline" not in selection_command(runs, pool + basic, ["mode"])
+    assert "--baseline" not in selection_command(runs, pool, ["mode"])  # one group: its report, no error
+    assert selection_command(runs, pool + basic, ["mode"], baseline="reference").endswith(" --baseline basic")
+
+
 def test_group_by_two_keys_compares_within_the_other_key():
     runs, preds = study(SAME)
     report = build_report(runs, preds, group_by=("mode", "model"))
@@ -590,3 +613,21 @@ def test_no_parameter_ratio_between_model_families():
     (comparison,) = build_report(runs, preds).comparisons
     assert math.isnan(comparison.ratios["params/head"]) and comparison.ratios["time/total_s"] == pytest.approx(0.2)
     assert "head parameters" not in comparison.verdict
+
+
+def test_the_cost_table_writes_small_numbers_out_instead_of_in_exponent_form():
+    # Issue 31: 1.75e-06 beside plain numbers in one column.
+    from bertpooled.report.numbers import fmt_number
+
+    assert fmt_number(1.75e-06) == "0.00000175" and fmt_number(0.000451) == "0.000451"
+    assert [fmt_number(v) for v in (0.5, 3.14159, 250.5, 12345.6, 0.0)] == ["0.5", "3.14", "250.5", "12,346", "0"]
+    assert not [v for v in (1e-9, 2.5e-7, 3e-5) if "e" in fmt_number(v)]
+
+
+def test_the_original_study_table_says_when_the_reproduction_followed_another_protocol():
+    runs, preds = study(SAME)  # 4 epochs, not the original's 10
+    text = render.to_markdown(build_report(runs, preds))
+    assert "did not follow the original's protocol (epochs=4;" in text
+    runs["params.config/epochs"] = "10"
+    runs["params.config/max_train_examples"] = "0"
+    assert "did not follow the original's protocol" not in render.to_markdown(build_report(runs, preds))

@@ -32,7 +32,7 @@ def on_a_cluster(test):
         pytest.mark.skipif(not PG_BIN, reason="PostgreSQL is not installed (.ci/run installs Debian's postgresql)"),
         pytest.mark.skipif(
             importlib.util.find_spec("ray") is None,
-            reason="Ray is not installed: pip install 'bertpooled[ray]' (CI installs it)",
+            reason='Ray is not installed: pip install -e ".[ray]" (CI installs it)',
         ),
     ):
         test = mark(test)
@@ -246,14 +246,12 @@ def test_without_ray_the_ray_executor_is_a_one_line_error(monkeypatch, tiny_bert
     )
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines() == [
-        "error: --executor ray needs Ray, which is not installed: pip install 'bertpooled[ray]'"
+        'error: --executor ray needs Ray, which is not installed: pip install -e ".[ray]" in the project\'s folder'
     ]
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'"
-)
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[ray]"')
 @pytest.mark.parametrize(
     "args, words",
     [

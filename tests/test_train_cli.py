@@ -124,7 +124,10 @@ def test_a_successful_run_prints_a_summary_and_the_runs_table_link(store, tiny_b
     assert "pool" in result.output and "test accuracy" in result.output and "head params" in result.output
     assert "#/experiments/" in result.output and "workflowType=machine_learning" in result.output
     (run,) = runs_in(store)
-    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == f"pool-{tiny_bert.name}-s0"
+    assert run.info.status == "FINISHED"
+    # The smoke protocol (2 epochs, 64 + 32 reviews, 16 tokens here) is not the default: the name and tag say so.
+    assert run.data.tags["mlflow.runName"] == f"pool-{tiny_bert.name}-s0-e2-n64-t32-custom"
+    assert run.data.tags["protocol"] == "epochs=2 max_len=16 max_train_examples=64 max_test_examples=32"
 
 
 def test_an_unreachable_tracking_server_fails_fast_and_never_shows_the_password(tiny_bert, tiny_imdb, monkeypatch):
@@ -169,3 +172,56 @@ def test_an_unknown_compare_parameter_is_a_one_line_error():
 
     result = CliRunner().invoke(app, ["mlproject-compare", "--baseline", "basic", "--groupby", "mode"])
     assert result.exit_code == 2 and "unknown compare parameter(s) groupby" in result.output
+
+
+def test_a_run_in_mlflows_default_experiment_says_so_and_bare_compare_runs_finds_it(
+    store, tiny_bert, tiny_imdb, monkeypatch
+):
+    # Issue 31: `mlflow run . -P mode=pool` without --experiment-name logs into Default, silently before.
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "Default")
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool")
+    assert result.exit_code == 0, result.output
+    closing = result.output.strip().splitlines()[-1]
+    assert closing.startswith("experiment: Default") and "`bertpooled compare-runs --experiment Default`" in closing
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # mlflow.set_experiment leaves the id behind
+        monkeypatch.delenv(name, raising=False)
+    # No `bertpooled` experiment: bare compare-runs reads the experiment holding the newest training run.
+    report = CliRunner().invoke(app, ["compare-runs", "--no-log"])
+    assert report.exit_code == 0, report.output
+    assert "compares experiment 'Default'" in report.stdout and "make run MODE=basic" in report.stderr
+    # Once `bertpooled` has training runs too, it is read, and the note says where the newer run is.
+    assert invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "basic").exit_code == 0
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "Default")
+    assert invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "basic").exit_code == 0
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):  # mlflow.set_experiment leaves the id behind
+        monkeypatch.delenv(name, raising=False)
+    report = CliRunner().invoke(app, ["compare-runs", "--no-log"])
+    assert report.exit_code == 0, report.output
+    assert "is in experiment 'Default', not 'bertpooled'" in report.stdout
+
+
+def test_a_run_in_the_projects_experiment_ends_without_an_experiment_line(store, tiny_bert, tiny_imdb):
+    result = invoke("--model", str(tiny_bert), "--data", str(tiny_imdb), "--mode", "pool")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("model: runs:/")
+
+
+def test_a_run_name_says_how_its_protocol_differs_from_the_default():
+    # Issue 31: three different runs were all pool-minilm-s0 (the quick start, a 2-epoch sweep child, a tuned run).
+    from bertpooled.config import Config
+    from bertpooled.run.experiment import protocol_differences
+    from bertpooled.tracking.runs import protocol_tag, run_name
+
+    def named(**settings) -> tuple[str, str]:
+        differs = protocol_differences(Config(mode="pool", **settings))
+        return run_name("pool", "minilm", 0, differs), protocol_tag(differs)
+
+    assert named() == ("pool-minilm-s0", "default")
+    # The machine's threads, the device, how cost is sampled and where the data is read from are no protocol.
+    assert named(num_threads=2, device="cpu", latency_texts=4, data="x.tar.gz") == ("pool-minilm-s0", "default")
+    assert named(epochs=2, max_train_examples=1000) == (
+        "pool-minilm-s0-e2-n1000",
+        "epochs=2 max_train_examples=1000",
+    )
+    assert named(lr=0.01, lstm_units=32)[0] == "pool-minilm-s0-tuned"
+    assert named(padding="read") == ("pool-minilm-s0-custom", "padding=read")

@@ -9,7 +9,7 @@ import mlflow
 import optuna
 import pytest
 import yaml
-from conftest import SMOKE
+from conftest import SMOKE, one_error_line
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -94,8 +94,10 @@ def test_a_study_is_a_parent_run_with_a_child_per_trial_in_its_state(tiny, store
 
 def test_the_best_config_runs_as_it_is_through_train_config(tiny, store, tmp_path, monkeypatch):
     outcome = tuning.run_study(
-        plan(tiny), trials=2, pruner=optuna.pruners.NopPruner(), log=quiet, output=str(tmp_path / "best")
+        plan(tiny, study="tune"), trials=2, pruner=optuna.pruners.NopPruner(), log=quiet, output=str(tmp_path / "best")
     )
+    # The default study name gives the study's run the name tune-pool, not tune-tune-pool.
+    assert MlflowClient(store).get_run(outcome.parent_run_id).info.run_name == "tune-pool"
     path = tmp_path / "best" / "best-pool.yaml"
     values = yaml.safe_load(path.read_text())
     # The protocol (the smoke file and the options) plus the best values; the search's validation split left out.
@@ -129,6 +131,26 @@ def test_the_best_config_runs_as_it_is_through_train_config(tiny, store, tmp_pat
     trained = [r for r in runs_of(store, "bertpooled") if r.data.tags.get("bertpooled.kind") == "train"]
     assert len(trained) == 1 and trained[0].data.params["config/lstm_units"] == str(outcome.best_params["lstm_units"])
     assert float(trained[0].data.params["config/lr"]) == outcome.best_params["lr"]
+    # The URI tune prints works as --config too: downloaded through MLflow, read by the same bounded reader.
+    uri = f"runs:/{outcome.parent_run_id}/best_config.yaml"
+    result = CliRunner().invoke(
+        app, ["train", "--config", uri, "--data", tiny["data"], "--latency-texts", "1", "--throughput-batches", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    trained = [r for r in runs_of(store, "bertpooled") if r.data.tags.get("bertpooled.kind") == "train"]
+    assert len(trained) == 2
+    assert trained[0].data.params["config/lstm_units"] == trained[1].data.params["config/lstm_units"]
+    assert trained[0].data.params["config/lr"] == trained[1].data.params["config/lr"]
+    # A wrong URI is one line, before any run: no such run, no such file, a folder.
+    for bad, words in (
+        ("runs:/0123456789abcdef0123456789abcdef/best_config.yaml", "no run 0123456789abcdef"),
+        (f"runs:/{outcome.parent_run_id}/nothing.yaml", "has no file nothing.yaml"),
+        (f"runs:/{outcome.parent_run_id}/plots", "has no file plots"),
+        ("runs:/", "runs:/<run id>/<path>"),
+    ):
+        failed = CliRunner().invoke(app, ["train", "--config", bad, "--data", tiny["data"]])
+        one_error_line(failed, words)
+    assert len(runs_of(store, "bertpooled")) == 2
     mlflow.set_tracking_uri(None)
 
 
@@ -271,7 +293,7 @@ def test_the_mlproject_tune_entry_point_refuses_bad_parameters_in_one_line(store
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    __import__("importlib").util.find_spec("ray") is None, reason="Ray is not installed: pip install 'bertpooled[ray]'"
+    __import__("importlib").util.find_spec("ray") is None, reason='Ray is not installed: pip install -e ".[ray]"'
 )
 def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path):
     from bertpooled.sweep.ray_executor import RayExecutor

@@ -19,6 +19,7 @@ def test_training_view_shows_training_runs_with_the_columns_a_user_came_for():
         "tags.`mode`",
         "tags.`backbone`",
         "params.`config/seed`",
+        "tags.`protocol`",
         "metrics.`test/accuracy`",
         "metrics.`time/total_s`",
         "metrics.`params/head`",

@@ -41,7 +41,7 @@ from bertpooled.report import configs
 from bertpooled.report.configs import shared_configs
 from bertpooled.report.numbers import finite, mean, median, seed_order
 from bertpooled.report.original import original_study_rows
-from bertpooled.report.pairing import compare_groups
+from bertpooled.report.pairing import compare_groups, missing_baseline
 from bertpooled.report.records import GroupSummary, Report, RunRecord
 from bertpooled.report.stats import mean_ci
 
@@ -85,7 +85,7 @@ def build_report(
     baseline = baseline or None  # "" (an empty option) is no baseline
     report_notes = list(notes)
     records, skipped = _kept_runs(
-        runs, predictions, group_keys, include_unfinished, newest_comparable_set, report_notes
+        runs, predictions, group_keys, include_unfinished, newest_comparable_set, report_notes, baseline
     )
     group_configs = shared_configs(runs, records, group_keys, report_notes)
     cost_metrics = _ordered_cost_metrics(m for record in records for m, value in record.costs.items() if finite(value))
@@ -108,6 +108,7 @@ def build_report(
         notes=report_notes,
         cost_metrics=cost_metrics,
         group_configs=group_configs,
+        next_step=missing_baseline(groups, group_keys, baseline),
     )
 
 
@@ -118,6 +119,7 @@ def _kept_runs(
     include_unfinished: bool,
     newest_comparable_set: bool,
     notes: list[str],
+    baseline: str | None,
 ) -> tuple[list[RunRecord], list[dict[str, str]]]:
     """The runs the report keeps and those it skips; what it noticed on the way is appended to ``notes``."""
     records, skipped, prediction_notes = _screen_runs(
@@ -125,7 +127,7 @@ def _kept_runs(
     )
     notes += prediction_notes + _skip_notes(len(runs), records, skipped)
     if newest_comparable_set:
-        records = configs.newest_comparable_set(runs, records, group_keys, notes)
+        records = configs.newest_comparable_set(runs, records, group_keys, notes, baseline)
     return records, skipped
 
 

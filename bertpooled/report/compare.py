@@ -113,7 +113,7 @@ def compare_runs(
     output: str | Path | None = None,
     group_by: Sequence[str] | str = ("mode",),
     baseline: str | None = "basic",
-    experiment: str = DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
     parent: str | None = None,
     run_id: Sequence[str] | None = None,
     filter: str | None = None,
@@ -129,7 +129,9 @@ def compare_runs(
     With ``output`` the report files go there; unless ``no_log``, they are
     also logged as a comparison run in ``comparison_experiment`` (default
     `bertpooled-comparisons`, so that training experiments hold training runs
-    only) whose id the returned report carries.
+    only) whose id the returned report carries. With no ``experiment`` the
+    runs of `bertpooled` are read, or, when it has no finished training run,
+    those of the experiment holding the newest one (a note names it).
     """
     _check_arguments(format, output, experiment, None if no_log else comparison_experiment)
     # A report that is not logged only reads: the store is opened as it is, never created (nor its lock file).

@@ -153,8 +153,11 @@ def comparable_sets(
     return sorted(sets.values(), key=newest)
 
 
-def selection_command(runs: pd.DataFrame, members: Sequence[RunRecord], group_keys: Sequence[str]) -> str:
-    """The compare-runs command that selects exactly `members`: `--parent` for one sweep's children, else `--run-id`."""
+def selection_command(
+    runs: pd.DataFrame, members: Sequence[RunRecord], group_keys: Sequence[str], baseline: str | None = "basic"
+) -> str:
+    """The compare-runs command that selects exactly `members`: `--parent` for one sweep's children, else `--run-id`;
+    with the `--baseline` it needs to run as copied (when `members` have several groups and none is `baseline`)."""
     parent_column = "tags.mlflow.parentRunId"
     parents = set()
     if parent_column in runs.columns:
@@ -165,11 +168,18 @@ def selection_command(runs: pd.DataFrame, members: Sequence[RunRecord], group_ke
     else:
         selection = f"--run-id {','.join(m.run_id for m in members)}"
     group = "" if list(group_keys) == ["mode"] else f" --group-by {','.join(group_keys)}"
+    values = sorted({m.group_values.get(group_keys[0], "") for m in members})
+    if baseline is not None and baseline not in values and len(values) > 1:
+        group += f" --baseline {values[0]}"
     return f"bertpooled compare-runs {selection}{group}"
 
 
 def newest_comparable_set(
-    runs: pd.DataFrame, records: list[RunRecord], group_keys: Sequence[str], notes: list[str]
+    runs: pd.DataFrame,
+    records: list[RunRecord],
+    group_keys: Sequence[str],
+    notes: list[str],
+    baseline: str | None = "basic",
 ) -> list[RunRecord]:
     """For compare-runs with no selection: when the runs hold several sets that may not be compared with each
     other (a 10-epoch quick-start run beside a 2-epoch sweep), the newest set that compares at least two
@@ -190,7 +200,9 @@ def newest_comparable_set(
             f"the runs form {len(sets)} sets that cannot be compared with each other (their configs differ in more "
             f"than {', '.join(group_keys)} and seed): this report compares the newest set with more than one group, "
             f"{len(chosen)} run(s); the others: "
-            + "; ".join(f"{len(members)} run(s): {selection_command(runs, members, group_keys)}" for members in others)
+            + "; ".join(
+                f"{len(members)} run(s): {selection_command(runs, members, group_keys, baseline)}" for members in others
+            )
         ),
     )
     return chosen

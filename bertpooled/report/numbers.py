@@ -74,7 +74,8 @@ def fmt_number(value: float) -> str:
         return f"{value:.1f}" if not float(value).is_integer() else f"{value:.0f}"
     if magnitude >= 1:
         return f"{value:.2f}"
-    return f"{value:.3g}"
+    # Three significant digits written out (0.00000175, not 1.75e-06): a table column reads as one kind of number.
+    return np.format_float_positional(value, precision=3, unique=False, fractional=False, trim="-")
 
 
 def fmt_p(value: float, prefix: bool = False) -> str:

@@ -53,6 +53,26 @@ ORIGINAL_STUDY_CAVEAT = (
 )
 
 
+#: The original's protocol in the config's terms (docs/original.md): a reproduction run otherwise is not its like.
+ORIGINAL_PROTOCOL = {"epochs": 10.0, "train_fraction": 0.75, "max_train_examples": 0.0, "max_len": 128.0}
+
+
+def protocol_differences(group_configs: dict[str, dict[str, str]]) -> str:
+    """What the reproduced groups' shared configs set unlike the original's protocol (`epochs=2,
+    max_train_examples=1000`), "" when nothing; fields a group did not log are not compared."""
+    found: dict[str, set[str]] = {}
+    for config in group_configs.values():
+        for name, original in ORIGINAL_PROTOCOL.items():
+            value = config.get(name)
+            try:
+                differs = value is not None and float(value) != original
+            except ValueError:
+                differs = True
+            if differs:
+                found.setdefault(name, set()).add(str(value))
+    return ", ".join(f"{name}={'/'.join(sorted(values))}" for name, values in found.items())
+
+
 def original_study_rows(records: Sequence[RunRecord], confidence: float) -> list[OriginalStudyRow]:
     """The original study's runs, then one reproduced row per mode of ``records`` (mean accuracy with its
     interval, median total time and head parameters)."""

@@ -38,6 +38,10 @@ def compare_groups(
         notes.append("no baseline chosen, so no comparison section; pass --baseline basic to compare")
         return [], notes
     first_key = group_keys[0]
+    hint = missing_baseline(groups, group_keys, baseline)
+    if hint:
+        notes.append(hint)
+        return [], notes
     baselines = _baseline_groups(groups, group_keys, baseline)
     members: dict[str, list[RunRecord]] = {}
     for record in records:
@@ -69,6 +73,26 @@ def compare_groups(
             )
         )
     return _holm_adjusted(comparisons, groups, alpha, confidence, notes), notes
+
+
+def missing_baseline(groups: Sequence[GroupSummary], group_keys: Sequence[str], baseline: str | None) -> str:
+    """One group and no baseline group (a first `make run`, pool only): the line saying how to train a baseline,
+    which the group's report ends with instead of an error at the end of the stated flow; else ""."""
+    if baseline is None or not groups:
+        return ""
+    first_key = group_keys[0]
+    values = sorted({group.values[first_key] for group in groups})
+    if baseline in values or len(values) > 1:
+        return ""
+    group = values[0]
+    if first_key == "mode":
+        how = (
+            f"train one with `make run MODE={baseline}` (or `mlflow run . --env-manager local --experiment-name "
+            f"bertpooled -P mode={baseline}`), then run compare-runs again"
+        )
+    else:
+        how = f"train runs with {first_key}={baseline} too, or pass --baseline {group}"
+    return f"no {first_key}={baseline} runs to compare {group} with: {how}"
 
 
 def _baseline_groups(

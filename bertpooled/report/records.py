@@ -135,3 +135,5 @@ class Report:
     comparison_run_id: str | None = None
     #: Per group, the config its runs share (seed excluded); the same for every group but the group keys.
     group_configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: What to run next when there was nothing to compare with (no baseline group); "" otherwise.
+    next_step: str = ""

@@ -22,7 +22,7 @@ from bertpooled.report.numbers import (
     fmt_signed,
     percent,
 )
-from bertpooled.report.original import ORIGINAL_STUDY_CAVEAT
+from bertpooled.report.original import ORIGINAL_STUDY_CAVEAT, protocol_differences
 from bertpooled.report.records import Comparison, Report
 
 #: A table as (headers, rows of cells).
@@ -234,4 +234,11 @@ def _original_section(report: Report) -> Section:
         ]
         for row in report.original_study
     ]
-    return Section("Original study", paragraphs=[ORIGINAL_STUDY_CAVEAT], tables=[(headers, rows)])
+    paragraphs = [ORIGINAL_STUDY_CAVEAT]
+    differs = protocol_differences(report.group_configs)
+    if differs:
+        paragraphs.append(
+            f"The reproduced rows did not follow the original's protocol ({differs}; the original: 10 epochs, 3/4 "
+            "of the training data, 128 tokens): they are not a reproduction of its numbers."
+        )
+    return Section("Original study", paragraphs=paragraphs, tables=[(headers, rows)])

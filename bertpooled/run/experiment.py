@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 import tempfile
@@ -17,6 +18,7 @@ from bertpooled.contract import (
     ACCURACY,
     DATA_DIGEST_PARAM,
     PLOTS_DIR,
+    PROTOCOL_TAG,
     RESUMED_TAG,
     TIME_EPOCH,
     TRAIN_ACCURACY,
@@ -46,6 +48,25 @@ class Outcome:
     runs_link: str
     run_link: str
     model_uri: str
+
+
+# Settings that do not change what a run measures (the name and variant say mode, seed, backbone and pooling;
+# where the data is read from, the machine's threads and device, how cost is sampled): no part of its protocol.
+NOT_PROTOCOL = frozenset(
+    {"mode", "seed", "model", "data", "pool", "pool_at", "device", "num_threads", "eval_batch_size"}
+    | {"precompute_mb", "latency_texts", "throughput_batches", "description", "system_metrics", "precision"}
+)
+
+
+def protocol_differences(config: Config) -> dict[str, object]:
+    """The settings of `config` that differ from the default protocol (the Config defaults, which are
+    experiments/default.yaml's), in field order."""
+    default = Config(mode=config.mode)
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(Config)
+        if f.name not in NOT_PROTOCOL and getattr(config, f.name) != getattr(default, f.name)
+    }
 
 
 def run_experiment(
@@ -78,8 +99,10 @@ def run_experiment(
     inputs = read_inputs(config, info, rt, shared, resume, log, progress)
     pipeline = pipeline or pipeline_for(config)
     code = code_provenance()
-    name = tracking.run_name(config.variant, config.model, config.seed)
+    differs = protocol_differences(config)
+    name = tracking.run_name(config.variant, config.model, config.seed, differs)
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **pipeline.tags(config), **(tags or {})}
+    tags.setdefault(PROTOCOL_TAG, tracking.protocol_tag(differs))
     if resume:
         tags[RESUMED_TAG] = str(resume.state.epoch)
     with tracking.training_run(

@@ -3,8 +3,8 @@
 Like MLflow's scikit-learn models (`mlflow.sklearn`'s `predict_method` param): `predict` gives one column of
 labels, `predict_method="predict_proba"` the (n, 2) probabilities of classes 0 and 1. serving/reference.py
 keeps its own copy of `texts_of` and `output` (it imports nothing from bertpooled, so it serves wherever
-scikit-learn does); tests/test_serving.py checks that both copies behave the same. The signature that makes
-MLflow hand `predict` one column of texts is logged by tracking/models.py.
+scikit-learn does); tests/test_serving.py checks that both copies behave the same. The signature (labels out,
+the param, no input schema: MLflow hands `predict` the texts as given) is logged by tracking/models.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from bertpooled.contract import PREDICT, PREDICT_METHOD, PREDICT_METHODS, PREDIC
 
 
 def texts_of(model_input) -> list[str]:
-    """The texts of whatever MLflow hands `predict`: a one-column DataFrame (what the signature makes of every
-    payload), a Series, an array or a list. A text that is not a string (null, a number, NaN from an empty CSV
+    """The texts of whatever MLflow hands `predict`: a DataFrame (its first column; none: no texts), a Series,
+    an array or a list. A text that is not a string (null, a number, NaN from an empty CSV
     field, an object) is refused naming its position: it was predicted as the text "None" or "nan" before."""
     import pandas as pd
 

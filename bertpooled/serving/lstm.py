@@ -6,8 +6,8 @@ tokenizer from its JSON files, so loading never unpickles an object.
 It follows the convention of MLflow's scikit-learn models: `predict` returns one column of labels (0 =
 negative, 1 = positive), which is what `mlflow.models.evaluate(..., model_type="classifier")` reads, and
 `params={"predict_method": "predict_proba"}` returns the (n, 2) class probabilities [P(0), P(1)]. The input is
-one column of texts under a signature (not a type hint), so every scoring payload works: `inputs`, `instances`,
-`dataframe_split`, `dataframe_records` and CSV, with the column named anything.
+texts with no input schema (and no type hint), so every scoring payload works: `inputs`, `instances`,
+`dataframe_split`, `dataframe_records` and CSV, with the column named anything, and an empty batch too.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SentimentModel(PythonModel):
         # An encoder predicts in bf16 where its run asked for it (or for `auto`) and this machine has it natively.
         self.precision = serving_precision(spec.precision, spec.features == "encoder")
 
-    # The hint is MLflow's "no inference from the hint" type: the logged signature governs the input.
+    # The hint is MLflow's "no inference from the hint" type: what MLflow parsed comes as it is (texts_of).
     def predict(self, context, model_input: pd.DataFrame, params=None):
         texts = texts_of(model_input)
         # No texts, no predictions (the tokenizer fails on an empty batch).

@@ -34,7 +34,8 @@ from bertpooled.sweep import resume
 from bertpooled.sweep.executor import Work
 from bertpooled.tracking import sweeps
 
-INSTALL_HINT = "pip install 'bertpooled[ray]'"
+# The package is installed from its checkout (it is on no index): `bertpooled[ray]` would look for it on PyPI.
+INSTALL_HINT = 'pip install -e ".[ray]" in the project\'s folder'
 # Ray retries a task whose worker process or node died this many times (an error a child raises is not retried:
 # it fails the sweep, as with the local executor).
 MAX_RETRIES = 3

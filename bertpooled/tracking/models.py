@@ -81,7 +81,7 @@ def log_pyfunc(
     code: Path, artifacts: dict[str, str], requirements: list[str], code_paths: list[str] | None = None
 ) -> str:
     """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) following MLflow's classifier
-    convention (serving/classifier.py): one column of texts in, labels out, `predict_method` param; its URI."""
+    convention (serving/classifier.py): texts in, labels out, `predict_method` param; its URI."""
     with _routine_info_hidden("mlflow.pyfunc", "mlflow.models.signature"):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
@@ -99,15 +99,17 @@ def log_pyfunc(
 
 
 def classifier_signature():
-    """The logged models' signature (serving/classifier.py's convention): one unnamed string column in (any
-    column name, or a bare list, is accepted), labels out, and the `predict_method` param."""
+    """The logged models' signature (serving/classifier.py's convention): labels out and the `predict_method`
+    param; no input schema, so MLflow hands `predict` the texts as given (a list, a Series, an array or a frame
+    whose first column holds them, named anything) and an empty batch gets an empty answer."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        # Unnamed, so MLflow does not insist on a column name; it must then be required, and MLflow refuses an
-        # empty `{"inputs": []}` as a missing input (`bertpooled serve` answers it with no predictions).
-        inputs=Schema([ColSpec("string")]),
+        # No input schema on purpose: the one-column schema this had must be unnamed to accept any column name,
+        # and MLflow requires an unnamed column (no optional ones), so `predict([])`, an empty frame and
+        # `{"inputs": []}` were refused as a missing input; a named optional column drops every other name.
+        inputs=None,
         outputs=Schema([ColSpec("long")]),
         params=ParamSchema([ParamSpec(PREDICT_METHOD, "string", PREDICT)]),
     )

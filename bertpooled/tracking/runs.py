@@ -101,10 +101,31 @@ def use_experiment(name: str | None = None) -> str | None:
     return mlflow.set_experiment(name or env_name or DEFAULT_EXPERIMENT).experiment_id
 
 
-def run_name(mode: str, model: str, seed: int) -> str:
-    """`pool-minilm-s0`: mode, backbone (last path part of a folder or hub name), seed."""
+def run_name(mode: str, model: str, seed: int, differs: dict | None = None) -> str:
+    """`pool-minilm-s0`: mode, backbone (last path part of a folder or hub name), seed; then what sets the run
+    apart from the default protocol in `differs` (see `protocol_tag`): `-e2` epochs, `-n1000` training reviews,
+    `-t500` test reviews, `-tuned` a searched setting (lr, units, batch, ...), `-custom` any other, so one name
+    means one protocol."""
     short = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model.rstrip("/")).name) or "model"
-    return f"{mode}-{short}-s{seed}"
+    differs = differs or {}
+    marks = [f"{mark}{differs[field]}" for field, mark in NAME_MARKS if field in differs]
+    rest = set(differs) - {field for field, _ in NAME_MARKS}
+    if rest & TUNED_FIELDS:
+        marks.append("tuned")
+    elif rest:
+        marks.append("custom")
+    return "-".join([f"{mode}-{short}-s{seed}", *marks])
+
+
+#: The protocol's fields a run name spells out when they differ from the default.
+NAME_MARKS = (("epochs", "e"), ("max_train_examples", "n"), ("max_test_examples", "t"))
+#: Training settings a study searches: a run that changes one is `-tuned`; any other change is `-custom`.
+TUNED_FIELDS = frozenset({"lr", "lstm_units", "batch_size", "adam_eps", "backbone_lr"})
+
+
+def protocol_tag(differs: dict) -> str:
+    """The `protocol` tag (a column of the runs view): `default`, or each setting that differs, `epochs=2 ...`."""
+    return " ".join(f"{field}={value}" for field, value in differs.items()) or "default"
 
 
 @contextmanager

@@ -20,7 +20,6 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
 
 from bertpooled.contract import (
-    DEFAULT_EXPERIMENT,
     FINISHED,
     HISTORY_KEYS,
     KIND_SWEEP,
@@ -30,6 +29,7 @@ from bertpooled.contract import (
     counts_as_training,
 )
 from bertpooled.errors import BertpooledError, redact_uri, short_text
+from bertpooled.tracking.experiments import experiment_to_read
 from bertpooled.tracking.probe import check_tracking_reachable
 
 __all__ = [
@@ -147,7 +147,7 @@ def _quote(value: str) -> str:
 
 def select_runs(
     client: MlflowClient | str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
+    experiment: str | None = None,
     parent_run_id: str | None = None,
     run_ids: Sequence[str] | None = None,
     filter_string: str | None = None,
@@ -158,7 +158,9 @@ def select_runs(
 
     ``client`` is an ``MlflowClient`` or a tracking URI (``None``: MLflow's
     default). Without ``run_ids`` or ``parent_run_id`` every active run of
-    ``experiment`` is a candidate; ``run_ids`` and ``parent_run_id`` (a sweep
+    ``experiment`` is a candidate; with no ``experiment`` either, those of
+    ``bertpooled``, unless the newest training runs are elsewhere (see
+    :func:`bertpooled.tracking.experiments.experiment_to_read`); ``run_ids`` and ``parent_run_id`` (a sweep
     parent's children) narrow the candidates and are looked up wherever they
     live; ``filter_string`` (MLflow search syntax) narrows them further.
     Sweep parents and comparison runs are left out, as are runs not FINISHED
@@ -171,7 +173,7 @@ def select_runs(
     check_tracking_reachable(client.tracking_uri, read_only=read_only)
     with bounded_http():
         try:
-            candidates, scope = _find_candidates(client, experiment, parent_run_id, run_ids, filter_string)
+            candidates, scope, found_notes = _find_candidates(client, experiment, parent_run_id, run_ids, filter_string)
         except MlflowException as error:
             if error.error_code == "INVALID_PARAMETER_VALUE" and filter_string:
                 raise BertpooledError(
@@ -180,7 +182,7 @@ def select_runs(
                 ) from None
             raise mlflow_error(error, "searching runs") from None
     kept, notes = _training_runs(candidates, set(run_ids or ()), include_unfinished, scope)
-    return runs_frame(kept), notes
+    return runs_frame(kept), found_notes + notes
 
 
 def _training_runs(
@@ -223,14 +225,15 @@ def _training_runs(
 
 def _find_candidates(
     client: MlflowClient,
-    experiment: str,
+    experiment: str | None,
     parent_run_id: str | None,
     run_ids: Sequence[str] | None,
     filter_string: str | None,
-) -> tuple[list[Run], str]:
+) -> tuple[list[Run], str, list[str]]:
     clauses: list[str] = []
     experiment_ids: list[str] = []
     scopes: list[str] = []
+    notes: list[str] = []
     if run_ids:
         unique_ids = list(dict.fromkeys(run_ids))
         for run_id in unique_ids:
@@ -244,6 +247,8 @@ def _find_candidates(
         clauses.append(f"tags.`{PARENT_RUN_TAG}` = {_quote(parent_run_id)}")
         scopes.append(f"the children of run {parent.info.run_name} ({parent_run_id})")
     if not experiment_ids:
+        if experiment is None:
+            experiment, notes = experiment_to_read(client, filter_string)
         found = client.get_experiment_by_name(experiment)
         if found is None:
             known = [e.name for e in client.search_experiments(max_results=20)]
@@ -269,7 +274,7 @@ def _find_candidates(
                 f"{scope}: none found; is {parent_run_id} a sweep parent? pass --parent with a sweep run's id"
             )
         raise BertpooledError(f"no runs in {scope}: train first, or pass --experiment with another name")
-    return runs, scope
+    return runs, scope, notes
 
 
 # --- Artifacts and histories ----------------------------------------------------------------------

@@ -3,7 +3,10 @@ best trial's config and the study's plots; and where the study's own Optuna stor
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -12,6 +15,7 @@ from urllib.parse import urlsplit
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from bertpooled.config_files import MAX_CONFIG_BYTES
 from bertpooled.contract import (
     ERROR_TAG,
     FAILED,
@@ -71,6 +75,30 @@ def _ensure_schema(uri: str) -> None:
             connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
     finally:
         engine.dispose()
+
+
+def download_config(uri: str) -> Path:
+    """A config file logged with a run, `runs:/<run id>/<path>` (what `bertpooled tune` prints for a study's best
+    config), downloaded to a folder of this process's; the YAML is then read by `config_files.read_yaml`, with its
+    bounds. Checked first: the run exists, the path is a file, and it is no larger than a config may be."""
+    run_id, _, path = uri.removeprefix("runs:/").strip("/").partition("/")
+    if not run_id or not path:
+        raise BertpooledError(f"--config {uri}: a run's config file is runs:/<run id>/<path>, e.g. best_config.yaml")
+    run = get_run_or_error(
+        run_id, "--config " + uri + ": no run {run_id} in {store}: set MLFLOW_TRACKING_URI to its store"
+    )
+    client = MlflowClient()
+    folder = path.rpartition("/")[0]
+    found = {info.path: info for info in client.list_artifacts(run.info.run_id, folder or None)}.get(path)
+    if found is None or found.is_dir:
+        raise BertpooledError(f"--config {uri}: run {run_id} has no file {path}: pass the URI bertpooled tune printed")
+    if (found.file_size or 0) > MAX_CONFIG_BYTES:
+        raise BertpooledError(
+            f"--config {uri} is over {MAX_CONFIG_BYTES // 1024} KiB: a config is a few key: value lines"
+        )
+    target = tempfile.mkdtemp(prefix="bertpooled-config-")
+    atexit.register(shutil.rmtree, target, True)  # kept while this process runs: a sweep reads it per child
+    return Path(client.download_artifacts(run.info.run_id, path, target))
 
 
 def use_experiment(name: str | None) -> str:

@@ -107,7 +107,9 @@ def run_study(
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     tags = {TUNE_STUDY_TAG: plan.name, TUNE_STORAGE_TAG: shown, "mode": plan.mode, "tune/trials": str(trials)}
     tags["tune/space"] = str(plan.space)
-    with store.study_run(parent_id, experiment_id, f"tune-{plan.name}", tags, launcher) as parent:
+    # `tune-pool` for the default --study tune (not tune-tune-pool); another study name is prefixed.
+    run_name = plan.name if plan.name.startswith("tune-") else f"tune-{plan.name}"
+    with store.study_run(parent_id, experiment_id, run_name, tags, launcher) as parent:
         if not started:
             study = _create(study, plan, rdb, pruner, {**identity, "mlflow_parent_run_id": parent}, sampler_seed)
         done = _count(study, ("COMPLETE", "PRUNED"))
