@@ -167,7 +167,7 @@ def compare_runs(
 
 
 def _check_arguments(
-    format: str, output: str | Path | None, experiment: str, comparison_experiment: str | None
+    format: str, output: str | Path | None, experiment: str | None, comparison_experiment: str | None
 ) -> None:
     """The options that can be refused before any run is fetched."""
     if format not in FORMATS:
@@ -175,7 +175,8 @@ def _check_arguments(
     if output is not None and Path(output).exists() and not Path(output).is_dir():
         # Checked before the runs are fetched: the report files go into a folder.
         raise BertpooledError(f"--output {short_text(output)} exists and is not a folder: pass a folder's path")
-    check_experiment_name(experiment, "--experiment")
+    if experiment is not None:
+        check_experiment_name(experiment, "--experiment")
     if comparison_experiment is not None:
         check_experiment_name(comparison_experiment, "--comparison-experiment")
 
