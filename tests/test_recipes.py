@@ -297,3 +297,22 @@ def test_a_source_that_does_not_exist_is_refused_in_one_line_before_any_run(stor
     result = train(tiny_bert, tiny_imdb, "--set", f"{option}={'0' * 32}")
     one_error_line(result, option, "no model found")
     assert runs_in(store) == []
+
+
+def test_mlflow_run_takes_the_recipe_as_parameters_and_logs_the_chain(
+    store, teacher, tiny_bert, tiny_imdb, monkeypatch
+):
+    from conftest import mlflow_run
+
+    # The teacher's in-process run set MLflow's experiment variables, which `mlflow run` would see beside its own.
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+
+    params = {"config": SMOKE, "model": str(tiny_bert), "data": str(tiny_imdb), "max_len": "16", "epochs": "1"}
+    params |= {"features": "encoder", "finetune": "true", "pool": "avg:2x1", "pool_at": "layer:1"}
+    params |= {"init_from": teacher, "distill_from": f"runs:/{teacher}/model"}
+    done = mlflow_run(params, store)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (student,) = [r for r in runs_in(store) if r.info.run_id != teacher and r.data.tags.get("distill_from")]
+    assert student.data.params["teacher/run_id"] == student.data.params["init/run_id"] == teacher
+    assert student.info.status == "FINISHED"
