@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
+from turns import measure_in_turns as in_turns
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -41,50 +41,8 @@ GOAL_SPEEDUP, GOAL_LOSS, GOAL_LOSS_UPPER = 1.5, 0.005, 0.01
 
 def measure_in_turns(data: str, rounds: int, max_len: int = 128) -> dict[str, dict[str, float]]:
     """Throughput (batch 32) and one-review latency of each variant's fine-tuned architecture, round-robin, bf16."""
-    import torch
-
-    from bertpooled import data as imdb_data
-    from bertpooled.config import load_config
-    from bertpooled.model import backbone
-    from bertpooled.model.build import build
-    from bertpooled.model.inference import cpu_has_bf16
-    from bertpooled.run import cost, runtime
-    from bertpooled.run.fit import spec_of
-
-    precision = "bf16" if cpu_has_bf16() else "fp32"
-    info = backbone.inspect("minilm")
-    tokenizer = backbone.load_tokenizer(info)
-    imdb = imdb_data.load_imdb(data)
-    texts = [imdb.test.texts[i] for i in imdb_data.balanced_subset(imdb.test.labels, n=256, seed=0)]
-    bert = backbone.load_model(info)
-    models = {}
-    for variant, (_, pool, pool_at) in VARIANTS.items():
-        cfg = load_config(
-            None, {"features": "encoder", "finetune": True, "pool": pool, "pool_at": pool_at, "max_len": max_len}
-        )
-        runtime.seed_everything(0)
-        models[variant] = build(spec_of(cfg), backbone=bert).eval()
-    out: dict[str, list[dict[str, float]]] = {k: [] for k in models}
-    device = torch.device("cpu")
-    for r in range(rounds):
-        for variant, model in models.items():
-            with runtime.autocast(device, precision):
-                out[variant].append(
-                    cost.measure(model, tokenizer, texts, max_len, device, latency_texts=8, throughput_batches=2)
-                )
-        print(f"in turns: round {r + 1}/{rounds}", flush=True)
-    return {
-        k: {
-            "throughput": max(m["throughput/infer_examples_per_s"] for m in v),
-            "throughput_median": statistics.median(m["throughput/infer_examples_per_s"] for m in v),
-            "latency": min(m["latency/p50_ms"] for m in v),
-            "latency_median": statistics.median(m["latency/p50_ms"] for m in v),
-            "rounds": len(v),
-            "threads": torch.get_num_threads(),
-            "precision": precision,
-        }
-        for k, v in out.items()
-    }
+    architectures = {variant: {"pool": pool, "pool_at": pool_at} for variant, (_, pool, pool_at) in VARIANTS.items()}
+    return in_turns(data, rounds, architectures, max_len)
 
 
 def fetch_runs(store: str):

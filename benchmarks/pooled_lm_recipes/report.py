@@ -27,6 +27,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from machine import describe
 from run import EXPERIMENT
+from turns import measure_in_turns as in_turns
 
 GOAL_SPEEDUP, GOAL_LOSS, GOAL_LOSS_UPPER = 1.5, 0.005, 0.01
 
@@ -51,52 +52,10 @@ BY_KEY = {r.key: r for r in RECIPES}
 POOLED = ("a", "b")
 
 
-def measure_in_turns(data: str, rounds: int, max_len: int = 128) -> dict[str, dict[str, float]]:
-    """Throughput (batch 32) and one-review latency of each recipe's architecture, round-robin."""
-    import torch
-
-    from bertpooled import data as imdb_data
-    from bertpooled.config import load_config
-    from bertpooled.model import backbone
-    from bertpooled.model.build import build
-    from bertpooled.model.inference import cpu_has_bf16
-    from bertpooled.run import cost, runtime
-    from bertpooled.run.fit import spec_of
-
-    precision = "bf16" if cpu_has_bf16() else "fp32"
-    info = backbone.inspect("minilm")
-    tokenizer = backbone.load_tokenizer(info)
-    imdb = imdb_data.load_imdb(data)
-    texts = [imdb.test.texts[i] for i in imdb_data.balanced_subset(imdb.test.labels, n=256, seed=0)]
-    bert = backbone.load_model(info)
-    models = {}
-    for recipe in RECIPES:
-        if recipe.key == "c":
-            continue  # the teacher's architecture
-        cfg = load_config(None, {"features": "encoder", "finetune": True, "max_len": max_len, **recipe.overrides})
-        runtime.seed_everything(0)
-        models[recipe.key] = build(spec_of(cfg), backbone=bert).eval()
-    out: dict[str, list[dict[str, float]]] = {k: [] for k in models}
-    device = torch.device("cpu")
-    for r in range(rounds):
-        for key, model in models.items():
-            with runtime.autocast(device, precision):
-                out[key].append(
-                    cost.measure(model, tokenizer, texts, max_len, device, latency_texts=8, throughput_batches=2)
-                )
-        print(f"in turns: round {r + 1}/{rounds}", flush=True)
-    turns = {
-        k: {
-            "throughput": max(m["throughput/infer_examples_per_s"] for m in v),
-            "throughput_median": statistics.median(m["throughput/infer_examples_per_s"] for m in v),
-            "latency": min(m["latency/p50_ms"] for m in v),
-            "latency_median": statistics.median(m["latency/p50_ms"] for m in v),
-            "rounds": len(v),
-            "threads": torch.get_num_threads(),
-            "precision": precision,
-        }
-        for k, v in out.items()
-    }
+def measure_in_turns(data: str, rounds: int) -> dict[str, dict[str, float]]:
+    """Throughput (batch 32) and one-review latency of each recipe's architecture, round-robin; (c) has the
+    teacher's architecture and is not timed again."""
+    turns = in_turns(data, rounds, {r.key: r.overrides for r in RECIPES if r.key != "c"})
     turns["c"] = turns["teacher"]
     return turns
 
