@@ -119,18 +119,8 @@ def run_study(
             f"{f', {parallel} workers' if parallel > 1 else ''}; storage {shown}"
         )
         if done < trials:
-            args = (
-                plan,
-                url,
-                engine_kwargs,
-                parent,
-                store.tracking_uri(),
-                target,
-                timeout,
-                sampler_seed,
-                pruner,
-                progress,
-            )
+            where = (plan, url, engine_kwargs, parent, store.tracking_uri(), target)
+            args = (*where, timeout, sampler_seed, pruner, progress)
             _run_trials(args, parallel, executor, log)
         return _conclude(study, plan, parent, output, log)
 
