@@ -69,7 +69,22 @@ ENCODER = {
     "pool": "avg:2x1",
     "pool_at": "output",
 }
-PROFILES = {"tokens": TOKENS, "encoder": ENCODER}
+# The recipes of issue 29: a run that starts from another run's model and distils from it, pooled inside the
+# encoder with [CLS] kept apart, on its first 3 layers.
+RECIPE = {
+    "features": "encoder",
+    "finetune": "true",
+    "pool": "avg:2x1",
+    "pool_at": "layer:1",
+    "separate_cls": "true",
+    "keep_layers": "3",
+    "init_from": "0123456789abcdef0123456789abcdef",
+    "distill_from": "runs:/0123456789abcdef0123456789abcdef/model",
+    "distill_alpha": "0.3",
+    "distill_temperature": "3.0",
+    "distill_hidden": "0.5",
+}
+PROFILES = {"tokens": TOKENS, "encoder": ENCODER, "recipe": RECIPE}
 
 
 def command(name: str):
@@ -123,7 +138,7 @@ def assert_stopped_where_captured(result) -> None:
 
 
 def test_the_samples_cover_every_field():
-    assert set(TOKENS) | set(ENCODER) == set(FIELDS)
+    assert set(TOKENS) | set(ENCODER) | set(RECIPE) == set(FIELDS)
 
 
 def test_every_config_field_has_a_docstring():
