@@ -16,7 +16,7 @@ from bertpooled.data.tokens import Tokens
 from bertpooled.model.backbone import WordEmbeddings
 from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier
 from bertpooled.run import fit as train
-from bertpooled.run import grouped
+from bertpooled.run import grouped, measure
 from bertpooled.run.checkpoint import Checkpointer
 from bertpooled.run.prepare import Prepared
 
@@ -96,7 +96,7 @@ def alone(prepared: Prepared, seed: int):
     prep = grouped.with_seed(prepared, seed)
     model = train.build_model(prep)
     history = train.fit(model, prep, progress=False).history
-    probs = train.predict_proba(model, prep.test_tokens, 64, torch.device("cpu"))
+    probs = measure.predict_proba(model, prep.test_tokens, 64, torch.device("cpu"))
     return history, model, probs
 
 
@@ -107,7 +107,7 @@ def together(prepared: Prepared, seeds, recurrence: str):
         group, prepared, on_epoch=lambda s, st: seen.append((s, st.epoch)), progress=False
     ).histories
     models = group.split()
-    probs = [train.predict_proba(m, prepared.test_tokens, 64, torch.device("cpu")) for m in models]
+    probs = [measure.predict_proba(m, prepared.test_tokens, 64, torch.device("cpu")) for m in models]
     assert seen == [(s, e) for e in range(1, prepared.config.epochs + 1) for s in range(len(seeds))]
     return histories, models, probs
 

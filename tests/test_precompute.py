@@ -15,7 +15,7 @@ from test_grouped import make_prepared
 from bertpooled.contract import CACHED_PHASES, TIME_TOTAL, TIME_TRAIN
 from bertpooled.report.verdict import _cost_sentence
 from bertpooled.run import fit as train
-from bertpooled.run import grouped
+from bertpooled.run import grouped, measure
 from bertpooled.run import prepare as precompute
 from bertpooled.run.measure import Phases
 
@@ -28,7 +28,7 @@ def run(prepared, budget_mb: int):
     )
     model = train.build_model(prepared)
     fitted = train.fit(model, prepared, progress=False)
-    probs = train.predict_proba(model, prepared.test_tokens, 64, CPU)
+    probs = measure.predict_proba(model, prepared.test_tokens, 64, CPU)
     return prepared, fitted.history, model, probs, fitted.precomputed
 
 
@@ -80,7 +80,7 @@ def test_a_seed_group_shares_one_precomputed_copy_and_matches_its_seeds_alone():
         _, history, _alone_model, alone_probs, _ = run(grouped.with_seed(prepared, [0, 1][s]), 1024)
         np.testing.assert_allclose([h.loss for h in histories[s]], [h.loss for h in history], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
-            train.predict_proba(model, prepared.test_tokens, 64, CPU), alone_probs, rtol=1e-5, atol=1e-6
+            measure.predict_proba(model, prepared.test_tokens, 64, CPU), alone_probs, rtol=1e-5, atol=1e-6
         )
 
 
