@@ -216,6 +216,10 @@ def logged_model(tmp_path_factory, tiny_bert, tiny_imdb):
         patch.chdir(folder)
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("BERTPOOLED_CACHE", str(folder / "cache"))
+        # A module fixture runs before the per-test cleaner: an earlier test's in-process run may have left
+        # MLflow's experiment variables naming an experiment of another store ("No Experiment with id=1").
+        for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+            patch.delenv(var, raising=False)
         result = invoke_tiny("train", tiny_bert, tiny_imdb, "--epochs", "1")
     assert result.exit_code == 0, result.output
     from urllib.parse import urlparse
