@@ -227,7 +227,6 @@ def test_the_chain_teacher_to_student_is_logged_and_distillation_at_alpha_1_equa
     client = MlflowClient(store)
     run = client.get_run(distilled)
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    sha = __import__("hashlib").sha256()
     assert params["teacher/run_id"] == params["init/run_id"] == teacher
     assert params["teacher/uri"] == f"runs:/{teacher}/model" and len(params["teacher/weights_sha256"]) == 64
     assert tags["distill_from"] == tags["init_from"] == teacher
@@ -235,7 +234,6 @@ def test_the_chain_teacher_to_student_is_logged_and_distillation_at_alpha_1_equa
     assert metrics["time/teacher_s"] > 0
     # The teacher's outputs were computed by the alpha=1 run and read from the cache by this one.
     assert client.get_run(alpha1).data.metrics["teacher/cache_hit"] == 0.0 and metrics["teacher/cache_hit"] == 1.0
-    del sha
 
 
 def test_another_teacher_misses_the_teacher_cache(store, teacher, tiny_bert, tiny_imdb):

@@ -171,8 +171,6 @@ def teacher_outputs(source, prepared, progress: bool | None = None) -> tuple[Tea
     path = data.cache_dir() / "teacher" / f"{key}.safetensors"
     meta = {"teacher": source.uri, "weights_sha256": source.sha256, "max_len": str(cfg.max_len)}
     stored, hit = load_or_store(make, path=path, rows=len(toks), rows_of=lambda t: len(t["logits"]), meta=meta)
-    if want_hidden and "hidden" not in stored:
-        stored, hit = make(), False
     return TeacherOutputs(stored["logits"].float(), stored.get("hidden"), stored.get("lengths")), hit
 
 
