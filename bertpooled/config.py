@@ -102,6 +102,10 @@ class Config:
     distill_hidden: float = 0.0
     """With `distill_from`: the weight of an MSE between the student's last hidden states and the teacher's,
     pooled to the student's length (window pooling only); 0 = logits alone."""
+    unlabelled: int = 0
+    """With `distill_from`: this many unlabelled reviews join the training rows with the teacher's soft targets
+    alone (no label, never a test review): IMDB's `train/unsup` reviews where the data has them, else training
+    reviews outside the run's subset with their labels dropped (logged as `unlabelled/source`)."""
     padding: str = "mask"
     """`mask`: padding never reaches the LSTM or the pooled values; `read`: the LSTM reads it, as the original did."""
     lstm_units: int = 16
@@ -185,6 +189,7 @@ class Config:
         # A chain of runs is a recipe, not a seed's detail: the source run's id stays out of the variant.
         where += "+init" if self.init_from else ""
         where += "+kd" if self.distill_from else ""
+        where += f"+u{self.unlabelled}" if self.unlabelled else ""
         return f"encoder{'-ft' if self.finetune else ''}{where}"
 
     def to_dict(self) -> dict[str, Any]:

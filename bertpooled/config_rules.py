@@ -190,6 +190,10 @@ def check_recipe(cfg: Config, spec, position) -> None:
     for name in ("init_from", "distill_from"):
         if getattr(cfg, name) and not cfg.finetune:
             _bad(name, getattr(cfg, name), "a model with finetune=true (the recipe trains the backbone on from it)")
+    if cfg.unlabelled < 0:
+        _bad("unlabelled", cfg.unlabelled, "an integer >= 0 (0 = the labelled rows alone)")
+    if cfg.unlabelled and not cfg.distill_from:
+        _bad("unlabelled", cfg.unlabelled, "0 without distill_from (only a teacher can label them)")
     if cfg.distill_hidden and not cfg.distill_from:
         _bad("distill_hidden", cfg.distill_hidden, "0 without distill_from (there is no teacher to match)")
     if cfg.distill_hidden and spec.is_topk:

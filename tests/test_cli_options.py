@@ -83,6 +83,7 @@ RECIPE = {
     "distill_alpha": "0.3",
     "distill_temperature": "3.0",
     "distill_hidden": "0.5",
+    "unlabelled": "100",
 }
 PROFILES = {"tokens": TOKENS, "encoder": ENCODER, "recipe": RECIPE}
 

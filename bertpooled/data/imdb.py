@@ -28,11 +28,12 @@ SPLITS = ("train", "test")
 LABELS = ("neg", "pos")  # index = label value
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 # Wherever the top folder is; AppleDouble/hidden files ("._0_9.txt") are not reviews.
-_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/([^/.][^/]*)\.txt$")
+_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/([^/.][^/]*)\.txt$")
+UNSUP = "unsup"  # train/unsup/: the official archive's 50,000 unlabelled reviews (label -1 here)
 # Reading the official 84 MB archive in place takes several seconds (tarfile parses ~100k headers);
 # smaller archives (tests, samples) read fast enough that caching them would only litter the cache.
 _PARSED_MIN_BYTES = 8 << 20
-_PARSED_VERSION = 1
+_PARSED_VERSION = 2  # 2: train/unsup kept
 _FIX = "point --data or BERTPOOLED_IMDB at the official aclImdb_v1.tar.gz or its extracted aclImdb/ folder"
 
 
@@ -68,6 +69,11 @@ class Imdb:
     test: Split
     source: str
     digest: str
+    """sha256 over the labelled train and test reviews (`train/unsup` is not part of it: a run that reads no
+    unlabelled review logs the digest it always had)."""
+    unsup: Split | None = None
+    """`train/unsup`'s unlabelled reviews (labels -1), where the data has them."""
+    unsup_digest: str = ""
 
 
 def resolve_source(data: str | None) -> str | None:
@@ -189,20 +195,18 @@ def _load_parsed(file: Path, source: str) -> Imdb | None:
             return None
         raws = [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
         texts = [str(raw, "utf-8") for raw in raws]
-        n = len(head["train"])
+        n, m = len(head["train"]), len(head["train"]) + len(head["test"])
         train, test = (
-            Split(head[s], t, _labels(head[s], s)) for s, t in zip(SPLITS, (texts[:n], texts[n:]), strict=True)
+            Split(head[s], t, _labels(head[s], s)) for s, t in zip(SPLITS, (texts[:n], texts[n:m]), strict=True)
         )
+        unsup = Split(head["unsup"], texts[m:], _labels(head["unsup"], "train")) if head["unsup"] else None
         # The digest the run logs as data/digest is recomputed from the bytes read here, not trusted from the
         # header: an altered entry would otherwise train on other text under the original's digest.
-        digest = hashlib.sha256()
-        for split in (train, test):
-            for rid, label, raw in zip(split.ids, split.labels, raws[:n] if split is train else raws[n:], strict=True):
-                digest.update(f"{rid}\0{label}\0".encode())
-                digest.update(raw)
-                digest.update(b"\0")
+        digest = _digest_of(Split(train.ids + test.ids, [], np.concatenate([train.labels, test.labels])), raws[:m])
+        unsup_digest = _digest_of(unsup, raws[m:]) if unsup is not None else ""
         if (
-            digest.hexdigest() != head["digest"]
+            digest != head["digest"]
+            or unsup_digest != head["unsup_digest"]
             or sorted(head["train"]) != head["train"]
             or sorted(head["test"]) != head["test"]
         ):
@@ -212,7 +216,7 @@ def _load_parsed(file: Path, source: str) -> Imdb | None:
                 file=sys.stderr,
             )
             return None
-        return Imdb(train=train, test=test, source=source, digest=digest.hexdigest())
+        return Imdb(train, test, source, digest, unsup, unsup_digest)
     except FileNotFoundError:
         return None  # no cache yet
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -227,12 +231,15 @@ def _load_parsed(file: Path, source: str) -> Imdb | None:
 def _save_parsed(file: Path, imdb: Imdb) -> None:
     # One JSON header line (ids, byte sizes, digest), then every text's UTF-8 bytes back to back:
     # 10x faster to write and read than a JSON list of 50,000 texts, and no pickle.
-    raw = [t.encode("utf-8") for t in imdb.train.texts + imdb.test.texts]
+    unsup = imdb.unsup or Split([], [], np.zeros(0, dtype=np.int64))
+    raw = [t.encode("utf-8") for t in imdb.train.texts + imdb.test.texts + unsup.texts]
     head = {
         "version": _PARSED_VERSION,
         "digest": imdb.digest,
+        "unsup_digest": imdb.unsup_digest,
         "train": imdb.train.ids,
         "test": imdb.test.ids,
+        "unsup": unsup.ids,
         "sizes": [len(r) for r in raw],
     }
     try:
@@ -248,7 +255,22 @@ def _save_parsed(file: Path, imdb: Imdb) -> None:
 
 
 def _labels(ids: list[str], split: str) -> np.ndarray:
-    return np.fromiter((rid.startswith(f"{split}/pos/") for rid in ids), dtype=np.int64, count=len(ids))
+    """1 for pos, 0 for neg, -1 for an unlabelled (`train/unsup/`) review."""
+    return np.fromiter(
+        (1 if rid.startswith(f"{split}/pos/") else -1 if rid.startswith(f"{split}/{UNSUP}/") else 0 for rid in ids),
+        dtype=np.int64,
+        count=len(ids),
+    )
+
+
+def _digest_of(split: Split, raws) -> str:
+    """sha256 of a split's ids, labels and bytes in order (the canonical form of `Imdb.digest`)."""
+    digest = hashlib.sha256()
+    for rid, label, raw in zip(split.ids, split.labels, raws, strict=True):
+        digest.update(f"{rid}\0{label}\0".encode())
+        digest.update(raw)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 # (split, label) -> {id: (text, utf-8 bytes)}; bytes kept so the digest needs no re-encoding.
@@ -322,6 +344,8 @@ def _read_archive(path: Path, progress: bool | None) -> _Found:
                 if len(data) != member.size:
                     raise EOFError(f"{member.name} ends early")
                 split, label, stem = match.groups()
+                if label == UNSUP and split != "train":
+                    continue  # only train/ has unlabelled reviews
                 _add(found, split, label, stem, data, where=f"{member.name} in {path}")
                 if i % 512 == 0:
                     bar.update(raw.tell() - bar.n)
@@ -355,6 +379,12 @@ def _read_folder(path: Path, progress: bool | None) -> _Found:
         for entry in os.scandir(root / s / lab)
         if entry.name.endswith(".txt") and not entry.name.startswith(".") and entry.is_file()
     ]
+    if (root / "train" / UNSUP).is_dir():
+        files += [
+            ("train", UNSUP, entry)
+            for entry in os.scandir(root / "train" / UNSUP)
+            if entry.name.endswith(".txt") and not entry.name.startswith(".") and entry.is_file()
+        ]
     found: _Found = {}
     total = 0
     with _bar(len(files), "reviews", "reading IMDB", progress) as bar:
@@ -370,22 +400,21 @@ def _read_folder(path: Path, progress: bool | None) -> _Found:
 
 
 def _assemble(found: _Found, source: str, path: Path) -> Imdb:
-    if not found:
+    if not any(label != UNSUP for _, label in found):
         raise BertpooledError(f"no IMDB reviews (train|test/pos|neg/*.txt) found in {path}: {_FIX}")
     missing = [f"{s}/{lab}/" for s in SPLITS for lab in LABELS if not found.get((s, lab))]
     if missing:
         raise BertpooledError(f"IMDB data {path} has no reviews under {', '.join(missing)}: {_FIX}")
-    digest = hashlib.sha256()
-    splits = []
-    for s in SPLITS:
-        rows = {**found[(s, "neg")], **found[(s, "pos")]}
+    # One digest over train then test, in id order (unlabelled reviews have their own: `Imdb.unsup_digest`).
+    splits, raws = [], []
+    for rows in ({**found[(s, "neg")], **found[(s, "pos")]} for s in SPLITS):
         ids = sorted(rows)
-        labels, texts = _labels(ids, s), []
-        for rid, label in zip(ids, labels, strict=True):
-            text, raw = rows[rid]
-            texts.append(text)
-            digest.update(f"{rid}\0{label}\0".encode())
-            digest.update(raw)
-            digest.update(b"\0")
-        splits.append(Split(ids, texts, labels))
-    return Imdb(train=splits[0], test=splits[1], source=source, digest=digest.hexdigest())
+        splits.append(Split(ids, [rows[rid][0] for rid in ids], _labels(ids, ids[0].split("/")[0])))
+        raws += [rows[rid][1] for rid in ids]
+    both = Split(splits[0].ids + splits[1].ids, [], np.concatenate([splits[0].labels, splits[1].labels]))
+    unsup, unsup_digest, unlabelled = None, "", found.get(("train", UNSUP), {})
+    if unlabelled:
+        ids = sorted(unlabelled)
+        unsup = Split(ids, [unlabelled[rid][0] for rid in ids], _labels(ids, "train"))
+        unsup_digest = _digest_of(unsup, [unlabelled[rid][1] for rid in ids])
+    return Imdb(splits[0], splits[1], source, _digest_of(both, raws), unsup, unsup_digest)

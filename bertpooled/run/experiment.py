@@ -33,7 +33,7 @@ from bertpooled.run.fit import EpochStats
 from bertpooled.run.measure import Phases
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
-from bertpooled.run.sources import ROLES, fetch_sources
+from bertpooled.run.sources import ROLES, fetch_sources, rows_digest, unlabelled_split
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking.models import log_checkpoint
 from bertpooled.tracking.probe import check_tracking_reachable
@@ -213,6 +213,10 @@ def pipeline_for(config: Config) -> Pipeline:
 def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
     """What a new run logs before any work: the resolved config, provenance and the datasets."""
     config, imdb, rt = inputs.config, inputs.imdb, inputs.rt
+    unlabelled, source = unlabelled_split(config, imdb, inputs.train, inputs.val)
+    about_unlabelled = (
+        {"unlabelled/source": source, "unlabelled/digest": rows_digest(imdb, unlabelled.ids)} if unlabelled else {}
+    )
     # config.yaml and config/data name the data actually read (e.g. from BERTPOOLED_IMDB), not the unset field;
     # a download keeps it unset (its URL is data/source), so resuming downloads again rather than opening a URL.
     resolved = config.to_dict()
@@ -238,6 +242,7 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
                 for option, source in (inputs.sources or {}).items()
                 for k, v in source.params(ROLES[option]).items()
             },
+            **about_unlabelled,
         },
     )
     tracking.log_datasets(
@@ -246,6 +251,7 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
         imdb.source,
         imdb.digest,
         validation=inputs.val.to_frame() if inputs.val is not None else None,
+        unlabelled=unlabelled.to_frame() if unlabelled is not None else None,
     )
 
 

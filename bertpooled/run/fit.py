@@ -154,7 +154,7 @@ def fit(
     cfg, rt = prepared.config, prepared.rt
     # The whole training set is a few MB of token ids (or the cached features): on a GPU it lives there, so a
     # step copies nothing.
-    inputs, lengths = model_inputs(prepared, "train")
+    inputs, lengths = sources.training_inputs(prepared, model_inputs(prepared, "train"))
     ids, lengths = inputs.to(rt.device), lengths.to(rt.device)
     net = eval_net = trained_network(model, prepared)
     tap = None
@@ -216,8 +216,8 @@ def train_epochs(
     """
     cfg, rt = prepared.config, prepared.rt
     seeds = len(trainee.orders)
-    labels = torch.from_numpy(prepared.train.labels.astype(np.float32)).to(rt.device)
-    n = len(labels)
+    labels = torch.from_numpy(sources.training_labels(prepared)).to(rt.device)
+    n, labelled = len(labels), len(prepared.train)
     # The order a shuffle buffer reads: fixed per data subset, like rows of a file (see `epoch_order`).
     stored = np.random.default_rng(cfg.data_seed).permutation(n) if cfg.shuffle_buffer else None
     histories = trainee.histories or [[] for _ in range(seeds)]
@@ -242,11 +242,11 @@ def train_epochs(
             losses, logits = step(trainee, trainee.inputs[idx], trainee.lengths[idx], y, rt, idx)
             # Accumulate on the device: no host sync per batch.
             loss_sum += losses * idx.shape[1]
-            correct += ((logits > 0) == (y > 0.5)).sum(1)
+            correct += (((logits > 0) == (y > 0.5)) & (y >= 0)).sum(1)  # unlabelled rows (-1) not counted
         seconds = (time.perf_counter() - start) / seeds
         losses_host, correct_host = loss_sum.cpu().tolist(), correct.cpu().tolist()
         for s in range(seeds):
-            stats = EpochStats(epoch, losses_host[s] / n, correct_host[s] / n, seconds)
+            stats = EpochStats(epoch, losses_host[s] / n, correct_host[s] / labelled, seconds)
             with trainee.evaluating(s) as net:
                 evaluate_epoch(stats, net, prepared)
             histories[s].append(stats)
@@ -410,7 +410,7 @@ def size_metrics(prepared: Prepared, model: Classifier, train_s: float) -> dict[
         PARAMS_BACKBONE: backbone_params,
         "params/backbone_trainable": backbone_trainable,
         "params/embeddings": embedding_params,
-        THROUGHPUT_TRAIN: len(prepared.train) * cfg.epochs / max(train_s, 1e-9),
+        THROUGHPUT_TRAIN: len(sources.training_ids(prepared)) * cfg.epochs / max(train_s, 1e-9),
         "data/train_examples": len(prepared.train),
         "data/test_examples": len(prepared.split("test")),
         cache_hit_metric("tokens"): float(prepared.tokens_cache_hit),

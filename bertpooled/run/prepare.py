@@ -56,6 +56,9 @@ class Prepared:
     or benchmark's hand-made inputs): resolved from the config when made."""
     val: data.Split | None = None
     """The validation split carved from the training subset (`validation_fraction`), evaluated after every epoch."""
+    unlabelled: data.Split | None = None
+    """`unlabelled`: reviews the teacher labels (label -1), trained on after `train` (`sources.training_rows`)."""
+    unlabelled_tokens: tokens.Tokens | None = None
     val_tokens: tokens.Tokens | None = None
     val_features: features.Features | None = None
     sources: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +87,7 @@ class Prepared:
 
 def check(config: Config) -> backbone.BackboneInfo:
     """Everything that can be checked before a run is created: backbone config, max_len, data source, device."""
-    info = backbone.inspect(config.model)
+    info = sources_.backbone_info(config)
     if config.max_len > info.max_positions:
         raise BertpooledError(
             f"config: max_len={config.max_len} exceeds the {info.max_positions} positions of backbone "
@@ -182,20 +185,18 @@ def prepare(
     sources: dict[str, Any] | None = None,
 ) -> Prepared:
     """Token ids for the subsets (cached per tokenizer, data digest, split subset and max_len) and the features.
-
     `rt`: the run's runtime, resolved once by the caller (default: resolved from the config here). `test` None (a
     tuning trial): the test set is neither tokenized nor featurized. `val`: the validation split, if any.
     `sources`: the tracked models the config builds on, as the caller fetched them (default: fetched here)."""
-    rt = rt or runtime.Runtime.resolve(config)
-    splits = _splits(train, val, test)
-    cache = data.cache_dir()
+    rt, cache = rt or runtime.Runtime.resolve(config), data.cache_dir()
+    splits = _splits(train, val, test, sources_.unlabelled_split(config, imdb, train, val)[0])
     with phases.timed("tokenize"):
         tokenizer = backbone.load_tokenizer(info)
         fingerprint = backbone.tokenizer_fingerprint(tokenizer)
         made, hits = {}, []
         for name, split in splits.items():
             # The subset's ids are part of the key: a cache entry holds exactly the rows this run uses.
-            subset_digest = data_digest_of(imdb.digest, split.ids)
+            subset_digest = sources_.rows_digest(imdb, split.ids)
             key = tokens.cache_key(fingerprint, subset_digest, name, config.max_len)
             made[name], hit = tokens.load_or_tokenize(
                 tokenizer,
@@ -227,13 +228,16 @@ def prepare(
         rt=rt,
         val=val,
         val_tokens=made.get("val"),
+        unlabelled=splits.get("unlabelled"),
+        unlabelled_tokens=made.get("unlabelled"),
         **inputs,
     )
 
 
-def _splits(train: data.Split, val: data.Split | None, test: data.Split | None) -> dict[str, data.Split]:
-    """The splits a run tokenizes and featurizes, by name: train, then val and test where given."""
-    return {name: split for name, split in (("train", train), ("val", val), ("test", test)) if split is not None}
+def _splits(train: data.Split, *others: data.Split | None) -> dict[str, data.Split]:
+    """The splits a run tokenizes and featurizes, by name: train, then val, test and unlabelled where given."""
+    named = zip(("train", "val", "test", "unlabelled"), (train, *others), strict=False)
+    return {name: split for name, split in named if split is not None}
 
 
 def encoder_for(config: Config, model: Any):
@@ -336,9 +340,7 @@ def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths)
 
 
-# --- The training rows' frozen features, computed once per run (issue 13) ------------------------------------
-#
-# The training rows' frozen features computed once per run, when they fit `precompute_mb` (issue 13).
+# --- The training rows' frozen features, computed once per run when they fit `precompute_mb` (issue 13) ------
 #
 # A head on frozen inputs recomputes the same features for every row in every epoch: the word lookup, the
 # embedding layer's LayerNorm over all `max_len` tokens, pooling. They are a fixed function of the token ids

@@ -12,6 +12,8 @@ its URI, run id and weights digest (`init/*`, `teacher/*`), so the chain is visi
   computed once and cached like the token and feature caches, keyed by the teacher's weights digest and the
   rows' digest. The teacher never sees a validation or test review.
 - `Distillation.loss`: alpha * BCE + (1 - alpha) * T^2 * KL(teacher || student), plus the hidden-state term.
+- `unlabelled_split`: the unlabelled reviews (`unlabelled`) the teacher labels for the student: rows with the
+  teacher's soft targets alone, appended to the training rows (`training_rows`; label -1, no BCE term).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bertpooled import data
+from bertpooled.data import tokens as tokens_
 from bertpooled.errors import BertpooledError
 from bertpooled.model import spec_checks
 from bertpooled.model.pooling import PoolSpec, lengths_mask, pool_sequence_cls
@@ -41,6 +45,30 @@ def fetch(config, option: str, dest: Path):
 
     ref = getattr(config, option)
     return fetch_model(ref, dest, option) if ref else None
+
+
+def backbone_info(config):
+    """The run's backbone (`backbone.inspect`); an adapted backbone named by its model URI is fetched into the cache
+    first, and must have been adapted to this run's pooling (one line otherwise)."""
+    import dataclasses
+
+    from bertpooled.model import backbone
+    from bertpooled.tracking.adapted import fetch_backbone, is_model_uri
+
+    if not is_model_uri(config.model):
+        return backbone.inspect(config.model)
+    fetched = fetch_backbone(config.model)
+    about = fetched.adaptation
+    theirs = (about["pool"], about["pool_at"], bool(about.get("separate_cls", False)))
+    if theirs != (config.pool, config.pool_at, config.separate_cls):
+        cls = " separate_cls=true" if theirs[2] else ""
+        raise BertpooledError(
+            f"config: model={config.model} was adapted to pool={theirs[0]} pool_at={theirs[1]}{cls}, this run has "
+            f"pool={config.pool} pool_at={config.pool_at}: run with the pooling it was adapted to, or use "
+            f"model={about['adapted_from']}"
+        )
+    info = backbone.inspect(str(fetched.folder))
+    return dataclasses.replace(info, name=config.model, adapted_from=str(about["adapted_from"]))
 
 
 def check(config, info) -> None:
@@ -64,7 +92,7 @@ def check_compatible(config, info, spec: dict[str, Any], option: str) -> None:
     def refuse(why: str, fix: str) -> None:
         raise BertpooledError(f"config: {option}={ref} {why}: {fix}")
 
-    if spec.get("backbone") != config.model:
+    if spec.get("backbone") not in (config.model, info.adapted_from or config.model):
         refuse(
             f"was trained on backbone {spec.get('backbone')!r}, this run uses {config.model!r}",
             "pass a model of the same backbone (its tokens and weights must match)",
@@ -137,9 +165,9 @@ def teacher_outputs(source, prepared, progress: bool | None = None) -> tuple[Tea
     from bertpooled.data.features import STORED_DTYPE, compute, load_or_store
     from bertpooled.model.build import ModelSpec, from_state
 
-    cfg, rt, toks = prepared.config, prepared.rt, prepared.train_tokens
+    cfg, rt, toks = prepared.config, prepared.rt, training_tokens(prepared)
     want_hidden = cfg.distill_hidden > 0
-    subset = data_digest_of(prepared.imdb.digest, prepared.train.ids)
+    subset = rows_digest(prepared.imdb, training_ids(prepared))
     key = teacher_key(source.sha256, subset, cfg.max_len, rt.precision, want_hidden)
 
     def make() -> dict[str, torch.Tensor]:
@@ -187,11 +215,19 @@ class Distillation:
     hidden_weight: float = 0.0
     hidden: torch.Tensor | None = None
     """The teacher's last hidden states pooled as the student pools (on the run's device), for the MSE term."""
+    unlabelled: bool = False
+    """Some training rows have no label (-1, `unlabelled`): the BCE term is the mean over the labelled rows of a
+    batch (0 in a batch of unlabelled rows alone); without them the loss is computed exactly as it always was."""
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, tap=None) -> torch.Tensor:
         """The mean loss of one batch: student `logits` (batch,), `labels`, the batch's training `rows`; `tap`
         holds the student's last hidden states and mask of this forward pass (the hidden-state term)."""
-        ce = F.binary_cross_entropy_with_logits(logits, labels)
+        if self.unlabelled:
+            known = (labels >= 0).to(logits.dtype)
+            each = F.binary_cross_entropy_with_logits(logits, labels.clamp_min(0), reduction="none")
+            ce = (each * known).sum() / known.sum().clamp_min(1.0)
+        else:
+            ce = F.binary_cross_entropy_with_logits(logits, labels)
         t = self.temperature
         teacher = self.logits[rows] / t
         target = torch.sigmoid(teacher)
@@ -258,9 +294,82 @@ def distillation_of(prepared, progress: bool | None = None) -> tuple[Any, bool]:
         outputs, hit = teacher_outputs(source, prepared, progress)
         hidden = pooled_teacher_states(outputs, cfg).to(rt.device) if cfg.distill_hidden else None
     loss = Distillation(
-        outputs.logits.to(rt.device), cfg.distill_alpha, cfg.distill_temperature, cfg.distill_hidden, hidden
+        outputs.logits.to(rt.device),
+        cfg.distill_alpha,
+        cfg.distill_temperature,
+        cfg.distill_hidden,
+        hidden,
+        unlabelled=prepared.unlabelled is not None,
     )
     return loss, hit
+
+
+UNSUP_SOURCE = "train/unsup"
+OUTSIDE_SOURCE = "train outside the labelled subset (labels dropped)"
+
+
+def unlabelled_split(config, imdb, *labelled) -> tuple[data.Split | None, str]:
+    """(the `config.unlabelled` unlabelled reviews, where they come from), or (None, "") when it is 0.
+
+    IMDB's `train/unsup` reviews where the data has them; else the training reviews that none of the `labelled`
+    splits (the run's training and validation rows) holds, their labels replaced by -1. Never a test review.
+    Drawn without replacement, seeded by `data_seed` (the same rows for every seed of a study), kept in id order.
+    """
+    n = config.unlabelled
+    if not n:
+        return None, ""
+    if imdb.unsup is not None and len(imdb.unsup):
+        pool, source = imdb.unsup, UNSUP_SOURCE
+    else:
+        taken = {rid for split in labelled if split is not None for rid in split.ids}
+        pool = imdb.train.take(np.array([rid not in taken for rid in imdb.train.ids], dtype=bool))
+        source = OUTSIDE_SOURCE
+    if n > len(pool):
+        raise BertpooledError(
+            f"config: unlabelled={n} is more than the {len(pool):,} unlabelled reviews this data has ({source}): "
+            f"use unlabelled={len(pool)} or less"
+        )
+    chosen = np.sort(np.random.default_rng(config.data_seed).choice(len(pool), size=n, replace=False))
+    rows = pool.take(chosen)
+    return data.Split(rows.ids, rows.texts, np.full(n, -1, dtype=np.int64)), source
+
+
+def rows_digest(imdb, ids: list[str]) -> str:
+    """The digest of these rows of the data: `data_digest_of` over the labelled data's digest, and the unlabelled
+    reviews' too when a row is one of them (rows of the labelled data keep the keys they always had)."""
+    if imdb.unsup_digest and any(rid.startswith(UNSUP_SOURCE + "/") for rid in ids):
+        return data_digest_of(imdb.digest + imdb.unsup_digest, ids)
+    return data_digest_of(imdb.digest, ids)
+
+
+def training_ids(prepared) -> list[str]:
+    """The ids of every row the run trains on: its labelled training rows, then its unlabelled ones."""
+    return prepared.train.ids + (prepared.unlabelled.ids if prepared.unlabelled is not None else [])
+
+
+def training_tokens(prepared) -> tokens_.Tokens:
+    """The token ids of every training row (`training_ids`' order)."""
+    toks = prepared.train_tokens
+    extra = prepared.unlabelled_tokens
+    if extra is None:
+        return toks
+    return tokens_.Tokens(np.concatenate([toks.ids, extra.ids]), np.concatenate([toks.lengths, extra.lengths]))
+
+
+def training_inputs(prepared, labelled: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the student trains on: the `labelled` rows' (ids, lengths), then the unlabelled rows' token ids."""
+    if prepared.unlabelled_tokens is None:
+        return labelled
+    toks = training_tokens(prepared)
+    return torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths)
+
+
+def training_labels(prepared) -> np.ndarray:
+    """The label of every training row as float32 (`training_ids`' order): 0/1, and -1 for an unlabelled row."""
+    labels = prepared.train.labels.astype(np.float32)
+    if prepared.unlabelled is None:
+        return labels
+    return np.concatenate([labels, np.full(len(prepared.unlabelled), -1.0, dtype=np.float32)])
 
 
 __all__ = [
@@ -268,6 +377,7 @@ __all__ = [
     "Distillation",
     "HiddenTap",
     "TeacherOutputs",
+    "backbone_info",
     "check",
     "check_compatible",
     "distillation_of",
@@ -275,6 +385,12 @@ __all__ = [
     "fetch_sources",
     "initial_state",
     "pooled_teacher_states",
+    "rows_digest",
     "teacher_key",
     "teacher_outputs",
+    "training_ids",
+    "training_inputs",
+    "training_labels",
+    "training_tokens",
+    "unlabelled_split",
 ]

@@ -270,20 +270,17 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_uri: s
         mlflow.log_metrics(rest, step=step, model_id=model_id)
 
 
-def log_datasets(
-    train: pd.DataFrame, test: pd.DataFrame | None, source: str, digest: str, validation: pd.DataFrame | None = None
-) -> None:
-    """Training, validation and test subsets (those given) as MLflow dataset inputs (schema, profile, digest; not
-    the data itself)."""
+def log_datasets(train: pd.DataFrame, test: pd.DataFrame | None, source: str, digest: str, **more: pd.DataFrame | None):
+    """Training, validation, test and unlabelled (distillation) subsets (those given) as MLflow dataset inputs
+    (schema, profile, digest; not the data itself)."""
     import hashlib
 
     from mlflow.data.pandas_dataset import from_pandas
 
-    names = {"training": "imdb-train", "validation": "imdb-val", "testing": "imdb-test"}
-    for frame, context in ((train, "training"), (validation, "validation"), (test, "testing")):
-        if frame is None:
-            continue
-        name = names[context]
+    frames = {"train": train, "val": more.get("validation"), "test": test, "unlabelled": more.get("unlabelled")}
+    contexts = {"train": "training", "val": "validation", "test": "testing", "unlabelled": "distillation"}
+    for short, frame in ((k, v) for k, v in frames.items() if v is not None):
+        name, context = f"imdb-{short}", contexts[short]
         # The subset's own digest, from the data's digest and its rows' ids: MLflow's default hashes the
         # whole frame again (and warns about pandas 4 on the way).
         ids = "\n".join(map(str, frame["id"])) if "id" in frame else str(len(frame))
@@ -291,7 +288,8 @@ def log_datasets(
         with warnings.catch_warnings():
             # A local path matches MLflow's local source type twice over; either reading is the same.
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-            dataset = from_pandas(frame, source=redact_uri(source), name=name, targets="label", digest=subset)
+            targets = None if context == "distillation" else "label"  # its rows have none (the teacher labels them)
+            dataset = from_pandas(frame, source=redact_uri(source), name=name, targets=targets, digest=subset)
             # The schema is inferred lazily, on logging: inferred here, the hint about integer columns that
             # may hold missing values (model inputs) is left out for a record of labels that never miss.
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
