@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from bertpooled.cli_adapt import adapt_command
 from bertpooled.cli_errors import OneLineErrors, numbers_checked
 from bertpooled.cli_options import with_config_options
 from bertpooled.cli_support import (
@@ -35,6 +36,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Does a pooling layer cut the compute of a language model without costing accuracy?"""
+
+
+app.command("adapt")(adapt_command)
 
 
 def config_command(name: str, *, exclude: tuple[str, ...] = ()):

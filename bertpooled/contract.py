@@ -48,8 +48,9 @@ KIND_COMPARISON = "comparison"
 #: on the test set, so no comparison of test accuracy may count them.
 KIND_TUNE = "tune"
 KIND_TRIAL = "tune_trial"
+KIND_ADAPT = "adapt"  # `bertpooled adapt`: a backbone adapted to its pooling, no classifier
 #: Kinds that are not training runs: compare-runs leaves them out, whether it searches or is handed a frame.
-NOT_TRAINING_KINDS = (KIND_SWEEP, KIND_COMPARISON, KIND_TUNE, KIND_TRIAL)
+NOT_TRAINING_KINDS = (KIND_SWEEP, KIND_COMPARISON, KIND_TUNE, KIND_TRIAL, KIND_ADAPT)
 
 
 def counts_as_training(kind: str | None) -> bool:

@@ -60,6 +60,9 @@ class BackboneInfo:
     vocab_size: int
     max_positions: int
     num_layers: int = 0
+    adapted_from: str = ""
+    """An adapted backbone (`bertpooled adapt`, named by its model URI): the backbone it was adapted from, whose
+    tokens and teachers it shares."""
 
 
 def inspect(name: str) -> BackboneInfo:

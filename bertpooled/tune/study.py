@@ -130,7 +130,7 @@ def _check_before_work(plan: StudyPlan, experiment: str | None, parallel: int, l
     machine's cores, and their trials' memory at the space's largest width, batch and length against its free
     memory (a Ray cluster's workers are the cluster's to place)."""
     from bertpooled import budget
-    from bertpooled.model.backbone import inspect
+    from bertpooled.run.sources import backbone_info
 
     check_experiment_name(experiment)  # the check train and sweep make: one line, not a 67-line traceback
     check_tracking_reachable()  # seconds, not minutes; and a file that is no MLflow store is never written over
@@ -143,7 +143,7 @@ def _check_before_work(plan: StudyPlan, experiment: str | None, parallel: int, l
         for d in plan.space.dimensions
         if d.name in ("lstm_units", "batch_size", "max_len") and d.corners()
     }
-    info = inspect(plan.base.model)
+    info = backbone_info(plan.base)
     config = dataclasses.replace(plan.base, **largest)
     budget.check_memory(config, info.hidden_size, info.num_layers, parallel, f"study {plan.name}'s largest trial")
 
