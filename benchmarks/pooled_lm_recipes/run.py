@@ -12,6 +12,13 @@ that seed's teacher for the same one extra epoch:
     b         topk:0.5 at layer:2 (tokens kept by the attention they receive), from the teacher, distilled
     c         unpooled, from the teacher, trained on for the same epoch (control: extra training is not pooling's)
     d         the first 4 layers only, from the teacher, distilled (control at pooling's FLOPs: 4 of 6 layers)
+    e2        (a)'s pooling on the adapted backbone (`bertpooled adapt`: MiniLM adapted once to avg:2x1 at layer:2
+              on 8,000 unlabelled reviews), distilled from the teacher for 2 epochs (the teacher's 1 + (a)'s 1)
+    e1        (a) with 2,000 unlabelled reviews the teacher labels (`unlabelled`: training reviews outside the
+              4,000, labels dropped; the shared archive has no train/unsup)
+
+The adapted backbone is made once (seed 0 of `bertpooled adapt`, kind `adapt` in the same experiment) before
+the first (e2) run and reused by every seed.
 
 Every run is a `bertpooled train` process logging into the study's store (experiment `pooled-lm-recipes`); a run
 is known by its description (`pooled-lm-recipes: <recipe>, seed <s>`), so a study cut short continues where it
@@ -40,7 +47,36 @@ RECIPES: dict[str, list[str]] = {
     "b": ["--pool", "topk:0.5", "--pool-at", "layer:2", "--init-from", "{teacher}", "--distill-from", "{teacher}"],
     "c": ["--init-from", "{teacher}"],
     "d": ["--keep-layers", "4", "--init-from", "{teacher}", "--distill-from", "{teacher}"],
-}
+    "e2": ["--model", "{adapted}", "--pool", "avg:2x1", "--pool-at", "layer:2", "--distill-from", "{teacher}"],
+    "e1": [*("--pool", "avg:2x1", "--pool-at", "layer:2", "--init-from", "{teacher}", "--distill-from", "{teacher}"),
+           "--unlabelled", "2000"],
+}  # fmt: skip
+#: Epochs of each recipe (COMMON's 1 otherwise): (e2) starts from the adapted backbone, not from the teacher, so it
+#: gets the teacher's epoch and the recipe's, as the control (c) had.
+EPOCHS = {"e2": "2"}
+ADAPT = [
+    *("adapt", "--pool", "avg:2x1", "--pool-at", "layer:2", "--reviews", "8000", "--held-out", "256"),
+    *("--max-len", "128", "--lr", "1e-4", "--epochs", "1", "--no-progress"),
+]  # fmt: skip
+
+
+def adapted_backbone(client, experiment_id: str, env: dict) -> str:
+    """The adapted backbone's model URI: the study's finished adapt run, made first when there is none."""
+
+    def finished() -> str | None:
+        runs = client.search_runs(
+            [experiment_id], "tags.`bertpooled.kind` = 'adapt' and attributes.status = 'FINISHED'"
+        )
+        return f"runs:/{runs[0].info.run_id}/backbone" if runs else None
+
+    if finished() is None:
+        print(f"== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} adapt", flush=True)
+        done = subprocess.run([sys.executable, "-m", "bertpooled", *ADAPT], env=env, cwd=ROOT)
+        if done.returncode:
+            sys.exit(f"adapt failed (exit {done.returncode}); run this script again to continue")
+    found = finished()
+    assert found is not None
+    return found
 
 
 def description(recipe: str, seed: int) -> str:
@@ -84,8 +120,14 @@ def main() -> None:
             if finished_run(client, experiment_id, recipe, seed):
                 continue
             teacher = finished_run(client, experiment_id, "teacher", seed)
-            extra = [part.format(teacher=teacher) for part in RECIPES[recipe]]
-            cmd = [sys.executable, "-m", "bertpooled", "train", *COMMON, *extra, "--seed", str(seed)]
+            adapted = adapted_backbone(client, experiment_id, env) if "{adapted}" in RECIPES[recipe] else ""
+            extra = [part.format(teacher=teacher, adapted=adapted) for part in RECIPES[recipe]]
+            common = [
+                *COMMON[: COMMON.index("--epochs") + 1],
+                EPOCHS.get(recipe, "1"),
+                *COMMON[COMMON.index("--epochs") + 2 :],
+            ]
+            cmd = [sys.executable, "-m", "bertpooled", "train", *common, *extra, "--seed", str(seed)]
             cmd += ["--description", description(recipe, seed)]
             print(f"== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} seed {seed} {recipe}", flush=True)
             done = subprocess.run(cmd, env=env, cwd=ROOT)
