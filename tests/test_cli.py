@@ -171,7 +171,7 @@ def test_the_mlproject_commands_pass_every_option_of_the_command_they_call():
 
     from typer.models import ParameterInfo
 
-    import bertpooled.cli as cli
+    import bertpooled.cli.commands as cli
 
     for command, wrapper in (
         (cli.train, cli.mlproject_train),

@@ -14,11 +14,11 @@ import yaml
 from conftest import ROOT
 from typer.testing import CliRunner
 
-import bertpooled.cli as cli
-import bertpooled.cli_sweep as cli_sweep
-import bertpooled.cli_tune as cli_tune
+import bertpooled.cli.commands as cli
+import bertpooled.cli.sweep as cli_sweep
+import bertpooled.cli.tune as cli_tune
 from bertpooled.cli import app
-from bertpooled.cli_options import config_fields, field_docs
+from bertpooled.cli.options import config_fields, field_docs
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
 
@@ -357,7 +357,7 @@ def test_typed_fields_are_text_for_load_config_with_their_canonical_default():
 
 
 def test_a_command_whose_options_would_clash_with_a_field_is_refused_at_import():
-    from bertpooled.cli_options import fields_but, with_config_options
+    from bertpooled.cli.options import fields_but, with_config_options
 
     def no_fields(config=None):
         """No place for the options."""

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from bertpooled.config_files import MAX_CONFIG_BYTES
+from bertpooled.config.files import MAX_CONFIG_BYTES
 from bertpooled.contract import (
     ERROR_TAG,
     FAILED,
@@ -79,7 +79,7 @@ def _ensure_schema(uri: str) -> None:
 
 def download_config(uri: str) -> Path:
     """A config file logged with a run, `runs:/<run id>/<path>` (what `bertpooled tune` prints for a study's best
-    config), downloaded to a folder of this process's; the YAML is then read by `config_files.read_yaml`, with its
+    config), downloaded to a folder of this process's; the YAML is then read by `config.files.read_yaml`, with its
     bounds. Checked first: the run exists, the path is a file, and it is no larger than a config may be."""
     run_id, _, path = uri.removeprefix("runs:/").strip("/").partition("/")
     if not run_id or not path:

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from bertpooled import config_rules as rules
-from bertpooled.config_files import read_yaml, resolve_config_path, safe_yaml
-from bertpooled.config_rules import (  # noqa: F401  (the settings' choices, importable from here as before)
+import bertpooled.config.rules as rules
+from bertpooled.config.files import read_yaml, resolve_config_path, safe_yaml
+from bertpooled.config.rules import (  # noqa: F401  (the settings' choices, importable from here as before)
     FEATURES,
     INITS,
     LSTM_BIASES,

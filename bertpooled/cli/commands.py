@@ -6,9 +6,9 @@ from typing import Any
 
 import typer
 
-from bertpooled.cli_errors import OneLineErrors, numbers_checked
-from bertpooled.cli_options import with_config_options
-from bertpooled.cli_support import (
+from bertpooled.cli.errors import OneLineErrors, numbers_checked
+from bertpooled.cli.options import with_config_options
+from bertpooled.cli.shared import (
     _blank_to_none,
     _fields_and_sets,
     _hide_credentials,
@@ -19,7 +19,7 @@ from bertpooled.cli_support import (
     fail,
     local_config,
 )
-from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command
+from bertpooled.cli.tune import TUNE_AXES, mlproject_tune, tune_command
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
@@ -39,7 +39,7 @@ def _root() -> None:
 
 def config_command(name: str, *, exclude: tuple[str, ...] = ()):
     """Register the decorated function as command `name`, with one option per Config field (but `exclude`) where
-    its `fields` parameter is (see bertpooled.cli_options); the function itself is returned unchanged."""
+    its `fields` parameter is (see bertpooled.cli.options); the function itself is returned unchanged."""
 
     def register(command):
         app.command(name)(with_config_options(command, exclude=exclude))
@@ -311,9 +311,9 @@ def serve_command(
     serve(model_uri, host, port, ServeLimits(max_body_mb, max_text_chars, batch_size), echo=typer.echo)
 
 
-# `sweep` and `tune`, and their MLproject forms: bertpooled.cli_sweep and bertpooled.cli_tune (kept apart: this
-# module stays readable in one sitting; the options both take are in bertpooled.cli_support).
-from bertpooled.cli_sweep import SWEEP_AXES, mlproject_sweep, sweep_command  # noqa: E402
+# `sweep` and `tune`, and their MLproject forms: bertpooled.cli.sweep and bertpooled.cli.tune (kept apart: this
+# module stays readable in one sitting; the options both take are in bertpooled.cli.shared).
+from bertpooled.cli.sweep import SWEEP_AXES, mlproject_sweep, sweep_command  # noqa: E402
 
 MLPROJECT: dict[str, Any] = {
     "hidden": True,

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from bertpooled.cli_errors import numbers_checked
-from bertpooled.cli_support import (
+from bertpooled.cli.errors import numbers_checked
+from bertpooled.cli.shared import (
     TRI_STATE,
     Address,
     ConfigFile,

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from bertpooled.cli_errors import fail
-from bertpooled.cli_options import fields_but
+from bertpooled.cli.errors import fail
+from bertpooled.cli.options import fields_but
 
 # The options `sweep` and `tune` share (typer reads the Annotated option; the default is the parameter's own).
 Modes = Annotated[
