@@ -15,8 +15,6 @@ from conftest import ROOT
 from typer.testing import CliRunner
 
 import bertpooled.cli.commands as cli
-import bertpooled.cli.sweep as cli_sweep
-import bertpooled.cli.tune as cli_tune
 from bertpooled.cli import app
 from bertpooled.cli.options import config_fields, field_docs
 from bertpooled.config import Config
@@ -289,10 +287,10 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     text = (ROOT / "MLproject").read_text()
     accepted = {
-        "main": set(FIELDS) | set(cli.MLPROJECT_TRAIN_OWN),
-        "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli_sweep.MLPROJECT_SWEEP_OWN),
-        "compare": set(cli.MLPROJECT_COMPARE),
-        "tune": (set(FIELDS) - {"mode"}) | set(cli_tune.MLPROJECT_TUNE_OWN),
+        "main": set(FIELDS) | set(cli.MLPROJECT_TRAIN.own_names),
+        "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli.MLPROJECT_SWEEP.own_names),
+        "compare": set(cli.MLPROJECT_COMPARE.own_names),
+        "tune": (set(FIELDS) - {"mode"}) | set(cli.MLPROJECT_TUNE.own_names),
     }
     assert set(project["entry_points"]) == set(accepted)
     sections = re.split(r"^  (\w+):$", text, flags=re.M)[1:]

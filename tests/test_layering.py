@@ -49,6 +49,14 @@ def _nodes(tree: ast.AST, type_checking: bool):
             stack.append(child)
 
 
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module an import-from names, a relative one resolved against `package`."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    return ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+
+
 def imported_modules(path: Path, package: str = "", type_checking: bool = True) -> set[str]:
     """Every module a file imports, as absolute dotted names: at any depth (function-level imports), under
     `if TYPE_CHECKING:` too unless ``type_checking`` is False (an annotation import still ties two modules
@@ -59,11 +67,7 @@ def imported_modules(path: Path, package: str = "", type_checking: bool = True) 
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(
-                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
-                )
+            base = _absolute(node, package)
             found.add(base)
             # `from bertpooled.run import fit` imports the module bertpooled.run.fit; `from x import name` is
             # kept as x.name too, so a scan for a module finds `from mlflow import tracking`.
@@ -152,8 +156,60 @@ def test_the_report_builder_is_pure():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_nothing_imports_the_cli():
-    assert sorted(n for n in MODULES if "bertpooled.cli" in _internal(n) and n != "bertpooled.__main__") == []
+def test_nothing_outside_the_cli_imports_it():
+    importers = {n for n in MODULES if not _under(n, "cli") and any(_under(m, "cli") for m in _internal(n))}
+    assert sorted(importers - {"bertpooled.__main__"}) == []
+
+
+def private_imports(path: Path, package: str = "") -> list[str]:
+    """Each `_`-prefixed name `path` takes from another module of the package: `from bertpooled.x import _name`
+    (relative too), or `module._name` on a module it imported (`from bertpooled import x`, `import ... as x`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = _absolute(node, package)
+            if base.split(".")[0] != "bertpooled":
+                continue
+            for alias in node.names:
+                if f"{base}.{alias.name}" in MODULES:
+                    modules.add(alias.asname or alias.name)
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{path.name}:{node.lineno} from {base} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names if a.asname and a.name.split(".")[0] == "bertpooled")
+    for node in ast.walk(tree):
+        private = isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        if private and isinstance(node.value, ast.Name) and node.value.id in modules:
+            found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name another module needs is public (issue 30: 27 cross-module uses of 12 `_` names in the CLI alone)."""
+    offenders = {
+        name: found
+        for name, path in MODULES.items()
+        if (found := private_imports(path, name if path.name == "__init__.py" else name.rpartition(".")[0]))
+    }
+    assert offenders == {}
+
+
+def test_the_private_import_scan_sees_each_spelling(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from bertpooled.cli.shared import _hidden, shown\n"
+        "from bertpooled.config import rules\n"
+        "import bertpooled.tracking.runs as runs\n"
+        "from .shared import _relative\n"
+        "rules._bad, runs._end, rules.reject, shown.__doc__\n"
+    )
+    assert private_imports(sample, "bertpooled.cli") == [
+        "sample.py:1 from bertpooled.cli.shared import _hidden",
+        "sample.py:4 from bertpooled.cli.shared import _relative",
+        "sample.py:5 rules._bad",
+        "sample.py:5 runs._end",
+    ]
 
 
 def test_the_scanner_sees_function_level_type_checking_and_importlib_imports(tmp_path):

@@ -30,8 +30,12 @@ MAX_SEED = 2**32 - 1
 MAX_TEXT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 
 
-def _bad(name: str, value: Any, valid: str) -> None:
+def reject(name: str, value: Any, valid: str) -> None:
+    """The one-line error for setting `name` at `value`, naming what would be valid."""
     raise BertpooledError(f"config: {name}={value!r} is not valid: use {valid}")
+
+
+_bad = reject  # the checks below call it by this short name
 
 
 @dataclass(frozen=True)

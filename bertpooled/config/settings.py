@@ -26,7 +26,6 @@ from bertpooled.config.rules import (  # noqa: F401  (the settings' choices, imp
     REFERENCE_TEXTS,
     TOKEN_FEATURES,
     FeatureKind,
-    _bad,
 )
 from bertpooled.errors import BertpooledError, short_text
 
@@ -149,14 +148,14 @@ class Config:
             import importlib.util
 
             if importlib.util.find_spec("psutil") is None:
-                _bad(
+                rules.reject(
                     "system_metrics",
                     self.system_metrics,
                     "false, or install psutil (pip install 'bertpooled[system-metrics]')",
                 )
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
-            _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
+            rules.reject("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
         rules.check_numbers(self)
         rules.check_choices(self)
         # Parsed once, like `pool_spec`: code asks the kind what it means instead of comparing strings.
