@@ -109,8 +109,8 @@ def hide_credentials(tracking_uri: str | None = None) -> str | None:
 
 def interrupt_as_keyboard_interrupt() -> None:
     """Ctrl-C and SIGTERM (a scheduler or `kill`) unwind as KeyboardInterrupt, so the run is ended KILLED, not
-    left RUNNING; never inside a tracking-store write (see bertpooled.sweep.interrupts)."""
-    from bertpooled.sweep import interrupts
+    left RUNNING; never inside a tracking-store write (see bertpooled.tracking.interrupts)."""
+    from bertpooled.tracking import interrupts
 
     interrupts.install()
 

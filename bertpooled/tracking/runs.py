@@ -1,6 +1,7 @@
 """Everything MLflow: the run's lifecycle, names and tags, params, metrics, datasets, predictions and the model.
 
-Training code calls this module at its edges (start, each finished epoch, the end); nothing else imports mlflow.
+Training code calls this module at its edges (start, each finished epoch, the end). Only tracking/ and serving/
+import mlflow at run time (tests/test_layering.py holds that rule).
 """
 
 from __future__ import annotations
