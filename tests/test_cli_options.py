@@ -14,11 +14,9 @@ import yaml
 from conftest import ROOT
 from typer.testing import CliRunner
 
-import bertpooled.cli as cli
-import bertpooled.cli_sweep as cli_sweep
-import bertpooled.cli_tune as cli_tune
+import bertpooled.cli.commands as cli
 from bertpooled.cli import app
-from bertpooled.cli_options import config_fields, field_docs
+from bertpooled.cli.options import config_fields, field_docs
 from bertpooled.config import Config
 from bertpooled.errors import BertpooledError
 
@@ -290,10 +288,10 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     text = (ROOT / "MLproject").read_text()
     accepted = {
-        "main": set(FIELDS) | set(cli.MLPROJECT_TRAIN_OWN),
-        "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli_sweep.MLPROJECT_SWEEP_OWN),
-        "compare": set(cli.MLPROJECT_COMPARE),
-        "tune": (set(FIELDS) - {"mode"}) | set(cli_tune.MLPROJECT_TUNE_OWN),
+        "main": set(FIELDS) | set(cli.MLPROJECT_TRAIN.own_names),
+        "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli.MLPROJECT_SWEEP.own_names),
+        "compare": set(cli.MLPROJECT_COMPARE.own_names),
+        "tune": (set(FIELDS) - {"mode"}) | set(cli.MLPROJECT_TUNE.own_names),
     }
     assert set(project["entry_points"]) == set(accepted)
     sections = re.split(r"^  (\w+):$", text, flags=re.M)[1:]
@@ -358,7 +356,7 @@ def test_typed_fields_are_text_for_load_config_with_their_canonical_default():
 
 
 def test_a_command_whose_options_would_clash_with_a_field_is_refused_at_import():
-    from bertpooled.cli_options import fields_but, with_config_options
+    from bertpooled.cli.options import fields_but, with_config_options
 
     def no_fields(config=None):
         """No place for the options."""

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from bertpooled.cli_errors import OneLineErrors
+from bertpooled.cli.errors import OneLineErrors
 
 LONG = "a" * 5000
 

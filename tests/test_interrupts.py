@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bertpooled.sweep import interrupts
+from bertpooled.tracking import interrupts
 
 
 def _code_of(module_name: str):

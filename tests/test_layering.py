@@ -49,6 +49,14 @@ def _nodes(tree: ast.AST, type_checking: bool):
             stack.append(child)
 
 
+def _absolute(node: ast.ImportFrom, package: str) -> str:
+    """The module an import-from names, a relative one resolved against `package`."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    return ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+
+
 def imported_modules(path: Path, package: str = "", type_checking: bool = True) -> set[str]:
     """Every module a file imports, as absolute dotted names: at any depth (function-level imports), under
     `if TYPE_CHECKING:` too unless ``type_checking`` is False (an annotation import still ties two modules
@@ -59,11 +67,7 @@ def imported_modules(path: Path, package: str = "", type_checking: bool = True) 
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(
-                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
-                )
+            base = _absolute(node, package)
             found.add(base)
             # `from bertpooled.run import fit` imports the module bertpooled.run.fit; `from x import name` is
             # kept as x.name too, so a scan for a module finds `from mlflow import tracking`.
@@ -152,8 +156,60 @@ def test_the_report_builder_is_pure():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_nothing_imports_the_cli():
-    assert sorted(n for n in MODULES if "bertpooled.cli" in _internal(n) and n != "bertpooled.__main__") == []
+def test_nothing_outside_the_cli_imports_it():
+    importers = {n for n in MODULES if not _under(n, "cli") and any(_under(m, "cli") for m in _internal(n))}
+    assert sorted(importers - {"bertpooled.__main__"}) == []
+
+
+def private_imports(path: Path, package: str = "") -> list[str]:
+    """Each `_`-prefixed name `path` takes from another module of the package: `from bertpooled.x import _name`
+    (relative too), or `module._name` on a module it imported (`from bertpooled import x`, `import ... as x`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = _absolute(node, package)
+            if base.split(".")[0] != "bertpooled":
+                continue
+            for alias in node.names:
+                if f"{base}.{alias.name}" in MODULES:
+                    modules.add(alias.asname or alias.name)
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{path.name}:{node.lineno} from {base} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            modules.update(a.asname for a in node.names if a.asname and a.name.split(".")[0] == "bertpooled")
+    for node in ast.walk(tree):
+        private = isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        if private and isinstance(node.value, ast.Name) and node.value.id in modules:
+            found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name another module needs is public (issue 30: 27 cross-module uses of 12 `_` names in the CLI alone)."""
+    offenders = {
+        name: found
+        for name, path in MODULES.items()
+        if (found := private_imports(path, name if path.name == "__init__.py" else name.rpartition(".")[0]))
+    }
+    assert offenders == {}
+
+
+def test_the_private_import_scan_sees_each_spelling(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from bertpooled.cli.shared import _hidden, shown\n"
+        "from bertpooled.config import rules\n"
+        "import bertpooled.tracking.runs as runs\n"
+        "from .shared import _relative\n"
+        "rules._bad, runs._end, rules.reject, shown.__doc__\n"
+    )
+    assert private_imports(sample, "bertpooled.cli") == [
+        "sample.py:1 from bertpooled.cli.shared import _hidden",
+        "sample.py:4 from bertpooled.cli.shared import _relative",
+        "sample.py:5 rules._bad",
+        "sample.py:5 runs._end",
+    ]
 
 
 def test_the_scanner_sees_function_level_type_checking_and_importlib_imports(tmp_path):
@@ -193,9 +249,55 @@ def test_no_import_cycles():
     assert cycles == []
 
 
-def test_no_module_is_over_400_lines():
-    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 420}
-    assert long == {}
+def test_module_size_is_a_guide_not_a_target():
+    """Ownership rules shape the house (below); size is a guide: a module over 400 lines is reported as a warning
+    (split it where its jobs part), only one over 500 fails."""
+    import warnings
+
+    sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    over_guide = {name: n for name, n in sizes.items() if n > 400}
+    if over_guide:
+        warnings.warn(f"modules over 400 lines: {over_guide}", stacklevel=1)
+    assert {name: n for name, n in sizes.items() if n > 500} == {}
+
+
+def trains(path: Path) -> bool:
+    """Whether a file trains: imports torch.optim or calls `.backward()` (read from its code, not its comments)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import) and any(a.name.startswith("torch.optim") for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.optim"):
+            return True
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "backward":
+            return True
+    return False
+
+
+def test_only_run_trains():
+    assert sorted(name for name, path in MODULES.items() if not _under(name, "run") and trains(path)) == []
+
+
+# Today's exceptions to "sweep/ and tune/ plan and schedule" (issue 30): each goes when its feature moves.
+PLANNERS_REACHING_DOWN = {
+    # the seed-group training, moving into run/ (issue 30, "each feature in one room")
+    "bertpooled.sweep.groups": {"bertpooled.model.heads", "bertpooled.run.fit", "bertpooled.run.grouped"},
+    # a backbone's shape, read to plan children / check a study's space
+    "bertpooled.sweep.runner": {"bertpooled.model.backbone"},
+    "bertpooled.tune.study": {"bertpooled.model.backbone"},
+    # a trial's own orchestration of one run (issue 30, "one run, one sink")
+    "bertpooled.tune.trials": {"bertpooled.run.fit"},
+}
+
+
+def test_sweep_and_tune_reach_the_model_and_the_loop_only_through_a_run():
+    """sweep/ and tune/ plan and schedule: they run runs (run.experiment), not the model or the training loop."""
+    loop = ("bertpooled.run.fit", "bertpooled.run.grouped")
+    reach = {
+        name: {m for m in _internal(name) if _under(m, "model") or m in loop}
+        for name in MODULES
+        if _under(name, "sweep", "tune")
+    }
+    assert {k: v for k, v in reach.items() if v} == PLANNERS_REACHING_DOWN
 
 
 def test_the_contract_spells_mlflows_own_names_without_importing_mlflow():

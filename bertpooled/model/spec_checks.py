@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from bertpooled.config_rules import FEATURES, INITS, LSTM_BIASES, PADDINGS, PRECISIONS
+from bertpooled.config.rules import FEATURES, INITS, LSTM_BIASES, PADDINGS, PRECISIONS
 
 CONFIG_FILE = "model_config.json"
 # Widths past these build models of gigabytes; no run of this project trains one (the seed's head has 16 units).

@@ -94,7 +94,7 @@ def prepare_resume(
 
 def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code_change: bool) -> tuple[Config, Resume]:
     from bertpooled.config import load_config
-    from bertpooled.config_files import read_yaml, resolve_config_path
+    from bertpooled.config.files import read_yaml, resolve_config_path
 
     with tempfile.TemporaryDirectory() as tmp:
         record = run_to_resume(run_id, Path(tmp))

@@ -46,7 +46,8 @@ CANCEL_GRACE_S = 20.0
 NODE_TAG, NODE_IP_TAG = SWEEP_NODE_TAG, SWEEP_NODE_IP_TAG
 
 
-def _import_ray():
+def import_ray():
+    """The `ray` module, or the one-line error saying how to install it."""
     try:
         import ray
     except ImportError:
@@ -72,7 +73,7 @@ class RayExecutor:
             )
         if self.gpus_per_run < 0:
             raise BertpooledError(f"--gpus-per-run {self.gpus_per_run} must be >= 0, e.g. 1 for one GPU per child")
-        _import_ray()
+        import_ray()
 
     def check(self, children: Sequence) -> None:
         """A child that asks for a GPU must reserve one: Ray would not keep two such children off the same GPU."""
@@ -85,7 +86,7 @@ class RayExecutor:
 
     def connect(self) -> None:
         """Join the cluster (before the sweep's parent run exists, so a wrong address leaves no run behind)."""
-        ray = _import_ray()
+        ray = import_ray()
         if ray.is_initialized():
             return
         where = self.address or os.environ.get("RAY_ADDRESS") or ""
@@ -110,7 +111,7 @@ class RayExecutor:
 
     def close(self) -> None:
         """Leave the cluster (the cluster itself keeps running)."""
-        ray = _import_ray()
+        ray = import_ray()
         if ray.is_initialized():
             ray.shutdown()
 
@@ -137,7 +138,7 @@ class RayExecutor:
         """
         from tqdm.auto import tqdm
 
-        ray = _import_ray()
+        ray = import_ray()
         self.connect()
         refs = self._submit(ray, todo, parent_id)
         by_key = {child.key: child for child in todo}

@@ -126,7 +126,7 @@ def run_sweep(
 
     Under `mlflow run -e sweep` the run MLflow created is the parent, so `mlflow run --run-id ID -e sweep`
     resumes. A child that fails stops the sweep: its run and the parent end FAILED and the error propagates.
-    `executor` (`executor.executor_for`, started) runs the children; None: here, one by one (`LocalExecutor`).
+    `executor` (`runner.executor_for`, started) runs the children; None: here, one by one (`LocalExecutor`).
     """
     if not children:
         raise BertpooledError("the sweep has no children: pass --modes and --seeds")

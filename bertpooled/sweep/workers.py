@@ -56,7 +56,7 @@ def owner(run_id: str = "", resume_hint: str = "") -> Owner:
 def init(stop, owned_by: Owner) -> None:
     """The first thing in each worker: signals and the tie to the parent (see the module doc). `stop` is the
     pool's Event (or None): set here on a signal, so that no worker of the pool starts more work."""
-    from bertpooled.sweep import interrupts
+    from bertpooled.tracking import interrupts
 
     global _stop, _owner
     _stop, _owner = stop, owned_by

@@ -1,6 +1,7 @@
 """Everything MLflow: the run's lifecycle, names and tags, params, metrics, datasets, predictions and the model.
 
-Training code calls this module at its edges (start, each finished epoch, the end); nothing else imports mlflow.
+Training code calls this module at its edges (start, each finished epoch, the end). Only tracking/ and serving/
+import mlflow at run time (tests/test_layering.py holds that rule).
 """
 
 from __future__ import annotations
@@ -185,12 +186,12 @@ def ending(run_id: str, where: Callable[[], str] = lambda: "") -> Iterator[None]
         yield
     except KeyboardInterrupt:
         at = where()
-        _end_run(run_id, KILLED, f"interrupted (Ctrl-C or SIGTERM){f' at {at}' if at else ''}")
+        end_run(run_id, KILLED, f"interrupted (Ctrl-C or SIGTERM){f' at {at}' if at else ''}")
         raise
     except BaseException as exc:
         message = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
         at = where()
-        _end_run(run_id, FAILED, (f"{at}: {message}" if at else message)[:5000])
+        end_run(run_id, FAILED, (f"{at}: {message}" if at else message)[:5000])
         raise
     else:
         mlflow.end_run(FINISHED)
@@ -202,7 +203,7 @@ def _clear_tag(run_id: str, key: str) -> None:
         client.delete_tag(run_id, key)
 
 
-def _end_run(run_id: str, status: str, reason: str) -> None:
+def end_run(run_id: str, status: str, reason: str) -> None:
     """End a run that is failing, whatever state the failure left MLflow's client in.
 
     The interrupt may have landed inside an MLflow call (a half-done database transaction, say); the

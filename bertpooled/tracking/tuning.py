@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from bertpooled.config_files import MAX_CONFIG_BYTES
+from bertpooled.config.files import MAX_CONFIG_BYTES
 from bertpooled.contract import (
     ERROR_TAG,
     FAILED,
@@ -31,7 +31,7 @@ from bertpooled.contract import (
     TUNE_STATE_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.tracking.runs import _end_run, ending, get_run_or_error
+from bertpooled.tracking.runs import end_run, ending, get_run_or_error
 
 OPTUNA_FILE = "optuna.db"
 # Optuna keeps its own alembic_version table: in the tracking store's PostgreSQL database it would meet
@@ -79,7 +79,7 @@ def _ensure_schema(uri: str) -> None:
 
 def download_config(uri: str) -> Path:
     """A config file logged with a run, `runs:/<run id>/<path>` (what `bertpooled tune` prints for a study's best
-    config), downloaded to a folder of this process's; the YAML is then read by `config_files.read_yaml`, with its
+    config), downloaded to a folder of this process's; the YAML is then read by `config.files.read_yaml`, with its
     bounds. Checked first: the run exists, the path is a file, and it is no larger than a config may be."""
     run_id, _, path = uri.removeprefix("runs:/").strip("/").partition("/")
     if not run_id or not path:
@@ -160,15 +160,15 @@ def trial_run(
             )
             mlflow.end_run(KILLED)
         except Exception:
-            _end_run(run_id, KILLED, str(exc))
+            end_run(run_id, KILLED, str(exc))
         raise
     except KeyboardInterrupt:
         _set_state(run_id, "FAIL")
-        _end_run(run_id, KILLED, "interrupted (Ctrl-C or SIGTERM)")
+        end_run(run_id, KILLED, "interrupted (Ctrl-C or SIGTERM)")
         raise
     except BaseException as exc:
         _set_state(run_id, "FAIL")
-        _end_run(run_id, FAILED, ((str(exc).splitlines() or [""])[0] or type(exc).__name__)[:5000])
+        end_run(run_id, FAILED, ((str(exc).splitlines() or [""])[0] or type(exc).__name__)[:5000])
         raise
     else:
         mlflow.set_tag(TUNE_STATE_TAG, "COMPLETE")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bertpooled.config import FIELD_TYPES, Config, load_config, typed_value
-from bertpooled.config_files import read_yaml
+from bertpooled.config.files import read_yaml
 from bertpooled.errors import BertpooledError
 
 # Fields a study may not search: the data every trial is scored on must stay the same (a trial on another

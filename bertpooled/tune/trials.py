@@ -221,9 +221,9 @@ def run_ray_workers(args: OptimizeArgs, workers: int, executor, log: Callable[[s
     """The workers as Ray tasks with the executor's resources (every node must reach the study's storage and the
     tracking store: a shared database, not a local SQLite file, beyond one machine). A worker's error stops the
     study; Ctrl-C cancels the tasks, whose running trials then end (FAIL in Optuna, KILLED in MLflow)."""
-    from bertpooled.sweep.ray_executor import CANCEL_GRACE_S, _import_ray
+    from bertpooled.sweep.ray_executor import CANCEL_GRACE_S, import_ray
 
-    ray = _import_ray()
+    ray = import_ray()
     executor.connect()
     plan, base = args[0], args[0].base
     if not base.num_threads:

@@ -13,7 +13,7 @@ from bertpooled.errors import BertpooledError
 
 EXPERIMENTS_DIR = Path("experiments")
 # The project's own experiment files, for a checkout or editable install run from another folder.
-PROJECT_EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+PROJECT_EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 # A config file is a few dozen `key: value` lines. These bounds are checked before YAML builds anything: a
 # 700-byte file of nested anchors (a "billion laughs") otherwise expands to gigabytes once a value is printed.
 MAX_CONFIG_BYTES = 256 * 1024

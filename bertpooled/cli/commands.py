@@ -6,21 +6,21 @@ from typing import Any
 
 import typer
 
-from bertpooled.cli_adapt import adapt_command
-from bertpooled.cli_errors import OneLineErrors, numbers_checked
-from bertpooled.cli_options import with_config_options
-from bertpooled.cli_support import (
-    _blank_to_none,
-    _fields_and_sets,
-    _hide_credentials,
-    _interrupt_as_keyboard_interrupt,
-    _mlproject_pairs,
-    _print_report,
-    _progress,
+from bertpooled.cli.adapt import adapt_command
+from bertpooled.cli.errors import OneLineErrors, numbers_checked
+from bertpooled.cli.mlproject import ON_OFF, EntryPoint, register
+from bertpooled.cli.options import with_config_options
+from bertpooled.cli.shared import (
+    blank_to_none,
     fail,
+    hide_credentials,
+    interrupt_as_keyboard_interrupt,
     local_config,
+    print_report,
+    progress_bars,
 )
-from bertpooled.cli_tune import TUNE_AXES, mlproject_tune, tune_command
+from bertpooled.cli.sweep import MLPROJECT_SWEEP, SWEEP_AXES, sweep_command
+from bertpooled.cli.tune import MLPROJECT_TUNE, TUNE_AXES, tune_command
 from bertpooled.errors import BertpooledError
 
 app = typer.Typer(
@@ -43,7 +43,7 @@ app.command("adapt")(adapt_command)
 
 def config_command(name: str, *, exclude: tuple[str, ...] = ()):
     """Register the decorated function as command `name`, with one option per Config field (but `exclude`) where
-    its `fields` parameter is (see bertpooled.cli_options); the function itself is returned unchanged."""
+    its `fields` parameter is (see bertpooled.cli.options); the function itself is returned unchanged."""
 
     def register(command):
         app.command(name)(with_config_options(command, exclude=exclude))
@@ -87,17 +87,17 @@ def train(
     """Train and evaluate one configuration as an MLflow run."""
     from bertpooled.config import parse_sets
 
-    _interrupt_as_keyboard_interrupt()
-    _hide_credentials()
+    interrupt_as_keyboard_interrupt()
+    hide_credentials()
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         from bertpooled.run.experiment import run_experiment
 
-        config = local_config(_blank_to_none(config))
-        cfg, target = _config_to_train(config, overrides, _blank_to_none(resume), allow_code_change, take_over)
+        config = local_config(blank_to_none(config))
+        cfg, target = _config_to_train(config, overrides, blank_to_none(resume), allow_code_change, take_over)
         try:
             outcome = run_experiment(
-                cfg, progress=_progress(progress), log=lambda line: typer.echo(line, err=True), resume=target
+                cfg, progress=progress_bars(progress), log=lambda line: typer.echo(line, err=True), resume=target
             )
         finally:
             if target is not None:
@@ -153,52 +153,6 @@ def _print_trained(cfg, outcome) -> None:
         typer.echo(where)
 
 
-# The MLproject parameters that are no config field, per entry point (every other one is a config field).
-MLPROJECT_TRAIN_OWN = ("config", "resume", "allow_code_change")
-MLPROJECT_COMPARE = (
-    "experiment",
-    "parent",
-    "run_ids",
-    "filter",
-    "group_by",
-    "baseline",
-    "format",
-    "output",
-    "comparison_experiment",
-)
-
-
-@app.command(
-    "mlproject-train", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def mlproject_train(ctx: typer.Context) -> None:
-    """`train` for the MLproject's main entry point, which declares no parameters.
-
-    MLflow logs every declared parameter, its default included ('' rows in the UI), and echoes each in the
-    command; a parameter it does not declare arrives as `--key value` and is logged only when given. So
-    `-P epochs=3` arrives here as `--epochs 3` and is passed as `train`'s epochs option: the same config fields
-    as `train`'s options; `config`, `resume` and `allow_code_change` keep their own meaning. A malformed list
-    is a one-line error.
-    """
-    pairs = _mlproject_pairs(ctx.args)
-    own = {k: pairs.pop(k) for k in MLPROJECT_TRAIN_OWN if k in pairs}
-    config, resume = own.get("config"), own.get("resume")
-    allow = own.get("allow_code_change", "false").strip().lower()
-    if allow not in ("true", "false"):
-        fail(f"allow_code_change={allow!r} is not valid: pass -P allow_code_change=true or leave it out")
-    fields, sets = _fields_and_sets(pairs)
-    # Every argument is passed: one left out would be typer's OptionInfo default, which is truthy.
-    train(
-        config=_blank_to_none(config),
-        fields=fields,
-        set_=sets,
-        resume=resume,
-        allow_code_change=allow == "true",
-        take_over=False,
-        progress=None,
-    )
-
-
 def _interrupted_line() -> str:
     """What an interrupted `train` says: only a run that exists was marked KILLED, and only one with a checkpoint
     can be resumed (a run stopped before its first epoch is refused by --resume)."""
@@ -248,51 +202,26 @@ def compare_runs_command(
     from bertpooled.report import compare
 
     ids = [i.strip() for value in run_id or [] for i in value.split(",") if i.strip()]
-    tracking_uri = _hide_credentials(_blank_to_none(tracking_uri))
+    tracking_uri = hide_credentials(blank_to_none(tracking_uri))
     try:
         report = compare.compare_runs(
-            format=_blank_to_none(format) or "table",
-            output=_blank_to_none(output),
-            group_by=_blank_to_none(group_by) or ("mode",),
+            format=blank_to_none(format) or "table",
+            output=blank_to_none(output),
+            group_by=blank_to_none(group_by) or ("mode",),
             baseline=baseline,
-            experiment=_blank_to_none(experiment),
-            parent=_blank_to_none(parent),
+            experiment=blank_to_none(experiment),
+            parent=blank_to_none(parent),
             run_id=ids or None,
-            filter=_blank_to_none(filter),
-            tracking_uri=_blank_to_none(tracking_uri),
+            filter=blank_to_none(filter),
+            tracking_uri=blank_to_none(tracking_uri),
             include_unfinished=include_unfinished,
             no_log=no_log,
-            comparison_experiment=_blank_to_none(comparison_experiment),
+            comparison_experiment=blank_to_none(comparison_experiment),
         )
     except BertpooledError as exc:
         fail(str(exc))
-    _print_report(
-        report, _blank_to_none(format) or "table", _blank_to_none(output), tracking_uri=_blank_to_none(tracking_uri)
-    )
-
-
-@app.command(
-    "mlproject-compare", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def mlproject_compare(ctx: typer.Context) -> None:
-    """`compare-runs` for the MLproject's compare entry point, which declares no parameters (see `mlproject-train`)."""
-    pairs = _mlproject_pairs(ctx.args)
-    unknown = sorted(set(pairs) - set(MLPROJECT_COMPARE))
-    if unknown:
-        fail(f"unknown compare parameter(s) {', '.join(unknown)}: use {', '.join(MLPROJECT_COMPARE)}")
-    compare_runs_command(
-        format=pairs.get("format", "table"),
-        output=pairs.get("output"),
-        group_by=pairs.get("group_by"),
-        baseline=pairs.get("baseline", "basic"),
-        experiment=pairs.get("experiment"),
-        parent=pairs.get("parent"),
-        run_id=[pairs["run_ids"]] if "run_ids" in pairs else None,
-        filter=pairs.get("filter"),
-        tracking_uri=None,
-        include_unfinished=False,
-        no_log=False,
-        comparison_experiment=pairs.get("comparison_experiment"),
+    print_report(
+        report, blank_to_none(format) or "table", blank_to_none(output), tracking_uri=blank_to_none(tracking_uri)
     )
 
 
@@ -311,22 +240,34 @@ def serve_command(
     """Serve a logged model like `mlflow models serve --env-manager local`, bounded (413s, fixed-size batches)."""
     from bertpooled.serving.server import ServeLimits, serve
 
-    _hide_credentials()
+    hide_credentials()
     serve(model_uri, host, port, ServeLimits(max_body_mb, max_text_chars, batch_size), echo=typer.echo)
 
 
-# `sweep` and `tune`, and their MLproject forms: bertpooled.cli_sweep and bertpooled.cli_tune (kept apart: this
-# module stays readable in one sitting; the options both take are in bertpooled.cli_support).
-from bertpooled.cli_sweep import SWEEP_AXES, mlproject_sweep, sweep_command  # noqa: E402
-
-MLPROJECT: dict[str, Any] = {
-    "hidden": True,
-    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
-}
 config_command("sweep", exclude=SWEEP_AXES)(sweep_command)
-app.command("mlproject-sweep", **MLPROJECT)(mlproject_sweep)
 config_command("tune", exclude=TUNE_AXES)(tune_command)
-app.command("mlproject-tune", **MLPROJECT)(mlproject_tune)
+
+# The MLproject's entry points, one row each (see bertpooled.cli.mlproject); sweep's and tune's beside their commands.
+MLPROJECT_TRAIN = EntryPoint(
+    "main",
+    "mlproject-train",
+    train,
+    own=("config", "resume"),
+    kinds={"allow_code_change": ON_OFF},
+    error="allow_code_change takes true or false: pass -P allow_code_change=true or leave it out",
+)
+MLPROJECT_COMPARE = EntryPoint(
+    "compare",
+    "mlproject-compare",
+    compare_runs_command,
+    own=("experiment", "parent", "filter", "group_by", "baseline", "format", "output", "comparison_experiment"),
+    kinds={"run_ids": lambda text: [text]},
+    axes=None,  # no config fields: an unknown parameter is refused
+    renamed={"run_ids": "run_id"},
+)
+MLPROJECT = (MLPROJECT_TRAIN, MLPROJECT_SWEEP, MLPROJECT_COMPARE, MLPROJECT_TUNE)
+for entry_point in MLPROJECT:
+    register(app, entry_point)
 
 
 def main() -> None:  # pragma: no cover - console entry point for `python -m bertpooled`

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from bertpooled import config_rules as rules
-from bertpooled.config_files import read_yaml, resolve_config_path, safe_yaml
-from bertpooled.config_rules import (  # noqa: F401  (the settings' choices, importable from here as before)
+import bertpooled.config.rules as rules
+from bertpooled.config.files import read_yaml, resolve_config_path, safe_yaml
+from bertpooled.config.rules import (  # noqa: F401  (the settings' choices, importable from here as before)
     FEATURES,
     INITS,
     LSTM_BIASES,
@@ -26,7 +26,6 @@ from bertpooled.config_rules import (  # noqa: F401  (the settings' choices, imp
     REFERENCE_TEXTS,
     TOKEN_FEATURES,
     FeatureKind,
-    _bad,
 )
 from bertpooled.errors import BertpooledError, short_text
 
@@ -153,14 +152,14 @@ class Config:
             import importlib.util
 
             if importlib.util.find_spec("psutil") is None:
-                _bad(
+                rules.reject(
                     "system_metrics",
                     self.system_metrics,
                     "false, or install psutil (pip install 'bertpooled[system-metrics]')",
                 )
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:
-            _bad("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
+            rules.reject("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
         rules.check_numbers(self)
         rules.check_choices(self)
         # Parsed once, like `pool_spec`: code asks the kind what it means instead of comparing strings.

@@ -1,7 +1,7 @@
 """The config fields as command-line options: one list, read from `Config` itself.
 
 A field's name, type and default come from the dataclass; its help is the docstring written right below the
-field in config.py, read with `ast` (Python keeps no attribute docstrings at run time). So a new field is a
+field in config/settings.py, read with `ast` (Python keeps no attribute docstrings at run time). So a new field is a
 `train` and `sweep` option, an MLproject `-P` parameter and a `--set` key the moment it is added to Config,
 with the help its author wrote once.
 """
@@ -87,7 +87,7 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(annotation: Any) -> str:
-    # config.py has `from __future__ import annotations`: annotations are their source text ("int", "str | None").
+    # config.settings has `from __future__ import annotations`: annotations are their source text ("int", "str | None").
     return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", repr(annotation))
 
 

@@ -6,31 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from bertpooled.cli_errors import numbers_checked
-from bertpooled.cli_support import (
-    TRI_STATE,
-    Address,
-    ConfigFile,
-    CpusPerRun,
-    ExecutorName,
-    Experiment,
-    GpusPerRun,
-    MlprojectKind,
-    Modes,
-    Progress,
-    Sets,
-    _blank_to_none,
-    _fields_and_sets,
-    _hide_credentials,
-    _interrupt_as_keyboard_interrupt,
-    _mlproject_pairs,
-    _mlproject_values,
-    _print_report,
-    _progress,
-    _start_executor,
-    fail,
-    local_config,
-)
+from bertpooled.cli import shared
+from bertpooled.cli.errors import fail, numbers_checked
+from bertpooled.cli.mlproject import TRI_STATE, EntryPoint, MlprojectKind
 from bertpooled.errors import BertpooledError
 
 # A sweep's grid: `--modes` and `--seeds`/`--seed-list` take the place of these fields' options.
@@ -52,7 +30,6 @@ MLPROJECT_SWEEP_OWN: tuple[str, ...] = (
     "executor",
     "address",
 )
-MLPROJECT_SWEEP_OWN += tuple(MLPROJECT_SWEEP_KINDS)
 
 Seeds = Annotated[str | None, typer.Option(help="How many seeds: 3 means seeds 0,1,2 (default: 3).")]
 SeedList = Annotated[str | None, typer.Option(help="Which seeds, comma-separated (instead of --seeds), e.g. 0,5.")]
@@ -83,33 +60,33 @@ Output = Annotated[str | None, typer.Option(help="Also write the comparison's re
 
 @numbers_checked
 def sweep_command(
-    modes: Modes = None,
+    modes: shared.Modes = None,
     seeds: Seeds = None,
     seed_list: SeedList = None,
     resume_parent: ResumeParent = None,
     take_over: TakeOver = False,
     parallel: Parallel = 1,
-    executor: ExecutorName = "local",
-    address: Address = None,
-    cpus_per_run: CpusPerRun = 1.0,
-    gpus_per_run: GpusPerRun = 0.0,
-    experiment: Experiment = None,
+    executor: shared.ExecutorName = "local",
+    address: shared.Address = None,
+    cpus_per_run: shared.CpusPerRun = 1.0,
+    gpus_per_run: shared.GpusPerRun = 0.0,
+    experiment: shared.Experiment = None,
     group_seeds: GroupSeeds = None,
     format: Format = "table",
     output: Output = None,
-    config: ConfigFile = None,
+    config: shared.ConfigFile = None,
     fields: dict[str, Any] | None = None,
-    set_: Sets = None,
-    progress: Progress = None,
+    set_: shared.Sets = None,
+    progress: shared.Progress = None,
 ) -> None:
     """Train a grid of modes x seeds as child runs of one MLflow run, then compare them. Resumable."""
     from bertpooled.config import parse_sets
     from bertpooled.report.render import FORMATS
     from bertpooled.sweep import plan as planning
 
-    _interrupt_as_keyboard_interrupt()
-    _hide_credentials()
-    fmt, said = _blank_to_none(format) or "table", []
+    shared.interrupt_as_keyboard_interrupt()
+    shared.hide_credentials()
+    fmt, said = shared.blank_to_none(format) or "table", []
 
     def log(line: str) -> None:
         said.append(line)  # "sweep <id>: ..." comes once the parent run exists
@@ -121,11 +98,13 @@ def sweep_command(
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
         seed_values = planning.parse_seeds(seeds, seed_list)
         children = planning.plan(
-            local_config(_blank_to_none(config)), overrides, planning.parse_modes(modes), seed_values
+            shared.local_config(shared.blank_to_none(config)), overrides, planning.parse_modes(modes), seed_values
         )
-        where = dict(parallel=parallel, address=_blank_to_none(address), group_seeds=group_seeds)
-        runner = _start_executor(executor, children, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, **where)
-        resume_parent, experiment = _blank_to_none(resume_parent), _blank_to_none(experiment)
+        where = dict(parallel=parallel, address=shared.blank_to_none(address), group_seeds=group_seeds)
+        runner = shared.start_executor(
+            executor, children, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, **where
+        )
+        resume_parent, experiment = shared.blank_to_none(resume_parent), shared.blank_to_none(experiment)
         report = _sweep_and_compare(children, runner, fmt, output, experiment, resume_parent, progress, log, take_over)
     except BertpooledError as exc:
         fail(str(exc))
@@ -133,7 +112,7 @@ def sweep_command(
         if not any(line.startswith("sweep ") for line in said):
             fail("interrupted before the sweep's parent run was created; nothing to resume", code=130)
         fail("interrupted; the sweep and its running child were marked KILLED: resume with --resume-parent", code=130)
-    _print_report(report, fmt, _blank_to_none(output))
+    shared.print_report(report, fmt, shared.blank_to_none(output))
 
 
 def _sweep_and_compare(children, runner, fmt, output, experiment, resume_parent, progress, log, take_over):
@@ -145,7 +124,7 @@ def _sweep_and_compare(children, runner, fmt, output, experiment, resume_parent,
             children,
             experiment=experiment,
             resume_parent=resume_parent,
-            progress=_progress(progress),
+            progress=shared.progress_bars(progress),
             log=log,
             executor=runner,
             take_over=take_over,
@@ -157,26 +136,19 @@ def _sweep_and_compare(children, runner, fmt, output, experiment, resume_parent,
         f"{len(outcome.already_finished)} already finished; comparing its children",
         err=True,
     )
-    return sweeping.compare_children(outcome, format=fmt, output=_blank_to_none(output))
+    return sweeping.compare_children(outcome, format=fmt, output=shared.blank_to_none(output))
 
 
-def mlproject_sweep(ctx: typer.Context) -> None:
-    """`sweep` for the MLproject's sweep entry point, which declares no parameters (see `mlproject-train`).
-
-    The sweep's own options (modes, seeds, seed_list, config, format, output, parallel, executor, address,
-    cpus_per_run, gpus_per_run, group_seeds: true | false | auto) keep their meaning; every other `-P key=value`
-    is a config field for every child, the same fields as `sweep`'s options (mode and seed are the grid's:
-    -P modes=, -P seeds=).
-    """
-    pairs = _mlproject_pairs(ctx.args)
-    own = {k: pairs.pop(k) for k in MLPROJECT_SWEEP_OWN if k in pairs}
-    values = _mlproject_values(
-        own,
-        MLPROJECT_SWEEP_KINDS,
-        "parallel, cpus_per_run and gpus_per_run take numbers, group_seeds true, false or auto: pass e.g. "
-        "-P parallel=2 or -P group_seeds=true",
-    )
-    fields, sets = _fields_and_sets(pairs, exclude=SWEEP_AXES)
-    # The parameters without a kind are sweep_command's text options.
-    text: dict[str, Any] = {k: v for k, v in own.items() if k not in MLPROJECT_SWEEP_KINDS}
-    sweep_command(**text, **values, fields=fields, set_=sets)
+# `mlflow run -e sweep`: the sweep's own parameters (group_seeds: true | false | auto) keep their meaning; every
+# other `-P key=value` is a config field for every child, the same fields as `sweep`'s options (mode and seed are
+# the grid's: -P modes=, -P seeds=).
+MLPROJECT_SWEEP = EntryPoint(
+    "sweep",
+    "mlproject-sweep",
+    sweep_command,
+    own=MLPROJECT_SWEEP_OWN,
+    kinds=MLPROJECT_SWEEP_KINDS,
+    error="parallel, cpus_per_run and gpus_per_run take numbers, group_seeds true, false or auto: pass e.g. "
+    "-P parallel=2 or -P group_seeds=true",
+    axes=SWEEP_AXES,
+)

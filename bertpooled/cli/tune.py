@@ -6,30 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from bertpooled.cli_errors import numbers_checked
-from bertpooled.cli_support import (
-    ON_OFF,
-    Address,
-    ConfigFile,
-    CpusPerRun,
-    ExecutorName,
-    Experiment,
-    GpusPerRun,
-    MlprojectKind,
-    Modes,
-    Progress,
-    Sets,
-    _blank_to_none,
-    _fields_and_sets,
-    _hide_credentials,
-    _interrupt_as_keyboard_interrupt,
-    _mlproject_pairs,
-    _mlproject_values,
-    _progress,
-    _start_executor,
-    fail,
-    local_config,
-)
+from bertpooled.cli import shared
+from bertpooled.cli.errors import fail, numbers_checked
+from bertpooled.cli.mlproject import ON_OFF, EntryPoint, MlprojectKind
 from bertpooled.errors import BertpooledError
 
 # A study searches one mode at a time: `--modes` takes the place of the mode's option.
@@ -54,8 +33,8 @@ MLPROJECT_TUNE_OWN: tuple[str, ...] = (
     "output",
     "config",
     "executor",
+    "address",
 )
-MLPROJECT_TUNE_OWN += ("address", *MLPROJECT_TUNE_KINDS)
 
 Space = Annotated[
     str,
@@ -102,25 +81,25 @@ Output = Annotated[str | None, typer.Option(help="Also write each mode's best co
 @numbers_checked
 def tune_command(
     space: Space,
-    modes: Modes = None,
+    modes: shared.Modes = None,
     trials: Trials = 30,
     timeout: Timeout = None,
     parallel: Workers = 1,
-    executor: ExecutorName = "local",
-    address: Address = None,
-    cpus_per_run: CpusPerRun = 1.0,
-    gpus_per_run: GpusPerRun = 0.0,
+    executor: shared.ExecutorName = "local",
+    address: shared.Address = None,
+    cpus_per_run: shared.CpusPerRun = 1.0,
+    gpus_per_run: shared.GpusPerRun = 0.0,
     resume: Resume = False,
     study: Study = "tune",
     storage: Storage = None,
     pruner: Pruner = "median",
     sampler_seed: SamplerSeed = 0,
-    experiment: Experiment = None,
+    experiment: shared.Experiment = None,
     output: Output = None,
-    config: ConfigFile = None,
+    config: shared.ConfigFile = None,
     fields: dict[str, Any] | None = None,
-    set_: Sets = None,
-    progress: Progress = False,
+    set_: shared.Sets = None,
+    progress: shared.Progress = False,
 ) -> None:
     """Search each mode's settings with Optuna on a validation split (never the test set); each trial a child run."""
     from bertpooled.config import parse_sets
@@ -128,20 +107,24 @@ def tune_command(
     from bertpooled.tune import plan as planning
     from bertpooled.tune import study as tuning
 
-    _interrupt_as_keyboard_interrupt()
-    _hide_credentials()
+    shared.interrupt_as_keyboard_interrupt()
+    shared.hide_credentials()
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
-        plans = planning.plan_studies(local_config(_blank_to_none(config)), overrides, parse_modes(modes), space, study)
+        plans = planning.plan_studies(
+            shared.local_config(shared.blank_to_none(config)), overrides, parse_modes(modes), space, study
+        )
         chosen = tuning.make_pruner(pruner)
-        runner = _start_executor(
-            executor, address=_blank_to_none(address), cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
+        runner = shared.start_executor(
+            executor, address=shared.blank_to_none(address), cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run
         )
         options: dict[str, Any] = dict(
             trials=trials, timeout=timeout, resume=resume, parallel=parallel, sampler_seed=sampler_seed
         )
-        options.update(storage=_blank_to_none(storage), experiment=_blank_to_none(experiment))
-        outcomes = _run_studies(plans, runner, chosen, _blank_to_none(output), _progress(progress), **options)
+        options.update(storage=shared.blank_to_none(storage), experiment=shared.blank_to_none(experiment))
+        outcomes = _run_studies(
+            plans, runner, chosen, shared.blank_to_none(output), shared.progress_bars(progress), **options
+        )
     except BertpooledError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -169,26 +152,19 @@ def _run_studies(plans, runner, pruner, output, progress, **options) -> list:
         runner.close()
 
 
-def mlproject_tune(ctx: typer.Context) -> None:
-    """`tune` for the MLproject's tune entry point, which declares no parameters (see `mlproject-train`): its own
-    options (modes, space, trials, timeout, parallel, resume: true | false, study, storage, pruner, sampler_seed,
-    experiment, output, config, executor, address, cpus_per_run, gpus_per_run) keep their meaning; every other
-    `-P key=value` is a config field for every trial."""
-    pairs = _mlproject_pairs(ctx.args)
-    own = {k: pairs.pop(k) for k in MLPROJECT_TUNE_OWN if k in pairs}
-    space = own.pop("space", "")
-    if not space.strip():
-        fail("the tune entry point needs -P space=...: e.g. -P space=lr=1e-4..1e-2:log,lstm_units=8|16|32")
-    values = _mlproject_values(
-        own,
-        MLPROJECT_TUNE_KINDS,
-        "trials, parallel and sampler_seed take integers, timeout seconds, resume true or false: pass e.g. "
-        "-P trials=30 -P resume=true",
-    )
-    fields, sets = _fields_and_sets(pairs, exclude=TUNE_AXES)
-    # The parameters without a kind are tune_command's text options.
-    text: dict[str, Any] = {k: v for k, v in own.items() if k not in MLPROJECT_TUNE_KINDS}
-    tune_command(space=space, **text, **values, fields=fields, set_=sets, progress=False)
+# `mlflow run -e tune`: its own parameters (resume: true | false) keep their meaning; every other `-P key=value`
+# is a config field for every trial.
+MLPROJECT_TUNE = EntryPoint(
+    "tune",
+    "mlproject-tune",
+    tune_command,
+    own=MLPROJECT_TUNE_OWN,
+    kinds=MLPROJECT_TUNE_KINDS,
+    error="trials, parallel and sampler_seed take integers, timeout seconds, resume true or false: pass e.g. "
+    "-P trials=30 -P resume=true",
+    axes=TUNE_AXES,
+    required={"space": "the tune entry point needs -P space=...: e.g. -P space=lr=1e-4..1e-2:log,lstm_units=8|16|32"},
+)
 
 
 def _say(line: str) -> None:

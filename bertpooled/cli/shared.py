@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from bertpooled.cli_errors import fail
-from bertpooled.cli_options import fields_but
+from bertpooled.cli.errors import fail
 
 # The options `sweep` and `tune` share (typer reads the Annotated option; the default is the parameter's own).
 Modes = Annotated[
@@ -76,37 +74,17 @@ def local_config(config: str | None) -> str | None:
     return str(download_config(config))
 
 
-def _start_executor(name: str | None, children=(), **options):
+def start_executor(name: str | None, children=(), **options):
     """The executor `--executor` names (`sweep.runner.executor_for`), started: checked and connected before any
     run exists, so a mistake is one line and leaves nothing behind."""
     from bertpooled.sweep.runner import executor_for
 
-    runner = executor_for(_blank_to_none(name), **options)
+    runner = executor_for(blank_to_none(name), **options)
     runner.start(children)
     return runner
 
 
-# MLproject spellings of a flag: `-P group_seeds=auto` (None: the default), `-P resume=true`.
-TRI_STATE = {"": None, "auto": None, "true": True, "false": False}
-ON_OFF = {"": False, "false": False, "true": True}
-# How an MLproject parameter's text is parsed: a function of the text (int, float, ...) or a dict of spellings.
-MlprojectKind = Callable[[str], Any] | Mapping[str, Any]
-
-
-def _mlproject_values(own: dict[str, str], kinds: Mapping[str, MlprojectKind], error: str) -> dict[str, Any]:
-    """The MLproject parameters named in `kinds` that were given, parsed by their kind (a type such as int, or a
-    dict of spellings such as TRI_STATE); a malformed one is the one-line `error`."""
-    try:
-        return {
-            k: kind[own[k].strip().lower()] if isinstance(kind, Mapping) else kind(own[k])
-            for k, kind in kinds.items()
-            if k in own
-        }
-    except (ValueError, KeyError):
-        fail(error)
-
-
-def _progress(flag: bool | None) -> bool | None:
+def progress_bars(flag: bool | None) -> bool | None:
     """None lets tqdm decide: bars on a terminal, none in CI logs (which get one line per epoch instead).
 
     Libraries' own bars (MLflow's artifact transfers, transformers' weight loading) follow the same choice.
@@ -120,7 +98,7 @@ def _progress(flag: bool | None) -> bool | None:
     return flag
 
 
-def _hide_credentials(tracking_uri: str | None = None) -> str | None:
+def hide_credentials(tracking_uri: str | None = None) -> str | None:
     """MLFLOW_TRACKING_URI (and `tracking_uri`) without `user:password@`, moved to MLflow's basic-auth
     variables before MLflow sees the URI: MLflow prints the URI in lines of its own."""
     from bertpooled.tracking.runs import move_uri_credentials
@@ -129,40 +107,20 @@ def _hide_credentials(tracking_uri: str | None = None) -> str | None:
     return move_uri_credentials(tracking_uri) if tracking_uri else tracking_uri
 
 
-def _interrupt_as_keyboard_interrupt() -> None:
+def interrupt_as_keyboard_interrupt() -> None:
     """Ctrl-C and SIGTERM (a scheduler or `kill`) unwind as KeyboardInterrupt, so the run is ended KILLED, not
-    left RUNNING; never inside a tracking-store write (see bertpooled.sweep.interrupts)."""
-    from bertpooled.sweep import interrupts
+    left RUNNING; never inside a tracking-store write (see bertpooled.tracking.interrupts)."""
+    from bertpooled.tracking import interrupts
 
     interrupts.install()
 
 
-def _fields_and_sets(pairs: dict[str, str], exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:
-    """MLproject `--key value` pairs split as the command line would: a config field the command takes as an
-    option (the same list, but `exclude`), else `--set key=value` (an old setting such as amp; anything else is
-    --set's one-line error, and a sweep's mode or seed is refused by the sweep)."""
-    names = {f.name for f in fields_but(exclude)}
-    fields = {k: v for k, v in pairs.items() if k in names}
-    return fields, [f"{k}={v}" for k, v in pairs.items() if k not in names]
-
-
-def _mlproject_pairs(tokens: list[str]) -> dict[str, str]:
-    """`--key value` pairs as `mlflow run` passes undeclared -P parameters; a malformed list is a one-line error."""
-    args, pairs = list(tokens), {}
-    while args:
-        key = args.pop(0)
-        if not key.startswith("--") or not args:
-            fail(f"MLproject parameters arrive as --key value, got {key!r}: pass -P key=value")
-        pairs[key[2:].replace("-", "_")] = args.pop(0)
-    return pairs
-
-
-def _blank_to_none(value: str | None) -> str | None:
+def blank_to_none(value: str | None) -> str | None:
     """MLproject passes a parameter left at "" as an empty argument: that means "not given"."""
     return value if value is None or value.strip() else None
 
 
-def _print_report(report, format: str, output: str | None, tracking_uri: str | None = None) -> None:
+def print_report(report, format: str, output: str | None, tracking_uri: str | None = None) -> None:
     """The report on stdout, where its files and comparison run went on stderr; no runs left = exit 2."""
     from bertpooled.report.render import render
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bertpooled.cli_support import _progress, fail
+from bertpooled.cli.shared import fail, progress_bars
 from bertpooled.errors import BertpooledError
 
 
@@ -33,10 +33,10 @@ def adapt_command(
     """Adapt a backbone to a pooling inside it, once, on unlabelled reviews: it learns to give the unpooled
     backbone's last hidden states (pooled to its length). Logged as the MLflow model `backbone` of a run of kind
     `adapt`; later runs take it as `--model runs:/<run id>/backbone` (or `models:/NAME@ALIAS`) with the same pool."""
-    from bertpooled.cli_support import _interrupt_as_keyboard_interrupt
+    from bertpooled.cli.shared import interrupt_as_keyboard_interrupt
 
-    _progress(progress)
-    _interrupt_as_keyboard_interrupt()
+    progress_bars(progress)
+    interrupt_as_keyboard_interrupt()
     try:
         from bertpooled.config import Config
         from bertpooled.run.adapt import AdaptPlan, run_adaptation

@@ -30,7 +30,8 @@ MAX_SEED = 2**32 - 1
 MAX_TEXT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 
 
-def _bad(name: str, value: Any, valid: str) -> None:
+def reject(name: str, value: Any, valid: str) -> None:
+    """The one-line error for setting `name` at `value`, naming what would be valid."""
     raise BertpooledError(f"config: {name}={value!r} is not valid: use {valid}")
 
 
@@ -63,7 +64,7 @@ def check_numbers(cfg: Config) -> None:
     """Counts, seeds, rates and fractions in range (one line naming the field and what is valid)."""
     for name in ("epochs", "batch_size", "max_len", "lstm_units", "latency_texts", "throughput_batches"):
         if getattr(cfg, name) <= 0:
-            _bad(name, getattr(cfg, name), "a positive integer")
+            reject(name, getattr(cfg, name), "a positive integer")
     for name in (
         "seed",
         "data_seed",
@@ -75,31 +76,31 @@ def check_numbers(cfg: Config) -> None:
         "precompute_mb",
     ):
         if getattr(cfg, name) < 0:
-            _bad(name, getattr(cfg, name), "an integer >= 0")
+            reject(name, getattr(cfg, name), "an integer >= 0")
     for name in ("seed", "data_seed"):
         # NumPy's seeds stop at 2**32 - 1: a larger one would pass here and fail inside the run.
         if getattr(cfg, name) > MAX_SEED:
-            _bad(name, getattr(cfg, name), f"an integer from 0 to {MAX_SEED}")
+            reject(name, getattr(cfg, name), f"an integer from 0 to {MAX_SEED}")
     if cfg.max_len < 2:
-        _bad("max_len", cfg.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
+        reject("max_len", cfg.max_len, "at least 2 ([CLS] and [SEP] take two positions)")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        _bad("lr", cfg.lr, "a positive number such as 1e-3")
+        reject("lr", cfg.lr, "a positive number such as 1e-3")
     if not (math.isfinite(cfg.backbone_lr) and cfg.backbone_lr > 0):
-        _bad("backbone_lr", cfg.backbone_lr, "a positive number such as 2e-5")
+        reject("backbone_lr", cfg.backbone_lr, "a positive number such as 2e-5")
     if not (math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0):
-        _bad("adam_eps", cfg.adam_eps, "a positive number such as 1e-7")
+        reject("adam_eps", cfg.adam_eps, "a positive number such as 1e-7")
     if cfg.keep_layers < 0:
-        _bad("keep_layers", cfg.keep_layers, "an integer >= 0 (0 = every encoder layer)")
+        reject("keep_layers", cfg.keep_layers, "an integer >= 0 (0 = every encoder layer)")
     if not (math.isfinite(cfg.distill_alpha) and 0 <= cfg.distill_alpha <= 1):
-        _bad("distill_alpha", cfg.distill_alpha, "a number in [0, 1] (1 = the labels alone)")
+        reject("distill_alpha", cfg.distill_alpha, "a number in [0, 1] (1 = the labels alone)")
     if not (math.isfinite(cfg.distill_temperature) and cfg.distill_temperature > 0):
-        _bad("distill_temperature", cfg.distill_temperature, "a positive number such as 2")
+        reject("distill_temperature", cfg.distill_temperature, "a positive number such as 2")
     if not (math.isfinite(cfg.distill_hidden) and cfg.distill_hidden >= 0):
-        _bad("distill_hidden", cfg.distill_hidden, "a number >= 0 (0 = no hidden-state term)")
+        reject("distill_hidden", cfg.distill_hidden, "a number >= 0 (0 = no hidden-state term)")
     if not (0 < cfg.train_fraction <= 1):
-        _bad("train_fraction", cfg.train_fraction, "a number in (0, 1], e.g. 0.75")
+        reject("train_fraction", cfg.train_fraction, "a number in (0, 1], e.g. 0.75")
     if not (0 <= cfg.validation_fraction < 1):
-        _bad(
+        reject(
             "validation_fraction",
             cfg.validation_fraction,
             "a number in [0, 1), e.g. 0.2 (0 = no validation split)",
@@ -109,70 +110,72 @@ def check_numbers(cfg: Config) -> None:
 def check_choices(cfg: Config) -> None:
     """Text fields normalised and checked against their choices, and the combinations that cannot run."""
     if not cfg.model or not str(cfg.model).strip():
-        _bad("model", cfg.model, "minilm, a Hugging Face name or a local folder")
+        reject("model", cfg.model, "minilm, a Hugging Face name or a local folder")
     cfg.model = str(cfg.model).strip()
     cfg.data = str(cfg.data).strip() or None if cfg.data is not None else None
     cfg.padding = str(cfg.padding).lower()
     if cfg.padding not in PADDINGS:
-        _bad("padding", cfg.padding, " or ".join(PADDINGS))
+        reject("padding", cfg.padding, " or ".join(PADDINGS))
     cfg.init = str(cfg.init).lower()
     if cfg.init not in INITS:
-        _bad("init", cfg.init, " or ".join(INITS))
+        reject("init", cfg.init, " or ".join(INITS))
     cfg.lstm_bias = str(cfg.lstm_bias).strip().lower()
     if cfg.lstm_bias not in LSTM_BIASES:
-        _bad("lstm_bias", cfg.lstm_bias, " or ".join(LSTM_BIASES))
+        reject("lstm_bias", cfg.lstm_bias, " or ".join(LSTM_BIASES))
     cfg.device = str(cfg.device).strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
-        _bad("device", cfg.device, "auto, cpu, cuda, cuda:N or mps")
+        reject("device", cfg.device, "auto, cpu, cuda, cuda:N or mps")
     cfg.reference_text = str(cfg.reference_text).strip().lower()
     if cfg.reference_text not in REFERENCE_TEXTS:
-        _bad("reference_text", cfg.reference_text, " or ".join(REFERENCE_TEXTS))
+        reject("reference_text", cfg.reference_text, " or ".join(REFERENCE_TEXTS))
     cfg.precision = str(cfg.precision).strip().lower()
     if cfg.precision not in PRECISIONS:
-        _bad(
+        reject(
             "precision",
             cfg.precision,
             " or ".join(PRECISIONS) + " (auto = bf16 on CUDA and for encoder work on a bf16 CPU, else fp32)",
         )
     if cfg.precision == "bf16" and cfg.device == "mps":
-        _bad(
+        reject(
             "precision",
             cfg.precision,
             "fp32 or auto with device=mps (bf16 autocast runs on CUDA or a bf16-capable CPU)",
         )
     cfg.features = str(cfg.features).strip().lower()
     if cfg.features not in FEATURES:
-        _bad("features", cfg.features, " or ".join(FEATURES))
+        reject("features", cfg.features, " or ".join(FEATURES))
     for name in ("init_from", "distill_from"):
         setattr(cfg, name, str(getattr(cfg, name) or "").strip())
         value = getattr(cfg, name)
         if value and not re.fullmatch(
             r"[0-9a-fA-F]{32}|runs:/[0-9a-fA-F]{32}/\S+|models:/[^\s/@]+(@[^\s/]+|/\d+)", value
         ):
-            _bad(name, value, "a run id, runs:/<run id>/model or models:/<name>@<alias> (or models:/<name>/<version>)")
+            reject(
+                name, value, "a run id, runs:/<run id>/model or models:/<name>@<alias> (or models:/<name>/<version>)"
+            )
 
 
 def check_combinations(cfg: Config, spec) -> None:
     """What the parsed pooling cannot run with: the mode, the features, the text limits."""
     if cfg.mode == "reference":
         if cfg.pool != "none":
-            _bad("pool", cfg.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
+            reject("pool", cfg.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
         if not cfg.feature_kind.tokens or cfg.finetune or cfg.pool_at != "input":
-            _bad(
+            reject(
                 "mode",
                 cfg.mode,
                 "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)",
             )
     if cfg.mode == "basic" and cfg.feature_kind.tokens and not spec.is_identity:
         # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
-        _bad("pool", cfg.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
+        reject("pool", cfg.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
     if cfg.mode == "pool" and cfg.feature_kind.tokens and spec.is_identity:
-        _bad("pool", cfg.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
+        reject("pool", cfg.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
     for name in ("model", "data", "description"):
         value = getattr(cfg, name)
         if value is not None and len(str(value)) > MAX_TEXT:
             # Logged as a param, it would fail inside the run: MLflow refuses values past its limit.
-            _bad(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
+            reject(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
 
 
 def check_recipe(cfg: Config, spec, position) -> None:
@@ -186,28 +189,28 @@ def check_recipe(cfg: Config, spec, position) -> None:
     }
     for name, given in encoder_only.items():
         if given and not cfg.feature_kind.encoder:
-            _bad(name, getattr(cfg, name), f"its default with features={cfg.features} (it needs features=encoder)")
+            reject(name, getattr(cfg, name), f"its default with features={cfg.features} (it needs features=encoder)")
     for name in ("init_from", "distill_from"):
         if getattr(cfg, name) and not cfg.finetune:
-            _bad(name, getattr(cfg, name), "a model with finetune=true (the recipe trains the backbone on from it)")
+            reject(name, getattr(cfg, name), "a model with finetune=true (the recipe trains the backbone on from it)")
     if cfg.unlabelled < 0:
-        _bad("unlabelled", cfg.unlabelled, "an integer >= 0 (0 = the labelled rows alone)")
+        reject("unlabelled", cfg.unlabelled, "an integer >= 0 (0 = the labelled rows alone)")
     if cfg.unlabelled and not cfg.distill_from:
-        _bad("unlabelled", cfg.unlabelled, "0 without distill_from (only a teacher can label them)")
+        reject("unlabelled", cfg.unlabelled, "0 without distill_from (only a teacher can label them)")
     if cfg.distill_hidden and not cfg.distill_from:
-        _bad("distill_hidden", cfg.distill_hidden, "0 without distill_from (there is no teacher to match)")
+        reject("distill_hidden", cfg.distill_hidden, "0 without distill_from (there is no teacher to match)")
     if cfg.distill_hidden and spec.is_topk:
-        _bad("distill_hidden", cfg.distill_hidden, "0 with a topk pool (the teacher's states pool by windows only)")
+        reject("distill_hidden", cfg.distill_hidden, "0 with a topk pool (the teacher's states pool by windows only)")
     if cfg.separate_cls and (position.where != "layer" or spec.is_topk or spec.is_identity):
-        _bad("separate_cls", cfg.separate_cls, "false unless an avg or max pool sits at layer:K (topk keeps [CLS])")
+        reject("separate_cls", cfg.separate_cls, "false unless an avg or max pool sits at layer:K (topk keeps [CLS])")
     if spec.is_topk and (position.where != "layer" or 0 in position.layers):
-        _bad(
+        reject(
             "pool_at",
             cfg.pool_at,
             f"layer:K with K >= 1 for pool={spec} (tokens are chosen by the attention of the layer before)",
         )
     if cfg.keep_layers and position.where == "layer" and max(position.layers) >= cfg.keep_layers:
-        _bad("pool_at", cfg.pool_at, f"layers before keep_layers={cfg.keep_layers} (pooling after layer K < K kept)")
+        reject("pool_at", cfg.pool_at, f"layers before keep_layers={cfg.keep_layers} (pooling after layer K < K kept)")
 
 
 def check_pooling_combination(cfg: Config, spec, position) -> None:
@@ -215,30 +218,30 @@ def check_pooling_combination(cfg: Config, spec, position) -> None:
     check_recipe(cfg, spec, position)
     if cfg.feature_kind.tokens:
         if position.where != "input":
-            _bad(
+            reject(
                 "pool_at",
                 cfg.pool_at,
                 f"input with features={cfg.features} (output and layer:K need features=encoder)",
             )
         if cfg.finetune:
-            _bad(
+            reject(
                 "finetune",
                 cfg.finetune,
                 f"false with features={cfg.features} (the input embeddings stay frozen), or features=encoder",
             )
         return
     if cfg.padding != "mask":
-        _bad("padding", cfg.padding, "mask with features=encoder (the encoder always reads the attention mask)")
+        reject("padding", cfg.padding, "mask with features=encoder (the encoder always reads the attention mask)")
     if spec.is_identity:
         return
     if position.where == "input":
-        _bad(
+        reject(
             "pool_at",
             cfg.pool_at,
             "output or layer:K with features=encoder (layer:0 pools before the first encoder layer)",
         )
     if position.where == "layer" and spec.hidden != 1:
-        _bad(
+        reject(
             "pool",
             cfg.pool,
             f"a sequence-only pool such as {spec.kind}:{spec.seq}x1 at pool_at={cfg.pool_at} (encoder layers "
