@@ -3,10 +3,10 @@
 # 512 training / 1,000 test reviews, max_len 128, 1 epoch) in fp32 and in bf16, seeds 0-2, then compare-runs paired
 # on the same test reviews, bf16 against fp32.
 #
-#   BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/bf16_check.sh
+#   BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/bf16/bf16_check.sh
 STUDY=bf16_check
-# shellcheck source=benchmarks/study_env.sh
-. "$(dirname "$0")/study_env.sh"
+# shellcheck source=benchmarks/common/study_env.sh
+. "$(dirname "$0")/../common/study_env.sh"
 for precision in bf16 fp32; do
   echo "== $(date -u +%FT%TZ) $precision"
   $BP sweep --config "$ROOT/experiments/encoder_finetune.yaml" --modes basic --seeds 3 --epochs 1 \

@@ -1,6 +1,6 @@
 """bf16 against fp32 on this CPU: a MiniLM forward pass and a fine-tuning step, 1 and all threads (issue 20).
 
-    python benchmarks/bf16_cpu.py [--repeats 5] [--compile]     # -> a Markdown table on stdout (bf16_cpu.md)
+    python benchmarks/bf16/bf16_cpu.py [--repeats 5] [--compile]     # -> a Markdown table on stdout (bf16_cpu.md here)
 
 Times, at batch 32 x 128 tokens (every token real; ids random: time does not depend on which tokens):
 - **encoder forward**: the frozen MiniLM (`PoolingEncoder`, the path frozen features and inference take), eval,
@@ -17,14 +17,16 @@ process wants a core.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import describe, median_ms  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's bertpooled, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
+
+from common.machine import describe, median_ms
 
 from bertpooled.model import backbone
 from bertpooled.model.build import ModelSpec, build

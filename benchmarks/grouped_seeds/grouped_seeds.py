@@ -1,7 +1,7 @@
 """Seeds grouped in one training loop vs one seed alone, and the fixed-cost candidates of issue 13, on CPU.
 
-    python benchmarks/grouped_seeds.py                    # -> a Markdown table on stdout
-    python benchmarks/grouped_seeds.py --compile          # also torch.compile of the forward (slow to compile)
+    python benchmarks/grouped_seeds/grouped_seeds.py                    # -> a Markdown table on stdout
+    python benchmarks/grouped_seeds/grouped_seeds.py --compile   # also torch.compile of the forward (slow to compile)
 
 Synthetic data shaped like the default protocol: MiniLM's embedding layer (30,522 x 384 word table, 512
 positions, LayerNorm; random values: time does not depend on them), batch 32, max_len 128, LSTM(16), Adam
@@ -24,68 +24,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's bertpooled, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
 
-from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier
+from common.machine import describe
+from common.synthetic import HIDDEN, MAX_LEN, Data, median_ms
+
+from bertpooled.model.heads import PooledLSTMClassifier
 from bertpooled.model.pooling import PoolSpec
 from bertpooled.run import grouped
 
-VOCAB, HIDDEN, POSITIONS, BATCH, MAX_LEN, TRAIN_ROWS = 30_522, 384, 512, 32, 128, 18_750
+TRAIN_ROWS = 18_750
 MODES = {"basic": "none", "pool": "avg:2x2"}
-
-
-def median_ms(step, steps: int, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - start) * 1e3 / steps)
-    return statistics.median(times)
-
-
-class Data:
-    """Random MiniLM-shaped frozen inputs and `rows` token-id rows with IMDB-like lengths (most at max_len)."""
-
-    def __init__(self, rows: int) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.table = torch.randn(VOCAB, HIDDEN, generator=gen) * 0.05
-        self.layer = EmbeddingLayer(
-            torch.randn(POSITIONS, HIDDEN, generator=gen) * 0.05,
-            torch.randn(HIDDEN, generator=gen) * 0.05,
-            torch.ones(HIDDEN),
-            torch.zeros(HIDDEN),
-            1e-12,
-        )
-        self.ids = torch.randint(1000, VOCAB, (rows, MAX_LEN), generator=gen)
-        short = torch.rand(rows, generator=gen) < 0.3  # about 70% of IMDB reviews fill 128 tokens
-        self.lengths = torch.where(
-            short, torch.randint(20, MAX_LEN, (rows,), generator=gen), torch.full((rows,), MAX_LEN)
-        )
-        self.ids[torch.arange(MAX_LEN)[None, :] >= self.lengths[:, None]] = 0
-        self.labels = torch.randint(0, 2, (rows,), generator=gen).float()
-        self.rows = rows
-
-    def model(self, pool: str, seed: int) -> PooledLSTMClassifier:
-        torch.manual_seed(seed)  # run.fit.build_model: seed_everything(seed), then construct
-        return PooledLSTMClassifier(self.table, PoolSpec.parse(pool), layer=self.layer).train()
-
-    def batches(self, seeds: int):
-        """An endless stream of (seeds, 32) row indices, a fresh random order per seed and pass."""
-        while True:
-            perms = torch.stack([torch.randperm(self.rows) for _ in range(seeds)])
-            for begin in range(0, self.rows - BATCH + 1, BATCH):
-                yield perms[:, begin : begin + BATCH]
 
 
 def adam(params, optimizer: str) -> torch.optim.Adam:
@@ -273,7 +230,8 @@ def main() -> None:
         f"after: {', '.join(f'{x:.2f}' for x in load_after)} (a shared machine: other jobs run beside this)"
     )
     print(
-        f"- command: `python benchmarks/grouped_seeds.py --seeds {S} --steps {args.steps} --repeats {args.repeats} "
+        f"- command: `python benchmarks/grouped_seeds/grouped_seeds.py --seeds {S} --steps {args.steps} "
+        f"--repeats {args.repeats} "
         f"--threads {args.threads} --rows {args.rows}{' --compile' if args.compile else ''}`; "
         f"ms per training step, medians of {args.repeats} timings of {args.steps} steps\n"
     )

@@ -9,7 +9,7 @@
       cp report-$1-$2-$3/report.json benchmarks/original_fidelity/$1-$2-$3.json
     done
     # 2. the table
-    python benchmarks/original_fidelity.py benchmarks/original_fidelity/*.json
+    python benchmarks/original_fidelity/original_fidelity.py benchmarks/original_fidelity/*.json
 
 Each JSON is the `report.json` compare-runs wrote for one sweep (groups by mode, baseline basic).
 """

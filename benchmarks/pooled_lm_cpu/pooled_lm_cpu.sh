@@ -4,12 +4,12 @@
 # CPU with AVX512-BF16), seeds 0-2, four variants. One `bertpooled sweep` per (seed, variant), seed-major, so a study
 # cut short still holds every variant for its first seeds; `--resume-parent` continues an interrupted sweep.
 #
-#   BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/pooled_lm_cpu.sh [SEEDS...]
+#   BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz STORE=/path/to/store benchmarks/pooled_lm_cpu/pooled_lm_cpu.sh [SEEDS...]
 #
-# Then the report: benchmarks/pooled_lm_cpu.py (compare-runs grouped by variant + inference cost in turns).
+# Then the report: benchmarks/pooled_lm_cpu/pooled_lm_cpu.py (compare-runs grouped by variant + inference cost in turns).
 STUDY=pooled_lm_cpu
-# shellcheck source=benchmarks/study_env.sh
-. "$(dirname "$0")/study_env.sh"
+# shellcheck source=benchmarks/common/study_env.sh
+. "$(dirname "$0")/../common/study_env.sh"
 COMMON=(--modes basic --epochs 1 --max-train-examples 4000 --max-test-examples 5000 --max-len 128
         --experiment pooled-lm-cpu --no-progress)
 declare -A VARIANT=(

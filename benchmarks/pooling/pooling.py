@@ -1,8 +1,8 @@
 """Pooling inside the language model, measured: one `bertpooled sweep` per configuration, then a table.
 
-    python benchmarks/pooling.py --data /path/to/aclImdb_v1.tar.gz            # every row -> benchmarks/pooling.md
-    python benchmarks/pooling.py --data ... --rows encoder,layer2             # some rows (others kept from the store)
-    python benchmarks/pooling.py --report-only                                 # rebuild the table from the store
+    python benchmarks/pooling/pooling.py --data /path/to/aclImdb_v1.tar.gz   # every row -> benchmarks/pooling/README.md
+    python benchmarks/pooling/pooling.py --data ... --rows encoder,layer2   # some rows (others kept from the store)
+    python benchmarks/pooling/pooling.py --report-only   # rebuild the table from the store
 
 Every row is a sweep of seeds (child runs of one parent, one process, so `memory/peak_mb` is that process's
 peak) on the same label-balanced IMDB subsets. Frozen encoder features are computed by the first child and
@@ -23,9 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
 
-ROOT = Path(__file__).resolve().parents[1]
+from common.machine import describe
+
+ROOT = Path(__file__).resolve().parents[2]
+
 EXPERIMENT = "pooling-bench"
 TAG = "bench:"
 
@@ -288,8 +291,8 @@ def report(
         f"the same reviews in every row); max_len {max_len}; LSTM(16) head, Adam 1e-3, batch 32. Accuracy is the "
         "mean over",
         "seeds with a 95% Student-t interval (compare-runs' `mean_ci`); costs are medians over the row's seeds",
-        "(peak memory: the maximum). Produced by `python benchmarks/pooling.py` (one `bertpooled sweep` per row,",
-        "commands below); every number is a logged MLflow metric of a run in the benchmark's tracking store.",
+        "(peak memory: the maximum). Produced by `python benchmarks/pooling/pooling.py` (one `bertpooled sweep` "
+        "per row, commands below); every number is a logged MLflow metric of a run in the benchmark's tracking store.",
         "",
         "- **backbone / head FLOPs**: `cost/backbone_flops_per_example`, `cost/head_flops_per_example` from",
         "  `torch.utils.flop_counter.FlopCounterMode` on real test reviews padded to max_len (a word-embedding",
@@ -402,8 +405,9 @@ def report(
     lines += [
         "",
         "Total wall time of the rows: " + f"{sum(seconds.values()) / 60:.1f} min." if seconds else "",
-        "The measurements in turns: `python benchmarks/pooling.py --rows none --data $IMDB` (torch's default",
-        "threads, 8 rounds) and `python benchmarks/pooling.py --rows none --threads 1 --rounds 5 --data $IMDB`.",
+        "The measurements in turns: `python benchmarks/pooling/pooling.py --rows none --data $IMDB` (torch's default",
+        "threads, 8 rounds) and "
+        "`python benchmarks/pooling/pooling.py --rows none --threads 1 --rounds 5 --data $IMDB`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -421,7 +425,7 @@ def main() -> None:
     )
     parser.add_argument("--max-len", type=int, default=128)
     parser.add_argument("--store", default=str(ROOT / "outputs" / "pooling-bench"), help="folder of the tracking store")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "pooling.md"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "pooling" / "README.md"))
     parser.add_argument("--report-only", action="store_true", help="rebuild the table from the store, run nothing")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads for the measurement in turns (0 = torch's default)"

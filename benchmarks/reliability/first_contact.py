@@ -1,6 +1,6 @@
 """N `bertpooled train` processes started at once on a fresh SQLite `mlflow.db` (issue 25) -> one markdown row.
 
-    python benchmarks/first_contact.py --processes 6 --repeats 2
+    python benchmarks/reliability/first_contact.py --processes 6 --repeats 2
 
 Each process trains a tiny BERT it shares with the others (built here, 2 layers) on a tiny synthetic IMDB for one
 epoch; what is measured is whether every process exits 0 and every run is FINISHED in the store afterwards.
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:

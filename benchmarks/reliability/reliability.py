@@ -1,7 +1,7 @@
 """Run the reliability scenarios (real signals, real processes, a real PostgreSQL-backed server) several times
-and record how each ended -> benchmarks/reliability.md.
+and record how each ended -> benchmarks/reliability/README.md.
 
-    python benchmarks/reliability.py --repeats 2
+    python benchmarks/reliability/reliability.py --repeats 2
 
 Each scenario is a test in tests/ that asserts the outcome it names (the resumed run's metrics equal the
 uninterrupted run's exactly; every concurrent run finished with every metric; the run outlived the restart).
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = [
     (
         "SIGTERM mid-run, then `--resume`: final metrics, loss history and predictions equal an uninterrupted run",
@@ -237,7 +237,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--output",
-        default=str(ROOT / "benchmarks" / "reliability.md"),
+        default=str(ROOT / "benchmarks" / "reliability" / "README.md"),
         help="the whole report (group `first`); `-` prints the table only",
     )
     parser.add_argument(
@@ -283,8 +283,8 @@ def main() -> None:
             f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; commit "
             f"{commit}; "
             f"{time.strftime('%Y-%m-%d')}",
-            f"- command: `python benchmarks/reliability.py --repeats {args.repeats}` (each row is a test that "
-            "asserts its outcome)",
+            f"- command: `python benchmarks/reliability/reliability.py --repeats {args.repeats}` (each row is a test "
+            "that asserts its outcome)",
             "",
             "| scenario | held | median s | test |",
             "|---|---:|---:|---|",

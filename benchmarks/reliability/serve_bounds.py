@@ -1,6 +1,6 @@
 """`bertpooled serve` under one 50 MB request and 20 concurrent small clients (issue 25) -> a markdown table.
 
-    python benchmarks/serve_bounds.py                 # MiniLM, the default 10 MB limit and the limit raised to 64 MB
+    python benchmarks/reliability/serve_bounds.py   # MiniLM, the default 10 MB limit and the limit raised to 64 MB
 
 Trains one tiny MiniLM classifier (64 synthetic reviews, 1 epoch: serving cost does not depend on what it
 learned) into a temporary store, then for each server setting: starts `bertpooled serve` on 127.0.0.1, sends
@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = [
     "great",
     "wonderful",
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=150.0, help="seconds any one request or loop may take")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from machine import describe
+    from common.machine import describe
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {

@@ -1,6 +1,6 @@
 """The same small sweep twice on this machine: children as local processes, then as Ray tasks on a 2-node cluster.
 
-    python benchmarks/scale_out.py --data /path/to/aclImdb_v1.tar.gz     # -> benchmarks/scale_out.md
+    python benchmarks/scale_out/scale_out.py --data /path/to/aclImdb_v1.tar.gz     # -> benchmarks/scale_out/README.md
 
 Both sweeps log into one `mlflow server` with served artifacts on 127.0.0.1 (SQLite behind it here; a team
 uses PostgreSQL, see docs/team-server.md). The cluster is a head and a worker node, each `ray start` with 1 CPU and a
@@ -24,9 +24,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
 
-ROOT = Path(__file__).resolve().parents[1]
+from common.machine import describe
+
+ROOT = Path(__file__).resolve().parents[2]
+
 NODE_IP = "127.0.0.2"  # Ray replaces 127.0.0.1 with the outward address; another loopback address it keeps
 
 
@@ -90,7 +93,7 @@ def main() -> None:
     parser.add_argument("--config", default="experiments/smoke.yaml")
     parser.add_argument("--modes", default="basic,pool")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "scale_out.md"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "scale_out" / "README.md"))
     args = parser.parse_args()
     if not args.data:
         sys.exit("error: point --data or BERTPOOLED_IMDB at aclImdb_v1.tar.gz")
@@ -219,7 +222,7 @@ def main() -> None:
     from bertpooled.sweep.ray_executor import POLL_S as POLL
 
     command = (
-        f"python benchmarks/scale_out.py --data $BERTPOOLED_IMDB --config {args.config} --modes "
+        f"python benchmarks/scale_out/scale_out.py --data $BERTPOOLED_IMDB --config {args.config} --modes "
         f"{args.modes} --seeds {args.seeds}"
     )
     rows = "\n".join(

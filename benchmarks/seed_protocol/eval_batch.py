@@ -1,8 +1,8 @@
 """Evaluation (the forward pass over test rows, no grad) per 1,000 rows at several batch sizes, on CPU.
 
-    python benchmarks/eval_batch.py                 # basic and pool, batches 512, 128, 32 -> Markdown on stdout
+    python benchmarks/seed_protocol/eval_batch.py   # basic and pool, batches 512, 128, 32 -> Markdown on stdout
 
-Synthetic data shaped like the default protocol (`grouped_seeds.Data`: MiniLM's embedding layer, max_len 128,
+Synthetic data shaped like the default protocol (`common/synthetic.py`'s `Data`: MiniLM's embedding layer, max_len 128,
 LSTM(16)), the model in eval mode as `run.measure.predict_inputs` runs it, 1 thread. Each cell is the best of
 `--repeats` passes over `--rows` rows, in ms per 1,000 rows; the last column says whether the logits are bitwise
 those of the first size (512). This is why `eval_batch_size: 0` (auto) means 128 rows on CPU.
@@ -11,15 +11,17 @@ those of the first size (512). This is why `eval_batch_size: 0` (auto) means 128
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+from pathlib import Path
 
 import torch
-from grouped_seeds import Data  # benchmarks/: scripts here run with their folder on sys.path
-from machine import describe
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's bertpooled, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
+
+from common.machine import describe
+from common.synthetic import Data
 
 from bertpooled.run import runtime
 
@@ -34,7 +36,7 @@ def main() -> None:
     runtime.keep_freed_memory()  # as a run does
     data = Data(args.rows)
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"- machine: {describe()}\n- command: `python benchmarks/eval_batch.py`\n")
+    print(f"- machine: {describe()}\n- command: `python benchmarks/seed_protocol/eval_batch.py`\n")
     print("| mode | batch | ms per 1,000 rows | same as the first size |\n|---|---:|---:|---|")
     for mode, pool in (("basic", "none"), ("pool", "avg:2x2")):
         model = data.model(pool, 0).eval()

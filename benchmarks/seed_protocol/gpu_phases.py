@@ -1,11 +1,11 @@
 """Train and eval phases of the seed protocol on a GPU, for a machine that has torch but not MLflow or the data.
 
-    python benchmarks/gpu_phases.py pack --out .gpu          # here: token ids, labels, MiniLM's word embeddings
-    python benchmarks/gpu_phases.py run --bundle .gpu        # there: both modes, fp32 and bf16 autocast, 3 repeats
+    python benchmarks/seed_protocol/gpu_phases.py pack --out .gpu    # here: token ids, labels, MiniLM's embeddings
+    python benchmarks/seed_protocol/gpu_phases.py run --bundle .gpu  # there: both modes, fp32 and bf16, 3 repeats
 
 The bundle holds exactly what the training loop consumes (the default protocol's cached token ids and the
 frozen embedding table), so the GPU runs the same `fit.fit` and `measure.predict_proba` as the CPU runs.
-Reading, tokenizing and MLflow logging are CPU work and are timed by benchmarks/seed_protocol.py.
+Reading, tokenizing and MLflow logging are CPU work and are timed by benchmarks/seed_protocol/seed_protocol.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's bertpooled, installed or not
 
 
 def pack(out: Path, config_path: str) -> None:

@@ -1,7 +1,8 @@
 """Time the seed protocol end to end: both modes as two `mlflow run` calls, repeated, phase by phase.
 
-    python benchmarks/seed_protocol.py                    # 3 repeats on this machine -> benchmarks/seed_protocol.md
-    python benchmarks/seed_protocol.py --device cuda --output benchmarks/seed_protocol_gpu.md
+    python benchmarks/seed_protocol/seed_protocol.py    # 3 repeats on this machine -> README.md here
+    python benchmarks/seed_protocol/seed_protocol.py --device cuda \\
+        --output benchmarks/seed_protocol/seed_protocol_gpu.md
 
 Each repeat starts from empty caches (token ids and the parsed archive), so it pays for reading and
 tokenizing the data once, as a fresh user would; the second mode of a repeat finds the token ids cached.
@@ -19,9 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import describe  # benchmarks/machine.py: scripts here run with their folder on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
 
-ROOT = Path(__file__).resolve().parents[1]
+from common.machine import describe
+
+ROOT = Path(__file__).resolve().parents[2]
+
 # `precompute` is part of `train` (the training rows' frozen features computed once, when they fit precompute_mb).
 PHASES = ["data", "tokenize", "features", "precompute", "train", "eval", "cost", "log_model", "total"]
 
@@ -65,7 +69,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("BERTPOOLED_IMDB", ""))
     parser.add_argument("--device", default="")
     parser.add_argument("--param", action="append", default=[], help="extra -P key=value for every run")
-    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "seed_protocol.md"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "seed_protocol" / "README.md"))
     args = parser.parse_args()
     if not args.data:
         sys.exit("error: point --data or BERTPOOLED_IMDB at aclImdb_v1.tar.gz")
@@ -128,7 +132,7 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     command = (
-        "python benchmarks/seed_protocol.py"
+        "python benchmarks/seed_protocol/seed_protocol.py"
         + "".join(
             f" {flag} {val}"
             for flag, val in (

@@ -1,6 +1,6 @@
 """Threads for the LSTM head and for encoder forward passes: 1 vs all cores, quiet and beside a busy process.
 
-    python benchmarks/threads.py                 # -> a Markdown table on stdout (pasted into seed_protocol.md)
+    python benchmarks/seed_protocol/threads.py   # -> a Markdown table on stdout (pasted into README.md here)
 
 Times one training step of the original's head (features=embedding_layer on MiniLM, batch 32, max_len 128,
 basic and pool, Adam) and one frozen MiniLM forward pass (batch 64 x 128 tokens), each on 1 and on all torch
@@ -16,12 +16,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import describe, median_ms  # benchmarks/machine.py: scripts here run with their folder on sys.path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's bertpooled, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
+
+from common.machine import describe, median_ms
 
 from bertpooled.model import backbone
 from bertpooled.model.heads import PooledLSTMClassifier
@@ -87,7 +90,7 @@ def main() -> None:
     loadavg = os.getloadavg()[0]
     columns = [(load, t) for load in ("quiet", "busy") for t in sorted({1, cores})]
     print(f"- machine: {describe()}; 1-min load average at the end: {loadavg:.1f}")
-    print(f"- command: `python benchmarks/threads.py --repeats {args.repeats}`; medians\n")
+    print(f"- command: `python benchmarks/seed_protocol/threads.py --repeats {args.repeats}`; medians\n")
     print("| | " + " | ".join(f"{load}, {t} thread{'s' if t > 1 else ''}" for load, t in columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name, cells in rows.items():

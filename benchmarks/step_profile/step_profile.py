@@ -1,10 +1,10 @@
 """Where one training step of the original's head goes, by operator, on CPU (issue 13).
 
-    python benchmarks/step_profile.py                 # basic and pool, 1 thread -> Markdown on stdout
-    python benchmarks/step_profile.py --threads 2
-    python benchmarks/step_profile.py --compile       # also torch.compile of the precomputed pool step's forward
+    python benchmarks/step_profile/step_profile.py              # basic and pool, 1 thread -> Markdown on stdout
+    python benchmarks/step_profile/step_profile.py --threads 2
+    python benchmarks/step_profile/step_profile.py --compile    # also torch.compile of the precomputed pool step
 
-Synthetic data shaped like the default protocol (`grouped_seeds.Data`: MiniLM's embedding layer, batch 32,
+Synthetic data shaped like the default protocol (`common/synthetic.py`'s `Data`: MiniLM's embedding layer, batch 32,
 max_len 128, LSTM(16), fused Adam), the step `run.fit.fit` runs per batch: gather the batch's token ids,
 the frozen features (per batch, or gathered from features precomputed for every row, `run.prepare.before_training`),
 forward, loss, backward, Adam. First the median wall time per step over `--repeats` timings of `--steps`
@@ -15,16 +15,18 @@ adds its own overhead: compare rows, not the sum with the wall time).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from grouped_seeds import Data, median_ms  # benchmarks/: scripts here run with their folder on sys.path
-from machine import describe
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's bertpooled, installed or not
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
+
+from common.machine import describe
+from common.synthetic import Data, median_ms
 
 from bertpooled.run import prepare as precompute
 from bertpooled.run import runtime
@@ -70,7 +72,8 @@ def main() -> None:
     runtime.keep_freed_memory()  # as a run does
     data = Data(args.rows)
     print(
-        f"- machine: {describe()}\n- torch threads: {args.threads}; command: `python benchmarks/step_profile.py"
+        f"- machine: {describe()}\n- torch threads: {args.threads}; "
+        "command: `python benchmarks/step_profile/step_profile.py"
         f"{f' --threads {args.threads}' if args.threads != 1 else ''}{' --compile' if args.compile else ''}`\n"
     )
     if args.compile:

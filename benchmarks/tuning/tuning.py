@@ -1,6 +1,6 @@
 """Issue #23's study: the FINISHED child runs of sweep parents, comma-separated, for `compare-runs --run-id`.
 
-python benchmarks/tuning.py PARENT_ID [PARENT_ID ...]     # uses MLFLOW_TRACKING_URI
+python benchmarks/tuning/tuning.py PARENT_ID [PARENT_ID ...]     # uses MLFLOW_TRACKING_URI
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the printed runs link shows in MLflow's UI, checked in a real headless Chromium.
 
-    python benchmarks/ui_check.py [--keep DIR]
+    python benchmarks/ui_check/ui_check.py [--keep DIR]
 
 Makes a tiny IMDB, trains two smoke runs (basic, pool; `--config smoke` on the offline MiniLM) and a sweep
 of two children (seed 7) into a fresh SQLite store, adds a run tagged as a comparison to the same experiment
@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import write_imdb_archive, write_imdb_tree  # noqa: E402 - after the sys.path line above
