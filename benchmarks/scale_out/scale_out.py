@@ -87,7 +87,7 @@ def sweep(args, env: dict, experiment: str, *extra: str) -> float:
     return wall
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("BERTPOOLED_IMDB", ""))
     parser.add_argument("--config", default="experiments/smoke.yaml")
@@ -97,9 +97,67 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data:
         sys.exit("error: point --data or BERTPOOLED_IMDB at aclImdb_v1.tar.gz")
+    return args
 
+
+def start_server(work: Path, env: dict, procs: list) -> str:
+    """`mlflow server` with served artifacts on 127.0.0.1 (SQLite behind it); its URI once it answers."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db"]
+    server += ["--artifacts-destination", str(work / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    procs.append(start([*server, "--workers", "1"], env, work / "server.log"))
+    for _ in range(180):
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    return uri
+
+
+def start_cluster(work: Path, env: dict, procs: list) -> str:
+    """A Ray head and a worker node, 1 CPU and a 100 MB object store each, on loopback; the head's address."""
+    ray_port = free_port()
+    address = f"{NODE_IP}:{ray_port}"
+    node = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--node-ip-address", NODE_IP]
+    node += ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+    head = ["--head", "--port", str(ray_port), "--include-dashboard", "false", "--temp-dir", str(work / "ray")]
+    procs.append(start([*node, *head], env, work / "head.log"))
+    time.sleep(5)
+    procs.append(start([*node, "--address", address], env, work / "worker.log"))
+    return address
+
+
+def warm_up(args, env: dict) -> None:
+    """One run that fills the token and feature caches, so neither sweep pays for them."""
+    warm = [sys.executable, "-m", "bertpooled", "train", "--config", args.config, "--data", args.data]
+    warm += ["--no-progress", "--set", "num_threads=1"]
+    subprocess.run(warm, env={**env, "MLFLOW_EXPERIMENT_NAME": "warm-up"}, check=True, capture_output=True)
+
+
+def children(uri: str) -> dict[str, dict[str, tuple[dict, float, str]]]:
+    """Per sweep (local, ray), per child label: (its test/train/params metrics, time/total_s, its node)."""
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(uri)
+    results = {}
+    for name in ("local", "ray"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        kids = [r for r in runs if r.data.tags.get("sweep/child")]
+        results[name] = {
+            r.data.tags["sweep/child"]: (
+                {k: v for k, v in r.data.metrics.items() if k.startswith(("test/", "train/", "params/"))},
+                r.data.metrics["time/total_s"],
+                r.data.tags.get("sweep/node", "this process")[:8],
+            )
+            for r in kids
+        }
+    return results
+
+
+def measure(args) -> tuple[dict, dict[str, float]]:
+    """Both sweeps on a fresh server and cluster (stopped afterwards): their children and wall times."""
     work = Path(tempfile.mkdtemp(prefix="scale-out-"))
     env = {
         **os.environ,
@@ -109,118 +167,32 @@ def main() -> None:
         "RAY_USAGE_STATS_ENABLED": "0",
         "BERTPOOLED_CACHE": str(work / "cache"),
     }
-    procs = []
+    procs: list[subprocess.Popen] = []
     try:
-        port = free_port()
-        uri = f"http://127.0.0.1:{port}"
-        procs.append(
-            start(
-                [
-                    sys.executable,
-                    "-m",
-                    "mlflow",
-                    "server",
-                    "--backend-store-uri",
-                    f"sqlite:///{work}/mlflow.db",
-                    "--artifacts-destination",
-                    str(work / "artifacts"),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    "1",
-                ],
-                env,
-                work / "server.log",
-            )
-        )
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
+        uri = start_server(work, env, procs)
         env["MLFLOW_TRACKING_URI"] = uri
-        ray_port = free_port()
-        address = f"{NODE_IP}:{ray_port}"
-        node = [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--block",
-            "--node-ip-address",
-            NODE_IP,
-            "--num-cpus",
-            "1",
-            "--object-store-memory",
-            str(100 * 2**20),
-            "--disable-usage-stats",
-        ]
-        procs.append(
-            start(
-                [
-                    *node,
-                    "--head",
-                    "--port",
-                    str(ray_port),
-                    "--include-dashboard",
-                    "false",
-                    "--temp-dir",
-                    str(work / "ray"),
-                ],
-                env,
-                work / "head.log",
-            )
-        )
-        time.sleep(5)
-        procs.append(start([*node, "--address", address], env, work / "worker.log"))
-
-        warm = [
-            sys.executable,
-            "-m",
-            "bertpooled",
-            "train",
-            "--config",
-            args.config,
-            "--data",
-            args.data,
-            "--no-progress",
-            "--set",
-            "num_threads=1",
-        ]
-        subprocess.run(warm, env={**env, "MLFLOW_EXPERIMENT_NAME": "warm-up"}, check=True, capture_output=True)
-
+        address = start_cluster(work, env, procs)
+        warm_up(args, env)
         local_wall = sweep(args, env, "local")
         ray_wall = sweep(args, env, "ray", "--executor", "ray", "--address", address)
-
-        client = MlflowClient(uri)
-        results = {}
-        for name in ("local", "ray"):
-            runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-            kids = [r for r in runs if r.data.tags.get("sweep/child")]
-            results[name] = {
-                r.data.tags["sweep/child"]: (
-                    {k: v for k, v in r.data.metrics.items() if k.startswith(("test/", "train/", "params/"))},
-                    r.data.metrics["time/total_s"],
-                    r.data.tags.get("sweep/node", "this process")[:8],
-                )
-                for r in kids
-            }
-        labels = sorted(results["local"])
-        same = all(results["local"][k][0] == results["ray"][k][0] for k in labels)
-        n = len(labels)
-        in_runs = {name: sum(results[name][k][1] for k in labels) for name in results}
-        slots = {"local": 1, "ray": 2}  # children at once: one here, one per 1-CPU node on Ray
-        walls = {"local": local_wall, "ray": ray_wall}
-        outside = {name: (walls[name] * slots[name] - in_runs[name]) / n for name in results}
-        nodes = sorted({results["ray"][k][2] for k in labels})
+        return children(uri), {"local": local_wall, "ray": ray_wall}
     finally:
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
+
+def render(args, results: dict, walls: dict[str, float]) -> str:
     from bertpooled.sweep.ray_executor import POLL_S as POLL
 
+    labels = sorted(results["local"])
+    same = all(results["local"][k][0] == results["ray"][k][0] for k in labels)
+    n = len(labels)
+    in_runs = {name: sum(results[name][k][1] for k in labels) for name in results}
+    slots = {"local": 1, "ray": 2}  # children at once: one here, one per 1-CPU node on Ray
+    outside = {name: (walls[name] * slots[name] - in_runs[name]) / n for name in results}
+    nodes = sorted({results["ray"][k][2] for k in labels})
+    local_wall, ray_wall = walls["local"], walls["ray"]
     command = (
         f"python benchmarks/scale_out/scale_out.py --data $BERTPOOLED_IMDB --config {args.config} --modes "
         f"{args.modes} --seeds {args.seeds}"
@@ -263,6 +235,13 @@ warm-up run that filled the caches. {n} children ({args.modes} x {args.seeds} se
 """
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     text = text.replace("shared the 2 cores,", f"shared the 2 cores; load average {load} at the end,")
+    return text
+
+
+def main() -> None:
+    args = parse_args()
+    results, walls = measure(args)
+    text = render(args, results, walls)
     Path(args.output).write_text(text)
     print(text)
 
