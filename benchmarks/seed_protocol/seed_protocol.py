@@ -62,7 +62,7 @@ def one_run(mode: str, args, env: dict) -> tuple[float, int]:
     return wall, usage.ru_maxrss // 1024
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", default="experiments/default.yaml")
@@ -73,7 +73,30 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data:
         sys.exit("error: point --data or BERTPOOLED_IMDB at aclImdb_v1.tar.gz")
+    return args
 
+
+def row_of(run, wall: float, rss: float) -> dict:
+    """One run's phases, wall time, peak RSS and what it logged about itself."""
+    m = run.data.metrics
+    row = {f"{p}": m.get(f"time/{p}_s", float("nan")) for p in PHASES}
+    row.update(
+        wall=wall,
+        rss=rss,
+        acc=m["test/accuracy"],
+        head=m["params/head"],
+        hit=m.get("tokens/cache_hit", 0),
+        ahead=m.get("train_features/cache_hit", 0),
+        n_train=m["data/train_examples"],
+        n_test=m["data/test_examples"],
+        device=run.data.params.get("runtime/device", "?"),
+        threads=run.data.params.get("runtime/threads", "?"),
+    )
+    return row
+
+
+def measure(args) -> tuple[dict[str, list[dict]], list[float]]:
+    """Both modes, `--repeats` times, each repeat from empty caches: a row per run, and each repeat's wall."""
     import mlflow
 
     modes = ["basic", "pool"]
@@ -102,20 +125,7 @@ def main() -> None:
                     order_by=["attributes.start_time DESC"],
                     output_format="list",
                 )[0]
-                m = run.data.metrics
-                row = {f"{p}": m.get(f"time/{p}_s", float("nan")) for p in PHASES}
-                row.update(
-                    wall=wall,
-                    rss=rss,
-                    acc=m["test/accuracy"],
-                    head=m["params/head"],
-                    hit=m.get("tokens/cache_hit", 0),
-                    ahead=m.get("train_features/cache_hit", 0),
-                    n_train=m["data/train_examples"],
-                    n_test=m["data/test_examples"],
-                    device=run.data.params.get("runtime/device", "?"),
-                    threads=run.data.params.get("runtime/threads", "?"),
-                )
+                row = row_of(run, wall, rss)
                 rows[mode].append(row)
                 print(
                     f"repeat {rep + 1} {mode}: wall {wall:.1f}s train {row['train']:.1f}s acc {row['acc']:.4f} "
@@ -123,15 +133,12 @@ def main() -> None:
                     flush=True,
                 )
             both.append(total)
+    return rows, both
 
-    med = {
-        mode: {k: statistics.median(r[k] for r in rows[mode]) for k in rows[mode][0] if k not in ("device", "threads")}
-        for mode in modes
-    }
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    command = (
+
+def command_of(args) -> str:
+    """The command line that reproduces this page (options at their defaults left out)."""
+    return (
         "python benchmarks/seed_protocol/seed_protocol.py"
         + "".join(
             f" {flag} {val}"
@@ -144,6 +151,18 @@ def main() -> None:
         )
         + "".join(f" --param {p}" for p in args.param)
     )
+
+
+def render(args, rows: dict[str, list[dict]], both: list[float]) -> str:
+    modes = ["basic", "pool"]
+    med = {
+        mode: {k: statistics.median(r[k] for r in rows[mode]) for k in rows[mode][0] if k not in ("device", "threads")}
+        for mode in modes
+    }
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    command = command_of(args)
     b, p = med["basic"], med["pool"]
     lines = [
         f"# Seed protocol timing ({'GPU' if 'cuda' in rows['basic'][0]['device'] else 'CPU'})",
@@ -177,8 +196,15 @@ def main() -> None:
         f"(repeats: {', '.join(f'{t:.1f}' for t in both)}).",
         "",
     ]
-    Path(args.output).write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    rows, both = measure(args)
+    text = render(args, rows, both)
+    Path(args.output).write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
