@@ -52,18 +52,13 @@ def pack(out: Path, config_path: str) -> None:
     del backbone
 
 
-def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda", epochs: int | None = None) -> None:
-    import torch
+def load_bundle(bundle: Path):
+    """The packed subsets, their token ids and the frozen word-embedding table."""
     from safetensors.torch import load_file
 
     from bertpooled import data
-    from bertpooled.config import load_config
     from bertpooled.data import tokens
-    from bertpooled.model import backbone
-    from bertpooled.run import fit, measure, prepare
 
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: no CUDA device visible")
     arrays = np.load(bundle / "tokens.npz")
     table = load_file(str(bundle / "embeddings.safetensors"))["embeddings"]
 
@@ -74,10 +69,62 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
             arrays[f"{name}_ids"].astype(np.int32), arrays[f"{name}_lengths"]
         )
 
-    (tr, tr_tok), (te, te_tok) = split("train"), split("test")
+    return split("train"), split("test"), table
+
+
+def time_setting(bundle: Path, loaded, mode: str, amp: bool, repeats: int, device_name: str, extra: dict):
+    """One (mode, autocast) setting: an untimed 1-epoch warm-up fit, then `repeats` timed fits and evaluations
+    of fresh models; the medians of (train s, eval s, test accuracy), and the run's config."""
+    import torch
+
+    from bertpooled.config import load_config
+    from bertpooled.model import backbone
+    from bertpooled.run import fit, measure, prepare
+
+    (tr, tr_tok), (te, te_tok), table = loaded
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cfg = load_config(
+        bundle / "config.yaml",
+        {"mode": mode, "device": device_name, "precision": "bf16" if amp else "fp32", **extra},
+    )
+    emb = backbone.WordEmbeddings(table, 0)
+    prep = prepare.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, None, emb)
+    warm = prepare.Prepared(
+        load_config(bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name, "precision": "fp32"}),
+        None,
+        None,
+        tr,
+        te,
+        tr_tok,
+        te_tok,
+        None,
+        emb,
+    )
+    fit.fit(fit.build_model(warm).to(device), warm, progress=False)
+    rows = []
+    for _ in range(repeats):
+        model = fit.build_model(prep).to(device)
+        sync()
+        t0 = time.perf_counter()
+        fit.fit(model, prep, progress=False)
+        sync()
+        t1 = time.perf_counter()
+        probs = measure.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)
+        t2 = time.perf_counter()
+        rows.append((t1 - t0, t2 - t1, measure.evaluate(te.labels, probs)["test/accuracy"]))
+    return [statistics.median(r[i] for r in rows) for i in range(3)], cfg
+
+
+def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda", epochs: int | None = None) -> None:
+    import torch
+
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("error: no CUDA device visible")
+    loaded = load_bundle(bundle)
+    (tr, _), (te, _), _ = loaded
     device = torch.device(device_name)
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none (CPU smoke run)"
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     extra = {"epochs": epochs} if epochs else {}
     lines = [
         f"- GPU: {gpu}, torch {torch.__version__}, CUDA {torch.version.cuda}",
@@ -91,38 +138,7 @@ def run(bundle: Path, repeats: int, out: Path | None, device_name: str = "cuda",
     results = {}
     for mode in ("basic", "pool"):
         for amp in (False, True):
-            cfg = load_config(
-                bundle / "config.yaml",
-                {"mode": mode, "device": device_name, "precision": "bf16" if amp else "fp32", **extra},
-            )
-            emb = backbone.WordEmbeddings(table, 0)
-            prep = prepare.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, None, emb)
-            warm = prepare.Prepared(
-                load_config(
-                    bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name, "precision": "fp32"}
-                ),
-                None,
-                None,
-                tr,
-                te,
-                tr_tok,
-                te_tok,
-                None,
-                emb,
-            )
-            fit.fit(fit.build_model(warm).to(device), warm, progress=False)
-            rows = []
-            for _ in range(repeats):
-                model = fit.build_model(prep).to(device)
-                sync()
-                t0 = time.perf_counter()
-                fit.fit(model, prep, progress=False)
-                sync()
-                t1 = time.perf_counter()
-                probs = measure.predict_proba(model, te_tok, cfg.eval_batch_size, device, cfg.precision)
-                t2 = time.perf_counter()
-                rows.append((t1 - t0, t2 - t1, measure.evaluate(te.labels, probs)["test/accuracy"]))
-            med = [statistics.median(r[i] for r in rows) for i in range(3)]
+            med, cfg = time_setting(bundle, loaded, mode, amp, repeats, device_name, extra)
             results[(mode, amp)] = med
             lines.append(
                 f"| {mode} | {'bf16' if amp else 'off (fp32)'} | {med[0]:.2f} | {med[1]:.2f} | "
