@@ -122,8 +122,7 @@ def summarise(store: str, runs) -> tuple[list[dict], list[str]]:
     return rows, notes
 
 
-def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str) -> str:
-    base = next((r for r in rows if r["variant"] == BASELINE), None)
+def header(rows: list[dict], notes: list[str], machine: str) -> list[str]:
     lines = [
         "# The pooled language model, fine-tuned, on this CPU",
         "",
@@ -151,37 +150,44 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
         "epoch | peak MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        ci, d = r["ci"], r["diff"]
-        diff = (
-            "-"
-            if r["variant"] == BASELINE
-            else (
-                f"{d.mean * 100:+.2f} pts ({d.low * 100:+.2f}, {d.high * 100:+.2f})"
-                if d.n >= 2
-                else f"{d.mean * 100:+.2f} pts (n={d.n})"
-            )
+    return lines
+
+
+def table_row(r: dict, base: dict | None, turns: dict | None) -> str:
+    """One variant's row: accuracy, paired difference and McNemar against the unpooled model, cost."""
+    ci, d = r["ci"], r["diff"]
+    diff = (
+        "-"
+        if r["variant"] == BASELINE
+        else (
+            f"{d.mean * 100:+.2f} pts ({d.low * 100:+.2f}, {d.high * 100:+.2f})"
+            if d.n >= 2
+            else f"{d.mean * 100:+.2f} pts (n={d.n})"
         )
-        mcn = (
-            "-"
-            if r["variant"] == BASELINE
-            else ", ".join(
-                f"{t.p_value:.3f} ({h:.3f})" for t, h in zip(r.get("mcnemar", []), r.get("holm", []), strict=True)
-            )
-            or "-"
+    )
+    mcn = (
+        "-"
+        if r["variant"] == BASELINE
+        else ", ".join(
+            f"{t.p_value:.3f} ({h:.3f})" for t, h in zip(r.get("mcnemar", []), r.get("holm", []), strict=True)
         )
-        t = (turns or {}).get(r["variant"])
-        tb = (turns or {}).get(BASELINE)
-        thr = f"{t['throughput']:.1f} (median {t['throughput_median']:.1f})" if t else "-"
-        speed = f"{t['throughput'] / tb['throughput']:.2f}x" if t and tb else "-"
-        lat = f"{t['latency']:.1f} (median {t['latency_median']:.1f})" if t else "-"
-        flops = f"{r['flops'] / 1e9:.2f} G ({r['flops'] / base['flops']:.2f}x)" if base else f"{r['flops'] / 1e9:.2f} G"
-        acc = f"{ci.mean:.4f} ± {(ci.high - ci.low) / 2:.4f}" if ci.n >= 2 else f"{ci.mean:.4f} (n=1)"
-        lines.append(
-            f"| {r['label']} | {','.join(r['seeds'])} | {r['train_n']:,} / {r['test_n']:,} | {acc} | {diff} | {mcn} | "
-            f"{flops} | {thr} | {speed} | {lat} | {r['epoch_s']:.0f} | {r['mem']:,.0f} |"
-        )
-    lines += ["", "## Verdict", ""]
+        or "-"
+    )
+    t = (turns or {}).get(r["variant"])
+    tb = (turns or {}).get(BASELINE)
+    thr = f"{t['throughput']:.1f} (median {t['throughput_median']:.1f})" if t else "-"
+    speed = f"{t['throughput'] / tb['throughput']:.2f}x" if t and tb else "-"
+    lat = f"{t['latency']:.1f} (median {t['latency_median']:.1f})" if t else "-"
+    flops = f"{r['flops'] / 1e9:.2f} G ({r['flops'] / base['flops']:.2f}x)" if base else f"{r['flops'] / 1e9:.2f} G"
+    acc = f"{ci.mean:.4f} ± {(ci.high - ci.low) / 2:.4f}" if ci.n >= 2 else f"{ci.mean:.4f} (n=1)"
+    return (
+        f"| {r['label']} | {','.join(r['seeds'])} | {r['train_n']:,} / {r['test_n']:,} | {acc} | {diff} | {mcn} | "
+        f"{flops} | {thr} | {speed} | {lat} | {r['epoch_s']:.0f} | {r['mem']:,.0f} |"
+    )
+
+
+def verdict(rows: list[dict], turns: dict | None) -> list[str]:
+    lines: list[str] = []
     for r in rows:
         if r["variant"] == BASELINE or not turns or r["variant"] not in turns:
             continue
@@ -220,6 +226,11 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
             f"compute saved), measured {ratio:.2f}x the unpooled throughput in the same turns: throughput "
             f"differences of about {abs(ratio - 1) * 100:.0f}% are within what this measurement can tell apart."
         )
+    return lines
+
+
+def footer(notes: list[str], turns: dict | None) -> list[str]:
+    lines: list[str] = []
     if notes:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
     lines += [
@@ -250,6 +261,14 @@ def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str)
         "pooled-lm-cpu \\",
         "        --group-by variant --baseline encoder-ft --format markdown",
     ]
+    return lines
+
+
+def render(rows: list[dict], notes: list[str], turns: dict | None, machine: str) -> str:
+    base = next((r for r in rows if r["variant"] == BASELINE), None)
+    lines = header(rows, notes, machine)
+    lines += [table_row(r, base, turns) for r in rows]
+    lines += ["", "## Verdict", "", *verdict(rows, turns), *footer(notes, turns)]
     return "\n".join(lines) + "\n"
 
 
