@@ -41,14 +41,8 @@ def autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compile", action="store_true", help="also time the forward pass under torch.compile")
-    args = parser.parse_args()
-    all_threads = torch.get_num_threads()
-    info = backbone.inspect("minilm")
-    model = backbone.load_model(info)
+def workloads(info, model):
+    """The two timed workloads on one random batch: the frozen encoder's forward pass, a fine-tuning step."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, info.vocab_size, (BATCH, LENGTH), generator=gen)
     lengths = torch.full((BATCH,), LENGTH)
@@ -77,6 +71,11 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
+    return encoder, forward, step
+
+
+def timed_rows(info, encoder, forward, step, repeats: int, all_threads: int, with_compile: bool) -> list[tuple]:
+    """(what, precision, threads, (median, min, max) ms) for every workload, precision and thread count."""
     rows = []
     for threads in sorted({1, all_threads}):
         torch.set_num_threads(threads)
@@ -86,7 +85,7 @@ def main() -> None:
                     "encoder forward",
                     precision,
                     threads,
-                    median_ms(lambda precision=precision: forward(precision), args.repeats, 2),
+                    median_ms(lambda precision=precision: forward(precision), repeats, 2),
                 )
             )
             rows.append(
@@ -94,7 +93,7 @@ def main() -> None:
                     "fine-tuning step",
                     precision,
                     threads,
-                    median_ms(lambda precision=precision: step(precision), args.repeats, 1),
+                    median_ms(lambda precision=precision: step(precision), repeats, 1),
                 )
             )
     torch.set_num_threads(all_threads)
@@ -106,10 +105,10 @@ def main() -> None:
                 "encoder forward, eager attention",
                 precision,
                 all_threads,
-                median_ms(lambda precision=precision: forward(precision, eager), args.repeats, 2),
+                median_ms(lambda precision=precision: forward(precision, eager), repeats, 2),
             )
         )
-    if args.compile:
+    if with_compile:
         compiled = torch.compile(encoder)
         for precision in ("fp32", "bf16"):
             forward(precision, compiled)  # compile outside the timing
@@ -118,10 +117,14 @@ def main() -> None:
                     "encoder forward, torch.compile",
                     precision,
                     all_threads,
-                    median_ms(lambda precision=precision: forward(precision, compiled), args.repeats, 2),
+                    median_ms(lambda precision=precision: forward(precision, compiled), repeats, 2),
                 )
             )
 
+    return rows
+
+
+def print_table(rows: list[tuple], model) -> None:
     print(
         f"Machine: {describe()}; native bf16 (AVX512-BF16 or AMX): {cpu_has_bf16()}; attention: "
         f"{model.config._attn_implementation}.\n"
@@ -132,6 +135,19 @@ def main() -> None:
     for what, precision, threads, (med, lo, hi) in rows:
         ratio = f"{fp32[(what, threads)] / med:.2f}x" if precision == "bf16" else ""
         print(f"| {what} | {precision} | {threads} | {med:,.0f} ({lo:,.0f}-{hi:,.0f}) | {ratio} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="also time the forward pass under torch.compile")
+    args = parser.parse_args()
+    all_threads = torch.get_num_threads()
+    info = backbone.inspect("minilm")
+    model = backbone.load_model(info)
+    encoder, forward, step = workloads(info, model)
+    rows = timed_rows(info, encoder, forward, step, args.repeats, all_threads, args.compile)
+    print_table(rows, model)
 
 
 if __name__ == "__main__":
