@@ -157,7 +157,7 @@ def cache_mb(pool: str, bytes_per: int) -> float:
     return TRAIN_ROWS * spec.out_len(MAX_LEN) * spec.out_hidden(HIDDEN) * bytes_per / 2**20
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="steps per timing (a group's step is S seeds' step)")
@@ -168,10 +168,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also torch.compile(model) of the forward pass")
     parser.add_argument("--skip-block", action="store_true", help="leave out the block recurrence (slow on CPU)")
     args = parser.parse_args()
+    return args
+
+
+def measure(args, d: Data, threads: list[int]) -> tuple[dict[str, dict], dict[str, float]]:
+    """Every candidate step timed per (mode, threads): ms per step by row name, and compile seconds."""
     S = args.seeds
-    d = Data(args.rows)
-    load_before = os.getloadavg()
-    threads = [int(t) for t in args.threads.split(",")]
     rows: dict[str, dict] = {}
     compile_s: dict[str, float] = {}
 
@@ -222,7 +224,12 @@ def main() -> None:
             cell("gather one batch from the cache", key, lambda cache=cache: gather_step(d, cache))
             cache = None  # free it before the next configuration builds its own
 
-    load_after = os.getloadavg()
+    return rows, compile_s
+
+
+def print_report(args, rows: dict[str, dict], compile_s: dict[str, float], threads: list[int], loads) -> None:
+    S = args.seeds
+    load_before, load_after = loads
     columns = [(mode, t) for t in threads for mode in MODES]
     print(f"- machine: {describe()}")
     print(
@@ -251,6 +258,16 @@ def main() -> None:
             for mode, pool in MODES.items()
         )
     )
+
+
+def main() -> None:
+    args = parse_args()
+    d = Data(args.rows)
+    load_before = os.getloadavg()
+    threads = [int(t) for t in args.threads.split(",")]
+    rows, compile_s = measure(args, d, threads)
+    load_after = os.getloadavg()
+    print_report(args, rows, compile_s, threads, (load_before, load_after))
 
 
 if __name__ == "__main__":
