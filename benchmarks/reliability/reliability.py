@@ -232,7 +232,7 @@ EXPENSIVE = {FAULTS[0][1], FAULTS[-2][1], CLASSES[5][1]}
 GROUPS = {"first": SCENARIOS, "faults": FAULTS, "classes": CLASSES}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
@@ -247,29 +247,34 @@ def main() -> None:
         help="first: the first round's scenarios; faults: issue 15's; classes: issue 25's",
     )
     args = parser.parse_args()
-    rows = []
-    for title, node in GROUPS[args.group]:
-        passed, seconds = 0, []
-        repeats = 1 if node in EXPENSIVE else args.repeats
-        for _ in range(repeats):
-            start = time.perf_counter()
-            proc = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider", *node.split()],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            )
-            seconds.append(time.perf_counter() - start)
-            passed += proc.returncode == 0
-            print(f"{node}: {'ok' if proc.returncode == 0 else 'FAILED'} ({seconds[-1]:.0f}s)", flush=True)
-            if proc.returncode != 0:  # the assertion and its context, not the captured logs after it
-                print(
-                    "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("E ", ">")))[-3000:],
-                    file=sys.stderr,
-                )
-        rows.append(
-            f"| {title} | {passed} of {repeats} | {sorted(seconds)[len(seconds) // 2]:.0f} | `{node.split('::')[0]}` |"
+    return args
+
+
+def scenario(title: str, node: str, repeats: int) -> str:
+    """One scenario run `repeats` times (its test passing is the scenario holding): its table row."""
+    passed, seconds = 0, []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider", *node.split()],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
         )
+        seconds.append(time.perf_counter() - start)
+        passed += proc.returncode == 0
+        print(f"{node}: {'ok' if proc.returncode == 0 else 'FAILED'} ({seconds[-1]:.0f}s)", flush=True)
+        if proc.returncode != 0:  # the assertion and its context, not the captured logs after it
+            print(
+                "\n".join(line for line in proc.stdout.splitlines() if line.startswith(("E ", ">")))[-3000:],
+                file=sys.stderr,
+            )
+    return f"| {title} | {passed} of {repeats} | {sorted(seconds)[len(seconds) // 2]:.0f} | `{node.split('::')[0]}` |"
+
+
+def main() -> None:
+    args = parse_args()
+    rows = [scenario(title, node, 1 if node in EXPENSIVE else args.repeats) for title, node in GROUPS[args.group]]
     if args.output == "-":
         print("\n".join(["| scenario | held | median s | test |", "|---|---:|---:|---|", *rows]))
         return
