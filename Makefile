@@ -44,7 +44,7 @@ ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000
 
 bench: setup
-	$(BIN)/python benchmarks/seed_protocol.py
+	$(BIN)/python benchmarks/seed_protocol/seed_protocol.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

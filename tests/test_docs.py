@@ -11,6 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README_MAX_LINES = 300
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BENCHMARKS = ROOT / "benchmarks"
+BENCHMARK_PAGES = sorted(BENCHMARKS.rglob("*.md"))
+# Folders of the machine a study ran on, which a reader does not have: a page names the store STORE and the
+# archive /path/to/aclImdb_v1.tar.gz instead. Scripts may default to a scratch folder under /tmp; pages may not.
+MACHINE_FOLDER = re.compile(r"(?<![\w.$}-])/(?:root|work|home)/")
+MACHINE_FOLDER_IN_PAGES = re.compile(r"(?<![\w.$}-])/(?:root|work|home|tmp)/")
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.M | re.S)
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
@@ -67,6 +73,41 @@ def broken_links(path: Path) -> list[str]:
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_every_relative_link_resolves(page):
     assert broken_links(page) == []
+
+
+@pytest.mark.parametrize("page", BENCHMARK_PAGES, ids=[str(p.relative_to(ROOT)) for p in BENCHMARK_PAGES])
+def test_every_relative_link_of_a_benchmark_page_resolves(page):
+    assert broken_links(page) == []
+
+
+def test_the_benchmarks_index_links_every_study_folder():
+    targets = [(BENCHMARKS / t.partition("#")[0]).resolve() for t in links(BENCHMARKS / "README.md")]
+    linked = {t.relative_to(BENCHMARKS).parts[0] for t in targets if t.is_relative_to(BENCHMARKS)}
+    folders = {d.name for d in BENCHMARKS.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))}
+    assert folders - linked == set(), "study folders missing from benchmarks/README.md"
+
+
+def machine_folders(path: Path) -> list[str]:
+    """Each line of `path` that names a folder of the machine it ran on."""
+    pattern = MACHINE_FOLDER_IN_PAGES if path.suffix == ".md" else MACHINE_FOLDER
+    return [
+        f"{path.name}:{n}: {line.strip()}"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+
+
+def test_no_benchmark_or_docs_file_names_a_folder_of_the_machine_it_ran_on(tmp_path):
+    files = [*PAGES, *(p for p in sorted(BENCHMARKS.rglob("*")) if p.suffix in {".md", ".sh", ".py"})]
+    assert [hit for path in files for hit in machine_folders(path)] == []
+    page, script = tmp_path / "page.md", tmp_path / "run.sh"
+    page.write_text("STORE=/tmp/bf16 x\nsqlite:////work/studies/tune/mlflow.db\nfine: STORE, $TMPDIR/x, a/tmp/b\n")
+    script.write_text('WORK="${WORK:-/tmp/scratch}"\ncd /root/x\n')
+    assert machine_folders(page) == [
+        "page.md:1: STORE=/tmp/bf16 x",
+        "page.md:2: sqlite:////work/studies/tune/mlflow.db",
+    ]
+    assert machine_folders(script) == ["run.sh:2: cd /root/x"]
 
 
 def test_the_readme_is_a_front_page_of_at_most_300_lines():

@@ -1,4 +1,5 @@
-"""The printed MLflow UI links and the training view they open (benchmarks/ui_check.py checks it in Chromium)."""
+"""The printed MLflow UI links and the training view they open (benchmarks/ui_check/ui_check.py checks it in
+Chromium)."""
 
 from __future__ import annotations
 

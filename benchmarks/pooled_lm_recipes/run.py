@@ -3,7 +3,7 @@
     BERTPOOLED_IMDB=/path/to/aclImdb_v1.tar.gz \
         python benchmarks/pooled_lm_recipes/run.py --store STORE [--seeds 0 1 2 3 4]
 
-Per seed, the protocol of benchmarks/pooled_lm_cpu.md (MiniLM fine-tuned with its LSTM(16) head, max_len 128,
+Per seed, the protocol of benchmarks/pooled_lm_cpu/README.md (MiniLM fine-tuned with its LSTM(16) head, max_len 128,
 label-balanced 4,000 / 5,000 reviews, data_seed 0, bf16 autocast where the CPU has it), then each recipe from
 that seed's teacher for the same one extra epoch:
 

@@ -6,14 +6,15 @@
 # with the comparison experiment's artifacts under the call's own folder: the studies are only read.
 set -euo pipefail
 code=$(cd "$1" && pwd); out=$2
-studies=${STUDIES:-/work/studies}
-snap=${SNAP:-/tmp/compare_identity_stores}
+here=$(cd "$(dirname "$0")" && pwd)
+studies=${STUDIES:?set STUDIES to the folder that holds the stores of the studies (bf16_check/, tune/, pooled_lm_cpu/, house/)}
+snap=${SNAP:-${TMPDIR:-/tmp}/compare_identity_stores}
 PY=${PYTHON:-python}
 export PYTHONPATH=$code HF_HUB_OFFLINE=1
 mkdir -p "$snap" "$out"; out=$(cd "$out" && pwd)
 # A fixed folder for the calls (not mktemp): error lines and `report files:` name paths under it, which must be
 # the same for both code versions. So one run at a time.
-work=${WORK:-/tmp/compare_identity_work}
+work=${WORK:-${TMPDIR:-/tmp}/compare_identity_work}
 rm -rf "$work"; mkdir -p "$work"
 
 snapshot() {  # snapshot NAME DB: an online backup (safe while a study writes), taken once
@@ -23,7 +24,7 @@ snapshot bf16_check "$studies/bf16_check/mlflow.db"
 snapshot tune "$studies/tune/mlflow.db"
 snapshot pooled_lm_cpu "$studies/pooled_lm_cpu/mlflow.db"
 snapshot house_before "$studies/house/before.db"
-snapshot main "${MAIN_DB:-/work/main/mlflow.db}"
+snapshot main "${MAIN_DB:-}"                   # the project's own store, when MAIN_DB names it
 
 compare() {  # compare STORE NAME ARGS...: table, markdown (+ --output folder) and json
   local store=$1 name=$2; shift 2
@@ -58,7 +59,7 @@ UP=a39192e086a14a3295d20b97f9abac8e
 tune_cmp() {  # tune_cmp NAME BASELINE OTHER
   local ids
   cp "$snap/tune.db" "$work/tune-ids.db"
-  ids=$(MLFLOW_TRACKING_URI=sqlite:///$work/tune-ids.db $PY "$code/benchmarks/tuning.py" "$2" "$3")
+  ids=$(MLFLOW_TRACKING_URI=sqlite:///$work/tune-ids.db $PY "$here/../tuning/tuning.py" "$2" "$3")
   compare tune "tune_$1" --run-id "$ids" --group-by mlflow.parentRunId --baseline "$2"
 }
 tune_cmp tuned_pool_vs_tuned_basic $TB $TP

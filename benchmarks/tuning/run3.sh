@@ -4,10 +4,10 @@
 # is one sweep (one parent run), grown seed by seed with --resume-parent. Waits for the two tune studies
 # (pids $1 $2) first. Replaces run2.sh's phase B (sequential sweeps of 5 seeds each).
 set -u
-cd /work/studies/tune
-export PYTHONPATH=/work/studies/tune/code PATH=/work/main/.venv/bin:$PATH HF_HUB_OFFLINE=1
-export MLFLOW_TRACKING_URI=sqlite:////work/studies/tune/mlflow.db
-export BERTPOOLED_IMDB=/work/shared/data/aclImdb_v1_labeled.tar.gz
+# STORE: the study's folder (mlflow.db, best/, the code clone in STORE/code); the project's venv active.
+: "${STORE:?set STORE to the folder of the study}" "${BERTPOOLED_IMDB:?set BERTPOOLED_IMDB to the IMDB archive}"
+cd "$STORE"
+export PYTHONPATH=$STORE/code HF_HUB_OFFLINE=1 MLFLOW_TRACKING_URI=sqlite:///$STORE/mlflow.db
 for pid in "$@"; do while kill -0 "$pid" 2>/dev/null; do sleep 10; done; done
 echo "phase A end $(date -u)"
 declare -A parent

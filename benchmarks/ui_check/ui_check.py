@@ -1,0 +1,235 @@
+"""What the printed runs link shows in MLflow's UI, checked in a real headless Chromium.
+
+    python benchmarks/ui_check/ui_check.py [--keep DIR]
+
+Makes a tiny IMDB, trains two smoke runs (basic, pool; `--config smoke` on the offline MiniLM) and a sweep
+of two children (seed 7) into a fresh SQLite store, adds a run tagged as a comparison to the same experiment
+(which the view must hide), starts `mlflow ui` on 127.0.0.1, and loads the link `bertpooled train` printed
+in Chromium (Debian's `chromium`, headless, a fresh profile, no network but loopback). It checks the
+rendered page: the view's columns are shown, mode and backbone before the metrics, the comparison run and
+the sweep's parent are not, the sweep's children are rows of their own, and the chart view opens on
+train/loss, train/accuracy, test/accuracy and draws the final metrics as bars (time/* included), one per run.
+Screenshots of both, and of the run page, go to docs/. Exit 0 when every check holds; each failure is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import write_imdb_archive, write_imdb_tree  # noqa: E402 - after the sys.path line above
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    # The UI fetches runs after it renders; virtual time lets those requests finish before the capture.
+    "--virtual-time-budget=30000",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chromium(url: str, work: Path, *, screenshot: Path | None = None, height: int = 1000) -> str:
+    """The DOM Chromium rendered for `url` (or, with `screenshot`, write a PNG); a fresh profile each time.
+    MLflow draws a chart card only once it scrolls into view: a tall window (`height`) draws them all."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        sys.exit("error: no chromium on PATH: apt-get install chromium")
+    profile = Path(tempfile.mkdtemp(dir=work, prefix="profile-"))
+    action = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
+    out = subprocess.run(
+        [exe, *CHROMIUM_FLAGS, f"--window-size=1920,{height}", f"--user-data-dir={profile}", *action, url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return out.stdout
+
+
+def train(mode: str, env: dict, data: Path) -> tuple[str, str]:
+    """One smoke run through the CLI; the runs link and run link it printed."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bertpooled",
+            "train",
+            "--config",
+            "smoke",
+            "--mode",
+            mode,
+            "--data",
+            str(data),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=env["WORK"],
+        timeout=600,
+    )
+    if out.returncode:
+        sys.exit(f"error: training {mode} failed: {out.stderr.strip().splitlines()[-1]}")
+    runs = re.search(r"^runs: (\S+)", out.stdout, re.M).group(1)
+    run = re.search(r"^run:  (\S+)", out.stdout, re.M).group(1)
+    return runs, run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", help="Work folder to keep (default: a temporary one, removed).")
+    parser.add_argument("--docs", default=str(ROOT / "docs"), help="Where the screenshots go.")
+    args = parser.parse_args()
+    work = Path(args.keep or tempfile.mkdtemp(prefix="bertpooled-ui-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = write_imdb_archive(write_imdb_tree(work / "imdb"), work / "aclImdb_v1.tar.gz")
+    uri = f"sqlite:///{work}/mlflow.db"
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
+        "BERTPOOLED_CACHE": str(work / "cache"),
+        "PYTHONPATH": str(ROOT),
+        "WORK": str(work),
+    }
+    for var in ("BERTPOOLED_IMDB", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "ui.log", "w"),  # noqa: SIM115 - the server's log for as long as it runs
+    )
+    failures: list[str] = []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if ui.poll() is not None or time.time() > deadline:
+                    sys.exit(f"error: mlflow ui did not start: {(work / 'ui.log').read_text()[-500:]}")
+                time.sleep(0.5)
+        runs_link, run_link = train("basic", env, data)
+        train("pool", env, data)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bertpooled",
+                "sweep",
+                "--config",
+                "smoke",
+                "--modes",
+                "basic,pool",
+                "--seed-list",
+                "7",
+                "--data",
+                str(data),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=env["WORK"],
+            timeout=900,
+        )
+        if out.returncode:
+            sys.exit(f"error: the sweep failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        import mlflow
+
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        experiment = mlflow.get_experiment_by_name("bertpooled")
+        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="a-comparison-run"):
+            mlflow.set_tag("bertpooled.kind", "comparison")
+            mlflow.log_metric("compare/pool/accuracy_diff", -0.01)
+        print(f"runs link: {runs_link}\nrun link:  {run_link}")
+
+        table = chromium(runs_link, work)
+        for column in ("mode", "backbone", "config/seed", "test/accuracy", "time/total_s", "params/head"):
+            if f">{column}<" not in table and f'"{column}"' not in table:
+                failures.append(f"runs table: no column {column!r}")
+        for name in ("basic-minilm-s0", "pool-minilm-s0", "basic-minilm-s7", "pool-minilm-s7"):
+            if name not in table:
+                failures.append(f"runs table: training run {name} not shown (s7: a sweep's child)")
+        if "a-comparison-run" in table:
+            failures.append("runs table: the comparison run is shown")
+        sweep_parents = mlflow.search_runs(
+            [experiment.experiment_id], "tags.`bertpooled.kind` = 'sweep'", output_format="list"
+        )
+        for parent in sweep_parents:
+            if parent.info.run_name in table:
+                failures.append(f"runs table: the sweep's parent {parent.info.run_name} is shown")
+        # ag-grid's DOM order is not the visual one; each header cell's aria-colindex is.
+        position = {
+            colid: int(index)
+            for index, colid in re.findall(
+                r'role="columnheader"[^>]*?aria-colindex="(\d+)"[^>]*?col-id="([^"]+)"', table
+            )
+        }
+        order = [position.get(c) for c in ("tags.`mode`", "tags.`backbone`", "metrics.`test/accuracy`")]
+        if None in order or not order[0] < order[1] < order[2]:
+            failures.append(f"runs table: mode and backbone are not before test/accuracy (header positions {order})")
+        first: list[str] = []
+        for _ in range(3):  # a loaded machine may need more than one virtual-time budget to draw the charts
+            charts = chromium(runs_link + "&compareRunsMode=CHART", work, height=12000)
+            first = list(dict.fromkeys(re.findall(r">((?:train|test|time|params|compare)/[\w/]+)<", charts)))[:3]
+            if first:
+                break
+        if first != ["train/loss", "train/accuracy", "test/accuracy"]:
+            failures.append(f"chart view: first charts are {first}, not train/loss, train/accuracy, test/accuracy")
+        titles = set(re.findall(r">((?:test|time|params)/[\w/]+)<", charts))
+        for metric in ("time/total_s", "time/data_s", "params/head"):
+            if metric not in titles:
+                failures.append(f"chart view: no card for {metric}")
+        # Plotly draws a bar chart's bars as `trace bars` groups; a one-dot line chart has none.
+        if charts.count("trace bars") < 10:
+            failures.append(
+                f"chart view: {charts.count('trace bars')} bar traces drawn, expected the final metrics as bars"
+            )
+        run_page = chromium(run_link, work)
+        if "basic-minilm-s0" not in run_page:
+            failures.append("run page: run name not shown")
+
+        docs = Path(args.docs)
+        docs.mkdir(parents=True, exist_ok=True)
+        chromium(runs_link, work, screenshot=docs / "ui-runs-table.png")
+        chromium(runs_link + "&compareRunsMode=CHART", work, screenshot=docs / "ui-charts.png")
+        chromium(run_link, work, screenshot=docs / "ui-run.png")
+        print(f"screenshots: {docs / 'ui-runs-table.png'}, {docs / 'ui-charts.png'}, {docs / 'ui-run.png'}")
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    for line in failures:
+        print(f"FAIL {line}")
+    print("ok" if not failures else f"{len(failures)} check(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
