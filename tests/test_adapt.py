@@ -64,7 +64,9 @@ def test_a_run_takes_the_adapted_backbone_as_its_model_and_learns_from_a_teacher
     teacher = trained_run(store, train(tiny_bert, tiny_imdb))
     run_id = trained_run(
         store,
-        train(tiny_bert, tiny_imdb, "--model", "models:/tiny-pooled@adapted", *POOLED, "--set", f"distill_from={teacher}"),
+        train(
+            tiny_bert, tiny_imdb, "--model", "models:/tiny-pooled@adapted", *POOLED, "--set", f"distill_from={teacher}"
+        ),
     )
     run = MlflowClient(store).get_run(run_id)
     assert run.data.params["config/model"] == "models:/tiny-pooled@adapted"
