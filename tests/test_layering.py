@@ -101,7 +101,8 @@ def test_run_is_at_most_thirteen_modules():
     """One run's concerns in at most 12 modules (issue 22: it had 18 doing four jobs)."""
     run = [m for m in MODULES if m.startswith("bertpooled.run.")]
     # 13 since issue 29 (sources.py: runs that build on runs); issue 30 replaces this cap by ownership rules.
-    assert len(run) <= 13, sorted(run)
+    # 14 since issue 29's adapt.py (the adaptation trains, and only run/ trains).
+    assert len(run) <= 14, sorted(run)
 
 
 def test_no_function_is_over_60_lines():
@@ -283,7 +284,6 @@ PLANNERS_REACHING_DOWN = {
     "bertpooled.sweep.groups": {"bertpooled.model.heads", "bertpooled.run.fit", "bertpooled.run.grouped"},
     # a backbone's shape, read to plan children / check a study's space
     "bertpooled.sweep.runner": {"bertpooled.model.backbone"},
-    "bertpooled.tune.study": {"bertpooled.model.backbone"},
     # a trial's own orchestration of one run (issue 30, "one run, one sink")
     "bertpooled.tune.trials": {"bertpooled.run.fit"},
 }

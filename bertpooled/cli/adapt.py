@@ -33,32 +33,25 @@ def adapt_command(
     """Adapt a backbone to a pooling inside it, once, on unlabelled reviews: it learns to give the unpooled
     backbone's last hidden states (pooled to its length). Logged as the MLflow model `backbone` of a run of kind
     `adapt`; later runs take it as `--model runs:/<run id>/backbone` (or `models:/NAME@ALIAS`) with the same pool."""
+    run_adapt(dict(locals()))
+
+
+def run_adapt(options: dict) -> None:
+    """The command's work: the plan from its options, the run, and what to do with the backbone."""
     from bertpooled.cli.shared import interrupt_as_keyboard_interrupt
 
-    progress_bars(progress)
+    progress = progress_bars(options.pop("progress"))
     interrupt_as_keyboard_interrupt()
     try:
         from bertpooled.config import Config
         from bertpooled.run.adapt import AdaptPlan, run_adaptation
 
+        register = options.pop("register")
         if register is not None:
             _check_registered_name(register)
-        config = Config(
-            mode="pool",
-            features="encoder",
-            finetune=True,
-            model=model,
-            pool=pool,
-            pool_at=pool_at,
-            separate_cls=separate_cls,
-            data=data,
-            max_len=max_len,
-            batch_size=batch_size,
-            seed=seed,
-            data_seed=data_seed,
-            precision=precision,
-        )
-        plan = AdaptPlan(config, reviews=reviews, held_out=held_out, epochs=epochs, lr=lr)
+        plan_options = {k: options.pop(k) for k in ("reviews", "held_out", "epochs", "lr")}
+        config = Config(mode="pool", features="encoder", finetune=True, **options)
+        plan = AdaptPlan(config, **plan_options)
         outcome = run_adaptation(plan, register=register, log=typer.echo, progress=progress)
     except BertpooledError as exc:
         fail(str(exc))
@@ -74,7 +67,8 @@ def adapt_command(
     uri = outcome.registered or outcome.model_uri
     typer.echo(
         f"use it:   bertpooled train --set features=encoder --set finetune=true --model {uri} "
-        f"--set pool={pool} --set pool_at={pool_at}" + (" --set separate_cls=true" if separate_cls else "")
+        f"--set pool={config.pool} --set pool_at={config.pool_at}"
+        + (" --set separate_cls=true" if config.separate_cls else "")
     )
 
 

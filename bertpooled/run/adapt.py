@@ -215,6 +215,32 @@ def _epoch(student, teacher, optimizer, toks, order, cfg: Config, rt, desc: str,
 __all__ = ["AdaptPlan", "Adapted", "adapt", "masked_mse", "reviews_for", "teacher_goal"]
 
 
+def plan_params(plan: AdaptPlan) -> dict[str, object]:
+    """The adaptation's settings as `adapt/*` params."""
+    cfg = plan.config
+    fields = ("model", "pool", "pool_at", "separate_cls", "max_len", "batch_size", "seed", "data_seed", "precision")
+    return {
+        **{f"adapt/{k}": getattr(cfg, k) for k in fields},
+        **{f"adapt/{k}": getattr(plan, k) for k in ("reviews", "held_out", "epochs", "lr")},
+    }
+
+
+def adaptation_of(cfg: Config, result: Adapted) -> dict[str, object]:
+    """`adaptation.json`: what the backbone was adapted to, from what, on what, and how closely it matches."""
+    return {
+        "adapted_from": cfg.model,
+        "pool": cfg.pool,
+        "pool_at": cfg.pool_at,
+        "separate_cls": cfg.separate_cls,
+        "max_len": cfg.max_len,
+        "reviews": result.rows,
+        "data_source": result.source,
+        "data_digest": result.digest,
+        "held_out_mse_before": result.before_mse,
+        "held_out_mse_after": result.history[-1]["adapt/held_out_mse"],
+    }
+
+
 @dataclass(frozen=True)
 class AdaptOutcome:
     """Where an adaptation landed: its run, the backbone's model URI (a later run's `model:`), its registration."""
@@ -258,17 +284,7 @@ def run_adaptation(
                 f"held-out MSE {stats['adapt/held_out_mse']:.4f}"
             )
 
-        tracking.log_params(
-            {
-                **{f"adapt/{k}": getattr(cfg, k) for k in ("model", "pool", "pool_at", "separate_cls", "max_len")},
-                **{f"adapt/{k}": getattr(cfg, k) for k in ("batch_size", "seed", "data_seed", "precision")},
-                "adapt/reviews": plan.reviews,
-                "adapt/held_out": plan.held_out,
-                "adapt/epochs": plan.epochs,
-                "adapt/lr": plan.lr,
-                **code_provenance(),
-            }
-        )
+        tracking.log_params({**plan_params(plan), **code_provenance()})
         result = adapt(plan, info, on_epoch, progress, imdb)
         tracking.log_params({"adapt/data_source": result.source, "adapt/data_digest": result.digest})
         tracking.log_metrics(
@@ -277,19 +293,7 @@ def run_adaptation(
                 **{f"time/{k}_s": v for k, v in result.phases.seconds.items()},
             }
         )
-        adaptation = {
-            "adapted_from": cfg.model,
-            "pool": cfg.pool,
-            "pool_at": cfg.pool_at,
-            "separate_cls": cfg.separate_cls,
-            "max_len": cfg.max_len,
-            "reviews": result.rows,
-            "data_source": result.source,
-            "data_digest": result.digest,
-            "held_out_mse_before": result.before_mse,
-            "held_out_mse_after": result.history[-1]["adapt/held_out_mse"],
-        }
-        uri = tracked.log_backbone(result.model, backbone.load_tokenizer(info), adaptation)
+        uri = tracked.log_backbone(result.model, backbone.load_tokenizer(info), adaptation_of(cfg, result))
         registered = ""
         if register:
             model_name, version = tracked.register(uri, register)
