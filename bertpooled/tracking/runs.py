@@ -194,7 +194,7 @@ def ending(run_id: str, where: Callable[[], str] = lambda: "") -> Iterator[None]
         end_run(run_id, FAILED, (f"{at}: {message}" if at else message)[:5000])
         raise
     else:
-        mlflow.end_run(FINISHED)
+        ownership.end_run_held(run_id, FINISHED)  # only while this process holds it (else LostRun, nothing written)
 
 
 def _clear_tag(run_id: str, key: str) -> None:
@@ -204,12 +204,12 @@ def _clear_tag(run_id: str, key: str) -> None:
 
 
 def end_run(run_id: str, status: str, reason: str) -> None:
-    """End a run that is failing, whatever state the failure left MLflow's client in.
-
-    The interrupt may have landed inside an MLflow call (a half-done database transaction, say); the
-    original exception is what the caller re-raises, so a second failure here must not replace it, and
-    a fresh client gets a final try at the status, so that no run is left RUNNING.
-    """
+    """End a failing run, whatever state the failure left MLflow's client in: the interrupt may have landed inside
+    an MLflow call (a half-done database transaction, say); the original exception is what the caller re-raises,
+    so a second failure here must not replace it, and a fresh client gets a final try at the status, so that no
+    run is left RUNNING. A run this process lost to another owner is not written to."""
+    if ownership.lost(run_id):
+        return ownership.forget_active_run(run_id)
     try:
         mlflow.set_tag(ERROR_TAG, reason)
         mlflow.end_run(status)
@@ -231,6 +231,7 @@ def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    ownership.hold_active()
     mlflow.log_metrics(metrics, step=epoch)
 
 
