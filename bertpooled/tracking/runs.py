@@ -39,7 +39,7 @@ from bertpooled.contract import (
     RUN_NAME_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.tracking import ownership, ui_view
+from bertpooled.tracking import deadlines, ownership, ui_view
 
 
 def move_uri_credentials(uri: str | None = None) -> str | None:
@@ -210,14 +210,15 @@ def end_run(run_id: str, status: str, reason: str) -> None:
     run is left RUNNING. A run this process lost to another owner is not written to."""
     if ownership.lost(run_id):
         return ownership.forget_active_run(run_id)
-    try:
-        mlflow.set_tag(ERROR_TAG, reason)
-        mlflow.end_run(status)
-    except Exception:
-        with suppress(Exception):
-            MlflowClient().set_terminated(run_id, status)
-        with suppress(Exception):
-            mlflow.end_run(status)  # clear the fluent API's active run in this process
+    with deadlines.hurried():  # a store that stopped answering must not hold up the exit for minutes
+        try:
+            mlflow.set_tag(ERROR_TAG, reason)
+            mlflow.end_run(status)
+        except Exception:
+            with suppress(Exception):
+                MlflowClient().set_terminated(run_id, status)
+            with suppress(Exception):
+                mlflow.end_run(status)  # clear the fluent API's active run in this process
 
 
 def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
