@@ -49,15 +49,15 @@ def test_each_claim_raises_the_generation_and_the_owner_that_lost_it_writes_noth
     from bertpooled.tracking import runs
 
     client = MlflowClient(store)
-    with pytest.raises(ownership.LostRun, match="taken over by .*writes nothing more"):
-        with runs.training_run("fenced", {}, "") as run:
-            run_id = run.info.run_id
-            assert client.get_run(run_id).data.tags["bertpooled.generation"] == "1"
-            runs.log_epoch(1, {"train/loss": 0.5})  # held: written
-            claimed = _claim_elsewhere(store, run_id)
-            assert claimed.returncode == 0, claimed.stderr
-            assert client.get_run(run_id).data.tags["bertpooled.generation"] == "2"
-            runs.log_epoch(2, {"train/loss": 0.4})  # lost: LostRun, nothing written
+    lost = pytest.raises(ownership.LostRun, match=r"taken over by .*writes nothing more")
+    with lost, runs.training_run("fenced", {}, "") as run:
+        run_id = run.info.run_id
+        assert client.get_run(run_id).data.tags["bertpooled.generation"] == "1"
+        runs.log_epoch(1, {"train/loss": 0.5})  # held: written
+        claimed = _claim_elsewhere(store, run_id)
+        assert claimed.returncode == 0, claimed.stderr
+        assert client.get_run(run_id).data.tags["bertpooled.generation"] == "2"
+        runs.log_epoch(2, {"train/loss": 0.4})  # lost: LostRun, nothing written
     assert mlflow.active_run() is None  # this process let the run go without writing its status
     after = client.get_run(run_id)
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1]
@@ -65,9 +65,8 @@ def test_each_claim_raises_the_generation_and_the_owner_that_lost_it_writes_noth
     assert after.data.tags["bertpooled.heartbeat"] != ownership.ENDED  # nor did this process let it go
     assert "error" not in after.data.tags
     # And a lost owner's final status is no write either: the block ending normally raises LostRun.
-    with pytest.raises(ownership.LostRun):
-        with runs.training_run("fenced-at-the-end", {}, "") as run:
-            assert _claim_elsewhere(store, run.info.run_id).returncode == 0
+    with pytest.raises(ownership.LostRun), runs.training_run("fenced-at-the-end", {}, "") as run:
+        assert _claim_elsewhere(store, run.info.run_id).returncode == 0
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
 
 
