@@ -562,6 +562,35 @@ def test_parallel_workers_keep_a_kept_auto_thread_count(monkeypatch):
         assert seen == ([0, 0] if keep else [max(1, (os.cpu_count() or 1) // 2)] * 2)
 
 
+def test_ray_tasks_keep_a_kept_auto_thread_count_too(store, monkeypatch):
+    """The leftover of issue 33: the Ray executor gave every auto child its reserved CPUs, so a sweep resumed on Ray
+    logged a thread count unlike its earlier children's; it keeps the count the way run_parallel does."""
+    from bertpooled.sweep import ray_executor
+    from bertpooled.sweep.plan import plan
+
+    seen = []
+
+    class Task:
+        def options(self, **kwargs):
+            return self
+
+        def remote(self, config, *args):
+            seen.append(config.num_threads)
+            return object()
+
+    class FakeRay:
+        @staticmethod
+        def remote(fn):
+            return Task()
+
+    monkeypatch.setattr(ray_executor, "_import_ray", lambda: FakeRay)  # Ray itself is an extra, not installed here
+    children = plan(SMOKE, {}, ["basic", "pool"], [0])
+    for keep in (True, False):
+        seen.clear()
+        ray_executor.RayExecutor(cpus_per_run=2)._submit(FakeRay, children, "parent", keep_threads=keep)
+        assert seen == ([0, 0] if keep else [2, 2])
+
+
 # --- 7. checkpoints that verify themselves, whatever the run's tags say -------------------------------------------
 
 
