@@ -38,7 +38,7 @@ def test_store_waits_get_deadlines_by_default_and_the_users_values_win(monkeypat
     added = deadlines.bound_store_waits()
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7" and os.environ["PGOPTIONS"] == ""
     assert set(added) == set(deadlines.DEFAULTS) - {"MLFLOW_HTTP_REQUEST_TIMEOUT", "PGOPTIONS"}
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2" and os.environ["PGCONNECT_TIMEOUT"] == "10"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5" and os.environ["PGCONNECT_TIMEOUT"] == "10"
     for name, value in deadlines.DEFAULTS.items():  # MLflow's own defaults wait minutes: each one is bounded
         if name.startswith("MLFLOW_HTTP"):
             from mlflow import environment_variables

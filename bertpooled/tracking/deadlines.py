@@ -5,8 +5,10 @@ MLflow's own defaults wait minutes: an HTTP request waits 120 s and is retried 7
 PostgreSQL server that accepts a connection and never answers. What is bounded here, each only when the user
 has not set it already (their value always wins):
 
-- HTTP (a tracking server): `MLFLOW_HTTP_REQUEST_TIMEOUT` 20 s a request, `MLFLOW_HTTP_REQUEST_MAX_RETRIES` 2,
-  `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR` 1 (about a minute in all against a silent server);
+- HTTP (a tracking server): `MLFLOW_HTTP_REQUEST_TIMEOUT` 20 s a request (MLflow: 120 s) and
+  `MLFLOW_HTTP_REQUEST_MAX_RETRIES` 5 (MLflow: 7), with MLflow's doubling backoff from 2 s: a server that
+  refuses connections is retried for about a minute (a restart in that window loses nothing), one that
+  accepts and never answers fails a call after about 3 minutes instead of about 20;
 - PostgreSQL (libpq, psycopg 2 and 3): `PGCONNECT_TIMEOUT` 10 s for every connection and, through `PGOPTIONS`,
   a statement timeout of 120 s and a lock timeout of 60 s for every statement;
 - SQLite: MLflow sets a 20 s busy timeout on every connection itself (`PRAGMA busy_timeout`), so a store
@@ -28,8 +30,7 @@ from contextlib import contextmanager
 #: The deadlines this module sets, by variable: each applies only where the variable is unset.
 DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
     "PGCONNECT_TIMEOUT": "10",
     "PGOPTIONS": "-c statement_timeout=120000 -c lock_timeout=60000",
 }
