@@ -88,6 +88,7 @@ def test_sigterm_is_answered_within_seconds_while_the_store_driver_waits_on_a_si
     (the signal was held back for as long as a store call ran, to keep its transaction whole)."""
     pytest.importorskip("psycopg")
     env = {k: v for k, v in os.environ.items() if k not in ("PGCONNECT_TIMEOUT", "PGOPTIONS")}  # no deadline of its own
+    env["MLFLOW_TRACKING_URI"] = f"postgresql://mlflow:pw@127.0.0.1:{silent_port}/mlflow"
     proc = subprocess.Popen(
         [sys.executable, "-c", _HANGS_IN_THE_DRIVER, str(silent_port)],
         cwd=ROOT,
