@@ -71,7 +71,7 @@ def test_the_writes_that_end_an_interrupted_run_wait_seconds_on_a_server_that_ne
 
 _HANGS_IN_THE_DRIVER = """
 import sys
-from bertpooled.sweep import interrupts
+from bertpooled.tracking import interrupts
 import psycopg
 interrupts.install()
 print("connecting", flush=True)

@@ -1,6 +1,6 @@
 """`bertpooled serve` under six concurrent ~10 MB requests (issue 33) -> a markdown table.
 
-    python benchmarks/serve_admission.py         # MiniLM; the default cap on bytes in flight, then no cap
+    python benchmarks/reliability/serve_admission.py         # MiniLM; the default cap on bytes in flight, then no cap
 
 Trains one tiny MiniLM classifier as serve_bounds.py does, then for each setting starts the server on 127.0.0.1
 (`serving.server.serve` with that `ServeLimits`), sends six ~9.8 MB requests at once (a 503 is retried after
@@ -23,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "benchmarks")]  # serve_bounds beside, machine above
 from serve_bounds import post, rss_mb, tiny_imdb  # noqa: E402
 
 SERVER = "import sys; from bertpooled.serving.server import ServeLimits, serve; serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), ServeLimits(max_inflight_mb=float(sys.argv[3])))"  # noqa: E501
