@@ -583,7 +583,7 @@ def test_ray_tasks_keep_a_kept_auto_thread_count_too(store, monkeypatch):
         def remote(fn):
             return Task()
 
-    monkeypatch.setattr(ray_executor, "_import_ray", lambda: FakeRay)  # Ray itself is an extra, not installed here
+    monkeypatch.setattr(ray_executor, "import_ray", lambda: FakeRay)  # Ray itself is an extra, not installed here
     children = plan(SMOKE, {}, ["basic", "pool"], [0])
     for keep in (True, False):
         seen.clear()

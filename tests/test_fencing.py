@@ -88,6 +88,27 @@ def test_the_heartbeat_of_an_owner_that_lost_the_run_stops(store, monkeypatch):
     assert client.get_run(run_id).data.tags == theirs  # letting go of a lost run writes nothing
 
 
+def _pause_outside_a_write(pid: int, store: str) -> None:
+    """SIGSTOP `pid` at a moment it holds no SQLite write lock (paused mid-write, it would lock the store for the
+    process that takes over: a real outage, but not the case under test); tries again within 60 s."""
+    import sqlite3
+
+    deadline = time.monotonic() + 60
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        db = sqlite3.connect(store.removeprefix("sqlite:///"), timeout=0.5, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            assert time.monotonic() < deadline, "the owner never paused outside a write"
+            time.sleep(0.05)
+        finally:
+            db.close()
+
+
 @pytest.mark.slow
 def test_a_paused_owner_taken_over_stops_at_its_next_write_with_one_line(store, tiny_bert, bigger_imdb):
     """The reported case: an owner paused (SIGSTOP) while `--resume --take-over` finishes its run, then continued:
@@ -105,7 +126,7 @@ def test_a_paused_owner_taken_over_stops_at_its_next_write_with_one_line(store, 
     try:
         run = wait_until(lambda: checkpointed() or first.poll() is not None, 300, "the first checkpoint")
         assert first.poll() is None, first.communicate()[0]
-        os.kill(first.pid, signal.SIGSTOP)
+        _pause_outside_a_write(first.pid, store)
         run_id = run.info.run_id
         resume = [sys.executable, "-m", "bertpooled", "train", "--resume", run_id, "--take-over"]
         taken = subprocess.run([*resume, "--data", str(bigger_imdb)], cwd=ROOT, env=env, capture_output=True, text=True)
