@@ -95,6 +95,9 @@ RESUMED_TAG = "resumed_after_epoch"
 #: `bertpooled.tracking.ownership.HEARTBEAT_S`): what tells a live RUNNING run from one whose process died.
 OWNER_TAG = "bertpooled.owner"
 HEARTBEAT_TAG = "bertpooled.heartbeat"
+#: The claim's generation: a counter each start or takeover of the run raises; an owner writes only while the
+#: store still holds the generation it claimed (`bertpooled.tracking.ownership.hold`).
+GENERATION_TAG = "bertpooled.generation"
 CHECKPOINT_PATH_TAG = "checkpoint/path"
 CHECKPOINT_EPOCH_TAG = "checkpoint/epoch"
 CHECKPOINT_SHA256_TAG = "checkpoint/sha256"

@@ -10,6 +10,8 @@ import sys
 import tarfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -317,6 +319,31 @@ def killed_run_with_a_checkpoint(store: str, tiny_bert, data, monkeypatch, *extr
     (run,) = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)
     assert run.info.status == "KILLED" and run.data.tags["checkpoint/epoch"] == "2"
     return run.info.run_id
+
+
+@contextmanager
+def beating_owner(client, run_id: str, owner: str, every: float = 0.2) -> Iterator[None]:
+    """Another process driving `run_id`: its owner tag set, its heartbeat moved every `every` seconds until the
+    block ends (readers judge liveness by whether the heartbeat moves, not by its value)."""
+    import threading
+
+    stop = threading.Event()
+    client.set_tag(run_id, "bertpooled.owner", owner)
+
+    def beat() -> None:
+        n = 0
+        while not stop.wait(every):
+            n += 1
+            client.set_tag(run_id, "bertpooled.heartbeat", f"{1000 + n}")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    client.set_tag(run_id, "bertpooled.heartbeat", "1000")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def free_port() -> int:

@@ -326,6 +326,24 @@ def test_damaged_model_files_are_one_line_at_load_model_and_at_serve(damaged, lo
     assert_one_line(served, "damaged", *words)
 
 
+def test_a_source_models_weights_are_held_against_its_spec_from_their_header_alone(damaged):
+    """For `init_from`/`distill_from` (run/sources.py's check calls it before any run exists): the weights' shapes
+    against the spec, without reading a tensor."""
+    import json
+
+    from bertpooled.model.spec_checks import DamagedModel, check_weights
+
+    weights, spec_path = damaged / "artifacts" / "weights.safetensors", damaged / "artifacts" / "model_config.json"
+    check_weights(json.loads(spec_path.read_text()), str(weights))  # untouched: passes
+    with pytest.raises(DamagedModel, match=r"lstm_units=19.*does not match the weights"):
+        check_weights({**json.loads(spec_path.read_text()), "lstm_units": 19}, str(weights))
+    with pytest.raises(DamagedModel, match="lstm_units=10000000"):
+        check_weights({**json.loads(spec_path.read_text()), "lstm_units": 10**7}, str(weights))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(DamagedModel, match="does not load"):
+        check_weights(json.loads(spec_path.read_text()), str(weights))
+
+
 def test_a_damaged_model_named_by_init_from_or_distill_from_is_one_line_before_any_run(
     damaged, logged_model, tiny_bert, tiny_imdb, monkeypatch, tmp_path
 ):

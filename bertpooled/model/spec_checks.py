@@ -182,6 +182,34 @@ def load_checked(config_path: str, weights_path: str, tokenizer_limit: int | Non
     return values, spec, from_state(spec, state)
 
 
+def check_weights(values: Mapping[str, Any], weights_path: str) -> None:
+    """A source model's weights file (`init_from`, `distill_from`) held against its spec before any run exists:
+    the tensors' names and shapes read from the safetensors header alone (no tensor is read), every field
+    checked as at serving, the model built on the meta device; `DamagedModel` naming the first difference."""
+    import torch
+    from safetensors import safe_open
+
+    from bertpooled.model.build import ModelSpec
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as fh:
+            shapes = {key: torch.empty(fh.get_slice(key).get_shape(), device="meta") for key in fh.keys()}  # noqa: SIM118
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise DamagedModel(f"weights.safetensors does not load ({first}): log the model again") from None
+    check_values(values, shapes)
+    try:
+        spec = ModelSpec.from_json(dict(values))
+        with torch.device("meta"):
+            skeleton = _skeleton(spec, shapes)
+    except DamagedModel:
+        raise
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise DamagedModel(f"{CONFIG_FILE} does not describe a model this code builds ({first})") from None
+    check_shapes(skeleton, shapes, values)
+
+
 def _skeleton(spec, state: Mapping[str, Any]):
     """The classifier `build.from_state` would make of `spec`, on the meta device (no memory): its tensors'
     names and shapes, to hold the weights against before anything is allocated."""

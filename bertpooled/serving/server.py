@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bertpooled.serving.admission import Admission
+
 INVOCATIONS = "/invocations"
 
 
@@ -41,10 +43,18 @@ class ServeLimits:
     model reads only its first max_len tokens)."""
     batch_size: int = 256
     """Texts predicted at once: memory follows this, not the request's size."""
+    max_inflight_mb: float = 0.0
+    """Request bytes answered at once; a request past it gets a 503 with Retry-After (0: twice max_body_mb)."""
+    threads: int = 4
+    """The server's own threads, which parse and predict requests (serving/admission.py)."""
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return max(int((self.max_inflight_mb or 2 * self.max_body_mb) * 1024 * 1024), self.max_body_bytes)
 
 
 class Limits:
@@ -350,7 +360,11 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
     from bertpooled.tracking.probe import check_tracking_reachable
 
     limits = limits or ServeLimits()
-    if limits.max_body_mb <= 0 or limits.max_text_chars < 1 or limits.batch_size < 1:
+    if not (
+        limits.max_body_mb > 0
+        and limits.max_inflight_mb >= 0
+        and min(limits.max_text_chars, limits.threads, limits.batch_size) >= 1
+    ):
         raise BertpooledError(
             f"serve limits must be positive, got {limits}: pass --max-body-mb, --max-text-chars "
             "and --batch-size above 0"
@@ -372,7 +386,8 @@ def app_for(model_uri: str, limits: ServeLimits | None = None):
         ) from None
     batched = InBatches(model, limits.batch_size, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
     # InBatches is a PyFuncModel in all the scoring server uses (predict, metadata), not by class.
-    return Limits(RejectTooDeepJson(scoring_server.init(batched)), limits)  # type: ignore[arg-type]
+    bounded = Limits(RejectTooDeepJson(scoring_server.init(batched)), limits)  # type: ignore[arg-type]
+    return Admission(bounded, limits.max_inflight_bytes, limits.max_body_bytes, limits.threads)
 
 
 def serve(model_uri: str, host: str, port: int, limits: ServeLimits, echo=print) -> None:

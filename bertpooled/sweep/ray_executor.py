@@ -127,20 +127,28 @@ class RayExecutor:
     def run(self, work: Work) -> Iterator[str]:
         if work.todo:
             yield f"{len(work.todo)} children on {self.describe()}"
-            work.ran.extend(self.run_children(work.todo, work.parent_id, work.log, work.progress))
+            ran = self.run_children(work.todo, work.parent_id, work.log, work.progress, keep_threads=work.keep_threads)
+            work.ran.extend(ran)
 
     def run_children(
-        self, todo: Sequence, parent_id: str, log: Callable[[str], None], progress: bool | None = None
+        self,
+        todo: Sequence,
+        parent_id: str,
+        log: Callable[[str], None],
+        progress: bool | None = None,
+        keep_threads: bool = False,
     ) -> list:
         """Run `todo` (sweep Children) as tasks; one line per child start/finish with its node, a bar of children done.
 
         The first child that fails stops the sweep (the others are cancelled and end KILLED); Ctrl-C does the same.
+        `keep_threads`: the children's thread count stays as given, auto included (a resumed sweep's earlier
+        children had it; see `resume.threads_as_before`).
         """
         from tqdm.auto import tqdm
 
         ray = import_ray()
         self.connect()
-        refs = self._submit(ray, todo, parent_id)
+        refs = self._submit(ray, todo, parent_id, keep_threads)
         by_key = {child.key: child for child in todo}
         log(f"running {len(todo)} children as Ray tasks, {self.describe()}")
 
@@ -169,7 +177,7 @@ class RayExecutor:
             bar.close()
         return [outcome for outcome, _ in ran]
 
-    def _submit(self, ray, todo: Sequence, parent_id: str) -> dict:
+    def _submit(self, ray, todo: Sequence, parent_id: str, keep_threads: bool = False) -> dict:
         """One task per child, with its resources; {task ref: child}."""
         threads = max(1, int(self.cpus_per_run))
         task = ray.remote(_run_child).options(
@@ -181,10 +189,10 @@ class RayExecutor:
         uri = sweeps.tracking_uri()
         refs = {}
         for child in todo:
-            # Torch gets as many threads as Ray reserved CPUs, unless the config says otherwise.
-            config = (
-                child.config if child.config.num_threads else dataclasses.replace(child.config, num_threads=threads)
-            )
+            # Torch gets as many threads as Ray reserved CPUs, unless the config says otherwise or a resumed sweep's
+            # earlier children ran on auto (then so do these: the parallel executor keeps it the same way).
+            keep = child.config.num_threads or keep_threads
+            config = child.config if keep else dataclasses.replace(child.config, num_threads=threads)
             if config.device == "auto" and not self.gpus_per_run:
                 # Ray leaves a GPU visible to a task that reserved none: `auto` would use it unreserved.
                 config = dataclasses.replace(config, device="cpu")

@@ -30,6 +30,7 @@ from bertpooled.contract import (
     PROBA_METADATA_KEY,
 )
 from bertpooled.errors import BertpooledError
+from bertpooled.tracking import ownership
 from bertpooled.tracking.provenance import code_of
 from bertpooled.tracking.runs import get_run_or_error
 
@@ -82,6 +83,7 @@ def log_pyfunc(
 ) -> str:
     """Log a models-from-code pyfunc (no pickle: MLflow runs `code` on load) following MLflow's classifier
     convention (serving/classifier.py): texts in, labels out, `predict_method` param; its URI."""
+    ownership.hold_active()
     with _routine_info_hidden("mlflow.pyfunc", "mlflow.models.signature"):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
@@ -156,6 +158,7 @@ def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
     """
     active = mlflow.active_run()
     assert active is not None, "a checkpoint is saved inside its run"
+    ownership.hold(active.info.run_id)
     current = MlflowClient().get_run(active.info.run_id).data.tags.get(CHECKPOINT_PATH_TAG)
     slot = CHECKPOINT_SLOTS[1] if current == CHECKPOINT_SLOTS[0] else CHECKPOINT_SLOTS[0]
     mlflow.log_artifacts(str(folder), artifact_path=slot)

@@ -1,15 +1,20 @@
-"""Which live process drives a run: an owner tag and a heartbeat the owner keeps fresh in the tracking store.
+"""Which live process drives a run, and fencing: an owner writes only while it still holds its claim.
 
 A run shows RUNNING both while its process trains it and after that process was killed (kill -9, a lost
 machine): MLflow cannot tell them apart. So whoever drives a run (a training run, a sweep's parent) writes
-`bertpooled.owner` (host, pid, a nonce) and refreshes `bertpooled.heartbeat` (Unix seconds) every HEARTBEAT_S
-from a daemon thread. Being tags in the tracking store, they work across machines through a tracking server.
+`bertpooled.owner` (host, pid, a nonce), `bertpooled.generation` (a counter every start or takeover of the run
+raises) and refreshes `bertpooled.heartbeat` every HEARTBEAT_S from a daemon thread. Being tags in the tracking
+store, they work across machines through a tracking server.
 
-A RUNNING run is *alive* while its heartbeat is younger than STALE_AFTER_S, unless its owner is a process on
-this machine that no longer exists (then it is dead at once). `--resume` and `--resume-parent` refuse a live
-run, and take over a dead one; `--take-over` takes over one that looks alive (its owner known to be gone,
-within the stale window). Clocks: the age compares the owner's clock with the reader's, so machines sharing
-a tracking server need synchronised clocks (NTP) to within the stale window.
+Staleness is judged by one clock, the reader's: a run whose owner may be alive (another machine, or a live
+process here) is watched, and it is alive when its heartbeat changes within STALE_AFTER_S of the reader's
+monotonic clock, dead when it does not. No two machines' clocks are compared. A local owner whose process
+is gone is dead at once.
+
+Fencing: before each write that matters (an epoch's metrics, a checkpoint, the model, the final metrics and
+status) the owner calls `hold`, which reads the generation back; when another process has claimed the run
+since (a `--take-over`, or a takeover after this owner was paused past the stale window), `hold` raises
+`LostRun`, the heartbeat stops, and nothing more is written to the run by this process.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import uuid
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from bertpooled.contract import HEARTBEAT_TAG, OWNER_TAG
+from bertpooled.contract import GENERATION_TAG, HEARTBEAT_TAG, OWNER_TAG
 from bertpooled.errors import BertpooledError
 
 HEARTBEAT_S = float(os.environ.get("BERTPOOLED_HEARTBEAT_S", "30"))
@@ -36,8 +41,14 @@ CLAIM_SETTLE_S = 1.0
 # The heartbeat an owner leaves when it lets a run go (the run ended, or the resume gave up): no one drives it.
 ENDED = "ended"
 _NONCE = uuid.uuid4().hex[:12]
-_beats: dict[str, tuple[threading.Event, int]] = {}
+# run id -> (the heartbeat's stop event, users in this process, the generation this process holds)
+_beats: dict[str, tuple[threading.Event, int, int]] = {}
+_lost: dict[str, str] = {}  # run id -> the line saying who took it
 _beats_lock = threading.Lock()
+
+
+class LostRun(BertpooledError):
+    """Another process claimed the run this process drove: this one stops and writes nothing more to it."""
 
 
 def me() -> str:
@@ -45,8 +56,9 @@ def me() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_NONCE}"
 
 
-def liveness(tags: dict[str, str], status: str, now: float | None = None) -> tuple[bool, str]:
-    """(whether a live process drives the run, a few words saying why) from the run's tags and status.
+def liveness(tags: dict[str, str], status: str) -> tuple[bool | None, str]:
+    """(whether a live process drives the run, a few words saying why) from one read of its tags and status;
+    None when one read cannot tell (an owner elsewhere, or a live process here): `watch` the heartbeat then.
 
     Not only RUNNING runs: a KILLED run that a resume has claimed, and is preparing to continue, is driven too.
     """
@@ -55,17 +67,33 @@ def liveness(tags: dict[str, str], status: str, now: float | None = None) -> tup
     owner, beat = tags.get(OWNER_TAG, ""), tags.get(HEARTBEAT_TAG, "")
     if beat == ENDED:
         return False, f"its last owner let it go; it shows {status}"
-    try:
-        age = (now or time.time()) - float(beat)
-    except ValueError:
+    if not beat:
         return False, f"it shows {status} and no owner ever kept it alive (an older run, or one killed at its start)"
+    if owner == me():
+        return True, "this process drives it"
     host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
     if host == socket.gethostname() and pid.isdigit() and not _pid_exists(int(pid)):
         return False, f"it shows {status} but its process ({pid} on this machine) is gone"
-    if age > STALE_AFTER_S:
-        return False, f"it shows {status} but its owner's last heartbeat was {age:.0f} s ago"
-    return True, f"its owner {owner} (heartbeat {max(age, 0):.0f} s ago) is driving it"
+    return None, f"its owner {owner} may be driving it"
+
+
+def watch(client: MlflowClient, run_id: str, within_s: float | None = None) -> tuple[bool, str]:
+    """Watch `run_id`'s heartbeat on this process's clock: alive when it changes (or the run is let go, or
+    ends) within `within_s` (STALE_AFTER_S), dead when it stays as it was."""
+    within_s = STALE_AFTER_S if within_s is None else within_s
+    first = client.get_run(run_id).data.tags.get(HEARTBEAT_TAG, "")
+    started = time.monotonic()
+    while time.monotonic() - started < within_s:
+        time.sleep(min(1.0, HEARTBEAT_S / 4, within_s / 4))
+        run = client.get_run(run_id)
+        alive, why = liveness(run.data.tags, run.info.status)
+        if alive is not None:
+            return alive, why
+        if run.data.tags.get(HEARTBEAT_TAG, "") != first:
+            owner = run.data.tags.get(OWNER_TAG, "")
+            return True, f"its owner {owner} is driving it (its heartbeat moved while this process watched it)"
+    return False, f"its owner's heartbeat did not move in {within_s:.0f} s of watching"
 
 
 def _pid_exists(pid: int) -> bool:
@@ -79,60 +107,180 @@ def _pid_exists(pid: int) -> bool:
 
 
 def claim(run_id: str, what: str, take_over: bool = False, client: MlflowClient | None = None) -> None:
-    """Make this process the owner of `run_id` and keep it alive (see `keep_alive`), or a one-line error when a
-    live process owns it. `what` names the run in the error ("run", "sweep"); `take_over` claims a run that looks
-    alive (its owner known to be gone). Released with `let_go`."""
+    """Make this process the owner of `run_id` at the next generation and keep it alive (see `keep_alive`), or
+    a one-line error when a live process owns it. `what` names the run in the error ("run", "sweep");
+    `take_over` claims a run that looks alive, fencing its owner out. Released with `let_go`."""
     client = client or MlflowClient()
     run = client.get_run(run_id)
     alive, why = liveness(run.data.tags, run.info.status)
+    if alive is None and not take_over:
+        alive, why = watch(client, run_id)
     if alive and not take_over:
         raise BertpooledError(
             f"{what} {run_id} is still being driven by another process: {why}. Wait for it or stop it; if you know "
-            f"that process is gone, pass --take-over (or wait {STALE_AFTER_S:.0f} s without a heartbeat)"
+            f"that process is gone or should stop, pass --take-over (it stops at its next write)"
         )
-    _write(client, run_id)
+    generation = generation_of(client.get_run(run_id).data.tags) + 1
+    _write(client, run_id, generation)
     time.sleep(CLAIM_SETTLE_S)
-    winner = client.get_run(run_id).data.tags.get(OWNER_TAG)
-    if winner != me():
+    tags = client.get_run(run_id).data.tags
+    if tags.get(OWNER_TAG) != me() or tags.get(GENERATION_TAG) != str(generation):
         raise BertpooledError(
-            f"{what} {run_id} was claimed by another process ({winner}) at the same moment: let that one drive it"
+            f"{what} {run_id} was claimed by another process ({tags.get(OWNER_TAG)}) at the same moment: "
+            "let that one drive it"
         )
-    keep_alive(run_id)
+    keep_alive(run_id, generation)
 
 
-def keep_alive(run_id: str) -> None:
-    """Start (or count one more user of) the thread that refreshes `run_id`'s heartbeat every HEARTBEAT_S."""
+def generation_of(tags: dict[str, str]) -> int:
+    """The claim's generation a run's tags hold (0 for a run no owner ever claimed)."""
+    value = tags.get(GENERATION_TAG, "")
+    return int(value) if value.isdigit() else 0
+
+
+def keep_alive(run_id: str, generation: int | None = None) -> None:
+    """Start (or count one more user of) the thread that refreshes `run_id`'s heartbeat every HEARTBEAT_S.
+
+    Without `generation` (a run this process starts, not one it claimed) the run's generation is raised by one.
+    """
     with _beats_lock:
         if run_id in _beats:
-            stop, users = _beats[run_id]
-            _beats[run_id] = (stop, users + 1)
+            stop, users, held = _beats[run_id]
+            _beats[run_id] = (stop, users + 1, held)
             return
         stop = threading.Event()
-        _beats[run_id] = (stop, 1)
-    _write(MlflowClient(), run_id)
+        _lost.pop(run_id, None)
+    client = MlflowClient()
+    if generation is None:
+        generation = generation_of(client.get_run(run_id).data.tags) + 1
+        _write(client, run_id, generation)
+    with _beats_lock:
+        _beats[run_id] = (stop, 1, generation)
 
     def beat() -> None:
-        client = MlflowClient()
+        beats = MlflowClient()
         while not stop.wait(HEARTBEAT_S):
             with contextlib.suppress(Exception):
-                _write(client, run_id)
+                if _still_held(beats, run_id, generation):
+                    beats.set_tag(run_id, HEARTBEAT_TAG, _now())
 
     threading.Thread(target=beat, name=f"bertpooled-heartbeat-{run_id[:8]}", daemon=True).start()
 
 
+def hold(run_id: str | None) -> None:
+    """Before a write that matters to `run_id`: `LostRun` when another process has claimed it since this one did.
+    A run this process does not drive (or None) passes."""
+    if run_id is None:
+        return
+    with _beats_lock:
+        lost = _lost.get(run_id)
+        held = _beats.get(run_id)
+    if lost:
+        raise LostRun(lost)
+    if held is not None and not _still_held(MlflowClient(), run_id, held[2]):
+        raise LostRun(_lost[run_id])
+
+
+def end_run_held(run_id: str, status: str) -> None:
+    """End the fluent API's active run `run_id` with `status` if this process still holds it; else end it here
+    without a write and raise `LostRun`."""
+    import mlflow
+
+    try:
+        hold(run_id)
+    except LostRun:
+        forget_active_run(run_id)
+        raise
+    mlflow.end_run(status)
+
+
+def hold_active() -> None:
+    """`hold` for the fluent API's active run (the run an epoch, a checkpoint or the model is logged to)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    hold(active.info.run_id if active else None)
+
+
+def lost(run_id: str) -> bool:
+    """Whether this process lost `run_id` to another owner (then it must write nothing more to it)."""
+    with _beats_lock:
+        return run_id in _lost
+
+
+def _still_held(client: MlflowClient, run_id: str, generation: int) -> bool:
+    tags = client.get_run(run_id).data.tags
+    now = generation_of(tags)
+    if now == generation:
+        return True
+    line = (
+        f"run {run_id} was taken over by {tags.get(OWNER_TAG, 'another process')} (claim {now}; this process held "
+        f"claim {generation}): this process stops and writes nothing more to it"
+    )
+    with _beats_lock:
+        _lost[run_id] = line
+        entry = _beats.pop(run_id, None)
+    if entry is not None:
+        entry[0].set()
+    return False
+
+
 def let_go(run_id: str) -> None:
-    """One user fewer of `run_id`'s heartbeat; the last one stops it (the tags stay, with their last time)."""
+    """One user fewer of `run_id`'s heartbeat; the last one stops it and marks the heartbeat ENDED (unless the
+    run was lost to another owner: then nothing is written)."""
     with _beats_lock:
         if run_id not in _beats:
             return
-        stop, users = _beats.pop(run_id)
+        stop, users, generation = _beats.pop(run_id)
         if users > 1:
-            _beats[run_id] = (stop, users - 1)
+            _beats[run_id] = (stop, users - 1, generation)
             return
     stop.set()
     with contextlib.suppress(Exception):
-        MlflowClient().set_tag(run_id, HEARTBEAT_TAG, ENDED)
+        client = MlflowClient()
+        if _still_held(client, run_id, generation):
+            client.set_tag(run_id, HEARTBEAT_TAG, ENDED)
 
 
-def _write(client: MlflowClient, run_id: str) -> None:
-    client.log_batch(run_id, tags=[RunTag(OWNER_TAG, me()), RunTag(HEARTBEAT_TAG, f"{time.time():.0f}")])
+def _now() -> str:
+    # For people reading the tag; no reader compares it with its own clock, only watches whether it moves.
+    return f"{time.time():.3f}"
+
+
+def _write(client: MlflowClient, run_id: str, generation: int) -> None:
+    client.log_batch(
+        run_id,
+        tags=[RunTag(OWNER_TAG, me()), RunTag(HEARTBEAT_TAG, _now()), RunTag(GENERATION_TAG, str(generation))],
+    )
+
+
+# A tracking URI no store answers to: `forget_active_run` points MLflow's fluent API at it for one call.
+_NOWHERE = "bertpooled-lost-run:"
+
+
+def forget_active_run(run_id: str) -> None:
+    """End the fluent API's active run `run_id` in this process without writing to the store: the run's status
+    is its new owner's to write. (MLflow's `end_run` pops the run, then writes its status through a client it
+    makes from the tracking URI; pointed nowhere, that write fails and is dropped. Without this, MLflow's exit
+    hook would end the run FINISHED under its new owner.)"""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = _NOWHERE
+    explicit = mlflow.get_tracking_uri() != _NOWHERE  # set by mlflow.set_tracking_uri, which the variable loses to
+    before = mlflow.get_tracking_uri()
+    try:
+        if explicit:
+            mlflow.set_tracking_uri(_NOWHERE)
+        with contextlib.suppress(Exception):
+            mlflow.end_run("KILLED")
+    finally:
+        if explicit:
+            mlflow.set_tracking_uri(before)
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env

@@ -13,6 +13,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from bertpooled.errors import BertpooledError, redact_uri
+from bertpooled.tracking.deadlines import bound_store_waits
 
 PROBE_TIMEOUT_S = 5.0
 # How long a process waits for another one's first contact with a new SQLite store (creating and migrating its
@@ -29,6 +30,7 @@ def check_tracking_reachable(uri: str | None = None, *, read_only: bool = False)
     there but is not an MLflow store is never taken for a new one. `read_only` (a command that only reads,
     such as `compare-runs --no-log`): a local store must exist already; none is created, no lock file made.
     """
+    bound_store_waits()  # before the first contact: every later wait on the store has a deadline
     uri = uri or mlflow.get_tracking_uri()
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https"):
@@ -79,9 +81,7 @@ def _probe_database(uri: str) -> None:
     parts = urlsplit(uri)
     kind = parts.scheme.split("+")[0]
     default_port = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[kind]
-    # libpq's own deadline for every later connection (psycopg 2 and 3 read it): without one, a server that
-    # accepts a connection and never answers held a command for over 300 s.
-    os.environ.setdefault("PGCONNECT_TIMEOUT", str(int(PROBE_TIMEOUT_S * 2)))
+    # libpq's own deadlines for every later connection are deadlines.DEFAULTS' (PGCONNECT_TIMEOUT, PGOPTIONS).
     try:
         with socket.create_connection((parts.hostname, parts.port or default_port), timeout=PROBE_TIMEOUT_S) as conn:
             if kind == "postgresql":

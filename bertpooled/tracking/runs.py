@@ -39,7 +39,7 @@ from bertpooled.contract import (
     RUN_NAME_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.tracking import ownership, ui_view
+from bertpooled.tracking import deadlines, ownership, ui_view
 
 
 def move_uri_credentials(uri: str | None = None) -> str | None:
@@ -194,7 +194,7 @@ def ending(run_id: str, where: Callable[[], str] = lambda: "") -> Iterator[None]
         end_run(run_id, FAILED, (f"{at}: {message}" if at else message)[:5000])
         raise
     else:
-        mlflow.end_run(FINISHED)
+        ownership.end_run_held(run_id, FINISHED)  # only while this process holds it (else LostRun, nothing written)
 
 
 def _clear_tag(run_id: str, key: str) -> None:
@@ -204,20 +204,21 @@ def _clear_tag(run_id: str, key: str) -> None:
 
 
 def end_run(run_id: str, status: str, reason: str) -> None:
-    """End a run that is failing, whatever state the failure left MLflow's client in.
-
-    The interrupt may have landed inside an MLflow call (a half-done database transaction, say); the
-    original exception is what the caller re-raises, so a second failure here must not replace it, and
-    a fresh client gets a final try at the status, so that no run is left RUNNING.
-    """
-    try:
-        mlflow.set_tag(ERROR_TAG, reason)
-        mlflow.end_run(status)
-    except Exception:
-        with suppress(Exception):
-            MlflowClient().set_terminated(run_id, status)
-        with suppress(Exception):
-            mlflow.end_run(status)  # clear the fluent API's active run in this process
+    """End a failing run, whatever state the failure left MLflow's client in: the interrupt may have landed inside
+    an MLflow call (a half-done database transaction, say); the original exception is what the caller re-raises,
+    so a second failure here must not replace it, and a fresh client gets a final try at the status, so that no
+    run is left RUNNING. A run this process lost to another owner is not written to."""
+    if ownership.lost(run_id):
+        return ownership.forget_active_run(run_id)
+    with deadlines.hurried():  # a store that stopped answering must not hold up the exit for minutes
+        try:
+            mlflow.set_tag(ERROR_TAG, reason)
+            mlflow.end_run(status)
+        except Exception:
+            with suppress(Exception):
+                MlflowClient().set_terminated(run_id, status)
+            with suppress(Exception):
+                mlflow.end_run(status)  # clear the fluent API's active run in this process
 
 
 def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
@@ -231,6 +232,7 @@ def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    ownership.hold_active()
     mlflow.log_metrics(metrics, step=epoch)
 
 
