@@ -314,3 +314,23 @@ def test_mlflow_run_takes_the_recipe_as_parameters_and_logs_the_chain(
     (student,) = [r for r in runs_in(store) if r.info.run_id != teacher and r.data.tags.get("distill_from")]
     assert student.data.params["teacher/run_id"] == student.data.params["init/run_id"] == teacher
     assert student.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("option", ["init_from", "distill_from"])
+def test_a_source_whose_weights_do_not_fit_its_spec_is_refused_in_one_line_before_any_run(
+    store, teacher, tiny_bert, tiny_imdb, option
+):
+    """A logged model is a file anyone with access to the store can change: its weights' shapes are read (from the
+    safetensors header) and held against its spec before a run builds on it."""
+    from safetensors.torch import load_file, save_file
+
+    # The logged model's own file in the store (MLflow 3 keeps models beside the runs, not in the checkpoints).
+    experiment = Path(MlflowClient(store).get_run(teacher).info.artifact_uri.replace("file://", "")).parents[1]
+    (weights,) = [p for p in experiment.rglob("weights.safetensors") if "models" in p.parts]
+    state = load_file(str(weights))
+    name = next(k for k in state if k.endswith("weight") and state[k].dim() == 2)
+    state[name] = torch.zeros(state[name].shape[0] + 1, state[name].shape[1])
+    save_file(state, str(weights))
+    before = {r.info.run_id for r in runs_in(store)}
+    one_error_line(train(tiny_bert, tiny_imdb, "--set", f"{option}={teacher}"), option)
+    assert {r.info.run_id for r in runs_in(store)} == before

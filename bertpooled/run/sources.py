@@ -79,6 +79,7 @@ def check(config, info) -> None:
             if source is not None:
                 try:  # the file is input: every field within a training config's bounds (as at serving)
                     spec_checks.check_values(source.spec, {})
+                    spec_checks.check_weights(source.spec, str(source.weights))
                 except spec_checks.DamagedModel as exc:
                     raise BertpooledError(f"config: {option}={getattr(config, option)}: {exc}") from None
                 check_compatible(config, info, source.spec, option)
