@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from bertpooled.config import Config, load_config
-from bertpooled.contract import (
-    DATA_DIGEST_PARAM,
-    TIME_EPOCH,
-    TRAIN_ACCURACY,
-    TRAIN_LOSS,
-    TUNE_STUDY_TAG,
-    TUNE_TRIAL_TAG,
-    VAL_ACCURACY,
-    time_metric,
-)
+from bertpooled.contract import TUNE_STUDY_TAG, TUNE_TRIAL_TAG, VAL_ACCURACY
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.run import fit, prepare, runtime
-from bertpooled.run.measure import Phases
+from bertpooled.run.experiment import read_inputs, run_scope
+from bertpooled.run.measure import Trained
+from bertpooled.run.pipeline import Inputs, LSTMPipeline
 from bertpooled.run.shared import Shared
 from bertpooled.sweep import workers
-from bertpooled.tracking import runs as tracking
-from bertpooled.tracking import tuning as store
+from bertpooled.tracking.sink import MlflowSink, TrialStart
 
 if TYPE_CHECKING:
     from bertpooled.tune.plan import StudyPlan
@@ -34,6 +30,8 @@ if TYPE_CHECKING:
     # `optimize`'s arguments but `log`, as the study hands them to each worker (picklable: no callables).
     OptimizeArgs = tuple[StudyPlan, str, dict, str, str, int, float | None, int, Any, bool | None]
 
+#: What a trial's run reports as its score: the last epoch's val/accuracy.
+TUNE_VALUE = "tune/value"
 # A worker killed outright stops beating: after GRACE_S its RUNNING trial is failed by the next worker or resume.
 HEARTBEAT_S, GRACE_S = 20, 60
 
@@ -97,7 +95,8 @@ def optimize(
 
 
 class Objective:
-    """One trial: the trial's values on the plan's base config, trained in a child run, scored on validation."""
+    """One trial: the trial's values on the plan's base config, trained in a child run through the one run path
+    (`run.experiment.run_scope`), scored on validation; its pruning is a callback on the run's sink."""
 
     def __init__(self, plan: StudyPlan, parent_id: str, log: Callable[[str], None] = print, progress=False) -> None:
         self.plan, self.parent_id, self.log, self.progress = plan, parent_id, log, progress
@@ -106,6 +105,7 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
+        started = time.perf_counter()
         values = self.plan.space.suggest(trial)
         config = load_config(None, {**{k: v for k, v in self.plan.base.to_dict().items() if v is not None}, **values})
         name = f"trial-{trial.number}-{config.mode}"
@@ -117,63 +117,66 @@ class Objective:
             "pool": config.pool,
         }
         shown = ", ".join(f"{k}={v}" for k, v in values.items())
-        with store.trial_run(
-            self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}", pruned=(optuna.TrialPruned,)
-        ) as run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            try:
-                value = self._train(trial, config)
-            except optuna.TrialPruned as exc:
-                self.log(f"{name}: {shown}: {exc}")
-                raise
+        how = TrialStart(
+            self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}", (optuna.TrialPruned,)
+        )
+        info = prepare.check(config)
+        rt = runtime.Runtime.resolve(config).start()
+        inputs = read_inputs(config, info, rt, self.shared, None, quiet, self.progress, test=False)
+        assert inputs.val is not None, "a study's plan always holds out a validation split (validation_fraction > 0)"
+        sink = MlflowSink(how, [Pruning(trial, config.epochs)])
+        try:
+            outcome = run_scope(inputs, TrialPipeline(), sink, started=started, log=quiet, progress=self.progress)
+        except optuna.TrialPruned as exc:
+            self.log(f"{name}: {shown}: {exc}")
+            raise
+        value = outcome.metrics[TUNE_VALUE]
         self.log(f"{name}: {shown}: val/accuracy {value:.4f}")
         return value
 
-    def _train(self, trial, config: Config) -> float:
+
+def quiet(line: str) -> None:
+    """A trial says one line when it ends (`Objective`), not one per epoch."""
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """A trial's hook on its run's sink: the run's id on the trial, and after each epoch its val/accuracy reported
+    to Optuna, whose pruner may stop the trial there (`optuna.TrialPruned`: the run ends KILLED, `-pruned`)."""
+
+    trial: Any
+    epochs: int
+
+    def on_start(self, run_id: str) -> None:
+        self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def on_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         import optuna
 
-        info = prepare.check(config)
-        rt = runtime.Runtime.resolve(config).start()
-        phases = Phases()
-        key = ("training", config.data, config.train_fraction, config.max_train_examples, config.data_seed)
-        imdb, train = self.shared.get(key, lambda: prepare.read_training(config, phases))[0]
-        rows, val = prepare.split_validation(config, train)
-        assert val is not None, "a study's plan always holds out a validation split (validation_fraction > 0)"
-        store.log_trial_inputs(
-            config.to_dict(), {DATA_DIGEST_PARAM: imdb.digest, "data/source": redact_uri(imdb.source)}
-        )
-        tracking.log_datasets(rows.to_frame(), None, imdb.source, imdb.digest, validation=val.to_frame())
-        prepared = self.shared.prepare(config, info, imdb, rows, None, phases, progress=self.progress, rt=rt, val=val)
-        model = fit.build_model(prepared).to(rt.device)
+        score = metrics[VAL_ACCURACY]
+        self.trial.report(score, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {step} of {self.epochs}: val/accuracy {score:.4f}")
 
-        def on_epoch(stats: fit.EpochStats) -> None:
-            assert stats.val is not None, "a run with a validation split scores it every epoch"
-            score = stats.val[VAL_ACCURACY]
-            store.log_metrics(
-                {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds, **stats.val},
-                step=stats.epoch,
-            )
-            trial.report(score, stats.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned after epoch {stats.epoch} of {config.epochs}: val/accuracy {score:.4f}"
-                )
 
-        with phases.timed("train"):
-            history = fit.fit(model, prepared, on_epoch=on_epoch, progress=self.progress).history
+class TrialPipeline(LSTMPipeline):
+    """The LSTM pipeline as a trial runs it: trained on the training rows less the validation split, which is
+    scored after every epoch; no test row is read and no model logged. Its result is `tune/value`, the last
+    epoch's val/accuracy."""
+
+    def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
+        prepared = self._prepare(inputs, progress)
+        model = fit.build_model(prepared).to(inputs.rt.device)
+        with inputs.phases.timed("train"):
+            history = fit.fit(model, prepared, on_epoch=on_epoch, progress=progress).history
         last = history[-1].val
-        assert last is not None, "a run with a validation split scores it every epoch"
-        value = last[VAL_ACCURACY]
-        store.log_metrics(
-            {
-                "tune/value": value,
-                "data/train_examples": len(rows),
-                "data/val_examples": len(val),
-                **{time_metric(k): v for k, v in phases.seconds.items()},
-            },
-            step=config.epochs,
-        )
-        return value
+        assert last is not None and inputs.val is not None, "a trial's run scores its validation split every epoch"
+        metrics = {TUNE_VALUE: last[VAL_ACCURACY], "data/train_examples": len(inputs.train)}
+        metrics["data/val_examples"] = len(inputs.val)
+        return Trained(metrics, np.empty(0), None, history=history)
+
+    def log_model(self, config: Config, trained: Trained) -> str:
+        return ""  # a trial's model is not kept: the study's best config is trained again, and tested
 
 
 def _worker(args: OptimizeArgs, index: int, stop, owned_by: workers.Owner) -> None:
