@@ -30,7 +30,7 @@ from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
 from bertpooled.run import resume as resuming
 from bertpooled.run.fit import EpochStats
-from bertpooled.run.measure import Phases
+from bertpooled.run.measure import Phases, Trained
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
 from bertpooled.run.sources import ROLES, fetch_sources, rows_digest, unlabelled_split
@@ -87,7 +87,7 @@ def run_experiment(
     under `mlflow run`, which creates the run itself: there it ends FAILED with the reason as a tag.
     A sweep passes `shared` (inputs an earlier child already read, loaded or tokenized: the same values,
     not read again), `parent_run_id` (the run is nested under it) and `tags` (added to the run's own); a seed
-    group passes `pipeline` (one that hands back its seed's already-trained model: bertpooled.sweep.groups).
+    group passes `pipeline` (one that hands back its seed's already-trained model: bertpooled.run.grouped).
     The orchestration of a run, read top to bottom: each step is one call.
     """
     started = time.perf_counter()
@@ -216,7 +216,7 @@ def _epoch_reporter(sink: Sink, config: Config, log):
     return on_epoch
 
 
-def _log_outcome(sink: Sink, pipeline: Pipeline, inputs: Inputs, trained, started: float):
+def _log_outcome(sink: Sink, pipeline: Pipeline, inputs: Inputs, trained: Trained, started: float):
     """After training: the test predictions, plots and the model (a run that read the test set), then the final
     metrics; (metrics, model URI)."""
     config, test, phases = inputs.config, inputs.test, inputs.phases
@@ -227,8 +227,8 @@ def _log_outcome(sink: Sink, pipeline: Pipeline, inputs: Inputs, trained, starte
         with phases.timed("log_model"):
             model_uri = pipeline.log_model(config, trained)
     # time/total_s covers everything this process did for the run, model logging included (and a seed group's
-    # share of training, done before the run started: the pipeline's `trained_ahead_s`).
-    phases.seconds["total"] = time.perf_counter() - started + getattr(pipeline, "trained_ahead_s", 0.0)
+    # share of training, done before the run started).
+    phases.seconds["total"] = time.perf_counter() - started + trained.trained_ahead_s
     metrics = dict(trained.metrics)
     metrics.update({time_metric(k): v for k, v in phases.seconds.items()})
     sink.outcome(metrics, step=config.epochs, model_uri=model_uri)
