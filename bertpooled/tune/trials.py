@@ -4,7 +4,6 @@ the workers (local processes or Ray tasks) that share one study through its stor
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -21,14 +20,10 @@ from bertpooled.run.experiment import read_inputs, run_scope
 from bertpooled.run.measure import Trained
 from bertpooled.run.pipeline import Inputs, LSTMPipeline
 from bertpooled.run.shared import Shared
-from bertpooled.sweep import workers
 from bertpooled.tracking.sink import MlflowSink, TrialStart
 
 if TYPE_CHECKING:
     from bertpooled.tune.plan import StudyPlan
-
-    # `optimize`'s arguments but `log`, as the study hands them to each worker (picklable: no callables).
-    OptimizeArgs = tuple[StudyPlan, str, dict, str, str, int, float | None, int, Any, bool | None]
 
 #: What a trial's run reports as its score: the last epoch's val/accuracy.
 TUNE_VALUE = "tune/value"
@@ -53,44 +48,68 @@ def open_storage(url: str, engine_kwargs: dict):
         ) from None
 
 
-def optimize(
-    plan: StudyPlan,
-    url: str,
-    engine_kwargs: dict,
-    parent: str,
-    tracking_uri: str,
-    target: int,
-    timeout: float | None,
-    sampler_seed: int,
-    pruner,
-    progress,
-    log: Callable[[str], None] = print,
-) -> None:
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What each worker of a study is handed (picklable: no callables), the same for every worker."""
+
+    plan: StudyPlan
+    """The study, its base config already as a worker runs it (`Executor.worker_config`)."""
+    url: str
+    """The study's Optuna storage, and the engine arguments it opens with."""
+    engine_kwargs: dict
+    parent: str
+    """The study's parent run, under which each trial is a child run."""
+    tracking_uri: str
+    target: int
+    """Trials the study holds in all (every state) when the workers stop starting more."""
+    timeout: float | None
+    sampler_seed: int
+    """The study's sampler seed; worker i draws with its own (`work`)."""
+    pruner: Any
+    progress: bool | None
+
+
+def work(args: WorkerArgs, index: int, log: Callable[[str], None] | None = None) -> None:
+    """Worker `index` of a study, as the executor's pool runs it (`Executor.run_workers`): the study's trials with
+    the worker's own sampler seed. `log` None: a worker of its own (a process or a Ray task), which joins the
+    study's tracking store and prints its lines prefixed with its number."""
+    from bertpooled.tracking.sweeps import use_tracking_uri
+
+    if log is None:
+        use_tracking_uri(args.tracking_uri)
+
+        def log(line: str) -> None:
+            print(f"[worker {index}] {line}", flush=True)
+
+    optimize(dataclasses.replace(args, sampler_seed=args.sampler_seed + 104729 * index), log)
+
+
+def optimize(args: WorkerArgs, log: Callable[[str], None] = print) -> None:
     """Run trials of the study until it holds `target` trials in all (every state, running ones included)."""
     import optuna
     from optuna.study import MaxTrialsCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the objective instead
-    rdb = open_storage(url, engine_kwargs)
-    held = len(rdb.get_all_trials(rdb.get_study_id_from_name(plan.name), deepcopy=False))
-    if held >= target:
+    rdb = open_storage(args.url, args.engine_kwargs)
+    held = len(rdb.get_all_trials(rdb.get_study_id_from_name(args.plan.name), deepcopy=False))
+    if held >= args.target:
         return
     # Seeded by what the study already holds as well: a resumed study must not draw its first trials again.
     study = optuna.load_study(
-        study_name=plan.name,
+        study_name=args.plan.name,
         storage=rdb,
-        pruner=pruner,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed + 7919 * held),
+        pruner=args.pruner,
+        sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + 7919 * held),
     )
-    objective = Objective(plan, parent, log, progress)
+    objective = Objective(args.plan, args.parent, log, args.progress)
     # A failed trial (its settings diverged, say) is recorded as FAIL in both stores and the search goes on; it
     # counts toward `target`, so a search whose every trial fails still ends.
     study.optimize(
         objective,
-        timeout=timeout,
+        timeout=args.timeout,
         catch=(Exception,),
         gc_after_trial=False,
-        callbacks=[MaxTrialsCallback(target, states=None)],
+        callbacks=[MaxTrialsCallback(args.target, states=None)],
     )
 
 
@@ -177,105 +196,3 @@ class TrialPipeline(LSTMPipeline):
 
     def log_model(self, config: Config, trained: Trained) -> str:
         return ""  # a trial's model is not kept: the study's best config is trained again, and tested
-
-
-def _worker(args: OptimizeArgs, index: int, stop, owned_by: workers.Owner) -> None:
-    """One worker process of `--parallel` (started as every pool's are: `sweep.workers`, so it dies with the
-    study's process): its own sampler seed, its share of the CPU threads, the study's trials."""
-    workers.init(stop, owned_by)
-    with workers.busy():  # a signal interrupts the running trial (FAIL in Optuna, KILLED in MLflow)
-        _ray_worker(args, index)
-
-
-def run_workers(args: OptimizeArgs, parallel: int, log: Callable[[str], None]) -> None:
-    """`parallel` fresh processes sharing the study through its storage; Ctrl-C or SIGTERM ends them all (each
-    running trial FAIL in Optuna, KILLED in MLflow), then propagates. A SIGKILLed study takes its workers with
-    it, and they mark its parent run KILLED."""
-    plan, parent = args[0], args[3]
-    if not plan.base.num_threads:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        args = (dataclasses.replace(plan, base=dataclasses.replace(plan.base, num_threads=threads)), *args[1:])
-    context = workers.context()
-    stop, owned_by = context.Event(), workers.owner(parent, "continue the study with --resume")
-    started = [
-        context.Process(target=_worker, args=(args, i, stop, owned_by), name=f"tune-worker-{i}")
-        for i in range(parallel)
-    ]
-    for worker in started:
-        worker.start()
-    try:
-        for worker in started:
-            worker.join()
-    except KeyboardInterrupt:
-        stop.set()
-        workers.terminate([w.pid for w in started if w.is_alive()])
-        for worker in started:
-            worker.join()
-        raise
-    failed = [f"{w.name} (exit {w.exitcode})" for w in started if w.exitcode]
-    if failed:
-        raise BertpooledError(
-            f"tuning worker(s) {', '.join(failed)} stopped with an error (see its lines above): "
-            "fix it, then continue the study with --resume"
-        )
-
-
-def run_ray_workers(args: OptimizeArgs, workers: int, executor, log: Callable[[str], None]) -> None:
-    """The workers as Ray tasks with the executor's resources (every node must reach the study's storage and the
-    tracking store: a shared database, not a local SQLite file, beyond one machine). A worker's error stops the
-    study; Ctrl-C cancels the tasks, whose running trials then end (FAIL in Optuna, KILLED in MLflow)."""
-    from bertpooled.sweep.ray_executor import CANCEL_GRACE_S, import_ray
-
-    ray = import_ray()
-    executor.connect()
-    plan, base = args[0], args[0].base
-    if not base.num_threads:
-        base = dataclasses.replace(base, num_threads=max(1, int(executor.cpus_per_run)))
-    if base.device == "auto" and not executor.gpus_per_run:
-        base = dataclasses.replace(base, device="cpu")  # Ray leaves a GPU visible to a task that reserved none
-    args = (dataclasses.replace(plan, base=base), *args[1:])
-    task = ray.remote(_ray_worker).options(
-        num_cpus=executor.cpus_per_run, num_gpus=executor.gpus_per_run, max_retries=0
-    )
-    refs = [task.remote(args, i) for i in range(workers)]
-    log(f"{workers} tuning worker(s) as Ray tasks, {executor.describe().removeprefix('Ray (').rstrip(')')}")
-    try:
-        ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        _cancel(ray, refs, CANCEL_GRACE_S)
-        raise BertpooledError(
-            f"a tuning worker failed on Ray ({(str(cause).splitlines() or [type(cause).__name__])[0]}): "
-            "fix it, then continue the study with --resume"
-        ) from None
-    except BaseException:
-        _cancel(ray, refs, CANCEL_GRACE_S)
-        raise
-
-
-def _cancel(ray, refs: list, grace: float) -> None:
-    for ref in refs:
-        ray.cancel(ref)  # a KeyboardInterrupt inside the task: its trial and run end as on Ctrl-C
-    ray.wait(refs, num_returns=len(refs), timeout=grace)
-
-
-def _ray_worker(args: OptimizeArgs, index: int) -> None:
-    """One worker inside a Ray task (Ray delivers cancellation as KeyboardInterrupt itself), or a local worker
-    process (`_worker`): the study's trials with the worker's own sampler seed."""
-    from bertpooled.tracking.sweeps import use_tracking_uri
-
-    plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed, pruner, progress = args
-    use_tracking_uri(tracking_uri)
-    optimize(
-        plan,
-        url,
-        engine_kwargs,
-        parent,
-        tracking_uri,
-        target,
-        timeout,
-        sampler_seed + 104729 * index,
-        pruner,
-        progress,
-        log=lambda line: print(f"[worker {index}] {line}", flush=True),
-    )
