@@ -41,7 +41,7 @@ from bertpooled.tracking.provenance import code_provenance
 from bertpooled.tracking.sink import Datasets, MlflowSink, Sink, TrainingStart
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     run_id: str
     experiment_id: str

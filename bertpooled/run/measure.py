@@ -51,7 +51,7 @@ def data_digest_of(digest: str, ids: list[str]) -> str:
     return h.hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trained:
     """What a pipeline hands back for a run: the contract's metrics, per-example test probabilities, the trained
     model (on the CPU) with the tokenizer it reads through (None for the reference's TF-IDF pipeline, which

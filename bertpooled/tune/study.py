@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 PRUNERS = ("median", "none")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyOutcome:
     plan: StudyPlan
     parent_run_id: str
