@@ -142,10 +142,11 @@ def _run_studies(plans, runner, pruner, output, progress, **options) -> list:
     """Each mode's study in turn, on the started executor (closed after)."""
     from bertpooled.tune import study as tuning
 
-    ray = runner if runner.name == "ray" else None  # local workers are this machine's processes
     try:
         return [
-            tuning.run_study(plan, pruner=pruner, output=output, log=_say, progress=progress, executor=ray, **options)
+            tuning.run_study(
+                plan, pruner=pruner, output=output, log=_say, progress=progress, executor=runner, **options
+            )
             for plan in plans
         ]
     finally:

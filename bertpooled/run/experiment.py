@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from bertpooled import budget
+from bertpooled import budget, data
 from bertpooled.config import Config
 from bertpooled.contract import (
     ACCURACY,
@@ -30,7 +30,7 @@ from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
 from bertpooled.run import resume as resuming
 from bertpooled.run.fit import EpochStats
-from bertpooled.run.measure import Phases
+from bertpooled.run.measure import Phases, Trained
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
 from bertpooled.run.sources import ROLES, fetch_sources, rows_digest, unlabelled_split
@@ -38,9 +38,10 @@ from bertpooled.tracking import runs as tracking
 from bertpooled.tracking.models import log_checkpoint
 from bertpooled.tracking.probe import check_tracking_reachable
 from bertpooled.tracking.provenance import code_provenance
+from bertpooled.tracking.sink import Datasets, MlflowSink, Sink, TrainingStart
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     run_id: str
     experiment_id: str
@@ -86,7 +87,7 @@ def run_experiment(
     under `mlflow run`, which creates the run itself: there it ends FAILED with the reason as a tag.
     A sweep passes `shared` (inputs an earlier child already read, loaded or tokenized: the same values,
     not read again), `parent_run_id` (the run is nested under it) and `tags` (added to the run's own); a seed
-    group passes `pipeline` (one that hands back its seed's already-trained model: bertpooled.sweep.groups).
+    group passes `pipeline` (one that hands back its seed's already-trained model: bertpooled.run.grouped).
     The orchestration of a run, read top to bottom: each step is one call.
     """
     started = time.perf_counter()
@@ -98,34 +99,53 @@ def run_experiment(
     rt = runtime.Runtime.resolve(config).start()  # resolved once: everything below receives it
     inputs = read_inputs(config, info, rt, shared, resume, log, progress)
     pipeline = pipeline or pipeline_for(config)
-    code = code_provenance()
     differs = protocol_differences(config)
     name = tracking.run_name(config.variant, config.model, config.seed, differs)
     tags = {"mode": config.mode, "backbone": config.model, "pool": config.pool, **pipeline.tags(config), **(tags or {})}
     tags.setdefault(PROTOCOL_TAG, tracking.protocol_tag(differs))
     if resume:
         tags[RESUMED_TAG] = str(resume.state.epoch)
-    with tracking.training_run(
+    how = TrainingStart(
         name,
         tags,
         config.description or pipeline.describe(config),
         parent_run_id=parent_run_id,
         resume_run_id=resume.run_id if resume else None,
         system_metrics=config.system_metrics,
-    ) as run:
+    )
+    return run_scope(inputs, pipeline, MlflowSink(how), started=started, log=log, progress=progress, resume=resume)
+
+
+def run_scope(
+    inputs: Inputs,
+    pipeline: Pipeline,
+    sink: Sink,
+    *,
+    started: float,
+    log=print,
+    progress: bool | None = None,
+    resume: resuming.Resume | None = None,
+) -> Outcome:
+    """The one path of every kind of run (a training run, a tuning trial, a seed group's child, the reference):
+    inputs -> pipeline -> outcome, told to `sink` (start, inputs, each epoch, the outcome, the end).
+
+    `started`: when the run's work began (`time/total_s` counts from there); `resume`: the interrupted run it
+    continues (its inputs were logged then)."""
+    config = inputs.config
+    with sink.start() as run_id:
         if resume:
             resuming.record(resume, log)
         else:
-            _log_inputs(inputs, code)
-        owner = checkpoint.identity(run.info.run_id, config.to_dict())
+            _log_inputs(sink, inputs)
+        owner = checkpoint.identity(run_id, config.to_dict())
         checkpoints = checkpoint.Checkpointer(
             functools.partial(_save_checkpoint, owner=owner), resume.state if resume else None
         )
-        on_epoch = _epoch_logger(config, log)
+        on_epoch = _epoch_reporter(sink, config, log)
         trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)
-        metrics, model_uri = _log_outcome(pipeline, config, inputs, trained, started)
-        runs_link, run_link = tracking.ui_links(run)
-        return Outcome(run.info.run_id, run.info.experiment_id, metrics, runs_link, run_link, model_uri)
+        metrics, model_uri = _log_outcome(sink, pipeline, inputs, trained, started)
+        runs_link, run_link = sink.links()
+        return Outcome(run_id, sink.experiment_id, metrics, runs_link, run_link, model_uri)
 
 
 def read_inputs(
@@ -136,17 +156,25 @@ def read_inputs(
     resume: resuming.Resume | None,
     log,
     progress: bool | None,
+    test: bool = True,
 ) -> Inputs:
     """The data subsets a run trains and evaluates on (the validation split carved out), said in one line; a
-    resumed run's data must be the data it was trained on."""
+    resumed run's data must be the data it was trained on. `test` False (a tuning trial): no test row is read."""
     phases = Phases()
-    imdb, train_split, test_split = (shared.read_data if shared else prepare.read_data)(
-        config, phases, progress=progress
-    )
+    test_split: data.Split | None = None
+    if test:
+        imdb, train_split, test_split = (shared.read_data if shared else prepare.read_data)(
+            config, phases, progress=progress
+        )
+    else:
+        imdb, train_split = (shared.read_training if shared else prepare.read_training)(
+            config, phases, progress=progress
+        )
     train_split, val_split = prepare.split_validation(config, train_split)
     held = f" / {len(val_split):,} validation" if val_split is not None else ""
     source = tracking.redact_uri(imdb.source)
-    log(f"data: {len(train_split):,} train{held} / {len(test_split):,} test reviews from {source}")
+    tested = f" / {len(test_split):,} test" if test_split is not None else ""
+    log(f"data: {len(train_split):,} train{held}{tested} reviews from {source}")
     if resume and resume.data_digest != imdb.digest:
         raise BertpooledError(
             f"run {resume.run_id} was trained on other data (digest {resume.data_digest[:12]}, this is "
@@ -166,15 +194,20 @@ def read_inputs(
     )
 
 
-def _epoch_logger(config: Config, log):
-    """What a run does after each epoch: log its metrics at that step and say them in one line."""
+def epoch_metrics(stats: EpochStats) -> dict[str, float]:
+    """What a finished epoch logs, for every kind of run: the one place to add a per-epoch metric."""
+    metrics = {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds}
+    if stats.test_accuracy is not None:
+        metrics[ACCURACY.key] = stats.test_accuracy
+    metrics.update(stats.val or {})
+    return metrics
+
+
+def _epoch_reporter(sink: Sink, config: Config, log):
+    """What a run does after each epoch: tell the sink its metrics at that step, and say them in one line."""
 
     def on_epoch(stats: EpochStats) -> None:
-        metrics = {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds}
-        if stats.test_accuracy is not None:
-            metrics[ACCURACY.key] = stats.test_accuracy
-        metrics.update(stats.val or {})
-        tracking.log_epoch(stats.epoch, metrics)
+        sink.epoch(stats.epoch, epoch_metrics(stats))
         extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
         extra += f" val_acc={stats.val[VAL_ACCURACY]:.4f}" if stats.val else ""
         said = f"loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)"
@@ -183,19 +216,22 @@ def _epoch_logger(config: Config, log):
     return on_epoch
 
 
-def _log_outcome(pipeline: Pipeline, config: Config, inputs: Inputs, trained, started: float):
-    """After training: the test predictions, plots, the model and the final metrics; (metrics, model URI)."""
-    test, phases = inputs.test, inputs.phases
-    tracking.log_predictions(test.ids, test.labels, trained.probabilities)
-    _log_plots(test.labels, trained.probabilities)
-    with phases.timed("log_model"):
-        model_uri = pipeline.log_model(config, trained)
+def _log_outcome(sink: Sink, pipeline: Pipeline, inputs: Inputs, trained: Trained, started: float):
+    """After training: the test predictions, plots and the model (a run that read the test set), then the final
+    metrics; (metrics, model URI)."""
+    config, test, phases = inputs.config, inputs.test, inputs.phases
+    model_uri = ""
+    if test is not None:
+        tracking.log_predictions(test.ids, test.labels, trained.probabilities)
+        _log_plots(test.labels, trained.probabilities)
+        with phases.timed("log_model"):
+            model_uri = pipeline.log_model(config, trained)
     # time/total_s covers everything this process did for the run, model logging included (and a seed group's
-    # share of training, done before the run started: the pipeline's `trained_ahead_s`).
-    phases.seconds["total"] = time.perf_counter() - started + getattr(pipeline, "trained_ahead_s", 0.0)
+    # share of training, done before the run started).
+    phases.seconds["total"] = time.perf_counter() - started + trained.trained_ahead_s
     metrics = dict(trained.metrics)
     metrics.update({time_metric(k): v for k, v in phases.seconds.items()})
-    tracking.log_metrics(metrics, step=config.epochs, model_uri=model_uri)
+    sink.outcome(metrics, step=config.epochs, model_uri=model_uri)
     return metrics, model_uri
 
 
@@ -210,7 +246,7 @@ def pipeline_for(config: Config) -> Pipeline:
     return LSTMPipeline()
 
 
-def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
+def _log_inputs(sink: Sink, inputs: Inputs) -> None:
     """What a new run logs before any work: the resolved config, provenance and the datasets."""
     config, imdb, rt = inputs.config, inputs.imdb, inputs.rt
     unlabelled, source = unlabelled_split(config, imdb, inputs.train, inputs.val)
@@ -222,37 +258,31 @@ def _log_inputs(inputs: Inputs, code: dict[str, str]) -> None:
     resolved = config.to_dict()
     if resolved["data"] is None and Path(imdb.source).exists():
         resolved["data"] = tracking.redact_uri(imdb.source)
-    tracking.log_config(
-        resolved,
-        {
-            **code,
-            DATA_DIGEST_PARAM: imdb.digest,
-            "data/source": tracking.redact_uri(imdb.source),
-            "backbone/path": inputs.info.path,
-            "backbone/hidden_size": inputs.info.hidden_size,
-            "runtime/torch": torch.__version__,
-            "runtime/threads": torch.get_num_threads(),
-            "runtime/device": str(rt.device),
-            "runtime/precision": rt.precision,
-            **cost.runtime_params(rt.device),
-            "runtime/machine": platform.machine(),
-            # The chain of runs: which model this one started from and which taught it (URI, run, weights).
-            **{
-                k: v
-                for option, source in (inputs.sources or {}).items()
-                for k, v in source.params(ROLES[option]).items()
-            },
-            **about_unlabelled,
-        },
-    )
-    tracking.log_datasets(
-        inputs.train.to_frame(),
-        inputs.test.to_frame(),
+    params = {
+        **code_provenance(),
+        DATA_DIGEST_PARAM: imdb.digest,
+        "data/source": tracking.redact_uri(imdb.source),
+        "backbone/path": inputs.info.path,
+        "backbone/hidden_size": inputs.info.hidden_size,
+        "runtime/torch": torch.__version__,
+        "runtime/threads": torch.get_num_threads(),
+        "runtime/device": str(rt.device),
+        "runtime/precision": rt.precision,
+        **cost.runtime_params(rt.device),
+        "runtime/machine": platform.machine(),
+        # The chain of runs: which model this one started from and which taught it (URI, run, weights).
+        **{k: v for option, source in (inputs.sources or {}).items() for k, v in source.params(ROLES[option]).items()},
+        **about_unlabelled,
+    }
+    datasets = Datasets(
         imdb.source,
         imdb.digest,
-        validation=inputs.val.to_frame() if inputs.val is not None else None,
-        unlabelled=unlabelled.to_frame() if unlabelled is not None else None,
+        inputs.train.to_frame(),
+        inputs.test.to_frame() if inputs.test is not None else None,
+        inputs.val.to_frame() if inputs.val is not None else None,
+        unlabelled.to_frame() if unlabelled is not None else None,
     )
+    sink.inputs(resolved, params, datasets)
 
 
 def _log_plots(labels, probabilities) -> None:

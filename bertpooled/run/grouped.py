@@ -7,19 +7,36 @@ run alone trains with (a run alone is a group of one): each seed draws its own b
 generator (`torch.Generator().manual_seed(seed)`), the frozen features of the S batches are computed in one
 call, and the loss is the sum of the S per-seed mean losses, so seed s's gradient is exactly its own.
 `seed_snapshot` gives a seed's model and Adam as a run alone holds them, for its checkpoints.
+
+The feature's training lives here whole (`sweep --group-seeds`; bertpooled.sweep.groups only plans which children
+form a group and when each starts): `train_seeds` prepares a group's inputs and trains it before any of its runs
+exists; then each seed goes through the ordinary run path with a `GroupedSeedPipeline`, which hands back that
+seed's trained model instead of training. Params, tags, datasets, predictions, plots, the servable model and the
+final metrics come from the same code as a run trained alone. What differs, and is said on the run: metric
+`time/group_train_s` (the group's whole training time); `time/train_s` and `time/epoch_s` are the seed's 1/S share
+of it. The checkpoints are logged after training (the run is created then), so an interrupted group leaves no child
+to continue: a resumed sweep trains its unfinished children again (as a group).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from bertpooled.config import Config
+from bertpooled.contract import TIME_GROUP_TRAIN
 from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence, head_of
-from bertpooled.run import fit, prepare
+from bertpooled.model.heads import Classifier
+from bertpooled.run import fit, prepare, runtime
+from bertpooled.run.measure import Phases, Trained
+from bertpooled.run.pipeline import Inputs, LSTMPipeline
 from bertpooled.run.prepare import model_inputs
 
 
@@ -132,10 +149,110 @@ def fit_group(
     return fit.Fitted(fit.train_epochs(trainee, prepared, on_epoch, end, progress), ahead is not None)
 
 
+@dataclass(frozen=True)
+class TrainedSeed:
+    """One seed of a trained group: what `fit` would have returned and checkpointed for it alone."""
+
+    model: Classifier
+    history: list[fit.EpochStats]
+    group_seconds: float
+    group_size: int
+    checkpoints: list[tuple] = field(default_factory=list)
+    """Per finished epoch: (model holding that epoch's head, its Adam, its order generator), as `fit` writes them."""
+    precomputed: bool = False
+    """Whether the group trained on precomputed frozen features (`run.prepare.before_training`), as a lone run would
+    log it."""
+    precompute_seconds: float = 0.0
+
+    @property
+    def share_s(self) -> float:
+        """The seed's share of the group's training time: its time/train_s."""
+        return self.group_seconds / self.group_size
+
+
+def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) -> dict[int, TrainedSeed]:
+    """Train `seeds` of `prepared.config` in one loop on `prepared.device`.
+
+    Returns each seed's model, history and checkpoints.
+    """
+    from bertpooled.run import cost
+
+    device = prepared.device
+    cost.reset_peak_memory(device)  # as a lone run does before building its model: memory/peak_mb covers the group
+    group = build_group(prepared, seeds)
+    snapshots: dict[int, list[tuple]] = {s: [] for s in range(len(seeds))}
+
+    def keep(epoch: int, optimizer, orders) -> None:
+        for s in range(len(seeds)):
+            model, seed_optimizer = seed_snapshot(group, optimizer, s)
+            holder = nn.Module()  # what checkpoint.save reads: the trainable parameters, named as in the model
+            holder.head = copy.deepcopy(model.head)
+            order = torch.Generator()
+            order.set_state(orders[s].get_state())
+            snapshots[s].append((holder, seed_optimizer, order))
+
+    start = time.perf_counter()
+    fitted = fit_group(group, prepared, progress=progress, on_epoch_end=keep)
+    seconds = time.perf_counter() - start
+    models = group.split()
+    ahead = fitted.precomputed, prepared.phases.seconds.get("precompute", 0.0)
+    return {
+        seed: TrainedSeed(models[s], fitted.histories[s], seconds, len(seeds), snapshots[s], *ahead)
+        for s, seed in enumerate(seeds)
+    }
+
+
+def train_seeds(
+    configs: Sequence[Config], info, shared, name: str, progress: bool | None, log: Callable[[str], None]
+) -> dict[int, TrainedSeed]:
+    """A seed group's inputs prepared (through `shared`, the sweep's memo: nothing read twice) and its seeds (the
+    `configs`, which differ in their seed alone) trained together; `name` says the group in the log."""
+    config = configs[0]
+    rt = runtime.Runtime.resolve(config).start()
+    phases = Phases()
+    imdb, train, test = shared.read_data(config, phases, progress=progress)
+    prepared = shared.prepare(config, info, imdb, train, test, phases, progress=progress, rt=rt)
+    seeds = [c.seed for c in configs]
+    log(f"training seeds {','.join(map(str, seeds))} of {name} together on {rt.device}")
+    trained = train_group(prepared, seeds, progress)
+    log(f"seed group of {len(seeds)}: trained in {next(iter(trained.values())).group_seconds:.1f}s")
+    return trained
+
+
+class GroupedSeedPipeline(LSTMPipeline):
+    """The LSTM pipeline for one seed of a trained group: everything a lone run does, but the training.
+
+    It replays the seed's per-epoch history through `on_epoch` (what each epoch logs, at steps 1..E) and its
+    per-epoch checkpoints through the run's `Checkpointer`, records the seed's share of the group's training as
+    its `train` phase (and of the precomputation, where there was one), then evaluates and measures the model
+    with the code a lone run uses (`fit.evaluate_trained`). The share, done before the run started, comes back
+    as `Trained.trained_ahead_s`; the group's whole training time as metric time/group_train_s."""
+
+    def __init__(self, seed: TrainedSeed) -> None:
+        self.seed = seed
+
+    def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
+        prepared = self._prepare(inputs, progress)
+        seed = self.seed
+        for epoch, stats in enumerate(seed.history, 1):
+            if on_epoch:
+                on_epoch(stats)
+            if checkpoints is not None and epoch <= len(seed.checkpoints):
+                checkpoints.write(epoch, *seed.checkpoints[epoch - 1], seed.history[:epoch])
+        inputs.phases.add("train", seed.share_s)  # its time/train_s (throughput/train follows from it)
+        if seed.precomputed:
+            inputs.phases.add("precompute", seed.precompute_seconds / seed.group_size)
+        trained = fit.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history, seed.precomputed)
+        metrics = {**trained.metrics, TIME_GROUP_TRAIN: seed.group_seconds}
+        return dataclasses.replace(trained, metrics=metrics, trained_ahead_s=seed.share_s)
+
+
 __all__ = [
     "RECURRENCES",
     "FrozenFeatures",
+    "GroupedSeedPipeline",
     "SeedGroup",
+    "TrainedSeed",
     "build_group",
     "can_group",
     "default_recurrence",
@@ -143,5 +260,7 @@ __all__ = [
     "make_optimizer",
     "seed_optimizer_state",
     "seed_snapshot",
+    "train_group",
+    "train_seeds",
     "with_seed",
 ]

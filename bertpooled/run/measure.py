@@ -30,7 +30,11 @@ class Phases:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count `seconds` to phase `name`: timed here, or done elsewhere for this run (a seed group's share)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
 
 def evaluate(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -47,7 +51,7 @@ def data_digest_of(digest: str, ids: list[str]) -> str:
     return h.hexdigest()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trained:
     """What a pipeline hands back for a run: the contract's metrics, per-example test probabilities, the trained
     model (on the CPU) with the tokenizer it reads through (None for the reference's TF-IDF pipeline, which
@@ -58,6 +62,9 @@ class Trained:
     model: Any
     tokenizer: object = None
     history: list = field(default_factory=list)
+    trained_ahead_s: float = 0.0
+    """Training done for this run before the run started (a seed group's share: bertpooled.run.grouped), counted in
+    its time/total_s."""
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ class Inputs:
     info: backbone.BackboneInfo
     imdb: data.Imdb
     train: data.Split
-    test: data.Split
+    test: data.Split | None
+    """None for a tuning trial: it never reads the test set."""
     phases: Phases
     rt: runtime.Runtime
     """Device, precision, threads and evaluation batch, resolved once when the run starts."""

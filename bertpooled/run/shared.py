@@ -54,6 +54,15 @@ class Shared:
         value, _ = self.get(key, lambda: preparing.read_data(config, phases, progress=progress))
         return value
 
+    def read_training(
+        self, config: Config, phases: Phases, progress: bool | None = None
+    ) -> tuple[data.Imdb, data.Split]:
+        """`prepare.read_training` (no test row: a tuning trial), once per source and training subset settings."""
+        source = data.resolve_source(config.data)
+        key = ("training", source, config.train_fraction, config.max_train_examples, config.data_seed)
+        value, _ = self.get(key, lambda: preparing.read_training(config, phases, progress))
+        return value
+
     def tokenizer(self, info: backbone.BackboneInfo) -> tuple[Any, str]:
         """(tokenizer, fingerprint) of the backbone, loaded once."""
 

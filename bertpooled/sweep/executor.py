@@ -5,15 +5,20 @@ executor only runs the children it is handed (`Work`). Three implement it: `loca
 after another, the seeds of a config trained together with `--group-seeds`), `parallel.ParallelExecutor` (here,
 side by side in fresh processes) and `ray_executor.RayExecutor` (Ray tasks on a cluster). Which earlier run a child
 continues is decided once, by `resume.earlier_runs`, for all of them; `runner.executor_for` picks one by name.
+
+The same executors are the one worker pool a tuning study runs its workers in (`run_workers`): this process or
+fresh processes here (`workers.run_here`), or Ray tasks; nothing chooses between them by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from bertpooled.config import Config
 from bertpooled.sweep.plan import Child
+from bertpooled.sweep.workers import Owner
 
 EXECUTORS = ("local", "ray")
 
@@ -44,6 +49,8 @@ class Executor(Protocol):
     name: str
     shares_inputs: bool
     """Whether the parent reads, loads and tokenizes the children's inputs once, before the first of them."""
+    here: bool
+    """Whether the work runs on this machine (whose cores and memory are then checked before it starts)."""
 
     def start(self, children: Sequence[Child]) -> None:
         """One-line errors and connections before the sweep's parent run exists (a mistake leaves no run)."""
@@ -57,3 +64,13 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Let go of what `start` took (a cluster connection); safe to call more than once."""
+
+    def worker_config(self, config: Config, count: int) -> Config:
+        """`config` as one of `count` workers of this executor runs it (its threads; its device)."""
+
+    def run_workers(
+        self, target: Callable[..., None], args: Any, count: int, log: Callable[[str], None], owned_by: Owner
+    ) -> None:
+        """`target(args, i, log)` for i in range(count), each a worker of the pool (`log` None in a worker of its
+        own, which prints its lines); returns when all have ended. A worker's error stops the others and is one
+        line ending in `owned_by.resume_hint`; Ctrl-C stops them all (their running work KILLED), then propagates."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from bertpooled.config import Config
 from bertpooled.contract import SWEEP_CHILD_TAG, SWEEP_KEY_TAG, SWEEP_SHARED_INPUTS_TAG
 from bertpooled.run.experiment import run_or_resume
-from bertpooled.sweep import groups
+from bertpooled.sweep import groups, workers
 from bertpooled.sweep.executor import Work
 from bertpooled.sweep.plan import Child
 
@@ -20,6 +22,7 @@ class LocalExecutor:
     group_seeds: bool | None = None
     name = "local"
     shares_inputs = True
+    here = True
 
     def start(self, children: Sequence[Child]) -> None:
         pass
@@ -55,3 +58,11 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+    def worker_config(self, config: Config, count: int) -> Config:
+        return workers.share_threads(config, count)
+
+    def run_workers(
+        self, target: Callable[..., None], args: Any, count: int, log: Callable[[str], None], owned_by: workers.Owner
+    ) -> None:
+        workers.run_here(target, args, count, log, owned_by)

@@ -7,6 +7,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bertpooled.config import Config
 from bertpooled.contract import SWEEP_CHILD_TAG, SWEEP_KEY_TAG, SWEEP_PARALLEL_TAG, SWEEP_SHARED_INPUTS_TAG
@@ -50,6 +51,7 @@ class ParallelExecutor:
     group_seeds: bool | None = None
     name = "local"
     shares_inputs = True
+    here = True
 
     def start(self, children: Sequence) -> None:
         pass
@@ -68,6 +70,14 @@ class ParallelExecutor:
 
     def close(self) -> None:
         pass
+
+    def worker_config(self, config: Config, count: int) -> Config:
+        return workers.share_threads(config, count)
+
+    def run_workers(
+        self, target: Callable[..., None], args: Any, count: int, log: Callable[[str], None], owned_by: workers.Owner
+    ) -> None:
+        workers.run_here(target, args, count, log, owned_by)
 
 
 def run_parallel(

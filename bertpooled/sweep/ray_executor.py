@@ -17,7 +17,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from bertpooled.config import Config
 from bertpooled.contract import (
     ACCURACY,
     KILLED,
@@ -32,6 +34,7 @@ from bertpooled.contract import (
 from bertpooled.errors import BertpooledError
 from bertpooled.sweep import resume
 from bertpooled.sweep.executor import Work
+from bertpooled.sweep.workers import Owner
 from bertpooled.tracking import sweeps
 
 # The package is installed from its checkout (it is on no index): `bertpooled[ray]` would look for it on PyPI.
@@ -65,6 +68,7 @@ class RayExecutor:
 
     name = "ray"
     shares_inputs = False  # children on other machines read their own inputs: the driver need not hold the data
+    here = False  # the cluster's nodes place the work: this machine's cores and memory are not what bounds it
 
     def __post_init__(self) -> None:
         if not self.cpus_per_run > 0:
@@ -205,6 +209,39 @@ class RayExecutor:
             refs[task.remote(config, parent_id, tags, uri)] = child
         return refs
 
+    def worker_config(self, config: Config, count: int) -> Config:
+        """Torch gets as many threads as Ray reserved CPUs, unless the config says otherwise; `auto` runs on the CPU
+        of a task that reserved no GPU (Ray leaves a GPU visible to it: `auto` would use it unreserved)."""
+        if not config.num_threads:
+            config = dataclasses.replace(config, num_threads=max(1, int(self.cpus_per_run)))
+        if config.device == "auto" and not self.gpus_per_run:
+            config = dataclasses.replace(config, device="cpu")
+        return config
+
+    def run_workers(
+        self, target: Callable[..., None], args: Any, count: int, log: Callable[[str], None], owned_by: Owner
+    ) -> None:
+        """The workers as Ray tasks with this executor's resources (every node must reach what they share: the
+        tracking store and, for a study, its storage). A worker's error stops the others; so does Ctrl-C (Ray
+        delivers it to each task as KeyboardInterrupt: its running work ends KILLED)."""
+        ray = import_ray()
+        self.connect()
+        task = ray.remote(target).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0)
+        refs = [task.remote(args, i) for i in range(count)]
+        log(f"{count} worker(s) as Ray tasks, {self.describe().removeprefix('Ray (').rstrip(')')}")
+        try:
+            ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+            _cancel_tasks(ray, refs)
+            raise BertpooledError(
+                f"a worker failed on Ray ({(str(cause).splitlines() or [type(cause).__name__])[0]}): "
+                f"fix it, then {owned_by.resume_hint}"
+            ) from None
+        except BaseException:
+            _cancel_tasks(ray, refs)
+            raise
+
     @staticmethod
     def _finished(ray, ref, child, seen: set, say) -> tuple:
         """(the child's Outcome, its closing line); its start line first if no look saw it start."""
@@ -255,6 +292,12 @@ class RayExecutor:
                     say(f"{by_key[run.data.tags[SWEEP_KEY_TAG]].label}: marked KILLED (run {run.info.run_id})")
         except Exception as exc:
             say(f"could not mark the unfinished children KILLED ({exc}); a resume continues them all the same")
+
+
+def _cancel_tasks(ray, refs: list) -> None:
+    for ref in refs:
+        ray.cancel(ref)  # a KeyboardInterrupt inside the task: its work ends as on Ctrl-C
+    ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
 
 
 def _run_child(config, parent_id: str, tags: dict[str, str], tracking_uri: str):

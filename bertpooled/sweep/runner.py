@@ -135,7 +135,7 @@ def run_sweep(
     if not resume_parent:
         tracking.check_experiment_name(experiment)
     infos = _check_children(children)
-    workers = getattr(executor, "parallel", 1) if executor.name == "local" else 1  # a Ray cluster has its own
+    workers = getattr(executor, "parallel", 1) if executor.here else 1  # a Ray cluster's nodes have their own
     for child in children:
         info = infos[child.key]
         budget.check_memory(child.config, info.hidden_size, info.num_layers, workers, f"child {child.label}")

@@ -12,12 +12,16 @@ its workers training under PID 1 for good, and its parent run RUNNING.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from bertpooled.config import Config
 from bertpooled.contract import KILLED
+from bertpooled.errors import BertpooledError
 from bertpooled.tracking import sweeps
 
 #: The error tag an orphaned worker leaves on the pool's parent run.
@@ -151,3 +155,56 @@ def terminate(pids: Sequence[int | None]) -> None:
         if pid is not None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
+
+
+def share_threads(config: Config, count: int) -> Config:
+    """`config` as one of `count` workers on this machine runs it: an unset thread count is its share of the cores
+    (a worker alone keeps torch's own choice)."""
+    if count <= 1 or config.num_threads:
+        return config
+    return dataclasses.replace(config, num_threads=max(1, (os.cpu_count() or 1) // count))
+
+
+def run_here(
+    target: Callable[..., None],
+    args: Any,
+    count: int,
+    log: Callable[[str], None],
+    owned_by: Owner,
+    what: str = "worker",
+) -> None:
+    """`target(args, i)` for i in range(count): in this process (with `log`) when `count` is 1, else in `count`
+    fresh processes started as every pool's are (they die with this one). Ctrl-C or SIGTERM ends them all (their
+    running work KILLED), then propagates; a worker that fails is a one-line error naming it, after all ended."""
+    if count <= 1:
+        target(args, 0, log)
+        return
+    ctx = context()
+    stop = ctx.Event()
+    started = [
+        ctx.Process(target=_pool_worker, args=(target, args, i, stop, owned_by), name=f"{what}-{i}")
+        for i in range(count)
+    ]
+    for worker in started:
+        worker.start()
+    try:
+        for worker in started:
+            worker.join()
+    except KeyboardInterrupt:
+        stop.set()
+        terminate([w.pid for w in started if w.is_alive()])
+        for worker in started:
+            worker.join()
+        raise
+    failed = [f"{w.name} (exit {w.exitcode})" for w in started if w.exitcode]
+    if failed:
+        raise BertpooledError(
+            f"{', '.join(failed)} stopped with an error (see its lines above): fix it, then {owned_by.resume_hint}"
+        )
+
+
+def _pool_worker(target: Callable[..., None], args: Any, index: int, stop, owned_by: Owner) -> None:
+    """One process of `run_here`'s pool: tied to the pool (see `init`), its work interruptible (see `busy`)."""
+    init(stop, owned_by)
+    with busy():
+        target(args, index, None)

@@ -141,8 +141,8 @@ def study_run(
 @contextmanager
 def trial_run(
     parent_id: str, name: str, tags: dict[str, str], description: str, pruned: tuple[type[BaseException], ...]
-) -> Iterator[str]:
-    """One trial as a child run of the study's parent (its id is yielded), ending as its Optuna trial does:
+) -> Iterator[mlflow.ActiveRun]:
+    """One trial as a child run of the study's parent (yielded), ending as its Optuna trial does:
     COMPLETE = FINISHED; PRUNED = KILLED, renamed `<name>-pruned`, the reason as its note; FAIL = FAILED (or
     KILLED on Ctrl-C) with the error as tag `error`. Tag `tune/state` holds Optuna's name for the state."""
     experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
@@ -152,7 +152,7 @@ def trial_run(
         {KIND_TAG: KIND_TRIAL, RUN_NAME_TAG: name, TUNE_STATE_TAG: "RUNNING", NOTE_TAG: description, **tags}
     )
     try:
-        yield run_id
+        yield run
     except pruned as exc:
         try:
             mlflow.set_tags(
@@ -195,13 +195,6 @@ def end_orphaned_trials(run_ids: list[str]) -> list[str]:
             client.set_terminated(run_id, FAILED)
             ended.append(run_id)
     return ended
-
-
-def log_trial_inputs(config: dict, extra_params: dict[str, object]) -> None:
-    """A trial's resolved config as `config/<field>` params and config.yaml, as a training run logs its own."""
-    from bertpooled.tracking.runs import log_config
-
-    log_config(config, extra_params)
 
 
 def log_params(params: dict[str, object]) -> None:

@@ -35,6 +35,9 @@ from bertpooled.contract import (
     TUNE_STUDY_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
+from bertpooled.sweep import workers
+from bertpooled.sweep.executor import Executor
+from bertpooled.sweep.local import LocalExecutor
 from bertpooled.tracking import tuning as store
 from bertpooled.tracking.probe import check_tracking_reachable
 from bertpooled.tracking.runs import check_experiment_name
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 PRUNERS = ("median", "none")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyOutcome:
     plan: StudyPlan
     parent_run_id: str
@@ -86,18 +89,20 @@ def run_study(
     output: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool | None = False,
-    executor=None,
+    executor: Executor | None = None,
 ) -> StudyOutcome:
     """Run (or with `resume`, continue) `plan`'s study until it holds `trials` complete or pruned trials, or
-    `timeout` seconds pass; then log the best trial on the parent run. See the module doc. `executor` (a
-    connected `ray_executor.RayExecutor`): the `parallel` workers run as Ray tasks instead of local processes."""
+    `timeout` seconds pass; then log the best trial on the parent run. See the module doc. `executor` (started:
+    `sweep.runner.executor_for`) runs the `parallel` workers: this process alone or local processes (None: the
+    local executor), Ray tasks."""
     import optuna
 
+    executor = executor or LocalExecutor()
     for option, n in (("trials", trials), ("parallel", parallel)):
         if n < 1:
             raise BertpooledError(f"--{option} {n} runs nothing: pass 1 or more")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from here instead
-    _check_before_work(plan, experiment, parallel, local=executor is None)
+    _check_before_work(plan, experiment, parallel, local=executor.here)
     url, engine_kwargs = store.study_storage(storage)
     rdb = trial_runs.open_storage(url, engine_kwargs)
     pruner = pruner if pruner is not None else make_pruner("median")
@@ -119,9 +124,11 @@ def run_study(
             f"{f', {parallel} workers' if parallel > 1 else ''}; storage {shown}"
         )
         if done < trials:
-            where = (plan, url, engine_kwargs, parent, store.tracking_uri(), target)
-            args = (*where, timeout, sampler_seed, pruner, progress)
-            _run_trials(args, parallel, executor, log)
+            worker_plan = dataclasses.replace(plan, base=executor.worker_config(plan.base, parallel))
+            where = (worker_plan, url, engine_kwargs, parent, store.tracking_uri(), target)
+            args = trial_runs.WorkerArgs(*where, timeout, sampler_seed, pruner, progress)
+            owned_by = workers.owner(parent, "continue the study with --resume")
+            executor.run_workers(trial_runs.work, args, parallel, log, owned_by)
         return _conclude(study, plan, parent, output, log)
 
 
@@ -164,16 +171,6 @@ def _create(study, plan: StudyPlan, rdb, pruner, attrs: dict, sampler_seed: int)
         }
     )
     return study
-
-
-def _run_trials(args: trial_runs.OptimizeArgs, parallel: int, executor, log: Callable[[str], None]) -> None:
-    """The study's workers: Ray tasks (`executor`), this process alone, or `parallel` local processes."""
-    if executor is not None:
-        trial_runs.run_ray_workers(args, parallel, executor, log)
-    elif parallel == 1:
-        trial_runs.optimize(*args, log=log)
-    else:
-        trial_runs.run_workers(args, parallel, log)
 
 
 def _open(plan: StudyPlan, rdb, pruner, resume: bool, identity: dict, shown: str, experiment, log):

@@ -4,36 +4,29 @@ the workers (local processes or Ray tasks) that share one study through its stor
 from __future__ import annotations
 
 import dataclasses
-import os
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from bertpooled.config import Config, load_config
-from bertpooled.contract import (
-    DATA_DIGEST_PARAM,
-    TIME_EPOCH,
-    TRAIN_ACCURACY,
-    TRAIN_LOSS,
-    TUNE_STUDY_TAG,
-    TUNE_TRIAL_TAG,
-    VAL_ACCURACY,
-    time_metric,
-)
+from bertpooled.contract import TUNE_STUDY_TAG, TUNE_TRIAL_TAG, VAL_ACCURACY
 from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.run import fit, prepare, runtime
-from bertpooled.run.measure import Phases
+from bertpooled.run.experiment import read_inputs, run_scope
+from bertpooled.run.measure import Trained
+from bertpooled.run.pipeline import Inputs, LSTMPipeline
 from bertpooled.run.shared import Shared
-from bertpooled.sweep import workers
-from bertpooled.tracking import runs as tracking
-from bertpooled.tracking import tuning as store
+from bertpooled.tracking.sink import MlflowSink, TrialStart
 
 if TYPE_CHECKING:
     from bertpooled.tune.plan import StudyPlan
 
-    # `optimize`'s arguments but `log`, as the study hands them to each worker (picklable: no callables).
-    OptimizeArgs = tuple[StudyPlan, str, dict, str, str, int, float | None, int, Any, bool | None]
-
+#: What a trial's run reports as its score: the last epoch's val/accuracy.
+TUNE_VALUE = "tune/value"
 # A worker killed outright stops beating: after GRACE_S its RUNNING trial is failed by the next worker or resume.
 HEARTBEAT_S, GRACE_S = 20, 60
 
@@ -55,49 +48,74 @@ def open_storage(url: str, engine_kwargs: dict):
         ) from None
 
 
-def optimize(
-    plan: StudyPlan,
-    url: str,
-    engine_kwargs: dict,
-    parent: str,
-    tracking_uri: str,
-    target: int,
-    timeout: float | None,
-    sampler_seed: int,
-    pruner,
-    progress,
-    log: Callable[[str], None] = print,
-) -> None:
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What each worker of a study is handed (picklable: no callables), the same for every worker."""
+
+    plan: StudyPlan
+    """The study, its base config already as a worker runs it (`Executor.worker_config`)."""
+    url: str
+    """The study's Optuna storage, and the engine arguments it opens with."""
+    engine_kwargs: dict
+    parent: str
+    """The study's parent run, under which each trial is a child run."""
+    tracking_uri: str
+    target: int
+    """Trials the study holds in all (every state) when the workers stop starting more."""
+    timeout: float | None
+    sampler_seed: int
+    """The study's sampler seed; worker i draws with its own (`work`)."""
+    pruner: Any
+    progress: bool | None
+
+
+def work(args: WorkerArgs, index: int, log: Callable[[str], None] | None = None) -> None:
+    """Worker `index` of a study, as the executor's pool runs it (`Executor.run_workers`): the study's trials with
+    the worker's own sampler seed. `log` None: a worker of its own (a process or a Ray task), which joins the
+    study's tracking store and prints its lines prefixed with its number."""
+    from bertpooled.tracking.sweeps import use_tracking_uri
+
+    if log is None:
+        use_tracking_uri(args.tracking_uri)
+
+        def log(line: str) -> None:
+            print(f"[worker {index}] {line}", flush=True)
+
+    optimize(dataclasses.replace(args, sampler_seed=args.sampler_seed + 104729 * index), log)
+
+
+def optimize(args: WorkerArgs, log: Callable[[str], None] = print) -> None:
     """Run trials of the study until it holds `target` trials in all (every state, running ones included)."""
     import optuna
     from optuna.study import MaxTrialsCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the objective instead
-    rdb = open_storage(url, engine_kwargs)
-    held = len(rdb.get_all_trials(rdb.get_study_id_from_name(plan.name), deepcopy=False))
-    if held >= target:
+    rdb = open_storage(args.url, args.engine_kwargs)
+    held = len(rdb.get_all_trials(rdb.get_study_id_from_name(args.plan.name), deepcopy=False))
+    if held >= args.target:
         return
     # Seeded by what the study already holds as well: a resumed study must not draw its first trials again.
     study = optuna.load_study(
-        study_name=plan.name,
+        study_name=args.plan.name,
         storage=rdb,
-        pruner=pruner,
-        sampler=optuna.samplers.TPESampler(seed=sampler_seed + 7919 * held),
+        pruner=args.pruner,
+        sampler=optuna.samplers.TPESampler(seed=args.sampler_seed + 7919 * held),
     )
-    objective = Objective(plan, parent, log, progress)
+    objective = Objective(args.plan, args.parent, log, args.progress)
     # A failed trial (its settings diverged, say) is recorded as FAIL in both stores and the search goes on; it
     # counts toward `target`, so a search whose every trial fails still ends.
     study.optimize(
         objective,
-        timeout=timeout,
+        timeout=args.timeout,
         catch=(Exception,),
         gc_after_trial=False,
-        callbacks=[MaxTrialsCallback(target, states=None)],
+        callbacks=[MaxTrialsCallback(args.target, states=None)],
     )
 
 
 class Objective:
-    """One trial: the trial's values on the plan's base config, trained in a child run, scored on validation."""
+    """One trial: the trial's values on the plan's base config, trained in a child run through the one run path
+    (`run.experiment.run_scope`), scored on validation; its pruning is a callback on the run's sink."""
 
     def __init__(self, plan: StudyPlan, parent_id: str, log: Callable[[str], None] = print, progress=False) -> None:
         self.plan, self.parent_id, self.log, self.progress = plan, parent_id, log, progress
@@ -106,6 +124,7 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
+        started = time.perf_counter()
         values = self.plan.space.suggest(trial)
         config = load_config(None, {**{k: v for k, v in self.plan.base.to_dict().items() if v is not None}, **values})
         name = f"trial-{trial.number}-{config.mode}"
@@ -117,162 +136,63 @@ class Objective:
             "pool": config.pool,
         }
         shown = ", ".join(f"{k}={v}" for k, v in values.items())
-        with store.trial_run(
-            self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}", pruned=(optuna.TrialPruned,)
-        ) as run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            try:
-                value = self._train(trial, config)
-            except optuna.TrialPruned as exc:
-                self.log(f"{name}: {shown}: {exc}")
-                raise
+        how = TrialStart(
+            self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}", (optuna.TrialPruned,)
+        )
+        info = prepare.check(config)
+        rt = runtime.Runtime.resolve(config).start()
+        inputs = read_inputs(config, info, rt, self.shared, None, quiet, self.progress, test=False)
+        assert inputs.val is not None, "a study's plan always holds out a validation split (validation_fraction > 0)"
+        sink = MlflowSink(how, [Pruning(trial, config.epochs)])
+        try:
+            outcome = run_scope(inputs, TrialPipeline(), sink, started=started, log=quiet, progress=self.progress)
+        except optuna.TrialPruned as exc:
+            self.log(f"{name}: {shown}: {exc}")
+            raise
+        value = outcome.metrics[TUNE_VALUE]
         self.log(f"{name}: {shown}: val/accuracy {value:.4f}")
         return value
 
-    def _train(self, trial, config: Config) -> float:
+
+def quiet(line: str) -> None:
+    """A trial says one line when it ends (`Objective`), not one per epoch."""
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """A trial's hook on its run's sink: the run's id on the trial, and after each epoch its val/accuracy reported
+    to Optuna, whose pruner may stop the trial there (`optuna.TrialPruned`: the run ends KILLED, `-pruned`)."""
+
+    trial: Any
+    epochs: int
+
+    def on_start(self, run_id: str) -> None:
+        self.trial.set_user_attr("mlflow_run_id", run_id)
+
+    def on_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         import optuna
 
-        info = prepare.check(config)
-        rt = runtime.Runtime.resolve(config).start()
-        phases = Phases()
-        key = ("training", config.data, config.train_fraction, config.max_train_examples, config.data_seed)
-        imdb, train = self.shared.get(key, lambda: prepare.read_training(config, phases))[0]
-        rows, val = prepare.split_validation(config, train)
-        assert val is not None, "a study's plan always holds out a validation split (validation_fraction > 0)"
-        store.log_trial_inputs(
-            config.to_dict(), {DATA_DIGEST_PARAM: imdb.digest, "data/source": redact_uri(imdb.source)}
-        )
-        tracking.log_datasets(rows.to_frame(), None, imdb.source, imdb.digest, validation=val.to_frame())
-        prepared = self.shared.prepare(config, info, imdb, rows, None, phases, progress=self.progress, rt=rt, val=val)
-        model = fit.build_model(prepared).to(rt.device)
+        score = metrics[VAL_ACCURACY]
+        self.trial.report(score, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {step} of {self.epochs}: val/accuracy {score:.4f}")
 
-        def on_epoch(stats: fit.EpochStats) -> None:
-            assert stats.val is not None, "a run with a validation split scores it every epoch"
-            score = stats.val[VAL_ACCURACY]
-            store.log_metrics(
-                {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds, **stats.val},
-                step=stats.epoch,
-            )
-            trial.report(score, stats.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned after epoch {stats.epoch} of {config.epochs}: val/accuracy {score:.4f}"
-                )
 
-        with phases.timed("train"):
-            history = fit.fit(model, prepared, on_epoch=on_epoch, progress=self.progress).history
+class TrialPipeline(LSTMPipeline):
+    """The LSTM pipeline as a trial runs it: trained on the training rows less the validation split, which is
+    scored after every epoch; no test row is read and no model logged. Its result is `tune/value`, the last
+    epoch's val/accuracy."""
+
+    def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
+        prepared = self._prepare(inputs, progress)
+        model = fit.build_model(prepared).to(inputs.rt.device)
+        with inputs.phases.timed("train"):
+            history = fit.fit(model, prepared, on_epoch=on_epoch, progress=progress).history
         last = history[-1].val
-        assert last is not None, "a run with a validation split scores it every epoch"
-        value = last[VAL_ACCURACY]
-        store.log_metrics(
-            {
-                "tune/value": value,
-                "data/train_examples": len(rows),
-                "data/val_examples": len(val),
-                **{time_metric(k): v for k, v in phases.seconds.items()},
-            },
-            step=config.epochs,
-        )
-        return value
+        assert last is not None and inputs.val is not None, "a trial's run scores its validation split every epoch"
+        metrics = {TUNE_VALUE: last[VAL_ACCURACY], "data/train_examples": len(inputs.train)}
+        metrics["data/val_examples"] = len(inputs.val)
+        return Trained(metrics, np.empty(0), None, history=history)
 
-
-def _worker(args: OptimizeArgs, index: int, stop, owned_by: workers.Owner) -> None:
-    """One worker process of `--parallel` (started as every pool's are: `sweep.workers`, so it dies with the
-    study's process): its own sampler seed, its share of the CPU threads, the study's trials."""
-    workers.init(stop, owned_by)
-    with workers.busy():  # a signal interrupts the running trial (FAIL in Optuna, KILLED in MLflow)
-        _ray_worker(args, index)
-
-
-def run_workers(args: OptimizeArgs, parallel: int, log: Callable[[str], None]) -> None:
-    """`parallel` fresh processes sharing the study through its storage; Ctrl-C or SIGTERM ends them all (each
-    running trial FAIL in Optuna, KILLED in MLflow), then propagates. A SIGKILLed study takes its workers with
-    it, and they mark its parent run KILLED."""
-    plan, parent = args[0], args[3]
-    if not plan.base.num_threads:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        args = (dataclasses.replace(plan, base=dataclasses.replace(plan.base, num_threads=threads)), *args[1:])
-    context = workers.context()
-    stop, owned_by = context.Event(), workers.owner(parent, "continue the study with --resume")
-    started = [
-        context.Process(target=_worker, args=(args, i, stop, owned_by), name=f"tune-worker-{i}")
-        for i in range(parallel)
-    ]
-    for worker in started:
-        worker.start()
-    try:
-        for worker in started:
-            worker.join()
-    except KeyboardInterrupt:
-        stop.set()
-        workers.terminate([w.pid for w in started if w.is_alive()])
-        for worker in started:
-            worker.join()
-        raise
-    failed = [f"{w.name} (exit {w.exitcode})" for w in started if w.exitcode]
-    if failed:
-        raise BertpooledError(
-            f"tuning worker(s) {', '.join(failed)} stopped with an error (see its lines above): "
-            "fix it, then continue the study with --resume"
-        )
-
-
-def run_ray_workers(args: OptimizeArgs, workers: int, executor, log: Callable[[str], None]) -> None:
-    """The workers as Ray tasks with the executor's resources (every node must reach the study's storage and the
-    tracking store: a shared database, not a local SQLite file, beyond one machine). A worker's error stops the
-    study; Ctrl-C cancels the tasks, whose running trials then end (FAIL in Optuna, KILLED in MLflow)."""
-    from bertpooled.sweep.ray_executor import CANCEL_GRACE_S, import_ray
-
-    ray = import_ray()
-    executor.connect()
-    plan, base = args[0], args[0].base
-    if not base.num_threads:
-        base = dataclasses.replace(base, num_threads=max(1, int(executor.cpus_per_run)))
-    if base.device == "auto" and not executor.gpus_per_run:
-        base = dataclasses.replace(base, device="cpu")  # Ray leaves a GPU visible to a task that reserved none
-    args = (dataclasses.replace(plan, base=base), *args[1:])
-    task = ray.remote(_ray_worker).options(
-        num_cpus=executor.cpus_per_run, num_gpus=executor.gpus_per_run, max_retries=0
-    )
-    refs = [task.remote(args, i) for i in range(workers)]
-    log(f"{workers} tuning worker(s) as Ray tasks, {executor.describe().removeprefix('Ray (').rstrip(')')}")
-    try:
-        ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        _cancel(ray, refs, CANCEL_GRACE_S)
-        raise BertpooledError(
-            f"a tuning worker failed on Ray ({(str(cause).splitlines() or [type(cause).__name__])[0]}): "
-            "fix it, then continue the study with --resume"
-        ) from None
-    except BaseException:
-        _cancel(ray, refs, CANCEL_GRACE_S)
-        raise
-
-
-def _cancel(ray, refs: list, grace: float) -> None:
-    for ref in refs:
-        ray.cancel(ref)  # a KeyboardInterrupt inside the task: its trial and run end as on Ctrl-C
-    ray.wait(refs, num_returns=len(refs), timeout=grace)
-
-
-def _ray_worker(args: OptimizeArgs, index: int) -> None:
-    """One worker inside a Ray task (Ray delivers cancellation as KeyboardInterrupt itself), or a local worker
-    process (`_worker`): the study's trials with the worker's own sampler seed."""
-    from bertpooled.tracking.sweeps import use_tracking_uri
-
-    plan, url, engine_kwargs, parent, tracking_uri, target, timeout, sampler_seed, pruner, progress = args
-    use_tracking_uri(tracking_uri)
-    optimize(
-        plan,
-        url,
-        engine_kwargs,
-        parent,
-        tracking_uri,
-        target,
-        timeout,
-        sampler_seed + 104729 * index,
-        pruner,
-        progress,
-        log=lambda line: print(f"[worker {index}] {line}", flush=True),
-    )
+    def log_model(self, config: Config, trained: Trained) -> str:
+        return ""  # a trial's model is not kept: the study's best config is trained again, and tested
