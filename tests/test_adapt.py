@@ -98,3 +98,19 @@ def test_a_run_with_another_pooling_is_refused_in_one_line_and_no_run_is_created
 def test_bad_adapt_options_are_one_line_and_leave_no_run(store, tiny_bert, tiny_imdb, args, words):
     one_error_line(adapt(tiny_bert, tiny_imdb, *args), *words)
     assert [r.info.status for r in runs_in(store) if r.info.status != "FINISHED"] == []
+
+
+def test_mlflow_run_adapts_through_the_adapt_entry_point(store, tiny_bert, tiny_imdb, monkeypatch):
+    from conftest import mlflow_run
+
+    for var in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    params = {"model": str(tiny_bert), "data": str(tiny_imdb), "pool_at": "layer:0", "max_len": "16"}
+    params |= {"reviews": "16", "held_out": "4", "batch_size": "8", "separate_cls": "true"}
+    done = mlflow_run(params, store, entry="adapt")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs_in(store)
+    assert run.info.status == "FINISHED" and run.data.tags[KIND_TAG] == KIND_ADAPT
+    assert run.data.params["adapt/separate_cls"] == "True" and run.data.params["adapt/reviews"] == "16"
+    bad = mlflow_run({**params, "reviews": "many"}, store, entry="adapt")
+    assert bad.returncode != 0 and "adapt's counts" in bad.stderr

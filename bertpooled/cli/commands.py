@@ -265,7 +265,20 @@ MLPROJECT_COMPARE = EntryPoint(
     axes=None,  # no config fields: an unknown parameter is refused
     renamed={"run_ids": "run_id"},
 )
-MLPROJECT = (MLPROJECT_TRAIN, MLPROJECT_SWEEP, MLPROJECT_COMPARE, MLPROJECT_TUNE)
+MLPROJECT_ADAPT = EntryPoint(
+    "adapt",
+    "mlproject-adapt",
+    adapt_command,
+    own=("pool", "pool_at", "model", "data", "precision", "register"),
+    kinds={
+        **dict.fromkeys(("reviews", "held_out", "epochs", "batch_size", "max_len", "seed", "data_seed"), int),
+        "lr": float,
+        "separate_cls": ON_OFF,
+    },
+    error="adapt's counts, seeds and lr take numbers and separate_cls true or false: e.g. -P reviews=8000 -P lr=1e-4",
+    axes=None,  # no config fields beyond its own options: an unknown parameter is refused
+)
+MLPROJECT = (MLPROJECT_TRAIN, MLPROJECT_SWEEP, MLPROJECT_COMPARE, MLPROJECT_TUNE, MLPROJECT_ADAPT)
 for entry_point in MLPROJECT:
     register(app, entry_point)
 
