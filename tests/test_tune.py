@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
+from bertpooled.cli_tune import best_line
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.tune import plan as planning
@@ -132,13 +133,17 @@ def test_the_best_config_runs_as_it_is_through_train_config(tiny, store, tmp_pat
     assert len(trained) == 1 and trained[0].data.params["config/lstm_units"] == str(outcome.best_params["lstm_units"])
     assert float(trained[0].data.params["config/lr"]) == outcome.best_params["lr"]
     # The URI tune prints works as --config too: downloaded through MLflow, read by the same bounded reader.
-    uri = f"runs:/{outcome.parent_run_id}/best_config.yaml"
+    # The command tune prints, as printed: it trains the best config and registers the model (issue 31).
+    command = best_line(outcome).split("train it and register its model: ")[1].split()
+    assert command[:2] == ["bertpooled", "train"] and f"runs:/{outcome.parent_run_id}/best_config.yaml" in command
     result = CliRunner().invoke(
-        app, ["train", "--config", uri, "--data", tiny["data"], "--latency-texts", "1", "--throughput-batches", "1"]
+        app, [*command[1:], "--data", tiny["data"], "--latency-texts", "1", "--throughput-batches", "1"]
     )
     assert result.exit_code == 0, result.output
     trained = [r for r in runs_of(store, "bertpooled") if r.data.tags.get("bertpooled.kind") == "train"]
     assert len(trained) == 2
+    registered = MlflowClient(store).get_model_version_by_alias("bertpooled-pool", "tuned")
+    assert registered.run_id in {r.info.run_id for r in trained}
     assert trained[0].data.params["config/lstm_units"] == trained[1].data.params["config/lstm_units"]
     assert trained[0].data.params["config/lr"] == trained[1].data.params["config/lr"]
     # A wrong URI is one line, before any run: no such run, no such file, a folder.
