@@ -3,6 +3,7 @@ resumable, shared by parallel workers, and blind to the test set."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -17,6 +18,7 @@ from bertpooled.cli import app
 from bertpooled.cli_tune import best_line
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
+from bertpooled.tracking import ui_view
 from bertpooled.tune import plan as planning
 from bertpooled.tune import study as tuning
 from bertpooled.tune.space import parse_space
@@ -57,7 +59,8 @@ def test_a_study_is_a_parent_run_with_a_child_per_trial_in_its_state(tiny, store
     tokenized = []
     real = tokens.load_or_tokenize
     monkeypatch.setattr(tokens, "load_or_tokenize", lambda *a, **k: tokenized.append(k.get("desc")) or real(*a, **k))
-    outcome = tuning.run_study(plan(tiny), trials=3, pruner=PruneTrialOne(), log=quiet)
+    said: list[str] = []
+    outcome = tuning.run_study(plan(tiny), trials=3, pruner=PruneTrialOne(), log=said.append)
 
     runs = runs_of(store)
     parent = next(r for r in runs if r.data.tags["bertpooled.kind"] == "tune")
@@ -90,6 +93,12 @@ def test_a_study_is_a_parent_run_with_a_child_per_trial_in_its_state(tiny, store
     assert {"best_config.yaml", "trials.csv", "plots"} <= artifacts
     plots = {a.path for a in MlflowClient(store).list_artifacts(parent.info.run_id, "plots")}
     assert "plots/optimization_history.png" in plots
+    # The study's experiment holds its tuning view, which the printed `trials:` link opens (issue 31).
+    (link,) = [line.split("trials: ")[1] for line in said if line.startswith("trials: ")]
+    key = link.split("viewStateShareKey=")[1]
+    tags = MlflowClient(store).get_experiment(parent.info.experiment_id).tags
+    view = json.loads(tags["mlflow.sharedViewState." + key])
+    assert view == ui_view.tuning_view_state(plan(tiny).name, ["lr", "lstm_units"])
     mlflow.set_tracking_uri(None)
 
 

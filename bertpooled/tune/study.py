@@ -118,6 +118,7 @@ def run_study(
             f"study {plan.name} ({parent}): {done} of {trials} trials done, {max(0, trials - done)} to run"
             f"{f', {parallel} workers' if parallel > 1 else ''}; storage {shown}"
         )
+        log(f"trials: {store.trials_link(experiment_id, plan.name, plan.space.names)}")
         if done < trials:
             where = (plan, url, engine_kwargs, parent, store.tracking_uri(), target)
             args = (*where, timeout, sampler_seed, pruner, progress)
