@@ -332,3 +332,10 @@ def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path
     assert {r.info.status for r in children} == {"FINISHED"} and outcome.counts["COMPLETE"] == len(numbers)
     assert {r.data.params["config/num_threads"] for r in children} == {"1"}  # the CPUs Ray reserved per worker
     mlflow.set_tracking_uri(None)
+
+
+def test_sampled_values_are_printed_to_4_significant_digits():
+    from bertpooled.tune.space import shown
+
+    # Issue 31: printed with 16 digits before; the trial's run logs them whole as params.
+    assert shown({"lr": 0.012345678901234567, "lstm_units": 8}) == "lr=0.01235, lstm_units=8"

@@ -136,7 +136,9 @@ def tune_command(
 def best_line(outcome) -> str:
     """What a finished study says: its best trial and run, and the command that trains the best config and
     registers the model (a trial logs none: it never sees the test set)."""
-    params = ", ".join(f"{k}={v}" for k, v in outcome.best_params.items())
+    from bertpooled.tune.space import shown
+
+    params = shown(outcome.best_params)
     return (
         f"{outcome.plan.mode}: best val/accuracy {outcome.best_value:.4f} (trial {outcome.best_trial}, run "
         f"{outcome.best_run_id}: {params}); study run {outcome.parent_run_id}; train it and register its model: "

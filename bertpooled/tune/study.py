@@ -38,6 +38,7 @@ from bertpooled.errors import BertpooledError, redact_uri
 from bertpooled.tracking import tuning as store
 from bertpooled.tracking.probe import check_tracking_reachable
 from bertpooled.tracking.runs import check_experiment_name
+from bertpooled.tune import space
 from bertpooled.tune import trials as trial_runs
 from bertpooled.tune.plan import StudyPlan
 
@@ -291,7 +292,7 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
         log(f"best config: {path}")
     log(
         f"study {plan.name}: best trial {best.number} val/accuracy {best.value:.4f} with "
-        f"{', '.join(f'{k}={v}' for k, v in best.params.items())}; {counts['COMPLETE']} complete, "
+        f"{space.shown(best.params)}; {counts['COMPLETE']} complete, "
         f"{counts['PRUNED']} pruned, {counts['FAIL']} failed"
     )
     return StudyOutcome(

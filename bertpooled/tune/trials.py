@@ -27,6 +27,7 @@ from bertpooled.run.shared import Shared
 from bertpooled.sweep import workers
 from bertpooled.tracking import runs as tracking
 from bertpooled.tracking import tuning as store
+from bertpooled.tune import space
 
 if TYPE_CHECKING:
     from bertpooled.tune.plan import StudyPlan
@@ -116,7 +117,7 @@ class Objective:
             "backbone": config.model,
             "pool": config.pool,
         }
-        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        shown = space.shown(values)
         with store.trial_run(
             self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}", pruned=(optuna.TrialPruned,)
         ) as run_id:
