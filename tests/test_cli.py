@@ -267,3 +267,10 @@ def test_compare_runs_on_one_group_gives_its_report_and_how_to_train_a_baseline(
         mlflow.set_tracking_uri(None)
     result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--no-log"])
     assert result.exit_code == 2 and "pass --baseline one of pool, reference" in result.output
+
+
+def test_help_shows_no_type_after_a_flag():
+    # Issue 31: typer 0.29 printed `--help <bool>` (pyproject.toml keeps it below 0.29).
+    for args in (["--help"], ["runs", "end-abandoned", "--help"], ["train", "--help"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0 and "--help" in result.output and "<bool>" not in result.output, result.output

@@ -110,6 +110,8 @@ def tune(env: dict, data: Path, trials: int) -> str:
         [
             *(sys.executable, "-m", "bertpooled", "tune", "--config", "smoke", "--modes", "pool"),
             *("--space", TUNE_SPACE, "--trials", str(trials), "--data", str(data), "--no-progress"),
+            # The store here is `mlflow ui`'s server: the study's own storage is a file beside it.
+            *("--storage", f"sqlite:///{env['WORK']}/optuna.db"),
         ],
         capture_output=True,
         text=True,
