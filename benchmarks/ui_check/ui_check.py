@@ -139,10 +139,14 @@ def check_tuning_view(link: str, work: Path, docs: Path) -> list[str]:
             failures.append(f"tuning view: {other.strip('<>')} is shown (the study's parent or a training run)")
     if "Sort: val/accuracy" not in table:
         failures.append("tuning view: the sort button does not say val/accuracy")
-    charts = chromium(link + "&compareRunsMode=CHART", work, height=4000)
-    first = list(dict.fromkeys(re.findall(r">((?:val|train|tune|time)/[\w/]+)<", charts)))[:1]
-    if first != ["val/accuracy"]:
-        failures.append(f"tuning chart view: first chart is {first}, not val/accuracy")
+    first: list[str] = []
+    for _ in range(3):  # as for the training charts: a loaded machine may need more than one budget
+        charts = chromium(link + "&compareRunsMode=CHART", work, height=4000)
+        first = list(dict.fromkeys(re.findall(r">((?:val|train|tune|time)/[\w/]+|Parallel Coordinates)<", charts)))
+        if first:
+            break
+    if first[:2] != ["val/accuracy", "Parallel Coordinates"]:
+        failures.append(f"tuning chart view: first charts are {first[:2]}, not val/accuracy, Parallel Coordinates")
     chromium(link, work, screenshot=docs / "ui-tuning.png")
     chromium(link + "&compareRunsMode=CHART", work, screenshot=docs / "ui-tuning-charts.png", height=1400)
     return failures
