@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
-from bertpooled.cli_tune import best_line
+from bertpooled.cli.tune import best_line
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.tracking import ui_view
