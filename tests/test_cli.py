@@ -88,6 +88,10 @@ def test_the_report_goes_to_stdout_and_its_files_and_comparison_run_are_named(ru
     # Its own experiment: the training experiment keeps training runs only.
     assert MlflowClient(runs["uri"]).get_experiment(comparison.info.experiment_id).name == "bertpooled-comparisons"
     assert f"comparison run: {report['comparison_run_id']}" in result.stderr
+    # The most accurate run (basic, seed 1: 32 of 40) is named with the command that registers its model.
+    best = runs["ids"][2]
+    assert f"most accurate run: basic-s1 ({best}, group basic, test accuracy 0.8000)" in result.stderr
+    assert f"register its model: bertpooled register {best} bertpooled-basic@champion" in result.stderr
 
     table = compare(runs, "--no-log", "--run-id", ",".join(runs["ids"][:2]), "--run-id", runs["ids"][3])
     assert table.exit_code == 0, table.output
@@ -263,3 +267,10 @@ def test_compare_runs_on_one_group_gives_its_report_and_how_to_train_a_baseline(
         mlflow.set_tracking_uri(None)
     result = CliRunner().invoke(app, ["compare-runs", "--tracking-uri", uri, "--no-log"])
     assert result.exit_code == 2 and "pass --baseline one of pool, reference" in result.output
+
+
+def test_help_shows_no_type_after_a_flag():
+    # Issue 31: typer 0.29 printed `--help <bool>` (pyproject.toml keeps it below 0.29).
+    for args in (["--help"], ["runs", "end-abandoned", "--help"], ["train", "--help"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0 and "--help" in result.output and "<bool>" not in result.output, result.output

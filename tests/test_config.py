@@ -141,6 +141,8 @@ def test_system_metrics_without_psutil_is_a_one_line_error(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psutil" else real(name, *a))
-    with pytest.raises(BertpooledError, match=r"system_metrics.*install psutil"):
+    with pytest.raises(BertpooledError, match=r"system_metrics.*install psutil") as caught:
         load_config(None, {"system_metrics": "true"})
+    # A hint that works from a checkout: the package is on no index (issue 31).
+    assert "'bertpooled[" not in str(caught.value) and 'pip install -e ".[system-metrics]"' in str(caught.value)
     assert load_config(None, {}).system_metrics is False

@@ -527,23 +527,31 @@ def test_every_write_goes_through_the_one_writer_or_into_a_private_temporary_fol
 # --- 6. every number, every payload, every experiment name validated at its door --------------------------------
 
 
+def _commands() -> list:
+    """Every command as (its words, typer's info): top-level ones and those of groups (`runs end-abandoned`)."""
+    from bertpooled.cli import app
+
+    found = [(info.name or "", info) for info in app.registered_commands]
+    for group in app.registered_groups:
+        found += [(f"{group.name} {info.name}", info) for info in group.typer_instance.registered_commands]
+    return found
+
+
 def _numeric_options() -> list[tuple[str, str, str]]:
     """(command, option, type) of every int or float option of every command (config fields excepted: the config
     checks those), read from the commands themselves, so that an option added later is tried too."""
     import inspect
     import typing
 
-    from bertpooled.cli import app
-
     found = []
-    for info in app.registered_commands:
+    for words, info in _commands():
         callback = info.callback
         hints = typing.get_type_hints(inspect.unwrap(callback), include_extras=False)
         for name, hint in hints.items():
             kinds = set(typing.get_args(hint)) or {hint}
             kind = "float" if float in kinds else "int" if int in kinds and bool not in kinds else None
             if kind and name != "return":
-                found.append((info.name, f"--{name.rstrip('_').replace('_', '-')}", kind))
+                found.append((words, f"--{name.rstrip('_').replace('_', '-')}", kind))
     return found
 
 
@@ -551,13 +559,10 @@ NUMERIC = _numeric_options()
 
 
 def test_the_commands_have_numeric_options_and_every_command_checks_its_numbers():
-    from bertpooled.cli import app
-
-    assert {("serve", "--max-body-mb", "float"), ("tune", "--timeout", "float"), ("sweep", "--parallel", "int")} <= set(
-        NUMERIC
-    )
-    commands = [i for i in app.registered_commands if not (i.name or "").startswith("mlproject-")]
-    unchecked = [i.name for i in commands if not _checked(i.callback)]
+    expected = {("serve", "--max-body-mb", "float"), ("tune", "--timeout", "float"), ("sweep", "--parallel", "int")}
+    assert expected | {("runs end-abandoned", "--older-than", "float")} <= set(NUMERIC)
+    commands = [(words, i) for words, i in _commands() if not words.startswith("mlproject-")]
+    unchecked = [words for words, i in commands if not _checked(i.callback)]
     assert unchecked == []
 
 
@@ -575,7 +580,7 @@ REQUIRED = {"serve": ["runs:/0123456789abcdef0123456789abcdef/model"], "tune": [
 @pytest.mark.parametrize("command, option, kind", NUMERIC, ids=[f"{c} {o}" for c, o, _ in NUMERIC])
 def test_every_numeric_option_refuses_non_finite_and_negative_numbers_in_one_line(store, command, option, kind):
     for value in ["nan", "inf", "-inf", "-1.5"] if kind == "float" else ["-1"]:
-        result = CliRunner().invoke(app, [command, *REQUIRED.get(command, []), option, value])
+        result = CliRunner().invoke(app, [*command.split(), *REQUIRED.get(command, []), option, value])
         if result.exit_code == 2 and "Traceback" not in result.output and "Usage:" in result.output:
             continue  # click refused it itself (a range such as --port 1..65535)
         assert_one_line(result, option)

@@ -3,6 +3,7 @@ resumable, shared by parallel workers, and blind to the test set."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -14,8 +15,10 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from bertpooled.cli import app
+from bertpooled.cli.tune import best_line
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
+from bertpooled.tracking import ui_view
 from bertpooled.tune import plan as planning
 from bertpooled.tune import study as tuning
 from bertpooled.tune.space import parse_space
@@ -56,7 +59,8 @@ def test_a_study_is_a_parent_run_with_a_child_per_trial_in_its_state(tiny, store
     tokenized = []
     real = tokens.load_or_tokenize
     monkeypatch.setattr(tokens, "load_or_tokenize", lambda *a, **k: tokenized.append(k.get("desc")) or real(*a, **k))
-    outcome = tuning.run_study(plan(tiny), trials=3, pruner=PruneTrialOne(), log=quiet)
+    said: list[str] = []
+    outcome = tuning.run_study(plan(tiny), trials=3, pruner=PruneTrialOne(), log=said.append)
 
     runs = runs_of(store)
     parent = next(r for r in runs if r.data.tags["bertpooled.kind"] == "tune")
@@ -89,6 +93,12 @@ def test_a_study_is_a_parent_run_with_a_child_per_trial_in_its_state(tiny, store
     assert {"best_config.yaml", "trials.csv", "plots"} <= artifacts
     plots = {a.path for a in MlflowClient(store).list_artifacts(parent.info.run_id, "plots")}
     assert "plots/optimization_history.png" in plots
+    # The study's experiment holds its tuning view, which the printed `trials:` link opens (issue 31).
+    (link,) = [line.split("trials: ")[1] for line in said if line.startswith("trials: ")]
+    key = link.split("viewStateShareKey=")[1]
+    tags = MlflowClient(store).get_experiment(parent.info.experiment_id).tags
+    view = json.loads(tags["mlflow.sharedViewState." + key])
+    assert view == ui_view.tuning_view_state(plan(tiny).name, ["lr", "lstm_units"])
     mlflow.set_tracking_uri(None)
 
 
@@ -132,13 +142,17 @@ def test_the_best_config_runs_as_it_is_through_train_config(tiny, store, tmp_pat
     assert len(trained) == 1 and trained[0].data.params["config/lstm_units"] == str(outcome.best_params["lstm_units"])
     assert float(trained[0].data.params["config/lr"]) == outcome.best_params["lr"]
     # The URI tune prints works as --config too: downloaded through MLflow, read by the same bounded reader.
-    uri = f"runs:/{outcome.parent_run_id}/best_config.yaml"
+    # The command tune prints, as printed: it trains the best config and registers the model (issue 31).
+    command = best_line(outcome).split("train it and register its model: ")[1].split()
+    assert command[:2] == ["bertpooled", "train"] and f"runs:/{outcome.parent_run_id}/best_config.yaml" in command
     result = CliRunner().invoke(
-        app, ["train", "--config", uri, "--data", tiny["data"], "--latency-texts", "1", "--throughput-batches", "1"]
+        app, [*command[1:], "--data", tiny["data"], "--latency-texts", "1", "--throughput-batches", "1"]
     )
     assert result.exit_code == 0, result.output
     trained = [r for r in runs_of(store, "bertpooled") if r.data.tags.get("bertpooled.kind") == "train"]
     assert len(trained) == 2
+    registered = MlflowClient(store).get_model_version_by_alias("bertpooled-pool", "tuned")
+    assert registered.run_id in {r.info.run_id for r in trained}
     assert trained[0].data.params["config/lstm_units"] == trained[1].data.params["config/lstm_units"]
     assert trained[0].data.params["config/lr"] == trained[1].data.params["config/lr"]
     # A wrong URI is one line, before any run: no such run, no such file, a folder.
@@ -318,3 +332,10 @@ def test_workers_as_ray_tasks_share_one_study(tiny, store, monkeypatch, tmp_path
     assert {r.info.status for r in children} == {"FINISHED"} and outcome.counts["COMPLETE"] == len(numbers)
     assert {r.data.params["config/num_threads"] for r in children} == {"1"}  # the CPUs Ray reserved per worker
     mlflow.set_tracking_uri(None)
+
+
+def test_sampled_values_are_printed_to_4_significant_digits():
+    from bertpooled.tune.space import shown
+
+    # Issue 31: printed with 16 digits before; the trial's run logs them whole as params.
+    assert shown({"lr": 0.012345678901234567, "lstm_units": 8}) == "lr=0.01235, lstm_units=8"

@@ -4,6 +4,7 @@ Chromium)."""
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import mlflow
@@ -52,7 +53,7 @@ def test_view_tag_key_follows_the_state_and_fits_mlflow_limits():
     changed = {**ui_view.training_view_state(), "searchFilter": ""}
     assert ui_view.view_tag(changed)[0] != key
     # Not start_time: MLflow nests children under their (filtered-out) sweep parent only when sorted by it.
-    assert json.loads(value)["orderByKey"] == "attributes.end_time"
+    assert json.loads(value)["orderByKey"] == "attributes.`end_time`"
     assert len(value) < 20000  # MLflow's limit on an experiment tag's value
 
 
@@ -76,5 +77,52 @@ def test_runs_link_opens_the_stored_view_in_the_model_training_pages(store):
 def test_experiment_kind_set_by_someone_else_is_left_alone(store):
     experiment_id = mlflow.set_experiment("bertpooled").experiment_id
     MlflowClient().set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")
-    tracking.ensure_training_view(experiment_id)
+    tracking.ensure_view(experiment_id)
     assert MlflowClient().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "genai_development"
+
+
+SORT_LABEL = re.compile(r"^.+\.`(.+)`$")  # how MLflow's sort button names a key it has no label for
+
+
+def test_each_views_sort_key_names_itself_on_the_sort_button_and_the_store_sorts_by_it(store):
+    # "Sort: undefined" was `attributes.end_time`: neither one of the button's own keys nor kind.`name`.
+    views = {"train": ui_view.training_view_state(), "tune": ui_view.tuning_view_state("tune-pool", ["lr"])}
+    labels = {kind: SORT_LABEL.match(state["orderByKey"]) for kind, state in views.items()}
+    assert {kind: match.group(1) if match else None for kind, match in labels.items()} == {
+        "train": "end_time",
+        "tune": "val/accuracy",
+    }
+    client = MlflowClient()
+    experiment = client.create_experiment("sorted")
+    for state in views.values():  # the UI passes the key to search_runs as it is
+        client.search_runs([experiment], state["searchFilter"], order_by=[f"{state['orderByKey']} DESC"])
+
+
+def test_tuning_view_shows_one_studys_trials_best_first_with_state_and_searched_values():
+    state = ui_view.tuning_view_state("tune-pool", ["lr", "lstm_units"])
+    assert state["searchFilter"] == "tags.`bertpooled.kind` = 'tune_trial' AND tags.`tune/study` = 'tune-pool'"
+    assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`val/accuracy`", False)
+    assert state["selectedColumns"] == [
+        "tags.`tune/trial`",
+        "tags.`tune/state`",
+        "metrics.`val/accuracy`",
+        "tags.`mode`",
+        "params.`config/lr`",
+        "params.`config/lstm_units`",
+    ]
+    charts = state["compareRunCharts"]
+    assert [(c["type"], c.get("metricKey")) for c in charts][:3] == [
+        ("LINE", "val/accuracy"),
+        ("PARALLEL", None),
+        ("BAR", "tune/value"),
+    ]
+    assert (charts[1]["selectedParams"], charts[1]["selectedMetrics"]) == (
+        ["config/lr", "config/lstm_units"],
+        ["val/accuracy"],
+    )
+    sections = {s["uuid"] for s in state["compareRunSections"]}
+    assert all(c["metricSectionId"] in sections for c in charts)
+    # A quote in a study's name stays inside the filter's string.
+    assert "'it\\'s-pool'" in ui_view.tuning_view_state("it's-pool", [])["searchFilter"]
+    # Its own key: the tuning view never replaces the training view's tag.
+    assert ui_view.view_tag(state, "tune")[0].startswith("bertpooled-tune-")

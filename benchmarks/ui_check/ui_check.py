@@ -2,14 +2,17 @@
 
     python benchmarks/ui_check/ui_check.py [--keep DIR]
 
-Makes a tiny IMDB, trains two smoke runs (basic, pool; `--config smoke` on the offline MiniLM) and a sweep
-of two children (seed 7) into a fresh SQLite store, adds a run tagged as a comparison to the same experiment
-(which the view must hide), starts `mlflow ui` on 127.0.0.1, and loads the link `bertpooled train` printed
-in Chromium (Debian's `chromium`, headless, a fresh profile, no network but loopback). It checks the
-rendered page: the view's columns are shown, mode and backbone before the metrics, the comparison run and
-the sweep's parent are not, the sweep's children are rows of their own, and the chart view opens on
-train/loss, train/accuracy, test/accuracy and draws the final metrics as bars (time/* included), one per run.
-Screenshots of both, and of the run page, go to docs/. Exit 0 when every check holds; each failure is one line.
+Makes a tiny IMDB, trains two smoke runs (basic, pool; `--config smoke` on the offline MiniLM), a sweep of two
+children (seed 7) and a study of 8 trials (`bertpooled tune`, pool) into a fresh SQLite store, adds a run
+tagged as a comparison to the same experiment (which the view must hide), starts `mlflow ui` on 127.0.0.1, and
+loads the link `bertpooled train` printed in Chromium (Debian's `chromium`, headless, a fresh profile, no
+network but loopback). It checks the rendered page: the view's columns are shown, mode and backbone before the
+metrics, the comparison run and the sweep's parent are not, the sweep's children are rows of their own, and
+the chart view opens on train/loss, train/accuracy, test/accuracy and draws the final metrics as bars (time/*
+included), one per run; the study's printed `trials:` link shows its trials (state, val/accuracy, the searched
+values) and neither the study's parent nor training runs, sorted by val/accuracy, and its chart view opens on
+val/accuracy. Screenshots of the training view, its charts, the run page, the tuning view and its charts go to
+docs/. Exit 0 when every check holds; each failure is one line.
 """
 
 from __future__ import annotations
@@ -97,10 +100,63 @@ def train(mode: str, env: dict, data: Path) -> tuple[str, str]:
     return runs, run
 
 
+SHOTS = ("runs-table", "charts", "run", "tuning", "tuning-charts")
+TUNE_SPACE = "lr=1e-3..1e-1:log,lstm_units=4|8"
+
+
+def tune(env: dict, data: Path, trials: int) -> str:
+    """A small study (pool, smoke protocol) through the CLI; the `trials:` link it printed."""
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "bertpooled", "tune", "--config", "smoke", "--modes", "pool"),
+            *("--space", TUNE_SPACE, "--trials", str(trials), "--data", str(data), "--no-progress"),
+            # The store here is `mlflow ui`'s server: the study's own storage is a file beside it.
+            *("--storage", f"sqlite:///{env['WORK']}/optuna.db"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=env["WORK"],
+        timeout=1800,
+    )
+    if out.returncode:
+        sys.exit(f"error: the study failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return re.search(r"^trials: (\S+)", out.stderr, re.M).group(1)
+
+
+def check_tuning_view(link: str, work: Path, docs: Path) -> list[str]:
+    """The tuning view the study's link opens: its trials as rows with state, val/accuracy and the searched values;
+    the study's parent and the training runs not; the chart view opens on val/accuracy. Two screenshots."""
+    failures = []
+    table = chromium(link, work)
+    for column in ("tune/state", "val/accuracy", "config/lr", "config/lstm_units"):
+        if f">{column}<" not in table and f'"{column}"' not in table:
+            failures.append(f"tuning view: no column {column!r}")
+    if "trial-0-pool" not in table:
+        failures.append("tuning view: trial-0-pool not shown")
+    for other in (">tune-pool<", "basic-minilm-s0"):
+        if other in table:
+            failures.append(f"tuning view: {other.strip('<>')} is shown (the study's parent or a training run)")
+    if "Sort: val/accuracy" not in table:
+        failures.append("tuning view: the sort button does not say val/accuracy")
+    first: list[str] = []
+    for _ in range(3):  # as for the training charts: a loaded machine may need more than one budget
+        charts = chromium(link + "&compareRunsMode=CHART", work, height=4000)
+        first = list(dict.fromkeys(re.findall(r">((?:val|train|tune|time)/[\w/]+|Parallel Coordinates)<", charts)))
+        if first:
+            break
+    if first[:2] != ["val/accuracy", "Parallel Coordinates"]:
+        failures.append(f"tuning chart view: first charts are {first[:2]}, not val/accuracy, Parallel Coordinates")
+    chromium(link, work, screenshot=docs / "ui-tuning.png")
+    chromium(link + "&compareRunsMode=CHART", work, screenshot=docs / "ui-tuning-charts.png", height=1400)
+    return failures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="Work folder to keep (default: a temporary one, removed).")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="Where the screenshots go.")
+    parser.add_argument("--trials", type=int, default=8, help="Trials of the study (pruning starts at the 6th).")
     args = parser.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="bertpooled-ui-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -166,7 +222,8 @@ def main() -> int:
         with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="a-comparison-run"):
             mlflow.set_tag("bertpooled.kind", "comparison")
             mlflow.log_metric("compare/pool/accuracy_diff", -0.01)
-        print(f"runs link: {runs_link}\nrun link:  {run_link}")
+        trials_link = tune(env, data, args.trials)
+        print(f"runs link: {runs_link}\nrun link:  {run_link}\ntrials link: {trials_link}")
 
         table = chromium(runs_link, work)
         for column in ("mode", "backbone", "config/seed", "test/accuracy", "time/total_s", "params/head"):
@@ -199,6 +256,8 @@ def main() -> int:
             first = list(dict.fromkeys(re.findall(r">((?:train|test|time|params|compare)/[\w/]+)<", charts)))[:3]
             if first:
                 break
+        if "Sort: end_time" not in table:
+            failures.append("runs table: the sort button does not say end_time")
         if first != ["train/loss", "train/accuracy", "test/accuracy"]:
             failures.append(f"chart view: first charts are {first}, not train/loss, train/accuracy, test/accuracy")
         titles = set(re.findall(r">((?:test|time|params)/[\w/]+)<", charts))
@@ -219,7 +278,8 @@ def main() -> int:
         chromium(runs_link, work, screenshot=docs / "ui-runs-table.png")
         chromium(runs_link + "&compareRunsMode=CHART", work, screenshot=docs / "ui-charts.png")
         chromium(run_link, work, screenshot=docs / "ui-run.png")
-        print(f"screenshots: {docs / 'ui-runs-table.png'}, {docs / 'ui-charts.png'}, {docs / 'ui-run.png'}")
+        failures += check_tuning_view(trials_link, work, docs)
+        print(f"screenshots: {', '.join(str(docs / f'ui-{n}.png') for n in SHOTS)}")
     finally:
         ui.terminate()
         ui.wait(timeout=30)

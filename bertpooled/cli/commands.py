@@ -10,6 +10,7 @@ from bertpooled.cli.adapt import adapt_command
 from bertpooled.cli.errors import OneLineErrors, numbers_checked
 from bertpooled.cli.mlproject import ON_OFF, EntryPoint, register
 from bertpooled.cli.options import with_config_options
+from bertpooled.cli.runs import Register, check_register, register_command, register_trained, runs_app
 from bertpooled.cli.shared import (
     blank_to_none,
     fail,
@@ -83,16 +84,17 @@ def train(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on a terminal)."
     ),
+    register: Register = None,
 ) -> None:
     """Train and evaluate one configuration as an MLflow run."""
     from bertpooled.config import parse_sets
+    from bertpooled.run.experiment import run_experiment
 
     interrupt_as_keyboard_interrupt()
     hide_credentials()
     try:
         overrides = {**parse_sets(set_), **(fields or {})}  # an option wins over --set
-        from bertpooled.run.experiment import run_experiment
-
+        registry_target = check_register(register)  # a bad name is refused before the run starts
         config = local_config(blank_to_none(config))
         cfg, target = _config_to_train(config, overrides, blank_to_none(resume), allow_code_change, take_over)
         try:
@@ -112,7 +114,7 @@ def train(
         if not is_store_failure(exc):
             raise  # a bug: its traceback is what a report needs
         fail(str(store_error(None, exc)))
-    _print_trained(cfg, outcome)
+    _print_trained(cfg, outcome, registry_target)
 
 
 def _config_to_train(config: str | None, overrides: dict, resume: str | None, allow_code_change: bool, take_over: bool):
@@ -129,8 +131,9 @@ def _config_to_train(config: str | None, overrides: dict, resume: str | None, al
     return prepare_resume(resume, given, allow_code_change=allow_code_change, take_over=take_over)
 
 
-def _print_trained(cfg, outcome) -> None:
-    """What a finished `train` says: its headline numbers, where the run and its model are."""
+def _print_trained(cfg, outcome, registry_target=None) -> None:
+    """What a finished `train` says: its headline numbers, where the run and its model are (and, with --register,
+    the registered version)."""
     from bertpooled.contract import ACCURACY, PARAMS_HEAD, TIME_TOTAL, TIME_TRAIN
 
     m = outcome.metrics
@@ -151,6 +154,7 @@ def _print_trained(cfg, outcome) -> None:
     where = experiment_line(outcome.experiment_id)
     if where:
         typer.echo(where)
+    register_trained(outcome.run_id, outcome.model_uri, registry_target)
 
 
 def _interrupted_line() -> str:
@@ -246,13 +250,15 @@ def serve_command(
 
 config_command("sweep", exclude=SWEEP_AXES)(sweep_command)
 config_command("tune", exclude=TUNE_AXES)(tune_command)
+app.command("register")(register_command)
+app.add_typer(runs_app, name="runs")
 
 # The MLproject's entry points, one row each (see bertpooled.cli.mlproject); sweep's and tune's beside their commands.
 MLPROJECT_TRAIN = EntryPoint(
     "main",
     "mlproject-train",
     train,
-    own=("config", "resume"),
+    own=("config", "resume", "register"),
     kinds={"allow_code_change": ON_OFF},
     error="allow_code_change takes true or false: pass -P allow_code_change=true or leave it out",
 )

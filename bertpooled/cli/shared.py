@@ -123,10 +123,13 @@ def blank_to_none(value: str | None) -> str | None:
 def print_report(report, format: str, output: str | None, tracking_uri: str | None = None) -> None:
     """The report on stdout, where its files and comparison run went on stderr; no runs left = exit 2."""
     from bertpooled.report.render import render
+    from bertpooled.report.verdict import register_hint
 
     typer.echo(render(report, format).rstrip("\n"))
     if report.next_step:
         typer.echo(report.next_step, err=True)
+    if register_hint(report):
+        typer.echo(register_hint(report), err=True)
     if output:
         typer.echo(f"report files: {output}", err=True)
     if report.comparison_run_id:

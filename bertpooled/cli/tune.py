@@ -130,12 +130,21 @@ def tune_command(
     except KeyboardInterrupt:
         fail("interrupted; the running trials and the study's run were marked KILLED: continue with --resume", code=130)
     for outcome in outcomes:
-        params = ", ".join(f"{k}={v}" for k, v in outcome.best_params.items())
-        typer.echo(
-            f"{outcome.plan.mode}: best val/accuracy {outcome.best_value:.4f} (trial {outcome.best_trial}: {params}); "
-            f"study run {outcome.parent_run_id}; train it: bertpooled train --config "
-            f"runs:/{outcome.parent_run_id}/best_config.yaml"
-        )
+        typer.echo(best_line(outcome))
+
+
+def best_line(outcome) -> str:
+    """What a finished study says: its best trial and run, and the command that trains the best config and
+    registers the model (a trial logs none: it never sees the test set)."""
+    from bertpooled.tune.space import shown
+
+    params = shown(outcome.best_params)
+    return (
+        f"{outcome.plan.mode}: best val/accuracy {outcome.best_value:.4f} (trial {outcome.best_trial}, run "
+        f"{outcome.best_run_id}: {params}); study run {outcome.parent_run_id}; train it and register its model: "
+        f"bertpooled train --config runs:/{outcome.parent_run_id}/best_config.yaml "
+        f"--register bertpooled-{outcome.plan.mode}@tuned"
+    )
 
 
 def _run_studies(plans, runner, pruner, output, progress, **options) -> list:

@@ -155,7 +155,7 @@ class Config:
                 rules.reject(
                     "system_metrics",
                     self.system_metrics,
-                    "false, or install psutil (pip install 'bertpooled[system-metrics]')",
+                    'false, or install psutil (pip install psutil; in a checkout: pip install -e ".[system-metrics]")',
                 )
         self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
         if self.mode not in MODES:

@@ -6,6 +6,7 @@ Wording only: the numbers come from ``bertpooled.report.pairing``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,7 @@ from bertpooled.report.numbers import finite, fmt_p, fmt_signed, percent
 from bertpooled.report.stats import PairedDifference
 
 if TYPE_CHECKING:
-    from bertpooled.report.records import McNemarPair
+    from bertpooled.report.records import McNemarPair, Report
 
 
 def verdict(
@@ -122,3 +123,17 @@ def _cost_sentence(base: str, ratios: Mapping[str, float], cache_differs: Sequen
                 + (f"; {' and '.join(spared)} does not depend on them." if spared else ".")
             )
     return sentence
+
+
+def register_hint(report: Report) -> str:
+    """The most accurate run of the report and the command that registers its model ("" with no run): a name
+    MLflow's registry takes (`bertpooled-<group>`), alias `champion`."""
+    runs = [run for run in report.runs if finite(run.accuracy)]
+    if not runs:
+        return ""
+    best = max(runs, key=lambda run: run.accuracy)
+    name = "bertpooled-" + re.sub(r"[^\w\-]+", "-", best.group).strip("-")
+    return (
+        f"most accurate run: {best.run_name} ({best.run_id}, group {best.group}, test accuracy {best.accuracy:.4f}); "
+        f"register its model: bertpooled register {best.run_id} {name}@champion"
+    )

@@ -342,7 +342,7 @@ def ui_links(run: mlflow.ActiveRun) -> tuple[str, str]:
     query = "workflowType=machine_learning"
     for _ in range(2):
         try:
-            key = ensure_training_view(exp)
+            key = ensure_view(exp)
             query += f"&{ui_view.SHARE_URL_PARAM}={key}"
             break
         except Exception:
@@ -374,14 +374,13 @@ def ui_hint() -> str:
     return f"start the UI with `mlflow ui --backend-store-uri {redact_uri(uri)}`"
 
 
-def ensure_training_view(experiment_id: str) -> str:
-    """Store the training view as the experiment tag MLflow's UI reads; its share key for the URL.
-
-    Also marks the experiment as model development (unless something else already said what it is), so
-    MLflow 3 opens its "Model training" pages rather than the GenAI ones.
+def ensure_view(experiment_id: str, state: dict | None = None, kind: str = "train") -> str:
+    """Store a view (`ui_view`; the training view unless another `state` is given) as the experiment tag MLflow's
+    UI reads; its share key for the URL. Also marks the experiment as model development (unless something else
+    already said what it is), so MLflow 3 opens its "Model training" pages rather than the GenAI ones.
     """
     client = MlflowClient()
-    key, tag, value = ui_view.view_tag(ui_view.training_view_state())
+    key, tag, value = ui_view.view_tag(state or ui_view.training_view_state(), kind)
     tags = client.get_experiment(experiment_id).tags
     if tags.get(tag) != value:
         client.set_experiment_tag(experiment_id, tag, value)

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils import get_results_from_paginated_fn
 
 from bertpooled.contract import (
+    ERROR_TAG,
     FINISHED,
     HISTORY_KEYS,
     KIND_SWEEP,
@@ -29,6 +30,7 @@ from bertpooled.contract import (
     counts_as_training,
 )
 from bertpooled.errors import BertpooledError, redact_uri, short_text
+from bertpooled.tracking import abandoned
 from bertpooled.tracking.experiments import experiment_to_read
 from bertpooled.tracking.probe import check_tracking_reachable
 
@@ -205,10 +207,7 @@ def _training_runs(
             continue
         if run.info.status != FINISHED and not include_unfinished:
             unfinished.append(run)
-            notes.append(
-                f"skipped {run.info.run_name} ({run.info.run_id}): status {run.info.status}, "
-                f"not {FINISHED}; pass --include-unfinished to keep it"
-            )
+            notes.append(f"skipped {run.info.run_name} ({run.info.run_id}): {_why_unfinished(run)}")
             continue
         kept.append(run)
     if excluded_kinds:
@@ -221,6 +220,17 @@ def _training_runs(
             f"{len(unfinished)} unfinished, {sum(excluded_kinds.values())} sweep/comparison){hint}"
         )
     return kept, notes
+
+
+def _why_unfinished(run: Run) -> str:
+    """Why a run that did not finish is skipped: nothing drives it (`runs end-abandoned` ends it), or how it
+    ended (tag `error`), or only its status."""
+    verdict = abandoned.why_abandoned(run, abandoned.DEFAULT_OLDER_THAN_MIN * 60)
+    if verdict:
+        return f"status RUNNING, but {verdict[1]}; `{abandoned.COMMAND} --apply` ends it {verdict[0]}"
+    error = (run.data.tags.get(ERROR_TAG) or "").strip()
+    ended = f" ({short_text(error, 160)})" if error else ""
+    return f"status {run.info.status}{ended}, not {FINISHED}; pass --include-unfinished to keep it"
 
 
 def _find_candidates(

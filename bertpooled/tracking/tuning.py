@@ -31,7 +31,8 @@ from bertpooled.contract import (
     TUNE_STATE_TAG,
 )
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.tracking.runs import end_run, ending, get_run_or_error
+from bertpooled.tracking import ui_view
+from bertpooled.tracking.runs import end_run, ending, ensure_view, get_run_or_error, ui_base
 
 OPTUNA_FILE = "optuna.db"
 # Optuna keeps its own alembic_version table: in the tracking store's PostgreSQL database it would meet
@@ -99,6 +100,17 @@ def download_config(uri: str) -> Path:
     target = tempfile.mkdtemp(prefix="bertpooled-config-")
     atexit.register(shutil.rmtree, target, True)  # kept while this process runs: a sweep reads it per child
     return Path(client.download_artifacts(run.info.run_id, path, target))
+
+
+def trials_link(experiment_id: str, study: str, searched: list[str]) -> str:
+    """The MLflow UI link to the study's tuning view (its trials as rows, best val/accuracy first; see
+    `ui_view.tuning_view_state`), the view stored first; the plain runs page when the store refuses the tag."""
+    link = f"{ui_base()}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    try:
+        key = ensure_view(experiment_id, ui_view.tuning_view_state(study, searched), "tune")
+    except mlflow.exceptions.MlflowException:
+        return link  # a link without the view is worth less than the study: it never fails the study
+    return f"{link}&{ui_view.SHARE_URL_PARAM}={key}"
 
 
 def use_experiment(name: str | None) -> str:

@@ -18,6 +18,7 @@ from bertpooled.contract import (
     CONFIG_PARAM_PREFIX,
     KIND_TAG,
     KIND_TRAIN,
+    KIND_TRIAL,
     PARAMS_BACKBONE,
     PARAMS_HEAD,
     PARAMS_HEAD_TRAINABLE,
@@ -31,6 +32,10 @@ from bertpooled.contract import (
     TIME_TRAIN,
     TRAIN_ACCURACY,
     TRAIN_LOSS,
+    TUNE_STATE_TAG,
+    TUNE_STUDY_TAG,
+    TUNE_TRIAL_TAG,
+    VAL_ACCURACY,
     time_metric,
 )
 
@@ -58,7 +63,9 @@ TRAINING_RUNS_FILTER = f"tags.`{KIND_TAG}` = '{KIND_TRAIN}'"
 # sorted by start time (or unsorted and unfiltered; `nestChildren` in mlflow/server/js's runs table), and then
 # shows a sweep's parent, collapsed, in place of its children. Sorted by end time the table is flat: every
 # training run, sweep children included, is a row and a series in the charts (benchmarks/ui_check.py).
-ORDER_BY = "attributes.end_time"
+# Backquoted: the sort button's label is the name between the backquotes (`ExperimentViewRunsSortSelectorV2`:
+# a key that is neither one of its attribute keys nor `kind.\`name\`` read "Sort: undefined").
+ORDER_BY = "attributes.`end_time`"
 
 # Chart sections in this order; any other metric prefix MLflow finds is appended after them.
 SECTIONS = (
@@ -136,7 +143,7 @@ def _uuid(text: str) -> str:
 
 def _chart(metric: str, kind: str) -> dict:
     section = metric.split("/", 1)[0]
-    card = {
+    card: dict = {
         "uuid": _uuid(f"chart:{metric}"),
         "type": kind,
         "runsCountToCompare": 100,
@@ -204,8 +211,66 @@ def training_view_state() -> dict:
     }
 
 
-def view_tag(state: dict) -> tuple[str, str, str]:
+def view_tag(state: dict, kind: str = "train") -> tuple[str, str, str]:
     """(share key, experiment tag key, tag value) for a view state; the key is the digest of the state."""
     value = json.dumps(state, separators=(",", ":"), sort_keys=True)
-    key = "bertpooled-train-" + hashlib.sha256(value.encode()).hexdigest()[:10]
+    key = f"bertpooled-{kind}-" + hashlib.sha256(value.encode()).hexdigest()[:10]
     return key, SHARE_TAG_PREFIX + key, value
+
+
+# The tuning view: one study's trials as rows, best validation accuracy first, state (COMPLETE, PRUNED, FAIL)
+# beside it; then the searched values. Pruned and failed trials stay rows (MLflow shows their KILLED/FAILED
+# status icon too); a failed trial has no val/accuracy and sorts last.
+TUNING_COLUMNS = (
+    ("tags", TUNE_TRIAL_TAG),
+    ("tags", TUNE_STATE_TAG),
+    ("metrics", VAL_ACCURACY),
+    ("tags", "mode"),
+)
+TUNING_ORDER_BY = f"metrics.`{VAL_ACCURACY}`"
+TUNING_SECTIONS = ("val", "train", "tune", "time", "data")
+
+
+def _parallel_chart(params: list[str]) -> dict:
+    """MLflow's parallel-coordinates card (`RunsChartsParallelCardConfig`): one line per trial through its values."""
+    return {
+        "uuid": _uuid("chart:parallel"),
+        "type": "PARALLEL",
+        "runsCountToCompare": 100,
+        "metricSectionId": _uuid("section:val"),
+        "deleted": False,
+        "isGenerated": False,
+        "selectedParams": params,
+        "selectedMetrics": [VAL_ACCURACY],
+        "showAllRuns": True,
+    }
+
+
+def tuning_view_state(study: str, searched: list[str]) -> dict:
+    """The tuning experiment's page for study `study` whose space searched the config fields `searched`: its trials
+    only, best val/accuracy first, trial/state/val/accuracy/mode then the searched values as columns; charts:
+    val/accuracy per epoch (where the pruner stopped a trial), the searched values against it, the final score."""
+    params = [f"{CONFIG_PARAM_PREFIX}{name}" for name in searched]
+    columns = [*TUNING_COLUMNS, *(("params", name) for name in params)]
+    charts = [
+        _chart(VAL_ACCURACY, "LINE"),
+        _parallel_chart(params),
+        _chart("tune/value", "BAR"),
+        _chart(TRAIN_LOSS, "LINE"),
+        _chart(TIME_TRAIN, "BAR"),
+    ]
+    # The study's name (`--study` plus the mode) inside the filter's quotes: a quote in it escaped.
+    study_filter = study.replace("'", "\\'")
+    return {
+        **training_view_state(),
+        "searchFilter": f"tags.`{KIND_TAG}` = '{KIND_TRIAL}' AND tags.`{TUNE_STUDY_TAG}` = '{study_filter}'",
+        "orderByKey": TUNING_ORDER_BY,
+        "orderByAsc": False,
+        "selectedColumns": [_column_key(kind, name) for kind, name in columns],
+        "columnOrder": [*LEADING_COLUMNS, *(_column_key(kind, name) for kind, name in columns)],
+        "compareRunCharts": charts,
+        "compareRunSections": [
+            {"uuid": _uuid(f"section:{name}"), "name": name, "display": True, "isReordered": True, "deleted": False}
+            for name in TUNING_SECTIONS
+        ],
+    }

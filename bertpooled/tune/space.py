@@ -87,6 +87,11 @@ class SearchSpace:
         return ",".join(map(str, self.dimensions))
 
 
+def shown(values: dict[str, Any]) -> str:
+    """Sampled values as printed: `lr=0.01234, lstm_units=8` (4 significant digits; the run logs them whole)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
 def parse_space(text: str) -> SearchSpace:
     """`--space`: the text form, or a path to a YAML file (.yaml/.yml) holding the mapping form."""
     text = (text or "").strip()

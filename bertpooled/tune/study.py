@@ -41,6 +41,7 @@ from bertpooled.sweep.local import LocalExecutor
 from bertpooled.tracking import tuning as store
 from bertpooled.tracking.probe import check_tracking_reachable
 from bertpooled.tracking.runs import check_experiment_name
+from bertpooled.tune import space
 from bertpooled.tune import trials as trial_runs
 from bertpooled.tune.plan import StudyPlan
 
@@ -123,6 +124,7 @@ def run_study(
             f"study {plan.name} ({parent}): {done} of {trials} trials done, {max(0, trials - done)} to run"
             f"{f', {parallel} workers' if parallel > 1 else ''}; storage {shown}"
         )
+        log(f"trials: {store.trials_link(experiment_id, plan.name, plan.space.names)}")
         if done < trials:
             worker_plan = dataclasses.replace(plan, base=executor.worker_config(plan.base, parallel))
             where = (worker_plan, url, engine_kwargs, parent, store.tracking_uri(), target)
@@ -287,7 +289,7 @@ def _conclude(study, plan: StudyPlan, parent: str, output: str | None, log: Call
         log(f"best config: {path}")
     log(
         f"study {plan.name}: best trial {best.number} val/accuracy {best.value:.4f} with "
-        f"{', '.join(f'{k}={v}' for k, v in best.params.items())}; {counts['COMPLETE']} complete, "
+        f"{space.shown(best.params)}; {counts['COMPLETE']} complete, "
         f"{counts['PRUNED']} pruned, {counts['FAIL']} failed"
     )
     return StudyOutcome(

@@ -21,6 +21,7 @@ from bertpooled.run.measure import Trained
 from bertpooled.run.pipeline import Inputs, LSTMPipeline
 from bertpooled.run.shared import Shared
 from bertpooled.tracking.sink import MlflowSink, TrialStart
+from bertpooled.tune import space
 
 if TYPE_CHECKING:
     from bertpooled.tune.plan import StudyPlan
@@ -135,7 +136,7 @@ class Objective:
             "backbone": config.model,
             "pool": config.pool,
         }
-        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+        shown = space.shown(values)
         how = TrialStart(
             self.parent_id, name, tags, f"{self.plan.name} trial {trial.number}: {shown}", (optuna.TrialPruned,)
         )
