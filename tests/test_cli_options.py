@@ -166,11 +166,17 @@ def test_every_config_field_is_a_train_option_with_its_docstring_as_help():
         assert Text.from_markup(param.help).plain == param.help, field.name  # typer's rich help shows it all
 
 
+def annotation_of(param):
+    """The Python type an option parses to, by its click type's name (typer below 0.29 has no type_descriptor)."""
+    kinds = {"int": int, "integer": int, "float": float, "bool": bool, "boolean": bool}
+    return kinds.get(param.type.name, str)
+
+
 def test_option_types_follow_the_annotations_and_anything_else_is_text_for_load_config():
     annotations = {f.name: f.type for f in dataclasses.fields(Config)}
     for name, param in config_params("train").items():
         expected = {"bool": bool, "int": int, "float": float}.get(annotations[name], str)
-        assert param.type_descriptor.annotation is expected, name
+        assert annotation_of(param) is expected, name
         assert param.is_bool_flag == (expected is bool), name
 
 
@@ -186,7 +192,7 @@ def test_the_spellings_users_rely_on_stay():
 
 def test_sweep_takes_the_same_config_options_but_mode_and_seed():
     def shape(p):
-        return p.opts, p.secondary_opts, p.help, p.default, p.type_descriptor.annotation
+        return p.opts, p.secondary_opts, p.help, p.default, annotation_of(p)
 
     train, sweep = config_params("train"), config_params("sweep")
     assert list(sweep) == [name for name in FIELDS if name not in ("mode", "seed")]
@@ -292,6 +298,7 @@ def test_every_mlproject_parameter_is_a_config_field_or_the_entry_points_own():
         "sweep": (set(FIELDS) - {"mode", "seed"}) | set(cli.MLPROJECT_SWEEP.own_names),
         "compare": set(cli.MLPROJECT_COMPARE.own_names),
         "tune": (set(FIELDS) - {"mode"}) | set(cli.MLPROJECT_TUNE.own_names),
+        "adapt": set(cli.MLPROJECT_ADAPT.own_names),
     }
     assert set(project["entry_points"]) == set(accepted)
     sections = re.split(r"^  (\w+):$", text, flags=re.M)[1:]

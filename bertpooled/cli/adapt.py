@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from bertpooled.cli.errors import numbers_checked
 from bertpooled.cli.shared import fail, progress_bars
 from bertpooled.errors import BertpooledError
 
 
+@numbers_checked
 def adapt_command(
     pool: str = typer.Option("avg:2x1", help="The window pooling to adapt to (avg:WxH or max:WxH)."),
     pool_at: str = typer.Option("layer:2", "--pool-at", help="Where it sits: layer:K (after encoder layer K)."),
