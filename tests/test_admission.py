@@ -112,3 +112,18 @@ def test_the_in_flight_cap_defaults_to_two_bodies_and_is_never_below_one():
     assert ServeLimits(max_body_mb=10).max_inflight_bytes == 20 * MB
     assert ServeLimits(max_body_mb=10, max_inflight_mb=4).max_inflight_bytes == 10 * MB
     assert ServeLimits(max_body_mb=10, max_inflight_mb=64).max_inflight_bytes == 64 * MB
+
+
+def test_serve_takes_the_cap_and_the_threads_as_options_and_refuses_bad_numbers(monkeypatch):
+    from conftest import one_error_line
+    from typer.testing import CliRunner
+
+    from bertpooled.cli import app
+    from bertpooled.serving import server
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda uri, host, port, limits, echo: seen.update(limits=limits))
+    result = CliRunner().invoke(app, ["serve", "runs:/x/model", "--max-inflight-mb", "5", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen["limits"].max_inflight_bytes == 10 * MB and seen["limits"].threads == 2  # never below one body
+    one_error_line(CliRunner().invoke(app, ["serve", "runs:/x/model", "--max-inflight-mb", "nan"]), "max-inflight-mb")

@@ -240,12 +240,17 @@ def serve_command(
     max_body_mb: float = typer.Option(10.0, help="Largest request body in MB; larger ones get a 413."),
     max_text_chars: int = typer.Option(100_000, min=1, help="Longest text in one request; longer ones get a 413."),
     batch_size: int = typer.Option(256, min=1, help="Texts predicted at once: memory follows this, not the request."),
+    max_inflight_mb: float = typer.Option(
+        0.0, help="Request MB answered at once; past it a request gets a 503 with Retry-After (0: 2 x --max-body-mb)."
+    ),
+    threads: int = typer.Option(4, min=1, help="The server's own threads that parse and predict requests."),
 ) -> None:
     """Serve a logged model like `mlflow models serve --env-manager local`, bounded (413s, fixed-size batches)."""
     from bertpooled.serving.server import ServeLimits, serve
 
     hide_credentials()
-    serve(model_uri, host, port, ServeLimits(max_body_mb, max_text_chars, batch_size), echo=typer.echo)
+    limits = ServeLimits(max_body_mb, max_text_chars, batch_size, max_inflight_mb, threads)
+    serve(model_uri, host, port, limits, echo=typer.echo)
 
 
 config_command("sweep", exclude=SWEEP_AXES)(sweep_command)
