@@ -3,11 +3,12 @@ compare-runs says why it skips them; runs a live process drives, and runs that a
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from mlflow.entities import Param, RunTag
@@ -16,10 +17,12 @@ from typer.testing import CliRunner
 
 from bertpooled.cli import app
 from bertpooled.contract import HEARTBEAT_TAG, OWNER_TAG
+from bertpooled.tracking import ownership
 from bertpooled.tracking import store as reads
 
 ENTRY = "mlflow.project.entryPoint"  # what `mlflow run` tags the run it creates with
 HOUR_MS = 3600 * 1000
+WATCH = ["--watch", "1"]  # the stale run's heartbeat never moves: one second of watching tells it as well as 100
 
 
 def _gone_pid() -> int:
@@ -35,7 +38,7 @@ def runs(store):
     client = MlflowClient(store)
     exp = client.create_experiment("bertpooled")
     now_ms = int(time.time() * 1000)
-    me = f"{socket.gethostname()}:{os.getpid()}:nonce"
+    me = ownership.me()  # this process drives it, as one read tells
 
     def make(name: str, age_ms: int, tags: dict[str, str], params: dict[str, str] | None = None) -> str:
         run = client.create_run(exp, start_time=now_ms - age_ms, tags=tags, run_name=name)
@@ -64,8 +67,9 @@ def _statuses(client, made) -> dict[str, str]:
 def test_a_dry_run_lists_what_it_would_end_and_changes_nothing(runs):
     client, made = runs
     before = _statuses(client, made)
-    result = CliRunner().invoke(app, ["runs", "end-abandoned"])
+    result = CliRunner().invoke(app, ["runs", "end-abandoned", *WATCH])
     assert result.exit_code == 0, result.output
+    assert "watching the heartbeats of 1 run(s) owned elsewhere for 1 s" in result.output
     listed = [line for line in result.output.splitlines() if line.startswith("would end")]
     assert sorted(line.split()[2] for line in listed) == ["never-started", "pid-gone", "stale"]
     assert "pass --apply" in result.output
@@ -74,17 +78,17 @@ def test_a_dry_run_lists_what_it_would_end_and_changes_nothing(runs):
 
 def test_apply_ends_never_started_runs_failed_and_ownerless_ones_killed_with_the_reason(runs):
     client, made = runs
-    result = CliRunner().invoke(app, ["runs", "end-abandoned", "--apply", "--experiment", "bertpooled"])
+    result = CliRunner().invoke(app, ["runs", "end-abandoned", "--apply", "--experiment", "bertpooled", *WATCH])
     assert result.exit_code == 0, result.output
     expected = {"never_started": "FAILED", "stale": "KILLED", "pid_gone": "KILLED"}
     assert _statuses(client, made) == {what: expected.get(what, "RUNNING") for what in made}
     tags = {what: client.get_run(made[what]).data.tags for what in expected}
     assert "never started" in tags["never_started"]["bertpooled.abandoned"]
-    assert "heartbeat was" in tags["stale"]["bertpooled.abandoned"]
+    assert "heartbeat did not move in 1 s of watching" in tags["stale"]["bertpooled.abandoned"]
     assert "is gone" in tags["pid_gone"]["bertpooled.abandoned"]
     assert all(t["error"].startswith("ended by `bertpooled runs end-abandoned`") for t in tags.values())
     # Nothing is left to end, and a threshold of 0 minutes makes the too-new run count.
-    again = CliRunner().invoke(app, ["runs", "end-abandoned", "--older-than", "0"])
+    again = CliRunner().invoke(app, ["runs", "end-abandoned", "--older-than", "0", *WATCH])
     assert [line.split()[2] for line in again.output.splitlines() if line.startswith("would end")] == ["too-new"]
 
 
@@ -95,7 +99,7 @@ def test_compare_runs_says_why_it_skips_a_run_nothing_drives(runs):
     assert "never started" in never and "bertpooled runs end-abandoned --apply" in never
     (alive,) = [n for n in notes if made["alive"] in n]
     assert "status RUNNING, not FINISHED" in alive
-    CliRunner().invoke(app, ["runs", "end-abandoned", "--apply"])
+    CliRunner().invoke(app, ["runs", "end-abandoned", "--apply", *WATCH])
     _, notes = reads.select_runs(client, experiment="bertpooled")
     (stale,) = [n for n in notes if made["stale"] in n]
     assert "status KILLED (ended by `bertpooled runs end-abandoned`" in stale
@@ -112,7 +116,47 @@ def test_a_run_claimed_between_finding_and_ending_is_left_alone(runs):
 
     client, made = runs
     experiments = abandoned.experiments_to_search(client, "bertpooled")
-    (found,) = [r for r in abandoned.find(client, experiments, 3600) if r.run_id == made["stale"]]
+    (found,) = [r for r in abandoned.find(client, experiments, 3600, watch_s=1) if r.run_id == made["stale"]]
     client.log_batch(made["stale"], tags=[RunTag(HEARTBEAT_TAG, f"{time.time():.0f}")])  # a resume claimed it
     assert abandoned.end(client, found, 3600) is False
     assert client.get_run(made["stale"]).info.status == "RUNNING"
+
+
+@contextmanager
+def _beating(client, run_id: str):
+    """The heartbeat of `run_id` refreshed every 0.1 s from a thread, as a live owner on another machine does."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.1):
+            client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+def test_a_run_owned_elsewhere_is_ended_only_when_its_heartbeat_stands_still(store):
+    """No clocks compared: an owner elsewhere whose heartbeat moves is alive, whatever time its tag says (a
+    machine 2 h behind); one whose heartbeat stands still through the window is gone."""
+    client = MlflowClient(store)
+    behind = f"{time.time() - 7200:.0f}"
+    beating, still = (
+        client.create_run(client.create_experiment(name), tags={OWNER_TAG: "elsewhere:1:n", HEARTBEAT_TAG: behind})
+        for name in ("beating", "still")
+    )
+    with _beating(client, beating.info.run_id):
+        # A long window is only a deadline: the watch ends as soon as the heartbeat moves.
+        result = CliRunner().invoke(
+            app, ["runs", "end-abandoned", "--apply", "--experiment", "beating", "--watch", "120"]
+        )
+    assert result.exit_code == 0, result.output
+    assert "no abandoned runs" in result.output
+    assert client.get_run(beating.info.run_id).info.status == "RUNNING"
+    result = CliRunner().invoke(app, ["runs", "end-abandoned", "--apply", "--experiment", "still", *WATCH])
+    assert result.exit_code == 0, result.output
+    assert client.get_run(still.info.run_id).info.status == "KILLED"

@@ -177,7 +177,7 @@ def test_the_mlproject_commands_pass_every_option_of_the_command_they_call():
     from bertpooled.cli.commands import MLPROJECT
     from bertpooled.cli.mlproject import arguments
 
-    assert [e.hidden for e in MLPROJECT] == [f"mlproject-{n}" for n in ("train", "sweep", "compare", "tune")]
+    assert [e.hidden for e in MLPROJECT] == [f"mlproject-{n}" for n in ("train", "sweep", "compare", "tune", "adapt")]
     for entry in MLPROJECT:
         given = ["--space", "lr=1e-4..1e-2"] if entry.required else []
         passed = arguments(entry, given)

@@ -81,6 +81,12 @@ def end_abandoned_command(
     older_than: float = typer.Option(
         60.0, help="Minutes a run `mlflow run` created must have waited before it counts as never started."
     ),
+    watch: float | None = typer.Option(
+        None,
+        help="Seconds to watch the heartbeats of runs owned elsewhere: one that does not move has no process "
+        "behind it (default: the stale window, 3 heartbeats + 10 s).",
+        show_default=False,
+    ),
 ) -> None:
     """End RUNNING runs nothing drives: never started (FAILED) or whose owner is gone by heartbeat (KILLED)."""
     from bertpooled.tracking import abandoned
@@ -89,7 +95,13 @@ def end_abandoned_command(
 
     move_uri_credentials()  # MLflow prints the URI in lines of its own
     check_tracking_reachable()
-    found = abandoned.end_abandoned(experiment, older_than * 60, apply=apply)
+    from bertpooled.tracking.ownership import STALE_AFTER_S
+
+    def say_watching(count: int, seconds: float) -> None:
+        typer.echo(f"watching the heartbeats of {count} run(s) owned elsewhere for {seconds:.0f} s ...", err=True)
+
+    window = STALE_AFTER_S if watch is None else watch
+    found = abandoned.end_abandoned(experiment, older_than * 60, apply=apply, watch_s=window, on_watch=say_watching)
     for run, ended in found:
         verb = ("ended" if ended else "left (taken over since)") if apply else "would end"
         status = f" {run.status}" if ended or not apply else ""

@@ -81,19 +81,28 @@ def liveness(tags: dict[str, str], status: str) -> tuple[bool | None, str]:
 def watch(client: MlflowClient, run_id: str, within_s: float | None = None) -> tuple[bool, str]:
     """Watch `run_id`'s heartbeat on this process's clock: alive when it changes (or the run is let go, or
     ends) within `within_s` (STALE_AFTER_S), dead when it stays as it was."""
+    return watch_many(client, [run_id], within_s)[run_id]
+
+
+def watch_many(client: MlflowClient, run_ids: list[str], within_s: float | None = None) -> dict[str, tuple[bool, str]]:
+    """`watch` for several runs at once, in one window of `within_s` (not one window each): run id -> (alive,
+    why). A run is decided as soon as one read can tell (`liveness`) or its heartbeat moves."""
     within_s = STALE_AFTER_S if within_s is None else within_s
-    first = client.get_run(run_id).data.tags.get(HEARTBEAT_TAG, "")
+    first = {run_id: client.get_run(run_id).data.tags.get(HEARTBEAT_TAG, "") for run_id in run_ids}
+    decided: dict[str, tuple[bool, str]] = {}
     started = time.monotonic()
-    while time.monotonic() - started < within_s:
+    while len(decided) < len(run_ids) and time.monotonic() - started < within_s:
         time.sleep(min(1.0, HEARTBEAT_S / 4, within_s / 4))
-        run = client.get_run(run_id)
-        alive, why = liveness(run.data.tags, run.info.status)
-        if alive is not None:
-            return alive, why
-        if run.data.tags.get(HEARTBEAT_TAG, "") != first:
-            owner = run.data.tags.get(OWNER_TAG, "")
-            return True, f"its owner {owner} is driving it (its heartbeat moved while this process watched it)"
-    return False, f"its owner's heartbeat did not move in {within_s:.0f} s of watching"
+        for run_id in (r for r in run_ids if r not in decided):
+            run = client.get_run(run_id)
+            alive, why = liveness(run.data.tags, run.info.status)
+            if alive is not None:
+                decided[run_id] = (alive, why)
+            elif run.data.tags.get(HEARTBEAT_TAG, "") != first[run_id]:
+                owner = run.data.tags.get(OWNER_TAG, "")
+                decided[run_id] = (True, f"its owner {owner} is driving it (its heartbeat moved while watched)")
+    gone = (False, f"its owner's heartbeat did not move in {within_s:.0f} s of watching")
+    return {run_id: decided.get(run_id, gone) for run_id in run_ids}
 
 
 def _pid_exists(pid: int) -> bool:

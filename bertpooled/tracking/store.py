@@ -230,7 +230,9 @@ def _why_unfinished(run: Run) -> str:
         return f"status RUNNING, but {verdict[1]}; `{abandoned.COMMAND} --apply` ends it {verdict[0]}"
     error = (run.data.tags.get(ERROR_TAG) or "").strip()
     ended = f" ({short_text(error, 160)})" if error else ""
-    return f"status {run.info.status}{ended}, not {FINISHED}; pass --include-unfinished to keep it"
+    # An owner elsewhere cannot be judged from one read; end-abandoned watches its heartbeat.
+    watch = f" (if nothing drives it, `{abandoned.COMMAND}` finds it)" if run.info.status == "RUNNING" else ""
+    return f"status {run.info.status}{ended}, not {FINISHED}; pass --include-unfinished to keep it{watch}"
 
 
 def _find_candidates(
