@@ -162,6 +162,8 @@ def log_checkpoint(folder: Path, epoch: int, sha256: str) -> None:
     current = MlflowClient().get_run(active.info.run_id).data.tags.get(CHECKPOINT_PATH_TAG)
     slot = CHECKPOINT_SLOTS[1] if current == CHECKPOINT_SLOTS[0] else CHECKPOINT_SLOTS[0]
     mlflow.log_artifacts(str(folder), artifact_path=slot)
+    # Checked again next to the pointer's write: copying the files takes seconds, a window a takeover can land in.
+    ownership.hold(active.info.run_id)
     mlflow.set_tags({CHECKPOINT_PATH_TAG: slot, CHECKPOINT_EPOCH_TAG: str(epoch), CHECKPOINT_SHA256_TAG: sha256})
 
 
