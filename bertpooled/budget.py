@@ -18,7 +18,7 @@ from bertpooled.errors import BertpooledError
 OVERRIDE_ENV = "BERTPOOLED_IGNORE_MEMORY"
 MIB = 1024 * 1024
 # A process with torch, transformers and MLflow imported and the data read: `bertpooled serve`'s idle
-# 516 MB (benchmarks/reliability.md), rounded up.
+# 516 MB (benchmarks/reliability/README.md), rounded up.
 PROCESS_BYTES = 600 * MIB
 FLOAT_BYTES = 4
 

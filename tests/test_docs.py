@@ -151,3 +151,28 @@ def test_the_checker_finds_a_missing_file_a_missing_anchor_and_ignores_code_and_
 )
 def test_slug_follows_githubs_rules(heading, anchor):
     assert slug(heading) == anchor
+
+
+BENCHMARK_PATH = re.compile(r"(?<![\w/.-])benchmarks/[\w./-]*\w")
+GENERATED = ("benchmarks/gpu/payload",)  # made by benchmarks/gpu/pack.sh, git-ignored
+
+
+def named_benchmark_paths(path: Path) -> list[str]:
+    """Each `benchmarks/...` path that `path`'s text names and the checkout does not have (`path:line: name`)."""
+    return [
+        f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{n}: {name}"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        for name in BENCHMARK_PATH.findall(line)
+        if not (ROOT / name).exists() and not name.startswith(GENERATED)
+    ]
+
+
+def test_every_benchmarks_path_named_in_code_docs_or_tests_exists(tmp_path):
+    """Comments and pages that cite a benchmark by a path it moved from send a reader nowhere (#30)."""
+    tests = [p for p in sorted((ROOT / "tests").glob("*.py")) if p != Path(__file__).resolve()]
+    files = [*PAGES, *sorted((ROOT / "bertpooled").rglob("*.py")), *tests]
+    files += [p for p in sorted(BENCHMARKS.rglob("*")) if p.suffix in {".md", ".py", ".sh"}]
+    assert [hit for path in files for hit in named_benchmark_paths(path)] == []
+    cited = tmp_path / "cited.py"
+    cited.write_text("# see benchmarks/README.md and benchmarks/reliability.md, not mybenchmarks/x.md\n")
+    assert named_benchmark_paths(cited) == ["cited.py:1: benchmarks/reliability.md"]

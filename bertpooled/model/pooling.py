@@ -20,7 +20,7 @@ from bertpooled.errors import BertpooledError
 
 def _avg_window(x: torch.Tensor, k: int) -> torch.Tensor:
     # Strided slices summed in order, then / k: bitwise the mean of each window (checked for k = 2, 3, 4), and
-    # about 10x faster on CPU than a mean over an unflattened axis of size k (benchmarks/grouped_seeds.md).
+    # about 10x faster on CPU than a mean over an unflattened axis of size k (benchmarks/grouped_seeds/README.md).
     out = x[..., 0::k]
     for i in range(1, k):
         out = out + x[..., i::k]

@@ -347,7 +347,7 @@ def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Te
 # (`PooledLSTMClassifier.features`), so one pass before the first epoch gives, bitwise, what every batch would
 # compute, and a step then gathers rows of them and runs the head alone. They live in memory in float32 (no
 # rounding: the run's numbers do not change), so the budget decides: at the default protocol the pooled
-# features of 18,750 rows take 879 MiB and the unpooled ones 3,516 MiB (`benchmarks/seed_protocol.md`).
+# features of 18,750 rows take 879 MiB and the unpooled ones 3,516 MiB (`benchmarks/seed_protocol/README.md`).
 #
 # Pooling is what makes them fit, so a pool run can train on precomputed features where a basic run cannot:
 # runs log `train_features/cache_hit`, and the report marks training-time ratios between runs that differ in

@@ -67,7 +67,7 @@ def autocast(device: torch.device, precision: str):
 
 # Rows per evaluation batch when `eval_batch_size` is 0 (auto). On CPU a 512-row batch of MiniLM-width
 # activations (512 x 128 x 384 floats, 100 MB) overflows the caches and costs 2-3x more per row than 128 rows
-# (benchmarks/seed_protocol.md, "Evaluation batch"); a GPU wants wide batches. Predictions do not depend on it.
+# (benchmarks/seed_protocol/README.md, "Evaluation batch"); a GPU wants wide batches. Predictions do not depend on it.
 AUTO_EVAL_BATCH = {"cpu": 128}
 AUTO_EVAL_BATCH_DEFAULT = 512
 
@@ -91,7 +91,7 @@ def threads_for(config: Config) -> int:
     """torch threads for the run: `num_threads`, or with 0 (auto) 1 for the head alone and all cores for a backbone.
 
     The LSTM(16) head's step is latency-bound: on 2 cores it gains little from a second thread when the machine
-    is quiet and loses many times over when another process wants a core (benchmarks/seed_protocol.md,
+    is quiet and loses many times over when another process wants a core (benchmarks/seed_protocol/README.md,
     "Threads"). A backbone's forward pass is wide matmuls that scale with cores.
     """
     if config.num_threads:
@@ -141,7 +141,7 @@ def keep_freed_memory() -> bool:
     By default glibc serves each multi-MB tensor of a batch with a fresh mmap and unmaps it when freed, so
     every batch pays page faults to zero-fill its activations again (millions of minor faults per run).
     Keeping the memory mapped saves time mostly in precomputing features and in evaluation, for 40-60 MB more
-    peak RSS (benchmarks/seed_protocol.md, "Allocator"). The numbers a run
+    peak RSS (benchmarks/seed_protocol/README.md, "Allocator"). The numbers a run
     computes do not change. No-op (False) where the C library is not glibc, or with the environment variable
     BERTPOOLED_KEEP_FREED_MEMORY=0 (glibc's defaults, e.g. to measure the difference).
     """

@@ -62,7 +62,7 @@ TRAINING_RUNS_FILTER = f"tags.`{KIND_TAG}` = '{KIND_TRAIN}'"
 # Newest first by end time, not start time: MLflow's runs table nests children under their parent only when
 # sorted by start time (or unsorted and unfiltered; `nestChildren` in mlflow/server/js's runs table), and then
 # shows a sweep's parent, collapsed, in place of its children. Sorted by end time the table is flat: every
-# training run, sweep children included, is a row and a series in the charts (benchmarks/ui_check.py).
+# training run, sweep children included, is a row and a series in the charts (benchmarks/ui_check/ui_check.py).
 # Backquoted: the sort button's label is the name between the backquotes (`ExperimentViewRunsSortSelectorV2`:
 # a key that is neither one of its attribute keys nor `kind.\`name\`` read "Sort: undefined").
 ORDER_BY = "attributes.`end_time`"
