@@ -90,8 +90,10 @@ def test_the_heartbeat_of_an_owner_that_lost_the_run_stops(store, monkeypatch):
 
 
 def _pause_outside_a_write(pid: int, store: str) -> None:
-    """SIGSTOP `pid` at a moment it holds no SQLite write lock (paused mid-write, it would lock the store for the
-    process that takes over: a real outage, but not the case under test); tries again within 60 s."""
+    """SIGSTOP `pid` at a moment it holds no SQLite lock (paused mid-write, or mid-read, which in SQLite's rollback
+    journal mode keeps a writer from committing, it would lock the store for the process that takes over: a real
+    outage, but not the case under test); tries again within 60 s. EXCLUSIVE, not IMMEDIATE: IMMEDIATE succeeds
+    beside a reader's SHARED lock, and a paused reader then blocked the takeover's first write."""
     import sqlite3
 
     deadline = time.monotonic() + 60
@@ -99,7 +101,7 @@ def _pause_outside_a_write(pid: int, store: str) -> None:
         os.kill(pid, signal.SIGSTOP)
         db = sqlite3.connect(store.removeprefix("sqlite:///"), timeout=0.5, isolation_level=None)
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN EXCLUSIVE")
             db.execute("ROLLBACK")
             return
         except sqlite3.OperationalError:
