@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, beating_owner, tiny_args, wait_until
+from conftest import beating_owner, tiny_args, wait_until
 from mlflow.tracking import MlflowClient
 
 from bertpooled.contract import HEARTBEAT_TAG
@@ -113,12 +113,14 @@ def _pause_outside_a_write(pid: int, store: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_paused_owner_taken_over_stops_at_its_next_write_with_one_line(store, tiny_bert, bigger_imdb):
+def test_a_paused_owner_taken_over_stops_at_its_next_write_with_one_line(store, tiny_bert, bigger_imdb, tmp_path):
     """The reported case: an owner paused (SIGSTOP) while `--resume --take-over` finishes its run, then continued:
     it must not log its epochs a second time, log a second model or end the run again."""
     args = [sys.executable, "-m", "bertpooled", "train", *tiny_args(tiny_bert, bigger_imdb), "--epochs", "4"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # In the test's folder: the experiment `train` creates keeps its artifacts in ./mlruns (MLflow's default),
+    # which in the checkout's folder is a file left behind (.ci/run refuses that).
+    first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(store)
 
     def checkpointed():
@@ -132,7 +134,9 @@ def test_a_paused_owner_taken_over_stops_at_its_next_write_with_one_line(store, 
         _pause_outside_a_write(first.pid, store)
         run_id = run.info.run_id
         resume = [sys.executable, "-m", "bertpooled", "train", "--resume", run_id, "--take-over"]
-        taken = subprocess.run([*resume, "--data", str(bigger_imdb)], cwd=ROOT, env=env, capture_output=True, text=True)
+        taken = subprocess.run(
+            [*resume, "--data", str(bigger_imdb)], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
         assert taken.returncode == 0, taken.stdout + taken.stderr
         finished = client.get_run(run_id)
         assert finished.info.status == "FINISHED"
