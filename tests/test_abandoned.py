@@ -25,6 +25,12 @@ HOUR_MS = 3600 * 1000
 WATCH = ["--watch", "1"]  # the stale run's heartbeat never moves: one second of watching tells it as well as 100
 
 
+@pytest.fixture(autouse=True)
+def quick_heartbeats(monkeypatch):
+    """Owners beating every 0.25 s, so a one-second watch is longer than a beat (as --watch must be)."""
+    monkeypatch.setattr(ownership, "HEARTBEAT_S", 0.25)
+
+
 def _gone_pid() -> int:
     """The pid of a process of this machine that has exited (and been reaped)."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -160,3 +166,15 @@ def test_a_run_owned_elsewhere_is_ended_only_when_its_heartbeat_stands_still(sto
     result = CliRunner().invoke(app, ["runs", "end-abandoned", "--apply", "--experiment", "still", *WATCH])
     assert result.exit_code == 0, result.output
     assert client.get_run(still.info.run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("seconds", ["0", "0.25"])
+def test_a_watch_no_longer_than_a_heartbeat_is_refused_in_one_line_and_ends_nothing(runs, seconds):
+    """A window a live owner may not beat in would take it for gone."""
+    from conftest import one_error_line
+
+    client, made = runs
+    before = _statuses(client, made)
+    result = CliRunner().invoke(app, ["runs", "end-abandoned", "--apply", "--watch", seconds])
+    one_error_line(result, "heartbeat interval")
+    assert _statuses(client, made) == before

@@ -22,7 +22,7 @@ set -uo pipefail
 
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 PAYLOAD="${PAYLOAD:-$REPO/benchmarks/gpu/payload}"
-WORK="${WORK:-/tmp/bertpooled-gpu}"
+WORK="${WORK:-${TMPDIR:-/tmp}/bertpooled-gpu}"
 OUT="${OUT:?set OUT to the folder whose files come back}"
 SMOKE="${SMOKE:-0}"
 if [ "$SMOKE" = 1 ]; then

@@ -8,7 +8,7 @@
 # Usage: TINY=/path/to/tiny-payload benchmarks/gpu/simulate_device.sh [STAGE...]   (from the repository root)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-SIM="${SIM:-/tmp/bertpooled-devsim}"
+SIM="${SIM:-${TMPDIR:-/tmp}/bertpooled-devsim}"
 VENV_PYTHON="${VENV_PYTHON:-python3}"   # this project's venv, whose packages get linked
 TINY="${TINY:?set TINY to a folder with data/aclImdb.tar.xz and minilm/ (pack.sh data / model on tiny inputs)}"
 

@@ -89,19 +89,24 @@ def end_abandoned_command(
     ),
 ) -> None:
     """End RUNNING runs nothing drives: never started (FAILED) or whose owner is gone by heartbeat (KILLED)."""
-    from bertpooled.tracking import abandoned
+    from bertpooled.tracking import abandoned, ownership
     from bertpooled.tracking.probe import check_tracking_reachable
     from bertpooled.tracking.runs import move_uri_credentials
 
+    if watch is not None and watch <= ownership.HEARTBEAT_S:
+        # Shorter than the interval a live owner beats at, a watch could see no beat and end a driven run.
+        fail(
+            f"--watch {watch:g} is not longer than the owners' heartbeat interval ({ownership.HEARTBEAT_S:g} s): a "
+            f"live owner could be taken for gone; pass more than {ownership.HEARTBEAT_S:g} (default "
+            f"{ownership.STALE_AFTER_S:g})"
+        )
     move_uri_credentials()  # MLflow prints the URI in lines of its own
     check_tracking_reachable()
-    from bertpooled.tracking.ownership import STALE_AFTER_S
 
     def say_watching(count: int, seconds: float) -> None:
         typer.echo(f"watching the heartbeats of {count} run(s) owned elsewhere for {seconds:.0f} s ...", err=True)
 
-    window = STALE_AFTER_S if watch is None else watch
-    found = abandoned.end_abandoned(experiment, older_than * 60, apply=apply, watch_s=window, on_watch=say_watching)
+    found = abandoned.end_abandoned(experiment, older_than * 60, apply=apply, watch_s=watch, on_watch=say_watching)
     for run, ended in found:
         verb = ("ended" if ended else "left (taken over since)") if apply else "would end"
         status = f" {run.status}" if ended or not apply else ""

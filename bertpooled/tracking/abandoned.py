@@ -78,12 +78,13 @@ def find(
     client: MlflowClient,
     experiment_ids: Sequence[str],
     older_than_s: float,
-    watch_s: float = STALE_AFTER_S,
+    watch_s: float | None = None,
     now: float | None = None,
     on_watch: Callable[[int, float], None] | None = None,
 ) -> list[Abandoned]:
     """Every abandoned run of these experiments, oldest first. Runs that one read cannot judge (an owner
-    elsewhere, or a live-looking process here) are watched together for `watch_s` seconds."""
+    elsewhere, or a live-looking process here) are watched together for `watch_s` seconds (the stale window)."""
+    window = STALE_AFTER_S if watch_s is None else watch_s
     runs = get_results_from_paginated_fn(
         lambda max_results, page_token: client.search_runs(
             list(experiment_ids),
@@ -103,8 +104,8 @@ def find(
         elif HEARTBEAT_TAG in run.data.tags and liveness(run.data.tags, run.info.status)[0] is None:
             undecided.append(run.info.run_id)
     if undecided and on_watch:
-        on_watch(len(undecided), watch_s)
-    watched = watch_many(client, undecided, watch_s) if undecided else {}
+        on_watch(len(undecided), window)
+    watched = watch_many(client, undecided, window) if undecided else {}
     verdicts |= {run_id: (KILLED, f"owner gone: {why}") for run_id, (alive, why) in watched.items() if not alive}
     return [
         Abandoned(
@@ -152,7 +153,7 @@ def end_abandoned(
     experiment: str | None,
     older_than_s: float,
     apply: bool,
-    watch_s: float = STALE_AFTER_S,
+    watch_s: float | None = None,
     on_watch: Callable[[int, float], None] | None = None,
 ) -> list[tuple[Abandoned, bool]]:
     """The abandoned runs of `experiment` (else of every experiment), each with whether it was ended: with
