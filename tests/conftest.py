@@ -185,15 +185,18 @@ def wait_for_http(url: str, proc, timeout: float, log=lambda: "") -> None:
             time.sleep(0.5)
 
 
-def wait_until(check, timeout: float, what: str, every: float = 0.2):
+def wait_until(check, timeout: float, what: str, every: float = 0.2, fail: bool = True):
     """Poll `check()` until it returns something truthy (returned) or `timeout` seconds pass (the test fails
-    naming `what`): the state decides, not a guess at how long the machine takes."""
+    naming `what`, or with `fail=False` the last value is returned for the test to explain): the state decides,
+    not a guess at how long the machine takes."""
     deadline = time.time() + timeout
     while True:
         found = check()
         if found:
             return found
         if time.time() >= deadline:
+            if not fail:
+                return found
             pytest.fail(f"{what}: not within {timeout:.0f} s")
         time.sleep(every)
 

@@ -488,7 +488,13 @@ def test_a_sigkilled_parallel_sweep_takes_its_workers_with_it_and_its_runs_are_m
         runs = client.search_runs([exp.experiment_id])
         return None if any(r.info.status == "RUNNING" for r in runs) else runs
 
-    wait_until(ended, 60, "the sweep's runs still RUNNING after its workers exited")
+    def left_running() -> str:  # what a failure shows: the runs left RUNNING and what the sweep and workers said
+        running = [r for r in client.search_runs([exp.experiment_id]) if r.info.status == "RUNNING"]
+        said = proc.stderr.read() if proc.stderr else ""
+        return f"{[(r.info.run_name, r.data.tags.get('error', '')) for r in running]}; stderr ends: {said[-3000:]}"
+
+    if not wait_until(ended, 60, "", fail=False):
+        pytest.fail(f"the sweep's runs still RUNNING 60 s after its workers exited: {left_running()}")
     (parent,) = client.search_runs([exp.experiment_id], "tags.`bertpooled.kind` = 'sweep'")
     assert parent.info.status == "KILLED" and "died" in parent.data.tags["error"]
     children = client.search_runs([exp.experiment_id], "tags.`sweep/child` != ''")

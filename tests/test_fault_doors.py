@@ -147,6 +147,45 @@ def test_an_idle_orphaned_worker_marks_the_parent_run_and_exits(store):
     )
 
 
+def test_an_orphaned_worker_finishes_ending_its_interrupted_work_before_it_leaves(tmp_path):
+    """The parent dies while a worker trains: the worker's work is interrupted and ends its run (seconds on a loaded
+    machine), and only then does the worker leave. Its watch thread once took the interrupted work for finished
+    and left mid-cleanup, leaving the run RUNNING (seen under two busy loops)."""
+    import psutil
+    from conftest import wait_until
+
+    from bertpooled.sweep import workers
+
+    ready, ended = tmp_path / "ready", tmp_path / "ended"
+    worker = (
+        "import os, time; from bertpooled.sweep import workers\n"
+        "workers.init(None, workers.Owner(os.getppid()))\n"
+        "with workers.busy():\n"
+        "    try:\n"
+        f"        open({str(ready)!r}, 'w').close(); time.sleep(120)\n"
+        "    except KeyboardInterrupt:\n"
+        f"        time.sleep(3); open({str(ended)!r}, 'w').close(); raise\n"  # a slow ending, as under load
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}]); print(w.pid, flush=True); time.sleep(300)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(workers.__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", parent], env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    child = None
+    try:
+        child = psutil.Process(int(proc.stdout.readline()))
+        wait_until(ready.exists, 120, "the worker never started its work")
+        proc.kill()
+        proc.wait(30)
+        child.wait(60)  # it left (psutil.TimeoutExpired otherwise) ...
+        assert ended.exists()  # ... after its work's cleanup, not in the middle of it
+    finally:
+        proc.kill()
+        if child is not None and child.is_running():
+            child.kill()
+
+
 # --- 2. every YAML the project reads goes through the one bounded reader ----------------------------------------
 
 

@@ -306,6 +306,26 @@ def test_a_store_that_fails_mid_run_is_one_line_not_pages(store, tiny_bert, tiny
     assert run.info.status == "FAILED"  # not left RUNNING
 
 
+def test_a_run_the_store_will_not_let_end_is_one_warning_naming_the_command_that_ends_it(store, monkeypatch, capsys):
+    """Both the status write and the fresh client's final try fail: the run stays RUNNING, and the user is told
+    which run and how to end it, instead of nothing."""
+    from mlflow.tracking import MlflowClient
+
+    from bertpooled.tracking import runs as tracking
+
+    run = mlflow.start_run(experiment_id=MlflowClient(store).create_experiment("end"))
+
+    def locked(*args, **kwargs):
+        raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(mlflow, "set_tag", locked)
+    monkeypatch.setattr(MlflowClient, "set_terminated", locked)
+    tracking.end_run(run.info.run_id, "KILLED", "interrupted")
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "INFO mlflow" not in line]
+    assert run.info.run_id in line and "database is locked" in line and "runs end-abandoned" in line
+    assert MlflowClient(store).get_run(run.info.run_id).info.status == "RUNNING"
+
+
 # --- 5. Ctrl-C before the first checkpoint ---------------------------------------------------------------------
 
 

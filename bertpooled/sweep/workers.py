@@ -39,9 +39,11 @@ class Owner:
     resume_hint: str = ""
 
 
-# This worker process's state: the pool's stop flag, whether work runs here now, and whom it works for.
+# This worker process's state: the pool's stop flag, whether work runs here now (until its cleanup has ended),
+# whether that work was interrupted already, and whom it works for.
 _stop = None
 _busy = False
+_interrupted = False
 _owner: Owner | None = None
 
 
@@ -66,14 +68,18 @@ def init(stop, owned_by: Owner) -> None:
     _stop, _owner = stop, owned_by
 
     def take(signum: int) -> bool:
-        global _busy
+        global _interrupted
         with contextlib.suppress(Exception):  # its semaphore may belong to a process that died
             if _stop is not None:
                 _stop.set()
-        busy, _busy = _busy, False  # one interrupt per piece of work: a second must not cut its cleanup short
-        if not busy and orphaned():
+        if _busy:
+            # One interrupt per piece of work: a second must not cut its cleanup short. The work stays busy until
+            # its cleanup (ending its run KILLED) is over, so that nothing makes this orphan leave before that.
+            first, _interrupted = not _interrupted, True
+            return first
+        if orphaned():
             leave()
-        return busy
+        return False
 
     interrupts.install(take)
     _die_with_parent()
@@ -88,8 +94,8 @@ def stopped() -> bool:
 def busy() -> Iterator[None]:
     """Work running in this worker: a signal from here on interrupts it (KeyboardInterrupt), and stops the pool;
     if the parent died meanwhile, the worker leaves once the work has ended (its run KILLED)."""
-    global _busy
-    _busy = True
+    global _busy, _interrupted
+    _busy, _interrupted = True, False
     try:
         yield
     except KeyboardInterrupt:
@@ -98,7 +104,7 @@ def busy() -> Iterator[None]:
                 _stop.set()
         raise
     finally:
-        _busy = False
+        _busy = False  # the work and its cleanup are over: from here an orphan may leave
         if orphaned():
             leave()
 
@@ -144,8 +150,10 @@ def leave() -> None:
             sweeps.use_tracking_uri(_owner.tracking_uri)
             reason = f"{ORPHANED}{': ' + _owner.resume_hint if _owner.resume_hint else ''}"
             sweeps.end_if_running(_owner.run_id, KILLED, reason)
-        except Exception:
-            pass  # the store may be gone too; the run stays as it is, and a resume finds it
+        except Exception as exc:  # the store may be gone too: the run stays as it is, and a resume finds it
+            from bertpooled.tracking.runs import say_not_ended
+
+            say_not_ended(_owner.run_id, KILLED, exc)
     os._exit(1)
 
 

@@ -215,10 +215,27 @@ def end_run(run_id: str, status: str, reason: str) -> None:
             mlflow.set_tag(ERROR_TAG, reason)
             mlflow.end_run(status)
         except Exception:
-            with suppress(Exception):
+            try:
                 MlflowClient().set_terminated(run_id, status)
+            except Exception as exc:
+                say_not_ended(run_id, status, exc)
             with suppress(Exception):
                 mlflow.end_run(status)  # clear the fluent API's active run in this process
+
+
+def say_not_ended(run_id: str, status: str, error: BaseException) -> None:
+    """One line on stderr when a run could not be ended (the store is gone or stopped answering): it stays RUNNING,
+    and the command that ends it once nothing drives it. Never raises: the caller is on its way out."""
+    import sys
+
+    first = (str(error).splitlines() or [type(error).__name__])[0][:300]
+    with suppress(Exception):
+        print(
+            f"warning: run {run_id} could not be marked {status} ({type(error).__name__}: {first}); it stays RUNNING "
+            "until `bertpooled runs end-abandoned --apply` ends it",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def log_config(config_dict: dict, extra_params: dict[str, object]) -> None:
