@@ -235,6 +235,25 @@ def test_one_group_without_its_baseline_is_that_groups_report_with_how_to_train_
     assert build_report(runs, preds).next_step == ""
 
 
+@pytest.mark.parametrize("format", ["table", "markdown", "json"])
+@pytest.mark.parametrize("terminal", [True, False])
+def test_the_next_step_is_said_once_where_the_user_reads(format, terminal, capsys, monkeypatch):
+    """On a terminal the report's notes already end with it; piped, or in a format without notes, stderr says it."""
+    import sys
+
+    from bertpooled.cli.shared import print_report
+
+    runs, preds = study(SAME)
+    report = build_report(runs[runs["params.config/mode"] == "pool"], preds)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    print_report(report, format, None)
+    out, err = capsys.readouterr()
+    seen = (out + err).count(report.next_step)
+    shown_in_report = report.next_step in out
+    assert seen == (1 if terminal or not shown_in_report else 2)
+    assert (report.next_step in err) == (not terminal or not shown_in_report)
+
+
 def test_a_suggested_selection_of_groups_without_the_baseline_names_a_baseline_it_has():
     from bertpooled.report.configs import selection_command
 

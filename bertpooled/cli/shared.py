@@ -125,8 +125,10 @@ def print_report(report, format: str, output: str | None, tracking_uri: str | No
     from bertpooled.report.render import render
     from bertpooled.report.verdict import register_hint
 
-    typer.echo(render(report, format).rstrip("\n"))
-    if report.next_step:
+    text = render(report, format).rstrip("\n")
+    typer.echo(text)
+    # The next step closes what the user sees: on stderr, unless the report just shown on this terminal says it.
+    if report.next_step and not (sys.stdout.isatty() and report.next_step in text):
         typer.echo(report.next_step, err=True)
     if register_hint(report):
         typer.echo(register_hint(report), err=True)
