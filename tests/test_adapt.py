@@ -91,7 +91,8 @@ def test_a_run_with_another_pooling_is_refused_in_one_line_and_no_run_is_created
         (("--pool", "none"), ("no", "window", "pooling")),
         (("--pool-at", "output"), ("layer:K",)),
         (("--reviews", "5000"), ("need", "reviews")),
-        (("--register", "bad name!"), ("--register",)),
+        (("--register", "a/b"), ("--register", "'/'")),
+        (("--register", "pooled@latest"), ("--register", "reserves")),  # train's rules: one check for both
         (("--max-len", "500"), ("max_len",)),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bertpooled.cli.errors import numbers_checked
+from bertpooled.cli.runs import check_register
 from bertpooled.cli.shared import fail, progress_bars
 from bertpooled.errors import BertpooledError
 
@@ -48,9 +49,7 @@ def run_adapt(options: dict) -> None:
         from bertpooled.config import Config
         from bertpooled.run.adapt import AdaptPlan, run_adaptation
 
-        register = options.pop("register")
-        if register is not None:
-            _check_registered_name(register)
+        register = check_register(options.pop("register"))  # as train's --register: refused before any work
         plan_options = {k: options.pop(k) for k in ("reviews", "held_out", "epochs", "lr")}
         config = Config(mode="pool", features="encoder", finetune=True, **options)
         plan = AdaptPlan(config, **plan_options)
@@ -72,17 +71,3 @@ def run_adapt(options: dict) -> None:
         f"--set pool={config.pool} --set pool_at={config.pool_at}"
         + (" --set separate_cls=true" if config.separate_cls else "")
     )
-
-
-def _check_registered_name(target: str) -> None:
-    """NAME or NAME@ALIAS as MLflow's registry takes them: one line before any work otherwise."""
-    import re
-
-    name, at, alias = target.partition("@")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\- ]{0,255}", name) or (
-        at and not re.fullmatch(r"[A-Za-z0-9_\-]{1,255}", alias)
-    ):
-        raise BertpooledError(
-            f"--register {target!r} is not a registered model name: use NAME or NAME@ALIAS (letters, digits, "
-            "'_', '-', '.'; an alias without '.')"
-        )

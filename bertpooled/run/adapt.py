@@ -16,7 +16,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,9 +28,12 @@ from bertpooled.data import tokens
 from bertpooled.errors import BertpooledError
 from bertpooled.model import backbone
 from bertpooled.model.pooling import lengths_mask, pool_sequence_cls
-from bertpooled.run import prepare, runtime
+from bertpooled.run import frozen, prepare, runtime
 from bertpooled.run.measure import Phases
 from bertpooled.run.sources import UNSUP_SOURCE, rows_digest
+
+if TYPE_CHECKING:
+    from bertpooled.tracking.registry import Target
 
 TRAIN_SOURCE = "train (labels dropped)"
 
@@ -159,7 +162,7 @@ def adapt(
             )
     teacher: Any = backbone.load_model(info)
     teacher = teacher.to(rt.device)
-    student = prepare.encoder_for(cfg, copy.deepcopy(teacher).requires_grad_(True)).to(rt.device)
+    student = frozen.encoder_for(cfg, copy.deepcopy(teacher).requires_grad_(True)).to(rt.device)
     before = held_out_mse(student, teacher, made["adapt-held-out"], cfg, rt)
     optimizer = torch.optim.Adam(student.parameters(), lr=plan.lr, fused=rt.device.type in ("cpu", "cuda"))
     order = torch.Generator().manual_seed(cfg.seed)
@@ -254,12 +257,13 @@ class AdaptOutcome:
 
 
 def run_adaptation(
-    plan: AdaptPlan, register: str | None = None, log=print, progress: bool | None = None
+    plan: AdaptPlan, register: Target | None = None, log=print, progress: bool | None = None
 ) -> AdaptOutcome:
     """Check the plan, then adapt as one MLflow run (kind `adapt`): the plan and where the reviews came from as
     params, the match per epoch as metrics, the backbone as the model `backbone`, registered when asked."""
     from bertpooled.contract import KIND_ADAPT, KIND_TAG
     from bertpooled.tracking import adapted as tracked
+    from bertpooled.tracking import registry
     from bertpooled.tracking import runs as tracking
     from bertpooled.tracking.probe import check_tracking_reachable
     from bertpooled.tracking.provenance import code_provenance
@@ -294,11 +298,7 @@ def run_adaptation(
             }
         )
         uri = tracked.log_backbone(result.model, backbone.load_tokenizer(info), adaptation_of(cfg, result))
-        registered = ""
-        if register:
-            model_name, version = tracked.register(uri, register)
-            alias = register.partition("@")[2]
-            registered = f"models:/{model_name}@{alias}" if alias else f"models:/{model_name}/{version}"
+        registered = registry.register(uri, register, run.info.run_id).uri if register else ""
         return AdaptOutcome(
             run.info.run_id,
             f"runs:/{run.info.run_id}/{tracked.BACKBONE_NAME}",

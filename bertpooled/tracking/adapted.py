@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow.tracking import MlflowClient
 
 from bertpooled import data
 from bertpooled.errors import BertpooledError
@@ -66,15 +65,6 @@ def log_backbone(model, tokenizer, adaptation: dict) -> str:
             ),
         )
     return info.model_uri
-
-
-def register(model_uri: str, target: str) -> tuple[str, str]:
-    """Register `model_uri` as `NAME` or `NAME@ALIAS` (the alias then points at the new version): (name, version)."""
-    name, _, alias = target.partition("@")
-    version = mlflow.register_model(model_uri, name).version
-    if alias:
-        MlflowClient().set_registered_model_alias(name, alias, str(version))
-    return name, str(version)
 
 
 @dataclass(frozen=True)
@@ -131,4 +121,4 @@ def fetch_backbone(uri: str) -> FetchedBackbone:
     return FetchedBackbone(final, adaptation, sha)
 
 
-__all__ = ["BACKBONE_NAME", "FetchedBackbone", "fetch_backbone", "is_model_uri", "log_backbone", "register"]
+__all__ = ["BACKBONE_NAME", "FetchedBackbone", "fetch_backbone", "is_model_uri", "log_backbone"]
