@@ -199,7 +199,7 @@ VAL_ACCURACY = val_metric(ACCURACY)
 # --- Costs -------------------------------------------------------------------------------------
 
 #: Timed phases, each logged as `time/<phase>_s` (see time_metric); `total` covers the whole process, and
-#: `precompute` (the training rows' frozen features computed once, `run.prepare.before_training`) is part of `train`.
+#: `precompute` (the training rows' frozen features computed once, `run.precompute.before_training`) is part of `train`.
 PHASES = ("data", "tokenize", "features", "teacher", "precompute", "train", "eval", "cost", "log_model", "total")
 
 
@@ -255,7 +255,7 @@ def cache_hit_metric(cache: str) -> str:
 
 
 #: The time each cache saves, by cache name; total time includes them all.
-#: `train_features`: the training rows' frozen features precomputed in memory (`run.prepare.before_training`), which
+#: `train_features`: the training rows' frozen features precomputed in memory (`run.precompute.before_training`), which
 #: shortens training itself; only runs whose features fit the budget get it.
 CACHED_PHASES = {
     "tokens": (TIME_TOKENIZE, TIME_TOTAL),

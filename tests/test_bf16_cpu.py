@@ -16,7 +16,7 @@ from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.model import inference
-from bertpooled.run import prepare, runtime
+from bertpooled.run import frozen, runtime
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not inference.cpu_has_bf16(), reason="this CPU has neither AVX512-BF16 nor AMX")
@@ -112,8 +112,8 @@ def test_serving_resolves_the_runs_precision_on_its_own_machine_and_falls_back_i
 
 def test_frozen_features_computed_in_bf16_are_their_own_cache_entry_and_fp32_keeps_its_key():
     cfg = load_config(overrides={"features": "encoder", "pool": "avg:2x1", "pool_at": "layer:2"})
-    assert prepare.features_key_part(cfg, "fp32") == prepare.inside_spec(cfg) == "avg:2x1@layer:2"
-    assert prepare.features_key_part(cfg, "bf16") == "avg:2x1@layer:2|bf16"
+    assert frozen.features_key_part(cfg, "fp32") == frozen.inside_spec(cfg) == "avg:2x1@layer:2"
+    assert frozen.features_key_part(cfg, "bf16") == "avg:2x1@layer:2|bf16"
 
 
 @needs_bf16

@@ -20,7 +20,7 @@ from bertpooled.data import features
 from bertpooled.errors import BertpooledError
 from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask, pool, pooled_lengths
-from bertpooled.run import cost, measure, prepare
+from bertpooled.run import cost, measure, prepare, runtime
 
 # --- masked pooling against a direct computation -----------------------------------------------------------
 
@@ -130,7 +130,7 @@ def prepared_for(overrides: dict, tiny_bert, tiny_imdb):
     info = prepare.check(cfg)
     phases = measure.Phases()
     imdb, tr, te = prepare.read_data(cfg, phases, progress=False)
-    return prepare.prepare(cfg, info, imdb, tr, te, phases, progress=False)
+    return prepare.prepare(cfg, info, imdb, tr, te, phases, rt=runtime.Runtime.resolve(cfg), progress=False)
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ from bertpooled.data.tokens import Tokens
 from bertpooled.model.backbone import WordEmbeddings
 from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier
 from bertpooled.run import fit as train
-from bertpooled.run import grouped, measure
+from bertpooled.run import grouped, measure, network, runtime
 from bertpooled.run.checkpoint import Checkpointer
 from bertpooled.run.prepare import Prepared
 
@@ -87,6 +87,7 @@ def make_prepared(
         test_split,
         train_tokens,
         test_tokens,
+        runtime.Runtime.resolve(config),
         embeddings=WordEmbeddings(table, 0, emb_layer),
     )
 
@@ -94,7 +95,7 @@ def make_prepared(
 def alone(prepared: Prepared, seed: int):
     """Seed `seed` trained by the existing path: build_model + fit, then its test probabilities."""
     prep = grouped.with_seed(prepared, seed)
-    model = train.build_model(prep)
+    model = network.build_model(prep)
     history = train.fit(model, prep, progress=False).history
     probs = measure.predict_proba(model, prep.test_tokens, 64, torch.device("cpu"))
     return history, model, probs
@@ -154,7 +155,7 @@ def test_per_seed_step_is_bitwise_the_step_alone(padding):
     # (dense.weight alone: `units` values) differently from a vectorised stretch of the stacked one.
     prepared = make_prepared("avg:2x2", padding, "torch")
     group = grouped.build_group(prepared, SEEDS, "per_seed")
-    models = [train.build_model(grouped.with_seed(prepared, seed)).train() for seed in SEEDS]
+    models = [network.build_model(grouped.with_seed(prepared, seed)).train() for seed in SEEDS]
     ids, lengths = torch.from_numpy(prepared.train_tokens.ids), torch.from_numpy(prepared.train_tokens.lengths)
     labels = torch.from_numpy(prepared.train.labels.astype(np.float32))
     for rows in (8, 5):
@@ -196,7 +197,7 @@ def test_group_starts_from_each_seeds_own_build_model_init():
     prepared = make_prepared("avg:2x2", "read", "torch")
     group = grouped.build_group(prepared, SEEDS)
     for s, seed in enumerate(SEEDS):
-        model = train.build_model(grouped.with_seed(prepared, seed))
+        model = network.build_model(grouped.with_seed(prepared, seed))
         for name, stacked in group.head.head_parameters():
             assert torch.equal(stacked[s], model.head.get_parameter(name)), name
 
@@ -205,7 +206,7 @@ def test_group_starts_from_each_seeds_own_build_model_init():
 def test_frozen_features_then_head_is_the_classifier(padding):
     # FrozenFeatures repeats PooledLSTMClassifier.forward before its head: guard against the two drifting apart.
     prepared = make_prepared("avg:2x2", padding, "keras")
-    model = train.build_model(prepared)
+    model = network.build_model(prepared)
     ids, lengths = torch.from_numpy(prepared.train_tokens.ids), torch.from_numpy(prepared.train_tokens.lengths)
     assert isinstance(model, PooledLSTMClassifier)
     features = grouped.FrozenFeatures(model)
@@ -230,7 +231,7 @@ def test_seed_snapshot_is_the_optimizer_a_run_alone_would_checkpoint():
     grouped.fit_group(group, prepared, progress=False, on_epoch_end=on_epoch_end)
     for s, seed in enumerate(SEEDS[:2]):
         prep = grouped.with_seed(prepared, seed)
-        model = train.build_model(prep)
+        model = network.build_model(prep)
         writes = []
 
         def write(epoch, m, optimizer, order, history):

@@ -9,7 +9,7 @@ from bertpooled.model import pooling
 from bertpooled.model.build import ModelSpec, build, from_state
 from bertpooled.model.heads import EmbeddingLayer
 from bertpooled.model.pooling import PoolPosition, PoolSpec
-from bertpooled.run.fit import spec_of
+from bertpooled.run.network import spec_of
 
 
 def _layer(hidden=8, positions=12):

@@ -13,7 +13,7 @@ from bertpooled.errors import BertpooledError
 from bertpooled.model.encoder import PoolingEncoder
 from bertpooled.model.heads import EncoderLSTMClassifier
 from bertpooled.model.pooling import PoolPosition, PoolSpec, lengths_mask, pooled_length, pooled_lengths
-from bertpooled.run import cost, fit, measure, prepare, runtime
+from bertpooled.run import cost, fit, frozen, measure, network, prepare, runtime
 
 
 def layer_flops(tokens: int, hidden: int = 32, intermediate: int = 64) -> int:
@@ -137,8 +137,8 @@ def test_counted_backbone_flops_fall_with_every_further_stage_as_the_layer_formu
 def test_the_feature_cache_key_names_every_stage_and_one_stage_keeps_its_old_key():
     one = load_config(overrides={"features": "encoder", "pool": "avg:2x1", "pool_at": "layer:2"})
     two = load_config(overrides={"features": "encoder", "pool": "avg:2x1", "pool_at": "layer:2,layer:4"})
-    assert prepare.inside_spec(one) == "avg:2x1@layer:2"  # what single-stage entries were stored under
-    assert prepare.inside_spec(two) == "avg:2x1@layer:2,layer:4"
+    assert frozen.inside_spec(one) == "avg:2x1@layer:2"  # what single-stage entries were stored under
+    assert frozen.inside_spec(two) == "avg:2x1@layer:2,layer:4"
 
 
 # --- fine-tuning at every position ----------------------------------------------------------------------------
@@ -165,9 +165,9 @@ def test_fine_tuning_with_pooling_trains_the_backbone_and_the_head(store, tiny_b
     info = prepare.check(cfg)
     phases = measure.Phases()
     imdb, tr, te = prepare.read_data(cfg, phases, progress=False)
-    prepared = prepare.prepare(cfg, info, imdb, tr, te, phases, progress=False)
+    prepared = prepare.prepare(cfg, info, imdb, tr, te, phases, rt=runtime.Runtime.resolve(cfg), progress=False)
     assert not prepared.cached  # fine-tuning reads token ids, never frozen features
-    model = fit.build_model(prepared)
+    model = network.build_model(prepared)
     before = {k: v.clone() for k, v in model.encoder.model.state_dict().items()}
     history = fit.fit(model, prepared, progress=False).history
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h.loss)) for h in history)

@@ -1,4 +1,5 @@
-"""The training rows' frozen features computed once (bertpooled.run.prepare.before_training) train exactly as per batch.
+"""The training rows' frozen features computed once (bertpooled.run.precompute.before_training) train exactly as per
+batch.
 
 Tiny synthetic data and a tiny random embedding table (from test_grouped): no IMDB, no backbone, no MLflow.
 """
@@ -15,8 +16,7 @@ from test_grouped import make_prepared
 from bertpooled.contract import CACHED_PHASES, TIME_TOTAL, TIME_TRAIN
 from bertpooled.report.verdict import _cost_sentence
 from bertpooled.run import fit as train
-from bertpooled.run import grouped, measure
-from bertpooled.run import prepare as precompute
+from bertpooled.run import grouped, measure, network, precompute
 from bertpooled.run.measure import Phases
 
 CPU = torch.device("cpu")
@@ -26,7 +26,7 @@ def run(prepared, budget_mb: int):
     prepared = dataclasses.replace(
         prepared, config=dataclasses.replace(prepared.config, precompute_mb=budget_mb), phases=Phases()
     )
-    model = train.build_model(prepared)
+    model = network.build_model(prepared)
     fitted = train.fit(model, prepared, progress=False)
     probs = measure.predict_proba(model, prepared.test_tokens, 64, CPU)
     return prepared, fitted.history, model, probs, fitted.precomputed
@@ -56,7 +56,7 @@ def test_training_on_precomputed_features_is_bitwise_training_per_batch(pool, pa
 
 def test_features_over_the_budget_are_computed_per_batch():
     prepared = make_prepared("none", n=37, max_len=12, hidden=8)
-    model = train.build_model(prepared)
+    model = network.build_model(prepared)
     ids, lengths = torch.from_numpy(prepared.train_tokens.ids), torch.from_numpy(prepared.train_tokens.lengths)
     row_mib = 12 * 8 * 4 / precompute.MIB
     # 37 rows of 12 x 8 float32: just under and just over the budget.

@@ -18,7 +18,7 @@ from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
 from bertpooled.model.encoder import PoolingEncoder, attention_received, truncated
 from bertpooled.model.pooling import PoolPosition, PoolSpec, keep_top, lengths_mask, pool_sequence_cls
-from bertpooled.run import cost
+from bertpooled.run import cost, runtime
 
 FT = ("--set", "features=encoder", "--set", "finetune=true", "--set", "backbone_lr=1e-3")
 
@@ -177,8 +177,9 @@ def test_a_run_started_from_a_tracked_model_reproduces_its_predictions_before_tr
     store, teacher, tiny_bert, tiny_imdb
 ):
     from bertpooled.run import prepare
-    from bertpooled.run.fit import build_model, model_inputs
     from bertpooled.run.measure import Phases, predict_logits
+    from bertpooled.run.network import build_model
+    from bertpooled.run.prepare import model_inputs
 
     phases = Phases()
     for ref in (teacher, f"runs:/{teacher}/model"):
@@ -196,7 +197,9 @@ def test_a_run_started_from_a_tracked_model_reproduces_its_predictions_before_tr
         )
         info = prepare.check(config)
         imdb, train_split, test_split = prepare.read_data(config, phases)
-        prepared = prepare.prepare(config, info, imdb, train_split, test_split, phases)
+        prepared = prepare.prepare(
+            config, info, imdb, train_split, test_split, phases, rt=runtime.Runtime.resolve(config)
+        )
         student = build_model(prepared)
         source = prepared.sources["init_from"]
         from bertpooled.model.build import ModelSpec, from_state

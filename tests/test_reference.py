@@ -16,7 +16,7 @@ from bertpooled import data
 from bertpooled.cli import app
 from bertpooled.config import load_config
 from bertpooled.model import backbone
-from bertpooled.run import measure, prepare, reference
+from bertpooled.run import measure, prepare, reference, runtime
 from bertpooled.run.shared import Shared
 
 CONTRACT_METRICS = {
@@ -134,7 +134,9 @@ def test_reference_with_a_pooling_layer_is_refused_before_any_run(store, tiny_be
 def test_the_reference_tokenizes_through_the_same_cache_as_the_neural_modes(store, tiny_bert, tiny_imdb):
     cfg, info, imdb, train_split, test_split, phases = _inputs(tiny_bert, tiny_imdb)
     neural = load_config(SMOKE, {**cfg.to_dict(), "mode": "basic"})
-    prepared = prepare.prepare(neural, info, imdb, train_split, test_split, measure.Phases())
+    prepared = prepare.prepare(
+        neural, info, imdb, train_split, test_split, measure.Phases(), rt=runtime.Runtime.resolve(neural)
+    )
     _, test_texts, _tokenizer, hit = reference.texts(cfg, info, imdb, train_split, test_split, phases, Shared())
     assert hit  # prepare.prepare wrote the disk cache entry the reference read
     ids = prepared.test_tokens

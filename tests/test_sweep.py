@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from bertpooled.config import load_config
 from bertpooled.errors import BertpooledError
-from bertpooled.run import fit, measure, prepare
+from bertpooled.run import fit, measure, prepare, runtime
 from bertpooled.run.experiment import run_experiment
 from bertpooled.run.shared import Shared
 from bertpooled.sweep import plan as sweep
@@ -65,12 +65,13 @@ def test_shared_inputs_are_train_prepare_s_inputs_made_once(store, tiny_bert, ti
     data_a = shared.read_data(cfg, first)
     data_b = shared.read_data(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "pool": "", "seed": 1}), second)
     assert data_a is data_b and set(first.seconds) == set(second.seconds) == {"data"}
-    a = shared.prepare(cfg, info, *data_a, first)
-    b = shared.prepare(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "pool": ""}), info, *data_a, second)
+    rt = runtime.Runtime.resolve(cfg)
+    a = shared.prepare(cfg, info, *data_a, first, rt=rt)
+    b = shared.prepare(load_config(SMOKE, {**cfg.to_dict(), "mode": "pool", "pool": ""}), info, *data_a, second, rt=rt)
     assert a.train_tokens is b.train_tokens and a.embeddings is b.embeddings and b.config.mode == "pool"
     assert {"tokenize", "features"} <= set(second.seconds) and b.tokens_cache_hit
 
-    alone = prepare.prepare(cfg, info, *prepare.read_data(cfg, measure.Phases()), measure.Phases())
+    alone = prepare.prepare(cfg, info, *prepare.read_data(cfg, measure.Phases()), measure.Phases(), rt=rt)
     np.testing.assert_array_equal(alone.train_tokens.ids, a.train_tokens.ids)
     np.testing.assert_array_equal(alone.test_tokens.lengths, a.test_tokens.lengths)
     assert alone.embeddings.table.equal(a.embeddings.table)

@@ -49,7 +49,7 @@ class Data:
         self.rows = rows
 
     def model(self, pool: str, seed: int) -> PooledLSTMClassifier:
-        torch.manual_seed(seed)  # run.fit.build_model: seed_everything(seed), then construct
+        torch.manual_seed(seed)  # run.network.build_model: seed_everything(seed), then construct
         return PooledLSTMClassifier(self.table, PoolSpec.parse(pool), layer=self.layer).train()
 
     def batches(self, seeds: int):

@@ -17,7 +17,7 @@ def measure_in_turns(data: str, rounds: int, architectures: dict[str, dict], max
     from bertpooled.model.build import build
     from bertpooled.model.inference import cpu_has_bf16
     from bertpooled.run import cost, runtime
-    from bertpooled.run.fit import spec_of
+    from bertpooled.run.network import spec_of
 
     precision = "bf16" if cpu_has_bf16() else "fp32"
     info = backbone.inspect("minilm")

@@ -46,7 +46,7 @@ def frozen_models(max_len: int, bert, embeddings) -> dict:
     from bertpooled.config import load_config
     from bertpooled.model.build import build
     from bertpooled.run import runtime
-    from bertpooled.run.fit import spec_of
+    from bertpooled.run.network import spec_of
 
     models = {}
     for row in ROWS:

@@ -24,13 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's b
 def pack(out: Path, config_path: str) -> None:
     from bertpooled.config import load_config
     from bertpooled.model import backbone
-    from bertpooled.run import measure, prepare
+    from bertpooled.run import measure, prepare, runtime
 
     cfg = load_config(config_path)
     info = prepare.check(cfg)
     phases = measure.Phases()
     imdb, tr, te = prepare.read_data(cfg, phases, progress=False)
-    prep = prepare.prepare(cfg, info, imdb, tr, te, phases, progress=False)
+    prep = prepare.prepare(cfg, info, imdb, tr, te, phases, rt=runtime.Runtime.resolve(cfg), progress=False)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out / "tokens.npz",
@@ -79,7 +79,7 @@ def time_setting(bundle: Path, loaded, mode: str, amp: bool, repeats: int, devic
 
     from bertpooled.config import load_config
     from bertpooled.model import backbone
-    from bertpooled.run import fit, measure, prepare
+    from bertpooled.run import fit, measure, network, prepare, runtime
 
     (tr, tr_tok), (te, te_tok), table = loaded
     device = torch.device(device_name)
@@ -89,22 +89,17 @@ def time_setting(bundle: Path, loaded, mode: str, amp: bool, repeats: int, devic
         {"mode": mode, "device": device_name, "precision": "bf16" if amp else "fp32", **extra},
     )
     emb = backbone.WordEmbeddings(table, 0)
-    prep = prepare.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, None, emb)
-    warm = prepare.Prepared(
-        load_config(bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name, "precision": "fp32"}),
-        None,
-        None,
-        tr,
-        te,
-        tr_tok,
-        te_tok,
-        None,
-        emb,
+    prep = prepare.Prepared(cfg, None, None, tr, te, tr_tok, te_tok, runtime.Runtime.resolve(cfg), embeddings=emb)
+    warm_cfg = load_config(
+        bundle / "config.yaml", {"mode": mode, "epochs": 1, "device": device_name, "precision": "fp32"}
     )
-    fit.fit(fit.build_model(warm).to(device), warm, progress=False)
+    warm = prepare.Prepared(
+        warm_cfg, None, None, tr, te, tr_tok, te_tok, runtime.Runtime.resolve(warm_cfg), embeddings=emb
+    )
+    fit.fit(network.build_model(warm).to(device), warm, progress=False)
     rows = []
     for _ in range(repeats):
-        model = fit.build_model(prep).to(device)
+        model = network.build_model(prep).to(device)
         sync()
         t0 = time.perf_counter()
         fit.fit(model, prep, progress=False)

@@ -6,7 +6,7 @@
 
 Synthetic data shaped like the default protocol (`common/synthetic.py`'s `Data`: MiniLM's embedding layer, batch 32,
 max_len 128, LSTM(16), fused Adam), the step `run.fit.fit` runs per batch: gather the batch's token ids,
-the frozen features (per batch, or gathered from features precomputed for every row, `run.prepare.before_training`),
+the frozen features (per batch, or gathered from features precomputed for every row, `run.precompute.before_training`),
 forward, loss, backward, Adam. First the median wall time per step over `--repeats` timings of `--steps`
 steps; then `torch.profiler`'s self CPU time per operator over `--steps` steps, in ms per step (the profiler
 adds its own overhead: compare rows, not the sum with the wall time).

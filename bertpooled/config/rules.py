@@ -107,28 +107,41 @@ def check_numbers(cfg: Config) -> None:
         )
 
 
+def normalise(cfg: Config, **values: Any) -> None:
+    """Set fields of a Config being made (its __post_init__): the one place a frozen Config is written to."""
+    for name, value in values.items():
+        object.__setattr__(cfg, name, value)
+
+
 def check_choices(cfg: Config) -> None:
-    """Text fields normalised and checked against their choices, and the combinations that cannot run."""
+    """Text fields normalised (while the Config is being made) and checked against their choices, and the
+    combinations that cannot run."""
     if not cfg.model or not str(cfg.model).strip():
         reject("model", cfg.model, "minilm, a Hugging Face name or a local folder")
-    cfg.model = str(cfg.model).strip()
-    cfg.data = str(cfg.data).strip() or None if cfg.data is not None else None
-    cfg.padding = str(cfg.padding).lower()
+    normalise(
+        cfg,
+        model=str(cfg.model).strip(),
+        data=str(cfg.data).strip() or None if cfg.data is not None else None,
+        padding=str(cfg.padding).lower(),
+        init=str(cfg.init).lower(),
+        lstm_bias=str(cfg.lstm_bias).strip().lower(),
+        device=str(cfg.device).strip().lower(),
+        reference_text=str(cfg.reference_text).strip().lower(),
+        precision=str(cfg.precision).strip().lower(),
+        features=str(cfg.features).strip().lower(),
+        init_from=str(cfg.init_from or "").strip(),
+        distill_from=str(cfg.distill_from or "").strip(),
+    )
     if cfg.padding not in PADDINGS:
         reject("padding", cfg.padding, " or ".join(PADDINGS))
-    cfg.init = str(cfg.init).lower()
     if cfg.init not in INITS:
         reject("init", cfg.init, " or ".join(INITS))
-    cfg.lstm_bias = str(cfg.lstm_bias).strip().lower()
     if cfg.lstm_bias not in LSTM_BIASES:
         reject("lstm_bias", cfg.lstm_bias, " or ".join(LSTM_BIASES))
-    cfg.device = str(cfg.device).strip().lower()
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
         reject("device", cfg.device, "auto, cpu, cuda, cuda:N or mps")
-    cfg.reference_text = str(cfg.reference_text).strip().lower()
     if cfg.reference_text not in REFERENCE_TEXTS:
         reject("reference_text", cfg.reference_text, " or ".join(REFERENCE_TEXTS))
-    cfg.precision = str(cfg.precision).strip().lower()
     if cfg.precision not in PRECISIONS:
         reject(
             "precision",
@@ -141,11 +154,9 @@ def check_choices(cfg: Config) -> None:
             cfg.precision,
             "fp32 or auto with device=mps (bf16 autocast runs on CUDA or a bf16-capable CPU)",
         )
-    cfg.features = str(cfg.features).strip().lower()
     if cfg.features not in FEATURES:
         reject("features", cfg.features, " or ".join(FEATURES))
     for name in ("init_from", "distill_from"):
-        setattr(cfg, name, str(getattr(cfg, name) or "").strip())
         value = getattr(cfg, name)
         if value and not re.fullmatch(
             r"[0-9a-fA-F]{32}|runs:/[0-9a-fA-F]{32}/\S+|models:/[^\s/@]+(@[^\s/]+|/\d+)", value

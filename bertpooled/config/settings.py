@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,15 +30,21 @@ from bertpooled.config.rules import (  # noqa: F401  (the settings' choices, imp
 )
 from bertpooled.errors import BertpooledError, short_text
 
+if TYPE_CHECKING:
+    from bertpooled.model.pooling import PoolPosition, PoolSpec
+
 # Settings older configs and logged runs still carry, mapped onto today's fields (see `load_config`).
 # amp=true was bf16 autocast on CUDA and nothing on CPU: precision=auto (which since also picks bf16 for encoder work
 # on a CPU with native bf16); amp=false was fp32 everywhere.
 LEGACY_SETTINGS = {"amp": lambda value: {"precision": "auto" if _coerce_bool("amp", value) else "fp32"}}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """A fully resolved experiment. Every field can be set in YAML, by `--set key=value`, or by its CLI option."""
+    """A fully resolved experiment. Every field can be set in YAML, by `--set key=value`, or by its CLI option.
+
+    Frozen: checked and normalised once, when made; a changed config is a new one (`dataclasses.replace`, which
+    checks it again)."""
 
     mode: str = "basic"
     """`basic` (embeddings straight into the LSTM), `pool` (the original's 2x2 average pooling first) or `reference`
@@ -157,24 +164,36 @@ class Config:
                     self.system_metrics,
                     'false, or install psutil (pip install psutil; in a checkout: pip install -e ".[system-metrics]")',
                 )
-        self.mode = MODE_ALIASES.get(str(self.mode).strip().lower(), str(self.mode).strip().lower())
+        mode = str(self.mode).strip().lower()
+        rules.normalise(self, mode=MODE_ALIASES.get(mode, mode))
         if self.mode not in MODES:
             rules.reject("mode", self.mode, f"one of {', '.join(MODES + tuple(MODE_ALIASES))}")
         rules.check_numbers(self)
         rules.check_choices(self)
-        # Parsed once, like `pool_spec`: code asks the kind what it means instead of comparing strings.
-        self.feature_kind = FeatureKind(self.features)
-        from bertpooled.model.pooling import PoolPosition, PoolSpec  # late: pooling imports torch
+        # The pooling fields keep their canonical spelling for params, tags and YAML; code reads the typed
+        # `pool_spec` and `position`.
+        rules.normalise(self, pool=str(self.pool_spec), pool_at=str(self.position))
+        rules.check_combinations(self, self.pool_spec)
+        rules.check_pooling_combination(self, self.pool_spec, self.position)
 
-        spec = PoolSpec.parse(self.pool or MODE_POOL[self.mode])
-        self.pool = str(spec)
-        # Parsed once, here: code reads the typed `pool_spec` and `position`; the fields keep their canonical
-        # spelling for params, tags and YAML.
-        self.pool_spec = spec
-        self.position = PoolPosition.parse(self.pool_at)
-        self.pool_at = str(self.position)
-        rules.check_combinations(self, spec)
-        rules.check_pooling_combination(self, spec, self.position)
+    @cached_property
+    def feature_kind(self) -> FeatureKind:
+        """What `features` means, parsed once: code asks the kind instead of comparing strings."""
+        return FeatureKind(self.features)
+
+    @cached_property
+    def pool_spec(self) -> PoolSpec:
+        """The pooling, parsed once (the mode's own when `pool` is unset)."""
+        from bertpooled.model.pooling import PoolSpec  # late: pooling imports torch
+
+        return PoolSpec.parse(self.pool or MODE_POOL[self.mode])
+
+    @cached_property
+    def position(self) -> PoolPosition:
+        """Where the pooling sits, parsed once."""
+        from bertpooled.model.pooling import PoolPosition
+
+        return PoolPosition.parse(self.pool_at)
 
     @property
     def variant(self) -> str:

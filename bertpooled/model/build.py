@@ -1,9 +1,9 @@
 """One model spec, one builder: training and serving build the classifier from the same `ModelSpec`.
 
 The spec is what the logged model stores as `model_config.json`; the model layer never reads the experiment `Config`
-(`bertpooled.run.fit.spec_of` makes a spec from one). Building a model draws its initial weights from torch's generator
-as it stands: the caller seeds it (a run seeds right before building, so the head's initialisation is the run's seed
-alone).
+(`bertpooled.run.network.spec_of` makes a spec from one). Building a model draws its initial weights from torch's
+generator as it stands: the caller seeds it (a run seeds right before building, so the head's initialisation is the
+run's seed alone).
 """
 
 from __future__ import annotations

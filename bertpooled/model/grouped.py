@@ -185,7 +185,7 @@ class FrozenFeatures(nn.Module):
             hidden = pool_hidden(inputs.float(), self.pool)
             pooled, mask = pool_sequence(hidden, lengths_mask(lengths, hidden.shape[1]), self.pool)
             return pooled, mask.sum(1)
-        # Precomputed: `rows` of every row, computed once before training (`run.prepare.before_training`).
+        # Precomputed: `rows` of every row, computed once before training (`run.precompute.before_training`).
         x, head_lengths = (inputs, lengths) if self.kind == "precomputed" else self.rows(inputs, lengths)
         return x, head_lengths if self.padding == "mask" else None
 
@@ -205,7 +205,7 @@ class FrozenFeatures(nn.Module):
 class SeedGroup(nn.Module):
     """S per-seed models of one configuration, trained as one: frozen features shared, heads stacked.
 
-    `models` are the ordinary per-seed models (what `fit.build_model` returns), kept as they are and not
+    `models` are the ordinary per-seed models (what `network.build_model` returns), kept as they are and not
     registered as submodules (their own head parameters are not trained; `split` writes the trained weights
     into them). `group(inputs, lengths)` with inputs (S, batch, ...) and lengths (S, batch) -> logits (S, batch).
     """

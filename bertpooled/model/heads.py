@@ -145,8 +145,8 @@ class PooledLSTMClassifier(nn.Module):
         """The frozen part, a fixed function of the ids: (pooled features (batch, seq', hidden'), their lengths).
 
         Every operation acts on each token (or pooling window) alone, so the features of a row do not depend on
-        the batch it is computed in: computed once for the whole training set (`bertpooled.run.prepare.before_training`)
-        they are bitwise those of each batch.
+        the batch it is computed in: computed once for the whole training set
+        (`bertpooled.run.precompute.before_training`) they are bitwise those of each batch.
         """
         return frozen_features(ids, lengths, self.embeddings, self.layer, self.pool, self.padding)
 

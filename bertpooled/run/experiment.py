@@ -29,8 +29,7 @@ from bertpooled.contract import (
 from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
 from bertpooled.run import resume as resuming
-from bertpooled.run.fit import EpochStats
-from bertpooled.run.measure import Phases, Trained
+from bertpooled.run.measure import EpochStats, Phases, Trained
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
 from bertpooled.run.sources import ROLES, fetch_sources, rows_digest, unlabelled_split

@@ -1,4 +1,5 @@
-"""Training and prediction: the one visible training loop, tf.data's shuffle order, and the test-set pass."""
+"""Training: the one visible training loop (`train_epochs`, with a seed axis), a run alone through it (`fit`),
+tf.data's shuffle order, and `train_and_evaluate` (build, fit, then `run.evaluate`)."""
 
 from __future__ import annotations
 
@@ -6,45 +7,27 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bertpooled.contract import (
-    ACCURACY,
-    PARAMS_BACKBONE,
-    PARAMS_HEAD,
-    PARAMS_HEAD_TRAINABLE,
-    QUALITY_METRICS,
-    THROUGHPUT_TRAIN,
-    cache_hit_metric,
-    val_metric,
-)
-from bertpooled.model.build import Classifier, ModelSpec, build
-from bertpooled.model.heads import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier, count_parameters
-from bertpooled.run import checkpoint, prepare, runtime, sources
-from bertpooled.run.measure import Trained, evaluate, predict_inputs
+from bertpooled.contract import cache_hit_metric
+from bertpooled.model.build import Classifier
+from bertpooled.model.heads import EncoderLSTMClassifier, FeatureHead
+from bertpooled.run import checkpoint, precompute, runtime, sources
+from bertpooled.run.evaluate import evaluate_epoch, evaluate_trained
+from bertpooled.run.measure import EpochStats, Trained
+from bertpooled.run.network import build_model, trained_network
 from bertpooled.run.prepare import Prepared, model_inputs
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    loss: float
-    accuracy: float
-    seconds: float
-    test_accuracy: float | None = None
-    val: dict[str, float] | None = None
-    """The validation split's quality metrics after this epoch (`val/accuracy`, ...), when the run has one."""
 
 
 @dataclass(frozen=True)
 class Fitted:
     """What training hands back: each seed's per-epoch history (one seed for a run alone, S for a seed group)
-    and whether it trained on the training rows' features computed once (`run.prepare.before_training`)."""
+    and whether it trained on the training rows' features computed once (`run.precompute.before_training`)."""
 
     histories: list[list[EpochStats]]
     precomputed: bool = False
@@ -81,63 +64,6 @@ class Trainee:
     """The student's forward that keeps its last hidden states (`run.sources.HiddenTap`), for the hidden term."""
 
 
-def build_model(prepared: Prepared) -> Classifier:
-    """The run's classifier, built from its ModelSpec and initialised from the run's seed alone."""
-    cfg = prepared.config
-    runtime.seed_everything(cfg.seed)
-    spec = spec_of(cfg)
-    if not cfg.feature_kind.encoder:
-        assert prepared.embeddings is not None, "a head on input features is prepared with the embeddings"
-        return build(spec, table=prepared.embeddings.table, layer=prepared.embeddings.layer)
-    # Fine-tuning trains a copy: the loaded backbone stays frozen for whatever else shares it.
-    model = build(spec, backbone=prepared.backbone_model, trainable_backbone=cfg.finetune)
-    source = prepared.sources.get("init_from")
-    if source is not None:
-        # The two-stage recipe: the source run's backbone and head, with this run's pooling inserted.
-        model.load_state_dict(sources.initial_state(source, model))
-    return model
-
-
-def spec_of(config, **extra) -> ModelSpec:
-    """The model spec of an experiment config (`extra`: what only the built model knows)."""
-    return ModelSpec(
-        config.features,
-        config.pool_spec,
-        config.position,
-        config.lstm_units,
-        config.padding,
-        config.lstm_bias,
-        config.max_len,
-        config.model,
-        config.init,
-        keep_layers=config.keep_layers,
-        separate_cls=config.separate_cls,
-        **extra,
-    )
-
-
-def model_spec(config, model: Classifier) -> ModelSpec:
-    """The spec the logged model stores: the config's, plus what only the built model knows."""
-    if config.feature_kind.whole_layer:
-        assert isinstance(model, PooledLSTMClassifier) and model.layer is not None
-        return spec_of(config, layer_norm_eps=model.layer.eps)
-    if config.feature_kind.encoder:
-        # The backbone's architecture as JSON: serving rebuilds it and loads the weights from safetensors.
-        assert isinstance(model, EncoderLSTMClassifier)
-        return spec_of(config, backbone_config=backbone_of(model).config.to_dict(), precision=config.precision)
-    return spec_of(config)
-
-
-def backbone_of(model: EncoderLSTMClassifier) -> Any:
-    """The Hugging Face model inside an encoder classifier's pooling wrapper (`model.encoder.PoolingEncoder`)."""
-    return cast(Any, model.encoder).model
-
-
-def trained_network(model: Classifier, prepared: Prepared) -> torch.nn.Module:
-    """The part of `model` a step runs: the head alone on cached features, else the whole model."""
-    return FeatureHead(model) if prepared.cached else model
-
-
 def fit(
     model: Classifier,
     prepared: Prepared,
@@ -160,7 +86,7 @@ def fit(
     tap = None
     if distillation is not None and distillation.hidden_weight:
         net = tap = sources.HiddenTap(model)
-    ahead = prepare.before_training(net, getattr(net, "features", None), ids, lengths, prepared, progress)
+    ahead = precompute.before_training(net, getattr(net, "features", None), ids, lengths, prepared, progress)
     if ahead is not None:
         # The frozen features of every training row, computed once: a step runs the head alone.
         (ids, lengths), net = ahead, FeatureHead(model)
@@ -248,7 +174,7 @@ def train_epochs(
         for s in range(seeds):
             stats = EpochStats(epoch, losses_host[s] / n, correct_host[s] / labelled, seconds)
             with trainee.evaluating(s) as net:
-                evaluate_epoch(stats, net, prepared)
+                stats = evaluate_epoch(stats, net, prepared)
             histories[s].append(stats)
             if on_epoch:
                 on_epoch(s, stats)
@@ -283,30 +209,6 @@ def step(
     losses.sum().backward()
     trainee.optimizer.step()
     return losses.detach(), logits.detach()
-
-
-def evaluate_epoch(stats: EpochStats, net: torch.nn.Module, prepared: Prepared) -> None:
-    """After an epoch: the test accuracy with `eval_each_epoch`, the validation metrics with a validation split."""
-    rt = prepared.rt
-    if prepared.config.eval_each_epoch:
-        probs = predict_inputs(net, *model_inputs(prepared, "test"), rt.eval_batch, rt.device, rt.precision)
-        stats.test_accuracy = accuracy(prepared.split("test").labels, probs)
-    if prepared.val is not None:
-        stats.val = validate(net, prepared)
-
-
-def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """The contract's accuracy of probabilities against labels (at its decision threshold)."""
-    assert ACCURACY.score is not None
-    return ACCURACY.score(labels, probabilities)
-
-
-def validate(net: torch.nn.Module, prepared: Prepared) -> dict[str, float]:
-    """The validation split's quality metrics (`val/accuracy`, `val/f1`, `val/roc_auc`) of `net` as it is now."""
-    rt = prepared.rt
-    probs = predict_inputs(net, *model_inputs(prepared, "val"), rt.eval_batch, rt.device, rt.precision)
-    labels = prepared.split("val").labels
-    return {val_metric(metric): metric.score(labels, probs) for metric in QUALITY_METRICS if metric.score}
 
 
 def epoch_order(n: int, buffer: int, generator: torch.Generator, stored: np.ndarray | None = None) -> torch.Tensor:
@@ -345,73 +247,3 @@ def train_and_evaluate(prepared: Prepared, on_epoch=None, progress: bool | None 
     if distillation is not None:
         trained.metrics[cache_hit_metric("teacher")] = float(teacher_hit)
     return trained
-
-
-def evaluate_trained(
-    prepared: Prepared,
-    model: Classifier,
-    history: list[EpochStats],
-    precomputed: bool = False,
-    resumed_epochs: int = 0,
-) -> Trained:
-    """After training (alone, or in a seed group: bertpooled.run.grouped): evaluate on the test subset, measure the
-    inference cost, fill in the contract's metrics. `model` is on the run's device; `phases` holds its train time;
-    `precomputed`: whether training ran on precomputed training features (`Fitted.precomputed`)."""
-    from bertpooled.run import cost
-
-    cfg, phases, rt = prepared.config, prepared.phases, prepared.rt
-    with phases.timed("eval"):
-        net = trained_network(model, prepared)
-        probs = predict_inputs(net, *model_inputs(prepared, "test"), rt.eval_batch, rt.device, rt.precision)
-        metrics = evaluate(prepared.split("test").labels, probs)
-    # Inference is timed in the precision the run trained and evaluated in (bf16 on a GPU by default).
-    with phases.timed("cost"), rt.autocast():
-        metrics.update(
-            cost.measure(
-                model,
-                prepared.tokenizer,
-                prepared.split("test").texts,
-                cfg.max_len,
-                rt.device,
-                latency_texts=cfg.latency_texts,
-                throughput_batches=cfg.throughput_batches,
-            )
-        )
-    # time/train_s of a resumed run covers every epoch: the earlier ones were timed by the process that ran them
-    # (their seconds travel in the checkpoint). Otherwise a resume after the last epoch logs about 0 s.
-    phases.seconds["train"] += sum(h.seconds for h in history[:resumed_epochs])
-    metrics.update(size_metrics(prepared, model, phases.seconds["train"]))
-    metrics.update(cost.peak_memory_metrics(rt.device))
-    if prepared.cached:
-        metrics[cache_hit_metric("features")] = float(prepared.features_cache_hit)
-    metrics[cache_hit_metric("train_features")] = float(precomputed)
-    if prepared.val is not None:
-        metrics["data/val_examples"] = len(prepared.val)
-    return Trained(metrics, probs, model.cpu(), prepared.tokenizer, history)
-
-
-def size_metrics(prepared: Prepared, model: Classifier, train_s: float) -> dict[str, float]:
-    """Parameter counts, training throughput, data sizes and the token cache's hit of a trained run."""
-    cfg = prepared.config
-    head_total, head_trainable = count_parameters(model.head)
-    if prepared.embeddings is not None:
-        backbone_params, embedding_params, backbone_trainable = (
-            prepared.embeddings.backbone_params,
-            prepared.embeddings.table.numel(),
-            0,
-        )
-    else:
-        assert isinstance(model, EncoderLSTMClassifier), "a run without input embeddings has an encoder"
-        backbone_params, backbone_trainable = count_parameters(model.encoder)
-        embedding_params = backbone_of(model).get_input_embeddings().weight.numel()
-    return {
-        PARAMS_HEAD: head_total,
-        PARAMS_HEAD_TRAINABLE: head_trainable,
-        PARAMS_BACKBONE: backbone_params,
-        "params/backbone_trainable": backbone_trainable,
-        "params/embeddings": embedding_params,
-        THROUGHPUT_TRAIN: len(sources.training_ids(prepared)) * cfg.epochs / max(train_s, 1e-9),
-        "data/train_examples": len(prepared.train),
-        "data/test_examples": len(prepared.split("test")),
-        cache_hit_metric("tokens"): float(prepared.tokens_cache_hit),
-    }

@@ -1,7 +1,7 @@
 """S seeds of one configuration trained together: one loop, one backward, one Adam step for all (issue 13).
 
 The network is bertpooled.model.grouped's `SeedGroup` (S heads stacked, the frozen part shared); this module
-builds it exactly as each seed alone is built (`fit.build_model`), gives it one Adam over the stacked
+builds it exactly as each seed alone is built (`network.build_model`), gives it one Adam over the stacked
 parameters (S independent Adams, because Adam is elementwise) and trains it with `fit.train_epochs`, the loop a
 run alone trains with (a run alone is a group of one): each seed draws its own batch order from its own
 generator (`torch.Generator().manual_seed(seed)`), the frozen features of the S batches are computed in one
@@ -34,7 +34,7 @@ from bertpooled.config import Config
 from bertpooled.contract import TIME_GROUP_TRAIN
 from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence, head_of
 from bertpooled.model.heads import Classifier
-from bertpooled.run import fit, prepare, runtime
+from bertpooled.run import evaluate, fit, measure, network, precompute, runtime
 from bertpooled.run.measure import Phases, Trained
 from bertpooled.run.pipeline import Inputs, LSTMPipeline
 from bertpooled.run.prepare import model_inputs
@@ -53,13 +53,13 @@ def can_group(config) -> bool:
 
 
 def build_group(prepared, seeds: Sequence[int], recurrence: str | None = None) -> SeedGroup:
-    """S models built exactly as `fit.build_model` builds each seed's (seed_everything(seed), then construct),
+    """S models built exactly as `network.build_model` builds each seed's (seed_everything(seed), then construct),
     stacked into a SeedGroup on the run's device (`prepared.rt`), where `fit_group` trains it. `recurrence` None:
     `default_recurrence(device)`."""
     device = prepared.rt.device
     if not can_group(prepared.config):
         raise ValueError("a seed group trains heads on frozen inputs: encoder fine-tuning trains seeds one by one")
-    models = [fit.build_model(with_seed(prepared, seed)) for seed in seeds]
+    models = [network.build_model(with_seed(prepared, seed)) for seed in seeds]
     return SeedGroup(models, seeds, recurrence or default_recurrence(device)).to(device)
 
 
@@ -111,7 +111,7 @@ def make_optimizer(
 def fit_group(
     group: SeedGroup,
     prepared,
-    on_epoch: Callable[[int, fit.EpochStats], None] | None = None,
+    on_epoch: Callable[[int, measure.EpochStats], None] | None = None,
     progress: bool | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     on_epoch_end: Callable[[int, torch.optim.Optimizer, list[torch.Generator]], None] | None = None,
@@ -126,7 +126,7 @@ def fit_group(
     cfg, rt = prepared.config, prepared.rt
     inputs, lengths = model_inputs(prepared, "train")
     inputs, lengths = inputs.to(rt.device), lengths.to(rt.device)
-    ahead = prepare.before_training(group.models[0], group.features.rows, inputs, lengths, prepared, progress)
+    ahead = precompute.before_training(group.models[0], group.features.rows, inputs, lengths, prepared, progress)
     if ahead is not None:
         # One copy of the frozen features serves every seed of the group.
         (inputs, lengths) = ahead
@@ -140,7 +140,7 @@ def fit_group(
         model = group.models[s]
         group.head.write_into(s, head_of(model))
         try:
-            yield fit.trained_network(model.to(rt.device), prepared)
+            yield network.trained_network(model.to(rt.device), prepared)
         finally:
             model.cpu()
 
@@ -154,13 +154,13 @@ class TrainedSeed:
     """One seed of a trained group: what `fit` would have returned and checkpointed for it alone."""
 
     model: Classifier
-    history: list[fit.EpochStats]
+    history: list[measure.EpochStats]
     group_seconds: float
     group_size: int
     checkpoints: list[tuple] = field(default_factory=list)
     """Per finished epoch: (model holding that epoch's head, its Adam, its order generator), as `fit` writes them."""
     precomputed: bool = False
-    """Whether the group trained on precomputed frozen features (`run.prepare.before_training`), as a lone run would
+    """Whether the group trained on precomputed frozen features (`run.precompute.before_training`), as a lone run would
     log it."""
     precompute_seconds: float = 0.0
 
@@ -225,7 +225,7 @@ class GroupedSeedPipeline(LSTMPipeline):
     It replays the seed's per-epoch history through `on_epoch` (what each epoch logs, at steps 1..E) and its
     per-epoch checkpoints through the run's `Checkpointer`, records the seed's share of the group's training as
     its `train` phase (and of the precomputation, where there was one), then evaluates and measures the model
-    with the code a lone run uses (`fit.evaluate_trained`). The share, done before the run started, comes back
+    with the code a lone run uses (`evaluate.evaluate_trained`). The share, done before the run started, comes back
     as `Trained.trained_ahead_s`; the group's whole training time as metric time/group_train_s."""
 
     def __init__(self, seed: TrainedSeed) -> None:
@@ -242,7 +242,7 @@ class GroupedSeedPipeline(LSTMPipeline):
         inputs.phases.add("train", seed.share_s)  # its time/train_s (throughput/train follows from it)
         if seed.precomputed:
             inputs.phases.add("precompute", seed.precompute_seconds / seed.group_size)
-        trained = fit.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history, seed.precomputed)
+        trained = evaluate.evaluate_trained(prepared, seed.model.to(prepared.device), seed.history, seed.precomputed)
         metrics = {**trained.metrics, TIME_GROUP_TRAIN: seed.group_seconds}
         return dataclasses.replace(trained, metrics=metrics, trained_ahead_s=seed.share_s)
 

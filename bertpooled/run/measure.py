@@ -1,5 +1,5 @@
-"""What a run measures and hands back: time per phase, quality metrics, the digest of the data it read, and
-`Trained`, the one type a run's pipeline returns."""
+"""What a run measures and hands back: each epoch's `EpochStats`, time per phase, quality metrics, the digest of the
+data it read, and `Trained`, the one type a run's pipeline returns."""
 
 from __future__ import annotations
 
@@ -16,6 +16,19 @@ import torch
 from bertpooled.contract import QUALITY_METRICS
 from bertpooled.data import tokens
 from bertpooled.run.runtime import autocast
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One seed's finished epoch: training loss and accuracy, its time, and what was evaluated after it."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    seconds: float
+    test_accuracy: float | None = None
+    val: dict[str, float] | None = None
+    """The validation split's quality metrics after this epoch (`val/accuracy`, ...), when the run has one."""
 
 
 @dataclass

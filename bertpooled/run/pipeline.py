@@ -15,7 +15,7 @@ from typing import Protocol
 from bertpooled import data
 from bertpooled.config import Config
 from bertpooled.model import backbone
-from bertpooled.run import checkpoint, fit, prepare, runtime
+from bertpooled.run import checkpoint, fit, measure, network, prepare, runtime
 from bertpooled.run.measure import Phases, Trained
 from bertpooled.run.shared import Shared
 
@@ -55,7 +55,7 @@ class Pipeline(Protocol):
     def fit_and_evaluate(
         self,
         inputs: Inputs,
-        on_epoch: Callable[[fit.EpochStats], None] | None = None,
+        on_epoch: Callable[[measure.EpochStats], None] | None = None,
         checkpoints: checkpoint.Checkpointer | None = None,
         progress: bool | None = None,
     ) -> Trained:
@@ -121,4 +121,4 @@ class LSTMPipeline:
         from bertpooled.tracking.models import log_model
 
         model = trained.model
-        return log_model(model.state_dict(), fit.model_spec(config, model).to_json(), trained.tokenizer)
+        return log_model(model.state_dict(), network.model_spec(config, model).to_json(), trained.tokenizer)

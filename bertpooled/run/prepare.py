@@ -1,29 +1,92 @@
-"""Before training: check the config against the backbone, read the data subsets, tokenize, load the features,
-and (`before_training`) compute the training rows' frozen features once when they fit the run's budget."""
+"""Before training: check the config against the backbone, read the data subsets, tokenize (one path, with a memo
+for what runs of one process share), load the features (a frozen backbone's: `run.frozen`). The training rows'
+features computed once before the first epoch are `run.precompute`'s."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from bertpooled import data
 from bertpooled.config import Config
 from bertpooled.data import features, tokens
 from bertpooled.errors import BertpooledError
 from bertpooled.model import backbone
-from bertpooled.model.heads import PooledLSTMClassifier
 from bertpooled.model.pooling import pooled_length
-from bertpooled.run import runtime
+from bertpooled.run import frozen, runtime
 from bertpooled.run import sources as sources_
-from bertpooled.run.measure import Phases, data_digest_of
+from bertpooled.run.measure import Phases
 
-# `Prepared.rt` left out: resolved from its config in __post_init__ (typed as given, None only until then).
-_RESOLVED_WHEN_MADE = cast(runtime.Runtime, None)
+T = TypeVar("T")
+
+
+class Memo(Protocol):
+    """Where a run's inputs may already be: `get(key, make)` -> (value, hit), `make()` run only when absent. A sweep
+    or a tuning worker shares one (`run.shared.Shared`) across the runs of a process."""
+
+    def get(self, key: tuple, make: Callable[[], T]) -> tuple[T, bool]: ...
+
+
+class Unshared:
+    """No memo: every input made for this run alone."""
+
+    def get(self, key: tuple, make: Callable[[], T]) -> tuple[T, bool]:
+        return make(), False
+
+
+def tokenizer_of(info: backbone.BackboneInfo, memo: Memo | None = None) -> tuple[Any, str]:
+    """(tokenizer, fingerprint) of the backbone, through `memo`."""
+
+    def load():
+        tokenizer = backbone.load_tokenizer(info)
+        return tokenizer, backbone.tokenizer_fingerprint(tokenizer)
+
+    return (memo or Unshared()).get(("tokenizer", info.path), load)[0]
+
+
+def token_ids(
+    info: backbone.BackboneInfo,
+    imdb: data.Imdb,
+    splits: dict[str, data.Split],
+    max_len: int,
+    progress: bool | None = None,
+    memo: Memo | None = None,
+) -> tuple[dict[str, tokens.Tokens], bool]:
+    """The one tokenizing path: token ids per split, from `memo`, else the disk cache (keyed by tokenizer, the rows'
+    digest, split and max_len: a cache entry holds exactly the rows a run uses), else tokenized; and whether none
+    was tokenized."""
+    tokenizer, fingerprint = tokenizer_of(info, memo)
+    out, hits = {}, []
+    for name, split in splits.items():
+        key = tokens.cache_key(fingerprint, sources_.rows_digest(imdb, split.ids), name, max_len)
+
+        def load(split: data.Split = split, key: str = key, name: str = name) -> tuple[tokens.Tokens, bool]:
+            return tokens.load_or_tokenize(
+                tokenizer,
+                split.texts,
+                max_len,
+                key=key,
+                cache_dir=data.cache_dir(),
+                progress=progress,
+                desc=f"tokenize {name}",
+            )
+
+        (out[name], disk_hit), memo_hit = (memo or Unshared()).get(("tokens", key), load)
+        hits.append(memo_hit or disk_hit)
+    return out, all(hits)
+
+
+def word_embeddings(
+    info: backbone.BackboneInfo, whole_layer: bool, memo: Memo | None = None
+) -> backbone.WordEmbeddings:
+    """The backbone's frozen word table (and embedding layer), through `memo` (no run writes to them: buffers)."""
+    return (memo or Unshared()).get(
+        ("embeddings", info.path, whole_layer), lambda: backbone.load_word_embeddings(info, whole_layer=whole_layer)
+    )[0]
 
 
 @dataclass(frozen=True)
@@ -40,6 +103,9 @@ class Prepared:
     """None in a tuning trial: it never reads the test set."""
     train_tokens: tokens.Tokens
     test_tokens: tokens.Tokens | None
+    rt: runtime.Runtime
+    """Where and how the run computes, resolved once when the run starts (`runtime.Runtime.resolve`) and handed down:
+    nothing below resolves it again."""
     tokenizer: Any = None
     embeddings: backbone.WordEmbeddings | None = None
     tokens_cache_hit: bool = False
@@ -51,9 +117,6 @@ class Prepared:
     test_features: features.Features | None = None
     """Frozen encoder features (cached on disk); None when the run computes them itself (embeddings, finetune)."""
     features_cache_hit: bool = False
-    rt: runtime.Runtime = _RESOLVED_WHEN_MADE
-    """Where and how the run computes, resolved once when it starts (`runtime.Runtime.resolve`); not given (a test's
-    or benchmark's hand-made inputs): resolved from the config when made."""
     val: data.Split | None = None
     """The validation split carved from the training subset (`validation_fraction`), evaluated after every epoch."""
     unlabelled: data.Split | None = None
@@ -64,10 +127,6 @@ class Prepared:
     sources: dict[str, Any] = field(default_factory=dict)
     """The tracked models the run builds on, by option (`init_from`, `distill_from`): `tracking.models.SourceModel`s
     with their weights in memory (bertpooled.run.sources)."""
-
-    def __post_init__(self) -> None:
-        if self.rt is None:
-            object.__setattr__(self, "rt", runtime.Runtime.resolve(self.config))
 
     @property
     def device(self) -> torch.device:
@@ -116,7 +175,7 @@ def check(config: Config) -> backbone.BackboneInfo:
     if spec.out_hidden(info.hidden_size) < 1:
         raise BertpooledError(f"config: pool={spec} pools away all {info.hidden_size} features of {config.model!r}")
     data.check_source(config.data)
-    runtime.Runtime.resolve(config)
+    runtime.Runtime.resolve(config)  # a device or precision this machine lacks: one line before any run
     sources_.check(config, info)
     return info
 
@@ -179,40 +238,26 @@ def prepare(
     train: data.Split,
     test: data.Split | None,
     phases: Phases,
+    *,
+    rt: runtime.Runtime,
     progress: bool | None = None,
-    rt: runtime.Runtime | None = None,
     val: data.Split | None = None,
     sources: dict[str, Any] | None = None,
+    memo: Memo | None = None,
 ) -> Prepared:
-    """Token ids for the subsets (cached per tokenizer, data digest, split subset and max_len) and the features.
-    `rt`: the run's runtime, resolved once by the caller (default: resolved from the config here). `test` None (a
-    tuning trial): the test set is neither tokenized nor featurized. `val`: the validation split, if any.
-    `sources`: the tracked models the config builds on, as the caller fetched them (default: fetched here)."""
-    rt, cache = rt or runtime.Runtime.resolve(config), data.cache_dir()
+    """Token ids for the subsets (`token_ids`) and the features. `rt`: the run's runtime, resolved once when the run
+    started. `test` None (a tuning trial): the test set is neither tokenized nor featurized. `val`: the validation
+    split, if any. `sources`: the tracked models the config builds on, as the caller fetched them (default: fetched
+    here). `memo`: inputs shared with other runs of this process (a sweep's), else made for this run."""
     splits = _splits(train, val, test, sources_.unlabelled_split(config, imdb, train, val)[0])
     with phases.timed("tokenize"):
-        tokenizer = backbone.load_tokenizer(info)
-        fingerprint = backbone.tokenizer_fingerprint(tokenizer)
-        made, hits = {}, []
-        for name, split in splits.items():
-            # The subset's ids are part of the key: a cache entry holds exactly the rows this run uses.
-            subset_digest = sources_.rows_digest(imdb, split.ids)
-            key = tokens.cache_key(fingerprint, subset_digest, name, config.max_len)
-            made[name], hit = tokens.load_or_tokenize(
-                tokenizer,
-                split.texts,
-                config.max_len,
-                key=key,
-                cache_dir=cache,
-                progress=progress,
-                desc=f"tokenize {name}",
-            )
-            hits.append(hit)
+        tokenizer, _ = tokenizer_of(info, memo)
+        made, hit = token_ids(info, imdb, splits, config.max_len, progress, memo)
     with phases.timed("features"):
         if config.feature_kind.encoder:
-            inputs = encoder_inputs(config, imdb, splits, made, rt, lambda: backbone.load_model(info), progress)
+            inputs = frozen.encoder_inputs(config, imdb, splits, made, rt, lambda: backbone.load_model(info), progress)
         else:
-            inputs = {"embeddings": backbone.load_word_embeddings(info, whole_layer=config.feature_kind.whole_layer)}
+            inputs = {"embeddings": word_embeddings(info, config.feature_kind.whole_layer, memo)}
     inputs["sources"] = sources_.fetch_sources(config) if sources is None else sources
     return Prepared(
         config,
@@ -222,10 +267,10 @@ def prepare(
         test,
         made["train"],
         made.get("test"),
+        rt,
         tokenizer,
-        tokens_cache_hit=all(hits),
+        tokens_cache_hit=hit,
         phases=phases,
-        rt=rt,
         val=val,
         val_tokens=made.get("val"),
         unlabelled=splits.get("unlabelled"),
@@ -240,93 +285,6 @@ def _splits(train: data.Split, *others: data.Split | None) -> dict[str, data.Spl
     return {name: split for name, split in named if split is not None}
 
 
-def encoder_for(config: Config, model: Any):
-    """The backbone wrapped with the pooling inside it that `config` asks for (none unless pool_at=layer:K), its
-    first `keep_layers` layers only when set."""
-    from bertpooled.model.encoder import PoolingEncoder, truncated
-
-    return PoolingEncoder(
-        truncated(model, config.keep_layers), config.position, config.pool_spec, separate_cls=config.separate_cls
-    )
-
-
-def inside_spec(config: Config) -> str:
-    """The pooling that happens inside the backbone (part of the feature cache key): `none`, `SPEC@layer:K` or
-    `SPEC@layer:K1,layer:K2` (one stage keeps the key it always had, so existing cache entries still hit)."""
-    spec = config.pool_spec
-    inside = f"{spec}@{config.position}" if config.position.where == "layer" and not spec.is_identity else "none"
-    inside += "|sepcls" if config.separate_cls else ""
-    return inside + (f"|first{config.keep_layers}" if config.keep_layers else "")
-
-
-def features_key_part(config: Config, precision: str) -> str:
-    """`inside_spec`, plus the autocast the features were computed in when it is not fp32 (fp32 entries keep
-    the keys they always had; bf16 features differ from fp32 ones in the low bits, so they are another entry)."""
-    inside = inside_spec(config)
-    return inside if precision == "fp32" else f"{inside}|{precision}"
-
-
-def encoder_inputs(
-    config: Config,
-    imdb: data.Imdb,
-    splits: dict[str, data.Split],
-    toks_of: dict[str, tokens.Tokens],
-    rt: runtime.Runtime,
-    load: Callable[[], Any],
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """`Prepared`'s encoder fields: the loaded backbone and, when frozen, its features of every split from the disk
-    cache or by running it (`train_features`, `val_features`, `test_features`, `features_cache_hit`)."""
-    model = load()
-    if config.finetune:
-        return {"backbone_model": model}
-    encoder = encoder_for(config, model)
-    print_key = backbone.fingerprint(model)
-    hits, made = [], {}
-    for name, split in splits.items():
-        subset = data_digest_of(imdb.digest, split.ids)
-        key = features.cache_key(print_key, subset, name, config.max_len, features_key_part(config, rt.precision))
-        made[name], hit = _load_or_compute_features(config, encoder, toks_of[name], name, key, rt, progress)
-        hits.append(hit)
-    return {
-        "backbone_model": model,
-        "train_features": made["train"],
-        "test_features": made.get("test"),
-        "val_features": made.get("val"),
-        "features_cache_hit": all(hits),
-    }
-
-
-def _load_or_compute_features(config, encoder, toks, name, key, rt, progress) -> tuple[features.Features, bool]:
-    """One split's frozen features: from the disk cache, or by running the backbone in the run's precision
-    (bf16 on CUDA and on a bf16 CPU by default), on the run's device and back."""
-
-    def run_backbone():
-        return features.compute(
-            encoder,
-            toks.ids,
-            toks.lengths,
-            rt.eval_batch,
-            rt.device,
-            progress,
-            desc=f"features {name}",
-            autocast=rt.autocast,
-        )
-
-    meta = {
-        "backbone": config.model,
-        "split": name,
-        "max_len": str(config.max_len),
-        "inside": inside_spec(config),
-        "precision": rt.precision,
-    }
-    encoder.to(rt.device)
-    try:
-        return features.load_or_compute(run_backbone, key=key, cache_dir=data.cache_dir(), rows=len(toks), meta=meta)
-    finally:
-        encoder.cpu()
-
-
 def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """What the trained network reads for a split: cached frozen features, else token ids; and real lengths."""
     if prepared.cached:
@@ -338,79 +296,3 @@ def model_inputs(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Te
     if toks is None:
         raise ValueError(f"this run has no {split} split")
     return torch.from_numpy(toks.ids), torch.from_numpy(toks.lengths)
-
-
-# --- The training rows' frozen features, computed once per run when they fit `precompute_mb` (issue 13) ------
-#
-# A head on frozen inputs recomputes the same features for every row in every epoch: the word lookup, the
-# embedding layer's LayerNorm over all `max_len` tokens, pooling. They are a fixed function of the token ids
-# (`PooledLSTMClassifier.features`), so one pass before the first epoch gives, bitwise, what every batch would
-# compute, and a step then gathers rows of them and runs the head alone. They live in memory in float32 (no
-# rounding: the run's numbers do not change), so the budget decides: at the default protocol the pooled
-# features of 18,750 rows take 879 MiB and the unpooled ones 3,516 MiB (`benchmarks/seed_protocol/README.md`).
-#
-# Pooling is what makes them fit, so a pool run can train on precomputed features where a basic run cannot:
-# runs log `train_features/cache_hit`, and the report marks training-time ratios between runs that differ in
-# it (`bertpooled.contract.CACHED_PHASES`). The pass is timed inside `time/train_s` (and alone as
-# `time/precompute_s`): training time stays "token ids to trained head" for every run.
-
-MIB = 2**20
-
-
-def applies(model: torch.nn.Module, budget_mb: int) -> bool:
-    """Models whose frozen part is computed per batch from token ids, with a non-zero budget."""
-    return budget_mb > 0 and isinstance(model, PooledLSTMClassifier)
-
-
-FeatureFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-@torch.no_grad()
-def train_features(
-    features: FeatureFn,
-    ids: torch.Tensor,
-    lengths: torch.Tensor,
-    budget_mb: int,
-    batch_size: int,
-    progress: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`features(ids, lengths)` of every row, in row order, with their head lengths, when they fit `budget_mb`
-    MiB (sized from one row's); else None. For a model where `applies`: its `features`.
-
-    Written into one preallocated tensor, batch by batch, so the peak is the features plus one batch.
-    """
-    if not len(lengths):
-        return None
-    first, first_lengths = features(ids[:1], lengths[:1])
-    if first.numel() * first.element_size() * len(lengths) / MIB > budget_mb:
-        return None
-    out = first.new_empty((len(lengths), *first.shape[1:]))
-    out_lengths = first_lengths.new_empty(len(lengths))
-    bar = tqdm(
-        range(0, len(lengths), batch_size),
-        desc="precompute features",
-        unit="batch",
-        leave=False,
-        disable=None if progress is None else not progress,
-    )
-    for start in bar:
-        end = start + batch_size
-        out[start:end], out_lengths[start:end] = features(ids[start:end], lengths[start:end])
-    return out, out_lengths
-
-
-def before_training(
-    model: torch.nn.Module,
-    features: FeatureFn | None,
-    ids: torch.Tensor,
-    lengths: torch.Tensor,
-    prepared,
-    progress: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """What a training loop calls first: the features when `model` `applies` and they fit the run's budget, timed
-    as the run's `precompute` phase; else None (the loop reports which in `fit.Fitted.precomputed`)."""
-    cfg = prepared.config
-    if features is None or not applies(model, cfg.precompute_mb):
-        return None
-    with prepared.phases.timed("precompute"):
-        return train_features(features, ids, lengths, cfg.precompute_mb, prepared.rt.eval_batch, progress)

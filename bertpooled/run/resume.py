@@ -4,6 +4,7 @@ records. `run.experiment.run_experiment(config, resume=...)` then trains on from
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def _prepare_resume(run_id: str, requested: dict[str, object] | None, allow_code
         file = requested.pop("config", None)
         given = {**(read_yaml(resolve_config_path(str(file))) if file else {}), **requested}
         wanted = load_config(None, {**config.to_dict(), **given}).to_dict()
-        config.data = wanted["data"]
+        config = dataclasses.replace(config, data=wanted["data"])
         differs = [f"{k}={v!r} there, {wanted[k]!r} now" for k, v in config.to_dict().items() if wanted[k] != v]
         if differs:
             raise BertpooledError(

@@ -17,7 +17,7 @@ from bertpooled.data import tokens
 from bertpooled.model import backbone
 from bertpooled.run import prepare as preparing
 from bertpooled.run import runtime
-from bertpooled.run.measure import Phases, data_digest_of
+from bertpooled.run.measure import Phases
 
 T = TypeVar("T")
 
@@ -65,19 +65,7 @@ class Shared:
 
     def tokenizer(self, info: backbone.BackboneInfo) -> tuple[Any, str]:
         """(tokenizer, fingerprint) of the backbone, loaded once."""
-
-        def load():
-            tokenizer = backbone.load_tokenizer(info)
-            return tokenizer, backbone.tokenizer_fingerprint(tokenizer)
-
-        return self.get(("tokenizer", info.path), load)[0]
-
-    def embeddings(self, info: backbone.BackboneInfo, whole_layer: bool = False) -> backbone.WordEmbeddings:
-        """The backbone's frozen word table (and embedding layer), loaded once (no run writes to them: they are
-        buffers)."""
-        return self.get(
-            ("embeddings", info.path, whole_layer), lambda: backbone.load_word_embeddings(info, whole_layer=whole_layer)
-        )[0]
+        return preparing.tokenizer_of(info, self)
 
     def token_ids(
         self,
@@ -87,28 +75,8 @@ class Shared:
         max_len: int,
         progress: bool | None = None,
     ) -> tuple[dict[str, tokens.Tokens], bool]:
-        """Token ids per split, as `prepare.prepare` makes them (same disk cache key); True when none was tokenized."""
-        tokenizer, fingerprint = self.tokenizer(info)
-        out, hits = {}, []
-        for name, split in splits.items():
-            # The same key as prepare.prepare's, so sweeps and single runs share the disk cache too.
-            key = tokens.cache_key(fingerprint, data_digest_of(imdb.digest, split.ids), name, max_len)
-
-            def load(split: data.Split = split, key: str = key, name: str = name) -> tuple[tokens.Tokens, bool]:
-                return tokens.load_or_tokenize(
-                    tokenizer,
-                    split.texts,
-                    max_len,
-                    key=key,
-                    cache_dir=data.cache_dir(),
-                    progress=progress,
-                    desc=f"tokenize {name}",
-                )
-
-            (toks, disk_hit), memo_hit = self.get(("tokens", key), load)
-            out[name] = toks
-            hits.append(memo_hit or disk_hit)
-        return out, all(hits)
+        """`prepare.token_ids` through this memo: each split's ids tokenized (or read from disk) once."""
+        return preparing.token_ids(info, imdb, splits, max_len, progress, self)
 
     @staticmethod
     def shares(config: Config) -> bool:
@@ -124,35 +92,23 @@ class Shared:
         train_split: data.Split,
         test_split: data.Split | None,
         phases: Phases,
+        *,
+        rt: runtime.Runtime,
         progress: bool | None = None,
-        rt: runtime.Runtime | None = None,
         val: data.Split | None = None,
         sources: dict | None = None,
     ) -> preparing.Prepared:
-        """`prepare.prepare` with every input shared: the same phases timed, the same token ids and features."""
-        if not self.shares(config):
-            return preparing.prepare(
-                config, info, imdb, train_split, test_split, phases, progress=progress, rt=rt, val=val, sources=sources
-            )
-        with phases.timed("tokenize"):
-            tokenizer, _ = self.tokenizer(info)
-            splits = {k: v for k, v in (("train", train_split), ("val", val), ("test", test_split)) if v is not None}
-            ids, hit = self.token_ids(info, imdb, splits, config.max_len, progress)
-        with phases.timed("features"):
-            embeddings = self.embeddings(info, config.feature_kind.whole_layer)
-        return preparing.Prepared(
+        """`prepare.prepare` with the inputs this config can share (`shares`) taken from this memo."""
+        return preparing.prepare(
             config,
             info,
             imdb,
             train_split,
             test_split,
-            ids["train"],
-            ids.get("test"),
-            tokenizer,
-            embeddings,
-            hit,
             phases,
-            rt=rt or runtime.Runtime.resolve(config),
+            rt=rt,
+            progress=progress,
             val=val,
-            val_tokens=ids.get("val"),
+            sources=sources,
+            memo=self if self.shares(config) else None,
         )

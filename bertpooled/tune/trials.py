@@ -15,7 +15,7 @@ import numpy as np
 from bertpooled.config import Config, load_config
 from bertpooled.contract import TUNE_STUDY_TAG, TUNE_TRIAL_TAG, VAL_ACCURACY
 from bertpooled.errors import BertpooledError, redact_uri
-from bertpooled.run import fit, prepare, runtime
+from bertpooled.run import fit, network, prepare, runtime
 from bertpooled.run.experiment import read_inputs, run_scope
 from bertpooled.run.measure import Trained
 from bertpooled.run.pipeline import Inputs, LSTMPipeline
@@ -186,7 +186,7 @@ class TrialPipeline(LSTMPipeline):
 
     def fit_and_evaluate(self, inputs: Inputs, on_epoch=None, checkpoints=None, progress=None) -> Trained:
         prepared = self._prepare(inputs, progress)
-        model = fit.build_model(prepared).to(inputs.rt.device)
+        model = network.build_model(prepared).to(inputs.rt.device)
         with inputs.phases.timed("train"):
             history = fit.fit(model, prepared, on_epoch=on_epoch, progress=progress).history
         last = history[-1].val
