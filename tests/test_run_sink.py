@@ -90,3 +90,30 @@ def test_a_callback_sees_each_epoch_after_it_is_logged_and_can_end_the_run(store
     history = MlflowClient().get_metric_history(sink.run_id, TRAIN_LOSS)
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5)]
     mlflow.set_tracking_uri(None)
+
+
+def test_a_runs_checkpoints_predictions_and_plots_go_through_its_sink(store, tiny_bert, tiny_imdb, monkeypatch):
+    """What a run writes besides metrics goes through the sink too, and run/ never calls the writers itself."""
+    from pathlib import Path
+
+    import bertpooled
+
+    told: list[tuple[str, object]] = []
+    for method in ("checkpoint", "predictions", "artifacts"):
+        real = getattr(sinks.MlflowSink, method)
+
+        def record(self, *args, _method=method, _real=real):
+            told.append((_method, args[1] if _method != "predictions" else len(args[0])))
+            return _real(self, *args)
+
+        monkeypatch.setattr(sinks.MlflowSink, method, record)
+    result = invoke_tiny("train", tiny_bert, tiny_imdb, "--mode", "pool", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert told[:2] == [("checkpoint", 1), ("checkpoint", 2)]
+    assert told[2][0] == "predictions" and told[2][1] > 0 and told[3:] == [("artifacts", "plots")]
+
+    run_modules = Path(bertpooled.__file__).parent / "run"
+    writers = ("log_predictions", "log_checkpoint", "log_artifacts", "mlflow.log_")
+    calls = {p.name: [w for w in writers if w in p.read_text()] for p in run_modules.glob("*.py")}
+    assert {name: found for name, found in calls.items() if found} == {}
+    mlflow.set_tracking_uri(None)

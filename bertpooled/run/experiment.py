@@ -34,7 +34,6 @@ from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
 from bertpooled.run.sources import ROLES, fetch_sources, rows_digest, unlabelled_split
 from bertpooled.tracking import runs as tracking
-from bertpooled.tracking.models import log_checkpoint
 from bertpooled.tracking.probe import check_tracking_reachable
 from bertpooled.tracking.provenance import code_provenance
 from bertpooled.tracking.sink import Datasets, MlflowSink, Sink, TrainingStart
@@ -138,7 +137,7 @@ def run_scope(
             _log_inputs(sink, inputs)
         owner = checkpoint.identity(run_id, config.to_dict())
         checkpoints = checkpoint.Checkpointer(
-            functools.partial(_save_checkpoint, owner=owner), resume.state if resume else None
+            functools.partial(_save_checkpoint, sink=sink, owner=owner), resume.state if resume else None
         )
         on_epoch = _epoch_reporter(sink, config, log)
         trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)
@@ -221,8 +220,8 @@ def _log_outcome(sink: Sink, pipeline: Pipeline, inputs: Inputs, trained: Traine
     config, test, phases = inputs.config, inputs.test, inputs.phases
     model_uri = ""
     if test is not None:
-        tracking.log_predictions(test.ids, test.labels, trained.probabilities)
-        _log_plots(test.labels, trained.probabilities)
+        sink.predictions(test.ids, test.labels, trained.probabilities)
+        _log_plots(sink, test.labels, trained.probabilities)
         with phases.timed("log_model"):
             model_uri = pipeline.log_model(config, trained)
     # time/total_s covers everything this process did for the run, model logging included (and a seed group's
@@ -284,7 +283,7 @@ def _log_inputs(sink: Sink, inputs: Inputs) -> None:
     sink.inputs(resolved, params, datasets)
 
 
-def _log_plots(labels, probabilities) -> None:
+def _log_plots(sink: Sink, labels, probabilities) -> None:
     """Confusion matrix, ROC and precision-recall curves of the test predictions, as artifacts under plots/."""
     if len(set(labels.astype(int).tolist())) < 2:
         return  # ROC and PR curves need both classes among the labels
@@ -292,13 +291,13 @@ def _log_plots(labels, probabilities) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         classifier_plots(labels, probabilities, tmp)
-        tracking.log_artifacts(tmp, PLOTS_DIR)
+        sink.artifacts(Path(tmp), PLOTS_DIR)
 
 
-def _save_checkpoint(epoch: int, model, optimizer, order, history, owner: dict) -> None:
+def _save_checkpoint(epoch: int, model, optimizer, order, history, sink: Sink, owner: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history, owner)
-        log_checkpoint(Path(tmp), epoch, sha256)
+        sink.checkpoint(Path(tmp), epoch, sha256)
 
 
 def run_or_resume(config: Config, resume_run_id: str | None, **kwargs) -> Outcome:

@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import mlflow
+import numpy as np
 import pandas as pd
 
-from bertpooled.tracking import runs, tuning
+from bertpooled.tracking import models, runs, tuning
 
 
 class Callback(Protocol):
@@ -94,7 +96,7 @@ class TrialStart:
 
 class Sink(Protocol):
     """What a run tells the tracking store: `start` opens the run (the block is its life: how the block ends is
-    how the run ends), then its inputs, each epoch, its outcome."""
+    how the run ends), then its inputs, each epoch (and its checkpoint), its predictions and plots, its outcome."""
 
     run_id: str
     experiment_id: str
@@ -107,6 +109,16 @@ class Sink(Protocol):
 
     def epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         """The metrics of finished epoch `step`, then the callbacks."""
+
+    def checkpoint(self, folder: Path, epoch: int, sha256: str) -> None:
+        """The checkpoint of finished epoch `epoch` (the files in `folder`, their digest), replacing the last one
+        only once it is complete."""
+
+    def predictions(self, ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> None:
+        """The per-example test predictions (what compare-runs' paired tests read)."""
+
+    def artifacts(self, folder: Path, path: str) -> None:
+        """The files in `folder` (the test plots), under `path` among the run's artifacts."""
 
     def outcome(self, metrics: Mapping[str, float], step: int, model_uri: str | None = None) -> None:
         """The final metrics, at the last epoch's step; tied to the logged model where there is one."""
@@ -148,6 +160,15 @@ class MlflowSink:
         runs.log_epoch(step, {k: float(v) for k, v in metrics.items()})
         for callback in self.callbacks:
             callback.on_epoch(step, metrics)
+
+    def checkpoint(self, folder: Path, epoch: int, sha256: str) -> None:
+        models.log_checkpoint(folder, epoch, sha256)
+
+    def predictions(self, ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> None:
+        runs.log_predictions(ids, labels, probabilities)
+
+    def artifacts(self, folder: Path, path: str) -> None:
+        runs.log_artifacts(folder, path)
 
     def outcome(self, metrics: Mapping[str, float], step: int, model_uri: str | None = None) -> None:
         runs.log_metrics(dict(metrics), step=step, model_uri=model_uri or None)
