@@ -21,92 +21,110 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def tiny_bert(folder: Path, vocab: list[str]) -> Path:
+    """A 2-layer BERT and its tokenizer saved in `folder`, the model every process trains: small, so the store's
+    first contact is what the processes race on, not the training."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir()
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def start_trainers(processes: int, bert: Path, data: Path, env: dict) -> list[subprocess.Popen]:
+    """`processes` `bertpooled train` processes started at once on the same store, one seed each."""
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bertpooled",
+                "train",
+                "--model",
+                str(bert),
+                "--data",
+                str(data),
+                "--max-len",
+                "16",
+                "--epochs",
+                "1",
+                "--seed",
+                str(i),
+                "--no-progress",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+
+
+def finished_runs(uri: str) -> str:
+    """How many of the store's runs are FINISHED, or why the store cannot be read afterwards."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        return f"{sum(r.info.status == 'FINISHED' for r in runs)} of {len(runs)}"
+    except Exception as exc:
+        return f"store unusable afterwards ({str(exc).splitlines()[0][:100]})"
+
+
+def one_try(repeat: int, processes: int, bert: Path, data: Path, store: Path) -> str:
+    """One try on a fresh store: the processes' exits, the runs they left and each failure's last line -> a row."""
+    store.mkdir()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+        "BERTPOOLED_CACHE": str(store / "cache"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    start = time.perf_counter()
+    procs = start_trainers(processes, bert, data, env)
+    errors = [p.communicate(timeout=1800)[1] for p in procs]
+    seconds = time.perf_counter() - start
+    ok = sum(p.returncode == 0 for p in procs)
+    first_errors = sorted(
+        {(e.strip().splitlines() or ["?"])[-1][:120] for e, p in zip(errors, procs, strict=True) if p.returncode}
+        or {"-"}
+    )
+    stored = finished_runs(env["MLFLOW_TRACKING_URI"])
+    return (
+        f"| {repeat + 1} | {processes} | {ok} of {processes} | {stored} | "
+        f"{seconds:.0f} | {'; '.join(first_errors)[:300]} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
-    import torch
     from conftest import VOCAB, write_imdb_tree  # the tests' tiny data and vocabulary
-    from mlflow.tracking import MlflowClient
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        bert = Path(tmp) / "tiny-bert"
-        bert.mkdir()
-        tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True)
-        torch.manual_seed(0)
-        BertModel(
-            BertConfig(
-                vocab_size=len(VOCAB),
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=64,
-            )
-        ).save_pretrained(bert)
-        tokenizer.save_pretrained(bert)
+        bert = tiny_bert(Path(tmp) / "tiny-bert", VOCAB)
         data = write_imdb_tree(Path(tmp) / "imdb")
         for repeat in range(args.repeats):
-            store = Path(tmp) / f"store{repeat}"
-            store.mkdir()
-            env = {
-                **os.environ,
-                "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
-                "BERTPOOLED_CACHE": str(store / "cache"),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            }
-            start = time.perf_counter()
-            procs = [
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bertpooled",
-                        "train",
-                        "--model",
-                        str(bert),
-                        "--data",
-                        str(data),
-                        "--max-len",
-                        "16",
-                        "--epochs",
-                        "1",
-                        "--seed",
-                        str(i),
-                        "--no-progress",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                for i in range(args.processes)
-            ]
-            errors = [p.communicate(timeout=1800)[1] for p in procs]
-            seconds = time.perf_counter() - start
-            ok = sum(p.returncode == 0 for p in procs)
-            first_errors = sorted(
-                {
-                    (e.strip().splitlines() or ["?"])[-1][:120]
-                    for e, p in zip(errors, procs, strict=True)
-                    if p.returncode
-                }
-                or {"-"}
-            )
-            try:
-                client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-                runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-                stored = f"{sum(r.info.status == 'FINISHED' for r in runs)} of {len(runs)}"
-            except Exception as exc:
-                stored = f"store unusable afterwards ({str(exc).splitlines()[0][:100]})"
-            rows.append(
-                f"| {repeat + 1} | {args.processes} | {ok} of {args.processes} | {stored} | "
-                f"{seconds:.0f} | {'; '.join(first_errors)[:300]} |"
-            )
+            rows.append(one_try(repeat, args.processes, bert, data, Path(tmp) / f"store{repeat}"))
             print(rows[-1], flush=True)
     print(
         "\n".join(

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "benchmarks")]  # serve_bounds beside, machine above
-from serve_bounds import post, rss_mb, tiny_imdb  # noqa: E402
+from serve_bounds import SMALL, free_port, pct, post, rss_mb, tiny_imdb, wait_until_answering  # noqa: E402
 
 SERVER = "import sys; from bertpooled.serving.server import ServeLimits, serve; serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), ServeLimits(max_inflight_mb=float(sys.argv[3])))"  # noqa: E501
 
@@ -39,10 +38,58 @@ def large_request(mb: float) -> bytes:
     return json.dumps({"inputs": texts}).encode()
 
 
+def under_load(port: int, pid: int, big: bytes, deadline_s: float, idle: float):
+    """Six large requests at once (a 503 retried after its Retry-After until the deadline) while 4 clients loop on
+    one-text requests, the server's memory sampled meanwhile -> (memory samples, each large request's final status
+    and 503s, the one-text latencies)."""
+    peak, outcomes, latencies, lock = [idle], [], [], threading.Lock()
+    stop_at = time.perf_counter() + deadline_s
+
+    def sample():
+        while time.perf_counter() < stop_at and len(outcomes) < 6:
+            peak.append(rss_mb(pid))
+            time.sleep(0.2)
+
+    def large():
+        refused = 0
+        while True:
+            status, _ = post(port, big, max(1.0, stop_at - time.perf_counter()))
+            if status != 503 or time.perf_counter() > stop_at:
+                break
+            refused += 1
+            time.sleep(2)  # the server's Retry-After
+        with lock:
+            outcomes.append((status, refused))
+
+    def client():
+        while time.perf_counter() < stop_at and len(outcomes) < 6:
+            status, seconds = post(port, SMALL, 120)
+            if status == 200:
+                latencies.append(seconds)
+
+    threads = [threading.Thread(target=sample), *(threading.Thread(target=large) for _ in range(6))]
+    threads += [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(deadline_s + 180)
+    return peak, outcomes, latencies
+
+
+def stop(server: subprocess.Popen) -> None:
+    """The server stopped; killed after 30 s, as a request still being predicted holds uvicorn's graceful stop."""
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(30)
+
+
 def scenario(model_uri: str, env: dict, inflight_mb: float, big: bytes, deadline_s: float) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """One cap on bytes in flight (`inflight_mb`, 0: the default): idle, then under the load; the server stopped
+    after."""
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, model_uri, str(port), str(inflight_mb)],
         env=env,
@@ -50,55 +97,12 @@ def scenario(model_uri: str, env: dict, inflight_mb: float, big: bytes, deadline
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(600):
-            if post(port, b'{"inputs": ["warm up"]}', 5)[0] == 200:
-                break
-            time.sleep(0.5)
+        wait_until_answering(port)
         idle = rss_mb(server.pid)
-        small = json.dumps({"inputs": ["a wonderful film"]}).encode()
-        peak, outcomes, latencies, lock = [idle], [], [], threading.Lock()
-        stop_at = time.perf_counter() + deadline_s
-
-        def sample():
-            while time.perf_counter() < stop_at and len(outcomes) < 6:
-                peak.append(rss_mb(server.pid))
-                time.sleep(0.2)
-
-        def large():
-            refused = 0
-            while True:
-                status, _ = post(port, big, max(1.0, stop_at - time.perf_counter()))
-                if status != 503 or time.perf_counter() > stop_at:
-                    break
-                refused += 1
-                time.sleep(2)  # the server's Retry-After
-            with lock:
-                outcomes.append((status, refused))
-
-        def client():
-            while time.perf_counter() < stop_at and len(outcomes) < 6:
-                status, seconds = post(port, small, 120)
-                if status == 200:
-                    latencies.append(seconds)
-
-        threads = [threading.Thread(target=sample), *(threading.Thread(target=large) for _ in range(6))]
-        threads += [threading.Thread(target=client) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(deadline_s + 180)
+        peak, outcomes, latencies = under_load(port, server.pid, big, deadline_s, idle)
     finally:
-        server.terminate()  # a request still being predicted holds uvicorn's graceful stop: killed after 30 s
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(30)
+        stop(server)
     latencies.sort()
-
-    def pct(q):
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
-
     statuses = sorted(status for status, _ in outcomes)
     return {
         "statuses": statuses,
@@ -106,8 +110,8 @@ def scenario(model_uri: str, env: dict, inflight_mb: float, big: bytes, deadline
         "idle_mb": idle,
         "peak_mb": max(peak),
         "small_n": len(latencies),
-        "p50": pct(0.5),
-        "p99": pct(0.99),
+        "p50": pct(latencies, 0.5),
+        "p99": pct(latencies, 0.99),
         "max": latencies[-1] if latencies else float("nan"),
     }
 

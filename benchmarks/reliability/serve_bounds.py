@@ -45,6 +45,8 @@ WORDS = [
     "it",
     "was",
 ]
+#: The one-text request the small clients send.
+SMALL = json.dumps({"inputs": ["a wonderful film"]}).encode()
 
 
 def tiny_imdb(root: Path, per_label: int = 32) -> Path:
@@ -84,10 +86,61 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
-def scenario(model_uri: str, env: dict, extra: list[str], big: bytes, clients: int, deadline_s: float) -> dict:
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, for the server to take."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def wait_until_answering(port: int) -> None:
+    """Until the server answers a one-text request 200 (at most ~600 tries), so that loading the model is not
+    measured as load."""
+    for _ in range(600):
+        if post(port, b'{"inputs": ["warm up"]}', 5)[0] == 200:
+            break
+        time.sleep(0.5)
+
+
+def pct(values: list[float], q: float) -> float:
+    """The `q` quantile of sorted `values` (nan when there are none)."""
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def under_load(port: int, pid: int, big: bytes, clients: int, deadline_s: float, idle: float):
+    """The large request sent while `clients` loop on one-text requests until it ends, the server's memory sampled
+    meanwhile -> (memory samples, the large request's status and seconds, the small ones' statuses and latencies)."""
+    peak, done, latencies, statuses, big_result = [idle], threading.Event(), [], [], {}
+
+    def sample():
+        while not done.is_set():
+            peak.append(rss_mb(pid))
+            time.sleep(0.2)
+
+    def large():
+        big_result["status"], big_result["s"] = post(port, big, deadline_s)
+        done.set()
+
+    def client():
+        stop_at = time.perf_counter() + deadline_s
+        while not done.is_set() and time.perf_counter() < stop_at:
+            status, seconds = post(port, SMALL, 60)
+            statuses.append(status)
+            latencies.append(seconds)
+
+    threads = [threading.Thread(target=sample), threading.Thread(target=large)]
+    threads += [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(deadline_s + 120)
+    done.set()
+    return peak, big_result, statuses, latencies
+
+
+def scenario(model_uri: str, env: dict, extra: list[str], big: bytes, clients: int, deadline_s: float) -> dict:
+    """One server setting (`extra`: its options): idle, under the load, and 5 s after; the server stopped after."""
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bertpooled", "serve", model_uri, "--port", str(port), *extra],
         env=env,
@@ -95,49 +148,17 @@ def scenario(model_uri: str, env: dict, extra: list[str], big: bytes, clients: i
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(600):
-            if post(port, b'{"inputs": ["warm up"]}', 5)[0] == 200:
-                break
-            time.sleep(0.5)
+        wait_until_answering(port)
         idle = rss_mb(server.pid)
-        small = json.dumps({"inputs": ["a wonderful film"]}).encode()
-        alone = sorted(post(port, small, 30)[1] for _ in range(20))
-        peak, done, latencies, statuses, big_result = [idle], threading.Event(), [], [], {}
-
-        def sample():
-            while not done.is_set():
-                peak.append(rss_mb(server.pid))
-                time.sleep(0.2)
-
-        def large():
-            big_result["status"], big_result["s"] = post(port, big, deadline_s)
-            done.set()
-
-        def client():
-            stop_at = time.perf_counter() + deadline_s
-            while not done.is_set() and time.perf_counter() < stop_at:
-                status, seconds = post(port, small, 60)
-                statuses.append(status)
-                latencies.append(seconds)
-
-        threads = [threading.Thread(target=sample), threading.Thread(target=large)]
-        threads += [threading.Thread(target=client) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(deadline_s + 120)
-        done.set()
+        alone = sorted(post(port, SMALL, 30)[1] for _ in range(20))
+        peak, big_result, statuses, latencies = under_load(port, server.pid, big, clients, deadline_s, idle)
         time.sleep(5)
         after = rss_mb(server.pid)
-        after_alone = sorted(post(port, small, 30)[1] for _ in range(20))
+        after_alone = sorted(post(port, SMALL, 30)[1] for _ in range(20))
     finally:
         server.terminate()
         server.wait(30)
     latencies.sort()
-
-    def pct(values, q):
-        return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
     return {
         "big_status": big_result.get("status"),
         "big_s": big_result.get("s"),
@@ -152,6 +173,61 @@ def scenario(model_uri: str, env: dict, extra: list[str], big: bytes, clients: i
         "alone_p50": pct(alone, 0.5),
         "after_p50": pct(after_alone, 0.5),
     }
+
+
+def train_tiny(model: str, env: dict, tmp: Path) -> str:
+    """The model URI of one tiny classifier trained into the temporary store (exits with its error if it fails)."""
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bertpooled",
+            "train",
+            "--model",
+            model,
+            "--data",
+            str(tiny_imdb(tmp)),
+            "--epochs",
+            "1",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if trained.returncode:
+        sys.exit(trained.stderr[-3000:])
+    return next(line.split()[1] for line in trained.stdout.splitlines() if line.startswith("model: "))
+
+
+def large_body(mb: float) -> tuple[bytes, int]:
+    """A request body of about `mb` MB of short texts, and how many texts it holds."""
+    texts, size = [], 12
+    phrases = [
+        "a wonderful film with moving scenes",
+        "dull and far too long",
+        "the plot was awful",
+        "superb acting, loved it",
+        "boring, a waste of time",
+    ]
+    while size < mb * 2**20:
+        texts.append(f"{random.choice(phrases)} #{len(texts)}")
+        size += len(texts[-1]) + 4
+    return json.dumps({"inputs": texts}).encode(), len(texts)
+
+
+def table(rows: list[str]) -> str:
+    """The markdown table: its header, then one row per server setting."""
+    return "\n".join(
+        [
+            "| server | large request | idle MB | peak MB | MB 5 s after | small requests answered 200 | "
+            "small p50 alone s | "
+            "small p50 s | small p99 s | small max s | small p50 after s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+        ]
+    )
 
 
 def main() -> None:
@@ -171,42 +247,10 @@ def main() -> None:
             "BERTPOOLED_CACHE": f"{tmp}/cache",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
-        trained = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bertpooled",
-                "train",
-                "--model",
-                args.model,
-                "--data",
-                str(tiny_imdb(Path(tmp))),
-                "--epochs",
-                "1",
-                "--no-progress",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        if trained.returncode:
-            sys.exit(trained.stderr[-3000:])
-        model_uri = next(line.split()[1] for line in trained.stdout.splitlines() if line.startswith("model: "))
-        texts, size = [], 12
-        phrases = [
-            "a wonderful film with moving scenes",
-            "dull and far too long",
-            "the plot was awful",
-            "superb acting, loved it",
-            "boring, a waste of time",
-        ]
-        while size < args.mb * 2**20:
-            texts.append(f"{random.choice(phrases)} #{len(texts)}")
-            size += len(texts[-1]) + 4
-        big = json.dumps({"inputs": texts}).encode()
+        model_uri = train_tiny(args.model, env, Path(tmp))
+        big, n_texts = large_body(args.mb)
         print(
-            f"machine: {describe()}\nlarge request: {len(big) / 2**20:.1f} MB, {len(texts):,} texts; "
+            f"machine: {describe()}\nlarge request: {len(big) / 2**20:.1f} MB, {n_texts:,} texts; "
             f"{args.clients} small clients",
             flush=True,
         )
@@ -219,17 +263,7 @@ def main() -> None:
                 f"{r['after_mb']:.0f} | {r['small_ok']} of {r['small_n']} | {r['alone_p50']:.2f} | {r['p50']:.2f} | "
                 f"{r['p99']:.2f} | {r['max']:.2f} | {r['after_p50']:.2f} |"
             )
-    print(
-        "\n".join(
-            [
-                "| server | large request | idle MB | peak MB | MB 5 s after | small requests answered 200 | "
-                "small p50 alone s | "
-                "small p50 s | small p99 s | small max s | small p50 after s |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-                *rows,
-            ]
-        )
-    )
+    print(table(rows))
 
 
 if __name__ == "__main__":

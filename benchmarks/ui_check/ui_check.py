@@ -152,6 +152,126 @@ def check_tuning_view(link: str, work: Path, docs: Path) -> list[str]:
     return failures
 
 
+def start_ui(work: Path, port: int) -> subprocess.Popen:
+    """`mlflow ui` on the work folder's fresh store, on 127.0.0.1 only; its log beside the store."""
+    uri = f"sqlite:///{work}/mlflow.db"
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "ui.log", "w"),  # the server's log for as long as it runs
+    )
+
+
+def wait_for_ui(ui: subprocess.Popen, port: int, work: Path) -> None:
+    """Until the UI answers its health check; exits with the end of its log if it stops or takes over 120 s."""
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            break
+        except OSError:
+            if ui.poll() is not None or time.time() > deadline:
+                sys.exit(f"error: mlflow ui did not start: {(work / 'ui.log').read_text()[-500:]}")
+            time.sleep(0.5)
+
+
+def sweep(env: dict, data: Path) -> None:
+    """A sweep of two children (basic, pool; seed 7) through the CLI: its children must be rows, its parent not."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bertpooled",
+            "sweep",
+            "--config",
+            "smoke",
+            "--modes",
+            "basic,pool",
+            "--seed-list",
+            "7",
+            "--data",
+            str(data),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=env["WORK"],
+        timeout=900,
+    )
+    if out.returncode:
+        sys.exit(f"error: the sweep failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def add_comparison_run(env: dict) -> str:
+    """A run tagged as a comparison in the training runs' experiment (the view must hide it); the experiment's id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    experiment = mlflow.get_experiment_by_name("bertpooled")
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="a-comparison-run"):
+        mlflow.set_tag("bertpooled.kind", "comparison")
+        mlflow.log_metric("compare/pool/accuracy_diff", -0.01)
+    return experiment.experiment_id
+
+
+def check_runs_table(link: str, work: Path, experiment_id: str) -> list[str]:
+    """The training view the runs link opens: its columns, mode and backbone before the metrics, every training run
+    (a sweep's children included) a row, the comparison run and the sweep's parent not, sorted by end_time."""
+    import mlflow
+
+    failures = []
+    table = chromium(link, work)
+    for column in ("mode", "backbone", "config/seed", "test/accuracy", "time/total_s", "params/head"):
+        if f">{column}<" not in table and f'"{column}"' not in table:
+            failures.append(f"runs table: no column {column!r}")
+    for name in ("basic-minilm-s0", "pool-minilm-s0", "basic-minilm-s7", "pool-minilm-s7"):
+        if name not in table:
+            failures.append(f"runs table: training run {name} not shown (s7: a sweep's child)")
+    if "a-comparison-run" in table:
+        failures.append("runs table: the comparison run is shown")
+    sweep_parents = mlflow.search_runs([experiment_id], "tags.`bertpooled.kind` = 'sweep'", output_format="list")
+    for parent in sweep_parents:
+        if parent.info.run_name in table:
+            failures.append(f"runs table: the sweep's parent {parent.info.run_name} is shown")
+    # ag-grid's DOM order is not the visual one; each header cell's aria-colindex is.
+    position = {
+        colid: int(index)
+        for index, colid in re.findall(r'role="columnheader"[^>]*?aria-colindex="(\d+)"[^>]*?col-id="([^"]+)"', table)
+    }
+    order = [position.get(c) for c in ("tags.`mode`", "tags.`backbone`", "metrics.`test/accuracy`")]
+    if None in order or not order[0] < order[1] < order[2]:
+        failures.append(f"runs table: mode and backbone are not before test/accuracy (header positions {order})")
+    if "Sort: end_time" not in table:
+        failures.append("runs table: the sort button does not say end_time")
+    return failures
+
+
+def check_chart_view(link: str, work: Path) -> list[str]:
+    """The training view's charts: train/loss, train/accuracy, test/accuracy first, and the final metrics (time/*
+    and params/* included) drawn as bars, one per run."""
+    failures = []
+    first: list[str] = []
+    for _ in range(3):  # a loaded machine may need more than one virtual-time budget to draw the charts
+        charts = chromium(link + "&compareRunsMode=CHART", work, height=12000)
+        first = list(dict.fromkeys(re.findall(r">((?:train|test|time|params|compare)/[\w/]+)<", charts)))[:3]
+        if first:
+            break
+    if first != ["train/loss", "train/accuracy", "test/accuracy"]:
+        failures.append(f"chart view: first charts are {first}, not train/loss, train/accuracy, test/accuracy")
+    titles = set(re.findall(r">((?:test|time|params)/[\w/]+)<", charts))
+    for metric in ("time/total_s", "time/data_s", "params/head"):
+        if metric not in titles:
+            failures.append(f"chart view: no card for {metric}")
+    # Plotly draws a bar chart's bars as `trace bars` groups; a one-dot line chart has none.
+    if charts.count("trace bars") < 10:
+        failures.append(
+            f"chart view: {charts.count('trace bars')} bar traces drawn, expected the final metrics as bars"
+        )
+    return failures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="Work folder to keep (default: a temporary one, removed).")
@@ -161,7 +281,6 @@ def main() -> int:
     work = Path(args.keep or tempfile.mkdtemp(prefix="bertpooled-ui-"))
     work.mkdir(parents=True, exist_ok=True)
     data = write_imdb_archive(write_imdb_tree(work / "imdb"), work / "aclImdb_v1.tar.gz")
-    uri = f"sqlite:///{work}/mlflow.db"
     port = free_port()
     env = {
         **os.environ,
@@ -172,103 +291,19 @@ def main() -> int:
     }
     for var in ("BERTPOOLED_IMDB", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         env.pop(var, None)
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "ui.log", "w"),  # noqa: SIM115 - the server's log for as long as it runs
-    )
+    ui = start_ui(work, port)
     failures: list[str] = []
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if ui.poll() is not None or time.time() > deadline:
-                    sys.exit(f"error: mlflow ui did not start: {(work / 'ui.log').read_text()[-500:]}")
-                time.sleep(0.5)
+        wait_for_ui(ui, port, work)
         runs_link, run_link = train("basic", env, data)
         train("pool", env, data)
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bertpooled",
-                "sweep",
-                "--config",
-                "smoke",
-                "--modes",
-                "basic,pool",
-                "--seed-list",
-                "7",
-                "--data",
-                str(data),
-                "--no-progress",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=env["WORK"],
-            timeout=900,
-        )
-        if out.returncode:
-            sys.exit(f"error: the sweep failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-        import mlflow
-
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        experiment = mlflow.get_experiment_by_name("bertpooled")
-        with mlflow.start_run(experiment_id=experiment.experiment_id, run_name="a-comparison-run"):
-            mlflow.set_tag("bertpooled.kind", "comparison")
-            mlflow.log_metric("compare/pool/accuracy_diff", -0.01)
+        sweep(env, data)
+        experiment_id = add_comparison_run(env)
         trials_link = tune(env, data, args.trials)
         print(f"runs link: {runs_link}\nrun link:  {run_link}\ntrials link: {trials_link}")
 
-        table = chromium(runs_link, work)
-        for column in ("mode", "backbone", "config/seed", "test/accuracy", "time/total_s", "params/head"):
-            if f">{column}<" not in table and f'"{column}"' not in table:
-                failures.append(f"runs table: no column {column!r}")
-        for name in ("basic-minilm-s0", "pool-minilm-s0", "basic-minilm-s7", "pool-minilm-s7"):
-            if name not in table:
-                failures.append(f"runs table: training run {name} not shown (s7: a sweep's child)")
-        if "a-comparison-run" in table:
-            failures.append("runs table: the comparison run is shown")
-        sweep_parents = mlflow.search_runs(
-            [experiment.experiment_id], "tags.`bertpooled.kind` = 'sweep'", output_format="list"
-        )
-        for parent in sweep_parents:
-            if parent.info.run_name in table:
-                failures.append(f"runs table: the sweep's parent {parent.info.run_name} is shown")
-        # ag-grid's DOM order is not the visual one; each header cell's aria-colindex is.
-        position = {
-            colid: int(index)
-            for index, colid in re.findall(
-                r'role="columnheader"[^>]*?aria-colindex="(\d+)"[^>]*?col-id="([^"]+)"', table
-            )
-        }
-        order = [position.get(c) for c in ("tags.`mode`", "tags.`backbone`", "metrics.`test/accuracy`")]
-        if None in order or not order[0] < order[1] < order[2]:
-            failures.append(f"runs table: mode and backbone are not before test/accuracy (header positions {order})")
-        first: list[str] = []
-        for _ in range(3):  # a loaded machine may need more than one virtual-time budget to draw the charts
-            charts = chromium(runs_link + "&compareRunsMode=CHART", work, height=12000)
-            first = list(dict.fromkeys(re.findall(r">((?:train|test|time|params|compare)/[\w/]+)<", charts)))[:3]
-            if first:
-                break
-        if "Sort: end_time" not in table:
-            failures.append("runs table: the sort button does not say end_time")
-        if first != ["train/loss", "train/accuracy", "test/accuracy"]:
-            failures.append(f"chart view: first charts are {first}, not train/loss, train/accuracy, test/accuracy")
-        titles = set(re.findall(r">((?:test|time|params)/[\w/]+)<", charts))
-        for metric in ("time/total_s", "time/data_s", "params/head"):
-            if metric not in titles:
-                failures.append(f"chart view: no card for {metric}")
-        # Plotly draws a bar chart's bars as `trace bars` groups; a one-dot line chart has none.
-        if charts.count("trace bars") < 10:
-            failures.append(
-                f"chart view: {charts.count('trace bars')} bar traces drawn, expected the final metrics as bars"
-            )
+        failures += check_runs_table(runs_link, work, experiment_id)
+        failures += check_chart_view(runs_link, work)
         run_page = chromium(run_link, work)
         if "basic-minilm-s0" not in run_page:
             failures.append("run page: run name not shown")
