@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 from common.machine import describe
 from common.synthetic import Data, median_ms
 
-from bertpooled.run import precompute
-from bertpooled.run import runtime
+from bertpooled.run import precompute, runtime
 
 
 def step_fn(data: Data, pool: str, ahead: bool, compiled: bool = False):
