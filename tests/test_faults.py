@@ -492,6 +492,8 @@ def test_a_stopped_parallel_sweep_starts_nothing_new_and_its_resume_continues_th
     # Nothing started after the stop; every child it had started ended KILLED with a checkpoint.
     assert {c.info.run_id for c in children} == {r.info.run_id for r in started}, err[-3000:]
     assert all(c.info.status == "KILLED" and "checkpoint/epoch" in c.data.tags for c in children), err[-3000:]
+    if target == "group":
+        return  # the same state as the parent case leaves, whose resume (4 children x 150 epochs) is tested there
 
     resumed = subprocess.run(
         sweep_args(tiny_bert, bigger_imdb, "--resume-parent", parent.info.run_id),

@@ -1,6 +1,8 @@
 import io
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -650,3 +652,19 @@ def test_the_original_study_table_says_when_the_reproduction_followed_another_pr
     runs["params.config/epochs"] = "10"
     runs["params.config/max_train_examples"] = "0"
     assert "did not follow the original's protocol" not in render.to_markdown(build_report(runs, preds))
+
+
+GOLDEN_REPORTS = Path(__file__).with_name("golden_reports")
+
+
+@pytest.mark.parametrize("format", ["markdown", "table", "csv", "json"])
+def test_the_report_renders_byte_for_byte_as_its_golden_file(full_report, format):
+    """compare-runs' output on a fixed study (runs, predictions, histories) is checked by CI, not by hand: a move of
+    the house that changes a byte of a report fails here. A change meant to change the report rewrites the files
+    (`BERTPOOLED_WRITE_GOLDEN=1 pytest tests/test_report.py -k golden`); review their diff like code."""
+    text = render.render(full_report, format)
+    golden = GOLDEN_REPORTS / f"report.{'md' if format == 'markdown' else format}"
+    if os.environ.get("BERTPOOLED_WRITE_GOLDEN") == "1":
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
