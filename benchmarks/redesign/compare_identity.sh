@@ -18,7 +18,7 @@ work=${WORK:-${TMPDIR:-/tmp}/compare_identity_work}
 rm -rf "$work"; mkdir -p "$work"
 
 snapshot() {  # snapshot NAME DB: an online backup (safe while a study writes), taken once
-  [ -f "$snap/$1.db" ] || { [ -f "$2" ] && sqlite3 "$2" ".backup '$snap/$1.db'"; }
+  [ -f "$snap/$1.db" ] || [ ! -f "$2" ] || sqlite3 "$2" ".backup '$snap/$1.db'"  # a study not here: skipped below
 }
 snapshot bf16_check "$studies/bf16_check/mlflow.db"
 snapshot tune "$studies/tune/mlflow.db"
@@ -58,6 +58,7 @@ TB=97bd6aa9bd9a4cb195ab8f615fb2e774 TP=893213f9dd694ee0b89f0ccc90a17044 UB=57871
 UP=a39192e086a14a3295d20b97f9abac8e
 tune_cmp() {  # tune_cmp NAME BASELINE OTHER
   local ids
+  [ -f "$snap/tune.db" ] || { echo "no store tune, skipped" >&2; return; }
   cp "$snap/tune.db" "$work/tune-ids.db"
   ids=$(MLFLOW_TRACKING_URI=sqlite:///$work/tune-ids.db $PY "$here/../tuning/tuning.py" "$2" "$3")
   compare tune "tune_$1" --run-id "$ids" --group-by mlflow.parentRunId --baseline "$2"
