@@ -31,6 +31,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common/, the helpers studies share
+from common.tiny import tiny_bert
+
 POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "loved"]
 NEGATIVE = ["awful", "boring", "dull", "terrible", "waste", "hated"]
 FILLER = ["the", "a", "film", "movie", "plot", "actor", "scene", "it", "was", "and", "of", "this"]
@@ -51,23 +54,9 @@ class Route:
 
 
 def tiny_inputs(folder: Path) -> tuple[Path, Path]:
-    """A 2-layer BERT with a 29-word vocabulary and an aclImdb_v1.tar.gz of 24 reviews per split and label."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    bert = folder / "tiny-bert"
-    bert.mkdir()
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(bert)
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True).save_pretrained(bert)
+    """A 2-layer BERT (`common.tiny`) on a 29-word vocabulary and an aclImdb_v1.tar.gz of 24 reviews per split and
+    label."""
+    bert = tiny_bert(folder / "tiny-bert", VOCAB)
     rng = random.Random(0)
     for split in ("train", "test"):
         for label, words in (("pos", POSITIVE), ("neg", NEGATIVE)):

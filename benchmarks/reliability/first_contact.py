@@ -21,29 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_bert(folder: Path, vocab: list[str]) -> Path:
-    """A 2-layer BERT and its tokenizer saved in `folder`, the model every process trains: small, so the store's
-    first contact is what the processes race on, not the training."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir()
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def start_trainers(processes: int, bert: Path, data: Path, env: dict) -> list[subprocess.Popen]:
     """`processes` `bertpooled train` processes started at once on the same store, one seed each."""
     return [
@@ -116,12 +93,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+    from common.tiny import tiny_bert
     from conftest import VOCAB, write_imdb_tree  # the tests' tiny data and vocabulary
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        bert = tiny_bert(Path(tmp) / "tiny-bert", VOCAB)
+        bert = tiny_bert(Path(tmp) / "tiny-bert", VOCAB)  # small: the processes race on the store, not the training
         data = write_imdb_tree(Path(tmp) / "imdb")
         for repeat in range(args.repeats):
             rows.append(one_try(repeat, args.processes, bert, data, Path(tmp) / f"store{repeat}"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "benchmarks")]  # serve_bounds beside, machine above
-from serve_bounds import SMALL, free_port, pct, post, rss_mb, tiny_imdb, wait_until_answering  # noqa: E402
+from serve_bounds import SMALL, free_port, pct, post, rss_mb, train_tiny, wait_until_answering  # noqa: E402
 
 SERVER = "import sys; from bertpooled.serving.server import ServeLimits, serve; serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), ServeLimits(max_inflight_mb=float(sys.argv[3])))"  # noqa: E501
 
@@ -131,29 +131,7 @@ def main() -> None:
             "BERTPOOLED_CACHE": f"{tmp}/cache",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
-        data = str(tiny_imdb(Path(tmp)))
-        trained = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bertpooled",
-                "train",
-                "--model",
-                args.model,
-                "--data",
-                data,
-                "--epochs",
-                "1",
-                "--no-progress",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        if trained.returncode:
-            sys.exit(trained.stderr[-3000:])
-        model_uri = next(line.split()[1] for line in trained.stdout.splitlines() if line.startswith("model: "))
+        model_uri = train_tiny(args.model, env, Path(tmp))
         big = large_request(args.mb)
         print(f"machine: {describe()}\nsix requests of {len(big) / 2**20:.1f} MB; 4 one-text clients", flush=True)
         rows = []

@@ -71,32 +71,27 @@ def chromium(url: str, work: Path, *, screenshot: Path | None = None, height: in
     return out.stdout
 
 
-def train(mode: str, env: dict, data: Path) -> tuple[str, str]:
-    """One smoke run through the CLI; the runs link and run link it printed."""
+def bertpooled(env: dict, what: str, timeout: float, *args: str) -> str:
+    """`python -m bertpooled ARGS --config smoke --no-progress` in the check's folder; its stdout, or exit naming
+    `what` failed and its last error line."""
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bertpooled",
-            "train",
-            "--config",
-            "smoke",
-            "--mode",
-            mode,
-            "--data",
-            str(data),
-            "--no-progress",
-        ],
+        [sys.executable, "-m", "bertpooled", *args, "--config", "smoke", "--no-progress"],
         capture_output=True,
         text=True,
         env=env,
         cwd=env["WORK"],
-        timeout=600,
+        timeout=timeout,
     )
     if out.returncode:
-        sys.exit(f"error: training {mode} failed: {out.stderr.strip().splitlines()[-1]}")
-    runs = re.search(r"^runs: (\S+)", out.stdout, re.M).group(1)
-    run = re.search(r"^run:  (\S+)", out.stdout, re.M).group(1)
+        sys.exit(f"error: {what} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return out.stdout
+
+
+def train(mode: str, env: dict, data: Path) -> tuple[str, str]:
+    """One smoke run through the CLI; the runs link and run link it printed."""
+    stdout = bertpooled(env, f"training {mode}", 600, "train", "--mode", mode, "--data", str(data))
+    runs = re.search(r"^runs: (\S+)", stdout, re.M).group(1)
+    run = re.search(r"^run:  (\S+)", stdout, re.M).group(1)
     return runs, run
 
 
@@ -178,30 +173,7 @@ def wait_for_ui(ui: subprocess.Popen, port: int, work: Path) -> None:
 
 def sweep(env: dict, data: Path) -> None:
     """A sweep of two children (basic, pool; seed 7) through the CLI: its children must be rows, its parent not."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bertpooled",
-            "sweep",
-            "--config",
-            "smoke",
-            "--modes",
-            "basic,pool",
-            "--seed-list",
-            "7",
-            "--data",
-            str(data),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=env["WORK"],
-        timeout=900,
-    )
-    if out.returncode:
-        sys.exit(f"error: the sweep failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    bertpooled(env, "the sweep", 900, "sweep", "--modes", "basic,pool", "--seed-list", "7", "--data", str(data))
 
 
 def add_comparison_run(env: dict) -> str:
