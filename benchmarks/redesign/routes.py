@@ -7,11 +7,15 @@ and children do not multiply them):
 - files: the package files the route enters;
 - hops: calls from one package file into another (each also returns across that boundary);
 - bounces: hops into a file that is already on the stack further down, below another file (A -> B -> A: the work
-  climbs back into a module it had left, as fit <-> prepare did).
+  climbs back into a module it had left, as fit <-> prepare did);
+- climbs: hops from a lower floor of the package into a higher one (`FLOORS`: data < model < tracking, serving,
+  report < run < sweep < tune < cli), callbacks included (a log line the CLI passed down is one).
 
 Routes, each on a tiny BERT and a tiny IMDB this script writes (so nothing is downloaded or cached between codes):
 
 - `train_and_evaluate`: `bertpooled train` of a tiny pool run, from `run.fit.train_and_evaluate`;
+- `prepared`: the same run, only the calls that receive `train_and_evaluate`'s `prepared` (as an argument or as
+  `self`), the issue's "`train_and_evaluate`'s `prepared`, followed through the calls";
 - `sweep child`: `bertpooled sweep --modes basic,pool` (two children, one process), from
   `sweep.local.LocalExecutor.run`.
 
@@ -42,6 +46,9 @@ ROUTES = {  # name -> (entry file under the package, entry function's qualified 
     "train_and_evaluate": ("run/fit.py", "train_and_evaluate"),
     "sweep child": ("sweep/local.py", "LocalExecutor.run"),
 }
+FOLLOWED = {"prepared": "train_and_evaluate"}  # a route of the object its entry's first argument is, on that run
+# The package's floors, lowest first (tests/test_layering.py's order); config/ and top-level modules have none.
+FLOORS = {"data": 0, "model": 1, "tracking": 2, "serving": 2, "report": 2, "run": 3, "sweep": 4, "tune": 5, "cli": 6}
 
 
 @dataclass
@@ -51,6 +58,33 @@ class Route:
     files: set[str] = field(default_factory=set)
     hops: set[tuple[str, str]] = field(default_factory=set)
     bounces: set[tuple[str, str]] = field(default_factory=set)
+    climbs: set[tuple[str, str]] = field(default_factory=set)
+    stack: list[tuple[str, str] | None] = field(default_factory=list)
+    """While it runs: per frame since the entry, (file, function) when the frame is on the route, else None."""
+
+    def enter(self, here: tuple[str, str] | None) -> None:
+        """A frame starts: counted when `here` is on the route (see the module doc)."""
+        caller = next((f for f in reversed(self.stack) if f is not None), None)
+        self.stack.append(here)
+        if here is None:
+            return
+        self.files.add(here[0])
+        if caller is None or caller[0] == here[0]:
+            return
+        edge = (f"{caller[0]}:{caller[1]}", f"{here[0]}:{here[1]}")
+        self.hops.add(edge)
+        below = [f[0] for f in self.stack[:-1] if f is not None]
+        if here[0] in below[:-1]:
+            self.bounces.add(edge)
+        floors = [floor_of(caller[0]), floor_of(here[0])]
+        if None not in floors and floors[1] > floors[0]:
+            self.climbs.add(edge)
+
+
+def floor_of(file: str) -> int | None:
+    """The floor of a package file (`FLOORS`): its folder's, or a top-level `cli*.py`'s (the layout before cli/)."""
+    parts = Path(file).parts
+    return FLOORS.get(parts[0]) if len(parts) > 1 else (FLOORS["cli"] if parts[0].startswith("cli") else None)
 
 
 def tiny_inputs(folder: Path) -> tuple[Path, Path]:
@@ -71,11 +105,12 @@ def tiny_inputs(folder: Path) -> tuple[Path, Path]:
     return bert, archive
 
 
-def follow(package: Path, entry: tuple[str, str], route: Route):
-    """A profile function recording `route` while the entry function runs (see the module doc)."""
+def follow(package: Path, entry: tuple[str, str], route: Route, followed: Route | None = None):
+    """A profile function recording `route` while the entry function runs (see the module doc), and in `followed`
+    the calls that receive the entry's first argument."""
     entry_file, entry_name = str(package / entry[0]), entry[1]
-    stack: list[tuple[str, str] | None] = []  # per frame of the route: (file, function) in the package, else None
     depth = [0]  # frames since the entry (0: outside the route)
+    carried: list[object] = []  # the entry's first argument, once it is called
 
     def name_of(code) -> tuple[str, str] | None:
         path = code.co_filename
@@ -83,27 +118,28 @@ def follow(package: Path, entry: tuple[str, str], route: Route):
             return None
         return str(Path(path).relative_to(package)), code.co_qualname
 
+    def receives(frame) -> bool:
+        code = frame.f_code
+        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        return any(frame.f_locals.get(name) is carried[0] for name in names)
+
     def profile(frame, event, arg) -> None:
         if event == "call":
             code = frame.f_code
             if not depth[0] and (code.co_filename != entry_file or code.co_qualname != entry_name):
                 return
+            if not depth[0]:
+                carried[:] = [frame.f_locals[code.co_varnames[0]]]
             depth[0] += 1
-            here = name_of(frame.f_code)
-            caller = next((f for f in reversed(stack) if f is not None), None)
-            stack.append(here)
-            if here is None:
-                return
-            route.files.add(here[0])
-            if caller is not None and caller[0] != here[0]:
-                edge = (f"{caller[0]}:{caller[1]}", f"{here[0]}:{here[1]}")
-                route.hops.add(edge)
-                below = [f[0] for f in stack[:-1] if f is not None]
-                if here[0] in below[:-1]:
-                    route.bounces.add(edge)
+            here = name_of(code)
+            route.enter(here)
+            if followed is not None:
+                followed.enter(here if here is not None and receives(frame) else None)
         elif event == "return" and depth[0]:
             depth[0] -= 1
-            stack.pop()
+            route.stack.pop()
+            if followed is not None:
+                followed.stack.pop()
 
     return profile
 
@@ -123,10 +159,12 @@ def run_routes(folder: Path) -> dict[str, Route]:
         "train_and_evaluate": ["train", *common, "--mode", "pool"],
         "sweep child": ["sweep", *common, "--modes", "basic,pool", "--seeds", "1"],
     }
-    routes = {}
+    routes: dict[str, Route] = {}
     for name, command in commands.items():
         routes[name] = Route()
-        sys.setprofile(follow(package, ROUTES[name], routes[name]))
+        followed = {key: Route() for key, entry in FOLLOWED.items() if entry == name}
+        routes.update(followed)
+        sys.setprofile(follow(package, ROUTES[name], routes[name], *followed.values()))
         try:
             result = CliRunner().invoke(app, command)
         finally:
@@ -147,14 +185,18 @@ def main() -> None:
         os.environ.pop("BERTPOOLED_IMDB", None)
         routes = run_routes(Path(tmp))
     print(f"code: {Path(bertpooled.__file__).resolve().parent}")
-    print("| route | files | hops | bounces |\n|---|---:|---:|---:|")
+    print("| route | files | hops | bounces | climbs |\n|---|---:|---:|---:|---:|")
     for name, route in routes.items():
-        print(f"| {name} | {len(route.files)} | {len(route.hops)} | {len(route.bounces)} |")
+        print(f"| {name} | {len(route.files)} | {len(route.hops)} | {len(route.bounces)} | {len(route.climbs)} |")
     if args.list:
         for name, route in routes.items():
             print(f"\n{name}: files {sorted(route.files)}")
-            for caller, callee in sorted(route.bounces):
-                print(f"  bounce {caller} -> {callee}")
+            for kind, edges in (("bounce", route.bounces), ("climb", route.climbs)):
+                for caller, callee in sorted(edges):
+                    print(f"  {kind} {caller} -> {callee}")
+            if name in FOLLOWED:
+                for caller, callee in sorted(route.hops):
+                    print(f"  hop {caller} -> {callee}")
 
 
 if __name__ == "__main__":

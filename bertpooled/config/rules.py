@@ -166,21 +166,21 @@ def check_choices(cfg: Config) -> None:
             )
 
 
-def check_combinations(cfg: Config, spec) -> None:
-    """What the parsed pooling cannot run with: the mode, the features, the text limits."""
+def check_combinations(cfg: Config, kind: FeatureKind, spec) -> None:
+    """What the parsed features and pooling cannot run with: the mode, the features, the text limits."""
     if cfg.mode == "reference":
         if cfg.pool != "none":
             reject("pool", cfg.pool, "none with mode=reference (TF-IDF has no pooling layer), or mode=pool")
-        if not cfg.feature_kind.tokens or cfg.finetune or cfg.pool_at != "input":
+        if not kind.tokens or cfg.finetune or cfg.pool_at != "input":
             reject(
                 "mode",
                 cfg.mode,
                 "basic or pool with features/pool_at/finetune (TF-IDF reads no backbone features)",
             )
-    if cfg.mode == "basic" and cfg.feature_kind.tokens and not spec.is_identity:
+    if cfg.mode == "basic" and kind.tokens and not spec.is_identity:
         # Named, tagged and grouped as basic, it would be a pooled model in the unpooled baseline's group.
         reject("pool", cfg.pool, "none with mode=basic (basic is the unpooled baseline), or mode=pool with this pool")
-    if cfg.mode == "pool" and cfg.feature_kind.tokens and spec.is_identity:
+    if cfg.mode == "pool" and kind.tokens and spec.is_identity:
         reject("pool", cfg.pool, "a pooling such as avg:2x2 with mode=pool (pool=none is mode=basic)")
     for name in ("model", "data", "description"):
         value = getattr(cfg, name)
@@ -189,7 +189,7 @@ def check_combinations(cfg: Config, spec) -> None:
             reject(name, f"{str(value)[:20]}... ({len(str(value))} characters)", f"at most {MAX_TEXT} characters")
 
 
-def check_recipe(cfg: Config, spec, position) -> None:
+def check_recipe(cfg: Config, kind: FeatureKind, spec, position) -> None:
     """The recipes that start from or learn from another run, layer truncation and [CLS] kept apart: what they
     need of features, finetune and pooling (one line each)."""
     encoder_only = {
@@ -199,7 +199,7 @@ def check_recipe(cfg: Config, spec, position) -> None:
         "distill_from": bool(cfg.distill_from),
     }
     for name, given in encoder_only.items():
-        if given and not cfg.feature_kind.encoder:
+        if given and not kind.encoder:
             reject(name, getattr(cfg, name), f"its default with features={cfg.features} (it needs features=encoder)")
     for name in ("init_from", "distill_from"):
         if getattr(cfg, name) and not cfg.finetune:
@@ -224,10 +224,10 @@ def check_recipe(cfg: Config, spec, position) -> None:
         reject("pool_at", cfg.pool_at, f"layers before keep_layers={cfg.keep_layers} (pooling after layer K < K kept)")
 
 
-def check_pooling_combination(cfg: Config, spec, position) -> None:
+def check_pooling_combination(cfg: Config, kind: FeatureKind, spec, position) -> None:
     """Combinations of features, position, pooling, finetune and padding that cannot run (one line each)."""
-    check_recipe(cfg, spec, position)
-    if cfg.feature_kind.tokens:
+    check_recipe(cfg, kind, spec, position)
+    if kind.tokens:
         if position.where != "input":
             reject(
                 "pool_at",

@@ -173,8 +173,8 @@ class Config:
         # The pooling fields keep their canonical spelling for params, tags and YAML; code reads the typed
         # `pool_spec` and `position`.
         rules.normalise(self, pool=str(self.pool_spec), pool_at=str(self.position))
-        rules.check_combinations(self, self.pool_spec)
-        rules.check_pooling_combination(self, self.pool_spec, self.position)
+        rules.check_combinations(self, self.feature_kind, self.pool_spec)
+        rules.check_pooling_combination(self, self.feature_kind, self.pool_spec, self.position)
 
     @cached_property
     def feature_kind(self) -> FeatureKind:

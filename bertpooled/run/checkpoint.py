@@ -11,11 +11,14 @@ artifacts, is the check; against corruption and mix-ups the checkpoint needs not
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -189,9 +192,36 @@ def _verify_itself(meta: dict, folder: Path, expected_digest: str | None, owner:
             )
 
 
+class CheckpointSink(Protocol):
+    """Where a run's checkpoints are kept (`tracking.sink.Sink.checkpoint`): a folder `save` wrote, its epoch and
+    its tensors' sha256."""
+
+    def checkpoint(self, folder: Path, epoch: int, sha256: str) -> None: ...
+
+
 @dataclass
 class Checkpointer:
-    """What `train.fit` needs: a state to start from (or None) and where each finished epoch goes."""
+    """What `fit.fit` needs: a state to start from (or None) and where each finished epoch goes."""
 
     write: Callable[[int, torch.nn.Module, torch.optim.Optimizer, torch.Generator, list], None]
     resume: State | None = None
+
+    @classmethod
+    def to_sink(cls, sink: CheckpointSink, owner: dict, resume: State | None = None) -> Checkpointer:
+        """Each finished epoch saved with the run's `owner` identity (`identity`) and handed to `sink`."""
+        return cls(functools.partial(save_to, sink, owner), resume)
+
+
+def save_to(
+    sink: CheckpointSink,
+    owner: dict,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    order: torch.Generator,
+    history: list,
+) -> None:
+    """One epoch's checkpoint written to a temporary folder (`save`) and handed to `sink.checkpoint`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sha256 = save(Path(tmp), epoch, model, optimizer, order, history, owner)
+        sink.checkpoint(Path(tmp), epoch, sha256)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import platform
 import tempfile
 import time
@@ -14,22 +13,11 @@ import torch
 
 from bertpooled import budget, data
 from bertpooled.config import Config
-from bertpooled.contract import (
-    ACCURACY,
-    DATA_DIGEST_PARAM,
-    PLOTS_DIR,
-    PROTOCOL_TAG,
-    RESUMED_TAG,
-    TIME_EPOCH,
-    TRAIN_ACCURACY,
-    TRAIN_LOSS,
-    VAL_ACCURACY,
-    time_metric,
-)
+from bertpooled.contract import DATA_DIGEST_PARAM, PLOTS_DIR, PROTOCOL_TAG, RESUMED_TAG, time_metric
 from bertpooled.errors import BertpooledError
 from bertpooled.run import checkpoint, cost, prepare, runtime
 from bertpooled.run import resume as resuming
-from bertpooled.run.measure import EpochStats, Phases, Trained
+from bertpooled.run.measure import EpochReport, Phases, Trained
 from bertpooled.run.pipeline import Inputs, Pipeline
 from bertpooled.run.shared import Shared
 from bertpooled.run.sources import ROLES, fetch_sources, rows_digest, unlabelled_split
@@ -136,10 +124,8 @@ def run_scope(
         else:
             _log_inputs(sink, inputs)
         owner = checkpoint.identity(run_id, config.to_dict())
-        checkpoints = checkpoint.Checkpointer(
-            functools.partial(_save_checkpoint, sink=sink, owner=owner), resume.state if resume else None
-        )
-        on_epoch = _epoch_reporter(sink, config, log)
+        checkpoints = checkpoint.Checkpointer.to_sink(sink, owner, resume.state if resume else None)
+        on_epoch = EpochReport(sink, config.epochs, log)
         trained = pipeline.fit_and_evaluate(inputs, on_epoch=on_epoch, checkpoints=checkpoints, progress=progress)
         metrics, model_uri = _log_outcome(sink, pipeline, inputs, trained, started)
         runs_link, run_link = sink.links()
@@ -190,28 +176,6 @@ def read_inputs(
         val=val_split,
         sources=fetch_sources(config),
     )
-
-
-def epoch_metrics(stats: EpochStats) -> dict[str, float]:
-    """What a finished epoch logs, for every kind of run: the one place to add a per-epoch metric."""
-    metrics = {TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy, TIME_EPOCH: stats.seconds}
-    if stats.test_accuracy is not None:
-        metrics[ACCURACY.key] = stats.test_accuracy
-    metrics.update(stats.val or {})
-    return metrics
-
-
-def _epoch_reporter(sink: Sink, config: Config, log):
-    """What a run does after each epoch: tell the sink its metrics at that step, and say them in one line."""
-
-    def on_epoch(stats: EpochStats) -> None:
-        sink.epoch(stats.epoch, epoch_metrics(stats))
-        extra = f" test_acc={stats.test_accuracy:.4f}" if stats.test_accuracy is not None else ""
-        extra += f" val_acc={stats.val[VAL_ACCURACY]:.4f}" if stats.val else ""
-        said = f"loss={stats.loss:.4f} acc={stats.accuracy:.4f}{extra} ({stats.seconds:.1f}s)"
-        log(f"epoch {stats.epoch}/{config.epochs}: {said}")
-
-    return on_epoch
 
 
 def _log_outcome(sink: Sink, pipeline: Pipeline, inputs: Inputs, trained: Trained, started: float):
@@ -292,12 +256,6 @@ def _log_plots(sink: Sink, labels, probabilities) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         classifier_plots(labels, probabilities, tmp)
         sink.artifacts(Path(tmp), PLOTS_DIR)
-
-
-def _save_checkpoint(epoch: int, model, optimizer, order, history, sink: Sink, owner: dict) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        sha256 = checkpoint.save(Path(tmp), epoch, model, optimizer, order, history, owner)
-        sink.checkpoint(Path(tmp), epoch, sha256)
 
 
 def run_or_resume(config: Config, resume_run_id: str | None, **kwargs) -> Outcome:

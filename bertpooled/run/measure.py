@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from bertpooled.contract import QUALITY_METRICS
+from bertpooled.contract import ACCURACY, QUALITY_METRICS, TIME_EPOCH, TRAIN_ACCURACY, TRAIN_LOSS, VAL_ACCURACY
 from bertpooled.data import tokens
 from bertpooled.run.runtime import autocast
 
@@ -29,6 +29,40 @@ class EpochStats:
     test_accuracy: float | None = None
     val: dict[str, float] | None = None
     """The validation split's quality metrics after this epoch (`val/accuracy`, ...), when the run has one."""
+
+    def metrics(self) -> dict[str, float]:
+        """What a finished epoch logs, for every kind of run: the one place to add a per-epoch metric."""
+        metrics = {TRAIN_LOSS: self.loss, TRAIN_ACCURACY: self.accuracy, TIME_EPOCH: self.seconds}
+        if self.test_accuracy is not None:
+            metrics[ACCURACY.key] = self.test_accuracy
+        metrics.update(self.val or {})
+        return metrics
+
+    def said(self) -> str:
+        """The epoch in a few words: `loss=... acc=... [test_acc=...] [val_acc=...] (N.Ns)`."""
+        extra = f" test_acc={self.test_accuracy:.4f}" if self.test_accuracy is not None else ""
+        extra += f" val_acc={self.val[VAL_ACCURACY]:.4f}" if self.val else ""
+        return f"loss={self.loss:.4f} acc={self.accuracy:.4f}{extra} ({self.seconds:.1f}s)"
+
+
+class EpochSink(Protocol):
+    """Where a run's epochs are told (`tracking.sink.Sink.epoch`)."""
+
+    def epoch(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What a run does after each finished epoch (the training loop's `on_epoch`): tell its sink the epoch's metrics
+    at that step (`EpochStats.metrics`), then say them in one line."""
+
+    sink: EpochSink
+    epochs: int
+    log: Callable[[str], None] = print
+
+    def __call__(self, stats: EpochStats) -> None:
+        self.sink.epoch(stats.epoch, stats.metrics())
+        self.log(f"epoch {stats.epoch}/{self.epochs}: {stats.said()}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,18 +24,23 @@ from bertpooled.run.measure import Phases
 T = TypeVar("T")
 
 
-class Memo(Protocol):
-    """Where a run's inputs may already be: `get(key, make)` -> (value, hit), `make()` run only when absent. A sweep
-    or a tuning worker shares one (`run.shared.Shared`) across the runs of a process."""
+class Memo:
+    """Where a run's inputs may already be, keyed by what determines each: `get(key, make)` -> (value, hit), `make()`
+    run only when absent. A run alone makes its own (every input made for it alone); a sweep or a tuning worker
+    shares one, `run.shared.Shared`, across the runs of its process."""
 
-    def get(self, key: tuple, make: Callable[[], T]) -> tuple[T, bool]: ...
+    def __init__(self) -> None:
+        self._values: dict[tuple, Any] = {}
 
-
-class Unshared:
-    """No memo: every input made for this run alone."""
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._values
 
     def get(self, key: tuple, make: Callable[[], T]) -> tuple[T, bool]:
-        return make(), False
+        """(value, hit): the value stored under `key`, made by `make()` the first time."""
+        if key in self._values:
+            return self._values[key], True
+        value = self._values[key] = make()
+        return value, False
 
 
 def tokenizer_of(info: backbone.BackboneInfo, memo: Memo | None = None) -> tuple[Any, str]:
@@ -45,7 +50,7 @@ def tokenizer_of(info: backbone.BackboneInfo, memo: Memo | None = None) -> tuple
         tokenizer = backbone.load_tokenizer(info)
         return tokenizer, backbone.tokenizer_fingerprint(tokenizer)
 
-    return (memo or Unshared()).get(("tokenizer", info.path), load)[0]
+    return (memo or Memo()).get(("tokenizer", info.path), load)[0]
 
 
 def token_ids(
@@ -75,7 +80,7 @@ def token_ids(
                 desc=f"tokenize {name}",
             )
 
-        (out[name], disk_hit), memo_hit = (memo or Unshared()).get(("tokens", key), load)
+        (out[name], disk_hit), memo_hit = (memo or Memo()).get(("tokens", key), load)
         hits.append(memo_hit or disk_hit)
     return out, all(hits)
 
@@ -84,7 +89,7 @@ def word_embeddings(
     info: backbone.BackboneInfo, whole_layer: bool, memo: Memo | None = None
 ) -> backbone.WordEmbeddings:
     """The backbone's frozen word table (and embedding layer), through `memo` (no run writes to them: buffers)."""
-    return (memo or Unshared()).get(
+    return (memo or Memo()).get(
         ("embeddings", info.path, whole_layer), lambda: backbone.load_word_embeddings(info, whole_layer=whole_layer)
     )[0]
 

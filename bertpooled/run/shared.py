@@ -8,8 +8,8 @@ never see this module (`run_experiment` without `shared` behaves as before).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+import contextlib
+from typing import Any
 
 from bertpooled import data
 from bertpooled.config import Config
@@ -19,22 +19,10 @@ from bertpooled.run import prepare as preparing
 from bertpooled.run import runtime
 from bertpooled.run.measure import Phases
 
-T = TypeVar("T")
 
-
-class Shared:
-    """A memo of run inputs, keyed by what determines each; lives as long as one sweep."""
-
-    def __init__(self) -> None:
-        self._memo: dict[tuple, Any] = {}
-
-    def get(self, key: tuple, make: Callable[[], T]) -> tuple[T, bool]:
-        """(value, hit): the value stored under `key`, made by `make()` the first time."""
-        if key in self._memo:
-            return self._memo[key], True
-        value = make()
-        self._memo[key] = value
-        return value, False
+class Shared(preparing.Memo):
+    """The memo of run inputs the runs of one process share (`prepare.Memo`, whose `get` the one tokenizing path
+    calls); lives as long as one sweep or tuning worker."""
 
     def read_data(
         self, config: Config, phases: Phases, progress: bool | None = None
@@ -48,10 +36,8 @@ class Shared:
             config.max_test_examples,
             config.data_seed,
         )
-        if key in self._memo:
-            with phases.timed("data"):
-                return self._memo[key]
-        value, _ = self.get(key, lambda: preparing.read_data(config, phases, progress=progress))
+        with phases.timed("data") if key in self else contextlib.nullcontext():
+            value, _ = self.get(key, lambda: preparing.read_data(config, phases, progress=progress))
         return value
 
     def read_training(
