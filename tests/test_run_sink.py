@@ -117,3 +117,26 @@ def test_a_runs_checkpoints_predictions_and_plots_go_through_its_sink(store, tin
     calls = {p.name: [w for w in writers if w in p.read_text()] for p in run_modules.glob("*.py")}
     assert {name: found for name, found in calls.items() if found} == {}
     mlflow.set_tracking_uri(None)
+
+
+def test_an_epoch_report_tells_the_sink_then_says_one_line():
+    from bertpooled.contract import ACCURACY, TIME_EPOCH, TRAIN_ACCURACY, VAL_ACCURACY
+    from bertpooled.run.measure import EpochReport, EpochStats
+
+    events: list[tuple] = []
+
+    class Sink:
+        def epoch(self, step, metrics):
+            events.append(("sink", step, metrics))
+
+    report = EpochReport(Sink(), epochs=3, log=lambda line: events.append(("log", line)))
+    report(EpochStats(2, 0.5, 0.75, 1.25, test_accuracy=0.8, val={VAL_ACCURACY: 0.7}))
+
+    assert events == [
+        (
+            "sink",
+            2,
+            {TRAIN_LOSS: 0.5, TRAIN_ACCURACY: 0.75, TIME_EPOCH: 1.25, ACCURACY.key: 0.8, VAL_ACCURACY: 0.7},
+        ),
+        ("log", "epoch 2/3: loss=0.5000 acc=0.7500 test_acc=0.8000 val_acc=0.7000 (1.2s)"),
+    ]

@@ -1,5 +1,6 @@
-"""What a run measures and hands back: each epoch's `EpochStats`, time per phase, quality metrics, the digest of the
-data it read, and `Trained`, the one type a run's pipeline returns."""
+"""What a run measures and hands back: each epoch's `EpochStats` (what it logs, `EpochStats.metrics`) and the
+`EpochReport` that tells the run's sink of it, time per phase, quality metrics, the digest of the data it read, and
+`Trained`, the one type a run's pipeline returns."""
 
 from __future__ import annotations
 
