@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from common import tiny  # benchmarks/common (pyproject's pythonpath): the studies' tiny BERT too
 
 ROOT = Path(__file__).resolve().parents[1]
+
 #: The smoke protocol (experiments/smoke.yaml) most command-line tests start from.
 SMOKE = str(ROOT / "experiments" / "smoke.yaml")
 
@@ -70,30 +72,12 @@ def bigger_imdb(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer BERT with a 40-word vocabulary, saved with save_pretrained: the hub-name loading path."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    """A 2-layer BERT with a 31-word vocabulary, saved with save_pretrained: the hub-name loading path."""
+    from transformers import BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
-    if len(tokenizer) != len(VOCAB):
-        # transformers 5 ignores vocab_file (the tokenizer would hold the special tokens only and map
-        # every word to [UNK]); it takes the vocabulary itself instead.
-        tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(VOCAB)}, do_lower_case=True)
+    folder = tiny.tiny_bert(tmp_path_factory.mktemp("tiny-bert"), VOCAB)
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
     assert tokenizer("great film")["input_ids"] == [2, VOCAB.index("great"), VOCAB.index("film"), 3]
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -144,19 +128,7 @@ def store(tmp_path, monkeypatch) -> str:
 
 def tiny_bert_model(layers: int = 2, seed: int = 0):
     """A tiny BertModel in memory (40-word vocabulary, hidden 32), in eval mode."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=40,
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return BertModel(config).eval()
+    return tiny.tiny_bert_model(40, layers, seed)
 
 
 def id_batch(seed: int = 0, n: int = 4, length: int = 16):

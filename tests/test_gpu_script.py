@@ -12,30 +12,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, VOCAB
+from conftest import ROOT, VOCAB, tiny
 
 GPU = ROOT / "benchmarks" / "gpu"
 
 
 def tiny_bert_5_layers(folder: Path) -> Path:
     """Five layers, so layer:3 and the two-stage layer:2,layer:4 of the study run as they will on MiniLM."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True)
-    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(VOCAB)}, do_lower_case=True)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=5,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny.tiny_bert(folder, VOCAB, layers=5)
 
 
 @pytest.mark.slow
