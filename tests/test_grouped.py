@@ -5,6 +5,8 @@ Tiny synthetic data and a tiny random embedding table built here: no IMDB, no ba
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +17,8 @@ from bertpooled.data import Split
 from bertpooled.data.tokens import Tokens
 from bertpooled.model.backbone import WordEmbeddings
 from bertpooled.model.heads import EmbeddingLayer, PooledLSTMClassifier
+from bertpooled.run import checkpoint, grouped, measure, network, runtime
 from bertpooled.run import fit as train
-from bertpooled.run import grouped, measure, network, runtime
 from bertpooled.run.checkpoint import Checkpointer
 from bertpooled.run.prepare import Prepared
 
@@ -214,37 +216,38 @@ def test_frozen_features_then_head_is_the_classifier(padding):
     torch.testing.assert_close(model.head(*features(ids, lengths)), model(ids, lengths), rtol=0, atol=0)
 
 
-def test_seed_snapshot_is_the_optimizer_a_run_alone_would_checkpoint():
-    prepared = make_prepared("none", "mask", "torch", epochs=1)
-    snapshots = {}
+def test_seed_snapshots_are_what_a_run_alone_would_checkpoint():
+    # What a group keeps per seed and epoch (checkpoint.SeedSnapshots, the loop's on_epoch_end) is what the run
+    # alone hands its Checkpointer: the head's weights, its Adam and its batch order.
+    prepared = make_prepared("none", "mask", "torch", epochs=2)
     group = grouped.build_group(prepared, SEEDS[:2])
-
-    def on_epoch_end(epoch, optimizer, orders):
-        for s in range(2):
-            model, opt = grouped.seed_snapshot(group, optimizer, s)
-            snapshots[s] = (
-                {k: v.clone() for k, v in model.state_dict().items()},
-                opt.state_dict(),
-                orders[s].get_state(),
-            )
-
-    grouped.fit_group(group, prepared, progress=False, on_epoch_end=on_epoch_end)
+    snapshots = checkpoint.SeedSnapshots(group)
+    grouped.fit_group(group, prepared, progress=False, on_epoch_end=snapshots)
+    assert [len(kept) for kept in snapshots.kept] == [2, 2]
     for s, seed in enumerate(SEEDS[:2]):
         prep = grouped.with_seed(prepared, seed)
         model = network.build_model(prep)
         writes = []
 
         def write(epoch, m, optimizer, order, history):
-            writes.append((optimizer.state_dict(), order.get_state()))
+            head = {k: v.clone() for k, v in m.head.state_dict().items()}
+            writes.append((head, copy.deepcopy(optimizer.state_dict()), order.get_state()))  # as it is now
 
         train.fit(model, prep, progress=False, checkpoints=Checkpointer(write))
-        (alone_opt, alone_order), (_, group_opt, group_order) = writes[-1], snapshots[s]
-        assert torch.equal(alone_order, group_order)
-        assert group_opt["param_groups"] == alone_opt["param_groups"]
-        assert set(group_opt["state"]) == set(alone_opt["state"])
-        for index, state in alone_opt["state"].items():
-            for key, value in state.items():
-                torch.testing.assert_close(group_opt["state"][index][key], value, **TOLERANCE["per_seed"])
+        assert len(writes) == 2
+        for (alone_head, alone_opt, alone_order), (holder, group_opt, group_order) in zip(
+            writes, snapshots.kept[s], strict=True
+        ):
+            group_opt = group_opt.state_dict()
+            assert torch.equal(alone_order, group_order.get_state())
+            assert holder.head.state_dict().keys() == alone_head.keys()
+            for key, value in alone_head.items():
+                torch.testing.assert_close(holder.head.state_dict()[key], value, **TOLERANCE["per_seed"])
+            assert group_opt["param_groups"] == alone_opt["param_groups"]
+            assert set(group_opt["state"]) == set(alone_opt["state"])
+            for index, state in alone_opt["state"].items():
+                for key, value in state.items():
+                    torch.testing.assert_close(group_opt["state"][index][key], value, **TOLERANCE["per_seed"])
 
 
 def test_fine_tuning_does_not_group():

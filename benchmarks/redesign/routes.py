@@ -18,6 +18,8 @@ Routes, each on a tiny BERT and a tiny IMDB this script writes (so nothing is do
   `self`), the issue's "`train_and_evaluate`'s `prepared`, followed through the calls";
 - `sweep child`: `bertpooled sweep --modes basic,pool` (two children, one process), from
   `sweep.local.LocalExecutor.run`.
+- `seed-group child`: `bertpooled sweep --modes pool --seeds 2 --group-seeds` (a seed group of two children
+  trained in one loop, then each its own run), from `sweep.local.LocalExecutor.run`: the route of the issue's item 2.
 
 Usage (run from the repository root; CODE: the checkout whose package is measured, default this one):
 
@@ -45,6 +47,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FI
 ROUTES = {  # name -> (entry file under the package, entry function's qualified name)
     "train_and_evaluate": ("run/fit.py", "train_and_evaluate"),
     "sweep child": ("sweep/local.py", "LocalExecutor.run"),
+    "seed-group child": ("sweep/local.py", "LocalExecutor.run"),
 }
 FOLLOWED = {"prepared": "train_and_evaluate"}  # a route of the object its entry's first argument is, on that run
 # The package's floors, lowest first (tests/test_layering.py's order); config/ and top-level modules have none.
@@ -158,6 +161,7 @@ def run_routes(folder: Path) -> dict[str, Route]:
     commands = {
         "train_and_evaluate": ["train", *common, "--mode", "pool"],
         "sweep child": ["sweep", *common, "--modes", "basic,pool", "--seeds", "1"],
+        "seed-group child": ["sweep", *common, "--modes", "pool", "--seeds", "2", "--group-seeds"],
     }
     routes: dict[str, Route] = {}
     for name, command in commands.items():

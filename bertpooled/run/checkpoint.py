@@ -11,6 +11,7 @@ artifacts, is the check; against corruption and mix-ups the checkpoint needs not
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from bertpooled.errors import BertpooledError
+from bertpooled.model.grouped import SeedGroup, head_of
 
 FORMAT = 2  # 2: the tensors' sha256 and the identity inside meta.json; 1 had them only in the run's tags
 READABLE_FORMATS = (1, 2)
@@ -225,3 +228,61 @@ def save_to(
     with tempfile.TemporaryDirectory() as tmp:
         sha256 = save(Path(tmp), epoch, model, optimizer, order, history, owner)
         sink.checkpoint(Path(tmp), epoch, sha256)
+
+
+def seed_optimizer_state(optimizer: torch.optim.Optimizer, group: SeedGroup, s: int) -> dict:
+    """Seed s's part of a seed group's Adam state, laid out as `torch.optim.Adam(model.head.parameters())
+    .state_dict()` of a run trained alone (state indexed 0.. in LSTMHead's parameter order; `step` shared, as every
+    seed steps)."""
+    full = optimizer.state_dict()
+    stacked = [p for _, p in group.head.head_parameters()]
+    index = {id(p): i for i, p in enumerate(optimizer.param_groups[0]["params"])}
+    state = {}
+    for i, param in enumerate(stacked):
+        entry = full["state"].get(index[id(param)])
+        if entry is None:
+            continue
+        state[i] = {k: (v.clone() if k == "step" or v.dim() == 0 else v[s].clone()) for k, v in entry.items()}
+    groups = [{**full["param_groups"][0], "params": list(range(len(stacked)))}]
+    return {"state": state, "param_groups": groups}
+
+
+def seed_snapshot(
+    group: SeedGroup, optimizer: torch.optim.Optimizer, s: int
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Seed s of a seed group now, as `fit` alone would hold it: its model (trained weights written in) and an Adam
+    over its head with its state: what `save` / a `Checkpointer.write` takes for that seed."""
+    model = group.models[s]
+    head = head_of(model)
+    group.head.write_into(s, head)
+    defaults = optimizer.defaults
+    seed_opt = torch.optim.Adam(head.parameters(), lr=defaults["lr"], eps=defaults["eps"], fused=defaults.get("fused"))
+    seed_opt.load_state_dict(seed_optimizer_state(optimizer, group, s))
+    return model, seed_opt
+
+
+class Training(Protocol):
+    """What a checkpoint reads of the training loop's state (`run.fit.Trainee`): the optimizer and each seed's
+    batch-order generator."""
+
+    optimizer: torch.optim.Optimizer
+    orders: list[torch.Generator]
+
+
+class SeedSnapshots:
+    """A seed group's checkpoints, kept while it trains (its runs are created after): the training loop's
+    `on_epoch_end`. After epoch e, `kept[s][e - 1]` is what `Checkpointer.write` takes for seed s alone: (a module
+    holding that epoch's head, its Adam, its batch-order generator)."""
+
+    def __init__(self, group: SeedGroup) -> None:
+        self.group = group
+        self.kept: list[list[tuple[nn.Module, torch.optim.Optimizer, torch.Generator]]] = [[] for _ in group.seeds]
+
+    def __call__(self, epoch: int, trainee: Training) -> None:
+        for s, kept in enumerate(self.kept):
+            model, seed_optimizer = seed_snapshot(self.group, trainee.optimizer, s)
+            holder = nn.Module()  # what `save` reads: the trainable parameters, named as in the model
+            holder.head = copy.deepcopy(model.head)
+            order = torch.Generator()
+            order.set_state(trainee.orders[s].get_state())
+            kept.append((holder, seed_optimizer, order))

@@ -116,7 +116,7 @@ def fit(
         tap,
     )
 
-    def saved(epoch: int) -> None:
+    def saved(epoch: int, trainee: Trainee) -> None:
         if checkpoints is not None:
             checkpoints.write(epoch, model, optimizer, order, history)
 
@@ -130,7 +130,7 @@ def train_epochs(
     trainee: Trainee,
     prepared: Prepared,
     on_epoch: Callable[[int, EpochStats], None] | None = None,
-    on_epoch_end: Callable[[int], None] | None = None,
+    on_epoch_end: Callable[[int, Trainee], None] | None = None,
     progress: bool | None = None,
 ) -> list[list[EpochStats]]:
     """The one training loop: every epoch after the histories' last, each seed reading its own order of the rows.
@@ -138,7 +138,7 @@ def train_epochs(
     Seed s draws its epoch orders from `trainee.orders[s]` (`epoch_order`); a step runs one forward over the S
     batches, one backward of the sum of the S per-seed mean losses (so seed s's gradient is its own loss's) and
     one optimizer step. `on_epoch(s, stats)` per seed and finished epoch (`seconds`: the epoch's time / S, the
-    seed's share), then `on_epoch_end(epoch)` once. Returns the histories, one per seed.
+    seed's share), then `on_epoch_end(epoch, trainee)` once. Returns the histories, one per seed.
     """
     cfg, rt = prepared.config, prepared.rt
     seeds = len(trainee.orders)
@@ -179,7 +179,7 @@ def train_epochs(
             if on_epoch:
                 on_epoch(s, stats)
         if on_epoch_end:
-            on_epoch_end(epoch)
+            on_epoch_end(epoch, trainee)
     return histories
 
 

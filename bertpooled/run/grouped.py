@@ -6,7 +6,8 @@ parameters (S independent Adams, because Adam is elementwise) and trains it with
 run alone trains with (a run alone is a group of one): each seed draws its own batch order from its own
 generator (`torch.Generator().manual_seed(seed)`), the frozen features of the S batches are computed in one
 call, and the loss is the sum of the S per-seed mean losses, so seed s's gradient is exactly its own.
-`seed_snapshot` gives a seed's model and Adam as a run alone holds them, for its checkpoints.
+`run.checkpoint.SeedSnapshots` keeps each seed's model and Adam per epoch as a run alone holds them, for its
+checkpoints.
 
 The feature's training lives here whole (`sweep --group-seeds`; bertpooled.sweep.groups only plans which children
 form a group and when each starts): `train_seeds` prepares a group's inputs and trains it before any of its runs
@@ -20,21 +21,19 @@ to continue: a resumed sweep trains its unfinished children again (as a group).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
+import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from bertpooled.config import Config
 from bertpooled.contract import TIME_GROUP_TRAIN
-from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence, head_of
+from bertpooled.model.grouped import RECURRENCES, FrozenFeatures, SeedGroup, default_recurrence
 from bertpooled.model.heads import Classifier
-from bertpooled.run import evaluate, fit, measure, network, precompute, runtime
+from bertpooled.run import checkpoint, evaluate, fit, measure, network, precompute, runtime
 from bertpooled.run.measure import Phases, Trained
 from bertpooled.run.pipeline import Inputs, LSTMPipeline
 from bertpooled.run.prepare import model_inputs
@@ -63,36 +62,6 @@ def build_group(prepared, seeds: Sequence[int], recurrence: str | None = None) -
     return SeedGroup(models, seeds, recurrence or default_recurrence(device)).to(device)
 
 
-def seed_optimizer_state(optimizer: torch.optim.Optimizer, group: SeedGroup, s: int) -> dict:
-    """Seed s's part of the group's Adam state, laid out as `torch.optim.Adam(model.head.parameters()).state_dict()`
-    of a run trained alone (state indexed 0.. in LSTMHead's parameter order; `step` shared, as every seed steps)."""
-    full = optimizer.state_dict()
-    stacked = [p for _, p in group.head.head_parameters()]
-    index = {id(p): i for i, p in enumerate(optimizer.param_groups[0]["params"])}
-    state = {}
-    for i, param in enumerate(stacked):
-        entry = full["state"].get(index[id(param)])
-        if entry is None:
-            continue
-        state[i] = {k: (v.clone() if k == "step" or v.dim() == 0 else v[s].clone()) for k, v in entry.items()}
-    groups = [{**full["param_groups"][0], "params": list(range(len(stacked)))}]
-    return {"state": state, "param_groups": groups}
-
-
-def seed_snapshot(
-    group: SeedGroup, optimizer: torch.optim.Optimizer, s: int
-) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """Seed s now, as `fit` alone would hold it: its model (trained weights written in) and an Adam over its head
-    with its state: what `checkpoint.save` / a `Checkpointer.write` takes for that seed."""
-    model = group.models[s]
-    head = head_of(model)
-    group.head.write_into(s, head)
-    defaults = optimizer.defaults
-    seed_opt = torch.optim.Adam(head.parameters(), lr=defaults["lr"], eps=defaults["eps"], fused=defaults.get("fused"))
-    seed_opt.load_state_dict(seed_optimizer_state(optimizer, group, s))
-    return model, seed_opt
-
-
 def make_optimizer(
     group: SeedGroup,
     lr: float,
@@ -114,14 +83,15 @@ def fit_group(
     on_epoch: Callable[[int, measure.EpochStats], None] | None = None,
     progress: bool | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    on_epoch_end: Callable[[int, torch.optim.Optimizer, list[torch.Generator]], None] | None = None,
+    on_epoch_end: Callable[[int, fit.Trainee], None] | None = None,
 ) -> fit.Fitted:
     """Train every seed of `group` for `config.epochs` epochs with `fit.train_epochs`, as `fit.fit` trains one.
 
     `on_epoch(s, stats)` is called per seed and finished epoch with an `EpochStats` as a run alone reports it
     (`seconds` is the group's epoch time divided by S, the seed's share; `test_accuracy` with `eval_each_epoch`).
-    `on_epoch_end(epoch, optimizer, generators)` is called once per epoch after the seeds' callbacks (for per-seed
-    checkpoints: see `seed_snapshot`). Returns one history per seed, in `group.seeds` order.
+    `on_epoch_end(epoch, trainee)` is called once per epoch after the seeds' callbacks (for per-seed checkpoints:
+    `run.checkpoint.SeedSnapshots`). Returns one history per seed, in `group.seeds` order. Seed s's evaluations
+    read `network.seed_network`.
     """
     cfg, rt = prepared.config, prepared.rt
     inputs, lengths = model_inputs(prepared, "train")
@@ -133,20 +103,9 @@ def fit_group(
         group.features.precomputed()
     optimizer = optimizer or make_optimizer(group, cfg.lr, cfg.adam_eps, rt.device)
     orders = [torch.Generator().manual_seed(seed) for seed in group.seeds]
-
-    @contextlib.contextmanager
-    def evaluating(s: int) -> Iterator[nn.Module]:
-        # Seed s's model as it is now: its trained weights written in, on the device for the evaluation only.
-        model = group.models[s]
-        group.head.write_into(s, head_of(model))
-        try:
-            yield network.trained_network(model.to(rt.device), prepared)
-        finally:
-            model.cpu()
-
+    evaluating = functools.partial(network.seed_network, group, prepared)
     trainee = fit.Trainee(group, group, optimizer, orders, evaluating, inputs, lengths)
-    end = (lambda epoch: on_epoch_end(epoch, optimizer, orders)) if on_epoch_end else None
-    return fit.Fitted(fit.train_epochs(trainee, prepared, on_epoch, end, progress), ahead is not None)
+    return fit.Fitted(fit.train_epochs(trainee, prepared, on_epoch, on_epoch_end, progress), ahead is not None)
 
 
 @dataclass(frozen=True)
@@ -180,24 +139,14 @@ def train_group(prepared, seeds: Sequence[int], progress: bool | None = None) ->
     device = prepared.device
     cost.reset_peak_memory(device)  # as a lone run does before building its model: memory/peak_mb covers the group
     group = build_group(prepared, seeds)
-    snapshots: dict[int, list[tuple]] = {s: [] for s in range(len(seeds))}
-
-    def keep(epoch: int, optimizer, orders) -> None:
-        for s in range(len(seeds)):
-            model, seed_optimizer = seed_snapshot(group, optimizer, s)
-            holder = nn.Module()  # what checkpoint.save reads: the trainable parameters, named as in the model
-            holder.head = copy.deepcopy(model.head)
-            order = torch.Generator()
-            order.set_state(orders[s].get_state())
-            snapshots[s].append((holder, seed_optimizer, order))
-
+    snapshots = checkpoint.SeedSnapshots(group)
     start = time.perf_counter()
-    fitted = fit_group(group, prepared, progress=progress, on_epoch_end=keep)
+    fitted = fit_group(group, prepared, progress=progress, on_epoch_end=snapshots)
     seconds = time.perf_counter() - start
     models = group.split()
     ahead = fitted.precomputed, prepared.phases.seconds.get("precompute", 0.0)
     return {
-        seed: TrainedSeed(models[s], fitted.histories[s], seconds, len(seeds), snapshots[s], *ahead)
+        seed: TrainedSeed(models[s], fitted.histories[s], seconds, len(seeds), snapshots.kept[s], *ahead)
         for s, seed in enumerate(seeds)
     }
 
@@ -258,8 +207,6 @@ __all__ = [
     "default_recurrence",
     "fit_group",
     "make_optimizer",
-    "seed_optimizer_state",
-    "seed_snapshot",
     "train_group",
     "train_seeds",
     "with_seed",

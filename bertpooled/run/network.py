@@ -3,11 +3,14 @@ run's source weights with `init_from`), the spec a logged model stores, and the 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
 
 from bertpooled.model.build import Classifier, ModelSpec, build
+from bertpooled.model.grouped import SeedGroup, head_of
 from bertpooled.model.heads import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier
 from bertpooled.run import runtime, sources
 from bertpooled.run.prepare import Prepared
@@ -68,3 +71,15 @@ def backbone_of(model: EncoderLSTMClassifier) -> Any:
 def trained_network(model: Classifier, prepared: Prepared) -> torch.nn.Module:
     """The part of `model` a step runs: the head alone on cached features, else the whole model."""
     return FeatureHead(model) if prepared.cached else model
+
+
+@contextlib.contextmanager
+def seed_network(group: SeedGroup, prepared: Prepared, s: int) -> Iterator[torch.nn.Module]:
+    """Seed s of a seed group as it is now, as `trained_network` gives a run alone's: its trained head written
+    into its model, on the run's device while the block runs (then back on the CPU), for its evaluations."""
+    model = group.models[s]
+    group.head.write_into(s, head_of(model))
+    try:
+        yield trained_network(model.to(prepared.rt.device), prepared)
+    finally:
+        model.cpu()
