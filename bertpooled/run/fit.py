@@ -116,9 +116,9 @@ def fit(
         tap,
     )
 
-    def saved(epoch: int, trainee: Trainee) -> None:
+    def saved(epoch: int, state: Trainee) -> None:
         if checkpoints is not None:
-            checkpoints.write(epoch, model, optimizer, order, history)
+            checkpoints.write(epoch, model, state.optimizer, state.orders[0], state.histories[0])
 
     histories = train_epochs(
         trainee, prepared, (lambda s, stats: on_epoch(stats)) if on_epoch else None, saved, progress
