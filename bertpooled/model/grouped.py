@@ -226,11 +226,15 @@ class SeedGroup(nn.Module):
         x = x.unflatten(0, (seeds, batch))
         return self.head(x, None if head_lengths is None else head_lengths.view(seeds, batch))
 
+    def seed_model(self, s: int) -> Classifier:
+        """Seed s's model as it is now: its trained head written in (a state dict as a run trained alone has it)."""
+        model = self.models[s]
+        self.head.write_into(s, head_of(model))
+        return model
+
     def split(self) -> list[Classifier]:
         """The S per-seed models, each holding its seed's trained head: state dicts as a run trained alone has them."""
-        for s, model in enumerate(self.models):
-            self.head.write_into(s, head_of(model))
-        return self.models
+        return [self.seed_model(s) for s in range(len(self.models))]
 
 
 def head_of(model: nn.Module) -> LSTMHead:

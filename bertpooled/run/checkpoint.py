@@ -252,9 +252,8 @@ def seed_snapshot(
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """Seed s of a seed group now, as `fit` alone would hold it: its model (trained weights written in) and an Adam
     over its head with its state: what `save` / a `Checkpointer.write` takes for that seed."""
-    model = group.models[s]
+    model = group.seed_model(s)
     head = head_of(model)
-    group.head.write_into(s, head)
     defaults = optimizer.defaults
     seed_opt = torch.optim.Adam(head.parameters(), lr=defaults["lr"], eps=defaults["eps"], fused=defaults.get("fused"))
     seed_opt.load_state_dict(seed_optimizer_state(optimizer, group, s))

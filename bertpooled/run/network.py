@@ -10,7 +10,7 @@ from typing import Any, cast
 import torch
 
 from bertpooled.model.build import Classifier, ModelSpec, build
-from bertpooled.model.grouped import SeedGroup, head_of
+from bertpooled.model.grouped import SeedGroup
 from bertpooled.model.heads import EncoderLSTMClassifier, FeatureHead, PooledLSTMClassifier
 from bertpooled.run import runtime, sources
 from bertpooled.run.prepare import Prepared
@@ -77,8 +77,7 @@ def trained_network(model: Classifier, prepared: Prepared) -> torch.nn.Module:
 def seed_network(group: SeedGroup, prepared: Prepared, s: int) -> Iterator[torch.nn.Module]:
     """Seed s of a seed group as it is now, as `trained_network` gives a run alone's: its trained head written
     into its model, on the run's device while the block runs (then back on the CPU), for its evaluations."""
-    model = group.models[s]
-    group.head.write_into(s, head_of(model))
+    model = group.seed_model(s)
     try:
         yield trained_network(model.to(prepared.rt.device), prepared)
     finally:
