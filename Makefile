@@ -34,7 +34,7 @@ compare: setup
 
 # The tests run in JOBS processes (pytest-xdist; JOBS=0: in this one). Much of the suite's time is tests waiting on the
 # processes they start (trainings, servers, a Ray cluster). On the project's 2-core machine, quiet, .ci/run from a fresh
-# clone: 915 tests in 853-968 s with 2 processes (2026-12-06, 3d9d1f2 and 326065d); serial CI took 1,172 s. More
+# clone: 915 tests in 853-985 s with 2 processes (2026-12-06: 3d9d1f2, 326065d, d9bfb72); serial CI: 1,172 s. More
 # processes than cores add contention.
 JOBS ?= 2
 # The tests leave the checkout as they found it (.ci/run checks): no bytecode is written (the package's and the
